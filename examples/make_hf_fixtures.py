@@ -1,0 +1,377 @@
+"""Export tiny random-init Hugging Face decoders to ONNX test fixtures.
+
+The fixtures exercise the ONNX frontend on the shape-computation subgraphs that real
+``torch.onnx.export`` output of transformers decoders contains (``Shape -> Gather ->
+Unsqueeze -> Concat -> Reshape``, ``Range`` over the sequence length, causal-mask
+construction with ``Expand``/``Where``/``Equal``), with batch, sequence and past lengths
+left symbolic.
+
+Eight files are written to ``tests/fixtures/hf/`` (or ``--out-dir``)::
+
+    {llama,gpt2}_{legacy,dynamo}[_kv].onnx
+
+* ``llama``: ``LlamaForCausalLM`` with grouped-query attention (4 query heads, 2 key/value
+  heads), hidden size 64, 2 layers, vocabulary 256.
+* ``gpt2``: ``GPT2LMHeadModel``, hidden size 64, 4 heads, 2 layers, vocabulary 256.
+* ``legacy``: ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracing), opset 17,
+  dynamic axes given with ``dynamic_axes``.
+* ``dynamo``: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript),
+  dynamic axes given with ``dynamic_shapes``. Opset 18 is requested directly: asking for
+  17 makes the exporter build at 18 and then run the version converter down to 17, which
+  is the step that is known to go wrong silently; 18 is what it really produces.
+* without ``_kv``: inputs ``input_ids [batch, seq]`` (int64) and
+  ``attention_mask [batch, seq]`` (int64); output ``logits [batch, seq, vocab]``.
+* with ``_kv``: inputs ``input_ids [batch, seq]``, ``attention_mask [batch, past + seq]``
+  and, per layer ``i``, ``past_key_values.{i}.key`` / ``past_key_values.{i}.value``
+  ``[batch, kv_heads, past, head_dim]`` (float32); outputs ``logits`` and
+  ``present.{i}.key`` / ``present.{i}.value`` ``[batch, kv_heads, past + seq, head_dim]``.
+  A wrapper module rebuilds a ``DynamicCache`` from the flat past tensors, runs the model
+  with ``use_cache=True`` and returns the flat present tensors.
+
+All models use ``attn_implementation="eager"`` so that the attention mask is an explicit
+tensor computation in the graph (the SDPA path lets transformers drop the mask when it can
+prove it is all ones, which a symbolic trace cannot). Weights come from
+``torch.manual_seed(0)`` random initialization (nothing is downloaded). Position ids are
+not an input: the models derive them from the past length (``past + arange(seq)``), which
+is exactly the shape arithmetic the frontend has to keep symbolic.
+
+Exporting a real past length of 0 (the prefill call) is not possible from one graph with
+these exporters: the example inputs use past length 3 and the traced graph is valid for any
+past length >= 1. Prefill uses the no-cache fixture (or a past length of 1 with a masked
+slot is not needed for the tests).
+
+All eight combinations export with torch 2.13.0 / transformers 5.24.0 / onnxscript 0.7.2.
+
+Usage::
+
+    python examples/make_hf_fixtures.py [--out-dir tests/fixtures/hf] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+import transformers
+from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+SEED = 0
+VOCAB = 256
+HIDDEN = 64
+LAYERS = 2
+HEADS = 4
+KV_HEADS = 2  # Llama only: grouped-query attention
+LEGACY_OPSET = 17
+DYNAMO_OPSET = 18
+# Example-input sizes used for tracing. They must differ from each other and from 1 so
+# that no tracer specializes a dimension to a constant.
+EX_BATCH, EX_SEQ, EX_PAST = 2, 5, 3
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf"
+
+
+@dataclass(frozen=True)
+class FixtureSpec:
+    """One fixture to export.
+
+    Parameters
+    ----------
+    family : str
+        ``"llama"`` or ``"gpt2"``.
+    exporter : str
+        ``"legacy"`` (``dynamo=False``) or ``"dynamo"`` (``dynamo=True``).
+    kv_cache : bool
+        Whether past key/values are graph inputs and present key/values are outputs.
+    """
+
+    family: str
+    exporter: str
+    kv_cache: bool
+
+    @property
+    def name(self) -> str:
+        """File stem of the fixture, e.g. ``llama_dynamo_kv``."""
+        return f"{self.family}_{self.exporter}" + ("_kv" if self.kv_cache else "")
+
+
+ALL_SPECS: tuple[FixtureSpec, ...] = tuple(
+    FixtureSpec(family, exporter, kv)
+    for family in ("llama", "gpt2")
+    for exporter in ("legacy", "dynamo")
+    for kv in (False, True)
+)
+
+
+def build_model(family: str) -> transformers.PreTrainedModel:
+    """Build a tiny random-init causal LM in eval mode.
+
+    Parameters
+    ----------
+    family : str
+        ``"llama"`` or ``"gpt2"``.
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        The model, float32, with dropout disabled.
+    """
+    torch.manual_seed(SEED)
+    if family == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=KV_HEADS,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            attn_implementation="eager",
+        )
+        model = transformers.LlamaForCausalLM(config)
+    elif family == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            n_positions=256,
+            bos_token_id=0,
+            eos_token_id=0,
+            attn_implementation="eager",
+        )
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        raise ValueError(f"unknown model family {family!r}")
+    return model.eval()
+
+
+def kv_shape_info(model: transformers.PreTrainedModel) -> tuple[int, int, int]:
+    """Return ``(num_layers, num_kv_heads, head_dim)`` of a model's cache tensors."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    return cfg.num_hidden_layers, kv_heads, cfg.hidden_size // heads
+
+
+class LogitsOnly(nn.Module):
+    """``(input_ids, attention_mask) -> logits`` without any cache."""
+
+    def __init__(self, model: transformers.PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the model without a cache and return the logits."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.logits
+
+
+class FlatKVCache(nn.Module):
+    """``(input_ids, attention_mask, *past) -> (logits, *present)`` with a flat cache.
+
+    ``past`` is ``key_0, value_0, key_1, value_1, ...``; ``present`` has the same layout
+    with the new tokens appended along the sequence axis.
+    """
+
+    def __init__(self, model: transformers.PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+        self.num_layers = model.config.num_hidden_layers
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Rebuild a ``DynamicCache`` from ``past``, run one step, flatten the cache."""
+        layers = []
+        for i in range(self.num_layers):
+            # Fill the layer directly: DynamicLayer.update would concatenate onto an empty
+            # placeholder tensor, which adds a pointless empty Concat input to the graph.
+            layer = DynamicLayer()
+            layer.keys, layer.values = past[2 * i], past[2 * i + 1]
+            layer.device = layer.keys.device
+            layer.is_initialized = True
+            layers.append(layer)
+        cache = DynamicCache()
+        cache.layers = layers
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True
+        )
+        flat: list[torch.Tensor] = [out.logits]
+        for layer in out.cache.layers:
+            flat.extend((layer.keys, layer.values))
+        return tuple(flat)
+
+
+def io_names(num_layers: int, kv_cache: bool) -> tuple[list[str], list[str]]:
+    """Graph input and output names of a fixture."""
+    inputs = ["input_ids", "attention_mask"]
+    outputs = ["logits"]
+    if kv_cache:
+        for i in range(num_layers):
+            inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+            outputs += [f"present.{i}.key", f"present.{i}.value"]
+    return inputs, outputs
+
+
+def example_inputs(
+    model: transformers.PreTrainedModel, kv_cache: bool
+) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs used for tracing."""
+    gen = torch.Generator().manual_seed(SEED + 1)
+    ids = torch.randint(0, model.config.vocab_size, (EX_BATCH, EX_SEQ), generator=gen)
+    if not kv_cache:
+        return ids, torch.ones(EX_BATCH, EX_SEQ, dtype=torch.int64)
+    num_layers, kv_heads, head_dim = kv_shape_info(model)
+    mask = torch.ones(EX_BATCH, EX_PAST + EX_SEQ, dtype=torch.int64)
+    past = [
+        torch.randn(EX_BATCH, kv_heads, EX_PAST, head_dim, generator=gen)
+        for _ in range(2 * num_layers)
+    ]
+    return (ids, mask, *past)
+
+
+def export_legacy(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    names: tuple[list[str], list[str]],
+    kv_cache: bool,
+) -> None:
+    """Export with the TorchScript-based exporter (``dynamo=False``)."""
+    inputs, outputs = names
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "past_seq" if kv_cache else "seq"},
+        "logits": {0: "batch", 1: "seq"},
+    }
+    for name in inputs[2:]:
+        axes[name] = {0: "batch", 2: "past"}
+    for name in outputs[1:]:
+        axes[name] = {0: "batch", 2: "past_seq"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about python bools in transformers
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=LEGACY_OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+
+
+def export_dynamo(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    names: tuple[list[str], list[str]],
+    kv_cache: bool,
+) -> None:
+    """Export with the ``torch.export``-based exporter (``dynamo=True``)."""
+    inputs, outputs = names
+    batch = torch.export.Dim("batch", min=1, max=64)
+    seq = torch.export.Dim("seq", min=1, max=128)
+    if kv_cache:
+        past = torch.export.Dim("past", min=1, max=128)
+        shapes: tuple = (
+            {0: batch, 1: seq},
+            # past + seq is not expressible (derived dims are linear in ONE root dim):
+            # leave it to torch.export to infer the relation from the graph.
+            {0: batch, 1: torch.export.Dim.DYNAMIC},
+            *([{0: batch, 2: past}] * (len(inputs) - 2)),
+        )
+        shapes = (shapes[0], shapes[1], shapes[2:])  # *past is one positional pytree
+    else:
+        shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
+    program = torch.onnx.export(
+        module,
+        args,
+        dynamo=True,
+        opset_version=DYNAMO_OPSET,
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_shapes=shapes,
+        external_data=False,
+        optimize=True,
+    )
+    program.save(str(path), external_data=False)
+
+
+def export_fixture(spec: FixtureSpec, out_dir: Path) -> Path:
+    """Export one fixture and check it with ``onnx.checker``.
+
+    Parameters
+    ----------
+    spec : FixtureSpec
+        What to export.
+    out_dir : Path
+        Destination directory (created if missing).
+
+    Returns
+    -------
+    Path
+        Path of the written ``.onnx`` file.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{spec.name}.onnx"
+    model = build_model(spec.family)
+    module = FlatKVCache(model) if spec.kv_cache else LogitsOnly(model)
+    module.eval()
+    args = example_inputs(model, spec.kv_cache)
+    names = io_names(model.config.num_hidden_layers, spec.kv_cache)
+    with torch.no_grad():
+        if spec.exporter == "legacy":
+            export_legacy(module, args, path, names, spec.kv_cache)
+        else:
+            export_dynamo(module, args, path, names, spec.kv_cache)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    return path
+
+
+def describe(path: Path) -> str:
+    """One-line summary of an exported file: size, opsets, inputs and outputs."""
+    proto = onnx.load(str(path))
+    opsets = ",".join(f"{o.domain or 'ai.onnx'}:{o.version}" for o in proto.opset_import)
+
+    def fmt(values: Sequence[onnx.ValueInfoProto]) -> str:
+        parts = []
+        for v in values:
+            dims = [d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim]
+            parts.append(f"{v.name}[{','.join(dims)}]")
+        return " ".join(parts)
+
+    return (
+        f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, opset {opsets}, "
+        f"{len(proto.graph.node)} nodes\n  in:  {fmt(proto.graph.input)}\n"
+        f"  out: {fmt(proto.graph.output)}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="fixture names to export (default: all)"
+    )
+    ns = parser.parse_args(argv)
+    torch.use_deterministic_algorithms(True)
+    specs = [s for s in ALL_SPECS if ns.only is None or s.name in ns.only]
+    for spec in specs:
+        path = export_fixture(spec, ns.out_dir)
+        print(describe(path), flush=True)
+
+
+if __name__ == "__main__":
+    main()

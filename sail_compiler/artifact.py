@@ -1,0 +1,140 @@
+"""Compiled artifacts: a directory with ``manifest.json`` plus the target's files.
+
+The manifest records the format version, the versions of sail and TVM that built it, the target,
+the source model and the ONNX signature; loading checks all of it. Inputs given to
+:meth:`Artifact.run` are checked against the signature (names, dtypes, ranks, fixed dims, and that
+each symbolic dim has one value across inputs) before anything reaches the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import ArtifactError, InputError
+from .frontend.signature import ModelSignature
+from .targets import Runner, get_target
+
+FORMAT = "sail-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def check_output_path(out: Path, model_path: Path, force: bool) -> None:
+    """Refuse to replace anything sail did not make (or the model itself) unless ``force``."""
+    if out.resolve() == model_path.resolve() or model_path.resolve().is_relative_to(out.resolve()):
+        raise ArtifactError(f"output {out} would overwrite the model {model_path}; "
+                            "choose another -o path")
+    if not out.exists():
+        return
+    if out.is_dir() and (out / MANIFEST).is_file():
+        return  # an earlier artifact: replaced as a whole
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    if not force:
+        raise ArtifactError(f"output {out} exists and is not a sail artifact; choose a new path "
+                            "or pass --force to replace it")
+
+
+def write_artifact(out: Path, build: Callable[[Path], dict[str, Any]],
+                   manifest: dict[str, Any]) -> None:
+    """Build into a temporary sibling directory, then move it to ``out`` in one step.
+
+    A failed build leaves any earlier ``out`` untouched.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        extra = build(staging)
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, "sail_version": __version__,
+                **manifest, **extra}
+        (staging / MANIFEST).write_text(json.dumps(full, indent=1) + "\n")
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+class Artifact:
+    """A loaded artifact."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise ArtifactError(f"{self.path} is not a sail artifact (no {MANIFEST}); "
+                                "make one with: sail compile MODEL -o DIR")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{manifest_path} is corrupt ({err}); recompile the model") from err
+        if self.manifest.get("format") != FORMAT:
+            raise ArtifactError(f"{manifest_path} is not a sail manifest; recompile the model")
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{self.path} has artifact format {self.manifest.get('format_version')}, this "
+                f"sail reads format {FORMAT_VERSION}; recompile the model")
+        self.signature = ModelSignature.from_json(self.manifest["signature"])
+        self.target = get_target(self.manifest["target"])
+        self._runner: Runner | None = None
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            self._runner = self.target.load(self.path, self.manifest)
+        return self._runner
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, int]:
+        """Validate ``inputs``; return the value of every symbolic dim."""
+        problems = []
+        expected = {s.name for s in self.signature.inputs}
+        missing = [n for n in expected if n not in inputs]
+        unknown = [n for n in inputs if n not in expected]
+        if missing:
+            problems.append(f"missing input(s): {', '.join(sorted(missing))}")
+        if unknown:
+            problems.append(f"unknown input(s): {', '.join(sorted(unknown))}")
+        dims: dict[str, int] = {}
+        for spec in self.signature.inputs:
+            if spec.name not in inputs:
+                continue
+            x = inputs[spec.name]
+            if x.dtype != np.dtype(spec.dtype):
+                problems.append(f"{spec.name}: dtype {x.dtype}, expected {spec.dtype}")
+            if x.ndim != len(spec.dims):
+                problems.append(f"{spec.name}: rank {x.ndim}, expected {len(spec.dims)} "
+                                f"({spec.describe()})")
+                continue
+            for axis, (dim, size) in enumerate(zip(spec.dims, x.shape, strict=True)):
+                if isinstance(dim, int) and dim != size:
+                    problems.append(f"{spec.name}: dim {axis} is {size}, expected {dim}")
+                elif isinstance(dim, str):
+                    if dims.setdefault(dim, size) != size:
+                        problems.append(f"{spec.name}: dim {axis} ('{dim}') is {size}, but "
+                                        f"another input has '{dim}' = {dims[dim]}")
+        if problems:
+            raise InputError("inputs do not match the model: " + "; ".join(problems) +
+                             f". The model takes: {self.describe_inputs()}")
+        return dims
+
+    def describe_inputs(self) -> str:
+        return ", ".join(s.describe() for s in self.signature.inputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on named inputs; return named outputs (ONNX order)."""
+        self.check_inputs(inputs)
+        outputs = self.runner.run([inputs[s.name] for s in self.signature.inputs])
+        names = [s.name for s in self.signature.outputs]
+        assert len(outputs) == len(names), (len(outputs), names)
+        return dict(zip(names, outputs, strict=True))

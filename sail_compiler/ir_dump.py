@@ -1,0 +1,117 @@
+"""IR dumps: TVMScript after every pass and every stage, and ``--print-after``.
+
+A dump directory holds::
+
+    command.txt              the command line that made it
+    000_<PassName>.py ...    TVMScript after each pass, numbered in execution order
+    stage_<k>_<stage>.py     TVMScript after each pipeline stage
+    passes.json              the index: pass, stage, file, whether it changed the IR, seconds
+
+"Changed" compares the printed TVMScript with that of the previous dump, so it means what a reader
+of the dumps sees. Constants print as ``metadata[...]`` references (no weights in the dumps).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import tvm
+
+from .errors import OptionError
+
+MARKER = ".sail-dump"
+STAGE_PASS_PREFIX = "sail.stage."
+INDEX_FILE = "passes.json"
+
+
+def prepare_dump_dir(path: Path, force: bool, command: list[str]) -> Path:
+    """Create ``path`` for dumps (or reuse one made by us); never clobber someone else's files.
+
+    A non-empty directory is accepted only if an earlier dump made it (it holds our marker
+    file) or ``force`` is set; its old dumps are removed, nothing else is touched.
+    """
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"--dump-dir {path} is a file; give a directory path")
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / MARKER).exists() and not force:
+            raise OptionError(f"--dump-dir {path} is not empty and was not created by sail; "
+                              "choose an empty or new directory, or pass --force")
+        for old in [*path.glob("[0-9][0-9][0-9]_*.py"), *path.glob("stage_*.py")]:
+            old.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("created by sail compile --dump-dir\n")
+    (path / "command.txt").write_text(" ".join(command) + "\n")
+    return path
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+@tvm.ir.instrument.pass_instrument
+class IRDumper:
+    """Writes the TVMScript after each pass (``dump_dir``) and prints chosen passes.
+
+    Parameters
+    ----------
+    dump_dir
+        Where to write dumps, or None to write none.
+    print_after
+        Pass names whose output is printed to ``stream``.
+    """
+
+    def __init__(self, dump_dir: Path | None, print_after: list[str] | None = None,
+                 stream: TextIO | None = None) -> None:
+        self.dump_dir = dump_dir
+        self.print_after = set(print_after or [])
+        self.stream = stream or sys.stdout
+        self.stage = "import"
+        self.entries: list[dict[str, Any]] = []
+        self.seen_passes: list[str] = []
+        self._previous_text: str | None = None
+        self._started: float = 0.0
+
+    def run_before_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
+        self._started = time.perf_counter()
+
+    def run_after_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
+        name = str(info.name)
+        if name.startswith(STAGE_PASS_PREFIX):
+            return  # the stage's Sequential wrapper: record_stage() writes its dump
+        self.seen_passes.append(name)
+        wants_print = name in self.print_after
+        if self.dump_dir is None and not wants_print:
+            return
+        text = mod.script()
+        if wants_print:
+            print(f"# IR after {name} (stage {self.stage})\n{text}", file=self.stream)
+        if self.dump_dir is None:
+            return
+        index = len(self.entries)
+        file = f"{index:03d}_{_file_safe(name)}.py"
+        (self.dump_dir / file).write_text(text)
+        self.entries.append({
+            "index": index, "pass": name, "stage": self.stage, "file": file,
+            "changed": text != self._previous_text,
+            "seconds": round(time.perf_counter() - self._started, 6),
+        })
+        self._previous_text = text
+        self._write_index()
+
+    def record_stage(self, position: int, stage: str, mod: tvm.IRModule) -> None:
+        """Write the IR after stage number ``position`` (1-based) named ``stage``."""
+        if self.dump_dir is None:
+            return
+        text = mod.script()
+        (self.dump_dir / f"stage_{position}_{stage}.py").write_text(text)
+        if self._previous_text is None:
+            self._previous_text = text
+
+    def _write_index(self) -> None:
+        assert self.dump_dir is not None
+        (self.dump_dir / INDEX_FILE).write_text(json.dumps(self.entries, indent=1) + "\n")

@@ -1,0 +1,51 @@
+"""Compile options, validated when they are built."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .errors import OptionError, valid_choices
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """What ``sail compile`` does.
+
+    Parameters
+    ----------
+    target
+        Registered target name (``llvm``).
+    emit
+        Stop after this stage and write its TVMScript instead of an artifact.
+    dump_dir
+        Write the TVMScript after every pass and stage here.
+    force
+        Allow writing into a non-empty directory that sail did not create.
+    print_after
+        Pass names whose output is printed.
+    shapes
+        Input dims to fix, ``{input name: dims}``; other dims stay symbolic.
+    num_threads
+        Threads the compiled code may use (None: all cores).
+    """
+
+    target: str = "llvm"
+    emit: str | None = None
+    dump_dir: Path | None = None
+    force: bool = False
+    print_after: tuple[str, ...] = ()
+    shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        from .pipeline import STAGE_NAMES
+        from .targets import target_names
+
+        if self.target not in target_names():
+            raise OptionError(f"unknown target '{self.target}'; {valid_choices(target_names())}")
+        if self.emit is not None and self.emit not in STAGE_NAMES:
+            raise OptionError(f"unknown stage '{self.emit}' for --emit; "
+                              f"valid stages in order: {', '.join(STAGE_NAMES)}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise OptionError(f"--threads must be >= 1, got {self.num_threads}")

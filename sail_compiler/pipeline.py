@@ -1,0 +1,48 @@
+"""The named stages of the compiler and their pass lists.
+
+``import`` is the ONNX frontend (no passes; its output is dumped as a stage). ``quantize`` and
+``sail`` hold the quantization and SAIL passes (empty until those land). ``lower`` is the
+target's: legalization, fusion and scheduling for llvm. Each stage runs as one
+``tvm.transform.Sequential`` named ``sail.stage.<name>``, so the passes inside are ordinary TVM
+passes a user can reuse in their own flows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import tvm
+
+from .ir_dump import STAGE_PASS_PREFIX
+from .options import CompileOptions
+from .targets.base import TargetBackend
+
+PassFactory = Callable[[CompileOptions, TargetBackend], list[tvm.transform.Pass]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A named group of passes; ``passes`` builds the list for the given options and target."""
+
+    name: str
+    description: str
+    passes: PassFactory
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("import", "ONNX -> Relax (float), weights as constants", lambda o, t: []),
+    Stage("quantize", "weights -> low-bit integers (not yet implemented: passes through)",
+          lambda o, t: []),
+    Stage("sail", "LUT-GEMV lowering, PIM type conversion (not yet implemented: passes through)",
+          lambda o, t: []),
+    Stage("lower", "target lowering: legalize, fuse, schedule",
+          lambda o, t: t.lowering_passes(o)),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def stage_pass(stage: Stage, options: CompileOptions, target: TargetBackend) -> tvm.transform.Pass:
+    """The stage as one Sequential pass named ``sail.stage.<name>``."""
+    return tvm.transform.Sequential(stage.passes(options, target),
+                                    name=STAGE_PASS_PREFIX + stage.name)

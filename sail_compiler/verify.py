@@ -1,0 +1,217 @@
+"""Verification against onnxruntime: generated inputs, per-output error metrics.
+
+Generated inputs are seeded and valid for language models: token ids inside the vocabulary (read
+from the embedding table feeding ``Gather``), attention masks of ones whose length is past + seq,
+position ids counting from past, past key/values of a consistent length; other floats standard
+normal. Symbolic dims take values by role: batch, sequence (``seq_len``) and past (``past_len``);
+any other symbolic dim is 1 unless given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import InputError
+from .frontend.signature import ModelSignature, TensorSpec
+from .options import CompileOptions
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class InputPlan:
+    """How to generate inputs: dim values by role plus explicit dims per symbol."""
+
+    batch: int = 1
+    seq_len: int = 8
+    past_len: int = 8
+    dims: dict[str, int] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+
+def _is_ids(name: str) -> bool:
+    return "ids" in name.lower() and "position" not in name.lower()
+
+
+def _is_mask(name: str) -> bool:
+    return "mask" in name.lower()
+
+
+def _is_positions(name: str) -> bool:
+    return "position" in name.lower()
+
+
+def _is_past(name: str) -> bool:
+    return "past" in name.lower() or "cache" in name.lower()
+
+
+def vocab_size(model: onnx.ModelProto, ids_input: str) -> int | None:
+    """Rows of the embedding table that ``Gather`` reads with ``ids_input``, if found."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == ids_input:
+            table = initializers.get(node.input[0])
+            if table is not None and table.dims:
+                return int(table.dims[0])
+    return None
+
+
+def _role_dims(signature: ModelSignature, plan: InputPlan) -> dict[str, int]:
+    """Assign a value to every symbolic dim of the inputs."""
+    values: dict[str, int] = {}
+    ids = [s for s in signature.inputs if _is_ids(s.name) and len(s.dims) == 2]
+    past = [s for s in signature.inputs if _is_past(s.name) and len(s.dims) >= 3]
+    for spec in ids:
+        for dim, value in zip(spec.dims, (plan.batch, plan.seq_len), strict=True):
+            if isinstance(dim, str):
+                values.setdefault(dim, value)
+    for spec in past:
+        if isinstance(spec.dims[0], str):
+            values.setdefault(spec.dims[0], plan.batch)
+        if isinstance(spec.dims[-2], str):
+            values.setdefault(spec.dims[-2], plan.past_len)
+    total = plan.seq_len + (plan.past_len if past else 0)
+    for spec in signature.inputs:
+        if (_is_mask(spec.name) or _is_positions(spec.name)) and len(spec.dims) == 2:
+            if isinstance(spec.dims[0], str):
+                values.setdefault(spec.dims[0], plan.batch)
+            if isinstance(spec.dims[1], str):
+                values.setdefault(spec.dims[1], total if _is_mask(spec.name) else plan.seq_len)
+    for name in signature.symbolic_dims():
+        values.setdefault(name, 1)
+    values.update(plan.dims)
+    return values
+
+
+def _generate(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator,
+              vocab: int | None, past_len: int) -> np.ndarray:
+    dtype = np.dtype(spec.dtype)
+    if dtype.kind in "iu":
+        if _is_mask(spec.name):
+            return np.ones(shape, dtype)
+        if _is_positions(spec.name):
+            return np.broadcast_to(np.arange(shape[-1]) + past_len, shape).astype(dtype)
+        high = vocab if vocab is not None else 100
+        return rng.integers(0, high, shape).astype(dtype)
+    if dtype.kind == "b":
+        return np.ones(shape, dtype) if _is_mask(spec.name) else rng.random(shape) < 0.5
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def generate_inputs(model: onnx.ModelProto, signature: ModelSignature,
+                    plan: InputPlan) -> dict[str, np.ndarray]:
+    """Seeded inputs valid for ``model``; see the module docstring for the rules."""
+    dims = _role_dims(signature, plan)
+    rng = np.random.default_rng(plan.seed)
+    ids = next((s.name for s in signature.inputs if _is_ids(s.name)), None)
+    vocab = vocab_size(model, ids) if ids else None
+    past_len = plan.past_len if any(_is_past(s.name) for s in signature.inputs) else 0
+    inputs = {}
+    for spec in signature.inputs:
+        shape = tuple(d if isinstance(d, int) else dims[d] for d in spec.dims)
+        inputs[spec.name] = _generate(spec, shape, rng, vocab, past_len)
+    return inputs
+
+
+def load_inputs(path: str | Path, signature: ModelSignature) -> dict[str, np.ndarray]:
+    """Inputs from an ``.npz`` whose keys are the model's input names."""
+    try:
+        with np.load(path) as data:
+            inputs = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read inputs from {path}: {err}; give an .npz written by "
+                         "numpy.savez with one array per model input") from err
+    expected = [s.name for s in signature.inputs]
+    missing = [n for n in expected if n not in inputs]
+    if missing:
+        raise InputError(f"{path} lacks input(s) {', '.join(missing)}; its keys: "
+                         f"{', '.join(inputs) or 'none'}; the model takes {', '.join(expected)}")
+    return inputs
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
+    """Max abs error, relative L2 error and cosine similarity of ``actual`` vs ``expected``."""
+    if actual.shape != expected.shape:
+        return {"max_abs_err": float("inf"), "rel_l2_err": float("inf"), "cosine": 0.0,
+                "shape_mismatch": [list(actual.shape), list(expected.shape)]}
+    a = actual.astype(np.float64).ravel()
+    e = expected.astype(np.float64).ravel()
+    if a.size == 0:
+        return {"max_abs_err": 0.0, "rel_l2_err": 0.0, "cosine": 1.0}
+    diff = a - e
+    norm_e, norm_a = np.linalg.norm(e), np.linalg.norm(a)
+    rel = float(np.linalg.norm(diff) / norm_e) if norm_e > 0 else float(np.linalg.norm(diff))
+    if norm_e > 0 and norm_a > 0:
+        cosine = float(a @ e / (norm_a * norm_e))
+    else:
+        cosine = 1.0 if norm_e == norm_a else 0.0
+    return {"max_abs_err": float(np.abs(diff).max()), "rel_l2_err": rel, "cosine": cosine}
+
+
+def run_onnxruntime(model_path: str | Path, inputs: dict[str, np.ndarray],
+                    threads: int | None = None) -> dict[str, np.ndarray]:
+    """Run the float model on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def report_line(name: str, metrics: dict[str, Any], tolerance: float) -> str:
+    ok = metrics["rel_l2_err"] <= tolerance
+    return (f"  {name:<28} max_abs_err {metrics['max_abs_err']:.3e}  rel_l2_err "
+            f"{metrics['rel_l2_err']:.3e}  cosine {metrics['cosine']:.7f}  "
+            f"{'ok' if ok else 'FAIL'}")
+
+
+def verify_model(model_path: str | Path, options: CompileOptions, plans: list[InputPlan],
+                 inputs_file: str | Path | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                 artifact_dir: str | Path | None = None) -> dict[str, Any]:
+    """Compile once, run every input plan (or the given inputs) and compare with onnxruntime.
+
+    Returns
+    -------
+    dict
+        ``{"target", "ok", "tolerance", "compile_seconds", "outputs": [{"name", "max_abs_err",
+        "rel_l2_err", "cosine", "dims", "ok"}, ...]}``: one entry per output and run.
+    """
+    import tempfile
+    import time
+
+    from .artifact import Artifact
+    from .driver import compile_model
+
+    model_path = Path(model_path)
+    with tempfile.TemporaryDirectory(prefix="sail-verify-") as tmp:
+        out = Path(artifact_dir) if artifact_dir is not None else Path(tmp) / "artifact"
+        started = time.perf_counter()
+        result = compile_model(model_path, out, options)
+        compile_seconds = time.perf_counter() - started
+        artifact = Artifact(out)
+        header = onnx.load(str(model_path), load_external_data=False)
+        if inputs_file is not None:
+            runs = [load_inputs(inputs_file, artifact.signature)]
+        else:
+            runs = [generate_inputs(header, artifact.signature, plan) for plan in plans]
+        entries = []
+        for inputs in runs:
+            dims = artifact.check_inputs(inputs)
+            ours = artifact.run(inputs)
+            theirs = run_onnxruntime(model_path, inputs)
+            for name, value in ours.items():
+                metrics = compare(value, theirs[name])
+                entries.append({"name": name, **metrics, "dims": dims,
+                                "ok": bool(metrics["rel_l2_err"] <= tolerance)})
+    return {"target": options.target, "ok": all(e["ok"] for e in entries),
+            "tolerance": tolerance, "compile_seconds": round(compile_seconds, 3),
+            "notes": result.notes, "outputs": entries}
