@@ -88,6 +88,9 @@ class DecoderConfig:
 
 
 PRESETS: dict[str, DecoderConfig] = {
+    # One layer, every op of the example: the fastest model for CLI tests.
+    "micro": DecoderConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2,
+                           num_kv_heads=1, ffn_size=24, max_positions=32),
     # ~1M parameters: unit tests.
     "tiny": DecoderConfig(vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4,
                           num_kv_heads=2, ffn_size=352, max_positions=512),

@@ -24,7 +24,8 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got '{text}'") from None
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected non-negative integers, got '{text}'")
     return values

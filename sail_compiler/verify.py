@@ -3,8 +3,9 @@
 Generated inputs are seeded and valid for language models: token ids inside the vocabulary (read
 from the embedding table feeding ``Gather``), attention masks of ones whose length is past + seq,
 position ids counting from past, past key/values of a consistent length; other floats standard
-normal. Symbolic dims take values by role: batch, sequence (``seq_len``) and past (``past_len``);
-any other symbolic dim is 1 unless given.
+normal. Symbolic dims take values by the role of their input (ids: batch x seq; past tensors:
+batch x ... x past x ...; masks: batch x (past + seq)), then by their name (``batch``, ``past``,
+``seq``/``len``, ``total``), else 1; ``InputPlan.dims`` overrides any of them.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ def vocab_size(model: onnx.ModelProto, ids_input: str) -> int | None:
     return None
 
 
+def _by_name(dim: str, plan: InputPlan, total: int) -> int:
+    """A value for a symbolic dim no input role fixed, from its name (1 if unknown)."""
+    low = dim.lower()
+    if "batch" in low:
+        return plan.batch
+    if "total" in low or "+" in low or "plus" in low:
+        return total
+    if "past" in low or "cache" in low:
+        return plan.past_len
+    if "seq" in low or "len" in low or "token" in low:
+        return plan.seq_len
+    return 1
+
+
 def _role_dims(signature: ModelSignature, plan: InputPlan) -> dict[str, int]:
     """Assign a value to every symbolic dim of the inputs."""
     values: dict[str, int] = {}
@@ -83,7 +98,7 @@ def _role_dims(signature: ModelSignature, plan: InputPlan) -> dict[str, int]:
             if isinstance(spec.dims[1], str):
                 values.setdefault(spec.dims[1], total if _is_mask(spec.name) else plan.seq_len)
     for name in signature.symbolic_dims():
-        values.setdefault(name, 1)
+        values.setdefault(name, _by_name(name, plan, total))
     values.update(plan.dims)
     return values
 

@@ -31,7 +31,7 @@ class TensorSpec:
         return cls(obj["name"], obj["dtype"], tuple(obj["dims"]))
 
     def describe(self) -> str:
-        dims = "x".join(str(d) for d in self.dims) or "scalar"
+        dims = ", ".join(str(d) for d in self.dims)
         return f"{self.name}: {self.dtype}[{dims}]"
 
 

@@ -1,0 +1,85 @@
+"""Quickstart: generate the example decoder, compile it for llvm, verify it, print a report.
+
+    python examples/quickstart.py [--preset tiny] [--workdir sail-quickstart]
+
+Steps: write the Llama-style example decoder (with a KV cache) as ONNX; compile it with
+``sail compile`` semantics (IR dumps in ``<workdir>/dump``); verify the one artifact against
+onnxruntime at a prefill and a decode shape; time a forward against onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import onnx
+from make_decoder import PRESETS, make_decoder, save_model
+
+from sail_compiler import Artifact, CompileOptions, compile_model
+from sail_compiler.verify import InputPlan, generate_inputs, report_line, verify_model
+
+
+def _best_of(fn, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--workdir", type=Path, default=Path("sail-quickstart"))
+    args = parser.parse_args(argv)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+
+    cfg = PRESETS[args.preset]
+    model_path = work / f"decoder_{args.preset}_kv.onnx"
+    save_model(make_decoder(cfg, kv_cache=True), model_path)
+    print(f"1. wrote {model_path}: Llama-style decoder, {cfg.num_params() / 1e6:.2f}M params, "
+          f"{cfg.num_layers} layers, GQA {cfg.num_heads}/{cfg.num_kv_heads} heads, KV cache")
+
+    artifact_dir = work / "artifact"
+    options = CompileOptions(target="llvm", dump_dir=work / "dump", force=True)
+    result = compile_model(model_path, artifact_dir, options)
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
+    print(f"2. compiled -> {artifact_dir} ({secs}); IR after every pass in {work / 'dump'}")
+
+    plans = [InputPlan(batch=1, seq_len=16, past_len=0), InputPlan(batch=1, seq_len=1,
+                                                                     past_len=16)]
+    report = verify_model(model_path, CompileOptions(target="llvm"), plans)
+    print("3. verify against onnxruntime (one artifact, prefill and decode shapes):")
+    for entry in report["outputs"]:
+        if entry["name"] == "logits":
+            dims = ", ".join(f"{k}={v}" for k, v in entry["dims"].items())
+            print(f"   [{dims}]")
+            print(report_line(entry["name"], entry, report["tolerance"]))
+    worst = max(e["rel_l2_err"] for e in report["outputs"])
+    print(f"   all {len(report['outputs'])} outputs: worst rel_l2_err {worst:.2e} -> "
+          f"{'OK' if report['ok'] else 'FAILED'}")
+
+    import onnxruntime as ort
+
+    artifact = Artifact(artifact_dir)
+    inputs = generate_inputs(onnx.load(str(model_path)), artifact.signature,
+                             InputPlan(batch=1, seq_len=16, past_len=0))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    artifact.run(inputs)
+    session.run(None, inputs)
+    ours = _best_of(lambda: artifact.run(inputs))
+    theirs = _best_of(lambda: session.run(None, inputs))
+    print(f"4. forward, batch 1 x 16 tokens: sail llvm {ours * 1e3:.2f} ms, onnxruntime "
+          f"(1 thread) {theirs * 1e3:.2f} ms, ratio {ours / theirs:.2f}x "
+          "(see benchmarks/forward.py for a fuller comparison)")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
