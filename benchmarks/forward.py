@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-import onnx  # noqa: E402
 from make_decoder import PRESETS, make_decoder, save_model  # noqa: E402
 
 from sail_compiler import Artifact, CompileOptions, compile_model  # noqa: E402
@@ -60,7 +59,6 @@ def main(argv: list[str] | None = None) -> None:
         options.intra_op_num_threads = args.threads
         session = ort.InferenceSession(str(model_path), options,
                                        providers=["CPUExecutionProvider"])
-        header = onnx.load(str(model_path), load_external_data=False)
         print(f"preset {args.preset} ({cfg.num_params() / 1e6:.1f}M params), "
               f"{args.threads} thread(s), compile {compile_seconds:.1f}s")
         print(f"{'shape':<28} {'sail llvm ms':>12} {'ort ms':>10} {'sail/ort':>9}")
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                       past_len=0)),
                             (f"decode seq=1 past={args.past}", InputPlan(seq_len=1,
                                                                          past_len=args.past))]:
-            inputs = generate_inputs(header, artifact.signature, plan)
+            inputs = generate_inputs(artifact.signature, plan)
             ours = _median_seconds(lambda i=inputs: artifact.run(i), args.repeats)
             theirs = _median_seconds(lambda i=inputs: session.run(None, i), args.repeats)
             print(f"{label:<28} {ours * 1e3:>12.2f} {theirs * 1e3:>10.2f} "

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import onnx
 from make_decoder import PRESETS, make_decoder, save_model
 
 from sail_compiler import Artifact, CompileOptions, compile_model
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     artifact = Artifact(artifact_dir)
-    inputs = generate_inputs(onnx.load(str(model_path)), artifact.signature,
+    inputs = generate_inputs(artifact.signature,
                              InputPlan(batch=1, seq_len=16, past_len=0))
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

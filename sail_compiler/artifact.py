@@ -112,6 +112,10 @@ class Artifact:
             x = inputs[spec.name]
             if x.dtype != np.dtype(spec.dtype):
                 problems.append(f"{spec.name}: dtype {x.dtype}, expected {spec.dtype}")
+            if spec.index_bound is not None and x.size and (x.min() < 0 or
+                                                            x.max() >= spec.index_bound):
+                problems.append(f"{spec.name}: values must lie in [0, {spec.index_bound}), got "
+                                f"[{x.min()}, {x.max()}]")
             if x.ndim != len(spec.dims):
                 problems.append(f"{spec.name}: rank {x.ndim}, expected {len(spec.dims)} "
                                 f"({spec.describe()})")

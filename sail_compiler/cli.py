@@ -104,7 +104,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise OptionError("give -o DIR for the artifact (or --emit STAGE to print TVMScript)")
     options = _compile_options(args, emit=args.emit, dump_dir=args.dump_dir, force=args.force,
                                print_after=tuple(args.print_after))
-    result = compile_model(args.model, args.output, options, command=["sail", *sys.argv[1:]])
+    result = compile_model(args.model, args.output, options, command=["sail", *args.argv])
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     missing = [p for p in args.print_after if p not in result.passes_run]
@@ -193,7 +193,9 @@ _COMMANDS = {"compile": _cmd_compile, "run": _cmd_run, "verify": _cmd_verify,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sail`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return _COMMANDS[args.command](args)
     except SailError as err:

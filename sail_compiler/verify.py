@@ -1,11 +1,11 @@
 """Verification against onnxruntime: generated inputs, per-output error metrics.
 
-Generated inputs are seeded and valid for language models: token ids inside the vocabulary (read
-from the embedding table feeding ``Gather``), attention masks of ones whose length is past + seq,
-position ids counting from past, past key/values of a consistent length; other floats standard
-normal. Symbolic dims take values by the role of their input (ids: batch x seq; past tensors:
-batch x ... x past x ...; masks: batch x (past + seq)), then by their name (``batch``, ``past``,
-``seq``/``len``, ``total``), else 1; ``InputPlan.dims`` overrides any of them.
+Generated inputs are seeded and valid for language models: token ids inside the vocabulary (the
+rows of the embedding table they index, recorded in the signature), attention masks of ones whose
+length is past + seq, position ids counting from past, past key/values of a consistent length;
+other floats standard normal. Symbolic dims take values by the role of their input (ids:
+batch x seq; past tensors: batch x ... x past x ...; masks: batch x (past + seq)), then by their
+name (``batch``, ``past``, ``seq``/``len``, ``total``), else 1; ``InputPlan.dims`` overrides any.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from .errors import InputError
 from .frontend.signature import ModelSignature, TensorSpec
@@ -49,17 +48,6 @@ def _is_positions(name: str) -> bool:
 
 def _is_past(name: str) -> bool:
     return "past" in name.lower() or "cache" in name.lower()
-
-
-def vocab_size(model: onnx.ModelProto, ids_input: str) -> int | None:
-    """Rows of the embedding table that ``Gather`` reads with ``ids_input``, if found."""
-    initializers = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == ids_input:
-            table = initializers.get(node.input[0])
-            if table is not None and table.dims:
-                return int(table.dims[0])
-    return None
 
 
 def _by_name(dim: str, plan: InputPlan, total: int) -> int:
@@ -104,32 +92,28 @@ def _role_dims(signature: ModelSignature, plan: InputPlan) -> dict[str, int]:
 
 
 def _generate(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator,
-              vocab: int | None, past_len: int) -> np.ndarray:
+              bound: int | None, past_len: int) -> np.ndarray:
     dtype = np.dtype(spec.dtype)
     if dtype.kind in "iu":
         if _is_mask(spec.name):
             return np.ones(shape, dtype)
         if _is_positions(spec.name):
             return np.broadcast_to(np.arange(shape[-1]) + past_len, shape).astype(dtype)
-        high = vocab if vocab is not None else 100
-        return rng.integers(0, high, shape).astype(dtype)
+        return rng.integers(0, bound if bound is not None else 100, shape).astype(dtype)
     if dtype.kind == "b":
         return np.ones(shape, dtype) if _is_mask(spec.name) else rng.random(shape) < 0.5
     return rng.standard_normal(shape).astype(dtype)
 
 
-def generate_inputs(model: onnx.ModelProto, signature: ModelSignature,
-                    plan: InputPlan) -> dict[str, np.ndarray]:
-    """Seeded inputs valid for ``model``; see the module docstring for the rules."""
+def generate_inputs(signature: ModelSignature, plan: InputPlan) -> dict[str, np.ndarray]:
+    """Seeded inputs valid for a model of ``signature``; see the module docstring."""
     dims = _role_dims(signature, plan)
     rng = np.random.default_rng(plan.seed)
-    ids = next((s.name for s in signature.inputs if _is_ids(s.name)), None)
-    vocab = vocab_size(model, ids) if ids else None
     past_len = plan.past_len if any(_is_past(s.name) for s in signature.inputs) else 0
     inputs = {}
     for spec in signature.inputs:
         shape = tuple(d if isinstance(d, int) else dims[d] for d in spec.dims)
-        inputs[spec.name] = _generate(spec, shape, rng, vocab, past_len)
+        inputs[spec.name] = _generate(spec, shape, rng, spec.index_bound, past_len)
     return inputs
 
 
@@ -213,11 +197,10 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
         result = compile_model(model_path, out, options)
         compile_seconds = time.perf_counter() - started
         artifact = Artifact(out)
-        header = onnx.load(str(model_path), load_external_data=False)
         if inputs_file is not None:
             runs = [load_inputs(inputs_file, artifact.signature)]
         else:
-            runs = [generate_inputs(header, artifact.signature, plan) for plan in plans]
+            runs = [generate_inputs(artifact.signature, plan) for plan in plans]
         entries = []
         for inputs in runs:
             dims = artifact.check_inputs(inputs)

@@ -17,18 +17,22 @@ Dim = int | str
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
-    """One input or output: its ONNX name, NumPy dtype name and dims."""
+    """One input or output: its ONNX name, NumPy dtype name, dims and, for index inputs, the
+    exclusive upper bound of valid values (TVM's gather does not check it: out-of-range ids
+    would read out of bounds)."""
 
     name: str
     dtype: str
     dims: tuple[Dim, ...]
+    index_bound: int | None = None  # integer inputs used as indices must lie in [0, bound)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims),
+                "index_bound": self.index_bound}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> TensorSpec:
-        return cls(obj["name"], obj["dtype"], tuple(obj["dims"]))
+        return cls(obj["name"], obj["dtype"], tuple(obj["dims"]), obj.get("index_bound"))
 
     def describe(self) -> str:
         dims = ", ".join(str(d) for d in self.dims)
@@ -59,7 +63,7 @@ class ModelSignature:
         return names
 
 
-def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+def _spec(value: onnx.ValueInfoProto, bound: int | None = None) -> TensorSpec:
     ttype = value.type.tensor_type
     dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
     dims: list[Dim] = []
@@ -70,11 +74,25 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
             dims.append(dim.dim_param)
         else:
             dims.append(f"{value.name}_dim{i}")
-    return TensorSpec(value.name, dtype, tuple(dims))
+    return TensorSpec(value.name, dtype, tuple(dims), bound)
 
 
 def signature_of(model: onnx.ModelProto) -> ModelSignature:
     """The graph inputs (initializers excluded) and outputs of ``model``."""
     initializers = {t.name for t in model.graph.initializer}
-    inputs = tuple(_spec(v) for v in model.graph.input if v.name not in initializers)
+    inputs = tuple(_spec(v, index_bound(model, v.name)) for v in model.graph.input
+                   if v.name not in initializers)
     return ModelSignature(inputs, tuple(_spec(v) for v in model.graph.output))
+
+
+def index_bound(model: onnx.ModelProto, name: str) -> int | None:
+    """Rows of the constant table that a ``Gather`` indexes with input ``name`` (e.g. the
+    vocabulary of an embedding), or None if the input feeds no such Gather."""
+    tables = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == name:
+            table = tables.get(node.input[0])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if table is not None and len(table.dims) > axis:
+                return int(table.dims[axis])
+    return None
