@@ -120,6 +120,7 @@ def import_onnx(model: onnx.ModelProto) -> tuple[tvm.IRModule, ModelSignature]:
 def _import_failure(failed: list[str], err: Exception) -> ImportFailure:
     where = f" at {failed[0]}" if failed else ""
     first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    first = first.rstrip(".")
     return ImportFailure(
         f"TVM's ONNX importer failed{where}: {first}. If a dynamic dim is the cause, fix it "
         "with --shape NAME=DIMS (e.g. --shape input_ids=1x16); otherwise please report the model")

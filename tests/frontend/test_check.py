@@ -116,6 +116,6 @@ def test_shape_binding_checks_names_and_ranks() -> None:
     with pytest.raises(OptionError, match="rank 2"):
         bind_shapes(model, {"input_ids": (4,)})
     notes = bind_shapes(model, {"input_ids": (1, 4)})
-    assert len(notes) == 2 and "'seq' bound to 4" in notes[1]
+    assert len(notes) == 2 and "('seq') bound to 4" in notes[1]
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 4]
