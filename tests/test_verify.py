@@ -74,3 +74,15 @@ def test_compare_metrics_against_hand_computed_values() -> None:
     assert m["rel_l2_err"] == pytest.approx(0.5 / 5.0)
     assert m["cosine"] == pytest.approx((9 + 18) / (5 * np.hypot(3, 4.5)))
     assert compare(np.zeros(3), np.zeros(4))["rel_l2_err"] == float("inf")
+
+
+def test_external_data_model_verifies(tmp_path: Path) -> None:
+    from make_decoder import PRESETS, make_decoder, save_model
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    path = model_dir / "micro_ext.onnx"
+    save_model(make_decoder(PRESETS["micro"]), path, external_data=True)
+    assert (model_dir / "micro_ext.onnx.data").is_file()
+    report = verify_model(path, CompileOptions(), [InputPlan(seq_len=5)])
+    assert report["ok"] and report["outputs"][0]["rel_l2_err"] < 1e-4
