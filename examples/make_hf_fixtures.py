@@ -16,13 +16,16 @@ Eight files are written to ``tests/fixtures/hf/`` (or ``--out-dir``)::
 * ``legacy``: ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracing), opset 17,
   dynamic axes given with ``dynamic_axes``.
 * ``dynamo``: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript),
-  dynamic axes given with ``dynamic_shapes``. Opset 18 is requested directly: asking for
-  17 makes the exporter build at 18 and then run the version converter down to 17, which
-  is the step that is known to go wrong silently; 18 is what it really produces.
+  dynamic axes given with ``dynamic_shapes``, opset 18. Opset 17 cannot be had from this
+  exporter: it builds at 18 and then runs a version converter, and with opset_version=17
+  the GPT-2 export comes out labelled opset 17 but with opset-18 ``Split(num_outputs=)``
+  nodes (``onnx.checker`` rejects it), while for Llama the conversion fails (``ReduceMean``
+  axes are not a constant) and the file silently stays at opset 18. So 18 is requested.
 * without ``_kv``: inputs ``input_ids [batch, seq]`` (int64) and
   ``attention_mask [batch, seq]`` (int64); output ``logits [batch, seq, vocab]``.
 * with ``_kv``: inputs ``input_ids [batch, seq]``, ``attention_mask [batch, past + seq]``
-  and, per layer ``i``, ``past_key_values.{i}.key`` / ``past_key_values.{i}.value``
+  (the mask length is its own symbol in the file: ``past_seq`` or ``s53``) and, per
+  layer ``i``, ``past_key_values.{i}.key`` / ``past_key_values.{i}.value``
   ``[batch, kv_heads, past, head_dim]`` (float32); outputs ``logits`` and
   ``present.{i}.key`` / ``present.{i}.value`` ``[batch, kv_heads, past + seq, head_dim]``.
   A wrapper module rebuilds a ``DynamicCache`` from the flat past tensors, runs the model
@@ -336,8 +339,30 @@ def export_fixture(spec: FixtureSpec, out_dir: Path) -> Path:
         else:
             export_dynamo(module, args, path, names, spec.kv_cache)
     proto = onnx.load(str(path))
+    if strip_stack_traces(proto):
+        onnx.save(proto, str(path))
     onnx.checker.check_model(proto)
     return path
+
+
+def strip_stack_traces(proto: onnx.ModelProto) -> int:
+    """Drop the dynamo exporter's per-node Python stack traces, in place.
+
+    They hold absolute paths and line numbers of this script and of the installed
+    packages, so keeping them would make the files depend on where they were made.
+
+    Returns
+    -------
+    int
+        Number of entries removed.
+    """
+    removed = 0
+    for node in proto.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        removed += len(node.metadata_props) - len(kept)
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return removed
 
 
 def describe(path: Path) -> str:
