@@ -46,7 +46,7 @@ class _VMRunner(Runner):
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        result = self.vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs))
+        result = self.vm["main"](*(tvm.runtime.tensor(np.asarray(x, order="C")) for x in inputs))
         if hasattr(result, "numpy"):
             return [result.numpy()]
         return [r.numpy() for r in result]
