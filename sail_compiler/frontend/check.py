@@ -59,6 +59,47 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
+# Element types TVM computes with correctly here. Sub-byte and 8-bit float types (float8*, int4,
+# int2, float4) import but run with wrong values; strings and complex do not import.
+SUPPORTED_TYPES = frozenset(getattr(onnx.TensorProto, n) for n in (
+    "FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8",
+    "UINT16", "UINT32", "UINT64", "BOOL"))
+
+
+def _type_name(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type)
+
+
+def dtype_problems(model: onnx.ModelProto) -> list[str]:
+    """One line per value, constant or Cast whose element type is not supported."""
+    problems = []
+    graph = model.graph
+    values = [("input", v) for v in graph.input] + [("output", v) for v in graph.output] + [
+        ("value", v) for v in graph.value_info]
+    for kind, value in values:
+        elem = value.type.tensor_type.elem_type
+        if value.type.HasField("tensor_type") and elem and elem not in SUPPORTED_TYPES:
+            problems.append(f"unsupported tensor type {_type_name(elem)} of {kind} "
+                            f"'{value.name}'")
+    for tensor in graph.initializer:
+        if tensor.data_type not in SUPPORTED_TYPES:
+            problems.append(f"unsupported tensor type {_type_name(tensor.data_type)} of "
+                            f"initializer '{tensor.name}'")
+    for index, node in enumerate(_nodes(graph)):
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i not in SUPPORTED_TYPES:
+                problems.append(f"unsupported tensor type {_type_name(attr.i)} as the target "
+                                f"of Cast node '{node.name or index}'")
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type not in SUPPORTED_TYPES:
+                problems.append(f"unsupported tensor type {_type_name(attr.t.data_type)} in "
+                                f"{node.op_type} node '{node.name or index}'")
+    if problems:
+        supported = ", ".join(sorted(_type_name(t).lower() for t in SUPPORTED_TYPES))
+        problems.append(f"supported tensor types: {supported}; convert the model's values to "
+                        "one of them (e.g. dequantize float8/int4 weights to float16/float32)")
+    return problems
+
+
 def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Tensors stored as external data: initializers and Constant values, subgraphs included."""
     graphs = [model.graph] + [a.g for n in _nodes(model.graph) for a in n.attribute
@@ -126,6 +167,7 @@ def load_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if len(model.graph.node) == 0:
         problems.append("the graph has no nodes (is this an ONNX model? re-export it)")
     problems += _external_data_problems(model, p.parent)
+    problems += dtype_problems(model)
     unsupported = unsupported_nodes(model)
     problems += unsupported
     if unsupported:

@@ -872,8 +872,7 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     ``Shape`` results), removes identities and merges duplicated subexpressions while
     keeping symbolic dimensions symbolic. The result is used only if every node stays in
     the ``ai.onnx`` domain; onnxruntime's extra opset imports are dropped. Without
-    onnxruntime, or for models too large to pass through it in memory, only shape
-    inference is applied.
+    onnxruntime only shape inference is applied; models over 1 GB are returned as they are.
 
     Parameters
     ----------
@@ -885,9 +884,11 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     onnx.ModelProto
         A new, equivalent model.
     """
+    if model.ByteSize() > _ORT_MAX_BYTES:
+        # Both steps serialize the model, which protobuf cannot do above 2 GB; the converter
+        # overrides import such models without them.
+        return model
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    if inferred.ByteSize() > _ORT_MAX_BYTES:
-        return inferred
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - onnxruntime is a test dependency
