@@ -86,3 +86,16 @@ def test_external_data_model_verifies(tmp_path: Path) -> None:
     assert (model_dir / "micro_ext.onnx.data").is_file()
     report = verify_model(path, CompileOptions(), [InputPlan(seq_len=5)])
     assert report["ok"] and report["outputs"][0]["rel_l2_err"] < 1e-4
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf"
+
+
+@pytest.mark.parametrize("name", ["llama_dynamo_kv", "gpt2_legacy_kv", "llama_legacy"])
+def test_hugging_face_exports_verify(name: str) -> None:
+    plans = [InputPlan(seq_len=6, past_len=0), InputPlan(seq_len=1, past_len=5)]
+    report = verify_model(FIXTURES / f"{name}.onnx", CompileOptions(), plans)
+    runs = _by_run(report)
+    assert len(runs) == 2
+    assert all(e["rel_l2_err"] < 1e-4 for e in report["outputs"]), report["outputs"]
+    assert report["ok"]
