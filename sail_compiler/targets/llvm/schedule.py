@@ -1,0 +1,1036 @@
+"""Lowering and default (tuning-free) CPU schedules for the ``llvm`` target.
+
+Plain ``relax.build`` on CPU leaves every TIR function unscheduled: loops run serially and
+scalar, so a 1x4096 @ 4096x4096 GEMV takes ~145 ms instead of a few milliseconds. This module
+supplies the passes that turn a Relax module of high-level operators into fused, scheduled TIR,
+without any autotuning:
+
+1. ``FoldConstant`` at the Relax level, so that e.g. ``Gemm(transB=1)`` weights become plain
+   ``[K, N]`` constants.
+2. ``PackMatmulWeights``: every ``matmul(x, W)`` whose ``W`` is a 2-D float32 constant
+   ``[K, N]`` (``N`` a multiple of 16) becomes a TE kernel reading ``W`` repacked at compile
+   time (NumPy) into panels ``[N / 16, K, 16]``. One panel of 16 output columns is then a
+   contiguous stream; walking the ``[K, N]`` layout panel by panel strides ``4 N`` bytes per
+   ``k`` (a new page per access for N = 4096) and was 2-3x slower on a 4096x4096 GEMV. The
+   kernel splits the rows (all leading axes, symbolic or not, fused into ``M``) into the first
+   ``M - M % 4`` rows and the last ``M % 4`` rows, two reductions gathered by a select, so
+   each part can be tiled without a per-row predicate (TVM 0.27's ``loop_partition`` rejects
+   symbolic extents, and a predicated tile kept the accumulators in memory). The kernel is
+   marked ``op_pattern = kOutEWiseFusable`` so that ``FuseOps`` still fuses its epilogues.
+3. The usual CPU legalization and fusion (``LegalizeOps``, ``AnnotateTIROpPattern``,
+   ``FoldConstant``, ``FuseOps``, ``FuseTIR``; the last two inside ``FuseOpsAndTIR``, which
+   keeps the module unfused where TVM's ``FuseTIR`` fails).
+4. ``ScheduleLLVM``: applies rules to every PrimFunc, the first that succeeds wins:
+
+   * matmul rule: every reduction block is ``C += A * B`` with ``B`` contiguous along the
+     output column ``n`` (packed panels, weights ``[K, N]``, attention ``[b, h, d, s2]``).
+     Row-like axes are fused into ``M``; a block whose ``M`` is provably a multiple of 4 gets
+     a 4x16 register tile (8 AVX2 accumulators), any other a 1x16 tile (so ``M = 1`` decoding
+     does no padded work). Loops are ``[panel (parallel), row tile, k, row (unrolled),
+     column (vectorized)]``; the accumulators live in a small ``cache_write`` buffer of
+     scope ``global``, which TVM puts on the stack and LLVM promotes to registers (scope
+     ``local`` goes through ``TVMBackendAllocWorkspace`` and the accumulators were stored
+     to memory on every ``k``: 2x slower). Batched matmuls run the batch in parallel.
+     Elementwise epilogues are reverse-inlined into the output copy when that is safe, else
+     scheduled as elementwise loop nests.
+   * dlight's CPU ``Reduction`` rule (softmax, RMSNorm), used only when all blocks share
+     their leading spatial axes (with unit dims normalized away it recomputed a row
+     reduction once per element), then dlight's CPU ``GEMV`` rule.
+   * a generic rule: the outer loops of each block fused into one parallel loop (when large
+     enough), the innermost loop of injective blocks vectorized.
+
+   Every schedule must pass ``s_tir.analysis.verify_well_formed`` and a trial run of TVM's
+   TIR lowering (no codegen), else the next rule is tried; a PrimFunc that no rule schedules
+   stays unscheduled: slow but correct.
+
+``build_pipeline`` is the ``relax_pipeline`` for ``relax.build`` afterwards: CPU dataflow
+lowering and finalization only, no second legalization.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, sym, te, tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
+from tvm.target import codegen
+
+__all__ = ["build_pipeline", "host_target", "lowering_passes"]
+
+logger = logging.getLogger(__name__)
+
+_get_sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
+
+#: Element types the LLVM backend vectorizes directly (others are legalized after
+#: vectorization; FP8 casts then failed with "if_then_else can only take scalar condition").
+_VECTOR_DTYPES = frozenset(
+    {"float16", "float32", "float64", "bool"}
+    | {f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)}
+)
+
+#: Columns per weight panel and per register tile (two AVX2 fp32 vectors).
+PANEL = 16
+#: Rows per register tile of the GEMM part.
+TILE_M = 4
+#: Loops with a static extent below this are not worth a parallel launch.
+_MIN_PARALLEL_EXTENT = 2
+#: Elementwise loop nests with fewer elements than this stay serial.
+_MIN_PARALLEL_ELEMENTS = 16384
+
+_BINARY_OPS = (
+    tirx.Add,
+    tirx.Sub,
+    tirx.Mul,
+    tirx.FloorDiv,
+    tirx.FloorMod,
+    tirx.Div,
+    tirx.Mod,
+    tirx.Min,
+    tirx.Max,
+)
+
+#: ``relay::OpPatternKind::kOutEWiseFusable``: lets FuseOps fuse elementwise consumers.
+_OUT_EWISE_FUSABLE = 4
+
+_ScheduleFn = Callable[[tirx.PrimFunc, tvm.target.Target], "s_tir.Schedule | None"]
+
+
+# --------------------------------------------------------------------------------------------
+# Target
+# --------------------------------------------------------------------------------------------
+
+
+def host_target(num_threads: int | None = None) -> tvm.target.Target:
+    """llvm target for this host (mcpu detected, e.g. znver3; num-cores).
+
+    Parameters
+    ----------
+    num_threads : int, optional
+        Value of the ``num-cores`` attribute. Defaults to the number of CPUs of the host.
+
+    Returns
+    -------
+    tvm.target.Target
+        An ``llvm`` target built from a dict (TVM 0.27 rejects target strings).
+    """
+    config: dict[str, object] = {"kind": "llvm"}
+    cpu = str(codegen.llvm_get_system_cpu())
+    if cpu and cpu != "generic":
+        config["mcpu"] = cpu
+    config["num-cores"] = int(num_threads) if num_threads else max(1, os.cpu_count() or 1)
+    return tvm.target.Target(config)
+
+
+def _vector_bits(target: tvm.target.Target) -> int:
+    """Return the SIMD register width of ``target`` in bits.
+
+    ``codegen.llvm_get_vector_width`` answers 512 for every x86 CPU in TVM 0.27 (znver3 and
+    haswell included), so the width is derived from the CPU features instead.
+    """
+    try:
+        if codegen.llvm_cpu_has_features(["avx512f"], target):
+            return 512
+        if codegen.llvm_cpu_has_features(["avx"], target):
+            return 256
+    except Exception:  # noqa: BLE001 - feature query unsupported for this target
+        pass
+    return 128
+
+
+def _vector_lanes(target: tvm.target.Target, dtype: str) -> int:
+    """Return the number of ``dtype`` lanes in one SIMD register of ``target``."""
+    bits = tvm.DataType(dtype).bits
+    return max(2, _vector_bits(target) // max(bits, 8))
+
+
+# --------------------------------------------------------------------------------------------
+# Relax level: compile-time weight packing
+# --------------------------------------------------------------------------------------------
+
+
+def _packed_matmul_te(x: te.Tensor, packed: te.Tensor, tile_m: int = TILE_M) -> te.Tensor:
+    """TE kernel ``y[..., n] = sum_k x[..., k] * packed[n // P, k, n % P]``.
+
+    The rows of ``x`` (all leading axes, fused into ``M``) are split into two reductions: the
+    first ``M - M % tile_m`` rows, whose extent is provably a multiple of ``tile_m``, and the
+    remaining ``M % tile_m`` rows. The matmul rule gives the first a ``tile_m``-row register
+    tile and the second a one-row tile, so no tile carries a per-row predicate and ``M = 1``
+    (decoding) does no padded work. A final select gathers both into ``y``.
+
+    Parameters
+    ----------
+    x : te.Tensor
+        Activations ``[..., K]``.
+    packed : te.Tensor
+        Weights ``[N / P, K, P]`` with ``P = packed.shape[2]``.
+    tile_m : int
+        Row tile of the first part.
+
+    Returns
+    -------
+    te.Tensor
+        ``[..., N]``, same dtype as ``x``.
+    """
+    panels, depth, width = packed.shape
+    lead = list(x.shape[:-1])  # Relax shapes are int64
+    cols = tirx.const(int(panels) * int(width), "int64")
+    rows = lead[0]
+    for dim in lead[1:]:
+        rows = rows * dim
+    main_rows = tirx.floordiv(rows, tile_m) * tile_m
+
+    def row_index(row: tirx.PrimExpr) -> list[tirx.PrimExpr]:
+        index = []
+        for pos, dim in enumerate(lead):
+            stride = tirx.const(1, "int64")
+            for inner in lead[pos + 1 :]:
+                stride = stride * inner
+            index.append(tirx.floormod(tirx.floordiv(row, stride), dim) if pos else row // stride)
+        return index
+
+    def product(row: tirx.PrimExpr, n: tirx.PrimExpr, k: tirx.IterVar) -> tirx.PrimExpr:
+        return x[(*row_index(row), k)] * packed[n // width, k, n % width]
+
+    if isinstance(rows, tirx.IntImm) and (int(rows) % tile_m == 0 or int(rows) < tile_m):
+        # Static row count that needs a single part: one reduction straight into the output.
+        k_all = te.reduce_axis((tirx.const(0, "int64"), depth), name="k")
+
+        def whole(*idx: tirx.Var) -> tirx.PrimExpr:
+            n = idx[-1]
+            value = x[(*idx[:-1], k_all)] * packed[n // width, k_all, n % width]
+            return te.sum(value, axis=k_all)
+
+        return te.compute((*lead, cols), whole, name="matmul")
+
+    k_main = te.reduce_axis((tirx.const(0, "int64"), depth), name="k")
+    main = te.compute(
+        (main_rows, cols),
+        lambda m, n: te.sum(product(m, n, k_main), axis=k_main),
+        name="matmul_main",
+    )
+    k_rest = te.reduce_axis((tirx.const(0, "int64"), depth), name="k")
+    rest = te.compute(
+        (rows - main_rows, cols),
+        lambda r, n: te.sum(product(main_rows + r, n, k_rest), axis=k_rest),
+        name="matmul_rest",
+    )
+
+    def gather(*idx: tirx.Var) -> tirx.PrimExpr:
+        row = idx[0]
+        for pos in range(1, len(lead)):
+            row = row * lead[pos] + idx[pos]
+        n = idx[-1]
+        return tirx.if_then_else(row < main_rows, main[row, n], rest[row - main_rows, n])
+
+    return te.compute((*lead, cols), gather, name="matmul")
+
+
+@relax.expr_functor.mutator
+class _WeightPacker(relax.PyExprMutator):
+    """Rewrite ``matmul(x, W_const[K, N])`` into a packed-weight TE kernel."""
+
+    def __init__(self, mod: tvm.ir.IRModule, panel: int) -> None:
+        super().__init__(mod)
+        self.panel = panel
+        self._matmul = tvm.ir.Op.get("relax.matmul")
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102
+        call = self.visit_expr_post_order(call)
+        if not isinstance(call, relax.Call) or call.op != self._matmul or len(call.args) != 2:
+            return call
+        x, w = call.args
+        if not isinstance(w, tvm.ir.GenericConst):
+            return call
+        x_ty, w_ty, out_ty = x.ty, w.ty, call.ty
+        if not all(isinstance(t, relax.TensorType) for t in (x_ty, w_ty, out_ty)):
+            return call
+        if w_ty.dtype != "float32" or x_ty.dtype != "float32" or out_ty.dtype != "float32":
+            return call
+        if w_ty.ndim != 2 or x_ty.ndim < 2 or x_ty.shape is None:
+            return call
+        weights = w.value.numpy()
+        depth, cols = weights.shape
+        if cols % self.panel != 0 or cols < self.panel:
+            return call
+        x_depth = x_ty.shape[-1]
+        if not isinstance(x_depth, tirx.IntImm) or int(x_depth) != depth:
+            return call
+        packed = np.ascontiguousarray(
+            weights.reshape(depth, cols // self.panel, self.panel).transpose(1, 0, 2)
+        )
+        return self.builder_.call_te(
+            _packed_matmul_te,
+            x,
+            relax.const(packed),
+            primfunc_name_hint="matmul_packed",
+            primfunc_attrs={"op_pattern": _OUT_EWISE_FUSABLE},
+        )
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackMatmulWeights")
+class PackMatmulWeights:
+    """Repack constant ``[K, N]`` matmul weights into contiguous ``[N/16, K, 16]`` panels.
+
+    Parameters
+    ----------
+    panel : int
+        Panel width (output columns per panel); must match the matmul rule's tile width.
+    """
+
+    def __init__(self, panel: int = PANEL) -> None:
+        self.panel = panel
+
+    def transform_module(  # noqa: D102
+        self, mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext
+    ) -> tvm.ir.IRModule:
+        packer = _WeightPacker(mod, self.panel)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                packer.builder_.update_func(gvar, packer.visit_expr(func))
+        return packer.builder_.get()
+
+
+# --------------------------------------------------------------------------------------------
+# TIR helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | tirx.PrimExpr:
+    """Return a loop extent as ``int`` when static, else the expression."""
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else ext
+
+
+class _NoMatch(Exception):
+    """Raised by the expression walkers on a node they do not understand."""
+
+
+def _vars_in(expr: tirx.PrimExpr) -> set[tirx.Var]:
+    """Return the variables of an index expression (affine arithmetic, div/mod, casts)."""
+    if isinstance(expr, tirx.Var):
+        return {expr}
+    if isinstance(expr, (tirx.IntImm, tirx.FloatImm)):
+        return set()
+    if isinstance(expr, tirx.Cast):
+        return _vars_in(expr.value)
+    if isinstance(expr, _BINARY_OPS):
+        return _vars_in(expr.a) | _vars_in(expr.b)
+    raise _NoMatch(type(expr).__name__)
+
+
+def _lane_safe(expr: object, lane: tirx.Var) -> bool:
+    """Whether ``expr`` can be vectorized along ``lane`` by TVM 0.27's LLVM codegen.
+
+    The codegen rejects ``if_then_else`` with a vector condition ("if_then_else can only take
+    scalar condition", e.g. FP8 cast legalization), so such a condition must not depend on the
+    lane variable or on loaded data. Unknown node kinds count as unsafe.
+    """
+    if isinstance(expr, (tirx.Var, tirx.IntImm, tirx.FloatImm, tvm.ir.TensorLoad)):
+        return True
+    if isinstance(expr, tvm.ir.Call):
+        if getattr(expr.op, "name", "") == "prim.if_then_else":
+            cond = expr.args[0]
+            try:
+                if lane in _vars_in(cond):
+                    return False
+            except _NoMatch:
+                return False
+        return all(_lane_safe(arg, lane) for arg in expr.args)
+    if isinstance(expr, tirx.Select):
+        return all(_lane_safe(e, lane) for e in (expr.condition, expr.true_value, expr.false_value))
+    if isinstance(expr, tirx.Cast):
+        return _lane_safe(expr.value, lane)
+    if hasattr(expr, "a") and hasattr(expr, "b"):
+        return _lane_safe(expr.a, lane) and _lane_safe(expr.b, lane)
+    if hasattr(expr, "a"):
+        return _lane_safe(expr.a, lane)
+    return False
+
+
+def _loads(expr: tirx.PrimExpr) -> list[tvm.ir.TensorLoad]:
+    """Return the buffer loads of a product of (possibly cast) loads."""
+    if isinstance(expr, tvm.ir.TensorLoad):
+        return [expr]
+    if isinstance(expr, tirx.Cast):
+        return _loads(expr.value)
+    if isinstance(expr, tirx.Mul):
+        return _loads(expr.a) + _loads(expr.b)
+    raise _NoMatch(type(expr).__name__)
+
+
+class _MatmulPattern:
+    """Roles of a matched ``C[..] += A[..] * B[..]`` block."""
+
+    def __init__(
+        self,
+        outer: list[int],
+        rows: list[int],
+        col: int,
+        red: int,
+        packed_width: int | None,
+    ) -> None:
+        self.outer = outer  # iterator positions used by the output and B (batch, extra cols)
+        self.rows = rows  # iterator positions used by the output and A only (M)
+        self.col = col  # the innermost output position, contiguous in B (N)
+        self.red = red  # the reduction position (K)
+        self.packed_width = packed_width  # P when B is read as B[n // P, k, n % P]
+
+
+def _match_matmul(block: s_tir.SBlock) -> _MatmulPattern | None:
+    """Match a reduction block of the form ``C[s...] = C[s...] + A[...] * B[...]``."""
+    try:
+        return _match_matmul_unchecked(block)
+    except _NoMatch:
+        return None
+
+
+def _match_matmul_unchecked(block: s_tir.SBlock) -> _MatmulPattern | None:
+    """Body of :func:`_match_matmul`; raises ``_NoMatch`` on unknown expressions."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or block.init is None:
+        return None
+    init = block.init
+    if not isinstance(init, tirx.BufferStore) or not isinstance(
+        init.value, (tirx.FloatImm, tirx.IntImm)
+    ):
+        return None
+    if float(init.value.value) != 0.0:
+        return None
+    value = store.value
+    if not isinstance(value, tirx.Add):
+        return None
+    acc, prod = value.a, value.b
+    if not isinstance(acc, tvm.ir.TensorLoad):
+        acc, prod = prod, acc
+    if not isinstance(acc, tvm.ir.TensorLoad) or not acc.source.same_as(store.buffer):
+        return None
+    operands = _loads(prod)
+    if len(operands) != 2 or any(op.source.same_as(store.buffer) for op in operands):
+        return None
+
+    iter_vars = [iv.var for iv in block.iter_vars]
+    kinds = [iv.iter_type for iv in block.iter_vars]
+    spatial = [i for i, kind in enumerate(kinds) if kind == tirx.IterVar.DataPar]
+    reduce = [i for i, kind in enumerate(kinds) if kind == tirx.IterVar.CommReduce]
+    if len(reduce) != 1 or len(spatial) + 1 != len(kinds):
+        return None
+    # Unit dims show up as constant indices after normalization.
+    out_idx = [idx for idx in store.indices if not isinstance(idx, tirx.IntImm)]
+    if len(out_idx) != len(spatial) or any(
+        not idx.same_as(iter_vars[pos]) for idx, pos in zip(out_idx, spatial, strict=True)
+    ):
+        return None
+    col = spatial[-1]
+    col_var = iter_vars[col]
+
+    def uses(load: tvm.ir.TensorLoad) -> set[tirx.Var]:
+        found: set[tirx.Var] = set()
+        for idx in load.indices:
+            found |= _vars_in(idx)
+        return found
+
+    # B is the operand whose last index is the output column.
+    a_load, b_load = operands
+    if col_var not in uses(b_load):
+        a_load, b_load = b_load, a_load
+    if col_var not in uses(b_load) or col_var in uses(a_load):
+        return None
+    last = b_load.indices[-1]
+    packed_width = None
+    if isinstance(last, tirx.FloorMod) and last.a.same_as(col_var):
+        if not isinstance(last.b, tirx.IntImm):
+            return None
+        packed_width = int(last.b)
+        for idx in b_load.indices[:-1]:
+            if col_var in _vars_in(idx) and not (
+                isinstance(idx, tirx.FloorDiv)
+                and idx.a.same_as(col_var)
+                and isinstance(idx.b, tirx.IntImm)
+                and int(idx.b) == packed_width
+            ):
+                return None
+    elif not last.same_as(col_var):
+        return None
+    elif any(col_var in _vars_in(idx) for idx in b_load.indices[:-1]):
+        return None
+
+    red_var = iter_vars[reduce[0]]
+    a_uses, b_uses = uses(a_load), uses(b_load)
+    if red_var not in a_uses or red_var not in b_uses:
+        return None
+    outer: list[int] = []
+    rows: list[int] = []
+    for pos in spatial[:-1]:
+        var = iter_vars[pos]
+        if var in a_uses and var not in b_uses:
+            rows.append(pos)
+        else:
+            outer.append(pos)
+    return _MatmulPattern(outer, rows, col, reduce[0], packed_width)
+
+
+def _tile_matmul_part(
+    sch: s_tir.Schedule,
+    block: s_tir.schedule.SBlockRV,
+    tile_m: int,
+    tile_n: int,
+    vectorize: bool,
+    parallel: bool,
+) -> None:
+    """Register-tile one matmul block whose loops are ``[outer?, m, n, k]``.
+
+    The accumulators of a ``tile_m x tile_n`` tile live in a small ``global``-scope cache (on
+    the stack, so LLVM keeps it in registers); loops become ``[n_o, m_o, k, m_i (unrolled),
+    n_i (vectorized)]``. A one-row tile covers two column groups instead (``m_i`` is then the
+    unrolled group loop) when ``N`` allows.
+    """
+    loops = sch.get_loops(block)
+    m_loop, n_loop, k_loop = loops[-3:]
+    n_ext = _extent(sch, n_loop)
+    if tile_m == 1 and vectorize and _prove_multiple(n_ext, 2 * tile_n):
+        # One row: two column groups per tile, so 4 independent AVX2 FMA chains, not 2.
+        n_o, n_g, n_i = sch.split(n_loop, [None, 2, tile_n])
+    else:
+        (n_o, n_i), n_g = sch.split(n_loop, [None, tile_n]), None
+    if tile_m > 1:
+        m_o, m_i = sch.split(m_loop, [None, tile_m])
+        sch.reorder(n_o, m_o, k_loop, m_i, n_i)
+    else:
+        m_o, m_i = m_loop, n_g
+        if n_g is None:
+            sch.reorder(n_o, m_o, k_loop, n_i)
+        else:
+            sch.reorder(n_o, m_o, k_loop, n_g, n_i)
+    if parallel:
+        sch.parallel(n_o)
+    write_back = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(write_back, m_o, preserve_unit_loops=True)
+    if m_i is not None:
+        sch.unroll(m_i)
+    if vectorize:
+        sch.vectorize(n_i)
+    sch.decompose_reduction(block, k_loop)
+    if vectorize:
+        sch.vectorize(sch.get_loops(write_back)[-1])
+
+
+def _try_reverse_inline(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Reverse-inline ``block`` into its producer if that producer has no other consumer.
+
+    TVM 0.27's ``reverse_compute_inline`` does not check this itself: with ``x * sigmoid(x)``
+    it inlined the sigmoid and dropped ``x`` while the multiply still read it (ill-formed IR).
+    """
+    try:
+        producers = sch.get_producers(block)
+        if len(producers) != 1:
+            return False
+        consumers = sch.get_consumers(producers[0])
+        if len(consumers) != 1 or not sch.get(consumers[0]).same_as(sch.get(block)):
+            return False
+        sch.reverse_compute_inline(block)
+        return True
+    except Exception:  # noqa: BLE001 - stays a separate loop nest
+        return False
+
+
+def _prove_multiple(extent: int | tirx.PrimExpr, factor: int) -> bool:
+    """Whether ``extent`` is provably a multiple of ``factor``."""
+    if isinstance(extent, int):
+        return extent % factor == 0
+    analyzer = sym.Analyzer()
+    return bool(analyzer.can_prove(tirx.floormod(extent, factor) == 0))
+
+
+def _schedule_one_matmul(
+    sch: s_tir.Schedule,
+    info: SBlockInfo,
+    pattern: _MatmulPattern,
+    lanes: int,
+) -> None:
+    """Tile one matched matmul block (see :func:`_schedule_matmul`)."""
+    block = info.block_rv
+    tile_n = pattern.packed_width or 2 * lanes
+    loops = sch.get_loops(block)
+    if len(loops) != len(info.iters):
+        raise _NoMatch("block is not in normal form")
+    order = [*pattern.outer, *pattern.rows, pattern.col, pattern.red]
+    sch.reorder(*[loops[i] for i in order])
+    loops = sch.get_loops(block)
+    n_outer, n_rows = len(pattern.outer), len(pattern.rows)
+    row_loops = loops[n_outer : n_outer + n_rows]
+    # The row loop to tile ends up third from the end: [outer, other rows, m, n, k].
+    tile_m = 1
+    if n_rows == 0:
+        sch.add_unit_loop(loops[n_outer])
+    elif _prove_multiple(_extent(sch, row_loops[-1]), TILE_M):
+        # Tile the last row axis alone: a tile of a fused [g, s] row axis would straddle
+        # rows of different g and the write-back region would become a bounding box.
+        tile_m = TILE_M
+    elif n_rows > 1:
+        sch.fuse(*row_loops)
+    parallel_outer = False
+    if n_outer:
+        outer_loop = sch.fuse(*loops[:n_outer]) if n_outer > 1 else loops[0]
+        ext = _extent(sch, outer_loop)
+        parallel_outer = not isinstance(ext, int) or ext >= _MIN_PARALLEL_EXTENT
+        if parallel_outer:
+            sch.parallel(outer_loop)
+    n_ext = _extent(sch, sch.get_loops(block)[-2])
+    vectorize = _prove_multiple(n_ext, tile_n)
+    if not vectorize and isinstance(n_ext, int) and n_ext < tile_n:
+        tile_n = max(1, n_ext)
+    _tile_matmul_part(sch, block, tile_m, tile_n, vectorize, not parallel_outer)
+
+
+def _try_pad(sch: s_tir.Schedule, info: SBlockInfo, pattern: _MatmulPattern, lanes: int) -> bool:
+    """Pad an activation x activation matmul (e.g. attention) to whole register tiles.
+
+    ``pad_einsum`` pads the last row axis to a multiple of ``TILE_M`` and the column axis to
+    a multiple of two vectors when their extents (symbolic ``seq``, ``past + seq``) are not
+    provably aligned, copying the operands into zero-padded buffers; the tiles then need no
+    predicate and the columns vectorize. Weight matmuls are handled by packing instead.
+    """
+    block = sch.get(info.block_rv)
+    extents = [iv.dom.extent for iv in block.iter_vars]
+    padding = [1] * len(extents)
+    tile_n = 2 * lanes
+    if not _prove_multiple(_as_int(extents[pattern.col]), tile_n):
+        padding[pattern.col] = tile_n
+    if pattern.rows and not _prove_multiple(_as_int(extents[pattern.rows[-1]]), TILE_M):
+        padding[pattern.rows[-1]] = TILE_M
+    if all(p == 1 for p in padding):
+        return False
+    try:
+        sch.pad_einsum(info.block_rv, padding)
+        return True
+    except Exception:  # noqa: BLE001 - not an einsum; tiles keep their predicates
+        return False
+
+
+def _as_int(expr: tirx.PrimExpr) -> int | tirx.PrimExpr:
+    """``int`` for a constant expression, the expression itself otherwise."""
+    return int(expr) if isinstance(expr, tirx.IntImm) else expr
+
+
+def _schedule_matmul(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    """Matmul rule: register-tiled GEMM blocks plus generic scheduling of the other blocks.
+
+    Every reduction block must be a matmul with the output column contiguous in ``B``. A block
+    whose fused row extent is provably a multiple of ``TILE_M`` gets a ``TILE_M x 16`` tile,
+    any other a ``1 x 16`` tile (no predicates inside the tile either way). Other blocks:
+    injective producers are inlined where possible, epilogues reverse-inlined, the rest get
+    the generic elementwise schedule.
+    """
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if not infos:
+        return None
+    reductions = [info for info in infos if not info.is_injective()]
+    if not reductions:
+        return None
+    first = min(i for i, b in enumerate(infos) if not b.is_injective())
+    for producer in infos[:first]:
+        try:
+            sch.compute_inline(producer.block_rv)
+        except Exception:  # noqa: BLE001 - not inlinable; scheduled as elementwise below
+            pass
+    patterns = []
+    for info in reductions:
+        pattern = _match_matmul(sch.get(info.block_rv))
+        if pattern is None:
+            return None
+        if pattern.packed_width is not None and pattern.packed_width % 2:
+            return None
+        patterns.append(pattern)
+    out_dtype = sch.get(reductions[0].block_rv).body.buffer.dtype
+    lanes = _vector_lanes(target, out_dtype)
+    padded = [
+        _try_pad(sch, info, pattern, lanes)
+        for info, pattern in zip(reductions, patterns, strict=True)
+        if pattern.packed_width is None
+    ]
+    if any(padded):
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        reductions = [info for info in infos if not info.is_injective()]
+        first = min(i for i, b in enumerate(infos) if not b.is_injective())
+        patterns = [_match_matmul(sch.get(info.block_rv)) for info in reductions]
+        if any(p is None for p in patterns):
+            return None
+    # Epilogues: inline chains of elementwise consumers into their producer.
+    tail = [b for b in infos[first:] if b.is_injective()]
+    for consumer in tail[1:]:
+        _try_reverse_inline(sch, consumer.block_rv)
+    for info, pattern in zip(reductions, patterns, strict=True):
+        _schedule_one_matmul(sch, info, pattern, lanes)
+    for other in infos:
+        if not other.is_injective():
+            continue
+        try:
+            _schedule_injective_block(sch, other.block_rv, lanes)
+        except Exception:  # noqa: BLE001 - block was inlined or cannot be scheduled
+            continue
+    return sch
+
+
+def _schedule_injective_block(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int
+) -> bool:
+    """Parallelize the outer loops and vectorize the innermost loop of one spatial block.
+
+    Returns
+    -------
+    bool
+        Whether anything was changed.
+    """
+    loops = sch.get_loops(block)
+    if not loops:
+        return False
+    block_stmt = sch.get(block)
+    if any(iv.iter_type != tirx.IterVar.DataPar for iv in block_stmt.iter_vars):
+        return False
+    if any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in loops):
+        return False
+    changed = False
+    inner = loops[-1]
+    inner_ext = _extent(sch, inner)
+    vectorizable = _inner_lane_safe(sch, block)
+    total: int | None = 1
+    for loop in loops:
+        ext = _extent(sch, loop)
+        total = total * ext if isinstance(ext, int) and total is not None else None
+    if isinstance(inner_ext, int) and vectorizable:
+        if inner_ext > lanes and inner_ext % lanes == 0:
+            _, vec = sch.split(inner, [None, lanes])
+            sch.vectorize(vec)
+            changed = True
+        elif 2 <= inner_ext <= lanes:
+            sch.vectorize(inner)
+            changed = True
+    if total is not None and total < _MIN_PARALLEL_ELEMENTS:
+        return changed
+    loops = sch.get_loops(block)
+    if len(loops) > 1:
+        # The innermost loop stays out of the fused loop: the fused index is split back into
+        # coordinates with divisions, once per row instead of once per element.
+        outer = loops[:-1]
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    elif not isinstance(inner_ext, int):
+        outer, _ = sch.split(loops[0], [None, 4096])
+        sch.parallel(outer)
+    else:
+        sch.parallel(loops[0])
+    return True
+
+
+def _inner_lane_safe(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Whether the innermost loop of ``block`` can be vectorized (see :func:`_lane_safe`)."""
+    try:
+        stmt = sch.get(block)
+        loop_var = sch.get(sch.get_loops(block)[-1]).loop_var
+        realize = _get_sblock_realize(sch, block)
+        lanes = [
+            iv.var
+            for iv, value in zip(stmt.iter_vars, realize.iter_values, strict=True)
+            if loop_var in _vars_in(value)
+        ]
+        body = stmt.body
+        if not isinstance(body, tirx.BufferStore):
+            return False
+        dtypes = {str(r.source.dtype) for r in [*stmt.reads, *stmt.writes]}
+        if not dtypes <= _VECTOR_DTYPES:
+            return False  # bf16 / fp8 / fp4 are legalized after vectorization
+        return all(_lane_safe(body.value, lane) for lane in lanes)
+    except Exception:  # noqa: BLE001 - unknown structure: do not vectorize
+        return False
+
+
+def _schedule_reduction_block(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
+    """Parallelize the leading spatial loops of a generic reduction block.
+
+    Returns
+    -------
+    bool
+        Whether anything was changed.
+    """
+    loops = sch.get_loops(info.block_rv)
+    kinds = info.dom_kind()
+    if len(loops) != len(kinds):
+        return False
+    lead = len(kinds) - len(kinds.lstrip("S"))
+    if lead == 0:
+        return False
+    if any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in loops[:lead]):
+        return False
+    outer = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+    ext = _extent(sch, outer)
+    if isinstance(ext, int) and ext < _MIN_PARALLEL_EXTENT:
+        return False
+    sch.parallel(outer)
+    return True
+
+
+def _schedule_generic(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    """Fallback rule: parallel outer loops, vectorized inner loops, no tiling."""
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if not infos:
+        return None
+    lanes = _vector_lanes(target, "float32")
+    changed = False
+    for info in infos:
+        try:
+            if info.is_injective():
+                changed |= _schedule_injective_block(sch, info.block_rv, lanes)
+            else:
+                changed |= _schedule_reduction_block(sch, info)
+        except Exception:  # noqa: BLE001 - leave this block serial
+            continue
+    return sch if changed else None
+
+
+def _well_formed(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` passes TVM's well-formedness check."""
+    try:
+        return bool(s_tir.analysis.verify_well_formed(func, assert_mode=False))
+    except Exception:  # noqa: BLE001 - treat as ill-formed
+        return False
+
+
+def _lowers(func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
+    """Whether ``func`` survives TVM's default TIR lowering for ``target`` (no codegen).
+
+    Catches schedules that are valid but that lowering rejects, e.g. a vectorized loop whose
+    ``if_then_else`` condition depends on the vector lane ("if_then_else can only take scalar
+    condition", seen with FP8 casts).
+    """
+    try:
+        current = tvm.transform.PassContext.current()
+        mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        # A context without instruments: IR dumps must not see these trial passes.
+        with tvm.transform.PassContext(opt_level=current.opt_level, config=dict(current.config)):
+            mod = tirx.transform.BindTarget(target.with_host(target))(mod)
+            pipeline, _, _ = tirx.get_default_tir_pipeline(target)
+            pipeline(mod)
+        return True
+    except Exception as err:  # noqa: BLE001 - any failure means: do not use this schedule
+        logger.debug("scheduled TIR failed to lower: %s", str(err).splitlines()[-1:])
+        return False
+
+
+def _dlight_rule(rule: dlight.ScheduleRule) -> _ScheduleFn:
+    """Wrap a dlight rule as a ``(func, target) -> Schedule | None`` function."""
+
+    def apply(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+        result = rule.apply(func, target, False)
+        if isinstance(result, list):
+            return result[0] if len(result) == 1 else None
+        return result
+
+    return apply
+
+
+def _shared_leading_spatial(func: tirx.PrimFunc) -> bool:
+    """Whether all blocks of ``func`` share their leading spatial axes (extent by extent).
+
+    dlight's CPU ``Reduction`` rule computes every block at the leading spatial loop of the
+    last block. When unit dims are normalized away, that loop can be the hidden axis (e.g.
+    ``[1, 1, 512]`` RMSNorm: the reduction lands inside the 512-loop and is recomputed 512
+    times, correct but quadratic). The rule is only used when this check holds.
+    """
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if not infos:
+        return False
+    kinds = [info.dom_kind() for info in infos]
+    lead = min(len(k) - len(k.lstrip("S")) for k in kinds)
+    if lead == 0:
+        return False
+    analyzer = sym.Analyzer()
+    reference = infos[0].dom()[:lead]
+    for info in infos[1:]:
+        dom = info.dom()[:lead]
+        for a, b in zip(reference, dom, strict=True):
+            if isinstance(a, int) and isinstance(b, int):
+                if a != b:
+                    return False
+            elif not analyzer.can_prove_equal(a, b):
+                return False
+    # The reductions must reduce over the remaining axes, not over the shared ones.
+    return all("R" not in k[:lead] for k in kinds)
+
+
+def _dlight_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    """dlight's CPU ``Reduction`` rule (softmax, norms), guarded by the check above."""
+    if not _shared_leading_spatial(func):
+        return None
+    return _dlight_rule(dlight.cpu.Reduction())(func, target)
+
+
+def _default_rules() -> list[tuple[str, _ScheduleFn]]:
+    """The rules tried in order on every PrimFunc."""
+    return [
+        ("matmul", _schedule_matmul),
+        ("dlight.cpu.Reduction", _dlight_reduction),
+        ("dlight.cpu.GEMV", _dlight_rule(dlight.cpu.GEMV())),
+        ("generic", _schedule_generic),
+    ]
+
+
+@tvm.transform.module_pass(opt_level=0, name="ScheduleLLVM")
+class ScheduleLLVM:
+    """Apply the default CPU schedule rules to every unscheduled PrimFunc of a module.
+
+    Parameters
+    ----------
+    target : tvm.target.Target
+        The ``llvm`` target to schedule for.
+    rules : sequence of (name, rule), optional
+        Rules tried in order; the first returning a schedule wins. Defaults to the matmul,
+        dlight CPU and generic rules of this module.
+
+    Notes
+    -----
+    A rule that raises is skipped; a PrimFunc no rule schedules stays as it is (correct,
+    slow). The names of the rules used are recorded in ``self.report``.
+    """
+
+    def __init__(
+        self,
+        target: tvm.target.Target,
+        rules: Sequence[tuple[str, _ScheduleFn]] | None = None,
+    ) -> None:
+        self.target = target
+        self.rules = list(rules) if rules is not None else _default_rules()
+        self.report: dict[str, str] = {}
+
+    def transform_module(  # noqa: D102
+        self, mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext
+    ) -> tvm.ir.IRModule:
+        updates: dict[tvm.ir.GlobalVar, tirx.PrimFunc] = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+                if int(func.attrs["tirx.is_scheduled"]):
+                    continue
+            scheduled, used = None, "none"
+            with self.target:
+                for name, rule in self.rules:
+                    try:
+                        scheduled = rule(func, self.target)
+                    except Exception as err:  # noqa: BLE001 - try the next rule
+                        logger.debug("rule %s failed on %s: %s", name, gvar.name_hint, err)
+                        scheduled = None
+                    if scheduled is None:
+                        continue
+                    candidate = scheduled.mod["main"]
+                    if _well_formed(candidate) and _lowers(candidate, self.target):
+                        used = name
+                        break
+                    logger.debug("rule %s: unusable TIR for %s", name, gvar.name_hint)
+                    scheduled = None
+            self.report[gvar.name_hint] = used
+            logger.debug("ScheduleLLVM: %s <- %s", gvar.name_hint, used)
+            if scheduled is not None:
+                updates[gvar] = scheduled.mod["main"].with_attr("tirx.is_scheduled", True)
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+
+# --------------------------------------------------------------------------------------------
+# Public pipeline API
+# --------------------------------------------------------------------------------------------
+
+
+@tvm.transform.module_pass(opt_level=0, name="FuseOpsAndTIR")
+class FuseOpsAndTIR:
+    """``FuseOps`` then ``FuseTIR``; if TVM fails inside them, the module stays unfused.
+
+    TVM 0.27's ``FuseTIR`` aborts on some imported decoders with KV cache (``RenewDefs``:
+    "VarRemapGet(source) == nullptr", seen on every Hugging Face KV export; TVM's own CPU
+    default pipeline does not fuse at all). Unfused kernels are slower but correct, so the
+    failure is logged and compilation goes on.
+    """
+
+    def transform_module(  # noqa: D102
+        self, mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext
+    ) -> tvm.ir.IRModule:
+        try:
+            return tvm.transform.Sequential(
+                [relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
+        except tvm.error.InternalError as err:
+            logger.warning("operator fusion failed in TVM (%s); compiling unfused",
+                           str(err).strip().splitlines()[-1])
+            return mod
+
+
+def _under_target(inner: tvm.transform.Pass, target: tvm.target.Target) -> tvm.transform.Pass:
+    """Run ``inner`` with ``target`` as the current target, keeping its pass name."""
+
+    @tvm.transform.module_pass(opt_level=0, name=inner.info.name)
+    def run(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with target:
+            return inner(mod)
+
+    return run
+
+
+def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Passes that take a Relax IRModule of high-level ops (relax.op.matmul etc., possibly already
+    containing R.call_tir to user TIR) to legalized, fused, SCHEDULED TIR ready for relax.build.
+
+    Parameters
+    ----------
+    target : tvm.target.Target
+        The ``llvm`` target (see :func:`host_target`).
+
+    Returns
+    -------
+    list of tvm.transform.Pass
+        Ordinary passes, to run in order; each can be dumped by its name.
+    """
+    passes = [
+        relax.transform.FoldConstant(),
+        PackMatmulWeights(PANEL),
+        *cpu_pipeline.library_dispatch_passes(target),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        FuseOpsAndTIR(),
+        relax.transform.DeadCodeElimination(),
+        ScheduleLLVM(target),
+    ]
+    return [_under_target(p, target) for p in passes]
+
+
+def build_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The relax_pipeline to pass to relax.build after lowering_passes ran (dataflow lowering +
+    finalization; must not re-run legalization).
+
+    Parameters
+    ----------
+    target : tvm.target.Target
+        The ``llvm`` target.
+
+    Returns
+    -------
+    tvm.transform.Pass
+        One module pass running CPU dataflow lowering and finalization under ``target``.
+    """
+    passes = cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="SailLLVMBuildPipeline")
+    def pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
