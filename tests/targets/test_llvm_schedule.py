@@ -85,7 +85,7 @@ def test_api_shapes() -> None:
     passes = schedule.lowering_passes(target)
     assert all(isinstance(p, tvm.transform.Pass) for p in passes)
     names = [p.info.name for p in passes]
-    assert "LegalizeOps" in names and "FuseTIR" in names and names[-1] == "ScheduleLLVM"
+    assert "LegalizeOps" in names and "FuseOpsAndTIR" in names and names[-1] == "ScheduleLLVM"
     assert isinstance(schedule.build_pipeline(target), tvm.transform.Pass)
 
 
