@@ -100,17 +100,17 @@ def compile_model(model_path: str | Path, output: str | Path | None,
     mod, signature = import_onnx(model)
     del model
     seconds["import"] = time.perf_counter() - started
-    dumper.record_stage(1, "import", mod)
+    dumper.record_stage(0, "frontend", mod)
 
     with _pass_context(dumper):
-        for position, stage in enumerate(STAGES[1:], start=2):
-            if options.emit is not None and STAGES[position - 2].name == options.emit:
-                break
+        for position, stage in enumerate(STAGES, start=1):
             dumper.stage = stage.name
             started = time.perf_counter()
             mod = stage_pass(stage, options, target)(mod)
-            seconds[stage.name] = time.perf_counter() - started
+            seconds[stage.name] = seconds.get(stage.name, 0.0) + time.perf_counter() - started
             dumper.record_stage(position, stage.name, mod)
+            if stage.name == options.emit:
+                break
 
         if options.emit is not None:
             if out is not None:

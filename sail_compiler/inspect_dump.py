@@ -42,7 +42,7 @@ def read_dump(dump_dir: str | Path) -> list[DumpEntry]:
     index = {}
     if (d / INDEX_FILE).is_file():
         index = {e["file"]: e for e in json.loads((d / INDEX_FILE).read_text())}
-    stages = sorted(d.glob("stage_1_*.py"))
+    stages = sorted(d.glob("stage_0_*.py"))
     previous = stages[0].read_text() if stages else None
     entries = []
     for number, name, path in files:

@@ -4,11 +4,14 @@ A dump directory holds::
 
     command.txt              the command line that made it
     000_<PassName>.py ...    TVMScript after each pass, numbered in execution order
-    stage_<k>_<stage>.py     TVMScript after each pipeline stage
+    stage_0_frontend.py      TVMScript straight from the ONNX importer
+    stage_<k>_<stage>.py     TVMScript after each pipeline stage (k = 1..4)
     passes.json              the index: pass, stage, file, whether it changed the IR, seconds
 
-"Changed" compares the printed TVMScript with that of the previous dump, so it means what a reader
-of the dumps sees. Constants print as ``metadata[...]`` references (no weights in the dumps).
+Passes are those listed in a stage (and the pipelines inside ``relax.build``), not the passes they
+run internally. "Changed" compares the printed TVMScript with that of the previous dump, so it
+means what a reader of the dumps sees. Constants print as ``metadata[...]`` references (no
+weights in the dumps).
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from .errors import OptionError
 MARKER = ".sail-dump"
 STAGE_PASS_PREFIX = "sail.stage."
 INDEX_FILE = "passes.json"
+# Passes are dumped at this nesting depth: the members of a stage's Sequential (and of the
+# pipelines relax.build runs). Deeper passes are what a pass runs inside (FoldConstant builds and
+# runs TIR; the llvm target wraps each pass to set the target), shallower ones are wrappers.
+_PASS_DEPTH = 2
+_ANONYMOUS_WRAPPERS = ("sequential", "_pipeline")
 
 
 def prepare_dump_dir(path: Path, force: bool, command: list[str]) -> Path:
@@ -75,14 +83,24 @@ class IRDumper:
         self.seen_passes: list[str] = []
         self._previous_text: str | None = None
         self._started: float = 0.0
+        self._stack: list[tuple[str, float]] = []
 
     def run_before_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
-        self._started = time.perf_counter()
+        self._stack.append((str(info.name), time.perf_counter()))
 
     def run_after_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
         name = str(info.name)
-        if name.startswith(STAGE_PASS_PREFIX):
-            return  # the stage's Sequential wrapper: record_stage() writes its dump
+        # Pop to this pass's own entry: an inner pass that raised never reported back.
+        while self._stack and self._stack[-1][0] != name:
+            self._stack.pop()
+        depth = len(self._stack)
+        self._started = self._stack.pop()[1] if self._stack else time.perf_counter()
+        if self.stage == "build":
+            # relax.build nests its pipelines one level deeper, in anonymous wrappers.
+            if depth not in (_PASS_DEPTH, _PASS_DEPTH + 1) or name in _ANONYMOUS_WRAPPERS:
+                return
+        elif depth != _PASS_DEPTH:
+            return  # a pipeline wrapper, or work a pass does inside (e.g. FoldConstant builds)
         self.seen_passes.append(name)
         wants_print = name in self.print_after
         if self.dump_dir is None and not wants_print:
@@ -104,7 +122,7 @@ class IRDumper:
         self._write_index()
 
     def record_stage(self, position: int, stage: str, mod: tvm.IRModule) -> None:
-        """Write the IR after stage number ``position`` (1-based) named ``stage``."""
+        """Write the IR after stage number ``position`` named ``stage`` (0: the frontend)."""
         if self.dump_dir is None:
             return
         text = mod.script()

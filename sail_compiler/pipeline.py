@@ -1,6 +1,7 @@
 """The named stages of the compiler and their pass lists.
 
-``import`` is the ONNX frontend (no passes; its output is dumped as a stage). ``quantize`` and
+``import`` is the ONNX frontend (dumped as ``stage_0_frontend``) plus clean-up passes that make
+the imported graph safe to run (:class:`~.passes.WrapGatherIndices`). ``quantize`` and
 ``sail`` hold the quantization and SAIL passes (empty until those land). ``lower`` is the
 target's: legalization, fusion and scheduling for llvm. Each stage runs as one
 ``tvm.transform.Sequential`` named ``sail.stage.<name>``, so the passes inside are ordinary TVM
@@ -16,6 +17,7 @@ import tvm
 
 from .ir_dump import STAGE_PASS_PREFIX
 from .options import CompileOptions
+from .passes import WrapGatherIndices
 from .targets.base import TargetBackend
 
 PassFactory = Callable[[CompileOptions, TargetBackend], list[tvm.transform.Pass]]
@@ -31,7 +33,8 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("import", "ONNX -> Relax (float), weights as constants", lambda o, t: []),
+    Stage("import", "ONNX -> Relax (float), weights as constants",
+          lambda o, t: [WrapGatherIndices()]),
     Stage("quantize", "weights -> low-bit integers (not yet implemented: passes through)",
           lambda o, t: []),
     Stage("sail", "LUT-GEMV lowering, PIM type conversion (not yet implemented: passes through)",

@@ -26,15 +26,19 @@ def test_dump_dir_has_every_pass_and_stage(compiled: dict[str, Path]) -> None:
     dump = compiled["dump"]
     assert "sail compile" in (dump / "command.txt").read_text()
     stages = sorted(p.name for p in dump.glob("stage_*.py"))
-    assert stages == ["stage_1_import.py", "stage_2_quantize.py", "stage_3_sail.py",
-                      "stage_4_lower.py"]
+    assert stages == ["stage_0_frontend.py", "stage_1_import.py", "stage_2_quantize.py",
+                      "stage_3_sail.py", "stage_4_lower.py"]
     index = json.loads((dump / "passes.json").read_text())
     files = sorted(p.name for p in dump.glob("[0-9][0-9][0-9]_*.py"))
     assert [e["file"] for e in index] == files
     names = [e["pass"] for e in index]
-    assert "LegalizeOps" in names and "FuseTIR" in names and "VMShapeLower" in names
+    assert "LegalizeOps" in names and "FuseOpsAndTIR" in names and "VMShapeLower" in names
+    assert names.count("LegalizeOps") == 1  # not the target's wrapper and its inner pass both
     legalize = next(e for e in index if e["pass"] == "LegalizeOps")
     assert legalize["changed"] and legalize["stage"] == "lower"
+    wrap = next(e for e in index if e["pass"] == "WrapGatherIndices")
+    assert wrap["changed"] and wrap["stage"] == "import"
+    assert 'mode="wrap"' in (dump / "stage_1_import.py").read_text()
     assert "R.matmul" in (dump / "stage_1_import.py").read_text()
     assert "R.matmul" not in (dump / legalize["file"]).read_text()
 

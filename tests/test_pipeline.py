@@ -24,7 +24,10 @@ def test_user_instruments_are_extended_not_replaced(micro_decoder: Path) -> None
     with tvm.transform.PassContext(instruments=[recorder]):
         result = compile_model(micro_decoder, None, CompileOptions(emit="lower"))
     assert "LegalizeOps" in recorder.names and "FuseTIR" in recorder.names
-    assert [n for n in recorder.names if not n.startswith("sail.stage.")] == result.passes_run
+    # Every pass the driver reports ran, in order, is among what the user's instrument saw.
+    remaining = iter(recorder.names)
+    assert all(name in remaining for name in result.passes_run)
+    assert "ScheduleLLVM" in result.passes_run
 
 
 def test_stages_in_order() -> None:

@@ -1,0 +1,42 @@
+"""``WrapGatherIndices``: make every ``relax.take`` safe against out-of-range indices.
+
+The ONNX importer turns ``Gather`` into ``R.take(..., mode="fast")``, whose legalization reads
+memory at whatever index it is given: an out-of-range token id, or a position past the end of a
+rotary table, reads out of bounds or crashes the process. This pass rewrites ``mode="fast"`` to
+``mode="wrap"``, which is exact for every index ONNX allows (``[-n, n)``; negative indices count
+from the end) and stays inside the table for any other. ``sail run`` still rejects out-of-range
+token ids before they reach the model (see :mod:`sail_compiler.artifact`); this pass covers
+indices computed inside the graph.
+
+Leaves every other call, and ``take`` in another mode, alone. Runs in the ``import`` stage,
+before any legalization.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+_TAKE = tvm.ir.Op.get("relax.take")
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if call.op.same_as(_TAKE) and str(call.attrs.mode) == "fast":
+            return relax.op.take(call.args[0], call.args[1], call.attrs.axis, mode="wrap")
+        return call
+
+
+@tvm.transform.module_pass(opt_level=0, name="WrapGatherIndices")
+class WrapGatherIndices:
+    """Rewrite ``R.take(..., mode="fast")`` to ``mode="wrap"`` in every Relax function."""
+
+    def transform_module(self, mod: tvm.IRModule,
+                         _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        rewriter = _Rewriter(mod)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
