@@ -84,6 +84,7 @@ class IRDumper:
         self._previous_text: str | None = None
         self._started: float = 0.0
         self._stack: list[tuple[str, float]] = []
+        self._last_printed: tuple[str, int] | None = None
 
     def run_before_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
         self._stack.append((str(info.name), time.perf_counter()))
@@ -97,19 +98,24 @@ class IRDumper:
         self._started = self._stack.pop()[1] if self._stack else time.perf_counter()
         if self.stage == "build":
             # relax.build nests its pipelines one level deeper, in anonymous wrappers.
-            if depth not in (_PASS_DEPTH, _PASS_DEPTH + 1) or name in _ANONYMOUS_WRAPPERS:
-                return
-        elif depth != _PASS_DEPTH:
-            return  # a pipeline wrapper, or work a pass does inside (e.g. FoldConstant builds)
+            listed = depth in (_PASS_DEPTH, _PASS_DEPTH + 1) and name not in _ANONYMOUS_WRAPPERS
+        else:
+            # Shallower: wrappers; deeper: work a pass does inside (e.g. FoldConstant builds).
+            listed = depth == _PASS_DEPTH
+        listed = listed and self.dump_dir is not None
         self.seen_passes.append(name)
-        wants_print = name in self.print_after
-        if self.dump_dir is None and not wants_print:
+        # --print-after reaches passes at any depth, but a wrapper that finishes right after
+        # its same-named inner pass (the llvm target wraps each pass) is not printed twice.
+        wants_print = name in self.print_after and self._last_printed != (name, depth + 1)
+        self._last_printed = (name, depth) if wants_print else None
+        if not listed and not wants_print:
             return
         text = mod.script()
         if wants_print:
             print(f"# IR after {name} (stage {self.stage})\n{text}", file=self.stream)
-        if self.dump_dir is None:
+        if not listed:
             return
+        assert self.dump_dir is not None
         index = len(self.entries)
         file = f"{index:03d}_{_file_safe(name)}.py"
         (self.dump_dir / file).write_text(text)
