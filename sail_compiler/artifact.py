@@ -28,7 +28,11 @@ MANIFEST = "manifest.json"
 
 
 def check_output_path(out: Path, model_path: Path, force: bool) -> None:
-    """Refuse to replace anything sail did not make (or the model itself) unless ``force``."""
+    """Refuse to replace anything sail did not make, or the model itself.
+
+    An earlier artifact or an empty directory is replaced; a file only with ``force``; a
+    non-empty directory without a manifest never.
+    """
     if out.resolve() == model_path.resolve() or model_path.resolve().is_relative_to(out.resolve()):
         raise ArtifactError(f"output {out} would overwrite the model {model_path}; "
                             "choose another -o path")
@@ -38,9 +42,12 @@ def check_output_path(out: Path, model_path: Path, force: bool) -> None:
         return  # an earlier artifact: replaced as a whole
     if out.is_dir() and not any(out.iterdir()):
         return
+    if out.is_dir():
+        raise ArtifactError(f"output {out} is a non-empty directory sail did not make; choose a "
+                            "new path (sail never deletes such a directory)")
     if not force:
         raise ArtifactError(f"output {out} exists and is not a sail artifact; choose a new path "
-                            "or pass --force to replace it")
+                            "or pass --force to replace the file")
 
 
 def write_artifact(out: Path, build: Callable[[Path], dict[str, Any]],

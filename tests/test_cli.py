@@ -137,3 +137,12 @@ def test_python_m_entry_point() -> None:
     proc = subprocess.run([sys.executable, "-m", "sail_compiler", "--version"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("sail ")
+
+
+def test_never_deletes_a_foreign_directory(micro_decoder: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "main.c").write_text("int main(void) { return 0; }\n")
+    for extra in ([], ["--force"]):
+        assert main(["compile", str(micro_decoder), "-o", str(foreign), *extra]) == 2
+        assert (foreign / "main.c").read_text().startswith("int main")
