@@ -144,8 +144,14 @@ class Artifact:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs; return named outputs (ONNX order)."""
-        self.check_inputs(inputs)
-        outputs = self.runner.run([inputs[s.name] for s in self.signature.inputs])
+        dims = self.check_inputs(inputs)
+        try:
+            outputs = self.runner.run([inputs[s.name] for s in self.signature.inputs])
+        except Exception as err:  # the runtime's own checks (e.g. dims that must be equal)
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            shown = ", ".join(f"{k}={v}" for k, v in dims.items()) or "static"
+            raise InputError(f"the compiled model rejected the inputs ({shown}): {first}. "
+                             f"The model takes: {self.describe_inputs()}") from err
         names = [s.name for s in self.signature.outputs]
         assert len(outputs) == len(names), (len(outputs), names)
         return dict(zip(names, outputs, strict=True))

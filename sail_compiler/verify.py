@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, SailError
 from .frontend.signature import ModelSignature, TensorSpec
 from .options import CompileOptions
 
@@ -161,9 +161,14 @@ def run_onnxruntime(model_path: str | Path, inputs: dict[str, np.ndarray],
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs), strict=True))
+    try:
+        session = ort.InferenceSession(str(model_path), options,
+                                       providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs), strict=True))
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise SailError(f"onnxruntime, the reference, failed on {model_path}: "
+                        f"{str(err).strip().splitlines()[0]}; check the inputs") from err
 
 
 def report_line(name: str, metrics: dict[str, Any], tolerance: float) -> str:

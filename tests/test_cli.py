@@ -146,3 +146,23 @@ def test_never_deletes_a_foreign_directory(micro_decoder: Path, tmp_path: Path) 
     for extra in ([], ["--force"]):
         assert main(["compile", str(micro_decoder), "-o", str(foreign), *extra]) == 2
         assert (foreign / "main.c").read_text().startswith("int main")
+
+
+def test_runtime_dim_check_is_an_input_error(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The KV decoder's mask length must equal past + seq; only the runtime can check it."""
+    from make_decoder import PRESETS, make_decoder, save_model
+
+    path = tmp_path / "kv.onnx"
+    save_model(make_decoder(PRESETS["micro"], kv_cache=True), path)
+    out = tmp_path / "a"
+    assert main(["compile", str(path), "-o", str(out)]) == 0
+    cfg = PRESETS["micro"]
+    past = np.zeros((1, cfg.num_kv_heads, 3, cfg.head_dim), np.float32)
+    np.savez(tmp_path / "in.npz", input_ids=np.array([[1, 2]], np.int64),
+             attention_mask=np.ones((1, 4), np.int64),  # should be 3 + 2 = 5
+             **{f"past_key_values.0.{kind}": past for kind in ("key", "value")})
+    code = main(["run", str(out), "--inputs", str(tmp_path / "in.npz"), "--output-dir",
+                 str(tmp_path / "res")])
+    assert code == 2
+    assert "the compiled model rejected the inputs" in capsys.readouterr().err
