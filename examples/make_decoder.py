@@ -305,9 +305,12 @@ def make_decoder(cfg: DecoderConfig, kv_cache: bool = False, seed: int = 0) -> o
 
 
 def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = None) -> None:
-    """Save ``model``; weights go to ``<path>.data`` when asked or when over the 2 GB limit."""
+    """Save ``model``; weights go to ``<path>.data`` when asked or when over 1 GB (protobuf cannot
+    serialize 2 GB)."""
     if external_data is None:
-        external_data = model.ByteSize() > PROTOBUF_LIMIT_BYTES
+        # ByteSize() itself fails above 2 GB; the weights are nearly all of the size.
+        weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+        external_data = weight_bytes > PROTOBUF_LIMIT_BYTES // 2
     if external_data:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
