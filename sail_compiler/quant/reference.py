@@ -1,0 +1,355 @@
+"""The NumPy reference semantics of quantized matmuls (DESIGN.md section 3).
+
+Every target must reproduce :func:`group_sums` exactly and :func:`quantized_matmul` within 1e-5
+relative error. All float arithmetic below is float32 with IEEE division (``a / b``, never
+``a * (1 / b)``) and round-half-to-even (``np.rint``, C's ``nearbyintf`` in the default rounding
+mode); a target that follows the same steps gets bit-identical codes.
+
+Weights ``W[K, N]`` (y = x @ W), groups of g consecutive k per column n, b-bit codes:
+
+* **Padding.** K is padded with zero weights up to ``K_pad = ceil(K / g) * g``. A zero weight
+  quantizes to exactly its group's zero point, so padding rows have ``q - z = 0`` and contribute
+  exactly 0 to every sum whatever activation they meet; :func:`dequantize` drops them.
+* **Symmetric** (b >= 2): ``s = max|w| / (2**(b-1) - 1)``,
+  ``q_signed = clip(rint(w / s), -2**(b-1), 2**(b-1) - 1)``. Stored as the unsigned code
+  ``q = q_signed + 2**(b-1)`` in ``[0, 2**b - 1]`` with the implicit zero point ``2**(b-1)``,
+  so packing and the group sum ``(q - z) * xq`` are the same for both kinds
+  (:attr:`QuantizedWeight.zero` is None). Symmetric 1-bit is rejected by
+  :class:`~sail_compiler.quant.scheme.QuantScheme`.
+* **With zero points**: the group's range is widened to include 0 (as GPTQ's and gemmlowp's
+  quantizers do, so 0 is exact): ``lo = min(min w, 0)``, ``hi = max(max w, 0)``,
+  ``s = (hi - lo) / (2**b - 1)``, ``z = clip(rint(-lo / s), 0, 2**b - 1)``,
+  ``q = clip(rint(w / s) + z, 0, 2**b - 1)``.
+* **Zero scale.** A group whose computed scale is 0 (all weights zero, or so small that the
+  division underflows) gets ``s = 1``: nothing divides by zero, its codes are the zero point and
+  it dequantizes to exactly 0.
+
+Activations ``x[T, K]``: per row, symmetric, ``b_a`` bits:
+``sx = max|x| / (2**(b_a-1) - 1)``, ``xq = clip(rint(x / sx), -(2**(b_a-1) - 1), 2**(b_a-1) - 1)``
+(the clip never changes a normal row; -2**(b_a-1) never occurs). A row whose computed ``sx`` is
+0 (all zeros, or an underflowing maximum) gets ``sx = 1``, so its ``xq`` are 0 and so is its
+output.
+
+Output: ``S[t, grp, n] = sum_{k in grp} (q[k, n] - z[grp, n]) * xq[t, k]`` exactly (int32),
+``y[t, n] = sum_grp s[grp, n] * sx[t] * S[t, grp, n]`` in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..errors import OptionError
+from .packing import check_bits, pack_bits
+from .scheme import QuantScheme
+
+#: Valid activation widths: 1 bit has no symmetric range (its scale divides by 2**0 - 1 = 0).
+MIN_ACT_BITS, MAX_ACT_BITS = 2, 16
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A weight matrix ``W[K, N]`` quantized in groups along K.
+
+    Attributes
+    ----------
+    q
+        uint8 ``[K_pad, N]`` unsigned codes in ``[0, 2**bits - 1]``; ``K_pad = n_groups *
+        group_size``. Rows ``k .. K_pad - 1`` are padding and equal their group's zero point.
+    scale
+        float32 ``[n_groups, N]``, positive.
+    zero
+        uint8 ``[n_groups, N]`` zero points in ``[0, 2**bits - 1]``, or None for symmetric
+        quantization (implicit zero point ``2**(bits-1)``).
+    bits
+        Code width, 1..8.
+    group_size
+        Rows of ``q`` per group (for a "channel" scheme: K).
+    k
+        The original K, ``K_pad - group_size < k <= K_pad``.
+
+    Raises
+    ------
+    ValueError
+        The arrays' dtypes or shapes disagree with each other, a code or zero point does not fit
+        in ``bits``, or a padding row is not its group's zero point.
+    OptionError
+        ``bits`` is outside 1..8, or symmetric with 1 bit.
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray | None
+    bits: int
+    group_size: int
+    k: int
+
+    def __post_init__(self) -> None:
+        bits = check_bits(self.bits, "weight bits")
+        object.__setattr__(self, "bits", bits)
+        for name in ("q", "scale", "zero"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, np.asarray(getattr(self, name)))
+        if self.zero is None and bits == 1:
+            raise OptionError("symmetric 1-bit weights are not supported; use zero points")
+        problems = []
+        if self.q.dtype != np.uint8 or self.q.ndim != 2:
+            problems.append(f"q must be 2-D uint8, got {self.q.ndim}-D {self.q.dtype}")
+        if self.scale.dtype != np.float32 or self.scale.ndim != 2:
+            problems.append(f"scale must be 2-D float32, got {self.scale.ndim}-D "
+                            f"{self.scale.dtype}")
+        if self.zero is not None and (self.zero.dtype != np.uint8 or self.zero.ndim != 2):
+            problems.append(f"zero must be 2-D uint8 or None, got {self.zero.ndim}-D "
+                            f"{self.zero.dtype}")
+        if self.group_size < 1 or self.k < 1:
+            problems.append(f"group_size and k must be >= 1, got {self.group_size}, {self.k}")
+        if problems:
+            raise ValueError("invalid QuantizedWeight: " + "; ".join(problems))
+        n_groups = -(-self.k // self.group_size)
+        want = {"q": (n_groups * self.group_size, self.q.shape[1]),
+                "scale": (n_groups, self.q.shape[1])}
+        if self.zero is not None:
+            want["zero"] = want["scale"]
+        for name, shape in want.items():
+            if getattr(self, name).shape != shape:
+                problems.append(f"{name} has shape {getattr(self, name).shape}, expected {shape} "
+                                f"for k={self.k} in groups of {self.group_size}")
+        if problems:
+            raise ValueError("invalid QuantizedWeight: " + "; ".join(problems))
+        for name in ("q", "zero"):
+            a = getattr(self, name)
+            if a is not None and a.size and int(a.max()) >= 1 << bits:
+                problems.append(f"{name} holds {int(a.max())}, which does not fit in {bits} bits")
+        if self.k < self.q.shape[0] and \
+                np.any(self.q[self.k:] != self.zero_points()[-1].astype(np.uint8)):
+            problems.append("padding rows of q (k..K_pad-1) must equal their group's zero point")
+        if problems:
+            raise ValueError("invalid QuantizedWeight: " + "; ".join(problems))
+
+    @property
+    def n(self) -> int:
+        """Number of output columns N."""
+        return self.q.shape[1]
+
+    @property
+    def n_groups(self) -> int:
+        """Groups per column: ``ceil(k / group_size)``."""
+        return self.scale.shape[0]
+
+    @property
+    def k_padded(self) -> int:
+        """Rows of :attr:`q`: ``n_groups * group_size``."""
+        return self.q.shape[0]
+
+    @property
+    def symmetric(self) -> bool:
+        """True when there are no stored zero points."""
+        return self.zero is None
+
+    def zero_points(self) -> np.ndarray:
+        """int32 ``[n_groups, N]``: the stored zero points, or ``2**(bits-1)`` if symmetric."""
+        if self.zero is None:
+            return np.full(self.scale.shape, 1 << (self.bits - 1), dtype=np.int32)
+        return self.zero.astype(np.int32)
+
+    def packed(self) -> np.ndarray:
+        """uint8 ``[ceil(K_pad * bits / 8), N]``: :attr:`q` packed along K (see ``packing``)."""
+        return pack_bits(self.q, self.bits, axis=0)
+
+
+def _as_float32(a: np.ndarray, name: str, ndim: int | None = None) -> np.ndarray:
+    """``a`` as a finite float32 array (other float dtypes are rounded to float32 first)."""
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name} must be a floating-point array, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    a = a.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} holds {int(np.sum(~np.isfinite(a)))} non-finite values "
+                         "(inf or nan); quantization needs finite numbers")
+    return a
+
+
+def _nonzero_scale(scale: np.ndarray) -> np.ndarray:
+    """``scale`` with zeros replaced by 1 (see the module docstring), checked finite."""
+    if not np.all(np.isfinite(scale)):
+        raise ValueError("a scale overflowed float32: the values span more than float32 allows")
+    return np.where(scale == 0, np.float32(1), scale).astype(np.float32)
+
+
+def quantize_weights_rtn(w: np.ndarray, scheme: QuantScheme) -> QuantizedWeight:
+    """Round-to-nearest (half to even) quantization of ``W[K, N]`` with ``scheme``.
+
+    Parameters
+    ----------
+    w
+        ``[K, N]`` floating-point weights (y = x @ w), K >= 1, all finite; rounded to float32.
+    scheme
+        Bits, group size along K, symmetric or with zero points.
+
+    Returns
+    -------
+    QuantizedWeight
+        Codes ``[K_pad, N]``, scales (and zero points) ``[n_groups, N]``; see the module
+        docstring for the formulas, padding and zero-scale groups.
+
+    Raises
+    ------
+    ValueError
+        ``w`` is not a 2-D floating-point array with K >= 1, or holds inf or nan.
+    """
+    w = _as_float32(w, "weights", ndim=2)
+    k, n = w.shape
+    if k < 1:
+        raise ValueError(f"weights must have K >= 1 rows, got shape {w.shape}")
+    g, n_groups = scheme.group_size_for(k), scheme.n_groups(k)
+    padded = np.zeros((n_groups * g, n), dtype=np.float32)
+    padded[:k] = w
+    groups = padded.reshape(n_groups, g, n)
+    b = scheme.bits
+    if scheme.symmetric:
+        qmax = (1 << (b - 1)) - 1
+        scale = _nonzero_scale(np.abs(groups).max(axis=1) / np.float32(qmax))
+        q_signed = np.clip(np.rint(groups / scale[:, None, :]), -qmax - 1, qmax)
+        q = (q_signed + (qmax + 1)).astype(np.uint8)
+        zero = None
+    else:
+        qmax = (1 << b) - 1
+        lo = np.minimum(groups.min(axis=1), np.float32(0))
+        hi = np.maximum(groups.max(axis=1), np.float32(0))
+        with np.errstate(over="ignore"):  # an overflowing range is reported just below
+            scale = _nonzero_scale((hi - lo) / np.float32(qmax))
+        zero_f = np.clip(np.rint(-lo / scale), 0, qmax)
+        q = np.clip(np.rint(groups / scale[:, None, :]) + zero_f[:, None, :], 0, qmax)
+        q = q.astype(np.uint8)
+        zero = zero_f.astype(np.uint8)
+    return QuantizedWeight(q.reshape(n_groups * g, n), scale, zero, b, g, k)
+
+
+def dequantize(qw: QuantizedWeight) -> np.ndarray:
+    """float32 ``[K, N]``: ``s[grp, n] * (q[k, n] - z[grp, n])`` with the padding rows dropped."""
+    q = qw.q.reshape(qw.n_groups, qw.group_size, qw.n).astype(np.int32)
+    w = (q - qw.zero_points()[:, None, :]).astype(np.float32) * qw.scale[:, None, :]
+    return w.reshape(qw.k_padded, qw.n)[: qw.k]
+
+
+def check_act_bits(act_bits: int) -> int:
+    """Validate an activation width (2..16) and return it as an ``int``.
+
+    Raises
+    ------
+    OptionError
+        ``act_bits`` is not an integer in 2..16.
+    """
+    if isinstance(act_bits, bool) or not isinstance(act_bits, int | np.integer) \
+            or not MIN_ACT_BITS <= act_bits <= MAX_ACT_BITS:
+        raise OptionError(f"activation bits must be an integer in {MIN_ACT_BITS}..{MAX_ACT_BITS}, "
+                          f"got {act_bits!r}")
+    return int(act_bits)
+
+
+def quantize_activations(x: np.ndarray, act_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row dynamic symmetric quantization of activations.
+
+    Parameters
+    ----------
+    x
+        ``[T, K]`` floating-point activations, all finite; rounded to float32.
+    act_bits
+        Activation width b_a, 2..16.
+
+    Returns
+    -------
+    xq : numpy.ndarray
+        int32 ``[T, K]`` in ``[-(2**(b_a-1) - 1), 2**(b_a-1) - 1]``.
+    sx : numpy.ndarray
+        float32 ``[T]``, positive: ``max|x[t]| / (2**(b_a-1) - 1)``, or 1 where that is 0.
+
+    Raises
+    ------
+    OptionError
+        ``act_bits`` is outside 2..16.
+    ValueError
+        ``x`` is not a 2-D floating-point array, or holds inf or nan.
+    """
+    qmax = (1 << (check_act_bits(act_bits) - 1)) - 1
+    x = _as_float32(x, "activations", ndim=2)
+    amax = np.abs(x).max(axis=1, initial=np.float32(0))
+    sx = _nonzero_scale(amax / np.float32(qmax))
+    xq = np.clip(np.rint(x / sx[:, None]), -qmax, qmax).astype(np.int32)
+    return xq, sx
+
+
+def group_sums(xq: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
+    """Exact group sums ``S[t, grp, n] = sum_{k in grp} (q[k, n] - z[grp, n]) * xq[t, k]``.
+
+    Parameters
+    ----------
+    xq
+        Integer ``[T, K]`` quantized activations (K = ``qw.k``).
+    qw
+        The quantized weight.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 ``[T, n_groups, N]``, computed in int64.
+
+    Raises
+    ------
+    ValueError
+        ``xq`` is not a 2-D integer array with ``qw.k`` columns.
+    OptionError
+        A sum does not fit in int32 (use smaller groups or fewer activation bits).
+    """
+    xq = np.asarray(xq)
+    if not np.issubdtype(xq.dtype, np.integer) or xq.ndim != 2 or xq.shape[1] != qw.k:
+        raise ValueError(f"quantized activations must be 2-D integers [T, {qw.k}], got "
+                         f"{xq.dtype} {xq.shape}")
+    t = xq.shape[0]
+    x_pad = np.zeros((t, qw.k_padded), dtype=np.int64)
+    x_pad[:, : qw.k] = xq
+    q = qw.q.reshape(qw.n_groups, qw.group_size, qw.n).astype(np.int64)
+    q -= qw.zero_points()[:, None, :]
+    sums = np.einsum("tgk,gkn->tgn", x_pad.reshape(t, qw.n_groups, qw.group_size), q)
+    if sums.size and int(np.abs(sums).max()) > _INT32_MAX:
+        raise OptionError(f"a group sum reaches {int(np.abs(sums).max())}, beyond int32; use a "
+                          f"smaller group size than {qw.group_size} or fewer activation bits")
+    return sums.astype(np.int32)
+
+
+def quantized_matmul(x: np.ndarray, qw: QuantizedWeight, act_bits: int = 8) -> np.ndarray:
+    """The reference quantized ``x @ W``.
+
+    Parameters
+    ----------
+    x
+        ``[..., K]`` floating-point activations; the leading dims are flattened to T rows.
+    qw
+        The quantized weight ``W[K, N]``.
+    act_bits
+        Activation width b_a, 2..16.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``[..., N]``: ``y[t, n] = sum_grp s[grp, n] * sx[t] * S[t, grp, n]``.
+
+    Raises
+    ------
+    ValueError
+        ``x`` does not end in K = ``qw.k`` or is not finite floating point.
+    OptionError
+        ``act_bits`` is outside 2..16, or a group sum overflows int32.
+    """
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != qw.k:
+        raise ValueError(f"activations must have shape [..., {qw.k}], got {x.shape}")
+    lead = x.shape[:-1]
+    xq, sx = quantize_activations(x.reshape(-1, qw.k), act_bits)
+    sums = group_sums(xq, qw).astype(np.float32)
+    y = (qw.scale[None, :, :] * sx[:, None, None] * sums).sum(axis=1, dtype=np.float32)
+    return y.reshape(*lead, qw.n)
