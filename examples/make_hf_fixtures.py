@@ -1,4 +1,4 @@
-"""Export tiny random-init Hugging Face decoders to ONNX test fixtures.
+"""Export tiny random-init Hugging Face decoders (and a BERT encoder) to ONNX test fixtures.
 
 The fixtures exercise the ONNX frontend on the shape-computation subgraphs that real
 ``torch.onnx.export`` output of transformers decoders contains (``Shape -> Gather ->
@@ -6,13 +6,20 @@ Unsqueeze -> Concat -> Reshape``, ``Range`` over the sequence length, causal-mas
 construction with ``Expand``/``Where``/``Equal``), with batch, sequence and past lengths
 left symbolic.
 
-Eight files are written to ``tests/fixtures/hf/`` (or ``--out-dir``)::
+Ten files are written to ``tests/fixtures/hf/`` (or ``--out-dir``)::
 
     {llama,gpt2}_{legacy,dynamo}[_kv].onnx
+    bert_{legacy,dynamo}.onnx
 
 * ``llama``: ``LlamaForCausalLM`` with grouped-query attention (4 query heads, 2 key/value
   heads), hidden size 64, 2 layers, vocabulary 256.
 * ``gpt2``: ``GPT2LMHeadModel``, hidden size 64, 4 heads, 2 layers, vocabulary 256.
+* ``bert``: ``BertModel`` (encoder with pooler, no head), hidden size 64, 4 heads, 2 layers,
+  intermediate size 128, vocabulary 256, 128 positions, 2 token types. Inputs
+  ``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64 ``[batch, seq]``);
+  outputs ``last_hidden_state [batch, seq, 64]`` and ``pooler_output [batch, 64]``. No KV
+  variant. It is traced with a padded mask (zeros at the end of one row) and token types
+  0/1, so that no value of either specializes the trace.
 * ``legacy``: ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracing), opset 17,
   dynamic axes given with ``dynamic_axes``.
 * ``dynamo``: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript),
@@ -42,11 +49,12 @@ The KV fixtures are traced with past length 3 but are valid for any past length,
 including 0 (an empty cache, i.e. prefill): onnxruntime matches the PyTorch module at past
 lengths 0, 1, 4 and 9 to ~3e-7.
 
-All eight combinations export with torch 2.13.0 / transformers 5.24.0 / onnxscript 0.7.2,
-byte-for-byte reproducibly. Notes on the dynamo exporter: ``past + seq`` cannot be given
-as the attention mask's length (``torch.export`` derived dims are linear in a *single*
-root dim), so that axis is ``Dim.DYNAMIC`` and appears in the ONNX file under a generated
-name (``s53``); the present outputs get ``past + seq`` as their dim names.
+All eight decoder combinations and both BERT exports export with torch 2.13.0 /
+transformers 5.24.0 / onnxscript 0.7.2, byte-for-byte reproducibly. Notes on the dynamo
+exporter: ``past + seq`` cannot be given as the attention mask's length (``torch.export``
+derived dims are linear in a *single* root dim), so that axis is ``Dim.DYNAMIC`` and
+appears in the ONNX file under a generated name (``s53``); the present outputs
+get ``past + seq`` as their dim names.
 
 Usage::
 
@@ -89,7 +97,7 @@ class FixtureSpec:
     Parameters
     ----------
     family : str
-        ``"llama"`` or ``"gpt2"``.
+        ``"llama"``, ``"gpt2"`` or ``"bert"`` (encoder; ``kv_cache`` must be False).
     exporter : str
         ``"legacy"`` (``dynamo=False``) or ``"dynamo"`` (``dynamo=True``).
     kv_cache : bool
@@ -111,7 +119,7 @@ ALL_SPECS: tuple[FixtureSpec, ...] = tuple(
     for family in ("llama", "gpt2")
     for exporter in ("legacy", "dynamo")
     for kv in (False, True)
-)
+) + tuple(FixtureSpec("bert", exporter, False) for exporter in ("legacy", "dynamo"))
 
 
 def build_model(family: str) -> transformers.PreTrainedModel:
@@ -120,7 +128,7 @@ def build_model(family: str) -> transformers.PreTrainedModel:
     Parameters
     ----------
     family : str
-        ``"llama"`` or ``"gpt2"``.
+        ``"llama"``, ``"gpt2"`` or ``"bert"``.
 
     Returns
     -------
@@ -153,6 +161,18 @@ def build_model(family: str) -> transformers.PreTrainedModel:
             attn_implementation="eager",
         )
         model = transformers.GPT2LMHeadModel(config)
+    elif family == "bert":
+        config = transformers.BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=2 * HIDDEN,
+            max_position_embeddings=128,
+            type_vocab_size=2,
+            attn_implementation="eager",
+        )
+        model = transformers.BertModel(config)
     else:
         raise ValueError(f"unknown model family {family!r}")
     return model.eval()
@@ -177,6 +197,23 @@ class LogitsOnly(nn.Module):
         """Run the model without a cache and return the logits."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.logits
+
+
+class BertOutputs(nn.Module):
+    """``(input_ids, attention_mask, token_type_ids) -> (last_hidden_state, pooler_output)``."""
+
+    def __init__(self, model: transformers.PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the encoder and return its two outputs as a plain tuple."""
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        return out.last_hidden_state, out.pooler_output
 
 
 class FlatKVCache(nn.Module):
@@ -215,8 +252,13 @@ class FlatKVCache(nn.Module):
         return tuple(flat)
 
 
-def io_names(num_layers: int, kv_cache: bool) -> tuple[list[str], list[str]]:
+def io_names(num_layers: int, kv_cache: bool, family: str = "") -> tuple[list[str], list[str]]:
     """Graph input and output names of a fixture."""
+    if family == "bert":
+        return ["input_ids", "attention_mask", "token_type_ids"], [
+            "last_hidden_state",
+            "pooler_output",
+        ]
     inputs = ["input_ids", "attention_mask"]
     outputs = ["logits"]
     if kv_cache:
@@ -230,6 +272,12 @@ def example_inputs(model: transformers.PreTrainedModel, kv_cache: bool) -> tuple
     """Deterministic example inputs used for tracing."""
     gen = torch.Generator().manual_seed(SEED + 1)
     ids = torch.randint(0, model.config.vocab_size, (EX_BATCH, EX_SEQ), generator=gen)
+    if model.config.model_type == "bert":
+        mask = torch.ones(EX_BATCH, EX_SEQ, dtype=torch.int64)
+        mask[-1, -2:] = 0  # right padding in the last row
+        token_types = torch.zeros(EX_BATCH, EX_SEQ, dtype=torch.int64)
+        token_types[:, EX_SEQ // 2 :] = 1  # sentence A, then sentence B
+        return ids, mask, token_types
     if not kv_cache:
         return ids, torch.ones(EX_BATCH, EX_SEQ, dtype=torch.int64)
     num_layers, kv_heads, head_dim = kv_shape_info(model)
@@ -255,10 +303,14 @@ def export_legacy(
         "attention_mask": {0: "batch", 1: "past_seq" if kv_cache else "seq"},
         "logits": {0: "batch", 1: "seq"},
     }
-    for name in inputs[2:]:
-        axes[name] = {0: "batch", 2: "past"}
-    for name in outputs[1:]:
-        axes[name] = {0: "batch", 2: "past_seq"}
+    if "token_type_ids" in inputs:  # BERT
+        axes = {name: {0: "batch", 1: "seq"} for name in [*inputs, outputs[0]]}
+        axes["pooler_output"] = {0: "batch"}
+    else:
+        for name in inputs[2:]:
+            axes[name] = {0: "batch", 2: "past"}
+        for name in outputs[1:]:
+            axes[name] = {0: "batch", 2: "past_seq"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about python bools in transformers
         torch.onnx.export(
@@ -296,7 +348,7 @@ def export_dynamo(
         )
         shapes = (shapes[0], shapes[1], shapes[2:])  # *past is one positional pytree
     else:
-        shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
+        shapes = tuple({0: batch, 1: seq} for _ in inputs)
     program = torch.onnx.export(
         module,
         args,
@@ -329,10 +381,13 @@ def export_fixture(spec: FixtureSpec, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{spec.name}.onnx"
     model = build_model(spec.family)
-    module = FlatKVCache(model) if spec.kv_cache else LogitsOnly(model)
+    if spec.family == "bert":
+        module: nn.Module = BertOutputs(model)
+    else:
+        module = FlatKVCache(model) if spec.kv_cache else LogitsOnly(model)
     module.eval()
     args = example_inputs(model, spec.kv_cache)
-    names = io_names(model.config.num_hidden_layers, spec.kv_cache)
+    names = io_names(model.config.num_hidden_layers, spec.kv_cache, spec.family)
     with torch.no_grad():
         if spec.exporter == "legacy":
             export_legacy(module, args, path, names, spec.kv_cache)

@@ -1,12 +1,14 @@
-"""Hugging Face decoder exports import with symbolic dims and match onnxruntime.
+"""Hugging Face exports import with symbolic dims and match onnxruntime.
 
 The fixtures in ``tests/fixtures/hf`` (made by ``examples/make_hf_fixtures.py``) are tiny
-random-init Llama (grouped-query attention) and GPT-2 models exported by both torch
-exporters, with and without KV cache. Each is imported once with ``preprocess`` and
-``patched_converters`` and *no* shape dict, built once for llvm, and the one executable
-is run at two sequence lengths (and two past lengths for the KV models, one of them a
-single-token decode step); every output must match onnxruntime to a relative L2 error
-below 1e-4.
+random-init Llama (grouped-query attention) and GPT-2 decoders exported by both torch
+exporters, with and without KV cache, and a BERT encoder (``input_ids``,
+``attention_mask``, ``token_type_ids``) exported by both. Each is imported once with
+``preprocess`` and ``patched_converters`` and *no* shape dict, built once for llvm, and the
+one executable is run at two batch sizes and two sequence lengths (and two past lengths for
+the KV models, one of them a single-token decode step); every output must match
+onnxruntime to a relative L2 error below 1e-4. BERT gets a padded attention mask (zeros at
+the end of the last row) and token types 0/1.
 
 Three small hand-built graphs cover what the fixtures do not: the patch is scoped and
 version-checked, an unprovable ``seq == 1`` is not folded, and the overridden shape
@@ -41,7 +43,8 @@ MODELS = [
     for family in ("llama", "gpt2")
     for exporter in ("legacy", "dynamo")
     for suffix in ("", "_kv")
-]
+] + ["bert_legacy", "bert_dynamo"]
+VOCAB = 256  # every fixture's vocabulary (BERT: 2 token types)
 # (batch, seq, past): two sequence lengths and, for KV models, two past lengths.
 KV_CASES = [(1, 5, 3), (2, 1, 7)]
 PLAIN_CASES = [(1, 5, 0), (2, 9, 0)]
@@ -85,16 +88,25 @@ def compiled(request: pytest.FixtureRequest) -> Compiled:
 
 
 def _feeds(model: onnx.ModelProto, batch: int, seq: int, past: int) -> dict[str, np.ndarray]:
-    """Inputs in graph order: token ids in the vocabulary, all-ones mask, random past."""
+    """Inputs in graph order: token ids in the vocabulary, random past, and the mask: all
+    ones for the decoders; for BERT (the model with ``token_type_ids``) the last row padded
+    at the end, with token types 0 for the first half of the sequence and 1 for the rest."""
     rng = np.random.default_rng(seq * 100 + past)
-    vocab = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    names = [value.name for value in model.graph.input]
     feeds: dict[str, np.ndarray] = {}
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if value.name == "input_ids":
-            feeds[value.name] = rng.integers(0, vocab, (batch, seq), dtype=np.int64)
+            feeds[value.name] = rng.integers(0, VOCAB, (batch, seq), dtype=np.int64)
         elif value.name == "attention_mask":
-            feeds[value.name] = np.ones((batch, past + seq), dtype=np.int64)
+            mask = np.ones((batch, past + seq), dtype=np.int64)
+            if "token_type_ids" in names:
+                mask[-1, seq - max(1, seq // 3) :] = 0
+            feeds[value.name] = mask
+        elif value.name == "token_type_ids":
+            types = np.zeros((batch, seq), dtype=np.int64)
+            types[:, seq // 2 :] = 1
+            feeds[value.name] = types
         else:  # past_key_values.{i}.{key,value}: [batch, kv_heads, past, head_dim]
             shape = (batch, dims[1].dim_value, past, dims[3].dim_value)
             feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
