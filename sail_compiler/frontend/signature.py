@@ -85,14 +85,32 @@ def signature_of(model: onnx.ModelProto) -> ModelSignature:
     return ModelSignature(inputs, tuple(_spec(v) for v in model.graph.output))
 
 
+# Ops that pass index values through unchanged (only their shape or dtype changes).
+_VALUE_PRESERVING = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast", "Identity")
+
+
 def index_bound(model: onnx.ModelProto, name: str) -> int | None:
     """Rows of the constant table that a ``Gather`` indexes with input ``name`` (e.g. the
-    vocabulary of an embedding), or None if the input feeds no such Gather."""
+    vocabulary of an embedding), following value-preserving ops such as ``Reshape``; None if the
+    input feeds no such Gather. With several tables, the smallest bound."""
     tables = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == name:
-            table = tables.get(node.input[0])
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            if table is not None and len(table.dims) > axis:
-                return int(table.dims[axis])
-    return None
+        for value in node.input:
+            consumers.setdefault(value, []).append(node)
+    bounds = []
+    frontier, seen = [name], {name}
+    while frontier:
+        value = frontier.pop()
+        for node in consumers.get(value, []):
+            if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == value:
+                table = tables.get(node.input[0])
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                if table is not None and len(table.dims) > axis:
+                    bounds.append(int(table.dims[axis]))
+            elif node.op_type in _VALUE_PRESERVING and node.input[0] == value:
+                for out in node.output:
+                    if out not in seen:
+                        seen.add(out)
+                        frontier.append(out)
+    return min(bounds) if bounds else None

@@ -1,0 +1,38 @@
+"""Signatures: symbolic dims and the index bounds that guard TVM's gather."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from sail_compiler import Artifact, CompileOptions, compile_model
+from sail_compiler.errors import InputError
+from sail_compiler.frontend.signature import signature_of
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "hf"
+
+
+@pytest.mark.parametrize("name", ["gpt2_legacy", "gpt2_dynamo", "llama_dynamo_kv",
+                                  "bert_legacy"])
+def test_vocabulary_bound_found_through_reshapes(name: str) -> None:
+    model = onnx.load(str(FIXTURES / f"{name}.onnx"))
+    specs = {s.name: s for s in signature_of(model).inputs}
+    assert specs["input_ids"].index_bound == 256  # every fixture's vocabulary
+    assert specs["attention_mask"].index_bound is None
+    if "token_type_ids" in specs:
+        assert specs["token_type_ids"].index_bound == 2  # BERT's type_vocab_size
+
+
+def test_out_of_range_ids_are_rejected_before_running(micro_decoder: Path,
+                                                      tmp_path: Path) -> None:
+    compile_model(micro_decoder, tmp_path / "a", CompileOptions())
+    artifact = Artifact(tmp_path / "a")
+    vocab = artifact.signature.inputs[0].index_bound
+    assert vocab == 50
+    for bad in (vocab, -1):
+        ids = np.array([[1, bad, 2]], np.int64)
+        with pytest.raises(InputError, match=r"values must lie in \[0, 50\)"):
+            artifact.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
