@@ -63,6 +63,7 @@ def write_artifact(out: Path, build: Callable[[Path], dict[str, Any]],
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, "sail_version": __version__,
                 **manifest, **extra}
         (staging / MANIFEST).write_text(json.dumps(full, indent=1) + "\n")
+        staging.chmod(0o755)  # mkdtemp made it private
         if out.is_dir():
             shutil.rmtree(out)
         elif out.exists():
@@ -145,8 +146,9 @@ class Artifact:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs; return named outputs (ONNX order)."""
         dims = self.check_inputs(inputs)
+        runner = self.runner  # loading errors are the artifact's, not the inputs'
         try:
-            outputs = self.runner.run([inputs[s.name] for s in self.signature.inputs])
+            outputs = runner.run([inputs[s.name] for s in self.signature.inputs])
         except Exception as err:  # the runtime's own checks (e.g. dims that must be equal)
             first = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
             shown = ", ".join(f"{k}={v}" for k, v in dims.items()) or "static"

@@ -129,7 +129,7 @@ def test_recompiling_replaces_an_earlier_artifact(micro_decoder: Path, tmp_path:
     first = json.loads((out / "manifest.json").read_text())
     assert first["target"] == "llvm" and first["signature"]["inputs"][0]["name"] == "input_ids"
     assert main(["compile", str(micro_decoder), "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "weights.bin"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".a.")]
 
 

@@ -1,5 +1,6 @@
 """sail's Relax passes, one per file; each is an ordinary ``tvm.transform.Pass``."""
 
+from .lift_weights_to_params import LiftWeightsToParams
 from .wrap_gather_indices import WrapGatherIndices
 
-__all__ = ["WrapGatherIndices"]
+__all__ = ["LiftWeightsToParams", "WrapGatherIndices"]

@@ -1,7 +1,10 @@
 """The llvm target: legalize + schedule (see :mod:`.schedule`), ``relax.build``, Relax VM.
 
-Artifact files: ``model.so`` (the VM executable with the weights embedded as constants; a shared
-library loadable by ``tvm.runtime.load_module``) beside the common ``manifest.json``.
+Artifact files, beside the common ``manifest.json``: ``model.so`` (the VM executable, loadable by
+``tvm.runtime.load_module``) and ``weights.bin`` (see :mod:`sail_compiler.weights_file`). The
+weights are lifted out of the executable by the last lowering pass,
+:class:`~sail_compiler.passes.LiftWeightsToParams`, because TVM truncates executables with more
+than 2 GB of constants; the runner passes them after the model inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ...errors import ArtifactError
 from ...frontend.signature import ModelSignature
+from ...passes import LiftWeightsToParams
+from ...weights_file import read_weights, write_weights
 from ..base import Runner, TargetBackend, register_target
 from .schedule import build_pipeline, host_target, lowering_passes
 
@@ -21,32 +27,45 @@ if TYPE_CHECKING:
     from ...options import CompileOptions
 
 LIBRARY = "model.so"
+WEIGHTS = "weights.bin"
 
 
 @register_target("llvm")
 class LLVMTarget(TargetBackend):
     description = "TVM's llvm codegen for this CPU, run on the Relax VM"
 
+    def __init__(self) -> None:
+        self._lift = LiftWeightsToParams()
+
     def lowering_passes(self, options: CompileOptions) -> list[tvm.transform.Pass]:
-        return lowering_passes(host_target(options.num_threads))
+        return [*lowering_passes(host_target(options.num_threads)), self._lift]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
               options: CompileOptions) -> dict[str, Any]:
         target = host_target(options.num_threads)
         executable = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
         executable.export_library(str(out_dir / LIBRARY))
-        return {"library": LIBRARY, "tvm_target": str(target)}
+        write_weights(out_dir / WEIGHTS, self._lift.weights)
+        return {"library": LIBRARY, "weights": WEIGHTS, "num_weights": len(self._lift.weights),
+                "tvm_target": str(target)}
 
     def load(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
-        return _VMRunner(out_dir / manifest["library"])
+        return _VMRunner(out_dir / manifest["library"], out_dir / manifest["weights"],
+                         manifest["num_weights"])
 
 
 class _VMRunner(Runner):
-    def __init__(self, library: Path) -> None:
+    def __init__(self, library: Path, weights: Path, num_weights: int) -> None:
+        arrays = read_weights(weights)
+        if len(arrays) != num_weights:
+            raise ArtifactError(f"{weights} holds {len(arrays)} tensors, the model needs "
+                                f"{num_weights}; recompile the model")
+        self.weights = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        result = self.vm["main"](*(tvm.runtime.tensor(np.asarray(x, order="C")) for x in inputs))
+        args = [tvm.runtime.tensor(np.asarray(x, order="C")) for x in inputs]
+        result = self.vm["main"](*args, *self.weights)
         if hasattr(result, "numpy"):
             return [result.numpy()]
         return [r.numpy() for r in result]
