@@ -8,6 +8,8 @@ the stack. ``assert`` is kept for internal invariants only.
 
 from __future__ import annotations
 
+import tvm_ffi
+
 
 class SailError(Exception):
     """A problem with what the user gave; the message says what is wrong and how to fix it."""
@@ -45,3 +47,10 @@ class InputError(SailError):
 def valid_choices(choices: list[str] | tuple[str, ...]) -> str:
     """The "valid choices are ..." part of an error message."""
     return f"valid choices are: {', '.join(sorted(choices))}"
+
+
+# An exception raised inside a pass crosses TVM's FFI and comes back as RuntimeError unless its
+# class is registered under its name; registered, the caller catches the SailError it raised.
+# (ModelCheckError is raised before any pass runs, and its constructor takes structured data.)
+for _error in (SailError, OptionError, ImportFailure, ArtifactError, InputError):
+    tvm_ffi.register_error(_error.__name__, _error)

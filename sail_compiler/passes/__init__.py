@@ -1,6 +1,7 @@
 """sail's Relax passes, one per file; each is an ordinary ``tvm.transform.Pass``."""
 
 from .lift_weights_to_params import LiftWeightsToParams
+from .quantize_weights import QuantizeWeights
 from .wrap_gather_indices import WrapGatherIndices
 
-__all__ = ["LiftWeightsToParams", "WrapGatherIndices"]
+__all__ = ["LiftWeightsToParams", "QuantizeWeights", "WrapGatherIndices"]

@@ -1,0 +1,287 @@
+"""``sail.quant_matmul``: ``x @ W`` with ``W`` quantized in groups along K (DESIGN.md section 3).
+
+Operands and attributes::
+
+    y = sail.quant_matmul(x, packed, scale, zero, bits=b, group_size=g, k=K, act_bits=b_a)
+
+    x       float32 [..., K]                 activations; leading dims may be symbolic
+    packed  uint8   [ceil(K_pad * b / 8), N] codes q[K_pad, N] packed along K
+                                              (``quant.packing``: little-endian bit streams)
+    scale   float32 [n_groups, N]
+    zero    int32   [n_groups, N]            zero points; 2**(b-1) everywhere if symmetric
+    y       float32 [..., N]
+
+with ``n_groups = ceil(K / g)`` and ``K_pad = n_groups * g``. The operator computes exactly
+:func:`sail_compiler.quant.reference.quantized_matmul`: per-row activation quantization
+(``sx = max|x| / (2**(b_a-1) - 1)`` in float32 with IEEE division, 1 where that is 0;
+``xq = clip(nearbyint(x / sx))``), int32 group sums ``S = sum_k (q - z) * xq`` (padding rows
+k >= K meet a zero activation), and ``y = sum_grp (s * sx) * float32(S)`` accumulated in
+group order, the reference's order of operations. The caller guarantees that no group sum
+overflows int32 (:func:`max_abs_group_sum` bounds them).
+
+The operator is registered from Python with type inference (``FInferType``), purity and a
+legalization (``FLegalize``) to one TE kernel via ``R.call_tir``. Its attributes live in the
+call's ``DictAttrs``. TVMScript prints it as ``T.Call("sail.quant_matmul", [...], attrs={...})``:
+TVM 0.27's printer uses the ``R.<name>(...)`` form only for ops named ``relax.*``.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, te, tirx
+
+from ..quant.packing import check_bits, packed_length
+from ..quant.reference import check_act_bits
+
+__all__ = [
+    "OP_NAME",
+    "attrs_dict",
+    "group_sums_te",
+    "is_quant_matmul",
+    "max_abs_group_sum",
+    "quant_matmul",
+    "quant_matmul_te",
+    "quantize_activations_te",
+]
+
+#: The registered name; targets recognise the operator by it.
+OP_NAME = "sail.quant_matmul"
+
+_INT32_MAX = 2**31 - 1
+_ATTR_NAMES = ("bits", "group_size", "k", "act_bits")
+
+
+def _i64(value: int) -> tirx.IntImm:
+    return tirx.const(value, "int64")
+
+
+def _check_attrs(bits: int, group_size: int, k: int, act_bits: int) -> tuple[int, int, int, int]:
+    """Validated attributes as Python ints.
+
+    Raises
+    ------
+    OptionError
+        ``bits`` outside 1..8 or ``act_bits`` outside 2..16.
+    ValueError
+        ``group_size`` or ``k`` below 1.
+    """
+    bits, act_bits = check_bits(bits, "weight bits"), check_act_bits(act_bits)
+    if int(group_size) < 1 or int(k) < 1:
+        raise ValueError(f"{OP_NAME}: group_size and k must be >= 1, got {group_size}, {k}")
+    return bits, int(group_size), int(k), act_bits
+
+
+def max_abs_group_sum(bits: int, group_size: int, act_bits: int) -> int:
+    """Largest possible ``|S|`` of one group: ``g * (2**b - 1) * (2**(b_a-1) - 1)``.
+
+    ``|q - z| <= 2**b - 1`` and ``|xq| <= 2**(b_a-1) - 1``; the operator needs this to fit in
+    int32.
+    """
+    return group_size * ((1 << bits) - 1) * ((1 << (act_bits - 1)) - 1)
+
+
+def quant_matmul(x: relax.Expr, packed: relax.Expr, scale: relax.Expr, zero: relax.Expr, *,
+                 bits: int, group_size: int, k: int, act_bits: int = 8) -> relax.Call:
+    """Build a ``sail.quant_matmul`` call (see the module docstring for shapes and dtypes).
+
+    Parameters
+    ----------
+    x, packed, scale, zero
+        The operands.
+    bits
+        Weight code width b, 1..8.
+    group_size
+        Rows g of one group along K.
+    k
+        The original reduction length K (``x.shape[-1]``).
+    act_bits
+        Activation width b_a, 2..16.
+
+    Returns
+    -------
+    relax.Call
+        The call; its type is inferred when a ``BlockBuilder`` normalizes it.
+
+    Raises
+    ------
+    OptionError, ValueError
+        An attribute is out of range.
+    """
+    bits, group_size, k, act_bits = _check_attrs(bits, group_size, k, act_bits)
+    attrs = {"bits": bits, "group_size": group_size, "k": k, "act_bits": act_bits}
+    return relax.Call(tvm.ir.Op.get(OP_NAME), [x, packed, scale, zero], attrs)
+
+
+def _attrs_of(call: relax.Call) -> tuple[int, int, int, int]:
+    return _check_attrs(*(int(call.attrs[name]) for name in _ATTR_NAMES))
+
+
+def _static(dim: tirx.PrimExpr) -> int | None:
+    return int(dim) if isinstance(dim, tirx.IntImm) else None
+
+
+def _infer_type(call: relax.Call, _bb: relax.BlockBuilder) -> relax.TensorType:
+    """``float32[..., N]``; checks dtypes, ranks and every static dimension against the attrs."""
+    bits, group_size, k, _ = _attrs_of(call)
+    if len(call.args) != 4:
+        raise ValueError(f"{OP_NAME} takes 4 operands (x, packed, scale, zero), "
+                         f"got {len(call.args)}")
+    tys = [arg.ty for arg in call.args]
+    names = ("x", "packed", "scale", "zero")
+    problems = []
+    for name, ty, dtype in zip(names, tys, ("float32", "uint8", "float32", "int32"), strict=True):
+        if not isinstance(ty, relax.TensorType):
+            problems.append(f"{name} must be a tensor, got {ty}")
+        elif str(ty.dtype) != dtype:
+            problems.append(f"{name} must be {dtype}, got {ty.dtype}")
+        elif name != "x" and ty.ndim not in (-1, 2):
+            problems.append(f"{name} must be 2-D, got {ty.ndim}-D")
+    if problems:
+        raise ValueError(f"{OP_NAME}: " + "; ".join(problems))
+    x_ty, packed_ty, scale_ty, zero_ty = tys
+    n_groups = -(-k // group_size)
+    want = {"packed": (packed_length(n_groups * group_size, bits), None),
+            "scale": (n_groups, None), "zero": (n_groups, None)}
+    n = None
+    for name, ty in zip(names[1:], tys[1:], strict=True):
+        if ty.shape is None:
+            continue
+        rows, cols = (_static(d) for d in ty.shape)
+        if rows is not None and rows != want[name][0]:
+            problems.append(f"{name} has {rows} rows, expected {want[name][0]} for k={k}, "
+                            f"group_size={group_size}, bits={bits}")
+        if cols is not None:
+            if n is not None and cols != n:
+                problems.append(f"{name} has {cols} columns, expected {n}")
+            n = cols if n is None else n
+    if x_ty.shape is not None and x_ty.ndim >= 1:
+        x_k = _static(x_ty.shape[-1])
+        if x_k is not None and x_k != k:
+            problems.append(f"x ends in {x_k}, expected k={k}")
+    elif x_ty.ndim == 0:
+        problems.append("x must have at least one axis")
+    if problems:
+        raise ValueError(f"{OP_NAME}: " + "; ".join(problems))
+    n_dim = next((ty.shape[1] for ty in (packed_ty, scale_ty, zero_ty) if ty.shape is not None),
+                 None)
+    if x_ty.shape is None or n_dim is None:
+        return relax.TensorType(dtype="float32", ndim=x_ty.ndim)
+    return relax.TensorType([*list(x_ty.shape)[:-1], n_dim], "float32")
+
+
+def _unpack_code(packed: te.Tensor, row: tirx.PrimExpr, col: tirx.PrimExpr,
+                 bits: int) -> tirx.PrimExpr:
+    """int32 code ``q[row, col]`` from the little-endian bit stream of column ``col``."""
+    bit = row * bits
+    byte = tirx.floordiv(bit, 8)
+    word = packed[byte, col].astype("int32")
+    if 8 % bits:  # a code may straddle two bytes; the last byte has no successor
+        n_bytes = packed.shape[0]
+        nxt = tirx.if_then_else(byte + 1 < n_bytes, packed[tirx.min(byte + 1, n_bytes - 1), col],
+                                tirx.const(0, "uint8"))
+        word = word | (nxt.astype("int32") << 8)
+    shift = tirx.floormod(bit, 8).astype("int32")
+    return (word >> shift) & ((1 << bits) - 1)
+
+
+def quantize_activations_te(x: te.Tensor, k_padded: int,
+                            act_bits: int) -> tuple[te.Tensor, te.Tensor]:
+    """TE stages ``(xq int32[..., K_pad], sx float32[...])`` of the reference's activation step.
+
+    ``xq`` is 0 in the padding columns ``K .. K_pad - 1``.
+    """
+    lead, depth = list(x.shape[:-1]), x.shape[-1]
+    qmax = (1 << (act_bits - 1)) - 1
+    r = te.reduce_axis((_i64(0), depth), name="r")
+    amax = te.compute(lead, lambda *t: te.max(tirx.abs(x[(*t, r)]), axis=r), name="act_absmax")
+
+    def scale(*t: tirx.Var) -> tirx.PrimExpr:
+        raw = amax[t] / tirx.const(qmax, "float32")  # IEEE division, as the reference
+        return tirx.Select(raw == tirx.const(0, "float32"), tirx.const(1, "float32"), raw)
+
+    sx = te.compute(lead, scale, name="act_scale")
+
+    def quantize(*idx: tirx.Var) -> tirx.PrimExpr:
+        *t, kk = idx
+        safe_k = tirx.min(kk, depth - 1)
+        rounded = tirx.nearbyint(x[(*t, safe_k)] / sx[tuple(t)])
+        clipped = tirx.max(tirx.min(rounded, tirx.const(qmax, "float32")),
+                           tirx.const(-qmax, "float32"))
+        return tirx.Select(kk < depth, clipped.astype("int32"), tirx.const(0, "int32"))
+
+    xq = te.compute([*lead, _i64(k_padded)], quantize, name="act_quantized")
+    return xq, sx
+
+
+def group_sums_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, bits: int,
+                  group_size: int) -> te.Tensor:
+    """TE stage ``S int32[..., n_groups, N] = sum_{k in grp} (q[k, n] - z[grp, n]) * xq[..., k]``.
+
+    ``xq`` is ``int32[..., K_pad]``; codes are unpacked from ``packed`` on the fly.
+    """
+    lead = list(xq.shape[:-1])
+    n_groups, cols = zero.shape
+    r = te.reduce_axis((_i64(0), _i64(group_size)), name="r")
+
+    def body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *t, grp, n = idx
+        kk = grp * group_size + r
+        code = _unpack_code(packed, kk, n, bits)
+        return te.sum((code - zero[grp, n]) * xq[(*t, kk)], axis=r)
+
+    return te.compute([*lead, n_groups, cols], body, name="group_sums")
+
+
+def quant_matmul_te(x: te.Tensor, packed: te.Tensor, scale: te.Tensor, zero: te.Tensor, *,
+                    bits: int, group_size: int, k: int, act_bits: int) -> te.Tensor:
+    """The TE kernel ``sail.quant_matmul`` legalizes to (the module docstring's semantics)."""
+    k_padded = -(-k // group_size) * group_size
+    xq, sx = quantize_activations_te(x, k_padded, act_bits)
+    sums = group_sums_te(xq, packed, zero, bits, group_size)
+    lead = list(x.shape[:-1])
+    n_groups, cols = scale.shape
+    grp = te.reduce_axis((_i64(0), n_groups), name="grp")
+
+    def body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *t, n = idx
+        # (s * sx) * S, summed in group order from 0: the reference's float32 operation order.
+        term = (scale[grp, n] * sx[tuple(t)]) * sums[(*t, grp, n)].astype("float32")
+        return te.sum(term, axis=grp)
+
+    return te.compute([*lead, cols], body, name="quant_matmul")
+
+
+def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    bits, group_size, k, act_bits = _attrs_of(call)
+    return bb.call_te(quant_matmul_te, *call.args, bits=bits, group_size=group_size, k=k,
+                      act_bits=act_bits, primfunc_name_hint="quant_matmul")
+
+
+def _register() -> None:
+    """Register the operator and its attributes once per process."""
+    if OP_NAME in tvm.ir.Op.list_op_names():
+        return
+    tvm.ir._ffi_api.RegisterOp(OP_NAME, "x @ W with W quantized in groups along K")
+    op = tvm.ir.Op.get(OP_NAME)
+    op.set_num_inputs(4)
+    for name, description in zip(("x", "packed", "scale", "zero"),
+                                 ("float32 [..., K]", "uint8 [ceil(K_pad*bits/8), N]",
+                                  "float32 [n_groups, N]", "int32 [n_groups, N]"), strict=True):
+        op.add_argument(name, "Tensor", description)
+    tvm.ir.register_op_attr(OP_NAME, "FInferType", _infer_type)
+    tvm.ir.register_op_attr(OP_NAME, "FPurity", True)
+    tvm.ir.register_op_attr(OP_NAME, "FLegalize", _legalize)
+
+
+def attrs_dict(call: relax.Call) -> dict[str, int]:
+    """The attributes of a ``sail.quant_matmul`` call as a dict of ints."""
+    return dict(zip(_ATTR_NAMES, _attrs_of(call), strict=True))
+
+
+def is_quant_matmul(expr: relax.Expr) -> bool:
+    """Whether ``expr`` is a call of ``sail.quant_matmul``."""
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
+        and expr.op.name == OP_NAME
+
+
+_register()
