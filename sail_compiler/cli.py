@@ -40,6 +40,17 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                    help="fix an input's dims, e.g. input_ids=1x16 (repeatable); other dims stay "
                         "symbolic")
     p.add_argument("--threads", type=int, default=None, help="threads for the compiled code")
+    q = p.add_argument_group("weight quantization (the quantize stage)")
+    q.add_argument("--bits", type=int, help="quantize matmul weights to 1..8 bits (RTN)")
+    q.add_argument("--group-size", default="128",
+                   help="consecutive k per scale: a positive integer or 'channel' (default 128)")
+    kind = q.add_mutually_exclusive_group()
+    kind.add_argument("--sym", dest="symmetric", action="store_true",
+                      help="symmetric codes, no zero points")
+    kind.add_argument("--asym", dest="symmetric", action="store_false",
+                      help="zero point per group (default)")
+    q.add_argument("--skip", action="append", default=[], metavar="PATTERN",
+                   help="keep matching matmuls (labels matmul.<i>) in float (repeatable)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +105,26 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
     from .options import CompileOptions
 
     shapes = dict(parse_shape_binding(s) for s in args.shape)
-    return CompileOptions(target=args.target, shapes=shapes, num_threads=args.threads, **extra)
+    return CompileOptions(target=args.target, shapes=shapes, num_threads=args.threads,
+                          quant=_scheme(args), skip=tuple(args.skip), **extra)
+
+
+def _scheme(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .quant.scheme import QuantScheme
+
+    if args.bits is None:
+        if args.group_size != "128" or args.symmetric:
+            raise OptionError("--group-size and --sym apply to quantized compiles; add --bits")
+        return None
+    if args.group_size == "channel":
+        group = None
+    else:
+        try:
+            group = int(args.group_size)
+        except ValueError:
+            raise OptionError(f"--group-size must be a positive integer or 'channel', got "
+                              f"'{args.group_size}'") from None
+    return QuantScheme(bits=args.bits, group_size=group, symmetric=args.symmetric)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:

@@ -125,6 +125,8 @@ def compile_model(model_path: str | Path, output: str | Path | None,
             "tvm_version": tvm.__version__,
             "model": {"path": str(model_path.resolve()), "sha256": _sha256(model_path)},
             "shapes": {k: list(v) for k, v in options.shapes.items()},
+            "quant": options.quant.name if options.quant else None,
+            "skip": list(options.skip),
             "signature": signature.to_json(),
         })
         seconds["build"] = time.perf_counter() - started

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from .errors import OptionError, valid_choices
+from .quant.scheme import QuantScheme
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,10 @@ class CompileOptions:
         Input dims to fix, ``{input name: dims}``; other dims stay symbolic.
     num_threads
         Threads the compiled code may use (None: all cores).
+    quant
+        Weight quantization scheme for the ``quantize`` stage (None: keep float weights).
+    skip
+        ``fnmatch`` patterns of matmul labels (``matmul.<i>``) to keep in float.
     """
 
     target: str = "llvm"
@@ -37,6 +42,8 @@ class CompileOptions:
     print_after: tuple[str, ...] = ()
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     num_threads: int | None = None
+    quant: QuantScheme | None = None
+    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from .pipeline import STAGE_NAMES
@@ -47,5 +54,7 @@ class CompileOptions:
         if self.emit is not None and self.emit not in STAGE_NAMES:
             raise OptionError(f"unknown stage '{self.emit}' for --emit; "
                               f"valid stages in order: {', '.join(STAGE_NAMES)}")
+        if self.skip and self.quant is None:
+            raise OptionError("--skip only applies to quantized compiles; add --bits")
         if self.num_threads is not None and self.num_threads < 1:
             raise OptionError(f"--threads must be >= 1, got {self.num_threads}")

@@ -1,5 +1,6 @@
 """The named stages of the compiler and their pass lists.
 
+``quantize`` runs only for quantized compiles (``CompileOptions.quant``).
 ``import`` is the ONNX frontend (dumped as ``stage_0_frontend``) plus clean-up passes that make
 the imported graph safe to run (:class:`~.passes.WrapGatherIndices`). ``quantize`` and
 ``sail`` hold the quantization and SAIL passes (empty until those land). ``lower`` is the
@@ -14,13 +15,21 @@ import dataclasses
 from collections.abc import Callable
 
 import tvm
+from tvm import relax
 
 from .ir_dump import STAGE_PASS_PREFIX
 from .options import CompileOptions
-from .passes import WrapGatherIndices
+from .passes import QuantizeWeights, WrapGatherIndices
 from .targets.base import TargetBackend
 
 PassFactory = Callable[[CompileOptions, TargetBackend], list[tvm.transform.Pass]]
+
+
+def _quantize_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
+    if options.quant is None:
+        return []
+    # FoldConstant first: Gemm(transB=1) weights sit behind a transpose until folded.
+    return [relax.transform.FoldConstant(), QuantizeWeights(options.quant, options.skip)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +44,8 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("import", "ONNX -> Relax (float), weights as constants",
           lambda o, t: [WrapGatherIndices()]),
-    Stage("quantize", "weights -> low-bit integers (not yet implemented: passes through)",
-          lambda o, t: []),
+    Stage("quantize", "weights -> b-bit integers (RTN) and sail.quant_matmul, with --bits",
+          lambda o, t: _quantize_passes(o)),
     Stage("sail", "LUT-GEMV lowering, PIM type conversion (not yet implemented: passes through)",
           lambda o, t: []),
     Stage("lower", "target lowering: legalize, fuse, schedule",
