@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from make_decoder import PRESETS, make_decoder, save_model  # noqa: E402
 
 from sail_compiler import Artifact, CompileOptions, compile_model  # noqa: E402
-from sail_compiler.verify import InputPlan, generate_inputs  # noqa: E402
+from sail_compiler.verify import InputPlan, OnnxRuntimeReference, generate_inputs  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -45,8 +45,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when the runtime starts its pool
 
-    import onnxruntime as ort
-
     cfg = PRESETS[args.preset]
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "decoder.onnx"
@@ -55,10 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         compile_model(model_path, Path(tmp) / "out", CompileOptions(num_threads=args.threads))
         compile_seconds = time.perf_counter() - started
         artifact = Artifact(Path(tmp) / "out")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(str(model_path), options,
-                                       providers=["CPUExecutionProvider"])
+        reference = OnnxRuntimeReference(model_path, threads=args.threads)
         print(f"preset {args.preset} ({cfg.num_params() / 1e6:.1f}M params), "
               f"{args.threads} thread(s), compile {compile_seconds:.1f}s")
         print(f"{'shape':<28} {'sail llvm ms':>12} {'ort ms':>10} {'sail/ort':>9}")
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                          past_len=args.past))]:
             inputs = generate_inputs(artifact.signature, plan)
             ours = _median_seconds(lambda i=inputs: artifact.run(i), args.repeats)
-            theirs = _median_seconds(lambda i=inputs: session.run(None, i), args.repeats)
+            theirs = _median_seconds(lambda i=inputs: reference.run(i), args.repeats)
             print(f"{label:<28} {ours * 1e3:>12.2f} {theirs * 1e3:>10.2f} "
                   f"{ours / theirs:>8.2f}x")
 

@@ -17,7 +17,13 @@ from pathlib import Path
 from make_decoder import PRESETS, make_decoder, save_model
 
 from sail_compiler import Artifact, CompileOptions, compile_model
-from sail_compiler.verify import InputPlan, generate_inputs, report_line, verify_model
+from sail_compiler.verify import (
+    InputPlan,
+    OnnxRuntimeReference,
+    generate_inputs,
+    report_line,
+    verify_model,
+)
 
 
 def _best_of(fn, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
@@ -62,18 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   all {len(report['outputs'])} outputs: worst rel_l2_err {worst:.2e} -> "
           f"{'OK' if report['ok'] else 'FAILED'}")
 
-    import onnxruntime as ort
-
     artifact = Artifact(artifact_dir)
     inputs = generate_inputs(artifact.signature,
                              InputPlan(batch=1, seq_len=16, past_len=0))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    reference = OnnxRuntimeReference(model_path, threads=1)
     artifact.run(inputs)
-    session.run(None, inputs)
+    reference.run(inputs)
     ours = _best_of(lambda: artifact.run(inputs))
-    theirs = _best_of(lambda: session.run(None, inputs))
+    theirs = _best_of(lambda: reference.run(inputs))
     print(f"4. forward, batch 1 x 16 tokens: sail llvm {ours * 1e3:.2f} ms, onnxruntime "
           f"(1 thread) {theirs * 1e3:.2f} ms, ratio {ours / theirs:.2f}x "
           "(see benchmarks/forward.py for a fuller comparison)")

@@ -152,23 +152,41 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
     return {"max_abs_err": float(np.abs(diff).max()), "rel_l2_err": rel, "cosine": cosine}
 
 
-def run_onnxruntime(model_path: str | Path, inputs: dict[str, np.ndarray],
-                    threads: int | None = None) -> dict[str, np.ndarray]:
-    """Run the float model on onnxruntime's CPU provider."""
-    import onnxruntime as ort
+class OnnxRuntimeReference:
+    """The float model on onnxruntime's CPU provider; the session is made once.
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(model_path), options,
-                                       providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, inputs), strict=True))
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise SailError(f"onnxruntime, the reference, failed on {model_path}: "
-                        f"{str(err).strip().splitlines()[0]}; check the inputs") from err
+    Parameters
+    ----------
+    model_path
+        The ``.onnx`` file (external data beside it).
+    threads
+        ``intra_op_num_threads`` (None: onnxruntime's default).
+    """
+
+    def __init__(self, model_path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.model_path = model_path
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model_path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise self._error(err) from err
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return dict(zip(self.names, self.session.run(self.names, inputs), strict=True))
+        except Exception as err:
+            raise self._error(err) from err
+
+    def _error(self, err: Exception) -> SailError:
+        return SailError(f"onnxruntime, the reference, failed on {self.model_path}: "
+                         f"{str(err).strip().splitlines()[0]}; check the model and inputs")
 
 
 def report_line(name: str, metrics: dict[str, Any], tolerance: float) -> str:
@@ -206,6 +224,7 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
             runs = [load_inputs(inputs_file, artifact.signature)]
         else:
             runs = [generate_inputs(artifact.signature, plan) for plan in plans]
+        reference = OnnxRuntimeReference(model_path)
         entries = []
         seen: list[dict[str, int]] = []
         for inputs in runs:
@@ -214,7 +233,7 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
                 continue  # e.g. --past-len values on a model without past inputs
             seen.append(dims)
             ours = artifact.run(inputs)
-            theirs = run_onnxruntime(model_path, inputs)
+            theirs = reference.run(inputs)
             for name, value in ours.items():
                 metrics = compare(value, theirs[name])
                 entries.append({"name": name, **metrics, "dims": dims,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sail_compiler.cli import main
-from sail_compiler.verify import run_onnxruntime
+from sail_compiler.verify import OnnxRuntimeReference
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_run_writes_outputs_matching_onnxruntime(compiled: dict[str, Path],
                  str(root / "res")])
     assert code == 0
     logits = np.load(root / "res" / "logits.npy")
-    expected = run_onnxruntime(micro_decoder, {"input_ids": ids,
-                                               "attention_mask": np.ones_like(ids)})["logits"]
+    expected = OnnxRuntimeReference(micro_decoder).run(
+        {"input_ids": ids, "attention_mask": np.ones_like(ids)})["logits"]
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
