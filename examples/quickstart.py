@@ -2,9 +2,9 @@
 
     python examples/quickstart.py [--preset tiny] [--workdir sail-quickstart]
 
-Steps: write the Llama-style example decoder (with a KV cache) as ONNX; compile it with
-``sail compile`` semantics (IR dumps in ``<workdir>/dump``); verify the one artifact against
-onnxruntime at a prefill and a decode shape; time a forward against onnxruntime.
+Steps: write the Llama-style example decoder (with a KV cache) as ONNX; compile it once for llvm
+(IR dumps in ``<workdir>/dump``, the artifact in ``<workdir>/artifact``); verify that artifact
+against onnxruntime at a prefill and a decode shape; time a forward against onnxruntime.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from make_decoder import PRESETS, make_decoder, save_model
 
-from sail_compiler import Artifact, CompileOptions, compile_model
+from sail_compiler import Artifact, CompileOptions
 from sail_compiler.verify import (
     InputPlan,
     OnnxRuntimeReference,
@@ -51,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
     artifact_dir = work / "artifact"
     options = CompileOptions(target="llvm", dump_dir=work / "dump", force=True)
-    result = compile_model(model_path, artifact_dir, options)
-    secs = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
-    print(f"2. compiled -> {artifact_dir} ({secs}); IR after every pass in {work / 'dump'}")
-
     plans = [InputPlan(batch=1, seq_len=16, past_len=0), InputPlan(batch=1, seq_len=1,
                                                                      past_len=16)]
-    report = verify_model(model_path, CompileOptions(target="llvm"), plans)
+    report = verify_model(model_path, options, plans, artifact_dir=artifact_dir)
+    print(f"2. compiled -> {artifact_dir} in {report['compile_seconds']:.1f}s; IR after every "
+          f"pass in {work / 'dump'} (read it with: sail inspect {work / 'dump'})")
     print("3. verify against onnxruntime (one artifact, prefill and decode shapes):")
     for entry in report["outputs"]:
         if entry["name"] == "logits":
