@@ -1,6 +1,6 @@
 """Quickstart: generate the example decoder, compile it for llvm, verify it, print a report.
 
-    python examples/quickstart.py [--preset tiny] [--workdir sail-quickstart]
+    python examples/quickstart.py [--preset small] [--workdir sail-quickstart]
 
 Steps: write the Llama-style example decoder (with a KV cache) as ONNX; compile it once for llvm
 (IR dumps in ``<workdir>/dump``, the artifact in ``<workdir>/artifact``); verify that artifact
@@ -37,7 +37,7 @@ def _best_of(fn, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--workdir", type=Path, default=Path("sail-quickstart"))
     args = parser.parse_args(argv)
     work = args.workdir
