@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
@@ -91,14 +89,12 @@ def test_unpack_ignores_padding_bits(bits: int) -> None:
     np.testing.assert_array_equal(unpack_bits(packed, bits, 3), q)
 
 
-def test_weight_sized_matrix_is_fast() -> None:
+def test_weight_sized_matrix_round_trips() -> None:
+    # Speed is measured in benchmarks, not asserted here: this checks a Llama-sized matrix.
     q = random_codes((4096, 11008), 4)
-    start = time.perf_counter()
     packed = pack_bits(q, 4)
-    codes = unpack_bits(packed, 4, 4096)
-    # a per-element Python loop would take minutes; the vectorised one takes ~0.1 s
-    assert time.perf_counter() - start < 5.0
-    np.testing.assert_array_equal(codes, q)
+    assert packed.shape == (2048, 11008)
+    np.testing.assert_array_equal(unpack_bits(packed, 4, 4096), q)
 
 
 @pytest.mark.parametrize("bits", [0, 9, -1, 16, 2.0, True, "4"])
