@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, tvm_message
 from .frontend.signature import ModelSignature
 from .targets import Runner, get_target
 
@@ -150,7 +150,7 @@ class Artifact:
         try:
             outputs = runner.run([inputs[s.name] for s in self.signature.inputs])
         except Exception as err:  # the runtime's own checks (e.g. dims that must be equal)
-            first = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            first = tvm_message(err)
             shown = ", ".join(f"{k}={v}" for k, v in dims.items()) or "static"
             raise InputError(f"the compiled model rejected the inputs ({shown}): {first}. "
                              f"The model takes: {self.describe_inputs()}") from err

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, OptionError, SailError
+from .ir_dump import file_safe
 from .pipeline import STAGE_NAMES
 
 
@@ -175,7 +175,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outputs = artifact.run(inputs)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for name, value in outputs.items():
-        path = args.output_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".npy")
+        path = args.output_dir / (file_safe(name) + ".npy")
         np.save(path, value)
         print(f"{name}: {value.dtype}{list(value.shape)} -> {path}")
     return 0

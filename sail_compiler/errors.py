@@ -44,6 +44,13 @@ class InputError(SailError):
     """Run-time inputs do not match the compiled model's signature."""
 
 
+def tvm_message(err: BaseException) -> str:
+    """The message of an error raised through TVM: its last line (TVM prints the C++ trace
+    first), without a trailing period; the exception type if it has no text."""
+    text = str(err).strip()
+    return text.splitlines()[-1].rstrip(".") if text else type(err).__name__
+
+
 def valid_choices(choices: list[str] | tuple[str, ...]) -> str:
     """The "valid choices are ..." part of an error message."""
     return f"valid choices are: {', '.join(sorted(choices))}"

@@ -57,7 +57,8 @@ def prepare_dump_dir(path: Path, force: bool, command: list[str]) -> Path:
     return path
 
 
-def _file_safe(name: str) -> str:
+def file_safe(name: str) -> str:
+    """``name`` with every run of characters unsafe in file names replaced by ``_``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -117,7 +118,7 @@ class IRDumper:
             return
         assert self.dump_dir is not None
         index = len(self.entries)
-        file = f"{index:03d}_{_file_safe(name)}.py"
+        file = f"{index:03d}_{file_safe(name)}.py"
         (self.dump_dir / file).write_text(text)
         self.entries.append({
             "index": index, "pass": name, "stage": self.stage, "file": file,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import onnx
 import tvm
 
-from ..errors import ImportFailure, OptionError, valid_choices
+from ..errors import ImportFailure, OptionError, tvm_message, valid_choices
 from .converters import patched_converters, preprocess
 from .signature import ModelSignature, signature_of
 
@@ -119,8 +119,7 @@ def import_onnx(model: onnx.ModelProto) -> tuple[tvm.IRModule, ModelSignature]:
 
 def _import_failure(failed: list[str], err: Exception) -> ImportFailure:
     where = f" at {failed[0]}" if failed else ""
-    first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-    first = first.rstrip(".")
+    first = tvm_message(err)
     return ImportFailure(
         f"TVM's ONNX importer failed{where}: {first}. If a dynamic dim is the cause, fix it "
         "with --shape NAME=DIMS (e.g. --shape input_ids=1x16); otherwise please report the model")

@@ -61,6 +61,8 @@ from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import codegen
 
+from ...errors import tvm_message
+
 __all__ = ["build_pipeline", "host_target", "lowering_passes"]
 
 logger = logging.getLogger(__name__)
@@ -821,7 +823,7 @@ def _lowers(func: tirx.PrimFunc, target: tvm.target.Target) -> bool:
             pipeline(mod)
         return True
     except Exception as err:  # noqa: BLE001 - any failure means: do not use this schedule
-        logger.debug("scheduled TIR failed to lower: %s", str(err).splitlines()[-1:])
+        logger.debug("scheduled TIR failed to lower: %s", tvm_message(err))
         return False
 
 
@@ -969,7 +971,7 @@ class FuseOpsAndTIR:
                 [relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
         except tvm.error.InternalError as err:
             logger.warning("operator fusion failed in TVM (%s); compiling unfused",
-                           str(err).strip().splitlines()[-1])
+                           tvm_message(err))
             return mod
 
 
