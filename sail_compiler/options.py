@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from .errors import OptionError, valid_choices
+from .quant.reference import check_act_bits
 from .quant.scheme import QuantScheme
 
 
@@ -32,7 +33,9 @@ class CompileOptions:
     quant
         Weight quantization scheme for the ``quantize`` stage (None: keep float weights).
     skip
-        ``fnmatch`` patterns of matmul labels (``matmul.<i>``) to keep in float.
+        ``fnmatch`` patterns of layer names to keep in float.
+    act_bits
+        Width b_a (2..16) quantized matmuls quantize their activations to at run time.
     """
 
     target: str = "llvm"
@@ -44,6 +47,7 @@ class CompileOptions:
     num_threads: int | None = None
     quant: QuantScheme | None = None
     skip: tuple[str, ...] = ()
+    act_bits: int = 8
 
     def __post_init__(self) -> None:
         from .pipeline import STAGE_NAMES
@@ -56,5 +60,6 @@ class CompileOptions:
                               f"valid stages in order: {', '.join(STAGE_NAMES)}")
         if self.skip and self.quant is None:
             raise OptionError("--skip only applies to quantized compiles; add --bits")
+        check_act_bits(self.act_bits)
         if self.num_threads is not None and self.num_threads < 1:
             raise OptionError(f"--threads must be >= 1, got {self.num_threads}")

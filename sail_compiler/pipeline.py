@@ -29,7 +29,7 @@ def _quantize_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
     if options.quant is None:
         return []
     # FoldConstant first: Gemm(transB=1) weights sit behind a transpose until folded.
-    return [relax.transform.FoldConstant(), QuantizeWeights(options.quant, options.skip)]
+    return [relax.transform.FoldConstant(), QuantizeWeights(options.quant, options.skip, options.act_bits)]
 
 
 @dataclasses.dataclass(frozen=True)
