@@ -105,43 +105,10 @@ class Artifact:
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, int]:
         """Validate ``inputs``; return the value of every symbolic dim."""
-        problems = []
-        expected = {s.name for s in self.signature.inputs}
-        missing = [n for n in expected if n not in inputs]
-        unknown = [n for n in inputs if n not in expected]
-        if missing:
-            problems.append(f"missing input(s): {', '.join(sorted(missing))}")
-        if unknown:
-            problems.append(f"unknown input(s): {', '.join(sorted(unknown))}")
-        dims: dict[str, int] = {}
-        for spec in self.signature.inputs:
-            if spec.name not in inputs:
-                continue
-            x = inputs[spec.name]
-            if x.dtype != np.dtype(spec.dtype):
-                problems.append(f"{spec.name}: dtype {x.dtype}, expected {spec.dtype}")
-            if spec.index_bound is not None and x.size and (x.min() < 0 or
-                                                            x.max() >= spec.index_bound):
-                problems.append(f"{spec.name}: values must lie in [0, {spec.index_bound}), got "
-                                f"[{x.min()}, {x.max()}]")
-            if x.ndim != len(spec.dims):
-                problems.append(f"{spec.name}: rank {x.ndim}, expected {len(spec.dims)} "
-                                f"({spec.describe()})")
-                continue
-            for axis, (dim, size) in enumerate(zip(spec.dims, x.shape, strict=True)):
-                if isinstance(dim, int) and dim != size:
-                    problems.append(f"{spec.name}: dim {axis} is {size}, expected {dim}")
-                elif isinstance(dim, str):
-                    if dims.setdefault(dim, size) != size:
-                        problems.append(f"{spec.name}: dim {axis} ('{dim}') is {size}, but "
-                                        f"another input has '{dim}' = {dims[dim]}")
-        if problems:
-            raise InputError("inputs do not match the model: " + "; ".join(problems) +
-                             f". The model takes: {self.describe_inputs()}")
-        return dims
+        return self.signature.check_inputs(inputs)
 
     def describe_inputs(self) -> str:
-        return ", ".join(s.describe() for s in self.signature.inputs)
+        return self.signature.describe_inputs()
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs; return named outputs (ONNX order)."""

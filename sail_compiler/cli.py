@@ -1,4 +1,4 @@
-"""The ``sail`` command: compile | run | verify | inspect.
+"""The ``sail`` command: compile | run | verify | inspect | export-onnx | eval-ppl.
 
 Errors the user can fix print one message and exit 2 (``--traceback`` shows the stack); a
 verification beyond tolerance exits 1.
@@ -18,6 +18,7 @@ from . import __version__
 from .errors import InputError, OptionError, SailError
 from .ir_dump import file_safe
 from .pipeline import STAGE_NAMES
+from .quant.plan import PLAN_METHODS
 
 
 def _int_list(text: str) -> list[int]:
@@ -41,7 +42,7 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                         "symbolic")
     p.add_argument("--threads", type=int, default=None, help="threads for the compiled code")
     q = p.add_argument_group("weight quantization (the quantize stage)")
-    q.add_argument("--bits", type=int, help="quantize matmul weights to 1..8 bits (RTN)")
+    q.add_argument("--bits", type=int, help="quantize matmul weights to 1..8 bits")
     q.add_argument("--group-size", default="128",
                    help="consecutive k per scale: a positive integer or 'channel' (default 128)")
     kind = q.add_mutually_exclusive_group()
@@ -50,7 +51,28 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
     kind.add_argument("--asym", dest="symmetric", action="store_false",
                       help="zero point per group (default)")
     q.add_argument("--skip", action="append", default=[], metavar="PATTERN",
-                   help="keep matching matmuls (labels matmul.<i>) in float (repeatable)")
+                   help="keep layers whose ONNX node or weight name matches in float "
+                        "(fnmatch; repeatable)")
+    q.add_argument("--method", default="rtn", choices=PLAN_METHODS,
+                   help="rtn: round to nearest; search: per-group scale/clipping search; gptq: "
+                        "GPTQ with calibration activations (default rtn)")
+    q.add_argument("--act-bits", type=int, default=8,
+                   help="activation width 2..16 quantized matmuls use at run time (default 8)")
+    q.add_argument("--bits-plan", type=Path, metavar="PLAN.json",
+                   help="per-layer schemes by name pattern (a compile writes its plan next to "
+                        "the artifact as quant_plan.json)")
+    q.add_argument("--avg-bits", type=float, metavar="X",
+                   help="choose per-layer widths by measured sensitivity under this average")
+    c = p.add_argument_group("calibration (gptq, --avg-bits; the search uses it when given)")
+    c.add_argument("--calib", action="append", default=[], type=Path, metavar="FILE.npz",
+                   help="model inputs, one run per file (repeatable)")
+    c.add_argument("--calib-text", type=Path, metavar="FILE", help="text to calibrate on")
+    c.add_argument("--tokenizer", type=Path, metavar="tokenizer.json",
+                   help="tokenizer for --calib-text (and eval-ppl --text)")
+    c.add_argument("--calib-samples", type=int, default=8,
+                   help="windows of text or generated inputs (default 8)")
+    c.add_argument("--calib-seq-len", type=int, default=128,
+                   help="tokens per calibration window (default 128)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +113,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=None,
                    help="max rel_l2_err per output (default 1e-4)")
     p.add_argument("-o", "--output", type=Path, help="keep the artifact here")
+    p.add_argument("--per-layer", action="store_true",
+                   help="quantized compiles: each layer's bits, size and errors")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("export-onnx", help="write the quantized model as onnxruntime "
+                       "MatMulNBits (2, 4 or 8 bits)")
+    _add_compile_options(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+
+    p = sub.add_parser("eval-ppl", help="perplexity of a decoder LM on a text, float baseline "
+                       "beside the compiled (quantized) model")
+    _add_compile_options(p)
+    p.add_argument("--text", type=Path, required=True, help="the text to score")
+    p.add_argument("--window", type=int, default=256, help="tokens per window (default 256)")
+    p.add_argument("--stride", type=int, default=128,
+                   help="tokens a window advances; each token is scored once (default 128)")
+    p.add_argument("--max-tokens", type=int, help="score only the first N tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("inspect", help="list, show or diff the passes of a --dump-dir")
@@ -103,16 +142,27 @@ def _parser() -> argparse.ArgumentParser:
 def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore[no-untyped-def]
     from .frontend import parse_shape_binding
     from .options import CompileOptions
+    from .quant.calibrate import CalibrationSpec
 
     shapes = dict(parse_shape_binding(s) for s in args.shape)
+    calib = None
+    if args.calib or args.calib_text is not None or args.calib_samples != 8 \
+            or args.calib_seq_len != 128:
+        tokenizer = args.tokenizer if args.calib_text is not None else None
+        calib = CalibrationSpec(tuple(args.calib), args.calib_text, tokenizer,
+                                args.calib_samples, args.calib_seq_len)
     return CompileOptions(target=args.target, shapes=shapes, num_threads=args.threads,
-                          quant=_scheme(args), skip=tuple(args.skip), **extra)
+                          quant=_scheme(args), skip=tuple(args.skip), act_bits=args.act_bits,
+                          method=args.method, bits_plan=args.bits_plan, avg_bits=args.avg_bits,
+                          calib=calib, **extra)
 
 
 def _scheme(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .quant.scheme import QuantScheme
 
-    if args.bits is None:
+    if args.bits is not None and args.avg_bits is not None:
+        raise OptionError("give --bits (one width) or --avg-bits (a budget), not both")
+    if args.bits is None and args.avg_bits is None:
         if args.group_size != "128" or args.symmetric:
             raise OptionError("--group-size and --sym apply to quantized compiles; add --bits")
         return None
@@ -124,7 +174,9 @@ def _scheme(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         except ValueError:
             raise OptionError(f"--group-size must be a positive integer or 'channel', got "
                               f"'{args.group_size}'") from None
-    return QuantScheme(bits=args.bits, group_size=group, symmetric=args.symmetric)
+    # With --avg-bits the scheme carries group size and symmetry; widths are chosen per layer.
+    bits = args.bits if args.bits is not None else 8
+    return QuantScheme(bits=bits, group_size=group, symmetric=args.symmetric)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -181,27 +233,91 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import DEFAULT_TOLERANCE, InputPlan, report_line, verify_model
+def _print_layers(layers: list[dict]) -> None:
+    print(f"  {'layer':<40} {'KxN':>12} {'bits':>4} {'group':>7} {'method':>7} "
+          f"{'size KiB':>9} {'w_err':>9} {'out_err':>9} {'exact':>5}")
+    for e in layers:
+        bits = "f32" if e["bits"] is None else str(e["bits"])
+        group = "" if e["group_size"] is None else str(e["group_size"])
+        werr = "" if e["weight_error"] is None else f"{e['weight_error']:.2e}"
+        oerr = f"{e['output_rel_err']:.2e}" if "output_rel_err" in e else ""
+        exact = ("yes" if e["sums_exact"] and e["y_rel_err"] <= 1e-5 else "NO") \
+            if "sums_exact" in e else ""
+        print(f"  {e['layer'][:40]:<40} {str(e['k']) + 'x' + str(e['n']):>12} {bits:>4} "
+              f"{group:>7} {e['method'] or e['source']:>7} {e['size_bytes'] / 1024:>9.1f} "
+              f"{werr:>9} {oerr:>9} {exact:>5}")
 
-    tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import InputPlan, report_line, verify_model
+
     plans = [InputPlan(batch=b, seq_len=s, past_len=p, seed=args.seed)
              for b, s, p in itertools.product(args.batch, args.seq_len, args.past_len)]
-    report = verify_model(args.model, _compile_options(args), plans, args.inputs, tolerance,
-                          args.output)
+    report = verify_model(args.model, _compile_options(args), plans, args.inputs, args.tolerance,
+                          args.output, per_layer=args.per_layer)
+    tolerance = report["tolerance"]
     if args.json:
         print(json.dumps(report))
+        return 0 if report["ok"] else 1
+    for note in report["notes"]:
+        print(f"note: {note}")
+    judged = f"tolerance rel_l2_err {tolerance:g}" if tolerance is not None else \
+        "quantization error, not judged"
+    print(f"verify {args.model} on target {report['target']} against onnxruntime on the float "
+          f"model (compile {report['compile_seconds']:.1f}s, {judged})")
+    for dims, group in itertools.groupby(report["outputs"], key=lambda e: e["dims"]):
+        print("dims " + (", ".join(f"{k}={v}" for k, v in dims.items()) or "(static)"))
+        for entry in group:
+            print(report_line(entry["name"], entry, tolerance))
+    if "ref_exact" in report:
+        ref, quant = report["reference"], report["quant"]
+        avg = quant["average_bits"]
+        print(f"quantized {quant['quantized_params']}/{quant['total_params']} weights"
+              + (f", {avg:.2f} bits on average" if avg is not None else "")
+              + f"; {quant['size_bytes'] / 2**20:.2f} MiB vs {quant['float_size_bytes'] / 2**20:.2f}"
+              " MiB float")
+        print(f"NumPy reference: group sums {ref['sums_checked'] - ref['sums_mismatched']}/"
+              f"{ref['sums_checked']} exact, largest layer result error "
+              f"{ref['ref_max_rel_err'] or 0:.2e} -> ref_exact {report['ref_exact']}")
+        if args.per_layer:
+            _print_layers(quant["layers"])
+    if report["ok"]:
+        print("OK")
+    elif report.get("ref_exact") is False:
+        print("FAILED: the compiled model disagrees with the NumPy reference")
     else:
-        for note in report["notes"]:
-            print(f"note: {note}")
-        print(f"verify {args.model} on target {report['target']} against onnxruntime "
-              f"(compile {report['compile_seconds']:.1f}s, tolerance rel_l2_err {tolerance:g})")
-        for dims, group in itertools.groupby(report["outputs"], key=lambda e: e["dims"]):
-            print("dims " + (", ".join(f"{k}={v}" for k, v in dims.items()) or "(static)"))
-            for entry in group:
-                print(report_line(entry["name"], entry, tolerance))
-        print("OK" if report["ok"] else "FAILED: error beyond tolerance")
+        print("FAILED: error beyond tolerance")
     return 0 if report["ok"] else 1
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .driver import export_onnx_model
+
+    written = export_onnx_model(args.model, args.output, _compile_options(args))
+    for note in written["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {args.output}: {written['layers']} MatMul node(s) as MatMulNBits "
+          f"({', '.join(written['schemes'])})")
+    return 0
+
+
+def _cmd_eval_ppl(args: argparse.Namespace) -> int:
+    from .eval_ppl import evaluate
+
+    if args.tokenizer is None:
+        raise OptionError("eval-ppl needs --tokenizer tokenizer.json to read --text")
+    options = _compile_options(args)
+    report = evaluate(args.model, args.text, args.tokenizer, options, window=args.window,
+                      stride=args.stride, max_tokens=args.max_tokens)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"perplexity of {args.model} on {args.text}: {report['tokens']} tokens, window "
+          f"{report['window']}, stride {report['stride']}")
+    print(f"  float (onnxruntime)  {report['float']['ppl']:.4f}")
+    quant = report["compiled"].get("quant") or "float"
+    print(f"  compiled ({quant})  {report['compiled']['ppl']:.4f}")
+    return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -218,7 +334,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"compile": _cmd_compile, "run": _cmd_run, "verify": _cmd_verify,
-             "inspect": _cmd_inspect}
+             "inspect": _cmd_inspect, "export-onnx": _cmd_export_onnx,
+             "eval-ppl": _cmd_eval_ppl}
 
 
 def main(argv: list[str] | None = None) -> int:

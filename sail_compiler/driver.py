@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -17,11 +18,16 @@ from pathlib import Path
 import tvm
 
 from .artifact import check_output_path, write_artifact
+from .errors import OptionError
 from .frontend import ModelSignature, bind_shapes, import_onnx, load_checked
 from .ir_dump import IRDumper, prepare_dump_dir
 from .options import CompileOptions
 from .pipeline import STAGES, stage_pass
+from .quant.prepare import Quantization, prepare_quantization
 from .targets import get_target
+
+PLAN_FILE = "quant_plan.json"
+QUANT_REPORT_FILE = "quant_report.json"
 
 
 @dataclasses.dataclass
@@ -30,7 +36,8 @@ class CompileResult:
 
     ``output`` is the artifact directory (or the TVMScript file with ``emit``); ``module`` the
     IRModule after the last stage run; ``notes`` messages for the user (e.g. bound dims);
-    ``stage_seconds`` the wall time of each stage.
+    ``stage_seconds`` the wall time of each stage; ``quantization`` every layer's choice and
+    quantized weights (None for a float compile).
     """
 
     output: Path | None
@@ -39,6 +46,7 @@ class CompileResult:
     notes: list[str]
     stage_seconds: dict[str, float]
     passes_run: list[str]
+    quantization: Quantization | None = None
 
 
 @contextmanager
@@ -62,7 +70,8 @@ def _sha256(path: Path) -> str:
 
 def compile_model(model_path: str | Path, output: str | Path | None,
                   options: CompileOptions | None = None,
-                  command: list[str] | None = None) -> CompileResult:
+                  command: list[str] | None = None,
+                  quantization: Quantization | None = None) -> CompileResult:
     """Compile an ONNX model.
 
     Parameters
@@ -76,6 +85,9 @@ def compile_model(model_path: str | Path, output: str | Path | None,
         See :class:`CompileOptions`.
     command
         The command line, recorded in the dump directory.
+    quantization
+        Reuse this (from an earlier :class:`CompileResult` of the same model and options)
+        instead of choosing and computing the quantized weights again.
 
     Returns
     -------
@@ -95,18 +107,24 @@ def compile_model(model_path: str | Path, output: str | Path | None,
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
-    model = load_checked(model_path)
+    prequantized: dict = {}
+    model = load_checked(model_path, prequantized=prequantized)
     notes = bind_shapes(model, options.shapes)
     mod, signature = import_onnx(model)
-    del model
     seconds["import"] = time.perf_counter() - started
     dumper.record_stage(0, "frontend", mod)
+    quant = quantization if quantization is not None else \
+        prepare_quantization(model, signature, options, prequantized)
+    del model
+    if quant is not None:
+        seconds["prepare_quantization"] = quant.seconds
+        notes.extend(quant.notes)
 
     with _pass_context(dumper):
         for position, stage in enumerate(STAGES, start=1):
             dumper.stage = stage.name
             started = time.perf_counter()
-            mod = stage_pass(stage, options, target)(mod)
+            mod = stage_pass(stage, options, target, quant)(mod)
             seconds[stage.name] = seconds.get(stage.name, 0.0) + time.perf_counter() - started
             dumper.record_stage(position, stage.name, mod)
             if stage.name == options.emit:
@@ -115,19 +133,75 @@ def compile_model(model_path: str | Path, output: str | Path | None,
         if options.emit is not None:
             if out is not None:
                 out.write_text(mod.script())
-            return CompileResult(out, mod, signature, notes, seconds, dumper.seen_passes)
+            return CompileResult(out, mod, signature, notes, seconds, dumper.seen_passes,
+                                 quant)
 
         assert out is not None, "an artifact needs an output path"
         dumper.stage = "build"
         started = time.perf_counter()
-        write_artifact(out, lambda d: target.build(mod, signature, d, options), {
+
+        def build(staging: Path) -> dict:
+            extra = target.build(mod, signature, staging, options)
+            if quant is not None:
+                (staging / PLAN_FILE).write_text(json.dumps(quant.plan.to_json(), indent=1))
+                (staging / QUANT_REPORT_FILE).write_text(json.dumps(quant.report(), indent=1))
+                extra["quant_plan"] = PLAN_FILE
+                extra["quant_report"] = QUANT_REPORT_FILE
+            return extra
+
+        write_artifact(out, build, {
             "target": options.target,
             "tvm_version": tvm.__version__,
             "model": {"path": str(model_path.resolve()), "sha256": _sha256(model_path)},
             "shapes": {k: list(v) for k, v in options.shapes.items()},
             "quant": options.quant.name if options.quant else None,
+            "method": options.method,
+            "act_bits": options.act_bits,
+            "avg_bits": options.avg_bits,
             "skip": list(options.skip),
             "signature": signature.to_json(),
         })
         seconds["build"] = time.perf_counter() - started
-    return CompileResult(out, mod, signature, notes, seconds, dumper.seen_passes)
+    return CompileResult(out, mod, signature, notes, seconds, dumper.seen_passes, quant)
+
+
+def export_onnx_model(model_path: str | Path, output: str | Path,
+                      options: CompileOptions) -> dict:
+    """Quantize ``model_path``'s layers as a compile would and write them as onnxruntime
+    ``com.microsoft.MatMulNBits`` nodes to ``output`` (:mod:`.export_onnx`).
+
+    Only ``MatMul`` layers are written as MatMulNBits; quantized ``Gemm`` layers stay float in
+    the exported file (noted). Returns ``{"layers", "schemes", "notes"}``.
+
+    Raises
+    ------
+    OptionError
+        Nothing is quantized, a width onnxruntime cannot run (not 2, 4 or 8) or a group size it
+        cannot take, or ``output`` is the input model.
+    """
+    from .export_onnx import export_matmulnbits
+    from .frontend.signature import signature_of
+
+    model_path, output = Path(model_path), Path(output)
+    if output.resolve() == model_path.resolve():
+        raise OptionError(f"-o {output} is the input model; write the export to a new file")
+    prequantized: dict = {}
+    model = load_checked(model_path, prequantized=prequantized)
+    quant = prepare_quantization(model, signature_of(model), options, prequantized)
+    if quant is None or not any(q.qw is not None for q in quant.layers):
+        raise OptionError("nothing to export: no layer is quantized; add --bits 2, 4 or 8 (or "
+                          "--bits-plan)")
+    notes = list(quant.notes)
+    layers = {}
+    for q in quant.layers:
+        if q.qw is None:
+            continue
+        if q.layer.op_type != "MatMul":
+            notes.append(f"{q.layer.name} is a {q.layer.op_type}, kept float in the export")
+            continue
+        model.graph.node[q.layer.node_index].name = q.layer.name  # unnamed nodes get theirs
+        layers[q.layer.name] = q.qw
+    export_matmulnbits(model, layers, output)
+    schemes = sorted({f"w{qw.bits}g{qw.group_size}{'sym' if qw.symmetric else ''}"
+                      for qw in layers.values()})
+    return {"layers": len(layers), "schemes": schemes, "notes": notes}

@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from .errors import OptionError, valid_choices
+from .quant.calibrate import CalibrationSpec
+from .quant.plan import check_method
 from .quant.reference import check_act_bits
 from .quant.scheme import QuantScheme
 
@@ -36,6 +38,18 @@ class CompileOptions:
         ``fnmatch`` patterns of layer names to keep in float.
     act_bits
         Width b_a (2..16) quantized matmuls quantize their activations to at run time.
+    method
+        How weights are quantized: ``rtn``, ``search`` or ``gptq`` (:mod:`.quant.methods`).
+    bits_plan
+        A JSON plan mapping layer-name patterns to schemes (:mod:`.quant.plan`).
+    avg_bits
+        Choose per-layer widths by measured sensitivity under this average code width; ``quant``
+        then gives the group size and symmetry (its bits are replaced per layer).
+    calib
+        Where calibration inputs come from (None: generated when a method needs them).
+    probe
+        Build with :class:`~.passes.ExposeGroupSums` (``sail verify``'s reference check; the
+        artifact then runs only inside the process that built it).
     """
 
     target: str = "llvm"
@@ -48,6 +62,11 @@ class CompileOptions:
     quant: QuantScheme | None = None
     skip: tuple[str, ...] = ()
     act_bits: int = 8
+    method: str = "rtn"
+    bits_plan: Path | None = None
+    avg_bits: float | None = None
+    calib: CalibrationSpec | None = None
+    probe: bool = False
 
     def __post_init__(self) -> None:
         from .pipeline import STAGE_NAMES
@@ -58,8 +77,21 @@ class CompileOptions:
         if self.emit is not None and self.emit not in STAGE_NAMES:
             raise OptionError(f"unknown stage '{self.emit}' for --emit; "
                               f"valid stages in order: {', '.join(STAGE_NAMES)}")
-        if self.skip and self.quant is None:
+        quantized = self.quant is not None or self.bits_plan is not None
+        if self.skip and not quantized:
             raise OptionError("--skip only applies to quantized compiles; add --bits")
+        check_method(self.method)
+        if self.method != "rtn" and not quantized:
+            raise OptionError(f"--method {self.method} applies to quantized compiles; add --bits "
+                              "(or --avg-bits, --bits-plan)")
+        if self.avg_bits is not None:
+            if self.quant is None:
+                raise OptionError("--avg-bits needs a scheme for group size and symmetry")
+            low = 2 if self.quant.symmetric else 1
+            if not low <= self.avg_bits <= 8:
+                raise OptionError(f"--avg-bits must lie in [{low}, 8], got {self.avg_bits}")
+        if self.calib is not None and not quantized:
+            raise OptionError("calibration inputs apply to quantized compiles; add --bits")
         check_act_bits(self.act_bits)
         if self.num_threads is not None and self.num_threads < 1:
             raise OptionError(f"--threads must be >= 1, got {self.num_threads}")

@@ -1,6 +1,7 @@
 """The named stages of the compiler and their pass lists.
 
-``quantize`` runs only for quantized compiles (``CompileOptions.quant``).
+``quantize`` runs only for quantized compiles: it substitutes the weights the driver chose and
+computed per layer (:mod:`.quant.prepare`) into ``sail.quant_matmul`` calls.
 ``import`` is the ONNX frontend (dumped as ``stage_0_frontend``) plus clean-up passes that make
 the imported graph safe to run (:class:`~.passes.WrapGatherIndices`). ``quantize`` and
 ``sail`` hold the quantization and SAIL passes (empty until those land). ``lower`` is the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import tvm
 from tvm import relax
@@ -22,14 +24,21 @@ from .options import CompileOptions
 from .passes import QuantizeWeights, WrapGatherIndices
 from .targets.base import TargetBackend
 
-PassFactory = Callable[[CompileOptions, TargetBackend], list[tvm.transform.Pass]]
+if TYPE_CHECKING:
+    from .quant.prepare import Quantization
+
+PassFactory = Callable[[CompileOptions, TargetBackend, "Quantization | None"],
+                       list[tvm.transform.Pass]]
 
 
-def _quantize_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
-    if options.quant is None:
+def _quantize_passes(options: CompileOptions,
+                     quant: Quantization | None) -> list[tvm.transform.Pass]:
+    if quant is None:
         return []
-    # FoldConstant first: Gemm(transB=1) weights sit behind a transpose until folded.
-    return [relax.transform.FoldConstant(), QuantizeWeights(options.quant, options.skip, options.act_bits)]
+    # FoldConstant first: Gemm(transB=1) weights sit behind a transpose until folded. The
+    # driver already applied --skip to the table; matmuls outside it stay float.
+    return [relax.transform.FoldConstant(),
+            QuantizeWeights(None, (), options.act_bits, layers=quant.table)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,18 +52,20 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("import", "ONNX -> Relax (float), weights as constants",
-          lambda o, t: [WrapGatherIndices()]),
-    Stage("quantize", "weights -> b-bit integers (RTN) and sail.quant_matmul, with --bits",
-          lambda o, t: _quantize_passes(o)),
+          lambda o, t, q: [WrapGatherIndices()]),
+    Stage("quantize", "weights -> b-bit integers and sail.quant_matmul (--bits, --bits-plan, "
+          "--avg-bits, pre-quantized models)",
+          lambda o, t, q: _quantize_passes(o, q)),
     Stage("sail", "LUT-GEMV lowering, PIM type conversion (not yet implemented: passes through)",
-          lambda o, t: []),
+          lambda o, t, q: []),
     Stage("lower", "target lowering: legalize, fuse, schedule",
-          lambda o, t: t.lowering_passes(o)),
+          lambda o, t, q: t.lowering_passes(o)),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
-def stage_pass(stage: Stage, options: CompileOptions, target: TargetBackend) -> tvm.transform.Pass:
+def stage_pass(stage: Stage, options: CompileOptions, target: TargetBackend,
+               quant: Quantization | None = None) -> tvm.transform.Pass:
     """The stage as one Sequential pass named ``sail.stage.<name>``."""
-    return tvm.transform.Sequential(stage.passes(options, target),
+    return tvm.transform.Sequential(stage.passes(options, target, quant),
                                     name=STAGE_PASS_PREFIX + stage.name)

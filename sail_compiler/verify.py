@@ -189,24 +189,43 @@ class OnnxRuntimeReference:
                          f"{str(err).strip().splitlines()[0]}; check the model and inputs")
 
 
-def report_line(name: str, metrics: dict[str, Any], tolerance: float) -> str:
-    ok = metrics["rel_l2_err"] <= tolerance
+def report_line(name: str, metrics: dict[str, Any], tolerance: float | None) -> str:
+    verdict = "" if tolerance is None else \
+        ("  ok" if metrics["rel_l2_err"] <= tolerance else "  FAIL")
     return (f"  {name:<28} max_abs_err {metrics['max_abs_err']:.3e}  rel_l2_err "
-            f"{metrics['rel_l2_err']:.3e}  cosine {metrics['cosine']:.7f}  "
-            f"{'ok' if ok else 'FAIL'}")
+            f"{metrics['rel_l2_err']:.3e}  cosine {metrics['cosine']:.7f}{verdict}")
+
+
+def _float_weights(model_path: Path, names: set[str]) -> dict[str, np.ndarray]:
+    from .frontend import load_checked
+    from .quant.plan import find_layers, layer_weight
+
+    model = load_checked(model_path)
+    return {layer.name: layer_weight(model, layer) for layer in find_layers(model)
+            if layer.name in names}
 
 
 def verify_model(model_path: str | Path, options: CompileOptions, plans: list[InputPlan],
-                 inputs_file: str | Path | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                 artifact_dir: str | Path | None = None) -> dict[str, Any]:
+                 inputs_file: str | Path | None = None, tolerance: float | None = None,
+                 artifact_dir: str | Path | None = None, per_layer: bool = False) -> dict[str, Any]:
     """Compile once, run every input plan (or the given inputs) and compare with onnxruntime.
+
+    A quantized compile is also checked against the NumPy reference on a probe build
+    (:mod:`.reference_check`): ``ok`` then means ``ref_exact`` (and, if a ``tolerance`` is
+    given, outputs within it of the float model); the errors against onnxruntime on the float
+    model are the quantization error, reported, not judged. A float compile is ``ok`` when every
+    output is within ``tolerance`` (default :data:`DEFAULT_TOLERANCE`).
 
     Returns
     -------
     dict
-        ``{"target", "ok", "tolerance", "compile_seconds", "outputs": [{"name", "max_abs_err",
-        "rel_l2_err", "cosine", "dims", "ok"}, ...]}``: one entry per output and run.
+        ``{"target", "ok", "tolerance", "compile_seconds", "notes", "outputs": [{"name",
+        "max_abs_err", "rel_l2_err", "cosine", "dims", "ok"}, ...]}``: one entry per output and
+        run; quantized compiles add ``"ref_exact"``, ``"reference"`` (group sums checked and
+        mismatched, largest result error) and ``"quant"`` (plan, sizes; with ``per_layer`` each
+        layer's bits, size, method, weight error, output error and exactness).
     """
+    import dataclasses
     import tempfile
     import time
 
@@ -219,14 +238,30 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
         started = time.perf_counter()
         result = compile_model(model_path, out, options)
         compile_seconds = time.perf_counter() - started
+        quant = result.quantization
+        if tolerance is None and quant is None:
+            tolerance = DEFAULT_TOLERANCE
         artifact = Artifact(out)
         if inputs_file is not None:
             runs = [load_inputs(inputs_file, artifact.signature)]
         else:
             runs = [generate_inputs(artifact.signature, plan) for plan in plans]
         reference = OnnxRuntimeReference(model_path)
+        probe = check = None
+        if quant is not None:
+            from .passes.expose_group_sums import recording
+            from .reference_check import ReferenceCheck
+
+            probe_options = dataclasses.replace(options, probe=True, dump_dir=None,
+                                                print_after=(), force=False)
+            compile_model(model_path, Path(tmp) / "probe", probe_options, quantization=quant)
+            probe = Artifact(Path(tmp) / "probe")
+            names = {q.layer.name for q in quant.layers if q.qw is not None}
+            check = ReferenceCheck(quant, probe.manifest["probe_layers"],
+                                   _float_weights(model_path, names), options.act_bits)
         entries = []
         seen: list[dict[str, int]] = []
+        probe_diff = 0.0
         for inputs in runs:
             dims = artifact.check_inputs(inputs)
             if dims in seen:
@@ -236,8 +271,29 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
             theirs = reference.run(inputs)
             for name, value in ours.items():
                 metrics = compare(value, theirs[name])
-                entries.append({"name": name, **metrics, "dims": dims,
-                                "ok": bool(metrics["rel_l2_err"] <= tolerance)})
-    return {"target": options.target, "ok": all(e["ok"] for e in entries),
-            "tolerance": tolerance, "compile_seconds": round(compile_seconds, 3),
-            "notes": result.notes, "outputs": entries}
+                ok = tolerance is None or bool(metrics["rel_l2_err"] <= tolerance)
+                entries.append({"name": name, **metrics, "dims": dims, "ok": ok})
+            if probe is not None and check is not None:
+                with recording() as records:
+                    probed = probe.run(inputs)
+                check.add(records)
+                for name, value in ours.items():
+                    probe_diff = max(probe_diff, compare(probed[name], value)["rel_l2_err"])
+    report: dict[str, Any] = {"target": options.target, "tolerance": tolerance,
+                              "compile_seconds": round(compile_seconds, 3),
+                              "notes": result.notes, "outputs": entries}
+    ok = all(e["ok"] for e in entries)
+    if quant is not None and check is not None:
+        checked = check.report()
+        report["ref_exact"] = checked["ref_exact"]
+        report["reference"] = {k: checked[k] for k in ("ref_max_rel_err", "sums_checked",
+                                                       "sums_mismatched", "unchecked_layers")}
+        report["reference"]["probe_vs_artifact_rel_l2"] = probe_diff
+        summary = quant.report()
+        summary.pop("layers")
+        summary.pop("plan")
+        if per_layer:
+            summary["layers"] = checked["layers"]
+        report["quant"] = summary
+        ok = ok and checked["ref_exact"]
+    return {"ok": ok, **report}

@@ -1,20 +1,27 @@
 """Checks run on an ONNX file before import.
 
 Every problem found is collected and reported at once in one :class:`ModelCheckError`: a missing
-or unreadable file, missing or truncated external-data files, nodes whose op TVM's importer (with
-our overrides) cannot convert, and what ``onnx.checker`` rejects. Nothing here writes to disk.
+or unreadable file, missing or truncated external-data files, onnxruntime quantized weights SAIL
+cannot represent, nodes whose op TVM's importer (with our overrides) cannot convert, unsupported
+element types, and what ``onnx.checker`` rejects. Nothing here writes to disk.
+
+Between the file checks and the op and type checks, :func:`load_checked` rewrites onnxruntime's
+quantized matmuls (``com.microsoft.MatMulNBits``, ``DequantizeLinear -> MatMul`` with int4/int8
+weights) into float MatMuls (:mod:`.prequantized`); the op and type checks then see the rewritten
+model.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import onnx
 from onnx import external_data_helper
 
 from ..errors import ModelCheckError
+from .prequantized import REWRITTEN_OPS, PrequantizedLayer, rewrite_or_report
 
 # The default ONNX domain, under both of its spellings.
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -46,12 +53,19 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                     yield from _nodes(sub)
 
 
-def unsupported_nodes(model: onnx.ModelProto) -> list[str]:
-    """One line per node that cannot be imported: op type, domain and node name."""
+def unsupported_nodes(model: onnx.ModelProto,
+                      handled: Collection[tuple[str, str]] = ()) -> list[str]:
+    """One line per node that cannot be imported: op type, domain and node name.
+
+    Nodes whose ``(domain, op_type)`` is in ``handled`` are skipped (the rewrite of quantized
+    matmuls reports its own).
+    """
     supported = supported_op_types()
     problems = []
     for index, node in enumerate(_nodes(model.graph)):
         name = node.name or f"#{index} (unnamed)"
+        if (node.domain, node.op_type) in handled:
+            continue
         if node.domain not in DEFAULT_DOMAINS:
             problems.append(f"unsupported op {node.domain}.{node.op_type} at node '{name}'")
         elif node.op_type not in supported:
@@ -70,19 +84,25 @@ def _type_name(elem_type: int) -> str:
     return onnx.TensorProto.DataType.Name(elem_type)
 
 
-def dtype_problems(model: onnx.ModelProto) -> list[str]:
-    """One line per value, constant or Cast whose element type is not supported."""
+def dtype_problems(model: onnx.ModelProto, skip: Collection[str] = ()) -> list[str]:
+    """One line per value, constant or Cast whose element type is not supported.
+
+    Values and initializers named in ``skip`` are not checked (the rewrite of quantized matmuls
+    reports on the tensors it reads).
+    """
     problems = []
     graph = model.graph
     values = [("input", v) for v in graph.input] + [("output", v) for v in graph.output] + [
         ("value", v) for v in graph.value_info]
     for kind, value in values:
         elem = value.type.tensor_type.elem_type
+        if value.name in skip:
+            continue
         if value.type.HasField("tensor_type") and elem and elem not in SUPPORTED_TYPES:
             problems.append(f"unsupported tensor type {_type_name(elem)} of {kind} "
                             f"'{value.name}'")
     for tensor in graph.initializer:
-        if tensor.data_type not in SUPPORTED_TYPES:
+        if tensor.name not in skip and tensor.data_type not in SUPPORTED_TYPES:
             problems.append(f"unsupported tensor type {_type_name(tensor.data_type)} of "
                             f"initializer '{tensor.name}'")
     for index, node in enumerate(_nodes(graph)):
@@ -134,18 +154,26 @@ def _external_data_problems(model: onnx.ModelProto, base_dir: Path) -> list[str]
     return problems
 
 
-def load_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
+def load_checked(path: str | os.PathLike[str],
+                 prequantized: dict[str, PrequantizedLayer] | None = None) -> onnx.ModelProto:
     """Load an ONNX model with its external data after checking it.
+
+    onnxruntime's quantized matmuls are rewritten into float MatMuls whose weights are the
+    dequantized codes (:func:`.prequantized.rewrite_prequantized`), always: the rewritten model
+    computes what onnxruntime computes with ``accuracy_level=0``.
 
     Parameters
     ----------
     path
         The ``.onnx`` file; external-data files are looked up relative to its folder.
+    prequantized
+        If given, filled with the rewritten layers: new float initializer name ->
+        :class:`~.prequantized.PrequantizedLayer` (its node and :class:`QuantizedWeight`).
 
     Returns
     -------
     onnx.ModelProto
-        The model with all tensor data in memory.
+        The (rewritten) model with all tensor data in memory.
 
     Raises
     ------
@@ -167,8 +195,19 @@ def load_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if len(model.graph.node) == 0:
         problems.append("the graph has no nodes (is this an ONNX model? re-export it)")
     problems += _external_data_problems(model, p.parent)
-    problems += dtype_problems(model)
-    unsupported = unsupported_nodes(model)
+    handled: Collection[tuple[str, str]] = ()
+    claimed: Collection[str] = ()
+    layers: dict[str, PrequantizedLayer] = {}
+    if not problems:
+        # The rewrite reads the quantized tensors, so their data must be in memory.
+        external_data_helper.load_external_data_for_model(model, str(p.parent))
+        rewrite = rewrite_or_report(model)
+        problems += rewrite.problems
+        handled, layers = REWRITTEN_OPS, rewrite.layers
+        if rewrite.problems:  # the quantized tensors are still there, already reported
+            claimed = rewrite.claimed
+    problems += dtype_problems(model, skip=claimed)
+    unsupported = unsupported_nodes(model, handled=handled)
     problems += unsupported
     if unsupported:
         problems.append(f"fix for unsupported ops: {_FIX_UNSUPPORTED}")
@@ -180,5 +219,6 @@ def load_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
             problems.append(f"onnx.checker rejects the model: {str(err).strip().splitlines()[0]}")
     if problems:
         raise ModelCheckError(str(p), problems)
-    external_data_helper.load_external_data_for_model(model, str(p.parent))
+    if prequantized is not None:
+        prequantized.update(layers)
     return model

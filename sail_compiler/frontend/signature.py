@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import helper
+
+from ..errors import InputError
 
 Dim = int | str
 
@@ -54,6 +57,54 @@ class ModelSignature:
     def from_json(cls, obj: dict[str, Any]) -> ModelSignature:
         return cls(tuple(TensorSpec.from_json(t) for t in obj["inputs"]),
                    tuple(TensorSpec.from_json(t) for t in obj["outputs"]))
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, int]:
+        """Validate named ``inputs`` against the signature; return the value of every symbolic dim.
+
+        Raises
+        ------
+        InputError
+            Missing or unknown names, wrong dtypes, ranks or fixed dims, inconsistent symbolic
+            dims, or indices outside their table; every problem is listed.
+        """
+        problems = []
+        expected = {s.name for s in self.inputs}
+        missing = [n for n in expected if n not in inputs]
+        unknown = [n for n in inputs if n not in expected]
+        if missing:
+            problems.append(f"missing input(s): {', '.join(sorted(missing))}")
+        if unknown:
+            problems.append(f"unknown input(s): {', '.join(sorted(unknown))}")
+        dims: dict[str, int] = {}
+        for spec in self.inputs:
+            if spec.name not in inputs:
+                continue
+            x = inputs[spec.name]
+            if x.dtype != np.dtype(spec.dtype):
+                problems.append(f"{spec.name}: dtype {x.dtype}, expected {spec.dtype}")
+            if spec.index_bound is not None and x.size and (x.min() < 0 or
+                                                            x.max() >= spec.index_bound):
+                problems.append(f"{spec.name}: values must lie in [0, {spec.index_bound}), got "
+                                f"[{x.min()}, {x.max()}]")
+            if x.ndim != len(spec.dims):
+                problems.append(f"{spec.name}: rank {x.ndim}, expected {len(spec.dims)} "
+                                f"({spec.describe()})")
+                continue
+            for axis, (dim, size) in enumerate(zip(spec.dims, x.shape, strict=True)):
+                if isinstance(dim, int) and dim != size:
+                    problems.append(f"{spec.name}: dim {axis} is {size}, expected {dim}")
+                elif isinstance(dim, str):
+                    if dims.setdefault(dim, size) != size:
+                        problems.append(f"{spec.name}: dim {axis} ('{dim}') is {size}, but "
+                                        f"another input has '{dim}' = {dims[dim]}")
+        if problems:
+            raise InputError("inputs do not match the model: " + "; ".join(problems) +
+                             f". The model takes: {self.describe_inputs()}")
+        return dims
+
+    def describe_inputs(self) -> str:
+        """``name: dtype[dims]`` of every input, comma-separated."""
+        return ", ".join(s.describe() for s in self.inputs)
 
     def symbolic_dims(self) -> list[str]:
         """Names of the symbolic dims of the inputs, in order of first appearance."""

@@ -20,12 +20,17 @@ group order, the reference's order of operations. The caller guarantees that no 
 overflows int32 (:func:`max_abs_group_sum` bounds them).
 
 The operator is registered from Python with type inference (``FInferType``), purity and a
-legalization (``FLegalize``) to one TE kernel via ``R.call_tir``. Its attributes live in the
-call's ``DictAttrs``. TVMScript prints it as ``T.Call("sail.quant_matmul", [...], attrs={...})``:
+legalization (``FLegalize``) to two TE kernels via ``R.call_tir``: the int32 group sums
+``S[..., n_groups, N]`` (activation quantization included), then their float combination. The
+sums are materialized so that ``sail verify`` can check them, exactly, on the real activations of
+a model (:class:`~sail_compiler.passes.ExposeGroupSums`). Its attributes live in the call's
+``DictAttrs``; ``layer`` (optional) names the ONNX layer. TVMScript prints it as ``T.Call("sail.quant_matmul", [...], attrs={...})``:
 TVM 0.27's printer uses the ``R.<name>(...)`` form only for ops named ``relax.*``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import tvm
 from tvm import relax, te, tirx
@@ -39,6 +44,9 @@ __all__ = [
     "group_sums_te",
     "is_quant_matmul",
     "max_abs_group_sum",
+    "emit_quant_matmul",
+    "quant_combine_te",
+    "quant_group_sums_te",
     "quant_matmul",
     "quant_matmul_te",
     "quantize_activations_te",
@@ -81,7 +89,8 @@ def max_abs_group_sum(bits: int, group_size: int, act_bits: int) -> int:
 
 
 def quant_matmul(x: relax.Expr, packed: relax.Expr, scale: relax.Expr, zero: relax.Expr, *,
-                 bits: int, group_size: int, k: int, act_bits: int = 8) -> relax.Call:
+                 bits: int, group_size: int, k: int, act_bits: int = 8,
+                 layer: str = "") -> relax.Call:
     """Build a ``sail.quant_matmul`` call (see the module docstring for shapes and dtypes).
 
     Parameters
@@ -96,6 +105,8 @@ def quant_matmul(x: relax.Expr, packed: relax.Expr, scale: relax.Expr, zero: rel
         The original reduction length K (``x.shape[-1]``).
     act_bits
         Activation width b_a, 2..16.
+    layer
+        The layer's name (the ONNX node), for dumps and reports; not part of the semantics.
 
     Returns
     -------
@@ -109,6 +120,8 @@ def quant_matmul(x: relax.Expr, packed: relax.Expr, scale: relax.Expr, zero: rel
     """
     bits, group_size, k, act_bits = _check_attrs(bits, group_size, k, act_bits)
     attrs = {"bits": bits, "group_size": group_size, "k": k, "act_bits": act_bits}
+    if layer:
+        attrs["layer"] = layer
     return relax.Call(tvm.ir.Op.get(OP_NAME), [x, packed, scale, zero], attrs)
 
 
@@ -232,12 +245,22 @@ def group_sums_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, bits: int,
     return te.compute([*lead, n_groups, cols], body, name="group_sums")
 
 
-def quant_matmul_te(x: te.Tensor, packed: te.Tensor, scale: te.Tensor, zero: te.Tensor, *,
-                    bits: int, group_size: int, k: int, act_bits: int) -> te.Tensor:
-    """The TE kernel ``sail.quant_matmul`` legalizes to (the module docstring's semantics)."""
+def quant_group_sums_te(x: te.Tensor, packed: te.Tensor, zero: te.Tensor, *, bits: int,
+                        group_size: int, k: int, act_bits: int) -> te.Tensor:
+    """First kernel of the operator: ``S int32[..., n_groups, N]`` from float ``x``
+    (activation quantization, then exact group sums)."""
     k_padded = -(-k // group_size) * group_size
-    xq, sx = quantize_activations_te(x, k_padded, act_bits)
-    sums = group_sums_te(xq, packed, zero, bits, group_size)
+    xq, _ = quantize_activations_te(x, k_padded, act_bits)
+    return group_sums_te(xq, packed, zero, bits, group_size)
+
+
+def quant_combine_te(x: te.Tensor, sums: te.Tensor, scale: te.Tensor, *, k: int,
+                     act_bits: int) -> te.Tensor:
+    """Second kernel: ``y[..., n] = sum_grp (s[grp, n] * sx[...]) * float32(S[..., grp, n])``.
+
+    ``sx`` is recomputed from ``x`` exactly as the first kernel computed it.
+    """
+    _, sx = quantize_activations_te(x, k, act_bits)
     lead = list(x.shape[:-1])
     n_groups, cols = scale.shape
     grp = te.reduce_axis((_i64(0), n_groups), name="grp")
@@ -251,10 +274,42 @@ def quant_matmul_te(x: te.Tensor, packed: te.Tensor, scale: te.Tensor, zero: te.
     return te.compute([*lead, cols], body, name="quant_matmul")
 
 
-def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+def quant_matmul_te(x: te.Tensor, packed: te.Tensor, scale: te.Tensor, zero: te.Tensor, *,
+                    bits: int, group_size: int, k: int, act_bits: int) -> te.Tensor:
+    """The whole operator as one TE computation (the two kernels composed)."""
+    sums = quant_group_sums_te(x, packed, zero, bits=bits, group_size=group_size, k=k,
+                               act_bits=act_bits)
+    return quant_combine_te(x, sums, scale, k=k, act_bits=act_bits)
+
+
+def emit_quant_matmul(bb: relax.BlockBuilder, call: relax.Call,
+                      between: Callable[[relax.Expr, str], relax.Expr] | None = None,
+                      after: Callable[[relax.Expr, str], relax.Expr] | None = None) -> relax.Expr:
+    """Emit the operator's two kernels (:func:`quant_group_sums_te`, :func:`quant_combine_te`)
+    as ``R.call_tir`` bindings into ``bb``; return the result expression.
+
+    This is the legalization. ``between(sums, name)`` and ``after(y, name)``, when given, may
+    wrap the group sums before the second kernel reads them and the result (``name`` is the
+    call's ``layer`` attribute): :class:`~sail_compiler.passes.ExposeGroupSums` records them
+    there, around the very kernels every build runs.
+    """
     bits, group_size, k, act_bits = _attrs_of(call)
-    return bb.call_te(quant_matmul_te, *call.args, bits=bits, group_size=group_size, k=k,
-                      act_bits=act_bits, primfunc_name_hint="quant_matmul")
+    name = layer_name(call)
+    x, packed, scale, zero = call.args
+    sums = bb.emit(bb.call_te(quant_group_sums_te, x, packed, zero, bits=bits,
+                              group_size=group_size, k=k, act_bits=act_bits,
+                              primfunc_name_hint="quant_group_sums"))
+    if between is not None:
+        sums = bb.emit(between(sums, name))
+    y = bb.call_te(quant_combine_te, x, sums, scale, k=k, act_bits=act_bits,
+                   primfunc_name_hint="quant_combine")
+    if after is not None:
+        y = after(bb.emit(y), name)
+    return y
+
+
+def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    return emit_quant_matmul(bb, call)
 
 
 def _register() -> None:
@@ -271,6 +326,11 @@ def _register() -> None:
     tvm.ir.register_op_attr(OP_NAME, "FInferType", _infer_type)
     tvm.ir.register_op_attr(OP_NAME, "FPurity", True)
     tvm.ir.register_op_attr(OP_NAME, "FLegalize", _legalize)
+
+
+def layer_name(call: relax.Call) -> str:
+    """The ``layer`` attribute of a ``sail.quant_matmul`` call ("" when unnamed)."""
+    return str(call.attrs["layer"]) if "layer" in call.attrs else ""
 
 
 def attrs_dict(call: relax.Call) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """sail's Relax passes, one per file; each is an ordinary ``tvm.transform.Pass``."""
 
+from .expose_group_sums import ExposeGroupSums
 from .lift_weights_to_params import LiftWeightsToParams
 from .quantize_weights import QuantizeWeights
 from .wrap_gather_indices import WrapGatherIndices
 
-__all__ = ["LiftWeightsToParams", "QuantizeWeights", "WrapGatherIndices"]
+__all__ = ["ExposeGroupSums", "LiftWeightsToParams", "QuantizeWeights", "WrapGatherIndices"]

@@ -12,12 +12,16 @@ parameters), constants that are not 2-D float32, other dtypes of ``x`` or of the
 every other operator (``Gemm`` arrives here as ``matmul`` after ``FoldConstant`` has folded its
 transpose; a weight that is still behind a ``permute_dims`` is not a constant and is left alone).
 
-Skipping. Relax keeps no ONNX node or initializer names, so the pass cannot skip a layer by its
-ONNX name. Each rewritable matmul is labelled ``matmul.<i>``, ``i`` counting from 0 in the
-order the pass meets them (functions by name, bindings in order), and ``skip`` holds
-``fnmatch`` patterns against those labels (``"matmul.0"``, ``"matmul.1?"``). A pattern that
-matches no label is an error, so a pattern written for ONNX names fails loudly instead of
-silently quantizing the layer.
+Layer names. Relax keeps no ONNX node or initializer names. Standalone, each rewritable matmul
+is labelled ``matmul.<i>``, ``i`` counting from 0 in the order the pass meets them (functions by
+name, bindings in order). The compiler driver passes ``layers``, a table from weight content
+(:func:`~sail_compiler.quant.plan.weight_key`) to the ONNX layer name and its already-quantized
+weight (chosen by the plan, a calibrated method, or imported pre-quantized), so the IR and the
+reports carry ONNX names; a matmul whose weight is in the table uses that entry (``None``: keep
+it float), any other falls back to ``scheme`` under its ``matmul.<i>`` label. ``skip`` holds
+``fnmatch`` patterns matched against the label and the name. A pattern that matches nothing is
+an error, so a typo fails loudly instead of silently quantizing the layer. Every rewritten call
+carries its name in the ``layer`` attribute.
 
 Runs in the ``quantize`` stage: after the import stage and ``FoldConstant`` (so folded weights
 are constants), and before any pass that lifts weights to parameters or legalizes
@@ -34,8 +38,13 @@ from tvm import relax
 
 from ..errors import OptionError, SailError
 from ..ops.quant_matmul import max_abs_group_sum, quant_matmul
-from ..quant.reference import check_act_bits, quantize_weights_rtn
+from ..quant.methods import quantize_weight
+from ..quant.plan import weight_key
+from ..quant.reference import QuantizedWeight, check_act_bits
 from ..quant.scheme import QuantScheme
+
+#: ``{weight_key: (layer name, quantized weight or None to keep the layer float)}``
+LayerTable = dict[str, tuple[str, QuantizedWeight | None]]
 
 _MATMUL = tvm.ir.Op.get("relax.matmul")
 
@@ -62,12 +71,18 @@ def _weight_of(call: relax.Call) -> np.ndarray | None:
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, scheme: QuantScheme, skip: tuple[str, ...],
-                 act_bits: int) -> None:
+    def __init__(self, mod: tvm.IRModule, scheme: QuantScheme | None, skip: tuple[str, ...],
+                 act_bits: int, layers: LayerTable | None, method: str) -> None:
         super().__init__(mod)
         self.scheme, self.skip, self.act_bits = scheme, skip, act_bits
+        self.layers, self.method = layers, method
         self.labels: list[str] = []
+        self.names: list[str] = []
+        self.applied: list[dict[str, object]] = []
         self.problems: list[str] = []
+
+    def _skipped(self, *names: str) -> bool:
+        return any(fnmatch.fnmatchcase(n, p) for p in self.skip for n in names)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -76,38 +91,66 @@ class _Rewriter(relax.PyExprMutator):
             return call
         label = f"matmul.{len(self.labels)}"
         self.labels.append(label)
-        if any(fnmatch.fnmatchcase(label, pattern) for pattern in self.skip):
+        entry = self.layers.get(weight_key(weights)) if self.layers is not None else None
+        name = entry[0] if entry is not None else label
+        self.names.append(name)
+        if self._skipped(label, name) or (entry is not None and entry[1] is None):
             return call
-        k, _ = weights.shape
-        g = self.scheme.group_size_for(k)
-        if max_abs_group_sum(self.scheme.bits, g, self.act_bits) > _INT32_MAX:
-            self.problems.append(f"{label} (K={k}): a group of {g} with {self.scheme.bits}-bit "
-                                 f"weights and {self.act_bits}-bit activations can overflow "
-                                 "int32; use smaller groups or fewer activation bits")
+        k, n = weights.shape
+        if entry is not None:
+            qw = entry[1]
+        elif self.scheme is None:
             return call
-        try:
-            qw = quantize_weights_rtn(weights, self.scheme)
-        except ValueError as err:
-            self.problems.append(f"{label} (weight [{k}, {weights.shape[1]}]): {err}")
+        else:
+            g = self.scheme.group_size_for(k)
+            if max_abs_group_sum(self.scheme.bits, g, self.act_bits) <= _INT32_MAX:
+                try:
+                    qw = quantize_weight(weights, self.scheme, self.method)
+                except SailError as err:
+                    self.problems.append(f"{name} (weight [{k}, {n}]): {err}")
+                    return call
+            else:
+                qw = None
+        if qw is None or max_abs_group_sum(qw.bits, qw.group_size, self.act_bits) > _INT32_MAX:
+            bits = qw.bits if qw is not None else self.scheme.bits
+            g = qw.group_size if qw is not None else self.scheme.group_size_for(k)
+            self.problems.append(f"{name} (K={k}): a group of {g} with {bits}-bit weights and "
+                                 f"{self.act_bits}-bit activations can overflow int32; use "
+                                 "smaller groups or fewer activation bits")
             return call
+        assert qw.k == k and qw.n == n, (name, qw.k, qw.n, weights.shape)
+        self.applied.append({"layer": name, "bits": qw.bits, "group_size": qw.group_size,
+                             "symmetric": qw.symmetric, "k": k, "n": n})
         return quant_matmul(call.args[0], relax.const(qw.packed()), relax.const(qw.scale),
                             relax.const(qw.zero_points(), "int32"), bits=qw.bits,
-                            group_size=qw.group_size, k=qw.k, act_bits=self.act_bits)
+                            group_size=qw.group_size, k=qw.k, act_bits=self.act_bits, layer=name)
 
 
 @tvm.transform.module_pass(opt_level=0, name="QuantizeWeights")
 class QuantizeWeights:
-    """Rewrite ``matmul(x, W_const)`` into ``sail.quant_matmul`` with ``W`` quantized by ``scheme``.
+    """Rewrite ``matmul(x, W_const)`` into ``sail.quant_matmul`` with ``W`` quantized.
 
     Parameters
     ----------
     scheme
-        Bits, group size along K, symmetric or with zero points.
+        Bits, group size along K, symmetric or with zero points, for matmuls not in ``layers``
+        (None: leave those float).
     skip
-        ``fnmatch`` patterns of matmul labels ``matmul.<i>`` to leave in float (module
-        docstring); every pattern must match at least one label.
+        ``fnmatch`` patterns of layer names or ``matmul.<i>`` labels to leave in float (module
+        docstring); every pattern must match at least one.
     act_bits
         Activation width b_a (2..16) the rewritten matmuls quantize their inputs to.
+    layers
+        The driver's table of ONNX layers by weight content (module docstring).
+    method
+        How ``scheme`` quantizes weights not in ``layers``: ``rtn`` or ``search`` (``gptq``
+        needs calibration data, which only the driver has).
+
+    Attributes
+    ----------
+    applied
+        After a run: one dict per rewritten matmul (``layer``, ``bits``, ``group_size``,
+        ``symmetric``, ``k``, ``n``).
 
     Raises
     ------
@@ -118,27 +161,39 @@ class QuantizeWeights:
         When run: weights hold inf or nan (all such matmuls listed).
     """
 
-    def __init__(self, scheme: QuantScheme, skip: tuple[str, ...] = (),
-                 act_bits: int = 8) -> None:
-        if not isinstance(scheme, QuantScheme):
+    def __init__(self, scheme: QuantScheme | None = None, skip: tuple[str, ...] = (),
+                 act_bits: int = 8, layers: LayerTable | None = None,
+                 method: str = "rtn") -> None:
+        if scheme is None and layers is None:
+            raise OptionError("QuantizeWeights needs a scheme (e.g. QuantScheme.parse('w4g128')) "
+                              "or a table of quantized layers")
+        if scheme is not None and not isinstance(scheme, QuantScheme):
             raise OptionError(f"scheme must be a QuantScheme, got {type(scheme).__name__}; "
                               "build one with QuantScheme.parse('w4g128')")
-        self.scheme = scheme
+        if method == "gptq":
+            raise OptionError("gptq needs calibration activations; use the compiler driver "
+                              "(sail compile --method gptq) or pass quantized layers")
+        self.scheme, self.method, self.layers = scheme, method, layers
         self.skip = tuple(skip)
         self.act_bits = check_act_bits(act_bits)
+        self.applied: list[dict[str, object]] = []
 
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self.scheme, self.skip, self.act_bits)
+        rewriter = _Rewriter(mod, self.scheme, self.skip, self.act_bits, self.layers,
+                             self.method)
         for gvar, func in sorted(mod.functions_items(), key=lambda item: item[0].name_hint):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        known = rewriter.labels + rewriter.names
         unmatched = [p for p in self.skip
-                     if not any(fnmatch.fnmatchcase(label, p) for label in rewriter.labels)]
+                     if not any(fnmatch.fnmatchcase(label, p) for label in known)]
         if unmatched:
+            named = [n for n in rewriter.names if not n.startswith("matmul.")]
             raise OptionError(
                 f"skip patterns {unmatched} match no matmul; patterns match the labels "
-                f"matmul.0 .. matmul.{len(rewriter.labels) - 1} (ONNX names are not kept)"
+                f"matmul.0 .. matmul.{len(rewriter.labels) - 1}"
+                + (f" and layer names such as {', '.join(named[:5])}" if named else "")
                 if rewriter.labels else
                 f"skip patterns {unmatched} match no matmul: the module has no matmul with a "
                 "constant float32 weight")
@@ -147,4 +202,5 @@ class QuantizeWeights:
             error = OptionError if overflow else SailError
             raise error(f"cannot quantize {len(rewriter.problems)} matmul weights:\n"
                         + "\n".join(f"  - {p}" for p in rewriter.problems))
+        self.applied = rewriter.applied
         return rewriter.builder_.get()

@@ -18,7 +18,7 @@ from tvm import relax
 
 from ...errors import ArtifactError
 from ...frontend.signature import ModelSignature
-from ...passes import LiftWeightsToParams
+from ...passes import ExposeGroupSums, LiftWeightsToParams
 from ...weights_file import read_weights, write_weights
 from ..base import Runner, TargetBackend, register_target
 from .schedule import build_pipeline, host_target, lowering_passes
@@ -36,9 +36,11 @@ class LLVMTarget(TargetBackend):
 
     def __init__(self) -> None:
         self._lift = LiftWeightsToParams()
+        self._probe = ExposeGroupSums()
 
     def lowering_passes(self, options: CompileOptions) -> list[tvm.transform.Pass]:
-        return [*lowering_passes(host_target(options.num_threads)), self._lift]
+        probe = [self._probe] if options.probe else []
+        return [*probe, *lowering_passes(host_target(options.num_threads)), self._lift]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
               options: CompileOptions) -> dict[str, Any]:
@@ -46,8 +48,11 @@ class LLVMTarget(TargetBackend):
         executable = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
         executable.export_library(str(out_dir / LIBRARY))
         write_weights(out_dir / WEIGHTS, self._lift.weights)
-        return {"library": LIBRARY, "weights": WEIGHTS, "num_weights": len(self._lift.weights),
-                "tvm_target": str(target)}
+        extra = {"library": LIBRARY, "weights": WEIGHTS, "num_weights": len(self._lift.weights),
+                 "tvm_target": str(target)}
+        if options.probe:
+            extra["probe_layers"] = list(self._probe.layers)
+        return extra
 
     def load(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
         return _VMRunner(out_dir / manifest["library"], out_dir / manifest["weights"],

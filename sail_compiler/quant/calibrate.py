@@ -1,0 +1,346 @@
+"""Calibration: model inputs, per-layer activation statistics, sensitivity and ``--avg-bits``.
+
+Calibration inputs come from, in this order of preference:
+
+* ``--calib FILE.npz`` (repeatable): one run of the model per file; keys are the model's input
+  names, arrays match its signature (checked like ``sail run``'s inputs);
+* ``--calib-text FILE --tokenizer tokenizer.json``: the text is tokenized and cut into
+  ``samples`` windows of ``seq_len`` tokens, evenly spaced over the text; other inputs (attention
+  mask, position ids, empty past) are generated to match;
+* otherwise generated inputs (:func:`~sail_compiler.verify.generate_inputs`, seeds 0, 1, ...).
+
+The float model runs on onnxruntime with each layer's activation input (``A`` of the
+``MatMul``/``Gemm``) added as an output. Per distinct activation the Gram matrix
+``H = sum over rows of x^T x`` (float64 ``[K, K]``) is accumulated; GPTQ and the weighted search
+use it, and :func:`~.methods.reconstruction_error` turns it into a layer's output error.
+
+``--avg-bits X`` (:func:`assign_bits`): each layer's *sensitivity* is measured end to end, as the
+squared relative error of the model's first output when that layer alone is quantized to each
+candidate width (weights swapped in one onnxruntime session whose weights are inputs); the errors
+are assumed additive across layers and the widths minimising their sum under
+``sum(bits * params) <= X * sum(params)`` are found greedily on each layer's convex hull.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import InputError, OptionError, SailError
+from ..frontend.signature import ModelSignature
+from .plan import Layer, layer_weight
+from .scheme import QuantScheme
+
+#: ORT loads models from bytes below this size; larger ones go through a file with external data.
+_INLINE_LIMIT = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationSpec:
+    """Where calibration inputs come from (see the module docstring).
+
+    Parameters
+    ----------
+    files
+        ``.npz`` files, one model run each.
+    text, tokenizer
+        A text file and the ``tokenizer.json`` to cut it into token windows with.
+    samples
+        Windows (text) or generated runs.
+    seq_len
+        Tokens per window / generated sequence length.
+    """
+
+    files: tuple[Path, ...] = ()
+    text: Path | None = None
+    tokenizer: Path | None = None
+    samples: int = 8
+    seq_len: int = 128
+
+    def __post_init__(self) -> None:
+        if (self.text is None) != (self.tokenizer is None):
+            raise OptionError("--calib-text and --tokenizer go together: the text is tokenized "
+                              "with the tokenizer.json")
+        if self.files and self.text is not None:
+            raise OptionError("give calibration inputs as --calib FILE.npz or as --calib-text, "
+                              "not both")
+        if self.samples < 1 or self.seq_len < 1:
+            raise OptionError(f"calibration samples and seq_len must be >= 1, got "
+                              f"{self.samples} and {self.seq_len}")
+
+    def describe(self) -> str:
+        if self.files:
+            return f"{len(self.files)} input file(s)"
+        if self.text is not None:
+            return f"{self.samples} windows of {self.seq_len} tokens from {self.text}"
+        return f"{self.samples} generated inputs of {self.seq_len} tokens"
+
+
+def _progress(items: list[Any], desc: str) -> Iterator[Any]:
+    """``items`` with a progress bar on stderr (tqdm) when there are several."""
+    from tqdm import tqdm
+
+    yield from tqdm(items, desc=desc, file=sys.stderr, disable=len(items) < 2, leave=False)
+
+
+def calibration_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[dict[str, Any]]:
+    """The model input dicts ``spec`` describes, each checked against ``signature``.
+
+    Raises
+    ------
+    InputError
+        A file is unreadable, lacks an input, or does not match the signature; the text yields
+        no tokens or ids outside the model's vocabulary.
+    """
+    from ..verify import InputPlan, generate_inputs, load_inputs
+
+    feeds = []
+    if spec.files:
+        for path in spec.files:
+            feed = load_inputs(path, signature)
+            extra = sorted(set(feed) - {s.name for s in signature.inputs})
+            if extra:
+                raise InputError(f"calibration file {path} has key(s) {extra} the model does "
+                                 f"not take; the model takes: {signature.describe_inputs()}")
+            try:
+                signature.check_inputs(feed)
+            except InputError as err:
+                raise InputError(f"calibration file {path}: {err}") from None
+            feeds.append(feed)
+        return feeds
+    ids = None
+    if spec.text is not None:
+        from ..eval_ppl import load_tokens
+
+        ids = load_tokens(spec.text, spec.tokenizer)
+    for i in range(spec.samples):
+        feed = generate_inputs(signature, InputPlan(batch=1, seq_len=spec.seq_len, past_len=0,
+                                                    seed=i))
+        if ids is not None:
+            name = next((s.name for s in signature.inputs if s.dtype.startswith("int")
+                         and s.index_bound is not None), None)
+            if name is None:
+                raise InputError("--calib-text needs a model with a token-id input (an integer "
+                                 "input that indexes an embedding table); give --calib files")
+            length = feed[name].shape[-1]
+            start = (len(ids) - length) * i // max(spec.samples - 1, 1) if len(ids) > length \
+                else 0
+            window = ids[start:start + length]
+            if len(window) < length:
+                raise InputError(f"{spec.text} has {len(ids)} tokens, fewer than the "
+                                 f"{length} of one calibration window; give more text or a "
+                                 "smaller --calib-seq-len")
+            feed[name] = window.reshape(feed[name].shape).astype(feed[name].dtype)
+        signature.check_inputs(feed)
+        feeds.append(feed)
+    return feeds
+
+
+@contextmanager
+def _session(model: onnx.ModelProto) -> Iterator[Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="sail-calib-") as tmp:
+        try:
+            if model.ByteSize() < _INLINE_LIMIT:
+                session = ort.InferenceSession(model.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+            else:
+                path = Path(tmp) / "model.onnx"
+                onnx.save(model, path, save_as_external_data=True, location="weights.bin")
+                session = ort.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise SailError(f"onnxruntime could not load the model for calibration: "
+                            f"{str(err).strip().splitlines()[0]}") from err
+        yield session
+
+
+def _run(session: Any, names: list[str], feed: dict[str, Any]) -> list[np.ndarray]:
+    try:
+        return session.run(names, feed)
+    except Exception as err:
+        raise SailError(f"onnxruntime failed on a calibration input: "
+                        f"{str(err).strip().splitlines()[0]}") from err
+
+
+def collect_hessians(model: onnx.ModelProto, layers: list[Layer],
+                     feeds: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``{layer name: H}``, ``H = sum of x^T x`` (float64 ``[K, K]``) over all calibration rows.
+
+    Layers reading the same activation share one (read-only) ``H``.
+    """
+    wanted = sorted({layer.input_name for layer in layers})
+    graph_inputs = {i.name for i in model.graph.input}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in wanted:
+        if name not in existing and name not in graph_inputs:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            probe.graph.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    sums: dict[str, np.ndarray] = {}
+    fetch = [n for n in wanted if n not in graph_inputs]
+    with _session(probe) as session:
+        for feed in _progress(feeds, "calibration"):
+            values = dict(zip(fetch, _run(session, fetch, feed), strict=True))
+            values.update({n: feed[n] for n in wanted if n in graph_inputs})
+            for name in wanted:
+                x = np.asarray(values[name], dtype=np.float64)
+                x = x.reshape(-1, x.shape[-1])
+                gram = x.T @ x
+                sums[name] = sums[name] + gram if name in sums else gram
+    return {layer.name: sums[layer.input_name] for layer in layers}
+
+
+class WeightSwapper:
+    """One onnxruntime session of ``model`` whose layer weights are inputs, so any subset of
+    layers can run with substituted (e.g. dequantized) weights.
+
+    Use as a context manager; :meth:`run` takes a model feed and ``{layer name: W[K, N]}``.
+    """
+
+    def __init__(self, model: onnx.ModelProto, layers: list[Layer]) -> None:
+        self.layers = {layer.name: layer for layer in layers}
+        inits = {t.name: t for t in model.graph.initializer}
+        self.float_weights = {}
+        swap = onnx.ModelProto()
+        swap.CopyFrom(model)
+        names = {layer.weight_name for layer in layers}
+        kept = [t for t in swap.graph.initializer if t.name not in names]
+        del swap.graph.initializer[:]
+        swap.graph.initializer.extend(kept)
+        for name in sorted(names):
+            dims = list(inits[name].dims)
+            swap.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, dims))
+            self.float_weights[name] = onnx.numpy_helper.to_array(inits[name])
+        self.model = swap
+        self.output = model.graph.output[0].name
+        self._context: Any = None
+        self.session: Any = None
+
+    def __enter__(self) -> WeightSwapper:
+        self._context = _session(self.model)
+        self.session = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._context.__exit__(*exc)
+
+    def run(self, feed: dict[str, Any], weights: dict[str, np.ndarray] | None = None) \
+            -> np.ndarray:
+        """The first output with the given layers' ``W[K, N]`` swapped in."""
+        values = dict(self.float_weights)
+        for name, w in (weights or {}).items():
+            layer = self.layers[name]
+            values[layer.weight_name] = np.ascontiguousarray(w.T if layer.transposed else w,
+                                                             dtype=np.float32)
+        return _run(self.session, [self.output], {**feed, **values})[0]
+
+
+def _squared_rel(actual: np.ndarray, expected: np.ndarray) -> float:
+    denom = float(np.sum(np.square(expected, dtype=np.float64)))
+    diff = float(np.sum(np.square(actual.astype(np.float64) - expected)))
+    return diff / denom if denom else diff
+
+
+Quantizer = Callable[[Layer, np.ndarray, QuantScheme], np.ndarray]
+
+
+def measure_sensitivity(model: onnx.ModelProto, layers: list[Layer], widths: list[int],
+                        scheme: QuantScheme, feeds: list[dict[str, Any]],
+                        dequantized: Quantizer) -> dict[str, dict[int, float]]:
+    """``{layer: {bits: e}}``: squared relative error of the first output with that layer alone
+    quantized to ``bits`` (``scheme``'s group size and symmetry), summed over ``feeds``.
+
+    ``dequantized(layer, W, scheme)`` returns the float32 ``[K, N]`` weights the quantized layer
+    computes with.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    errors: dict[str, dict[int, float]] = {}
+    with WeightSwapper(model, layers) as swapper:
+        baseline = [swapper.run(feed) for feed in feeds]
+        for layer in _progress(layers, "sensitivity"):
+            w = layer_weight(model, layer, inits)
+            errors[layer.name] = {}
+            for bits in widths:
+                wq = dequantized(layer, w, dataclasses.replace(scheme, bits=bits))
+                errors[layer.name][bits] = sum(
+                    _squared_rel(swapper.run(feed, {layer.name: wq}), ref)
+                    for feed, ref in zip(feeds, baseline, strict=True))
+    return errors
+
+
+def candidate_widths(scheme: QuantScheme) -> list[int]:
+    """Widths ``--avg-bits`` chooses from: 1..8, or 2..8 for symmetric schemes."""
+    return list(range(2 if scheme.symmetric else 1, 9))
+
+
+def assign_bits(errors: dict[str, dict[int, float]], params: dict[str, int],
+                avg_bits: float) -> dict[str, int]:
+    """Per-layer widths minimising ``sum errors[layer][bits]`` with
+    ``sum(bits * params) <= avg_bits * sum(params)``.
+
+    Greedy over each layer's lower convex hull of (bits, error): start every layer at its
+    narrowest width and repeatedly take the upgrade with the largest error reduction per added
+    bit that still fits the budget. Exact when the hulls are the true curves and the budget is
+    met with equality; a standard near-optimal answer to this multiple-choice knapsack otherwise.
+
+    Raises
+    ------
+    OptionError
+        ``avg_bits`` is below the narrowest candidate width or above the widest.
+    """
+    widths = sorted({b for e in errors.values() for b in e})
+    if not errors:
+        return {}
+    lo, hi = widths[0], widths[-1]
+    if not lo <= avg_bits <= hi:
+        raise OptionError(f"--avg-bits must lie in [{lo}, {hi}] for this scheme, got {avg_bits}")
+    hulls: dict[str, list[int]] = {}
+    for name, curve in errors.items():
+        points = sorted(curve.items())
+        hull: list[tuple[int, float]] = []
+        for b, e in points:
+            if hull and e >= hull[-1][1]:
+                continue  # never pay bits for no reduction
+            while len(hull) >= 2:
+                (b1, e1), (b2, e2) = hull[-2], hull[-1]
+                if (e2 - e1) * (b - b1) >= (e - e1) * (b2 - b1):  # b2 above the chord: drop it
+                    hull.pop()
+                else:
+                    break
+            hull.append((b, e))
+        hulls[name] = [b for b, _ in hull]
+    choice = {name: hull[0] for name, hull in hulls.items()}
+    step = {name: 0 for name in hulls}
+    budget = avg_bits * sum(params.values()) - sum(choice[n] * params[n] for n in choice)
+    while True:
+        best, best_gain = None, 0.0
+        for name, hull in hulls.items():
+            i = step[name]
+            if i + 1 >= len(hull):
+                continue
+            cost = (hull[i + 1] - hull[i]) * params[name]
+            if cost > budget + 1e-9:
+                continue
+            gain = (errors[name][hull[i]] - errors[name][hull[i + 1]]) / cost
+            if gain > best_gain:
+                best, best_gain = name, gain
+        if best is None:
+            return choice
+        i = step[best]
+        budget -= (hulls[best][i + 1] - hulls[best][i]) * params[best]
+        step[best] = i + 1
+        choice[best] = hulls[best][i + 1]

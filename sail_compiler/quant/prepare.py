@@ -1,0 +1,252 @@
+"""Decide and compute every layer's quantized weights before the ``quantize`` stage runs.
+
+:func:`prepare_quantization` works on the checked ONNX model, where layer names exist: it finds
+the layers (:func:`~.plan.find_layers`), resolves each one's choice (pre-quantized, ``--skip``,
+``--bits-plan``, ``--avg-bits``, ``--bits``; precedence in :mod:`.plan`), gathers calibration
+statistics when a method or the budget needs them (:mod:`.calibrate`), and quantizes each layer
+with its method (:mod:`.methods`), showing progress. The result's :attr:`~Quantization.table`
+is what :class:`~sail_compiler.passes.QuantizeWeights` substitutes into the IR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from ..errors import OptionError
+from .calibrate import (
+    _progress,
+    assign_bits,
+    calibration_feeds,
+    candidate_widths,
+    collect_hessians,
+    measure_sensitivity,
+)
+from .methods import quantize_weight, reconstruction_error
+from .plan import BitsPlan, Layer, LayerChoice, ResolvedPlan, find_layers, layer_weight, \
+    unmatched_error, weight_key
+from .reference import QuantizedWeight, dequantize
+from .scheme import QuantScheme
+
+if TYPE_CHECKING:
+    from ..frontend.signature import ModelSignature
+    from ..options import CompileOptions
+
+
+@dataclasses.dataclass
+class QuantizedLayer:
+    """One layer's outcome: its choice, weights (None: float) and weight-space error.
+
+    ``weight_error`` is :func:`~.methods.reconstruction_error`: the relative output error
+    ``||X (W - W_q)||^2 / ||X W||^2`` over the calibration activations when there are some,
+    else the relative Frobenius error of the weights.
+    """
+
+    layer: Layer
+    choice: LayerChoice
+    qw: QuantizedWeight | None
+    key: str
+    weight_error: float | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of packed codes + float32 scales (+ uint8 zero points), or float32 weights."""
+        if self.qw is None:
+            return 4 * self.layer.params
+        qw = self.qw
+        zero = 0 if qw.zero is None else qw.zero.size
+        return qw.packed().size + 4 * qw.scale.size + zero
+
+    def report(self) -> dict[str, Any]:
+        choice = self.choice
+        s = choice.scheme
+        return {"layer": self.layer.name, "k": self.layer.k, "n": self.layer.n,
+                "bits": s.bits if s else None,
+                "group_size": (s.group_size or "channel") if s else None,
+                "symmetric": s.symmetric if s else None,
+                "method": choice.method if s and choice.source != "prequantized" else None,
+                "source": choice.source, "size_bytes": self.size_bytes,
+                "weight_error": self.weight_error}
+
+
+@dataclasses.dataclass
+class Quantization:
+    """What :func:`prepare_quantization` decided and computed."""
+
+    plan: ResolvedPlan
+    layers: list[QuantizedLayer]
+    calibration: str | None
+    sensitivity: dict[str, dict[int, float]] | None
+    seconds: float
+    notes: list[str]
+
+    @property
+    def table(self) -> dict[str, tuple[str, QuantizedWeight | None]]:
+        """``{weight_key: (name, qw or None)}`` for :class:`QuantizeWeights`."""
+        table: dict[str, tuple[str, QuantizedWeight | None]] = {}
+        for q in self.layers:
+            table.setdefault(q.key, (q.layer.name, q.qw))
+        return table
+
+    def by_name(self) -> dict[str, QuantizedLayer]:
+        return {q.layer.name: q for q in self.layers}
+
+    def report(self) -> dict[str, Any]:
+        quantized = [q for q in self.layers if q.qw is not None]
+        total = sum(q.layer.params for q in self.layers)
+        return {"plan": self.plan.to_json(), "calibration": self.calibration,
+                "average_bits": self.plan.average_bits(),
+                "quantized_params": sum(q.layer.params for q in quantized),
+                "total_params": total,
+                "size_bytes": sum(q.size_bytes for q in self.layers),
+                "float_size_bytes": 4 * total,
+                "seconds": round(self.seconds, 3),
+                "layers": [q.report() for q in self.layers]}
+
+
+def _scheme_of(qw: QuantizedWeight) -> QuantScheme:
+    group = None if qw.n_groups == 1 and qw.group_size >= qw.k else qw.group_size
+    return QuantScheme(qw.bits, group, qw.symmetric)
+
+
+def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bool:
+    """GPTQ and ``--avg-bits`` need activations; the search uses them when given."""
+    return options.avg_bits is not None or options.calib is not None \
+        or any(c.scheme is not None and c.method == "gptq" for c in choices)
+
+
+def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
+                         options: CompileOptions,
+                         prequantized: dict[str, Any] | None = None) -> Quantization | None:
+    """Resolve and compute every layer's quantization (module docstring).
+
+    Parameters
+    ----------
+    model
+        The checked model (pre-quantized nodes already rewritten to float MatMuls).
+    signature
+        Its inputs, for calibration inputs.
+    options
+        ``quant``, ``method``, ``skip``, ``bits_plan``, ``avg_bits``, ``calib``, ``act_bits``.
+    prequantized
+        ``{weight initializer name: PrequantizedLayer}`` from the frontend's rewrite.
+
+    Returns
+    -------
+    Quantization or None
+        None when nothing is quantized (no scheme, plan or pre-quantized layer).
+
+    Raises
+    ------
+    OptionError
+        A ``--skip`` pattern or plan rule matches no layer; a plan's act_bits disagrees with
+        ``--act-bits``; ``--avg-bits`` out of range.
+    """
+    prequantized = prequantized or {}
+    if options.quant is None and options.bits_plan is None and not prequantized:
+        return None
+    started = time.perf_counter()
+    notes: list[str] = []
+    layers = find_layers(model)
+    plan = BitsPlan.load(options.bits_plan, options.quant, options.method) \
+        if options.bits_plan is not None else None
+    problems = []
+    unmatched_skip = [p for p in options.skip
+                      if not any(fnmatch.fnmatchcase(layer.name, p)
+                                 or fnmatch.fnmatchcase(layer.weight_name, p) for layer in layers)]
+    if unmatched_skip:
+        problems.append(unmatched_error("--skip patterns", unmatched_skip, layers))
+    if plan is not None and plan.unmatched(layers):
+        problems.append(unmatched_error(f"plan rules of {plan.source}", plan.unmatched(layers),
+                                        layers))
+    if problems:
+        raise OptionError("; ".join(str(p) for p in problems))
+    if plan is not None and plan.act_bits is not None and plan.act_bits != options.act_bits:
+        raise OptionError(f"{plan.source} was made with act_bits {plan.act_bits}, the compile "
+                          f"uses --act-bits {options.act_bits}; pass --act-bits "
+                          f"{plan.act_bits} to reproduce it")
+
+    choices: list[LayerChoice | None] = []
+    fixed: dict[str, QuantizedWeight] = {}
+    for layer in layers:
+        pre = prequantized.get(layer.weight_name)
+        if pre is not None:
+            fixed[layer.name] = pre.qw
+            choices.append(LayerChoice(_scheme_of(pre.qw), "rtn", "prequantized"))
+        elif any(fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.weight_name, p)
+                 for p in options.skip):
+            choices.append(LayerChoice(None, source="skip"))
+        elif plan is not None and plan.choose(layer) is not None:
+            choices.append(plan.choose(layer))
+        elif options.avg_bits is not None:
+            choices.append(None)  # decided below
+        elif options.quant is not None:
+            choices.append(LayerChoice(options.quant, options.method, "default"))
+        else:
+            choices.append(LayerChoice(None, source="default"))
+
+    inits = {t.name: t for t in model.graph.initializer}
+    weights: dict[str, np.ndarray] = {}
+
+    def weight(layer: Layer) -> np.ndarray:
+        if layer.name not in weights:
+            weights[layer.name] = layer_weight(model, layer, inits)
+        return weights[layer.name]
+
+    calibration = hessians = sensitivity = None
+    provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
+    if needs_calibration(options, provisional):
+        from .calibrate import CalibrationSpec
+
+        spec = options.calib or CalibrationSpec()
+        feeds = calibration_feeds(spec, signature)
+        calibration = spec.describe()
+        wanted = [layer for layer, c in zip(layers, provisional, strict=True)
+                  if c.scheme is not None and layer.name not in fixed]
+        hessians = collect_hessians(model, wanted, feeds) if wanted else {}
+        if options.avg_bits is not None:
+            free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
+            assert options.quant is not None, "CompileOptions checks --avg-bits has a scheme"
+            widths = candidate_widths(options.quant)
+            # Sensitivity with the cheap methods; GPTQ's weights are computed once, below.
+            probe_method = "search" if options.method == "gptq" else options.method
+
+            def dequantized(layer: Layer, w: np.ndarray, scheme: QuantScheme) -> np.ndarray:
+                return dequantize(quantize_weight(w, scheme, probe_method,
+                                                  hessians.get(layer.name)))
+
+            sensitivity = measure_sensitivity(model, free, widths, options.quant, feeds,
+                                              dequantized)
+            bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
+                               options.avg_bits)
+            for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):
+                if c is None:
+                    choices[i] = LayerChoice(dataclasses.replace(options.quant,
+                                                                 bits=bits[layer.name]),
+                                             options.method, "avg-bits")
+    final = [c for c in choices if c is not None]
+    assert len(final) == len(layers)
+
+    results = []
+    for layer, choice in _progress(list(zip(layers, final, strict=True)), "quantize"):
+        w = weight(layer)
+        h = hessians.get(layer.name) if hessians else None
+        if layer.name in fixed:
+            qw = fixed[layer.name]
+        elif choice.scheme is None:
+            qw = None
+        else:
+            qw = quantize_weight(w, choice.scheme, choice.method, h)
+        err = reconstruction_error(w, qw, h) if qw is not None else None
+        results.append(QuantizedLayer(layer, choice, qw, weight_key(w), err))
+        weights.pop(layer.name, None)
+    resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
+    if prequantized:
+        notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")
+    return Quantization(resolved, results, calibration, sensitivity,
+                        time.perf_counter() - started, notes)
