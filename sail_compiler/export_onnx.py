@@ -33,7 +33,13 @@ import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
 from .errors import OptionError
-from .frontend.prequantized import MATMULNBITS_BITS, MIN_BLOCK_SIZE, MS_DOMAIN
+from .frontend.prequantized import (
+    MATMULNBITS_BITS,
+    MIN_BLOCK_SIZE,
+    MS_DOMAIN,
+    fresh_name,
+    remove_named,
+)
 from .quant.packing import pack_bits
 from .quant.reference import QuantizedWeight
 
@@ -121,8 +127,9 @@ def export_matmulnbits(model: onnx.ModelProto | str | os.PathLike[str],
     source_path
         The file ``model`` was loaded from, if any, so that it is never overwritten.
     accuracy_level
-        onnxruntime's ``accuracy_level`` attribute, 0..4: 0 (default) computes exactly
-        ``x @ dequantize(qw)``; 4 lets onnxruntime quantize activations to int8 (its fast path).
+        onnxruntime's ``accuracy_level`` attribute, 0..4: 0 (default) computes
+        ``x @ dequantize(qw)`` in float32; 4 lets onnxruntime quantize activations to int8 (its
+        fast path).
     external_data
         Write the tensors to ``<path>.data`` next to the model; default: when they exceed 2 GB.
 
@@ -170,24 +177,17 @@ def export_matmulnbits(model: onnx.ModelProto | str | os.PathLike[str],
                                                                         for p in problems))
 
     taken = set(initializers) | {n for node in graph.node for n in [*node.input, *node.output]}
-
-    def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
-
     replaced = set()
     for name, qw in layers.items():
         node = graph.node[matmuls[name]]
         weight = node.input[1]
         b, scales, zero = _matmulnbits_inputs(qw)
-        inputs = [node.input[0], fresh(f"{weight}_Q{qw.bits}"), fresh(f"{weight}_scales")]
+        inputs = [node.input[0], fresh_name(f"{weight}_Q{qw.bits}", taken),
+                  fresh_name(f"{weight}_scales", taken)]
         graph.initializer.append(numpy_helper.from_array(b, inputs[1]))
         graph.initializer.append(numpy_helper.from_array(scales, inputs[2]))
         if zero is not None:
-            inputs.append(fresh(f"{weight}_zero_points"))
+            inputs.append(fresh_name(f"{weight}_zero_points", taken))
             graph.initializer.append(numpy_helper.from_array(zero, inputs[3]))
         attrs = {"K": qw.k, "N": qw.n, "bits": qw.bits, "block_size": qw.group_size}
         if accuracy_level:
@@ -199,9 +199,7 @@ def export_matmulnbits(model: onnx.ModelProto | str | os.PathLike[str],
     read = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
     stale = replaced - read
     for field in (graph.initializer, graph.input, graph.value_info):
-        keep = [item for item in field if item.name not in stale]
-        del field[:]
-        field.extend(keep)
+        remove_named(field, stale)
     if not any(o.domain == MS_DOMAIN for o in exported.opset_import):
         exported.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 

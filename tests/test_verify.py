@@ -101,26 +101,12 @@ def test_hugging_face_exports_verify(name: str) -> None:
     assert report["ok"]
 
 
-def test_quantized_compiles_lose_accuracy_with_fewer_bits(tiny_decoder: Path) -> None:
-    from sail_compiler.quant.scheme import QuantScheme
-
-    errors = {}
-    for bits in (8, 4, 2):
-        options = CompileOptions(quant=QuantScheme(bits=bits, group_size=32))
-        report = verify_model(tiny_decoder, options, [InputPlan(seq_len=6)])
-        errors[bits] = report["outputs"][0]["rel_l2_err"]
-    assert errors[8] < 0.05 and errors[8] < errors[4] < errors[2]
-    # At 8 bits the quantized model still agrees closely with the float one.
-    assert errors[8] > 0  # the weights really were quantized
-
-
 @pytest.mark.parametrize("args,message", [
     (["--bits", "9"], "1..8"),
     (["--bits", "1", "--sym"], "1-bit"),
     (["--bits", "4", "--group-size", "abc"], "positive integer or 'channel'"),
     (["--bits", "4", "--group-size", "0"], "positive integer"),
     (["--skip", "matmul.0"], "add --bits"),
-    (["--bits", "4", "--skip", "nothing*"], "nothing*"),
 ])
 def test_quantization_option_errors(micro_decoder: Path, tmp_path: Path, args: list[str],
                                     message: str, capsys: pytest.CaptureFixture[str]) -> None:

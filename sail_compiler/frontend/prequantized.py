@@ -48,7 +48,10 @@ absent). The initializer ``W`` takes the DequantizeLinear's output name, so the 
 untouched.
 
 In both forms, when K is not a multiple of the group size the padding rows ``K..K_pad - 1`` of
-``qw.q`` are set to their group's zero point (they never meet an activation).
+``qw.q`` are set to their group's zero point (they never meet an activation). Scales are kept as
+stored, sign included: onnxruntime's symmetric quantizer writes ``scale = m / -2**(b-1)`` with
+``m`` the group's weight of largest magnitude, sign and all, so the groups whose ``m`` is positive
+get negative scales (``(q - z) * s`` is computed the same way either way).
 
 Rejected (every problem is listed in one :class:`~sail_compiler.errors.ModelCheckError`): widths
 other than 2, 4 and 8 bits in MatMulNBits, block sizes that are not a power of two >= 16,
@@ -62,7 +65,7 @@ DequantizeLinear nodes (activations, or weights that also feed non-MatMul ops) a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 import onnx
@@ -123,7 +126,7 @@ class PrequantizedRewrite:
     layers
         New initializer name -> layer; empty when there are problems.
     problems
-        One line per node the rewrite cannot represent (the model is then left unchanged).
+        One line per problem, each naming its node (the model is then left unchanged).
     claimed
         Names of the tensors read by the nodes the rewrite handles or reported, so that other
         checks do not report them a second time.
@@ -136,11 +139,10 @@ class PrequantizedRewrite:
 
 @dataclasses.dataclass
 class _Plan:
-    """One node to replace: its position, the decoded weight and the tensors it read."""
+    """One node to replace: its position, the layer it becomes and the tensors it read."""
 
     index: int
-    qw: QuantizedWeight
-    weight_name: str
+    layer: PrequantizedLayer
     reads: list[str]
 
 
@@ -176,18 +178,25 @@ class _Reader:
     """Decodes the quantized nodes of one graph; problems go to ``self.problems``."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
-        self.constants = {t.name: t for t in graph.initializer}
+        self.initializers = {t.name: t for t in graph.initializer}
         self.problems: list[str] = []
 
-    def constant(self, name: str, what: str, where: str) -> onnx.TensorProto | None:
-        """The initializer ``name``, or None with a problem when it is computed at run time."""
-        tensor = self.constants.get(name)
-        if tensor is None:
+    def constants(self, inputs: dict[str, str], where: str) -> dict[str, onnx.TensorProto]:
+        """The initializers named by ``inputs`` (role -> tensor name; empty names are absent
+        optional inputs), keyed by role; one problem naming those computed at run time."""
+        found, computed = {}, []
+        for what, name in inputs.items():
+            if name and name in self.initializers:
+                found[what] = self.initializers[name]
+            elif name:
+                computed.append(f"{what} '{name}'")
+        if computed:
             self.problems.append(
-                f"{where}: {what} '{name}' is not an initializer (it is computed at run time); "
-                "SAIL takes quantized weights stored in the model: fold the computation into "
-                "initializers (e.g. re-quantize with onnxruntime's MatMulNBitsQuantizer)")
-        return tensor
+                f"{where}: {' and '.join(computed)} {'is' if len(computed) == 1 else 'are'} not "
+                "an initializer (computed at run time); SAIL takes quantized weights stored in "
+                "the model: fold the computation into initializers (e.g. re-quantize with "
+                "onnxruntime's MatMulNBitsQuantizer)")
+        return found
 
     def float32(self, tensor: onnx.TensorProto, what: str, where: str) -> np.ndarray | None:
         """``tensor`` as float32 if it is float32 and finite, else None with a problem."""
@@ -230,12 +239,12 @@ class _Reader:
         if k < 1 or n < 1:
             self.problems.append(f"{where}: K={k} and N={n} must be >= 1")
         inputs = list(node.input) + [""] * (6 - len(node.input))
-        b_t = self.constant(inputs[1], "B", where)
-        scales_t = self.constant(inputs[2], "scales", where)
-        zp_t = self.constant(inputs[3], "zero_points", where) if inputs[3] else None
-        g_idx_t = self.constant(inputs[4], "g_idx", where) if inputs[4] else None
+        found = self.constants({"B": inputs[1], "scales": inputs[2], "zero_points": inputs[3],
+                                "g_idx": inputs[4]}, where)
         if len(self.problems) > before:
             return None
+        b_t, scales_t = found["B"], found["scales"]
+        zp_t, g_idx_t = found.get("zero_points"), found.get("g_idx")
 
         n_blocks = -(-k // block)
         blob = block * bits // 8
@@ -299,12 +308,12 @@ class _Reader:
         if len(node.input) < 2 or not node.input[1]:
             self.problems.append(f"{where}: malformed node (no x_scale); re-export it")
             return None
-        x_t = self.constant(node.input[0], "its quantized input", where)
-        scale_t = self.constant(node.input[1], "x_scale", where)
-        zp_name = node.input[2] if len(node.input) > 2 else ""
-        zp_t = self.constant(zp_name, "x_zero_point", where) if zp_name else None
+        found = self.constants({"its input": node.input[0], "x_scale": node.input[1],
+                                "x_zero_point": node.input[2] if len(node.input) > 2 else ""},
+                               where)
         if len(self.problems) > before:
             return None
+        x_t, scale_t, zp_t = found["its input"], found["x_scale"], found.get("x_zero_point")
 
         valid_types = ", ".join(_type_name(t) for t in _DQ_CODE_TYPES)
         if x_t.data_type not in _DQ_CODE_TYPES:
@@ -388,7 +397,8 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
-def _fresh_name(base: str, taken: set[str]) -> str:
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken``, which gets it."""
     name, i = base, 1
     while name in taken:
         name, i = f"{base}_{i}", i + 1
@@ -426,8 +436,7 @@ def rewrite_or_report(model: onnx.ModelProto) -> PrequantizedRewrite:
              | {name for node in graph.node for name in [*node.input, *node.output]})
     claimed: set[str] = set()
     plans: list[_Plan] = []
-    sources: dict[int, str] = {}
-    shared: dict[tuple[object, ...], str] = {}  # MatMulNBits nodes reading the same tensors
+    shared: dict[tuple[object, ...], str] = {}  # MatMulNBits nodes that read the same weight
 
     for index, node in enumerate(graph.node):
         if (node.domain, node.op_type) == (MS_DOMAIN, "MatMulNBits"):
@@ -435,11 +444,11 @@ def rewrite_or_report(model: onnx.ModelProto) -> PrequantizedRewrite:
             qw = reader.matmulnbits(node)
             if qw is None:
                 continue
-            key = (tuple(node.input[1:5]), *sorted(_attributes(node).items()))
+            key = (tuple(node.input[1:5]), qw.k, qw.n, qw.bits, qw.group_size)
             if key not in shared:
-                shared[key] = _fresh_name(f"{node.input[1]}_dequantized", taken)
-            plans.append(_Plan(index, qw, shared[key], list(node.input[1:5])))
-            sources[index] = "MatMulNBits"
+                shared[key] = fresh_name(f"{node.input[1]}_dequantized", taken)
+            layer = PrequantizedLayer(node.name, shared[key], qw, "MatMulNBits")
+            plans.append(_Plan(index, layer, list(node.input[1:5])))
         elif node.domain in _ONNX_DOMAINS and node.op_type == "DequantizeLinear":
             users = readers_of.get(node.output[0], [])
             if not users or node.output[0] in outputs or any(
@@ -447,10 +456,11 @@ def rewrite_or_report(model: onnx.ModelProto) -> PrequantizedRewrite:
                     for u, slot in users):
                 continue
             claimed.update(node.input)
-            qw = reader.dequantize_linear(node, _label(users[0][0]))
+            matmul = users[0][0]
+            qw = reader.dequantize_linear(node, _label(matmul))
             if qw is not None:
-                plans.append(_Plan(index, qw, node.output[0], list(node.input)))
-                sources[index] = "DequantizeLinear"
+                layer = PrequantizedLayer(matmul.name, node.output[0], qw, "DequantizeLinear")
+                plans.append(_Plan(index, layer, list(node.input)))
     for node in _subgraph_nodes(graph):
         if (node.domain, node.op_type) == (MS_DOMAIN, "MatMulNBits"):
             reader.problems.append(
@@ -459,11 +469,10 @@ def rewrite_or_report(model: onnx.ModelProto) -> PrequantizedRewrite:
                 "MatMuls (MatMulNBitsQuantizer's nodes_to_exclude)")
     if reader.problems:
         return PrequantizedRewrite({}, reader.problems, claimed)
-    return PrequantizedRewrite(_apply(model, plans, sources, readers_of, taken), [], claimed)
+    return PrequantizedRewrite(_apply(model, plans, taken), [], claimed)
 
 
-def _apply(model: onnx.ModelProto, plans: list[_Plan], sources: dict[int, str],
-           readers_of: dict[str, list[tuple[onnx.NodeProto, int]]],
+def _apply(model: onnx.ModelProto, plans: list[_Plan],
            taken: set[str]) -> dict[str, PrequantizedLayer]:
     """Replace the planned nodes, add the float weights and drop what nobody reads any more."""
     graph = model.graph
@@ -473,21 +482,19 @@ def _apply(model: onnx.ModelProto, plans: list[_Plan], sources: dict[int, str],
     for index, node in enumerate(graph.node):
         plan = by_index.get(index)
         if plan is None:
-            nodes.append(node)
+            nodes.append(onnx.NodeProto())
+            nodes[-1].CopyFrom(node)  # a copy: the originals are deleted below
             continue
-        if plan.weight_name not in layers:
-            matmul = node.name if sources[index] == "MatMulNBits" else \
-                readers_of[node.output[0]][0][0].name
-            layers[plan.weight_name] = PrequantizedLayer(matmul, plan.weight_name, plan.qw,
-                                                         sources[index])
-            w = np.ascontiguousarray(dequantize(plan.qw), dtype=np.float32)
-            graph.initializer.append(numpy_helper.from_array(w, plan.weight_name))
-        if sources[index] == "DequantizeLinear":
+        weight = plan.layer.weight_name
+        if weight not in layers:  # MatMulNBits nodes reading the same tensors share one weight
+            layers[weight] = plan.layer
+            w = np.ascontiguousarray(dequantize(plan.layer.qw), dtype=np.float32)
+            graph.initializer.append(numpy_helper.from_array(w, weight))
+        if plan.layer.source == "DequantizeLinear":
             continue  # its MatMuls already read the output name, now an initializer
         bias = node.input[5] if len(node.input) > 5 else ""
-        out = _fresh_name(f"{node.output[0]}_before_bias", taken) if bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], plan.weight_name], [out],
-                                      name=node.name))
+        out = fresh_name(f"{node.output[0]}_before_bias", taken) if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight], [out], name=node.name))
         if bias:
             nodes.append(helper.make_node("Add", [out, bias], [node.output[0]],
                                           name=f"{node.name}_bias" if node.name else ""))
@@ -496,27 +503,20 @@ def _apply(model: onnx.ModelProto, plans: list[_Plan], sources: dict[int, str],
 
     used = _used_names(graph)
     stale = {name for p in plans for name in p.reads if name and name not in used}
-    _remove(graph.initializer, stale)
-    _remove(graph.input, stale)
-    _remove(graph.value_info, stale | set(layers))  # old value_info of DQ outputs
+    for field in (graph.initializer, graph.input, graph.value_info):
+        remove_named(field, stale)
     if not any(n.domain == MS_DOMAIN for n in [*graph.node, *_subgraph_nodes(graph)]):
-        _remove_opset(model, MS_DOMAIN)
+        remove_named(model.opset_import, {MS_DOMAIN})
     return layers
 
 
-def _remove(field: object, names: set[str]) -> None:
-    """Delete the entries of a repeated TensorProto/ValueInfoProto field whose name is in
-    ``names``."""
-    keep = [item for item in field if item.name not in names]
-    if len(keep) != len(field):
-        del field[:]
-        field.extend(keep)
-
-
-def _remove_opset(model: onnx.ModelProto, domain: str) -> None:
-    keep = [o for o in model.opset_import if o.domain != domain]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
+def remove_named(field: object, names: Collection[str]) -> None:
+    """Delete, in place, the entries of a repeated protobuf field (initializers, value infos,
+    opset imports by ``domain``) whose name is in ``names``."""
+    for i in reversed(range(len(field))):
+        item = field[i]
+        if (item.domain if isinstance(item, onnx.OperatorSetIdProto) else item.name) in names:
+            del field[i]
 
 
 def rewrite_prequantized(model: onnx.ModelProto,

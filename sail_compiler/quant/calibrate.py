@@ -102,7 +102,7 @@ def calibration_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[
     """
     from ..verify import InputPlan, generate_inputs, load_inputs
 
-    feeds = []
+    feeds: list[dict[str, Any]] = []
     if spec.files:
         for path in spec.files:
             feed = load_inputs(path, signature)
@@ -121,27 +121,48 @@ def calibration_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[
         from ..eval_ppl import load_tokens
 
         ids = load_tokens(spec.text, spec.tokenizer)
+        if len(ids) < spec.seq_len:
+            raise InputError(f"{spec.text} has {len(ids)} tokens, fewer than the {spec.seq_len} "
+                             "of one calibration window; give more text or a smaller "
+                             "--calib-seq-len")
     for i in range(spec.samples):
-        feed = generate_inputs(signature, InputPlan(batch=1, seq_len=spec.seq_len, past_len=0,
-                                                    seed=i))
-        if ids is not None:
-            name = next((s.name for s in signature.inputs if s.dtype.startswith("int")
-                         and s.index_bound is not None), None)
-            if name is None:
-                raise InputError("--calib-text needs a model with a token-id input (an integer "
-                                 "input that indexes an embedding table); give --calib files")
-            length = feed[name].shape[-1]
-            start = (len(ids) - length) * i // max(spec.samples - 1, 1) if len(ids) > length \
-                else 0
-            window = ids[start:start + length]
-            if len(window) < length:
-                raise InputError(f"{spec.text} has {len(ids)} tokens, fewer than the "
-                                 f"{length} of one calibration window; give more text or a "
-                                 "smaller --calib-seq-len")
-            feed[name] = window.reshape(feed[name].shape).astype(feed[name].dtype)
+        if ids is None:
+            feed = generate_inputs(signature, InputPlan(batch=1, seq_len=spec.seq_len,
+                                                        past_len=0, seed=i))
+        else:
+            start = (len(ids) - spec.seq_len) * i // max(spec.samples - 1, 1)
+            feed = feed_for_ids(signature, ids[start:start + spec.seq_len])
         signature.check_inputs(feed)
         feeds.append(feed)
     return feeds
+
+
+def token_input(signature: ModelSignature) -> str:
+    """The name of the model's token-id input: an integer input indexing an embedding table.
+
+    Raises
+    ------
+    InputError
+        The model has no such input.
+    """
+    name = next((s.name for s in signature.inputs if s.dtype.startswith("int")
+                 and s.index_bound is not None), None)
+    if name is None:
+        raise InputError("the model has no token-id input (an integer input that indexes an "
+                         "embedding table); give its inputs as .npz files instead of text")
+    return name
+
+
+def feed_for_ids(signature: ModelSignature, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Model inputs for one sequence of token ids (batch 1, no past): the ids, and the other
+    inputs generated to match (attention mask of ones, positions, empty past tensors)."""
+    from ..verify import InputPlan, generate_inputs
+
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    feed = generate_inputs(signature, InputPlan(batch=1, seq_len=len(ids), past_len=0))
+    name = token_input(signature)
+    feed[name] = ids.reshape(feed[name].shape).astype(feed[name].dtype)
+    return feed
 
 
 @contextmanager

@@ -51,7 +51,7 @@ def test_constant_weight_becomes_quant_matmul() -> None:
         with bb.dataflow():
             y = bb.emit(quant_matmul(x, relax.const(qw.packed()), relax.const(qw.scale),
                                      relax.const(qw.zero_points(), "int32"), bits=4,
-                                     group_size=32, k=K, act_bits=8))
+                                     group_size=32, k=K, act_bits=8, layer="matmul.0"))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     expected = bb.get()
@@ -96,6 +96,33 @@ def test_skip_by_label() -> None:
     skipped = QuantizeWeights(W4G32, skip=("matmul.0",))(mod)
     assert _count_quant_matmuls(skipped) == 1
     assert "R.matmul(x," in skipped.script()
+
+
+def test_layer_table_names_layers_supplies_weights_and_keeps_float() -> None:
+    from sail_compiler.quant.plan import weight_key
+
+    w0, w1, w2 = _weight(), _weight(N, 16), _weight(16, 8)
+    q0 = quantize_weights_rtn(w0, QuantScheme(3, 16))
+    table = {weight_key(w0): ("proj_in", q0), weight_key(w1): ("proj_mid", None)}
+    # w2 is not in the table: without a scheme it stays float
+    pass_ = QuantizeWeights(None, layers=table)
+    mod = pass_(_matmul_module(w0, w1, w2))
+    assert _count_quant_matmuls(mod) == 1
+    assert '"layer": "proj_in"' in mod.script() and '"bits": 3' in mod.script()
+    assert [a["layer"] for a in pass_.applied] == ["proj_in"]
+    # with a scheme, the matmul outside the table is quantized under its label
+    mod = QuantizeWeights(W4G32, layers=table)(_matmul_module(w0, w1, w2))
+    assert _count_quant_matmuls(mod) == 2 and '"layer": "matmul.2"' in mod.script()
+    # skip patterns match names from the table too
+    mod = QuantizeWeights(W4G32, skip=("proj_*",), layers=table)(_matmul_module(w0, w1, w2))
+    assert _count_quant_matmuls(mod) == 1
+
+
+def test_gptq_and_missing_scheme_are_rejected_standalone() -> None:
+    with pytest.raises(OptionError, match="gptq needs calibration"):
+        QuantizeWeights(W4G32, method="gptq")
+    with pytest.raises(OptionError, match="needs a scheme"):
+        QuantizeWeights()
 
 
 def test_skip_pattern_that_matches_nothing_is_an_error() -> None:

@@ -1,0 +1,405 @@
+"""Perplexity of a language model on a text: the float model (onnxruntime) and the compiled one.
+
+``sail eval-ppl MODEL --text FILE --tokenizer tokenizer.json [quantization options]`` tokenizes
+the text with a Hugging Face ``tokenizer.json``, compiles the model (quantized when asked), and
+scores every token of the text with both the float model on onnxruntime and the compiled artifact,
+so the difference of the two perplexities is what compilation (quantization) costs.
+
+Scoring follows Hugging Face's strided perplexity (:func:`strided_windows`): the model sees
+windows of ``window`` tokens advanced by ``stride``; each token is scored once, by the first window
+whose new region holds it, with every token before it in that window as context. Each window is
+one forward pass with batch 1 and no KV cache reuse: ``attention_mask`` is ones, ``position_ids``
+(if the model takes them) count from 0, and past key/value inputs (if any) are empty (past length
+0). The negative log-likelihood is computed from the logits in float64.
+
+``perplexity = exp(mean NLL)``, the mean over scored tokens, in nats per token.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, OptionError
+from .frontend import bind_shapes, load_checked
+from .frontend.signature import ModelSignature, TensorSpec, signature_of
+from .options import CompileOptions
+from .verify import (
+    InputPlan,
+    OnnxRuntimeReference,
+    _is_ids,
+    _is_mask,
+    _is_past,
+    _is_positions,
+    generate_inputs,
+)
+
+#: ``logits_fn(ids)``: token ids int64 ``[1, L]`` -> logits float ``[1, L, V]``.
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+#: A model's forward on named inputs (``OnnxRuntimeReference.run``, ``Artifact.run``).
+RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+_PROGRESS_LINES = 10
+#: Quantization settings copied from the artifact's manifest into the result, when recorded.
+_MANIFEST_QUANT_FIELDS = ("method", "act_bits", "avg_bits")
+
+
+def load_tokens(text_path: str | Path, tokenizer_path: str | Path,
+                max_tokens: int | None = None) -> np.ndarray:
+    """Tokenize a UTF-8 text file with a Hugging Face ``tokenizer.json``.
+
+    Parameters
+    ----------
+    text_path
+        The text to score.
+    tokenizer_path
+        A ``tokenizer.json`` of the ``tokenizers`` library (what Hugging Face models ship). The
+        tokenizer's own post-processing applies (e.g. a leading BOS token for Llama tokenizers).
+    max_tokens
+        Keep only the first ``max_tokens`` ids (None: all).
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``[n]`` token ids, ``n >= 1``.
+
+    Raises
+    ------
+    InputError
+        The text or tokenizer is missing or unreadable, the tokenizer cannot be parsed, or the
+        text has no tokens.
+    OptionError
+        ``max_tokens < 2``.
+    """
+    from tokenizers import Tokenizer
+
+    if max_tokens is not None and max_tokens < 2:
+        raise OptionError(f"--max-tokens must be at least 2 (a token is scored from the ones "
+                          f"before it), got {max_tokens}")
+    text_path, tokenizer_path = Path(text_path), Path(tokenizer_path)
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read the text {text_path}: {err}; give a UTF-8 text "
+                         "file") from err
+    if not tokenizer_path.is_file():
+        raise InputError(f"tokenizer {tokenizer_path} does not exist or is not a file; give the "
+                         "tokenizer.json the model was trained with")
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as err:  # tokenizers raises plain Exception for unparsable files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot parse the tokenizer {tokenizer_path}: {first}; give a "
+                         "tokenizer.json in the Hugging Face tokenizers format") from err
+    ids = np.asarray(tokenizer.encode(text).ids, dtype=np.int64)
+    if ids.size == 0:
+        raise InputError(f"the text {text_path} is empty (no tokens); give a text to score")
+    return ids if max_tokens is None else ids[:max_tokens]
+
+
+def check_window(window: int, stride: int) -> None:
+    """Raise :class:`OptionError` unless ``window >= 2`` and ``1 <= stride <= window``."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise OptionError(f"--window must be an integer >= 2 (a token is scored from the ones "
+                          f"before it in its window), got {window!r}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
+        raise OptionError(f"--stride must be an integer in 1..window ({window}), got {stride!r}; "
+                          f"stride = window / 2 (e.g. --stride {max(1, window // 2)}) is usual")
+
+
+def strided_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """The windows of Hugging Face's strided perplexity over ``n_tokens`` tokens.
+
+    Window ``k`` ends at ``end_k = min(window + k * stride, n_tokens)`` and starts at
+    ``max(0, end_k - window)``, so every window holds ``min(window, n_tokens)`` tokens (the last
+    one is moved left to full length rather than cut short, unlike Hugging Face's loop, which
+    gives the final tokens more context and keeps the length fixed). Window ``k`` scores the
+    tokens from ``max(end_{k-1}, begin_k + 1)`` to ``end_k - 1`` (``end_{-1} = 0``): those that no
+    earlier window reached, each predicted from the logits at the position before it. So every
+    token is scored at most once, with ``p - begin >= min(p, window - stride)`` tokens of
+    context. Token 0 is never scored (nothing precedes it); with ``stride < window`` every other
+    token is. With ``stride == window`` the windows are non-overlapping chunks and the first token
+    of each chunk is not scored (it has no context in its chunk), as in Hugging Face's loop.
+
+    Parameters
+    ----------
+    n_tokens
+        Length of the token sequence.
+    window, stride
+        Tokens per forward pass and how far windows advance; ``1 <= stride <= window``.
+
+    Returns
+    -------
+    list[tuple[int, int, int]]
+        ``(begin, end, first)`` per window: the model sees ``ids[begin:end]`` and tokens
+        ``first .. end - 1`` are scored; ``begin < first < end``. Empty if ``n_tokens < 2``.
+
+    Examples
+    --------
+    >>> strided_windows(10, window=4, stride=2)
+    [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+
+    Token 4 is scored in the second window, with tokens 2 and 3 as context; tokens 8 and 9 in the
+    last, with 6..7 and 6..8.
+
+    >>> strided_windows(10, window=4, stride=4)
+    [(0, 4, 1), (4, 8, 5), (6, 10, 8)]
+
+    Tokens 0 and 4 are not scored; the last window starts at 6 to hold 4 tokens.
+    """
+    check_window(window, stride)
+    windows = []
+    previous_end, end = 0, min(window, n_tokens)
+    while n_tokens >= 2:
+        begin = max(0, end - window)
+        windows.append((begin, end, max(previous_end, begin + 1)))
+        if end == n_tokens:
+            break
+        previous_end, end = end, min(end + stride, n_tokens)
+    return windows
+
+
+def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """float64 ``-log softmax(logits)[target]`` per row of ``logits`` ``[T, V]``."""
+    x = logits.astype(np.float64)
+    peak = x.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(x - peak).sum(axis=1)) + peak[:, 0]
+    return log_norm - x[np.arange(len(targets)), targets]
+
+
+def _ppl(nll: float) -> float:
+    return math.exp(nll) if nll < 700 else math.inf
+
+
+def perplexity(logits_fn: LogitsFn, ids: np.ndarray, window: int, stride: int,
+               progress: bool = False, label: str = "") -> dict[str, Any]:
+    """Strided perplexity of ``ids`` under a model.
+
+    Parameters
+    ----------
+    logits_fn
+        The model: int64 ``[1, L]`` ids -> float ``[1, L, V]`` logits (``L <= window``).
+    ids
+        int ``[n]`` token ids, ``n >= 2``.
+    window, stride
+        See :func:`strided_windows`.
+    progress
+        Print the running perplexity to stderr about every tenth of the windows.
+    label
+        Names the model in the progress lines.
+
+    Returns
+    -------
+    dict
+        ``{"ppl", "nll" (mean nats per scored token), "tokens" (scored), "windows", "window",
+        "stride"}``.
+
+    Raises
+    ------
+    InputError
+        Fewer than 2 ids, ids that are not 1-D integers, logits of the wrong shape, or an id the
+        logits have no entry for.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise InputError(f"token ids must be a 1-D integer array, got {ids.dtype}{list(ids.shape)}")
+    windows = strided_windows(len(ids), window, stride)
+    if not windows:
+        raise InputError(f"the text has {len(ids)} token(s); perplexity needs at least 2")
+    every = max(1, len(windows) // _PROGRESS_LINES)
+    total, count = 0.0, 0
+    for i, (begin, end, first) in enumerate(windows, start=1):
+        logits = np.asarray(logits_fn(ids[None, begin:end].astype(np.int64)))
+        length = end - begin
+        if logits.ndim != 3 or logits.shape[:2] != (1, length):
+            raise InputError(f"the model returned logits of shape {list(logits.shape)} for "
+                             f"{length} tokens; expected [1, {length}, vocab]")
+        targets = ids[first:end]
+        if targets.max() >= logits.shape[2] or targets.min() < 0:
+            raise InputError(f"token ids reach {int(ids.max())} but the model's logits cover "
+                             f"{logits.shape[2]} tokens; give the tokenizer the model was "
+                             "trained with")
+        total += float(_token_nll(logits[0, first - begin - 1:length - 1], targets).sum())
+        count += end - first
+        if progress and (i % every == 0 or i == len(windows)):
+            print(f"{label + ': ' if label else ''}window {i}/{len(windows)}  tokens {count}  "
+                  f"ppl {_ppl(total / count):.4f}", file=sys.stderr, flush=True)
+    nll = total / count
+    return {"ppl": _ppl(nll), "nll": nll, "tokens": count, "windows": len(windows),
+            "window": window, "stride": stride}
+
+
+def ids_input(signature: ModelSignature) -> TensorSpec:
+    """The token-ids input: ``input_ids`` or else the only input named like ids.
+
+    Raises
+    ------
+    OptionError
+        No such input, several candidates, or inputs with no role eval-ppl can fill (it fills
+        ids, attention masks, position ids and past key/values).
+    """
+    inputs = signature.inputs
+    candidates = [s for s in inputs if _is_ids(s.name)]
+    named = [s for s in candidates if s.name == "input_ids"]
+    spec = named[0] if named else candidates[0] if len(candidates) == 1 else None
+    if spec is None:
+        raise OptionError(f"cannot tell the token-ids input among: "
+                          f"{', '.join(s.describe() for s in inputs)}; eval-ppl expects one "
+                          "input named input_ids (or one name containing 'ids')")
+    other = [s.name for s in inputs if s is not spec and not (
+        _is_mask(s.name) or _is_positions(s.name) or _is_past(s.name))]
+    if other:
+        raise OptionError(f"eval-ppl cannot fill input(s) {', '.join(other)}: it feeds token ids "
+                          f"({spec.name}), attention masks, position ids and past key/values")
+    if len(spec.dims) != 2 or np.dtype(spec.dtype).kind not in "iu":
+        raise OptionError(f"token ids input {spec.describe()} is not an integer [batch, seq] "
+                          "tensor")
+    return spec
+
+
+def logits_output(signature: ModelSignature) -> str:
+    """The name of the logits output: ``logits``, else the first output."""
+    names = [s.name for s in signature.outputs]
+    return "logits" if "logits" in names else names[0]
+
+
+def model_logits_fn(signature: ModelSignature, run: RunFn) -> LogitsFn:
+    """A ``logits_fn`` for :func:`perplexity` from a model's forward on named inputs.
+
+    Parameters
+    ----------
+    signature
+        The model's inputs and outputs (``Artifact.signature``).
+    run
+        The forward: ``OnnxRuntimeReference(model).run`` (the float model) or ``Artifact.run``.
+
+    Returns
+    -------
+    LogitsFn
+        Feeds the ids as :func:`ids_input` (in its dtype), an attention mask of ones, position
+        ids ``0 .. L-1`` and past key/values of length 0 (past inputs of
+        :func:`~sail_compiler.verify.generate_inputs` with ``past_len=0``), and returns the
+        :func:`logits_output`.
+    """
+    spec = ids_input(signature)
+    output = logits_output(signature)
+
+    def logits_fn(ids: np.ndarray) -> np.ndarray:
+        feeds = generate_inputs(signature, InputPlan(batch=1, seq_len=ids.shape[1], past_len=0))
+        feeds[spec.name] = ids.astype(spec.dtype)
+        return run(feeds)[output]
+
+    return logits_fn
+
+
+def check_model(signature: ModelSignature, ids: np.ndarray, window: int) -> None:
+    """Check that a model can score ``ids`` in windows of ``window`` tokens.
+
+    Raises
+    ------
+    OptionError
+        The model fixes a batch other than 1, or a sequence length other than ``window``.
+    InputError
+        With a fixed sequence length, fewer tokens than it; ids outside the embedding table.
+    """
+    spec = ids_input(signature)
+    batch, seq = spec.dims
+    if isinstance(batch, int) and batch != 1:
+        raise OptionError(f"the model fixes the batch at {batch} ({spec.describe()}); eval-ppl "
+                          "scores one window at a time: compile it with batch 1 (--shape)")
+    if isinstance(seq, int) and seq != window:
+        raise OptionError(f"the model fixes the sequence length at {seq} ({spec.describe()}) but "
+                          f"the window is {window}; use --window {seq} (and --stride <= {seq})")
+    if isinstance(seq, int) and len(ids) < seq:
+        raise InputError(f"the text has {len(ids)} tokens, fewer than the model's fixed sequence "
+                         f"length {seq}; give a longer text (or a larger --max-tokens)")
+    bound = spec.index_bound
+    if bound is not None and (ids.max() >= bound or ids.min() < 0):
+        raise InputError(f"token ids reach {int(ids.max())} but the model's embedding has {bound} "
+                         "rows: the tokenizer does not match the model; give the tokenizer.json "
+                         "the model was trained with")
+
+
+def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str | Path,
+             options: CompileOptions | None = None, window: int = 256, stride: int = 128,
+             max_tokens: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Perplexity of the float model (onnxruntime) and of the compiled model on a text.
+
+    Parameters
+    ----------
+    model_path
+        The ``.onnx`` language model (external data beside it): token ids in, logits out.
+    text_path, tokenizer_path, max_tokens
+        See :func:`load_tokens`.
+    options
+        How to compile (None: float, llvm); with ``options.quant`` the compiled model is
+        quantized. ``options.emit`` must be None. ``options.num_threads`` also sets
+        onnxruntime's threads.
+    window, stride
+        See :func:`strided_windows`.
+    progress
+        Report compilation and running perplexities on stderr.
+
+    Returns
+    -------
+    dict
+        ``{"model", "text", "tokenizer", "tokens" (in the text, after max_tokens), "window",
+        "stride", "float": {perplexity(...), "seconds", "runtime": "onnxruntime"},
+        "compiled": {perplexity(...), "seconds", "compile_seconds", "target", "quant" (scheme
+        name or None) and the manifest's "method", "act_bits", "avg_bits" where recorded}}``.
+    """
+    from .artifact import Artifact
+    from .driver import compile_model
+
+    check_window(window, stride)
+    options = options or CompileOptions()
+    if options.emit is not None:
+        raise OptionError("eval-ppl runs the compiled model and needs a full compile; "
+                          f"drop --emit {options.emit}")
+    ids = load_tokens(text_path, tokenizer_path, max_tokens)
+    model_path = Path(model_path)
+    quant = options.quant.name if options.quant else None
+    model = load_checked(model_path)  # fails early, before a compile, on a mismatched model
+    bind_shapes(model, options.shapes)
+    check_model(signature_of(model), ids, window)
+    del model
+
+    def say(message: str) -> None:
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="sail-eval-ppl-") as tmp:
+        say(f"compiling {model_path} (target {options.target}, "
+            f"{'quantized ' + quant if quant else 'float weights'})")
+        started = time.perf_counter()
+        compile_model(model_path, Path(tmp) / "artifact", options)
+        compile_seconds = time.perf_counter() - started
+        artifact = Artifact(Path(tmp) / "artifact")
+        windows = len(strided_windows(len(ids), window, stride))
+        say(f"scoring {len(ids)} tokens in {windows} windows of {window} (stride {stride})")
+
+        reference = OnnxRuntimeReference(model_path, threads=options.num_threads)
+        started = time.perf_counter()
+        float_result = perplexity(model_logits_fn(artifact.signature, reference.run), ids,
+                                  window, stride, progress, "float (onnxruntime)")
+        float_result.update(seconds=round(time.perf_counter() - started, 3),
+                            runtime="onnxruntime")
+        del reference
+
+        started = time.perf_counter()
+        compiled = perplexity(model_logits_fn(artifact.signature, artifact.run), ids, window,
+                              stride, progress, f"compiled ({quant or 'float'})")
+        compiled.update(seconds=round(time.perf_counter() - started, 3),
+                        compile_seconds=round(compile_seconds, 3), target=options.target,
+                        quant=quant, **{k: artifact.manifest[k] for k in _MANIFEST_QUANT_FIELDS
+                                        if k in artifact.manifest})
+    return {"model": str(model_path), "text": str(text_path), "tokenizer": str(tokenizer_path),
+            "tokens": len(ids), "window": window, "stride": stride, "float": float_result,
+            "compiled": compiled}

@@ -1,0 +1,124 @@
+"""Calibration statistics and the --avg-bits allocation (quant.calibrate)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from sail_compiler.errors import InputError, OptionError
+from sail_compiler.frontend.signature import signature_of
+from sail_compiler.quant.calibrate import (
+    CalibrationSpec,
+    WeightSwapper,
+    assign_bits,
+    calibration_feeds,
+    collect_hessians,
+)
+from sail_compiler.quant.plan import find_layers
+
+RNG = np.random.default_rng(5)
+
+
+def _mlp():  # type: ignore[no-untyped-def]
+    w1 = RNG.standard_normal((6, 5)).astype(np.float32)
+    w2 = RNG.standard_normal((5, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 3])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w1, w2
+
+
+def test_hessians_equal_gram_matrices_of_the_layer_inputs() -> None:
+    model, w1, _ = _mlp()
+    feeds = [{"x": RNG.standard_normal((2, 4, 6)).astype(np.float32)} for _ in range(3)]
+    hessians = collect_hessians(model, find_layers(model), feeds)
+    xs = np.concatenate([f["x"].reshape(-1, 6) for f in feeds]).astype(np.float64)
+    rs = np.maximum(xs @ w1.astype(np.float64), 0)
+    np.testing.assert_allclose(hessians["fc1"], xs.T @ xs, rtol=1e-6)
+    np.testing.assert_allclose(hessians["fc2"], rs.T @ rs, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_swapper_runs_the_model_with_substituted_weights() -> None:
+    model, w1, w2 = _mlp()
+    x = RNG.standard_normal((1, 4, 6)).astype(np.float32)
+    other = RNG.standard_normal(w2.shape).astype(np.float32)
+    with WeightSwapper(model, find_layers(model)) as swapper:
+        base = swapper.run({"x": x})
+        swapped = swapper.run({"x": x}, {"fc2": other})
+    hidden = np.maximum(x @ w1, 0)
+    np.testing.assert_allclose(base, hidden @ w2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(swapped, hidden @ other, rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_files_are_checked_against_the_signature(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, _, _ = _mlp()
+    sig = signature_of(model)
+    good, wrong_name, wrong_shape = (tmp_path / f"{n}.npz" for n in ("good", "name", "shape"))
+    np.savez(good, x=np.zeros((2, 4, 6), np.float32))
+    np.savez(wrong_name, inputs=np.zeros((2, 4, 6), np.float32))
+    np.savez(wrong_shape, x=np.zeros((2, 5, 6), np.float32))
+    feeds = calibration_feeds(CalibrationSpec(files=(good,)), sig)
+    assert feeds[0]["x"].shape == (2, 4, 6)
+    with pytest.raises(InputError, match="lacks input"):
+        calibration_feeds(CalibrationSpec(files=(wrong_name,)), sig)
+    with pytest.raises(InputError, match="dim 1 is 5, expected 4"):
+        calibration_feeds(CalibrationSpec(files=(wrong_shape,)), sig)
+
+
+def test_calibration_spec_rejects_inconsistent_sources(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError, match="go together"):
+        CalibrationSpec(text=tmp_path / "t.txt")
+    with pytest.raises(OptionError, match="not both"):
+        CalibrationSpec(files=(tmp_path / "a.npz",), text=tmp_path / "t", tokenizer=tmp_path / "j")
+    with pytest.raises(OptionError, match=">= 1"):
+        CalibrationSpec(samples=0)
+
+
+def _brute_force(errors, params, budget):  # type: ignore[no-untyped-def]
+    names = list(errors)
+    best = None
+    for combo in itertools.product(*(sorted(errors[n]) for n in names)):
+        if sum(b * params[n] for b, n in zip(combo, names, strict=True)) <= budget + 1e-9:
+            total = sum(errors[n][b] for b, n in zip(combo, names, strict=True))
+            best = total if best is None else min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_assign_bits_is_optimal_for_convex_curves_and_equal_sizes(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    widths = range(1, 9)
+    # convex, decreasing: e(b) = a * 4**-b (quantization noise falls 4x per bit) + tiny slope
+    errors = {f"l{i}": {b: float(a) * 4.0 ** -b for b in widths}
+              for i, a in enumerate(rng.uniform(0.1, 10, size=4))}
+    params = dict.fromkeys(errors, 100)
+    avg = float(rng.choice([1.5, 2.25, 3.0, 4.75, 6.5]))
+    chosen = assign_bits(errors, params, avg)
+    spent = sum(chosen[n] * params[n] for n in chosen)
+    assert spent <= avg * sum(params.values()) + 1e-9
+    total = sum(errors[n][chosen[n]] for n in chosen)
+    assert total == pytest.approx(_brute_force(errors, params, avg * 400), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_assign_bits_respects_the_budget_with_unequal_sizes(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    errors = {f"l{i}": dict(zip(range(1, 9), sorted(rng.uniform(0, 1, 8), reverse=True),
+                                strict=True)) for i in range(5)}
+    params = {n: int(rng.integers(10, 1000)) for n in errors}
+    avg = float(rng.uniform(1, 8))
+    chosen = assign_bits(errors, params, avg)
+    assert sum(chosen[n] * params[n] for n in chosen) <= avg * sum(params.values()) + 1e-6
+    assert set(chosen) == set(errors) and all(1 <= b <= 8 for b in chosen.values())
+
+
+def test_assign_bits_rejects_an_unreachable_budget() -> None:
+    with pytest.raises(OptionError, match=r"\[2, 8\]"):
+        assign_bits({"a": {b: 1.0 / b for b in range(2, 9)}}, {"a": 10}, 1.5)
