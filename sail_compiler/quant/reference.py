@@ -59,7 +59,8 @@ class QuantizedWeight:
         uint8 ``[K_pad, N]`` unsigned codes in ``[0, 2**bits - 1]``; ``K_pad = n_groups *
         group_size``. Rows ``k .. K_pad - 1`` are padding and equal their group's zero point.
     scale
-        float32 ``[n_groups, N]``, positive.
+        float32 ``[n_groups, N]``, nonzero: our quantizers write positive scales; imported ones
+        (onnxruntime's symmetric MatMulNBits) may be negative, which the semantics allow.
     zero
         uint8 ``[n_groups, N]`` zero points in ``[0, 2**bits - 1]``, or None for symmetric
         quantization (implicit zero point ``2**(bits-1)``).

@@ -229,6 +229,27 @@ def test_load_checked_accepts_int4_qdq(tmp_path: Path) -> None:
     assert np.array_equal(dequantize(layer.qw), _ort_weights(onnx.load(path), 80))
 
 
+def test_compiled_prequantized_decoder_matches_onnxruntime(tmp_path: Path) -> None:
+    from sail_compiler import Artifact, CompileOptions, compile_model
+
+    # micro: K = 16 and 24, so the ffn down projection's last block of 16 is padded.
+    path = tmp_path / "micro_q4.onnx"
+    onnx.save(_ort_quantize(make_decoder(PRESETS["micro"]), bits=4, block_size=16,
+                            is_symmetric=False), path)
+    imported: dict = {}
+    load_checked(path, prequantized=imported)
+    result = compile_model(path, tmp_path / "out", CompileOptions(act_bits=16))
+    # Every layer keeps onnxruntime's codes instead of being re-quantized.
+    assert {q.choice.source for q in result.quantization.layers} == {"prequantized"}
+    for q in result.quantization.layers:
+        assert np.array_equal(q.qw.q, imported[q.layer.weight_name].qw.q)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, PRESETS["micro"].vocab_size, size=(2, 7)),
+             "attention_mask": np.ones((2, 7), np.int64)}
+    want = _session(onnx.load(path)).run(None, feeds)[0]
+    assert _rel_err(Artifact(tmp_path / "out").run(feeds)["logits"], want) < 1e-4
+
+
 # ---- what cannot be represented: one error naming the node and the valid choices --------------
 
 def _nbits_model(k: int = 32, bits: int = 4, block: int = 16, extra_inputs: tuple = (),
