@@ -201,7 +201,7 @@ def export_onnx_model(model_path: str | Path, output: str | Path,
             continue
         model.graph.node[q.layer.node_index].name = q.layer.name  # unnamed nodes get theirs
         layers[q.layer.name] = q.qw
-    export_matmulnbits(model, layers, output)
+    export_matmulnbits(model, layers, output, source_path=model_path)
     schemes = sorted({f"w{qw.bits}g{qw.group_size}{'sym' if qw.symmetric else ''}"
                       for qw in layers.values()})
     return {"layers": len(layers), "schemes": schemes, "notes": notes}

@@ -1,0 +1,244 @@
+"""Weight quantization methods (rtn, search, gptq) against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sail_compiler.errors import OptionError, SailError
+from sail_compiler.quant.methods import METHODS, quantize_weight, reconstruction_error
+from sail_compiler.quant.reference import QuantizedWeight, dequantize, quantize_weights_rtn
+from sail_compiler.quant.scheme import QuantScheme
+
+#: K = 40: groups of 8 divide it, groups of 16 leave 8 padding rows, "channel" is one group.
+SCHEMES = [QuantScheme(b, g, s) for b in range(1, 9) for g in (8, 16, None)
+           for s in (False, True) if not (s and b == 1)]
+
+
+def correlated_inputs(rng: np.random.Generator, t: int, k: int) -> np.ndarray:
+    """Rows ``x = z @ A`` with a random mixing A and uneven feature scales: correlated inputs,
+    so GPTQ has cross terms of the Hessian to exploit."""
+    mixing = rng.standard_normal((k, k)) / np.sqrt(k) + np.eye(k)
+    return (rng.standard_normal((t, k)) * rng.uniform(0.2, 3.0, k)) @ mixing
+
+
+def check_representation(qw: QuantizedWeight, w: np.ndarray, scheme: QuantScheme) -> None:
+    """``qw`` is a quantization of ``w`` in the reference representation for ``scheme``."""
+    k, n = w.shape
+    g = scheme.group_size_for(k)
+    n_groups = -(-k // g)
+    assert (qw.k, qw.n, qw.bits, qw.group_size) == (k, n, scheme.bits, g)
+    assert qw.q.dtype == np.uint8 and qw.q.shape == (n_groups * g, n)
+    assert qw.scale.dtype == np.float32 and qw.scale.shape == (n_groups, n)
+    assert np.all(np.isfinite(qw.scale)) and np.all(qw.scale > 0)
+    assert int(qw.q.max()) < 2**scheme.bits
+    if scheme.symmetric:
+        assert qw.zero is None
+    else:
+        assert qw.zero.dtype == np.uint8 and int(qw.zero.max()) < 2**scheme.bits
+    zero_rows = np.repeat(qw.zero_points(), g, axis=0)
+    np.testing.assert_array_equal(qw.q[k:], zero_rows[k:])  # padding rows are zero points
+
+
+def group_errors(w: np.ndarray, qw: QuantizedWeight, importance: np.ndarray) -> np.ndarray:
+    """``sum_k importance[k] * (w - dequantize(qw))**2`` per group and column, by a loop."""
+    diff2 = (w.astype(np.float64) - dequantize(qw).astype(np.float64)) ** 2
+    errors = np.zeros((qw.n_groups, qw.n))
+    for grp in range(qw.n_groups):
+        rows = slice(grp * qw.group_size, min((grp + 1) * qw.group_size, qw.k))
+        errors[grp] = importance[rows] @ diff2[rows]
+    return errors
+
+
+def output_error(x: np.ndarray, w: np.ndarray, qw: QuantizedWeight) -> float:
+    """``||x w - x dequantize(qw)||_F^2 / ||x w||_F^2``, directly."""
+    exact = x @ w.astype(np.float64)
+    return float(np.sum((exact - x @ dequantize(qw).astype(np.float64)) ** 2)
+                 / np.sum(exact**2))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_every_method_gives_the_reference_representation(scheme: QuantScheme) -> None:
+    rng = np.random.default_rng(scheme.bits)
+    w = (rng.standard_t(3, (40, 6)) * 0.1).astype(np.float32)
+    w[:, 5] = 0  # an all-zero column: unit scales, codes at the zero point, exact zeros
+    x = correlated_inputs(rng, 200, 40)
+    for method in METHODS:
+        qw = quantize_weight(w, scheme, method, x.T @ x)
+        check_representation(qw, w, scheme)
+        np.testing.assert_array_equal(qw.scale[:, 5], 1)
+        np.testing.assert_array_equal(qw.q[:, 5], np.repeat(qw.zero_points()[:, 5], qw.group_size))
+        np.testing.assert_array_equal(dequantize(qw)[:, 5], 0)
+    rtn, reference = quantize_weight(w, scheme), quantize_weights_rtn(w, scheme)
+    np.testing.assert_array_equal(rtn.q, reference.q)
+    np.testing.assert_array_equal(rtn.scale, reference.scale)
+    np.testing.assert_array_equal(rtn.zero_points(), reference.zero_points())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_search_is_never_worse_than_rtn_on_any_group(scheme: QuantScheme) -> None:
+    rng = np.random.default_rng(100 + scheme.bits)
+    w = (rng.standard_t(3, (40, 6)) * 0.1).astype(np.float32)
+    x = correlated_inputs(rng, 200, 40)
+    x[:, 3] = 0  # a dead input: weight 0 in the hessian-weighted error
+    rtn = quantize_weights_rtn(w, scheme)
+    for hessian, importance in [(None, np.ones(40)), (x.T @ x, np.sum(x**2, axis=0))]:
+        searched = quantize_weight(w, scheme, "search", hessian)
+        ours, theirs = group_errors(w, searched, importance), group_errors(w, rtn, importance)
+        assert np.all(ours <= theirs * (1 + 1e-12))
+        assert ours.sum() < theirs.sum()  # and it does find something better
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), bits=st.integers(1, 8), group=st.sampled_from([1, 3, 8, 16, None]),
+       symmetric=st.booleans(), k=st.integers(1, 40), n=st.integers(1, 5),
+       log_magnitude=st.integers(-40, 30), weighted=st.booleans())
+def test_search_property(data: st.DataObject, bits: int, group: int | None, symmetric: bool,
+                         k: int, n: int, log_magnitude: int, weighted: bool) -> None:
+    scheme = QuantScheme(bits, group, symmetric and bits > 1)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    w = (rng.standard_t(2, (k, n)) * 10.0**log_magnitude).astype(np.float32)
+    w[rng.random((k, n)) < 0.2] = 0
+    importance = rng.exponential(size=k) * (rng.random(k) < 0.8) if weighted else np.ones(k)
+    hessian = np.diag(importance) if weighted else None
+    qw = quantize_weight(w, scheme, "search", hessian)
+    check_representation(qw, w, scheme)
+    rtn = quantize_weights_rtn(w, scheme)
+    assert np.all(group_errors(w, qw, importance)
+                  <= group_errors(w, rtn, importance) * (1 + 1e-12))
+
+
+def test_search_improves_on_rtn() -> None:
+    rng = np.random.default_rng(7)
+    w = rng.standard_t(3, (512, 64)).astype(np.float32)
+    x = correlated_inputs(rng, 1024, 512)
+    for scheme in ("w2g128", "w3g128", "w4g128", "w3g32sym", "w4channel", "w4channelsym"):
+        scheme = QuantScheme.parse(scheme)
+        rtn = quantize_weights_rtn(w, scheme)
+        for hessian in (None, x.T @ x):
+            searched = quantize_weight(w, scheme, "search", hessian)
+            assert reconstruction_error(w, searched, hessian) \
+                < 0.95 * reconstruction_error(w, rtn, hessian)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gptq_beats_rtn_on_calibration_and_held_out_inputs(symmetric: bool) -> None:
+    rng = np.random.default_rng(11)
+    k, n = 128, 48
+    w = rng.standard_t(4, (k, n)).astype(np.float32)
+    mixing = rng.standard_normal((k, k)) / np.sqrt(k)
+    scales = rng.uniform(0.2, 3.0, k)
+    calibration, held_out = ((rng.standard_normal((t, k)) * scales) @ mixing
+                             for t in (1024, 1024))
+    hessian = calibration.T @ calibration
+    for bits in range(2 if symmetric else 1, 9):
+        scheme = QuantScheme(bits, 32, symmetric)
+        rtn = quantize_weights_rtn(w, scheme)
+        gptq = quantize_weight(w, scheme, "gptq", hessian)
+        check_representation(gptq, w, scheme)
+        assert output_error(calibration, w, gptq) < output_error(calibration, w, rtn)
+        if bits in (3, 4):
+            assert output_error(held_out, w, gptq) < 0.8 * output_error(held_out, w, rtn)
+
+
+def sequential_gptq(w: np.ndarray, hessian: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
+    """GPTQ as first written (optimal brain quantization, one row at a time, no lazy blocks and
+    no Cholesky factor), with the group scales and zero points of ``qw``: the codes, [K, N]."""
+    k = w.shape[0]
+    h = hessian.copy()
+    weights = w.astype(np.float64)
+    dead = np.diag(h) == 0
+    weights[dead] = 0
+    h[dead, dead] = 1
+    inverse = np.linalg.inv(h + 0.01 * np.mean(np.diag(h)) * np.eye(k))
+    scale = np.repeat(qw.scale.astype(np.float64), qw.group_size, axis=0)
+    zero = np.repeat(qw.zero_points(), qw.group_size, axis=0)
+    codes = np.zeros(w.shape, np.int64)
+    for i in range(k):
+        codes[i] = np.clip(np.rint(weights[i] / scale[i]) + zero[i], 0, 2**qw.bits - 1)
+        error = weights[i] - scale[i] * (codes[i] - zero[i])
+        # the remaining rows absorb the error through the inverse Hessian, then row i is
+        # eliminated from it (a Schur complement)
+        weights[i + 1:] -= np.outer(inverse[i + 1:, i] / inverse[i, i], error)
+        inverse -= np.outer(inverse[:, i], inverse[i]) / inverse[i, i]
+    return codes
+
+
+@pytest.mark.parametrize("scheme", ["w3g64", "w4g200sym", "w2channel"])
+def test_gptq_matches_sequential_reference(scheme: str) -> None:
+    scheme = QuantScheme.parse(scheme)
+    rng = np.random.default_rng(13)
+    k = 300  # blocks of 128 rows, and groups that do not divide K
+    w = rng.standard_normal((k, 16)).astype(np.float32)
+    x = correlated_inputs(rng, 600, k)
+    x[:, [5, 140]] = 0  # dead inputs
+    hessian = x.T @ x
+    qw = quantize_weight(w, scheme, "gptq", hessian)
+    np.testing.assert_array_equal(qw.q[:k], sequential_gptq(w, hessian, qw))
+    np.testing.assert_array_equal(dequantize(qw)[[5, 140]], 0)  # dead inputs quantize to 0
+
+
+def test_gptq_on_tiny_and_degenerate_inputs() -> None:
+    rng = np.random.default_rng(17)
+    w = rng.standard_normal((20, 4)).astype(np.float32)
+    w[:, 1] = 0
+    w[:, 2] = 1e-42  # subnormal: the scale underflows float32
+    for hessian in (np.zeros((20, 20)), np.eye(20), np.ones((20, 20))):
+        for scheme in (QuantScheme(4, 8), QuantScheme(3, None, True), QuantScheme(1, 16)):
+            qw = quantize_weight(w, scheme, "gptq", hessian)
+            check_representation(qw, w, scheme)
+            assert np.all(np.isfinite(dequantize(qw)))
+            np.testing.assert_array_equal(dequantize(qw)[:, 1], 0)
+    one = quantize_weight(np.array([[0.5]], np.float32), QuantScheme(2, 4), "gptq", [[2.0]])
+    assert dequantize(one).tolist() == [[0.5]]  # codes 0..3 with the zero point 0 hold 0.5
+
+
+def test_reconstruction_error_equals_direct_computation() -> None:
+    rng = np.random.default_rng(19)
+    w = rng.standard_normal((96, 10)).astype(np.float32)
+    x = correlated_inputs(rng, 300, 96)
+    for method in METHODS:
+        qw = quantize_weight(w, QuantScheme(3, 32), method, x.T @ x)
+        direct = output_error(x, w, qw)
+        assert reconstruction_error(w, qw, x.T @ x) == pytest.approx(direct, rel=1e-9)
+        frobenius = np.sum((w - dequantize(qw).astype(np.float64)) ** 2) / np.sum(
+            w.astype(np.float64) ** 2)
+        assert reconstruction_error(w, qw) == pytest.approx(frobenius, rel=1e-9)
+        assert 0 < direct < 0.1
+    zero = np.zeros((8, 3), np.float32)
+    assert reconstruction_error(zero, quantize_weight(zero, QuantScheme(2, 4))) == 0
+
+
+def test_bad_inputs() -> None:
+    w = np.ones((40, 3), np.float32)
+    scheme = QuantScheme(4, 16)
+    with pytest.raises(SailError, match="non-finite") as raised:
+        quantize_weight(np.array([[1.0], [np.nan]], np.float32), scheme, "search")
+    assert not isinstance(raised.value, OptionError)
+    with pytest.raises(SailError, match="non-finite"):
+        quantize_weight(np.array([[1e39]]), scheme)  # beyond float32
+    with pytest.raises(OptionError, match="valid choices are: gptq, rtn, search"):
+        quantize_weight(w, scheme, "awq")
+    with pytest.raises(OptionError, match="gptq needs calibration data"):
+        quantize_weight(w, scheme, "gptq")
+    bad_hessians = {
+        r"shape \(40, 40\)": np.eye(39),
+        r"non-finite": np.diag(np.r_[np.ones(39), np.inf]),
+        "not symmetric": np.eye(40) + np.triu(np.ones((40, 40)), 1),
+        "negative diagonal": -np.eye(40),
+    }
+    for message, hessian in bad_hessians.items():
+        for method in METHODS:
+            with pytest.raises(OptionError, match=message):
+                quantize_weight(w, scheme, method, hessian)
+        with pytest.raises(OptionError, match=message):
+            reconstruction_error(w, quantize_weights_rtn(w, scheme), hessian)
+    indefinite = np.eye(40) + 5 * (np.eye(40, k=1) + np.eye(40, k=-1))  # eigenvalues down to -9
+    with pytest.raises(OptionError, match="not positive semidefinite"):
+        quantize_weight(w, scheme, "gptq", indefinite)
+    with pytest.raises(ValueError, match=r"\(40, 3\)"):
+        reconstruction_error(w[:39], quantize_weights_rtn(w, scheme))
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_weight(np.ones(4, np.float32), scheme, "search")
