@@ -274,8 +274,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         avg = quant["average_bits"]
         print(f"quantized {quant['quantized_params']}/{quant['total_params']} weights"
               + (f", {avg:.2f} bits on average" if avg is not None else "")
-              + f"; {quant['size_bytes'] / 2**20:.2f} MiB vs {quant['float_size_bytes'] / 2**20:.2f}"
-              " MiB float")
+              + f"; {quant['size_bytes'] / 2**20:.2f} MiB vs "
+              f"{quant['float_size_bytes'] / 2**20:.2f} MiB float")
         print(f"NumPy reference: group sums {ref['sums_checked'] - ref['sums_mismatched']}/"
               f"{ref['sums_checked']} exact, largest layer result error "
               f"{ref['ref_max_rel_err'] or 0:.2e} -> ref_exact {report['ref_exact']}")

@@ -109,12 +109,12 @@ def test_per_layer_table(micro_decoder: Path,
 
 
 def test_reference_check_detects_a_wrong_group_sum(micro_decoder: Path) -> None:
+    import tempfile
+
     from sail_compiler.driver import compile_model
     from sail_compiler.passes.expose_group_sums import RESULT, SUMS
     from sail_compiler.quant.reference import group_sums, quantize_activations
     from sail_compiler.reference_check import ReferenceCheck
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         quant = compile_model(micro_decoder, Path(tmp) / "a",

@@ -24,8 +24,9 @@ legalization (``FLegalize``) to two TE kernels via ``R.call_tir``: the int32 gro
 ``S[..., n_groups, N]`` (activation quantization included), then their float combination. The
 sums are materialized so that ``sail verify`` can check them, exactly, on the real activations of
 a model (:class:`~sail_compiler.passes.ExposeGroupSums`). Its attributes live in the call's
-``DictAttrs``; ``layer`` (optional) names the ONNX layer. TVMScript prints it as ``T.Call("sail.quant_matmul", [...], attrs={...})``:
-TVM 0.27's printer uses the ``R.<name>(...)`` form only for ops named ``relax.*``.
+``DictAttrs``; ``layer`` (optional) names the ONNX layer. TVMScript prints it as
+``T.Call("sail.quant_matmul", [...], attrs={...})``: TVM 0.27's printer uses the
+``R.<name>(...)`` form only for ops named ``relax.*``.
 """
 
 from __future__ import annotations

@@ -173,7 +173,8 @@ def _checked_weights(w: np.ndarray) -> np.ndarray:
         raise ValueError(f"weights must be a floating-point array, got {w.dtype}")
     if w.ndim != 2 or w.shape[0] < 1:
         raise ValueError(f"weights must be 2-D [K, N] with K >= 1, got shape {w.shape}")
-    w = w.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+        w = w.astype(np.float32, copy=False)
     bad = int(np.count_nonzero(~np.isfinite(w)))
     if bad:
         raise SailError(f"weights hold {bad} non-finite values (inf or nan, or beyond float32); "

@@ -28,8 +28,16 @@ from .calibrate import (
     measure_sensitivity,
 )
 from .methods import quantize_weight, reconstruction_error
-from .plan import BitsPlan, Layer, LayerChoice, ResolvedPlan, find_layers, layer_weight, \
-    unmatched_error, weight_key
+from .plan import (
+    BitsPlan,
+    Layer,
+    LayerChoice,
+    ResolvedPlan,
+    find_layers,
+    layer_weight,
+    unmatched_error,
+    weight_key,
+)
 from .reference import QuantizedWeight, dequantize
 from .scheme import QuantScheme
 

@@ -112,7 +112,8 @@ def test_resolved_plan_reloads_to_the_same_choices() -> None:
     layers = find_layers(model)
     # a name with fnmatch metacharacters must still match only itself
     layers[2] = type(layers[2])(**{**layers[2].__dict__, "name": "blk[0]*?"})
-    choices = (LayerChoice(QuantScheme(2, 32), "gptq", "avg-bits"), LayerChoice(None, "rtn", "skip"),
+    choices = (LayerChoice(QuantScheme(2, 32), "gptq", "avg-bits"),
+               LayerChoice(None, "rtn", "skip"),
                LayerChoice(QuantScheme(7, None, True), "search", "plan"))
     resolved = ResolvedPlan(tuple(layers), choices, 8)
     reloaded = BitsPlan.parse(json.loads(json.dumps(resolved.to_json())))
