@@ -47,6 +47,8 @@ from sail_compiler.quant.reference import dequantize
 from sail_compiler.quant.scheme import QuantScheme
 from sail_compiler.verify import InputPlan, generate_inputs
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
 ORT_WIDTHS = (2, 4, 8)
 
 
@@ -103,7 +105,7 @@ def ort_quantized(model: onnx.ModelProto, bits: int, group: int, symmetric: bool
         if bits != 4:
             return None
         config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calib),
-                                               block_size=128)
+                                               block_size=32)
     else:
         raise ValueError(algo)
     quantizer = mnq.MatMulNBitsQuantizer(copy, bits=bits, block_size=group,

@@ -4,7 +4,9 @@
 
 Steps: write the Llama-style example decoder (with a KV cache) as ONNX; compile it once for llvm
 (IR dumps in ``<workdir>/dump``, the artifact in ``<workdir>/artifact``); verify that artifact
-against onnxruntime at a prefill and a decode shape; time a forward against onnxruntime.
+against onnxruntime at a prefill and a decode shape; time a forward against onnxruntime; then
+compile it with 4-bit weights and check the compiled integer arithmetic against the NumPy
+reference (``ref_exact``), reporting the quantization error against the float model.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from make_decoder import PRESETS, make_decoder, save_model
 
 from sail_compiler import Artifact, CompileOptions
+from sail_compiler.quant import QuantScheme
 from sail_compiler.verify import (
     InputPlan,
     OnnxRuntimeReference,
@@ -77,7 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"4. forward, batch 1 x 16 tokens: sail llvm {ours * 1e3:.2f} ms, onnxruntime "
           f"(1 thread) {theirs * 1e3:.2f} ms, ratio {ours / theirs:.2f}x "
           "(see benchmarks/forward.py for a fuller comparison)")
-    return 0 if report["ok"] else 1
+
+    scheme = QuantScheme(4, 32)
+    quantized = verify_model(model_path, CompileOptions(target="llvm", quant=scheme,
+                                                        method="search"), plans[:1])
+    quant, ref = quantized["quant"], quantized["reference"]
+    logits = next(e for e in quantized["outputs"] if e["name"] == "logits")
+    print(f"5. quantized {scheme} (method search): weights {quant['float_size_bytes'] / 2**20:.1f}"
+          f" MiB -> {quant['size_bytes'] / 2**20:.1f} MiB; logits vs the float model: rel_l2_err "
+          f"{logits['rel_l2_err']:.3f}, cosine {logits['cosine']:.4f}")
+    print(f"   NumPy reference: {ref['sums_checked'] - ref['sums_mismatched']}/"
+          f"{ref['sums_checked']} group sums exact, layer results within "
+          f"{ref['ref_max_rel_err']:.1e} -> ref_exact {quantized['ref_exact']}")
+    return 0 if report["ok"] and quantized["ok"] else 1
 
 
 if __name__ == "__main__":

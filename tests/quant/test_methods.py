@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sail_compiler.errors import OptionError, SailError
-from sail_compiler.quant.methods import METHODS, quantize_weight, reconstruction_error
+from sail_compiler.quant.methods import (
+    METHODS,
+    _quantize_gptq,
+    quantize_weight,
+    reconstruction_error,
+)
 from sail_compiler.quant.reference import QuantizedWeight, dequantize, quantize_weights_rtn
 from sail_compiler.quant.scheme import QuantScheme
 
@@ -143,41 +148,81 @@ def test_gptq_beats_rtn_on_calibration_and_held_out_inputs(symmetric: bool) -> N
             assert output_error(held_out, w, gptq) < 0.8 * output_error(held_out, w, rtn)
 
 
-def sequential_gptq(w: np.ndarray, hessian: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
-    """GPTQ as first written (optimal brain quantization, one row at a time, no lazy blocks and
-    no Cholesky factor), with the group scales and zero points of ``qw``: the codes, [K, N]."""
+def rtn_params(rows: np.ndarray, importance: np.ndarray, bits: int,
+               symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A group's scale and zero point by RTN on its rows (GPTQ's parameter choice in the paper)."""
+    rtn = quantize_weights_rtn(rows.astype(np.float32), QuantScheme(bits, None, symmetric))
+    return rtn.scale[0], rtn.zero_points()[0]
+
+
+def sequential_gptq(w: np.ndarray, hessian: np.ndarray, scheme: QuantScheme,
+                    given: QuantizedWeight | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ as first written (optimal brain quantization one row at a time, without lazy blocks
+    or a Cholesky factor): codes [K, N], scales and zero points [n_groups, N]. The parameters of
+    a group are ``given``'s, or :func:`rtn_params` of its rows when the loop enters it."""
     k = w.shape[0]
+    g, n_groups = scheme.group_size_for(k), scheme.n_groups(k)
     h = hessian.copy()
     weights = w.astype(np.float64)
     dead = np.diag(h) == 0
     weights[dead] = 0
     h[dead, dead] = 1
     inverse = np.linalg.inv(h + 0.01 * np.mean(np.diag(h)) * np.eye(k))
-    scale = np.repeat(qw.scale.astype(np.float64), qw.group_size, axis=0)
-    zero = np.repeat(qw.zero_points(), qw.group_size, axis=0)
     codes = np.zeros(w.shape, np.int64)
+    scale = np.zeros((n_groups, w.shape[1]), np.float32)
+    zero = np.zeros((n_groups, w.shape[1]), np.int64)
     for i in range(k):
-        codes[i] = np.clip(np.rint(weights[i] / scale[i]) + zero[i], 0, 2**qw.bits - 1)
-        error = weights[i] - scale[i] * (codes[i] - zero[i])
+        grp = i // g
+        if i % g == 0 and given is not None:
+            scale[grp], zero[grp] = given.scale[grp], given.zero_points()[grp]
+        elif i % g == 0:
+            scale[grp], zero[grp] = rtn_params(weights[i: i + g], np.diag(h)[i: i + g],
+                                               scheme.bits, scheme.symmetric)
+        step = scale[grp].astype(np.float64)
+        codes[i] = np.clip(np.rint(weights[i] / step) + zero[grp], 0, 2**scheme.bits - 1)
+        error = weights[i] - step * (codes[i] - zero[grp])
         # the remaining rows absorb the error through the inverse Hessian, then row i is
         # eliminated from it (a Schur complement)
         weights[i + 1:] -= np.outer(inverse[i + 1:, i] / inverse[i, i], error)
         inverse -= np.outer(inverse[:, i], inverse[i]) / inverse[i, i]
-    return codes
+    return codes, scale, zero
 
 
-@pytest.mark.parametrize("scheme", ["w3g64", "w4g200sym", "w2channel"])
-def test_gptq_matches_sequential_reference(scheme: str) -> None:
-    scheme = QuantScheme.parse(scheme)
+def gptq_problem(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights [k, 16] and a Hessian from correlated inputs with two dead ones (5 and 140)."""
     rng = np.random.default_rng(13)
-    k = 300  # blocks of 128 rows, and groups that do not divide K
     w = rng.standard_normal((k, 16)).astype(np.float32)
-    x = correlated_inputs(rng, 600, k)
-    x[:, [5, 140]] = 0  # dead inputs
-    hessian = x.T @ x
+    x = correlated_inputs(rng, 2 * k, k)
+    x[:, [5, 140]] = 0
+    return w, x.T @ x
+
+
+# K = 300: several blocks of 128 rows, groups smaller and larger than a block, none dividing K
+GPTQ_SCHEMES = ["w3g64", "w4g48", "w4g200sym", "w2channel", "w8g32sym"]
+
+
+@pytest.mark.parametrize("scheme", GPTQ_SCHEMES)
+def test_gptq_codes_match_sequential_reference(scheme: str) -> None:
+    scheme = QuantScheme.parse(scheme)
+    w, hessian = gptq_problem(300)
     qw = quantize_weight(w, scheme, "gptq", hessian)
-    np.testing.assert_array_equal(qw.q[:k], sequential_gptq(w, hessian, qw))
+    codes, _, _ = sequential_gptq(w, hessian, scheme, given=qw)
+    np.testing.assert_array_equal(qw.q[:300], codes)
     np.testing.assert_array_equal(dequantize(qw)[[5, 140]], 0)  # dead inputs quantize to 0
+
+
+@pytest.mark.parametrize("scheme", GPTQ_SCHEMES)
+def test_gptq_chooses_group_parameters_from_compensated_rows(scheme: str) -> None:
+    # through the parameter-choice seam, with RTN: the scales and zero points must be RTN's of
+    # the rows as the error compensation has left them when the loop reaches the group
+    scheme = QuantScheme.parse(scheme)
+    w, hessian = gptq_problem(300)
+    qw = _quantize_gptq(w, scheme, hessian, rtn_params)
+    codes, scale, zero = sequential_gptq(w, hessian, scheme)
+    np.testing.assert_array_equal(qw.q[:300], codes)
+    np.testing.assert_array_equal(qw.scale, scale)
+    np.testing.assert_array_equal(qw.zero_points(), zero)
 
 
 def test_gptq_on_tiny_and_degenerate_inputs() -> None:
@@ -191,8 +236,11 @@ def test_gptq_on_tiny_and_degenerate_inputs() -> None:
             check_representation(qw, w, scheme)
             assert np.all(np.isfinite(dequantize(qw)))
             np.testing.assert_array_equal(dequantize(qw)[:, 1], 0)
+            if not hessian.any():  # every input dead: every weight quantizes to 0
+                np.testing.assert_array_equal(dequantize(qw), 0)
+    # K = 1 in a group of 4: a weight on the grid (scale 0.5 / 3, zero point 0) comes back exactly
     one = quantize_weight(np.array([[0.5]], np.float32), QuantScheme(2, 4), "gptq", [[2.0]])
-    assert dequantize(one).tolist() == [[0.5]]  # codes 0..3 with the zero point 0 hold 0.5
+    assert dequantize(one).tolist() == [[0.5]]
 
 
 def test_reconstruction_error_equals_direct_computation() -> None:
