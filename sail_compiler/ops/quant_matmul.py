@@ -130,8 +130,36 @@ def _attrs_of(call: relax.Call) -> tuple[int, int, int, int]:
     return _check_attrs(*(int(call.attrs[name]) for name in _ATTR_NAMES))
 
 
-def _static(dim: tirx.PrimExpr) -> int | None:
+def static_dim(dim: tirx.PrimExpr) -> int | None:
+    """``dim`` as an int when it is a constant, else None."""
     return int(dim) if isinstance(dim, tirx.IntImm) else None
+
+
+def check_packed_operands(tys: list[relax.Type], bits: int, group_size: int,
+                          k: int) -> tuple[list[str], tirx.PrimExpr | None]:
+    """Check the static rows and columns of ``(packed, scale, zero)`` types against the attrs.
+
+    Returns the problems found and the shared column count (N) when any operand's shape is
+    known. Used by every operator that takes a quantized weight in this layout.
+    """
+    n_groups = -(-k // group_size)
+    want = {"packed": packed_length(n_groups * group_size, bits), "scale": n_groups,
+            "zero": n_groups}
+    problems: list[str] = []
+    n = None
+    for name, ty in zip(("packed", "scale", "zero"), tys, strict=True):
+        if ty.shape is None:
+            continue
+        rows, cols = (static_dim(d) for d in ty.shape)
+        if rows is not None and rows != want[name]:
+            problems.append(f"{name} has {rows} rows, expected {want[name]} for k={k}, "
+                            f"group_size={group_size}, bits={bits}")
+        if cols is not None:
+            if n is not None and cols != n:
+                problems.append(f"{name} has {cols} columns, expected {n}")
+            n = cols if n is None else n
+    n_dim = next((ty.shape[1] for ty in tys if ty.shape is not None), None)
+    return problems, n_dim
 
 
 def _infer_type(call: relax.Call, _bb: relax.BlockBuilder) -> relax.TensorType:
@@ -152,38 +180,22 @@ def _infer_type(call: relax.Call, _bb: relax.BlockBuilder) -> relax.TensorType:
             problems.append(f"{name} must be 2-D, got {ty.ndim}-D")
     if problems:
         raise ValueError(f"{OP_NAME}: " + "; ".join(problems))
-    x_ty, packed_ty, scale_ty, zero_ty = tys
-    n_groups = -(-k // group_size)
-    want = {"packed": (packed_length(n_groups * group_size, bits), None),
-            "scale": (n_groups, None), "zero": (n_groups, None)}
-    n = None
-    for name, ty in zip(names[1:], tys[1:], strict=True):
-        if ty.shape is None:
-            continue
-        rows, cols = (_static(d) for d in ty.shape)
-        if rows is not None and rows != want[name][0]:
-            problems.append(f"{name} has {rows} rows, expected {want[name][0]} for k={k}, "
-                            f"group_size={group_size}, bits={bits}")
-        if cols is not None:
-            if n is not None and cols != n:
-                problems.append(f"{name} has {cols} columns, expected {n}")
-            n = cols if n is None else n
+    x_ty = tys[0]
+    problems, n_dim = check_packed_operands(tys[1:], bits, group_size, k)
     if x_ty.shape is not None and x_ty.ndim >= 1:
-        x_k = _static(x_ty.shape[-1])
+        x_k = static_dim(x_ty.shape[-1])
         if x_k is not None and x_k != k:
             problems.append(f"x ends in {x_k}, expected k={k}")
     elif x_ty.ndim == 0:
         problems.append("x must have at least one axis")
     if problems:
         raise ValueError(f"{OP_NAME}: " + "; ".join(problems))
-    n_dim = next((ty.shape[1] for ty in (packed_ty, scale_ty, zero_ty) if ty.shape is not None),
-                 None)
     if x_ty.shape is None or n_dim is None:
         return relax.TensorType(dtype="float32", ndim=x_ty.ndim)
     return relax.TensorType([*list(x_ty.shape)[:-1], n_dim], "float32")
 
 
-def _unpack_code(packed: te.Tensor, row: tirx.PrimExpr, col: tirx.PrimExpr,
+def unpack_code(packed: te.Tensor, row: tirx.PrimExpr, col: tirx.PrimExpr,
                  bits: int) -> tirx.PrimExpr:
     """int32 code ``q[row, col]`` from the little-endian bit stream of column ``col``."""
     bit = row * bits
@@ -240,7 +252,7 @@ def group_sums_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, bits: int,
     def body(*idx: tirx.Var) -> tirx.PrimExpr:
         *t, grp, n = idx
         kk = grp * group_size + r
-        code = _unpack_code(packed, kk, n, bits)
+        code = unpack_code(packed, kk, n, bits)
         return te.sum((code - zero[grp, n]) * xq[(*t, kk)], axis=r)
 
     return te.compute([*lead, n_groups, cols], body, name="group_sums")
