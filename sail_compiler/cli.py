@@ -56,6 +56,8 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--method", default="rtn", choices=PLAN_METHODS,
                    help="rtn: round to nearest; search: per-group scale/clipping search; gptq: "
                         "GPTQ with calibration activations (default rtn)")
+    q.add_argument("--embedding-bits", type=int, metavar="B",
+                   help="also quantize the token embedding tables to B bits (default: float)")
     q.add_argument("--act-bits", type=int, default=8,
                    help="activation width 2..16 quantized matmuls use at run time (default 8)")
     q.add_argument("--bits-plan", type=Path, metavar="PLAN.json",
@@ -154,7 +156,7 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
     return CompileOptions(target=args.target, shapes=shapes, num_threads=args.threads,
                           quant=_scheme(args), skip=tuple(args.skip), act_bits=args.act_bits,
                           method=args.method, bits_plan=args.bits_plan, avg_bits=args.avg_bits,
-                          calib=calib, **extra)
+                          calib=calib, embedding_bits=args.embedding_bits, **extra)
 
 
 def _scheme(args: argparse.Namespace):  # type: ignore[no-untyped-def]

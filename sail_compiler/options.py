@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .errors import OptionError, valid_choices
 from .quant.calibrate import CalibrationSpec
+from .quant.packing import check_bits
 from .quant.plan import check_method
 from .quant.reference import check_act_bits
 from .quant.scheme import QuantScheme
@@ -47,6 +48,9 @@ class CompileOptions:
         then gives the group size and symmetry (its bits are replaced per layer).
     calib
         Where calibration inputs come from (None: generated when a method needs them).
+    embedding_bits
+        Quantize the token embedding tables to this width (group size and symmetry from
+        ``quant``, else 128 with zero points); None keeps them float.
     probe
         Build with :class:`~.passes.ExposeGroupSums` (``sail verify``'s reference check; the
         artifact then runs only inside the process that built it).
@@ -66,6 +70,7 @@ class CompileOptions:
     bits_plan: Path | None = None
     avg_bits: float | None = None
     calib: CalibrationSpec | None = None
+    embedding_bits: int | None = None
     probe: bool = False
 
     def __post_init__(self) -> None:
@@ -77,7 +82,10 @@ class CompileOptions:
         if self.emit is not None and self.emit not in STAGE_NAMES:
             raise OptionError(f"unknown stage '{self.emit}' for --emit; "
                               f"valid stages in order: {', '.join(STAGE_NAMES)}")
-        quantized = self.quant is not None or self.bits_plan is not None
+        if self.embedding_bits is not None:
+            check_bits(self.embedding_bits, "--embedding-bits")
+        quantized = self.quant is not None or self.bits_plan is not None \
+            or self.embedding_bits is not None
         if self.skip and not quantized:
             raise OptionError("--skip only applies to quantized compiles; add --bits")
         check_method(self.method)

@@ -21,7 +21,7 @@ from tvm import relax
 
 from .ir_dump import STAGE_PASS_PREFIX
 from .options import CompileOptions
-from .passes import QuantizeWeights, WrapGatherIndices
+from .passes import QuantizeEmbedding, QuantizeWeights, WrapGatherIndices
 from .targets.base import TargetBackend
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ def _quantize_passes(options: CompileOptions,
     # FoldConstant first: Gemm(transB=1) weights sit behind a transpose until folded. The
     # driver already applied --skip to the table; matmuls outside it stay float.
     return [relax.transform.FoldConstant(),
-            QuantizeWeights(None, (), options.act_bits, layers=quant.table)]
+            QuantizeWeights(None, (), options.act_bits, layers=quant.table),
+            QuantizeEmbedding(None, layers=quant.table)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _words_text(path: Path, n_words: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    return _write(path, " ".join(rng.choice(WORDS, n_words)))
+
+
 @pytest.fixture(scope="module")
 def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE of 300 tokens trained on this repository's example sources."""
@@ -153,15 +158,17 @@ def test_stride_equal_to_window_is_independent_chunks(micro_decoder: Path,
 
 
 def test_kv_model_with_empty_past_scores_like_the_model_without(micro_decoder: Path,
+                                                                 word_tokenizer: Path,
                                                                  tmp_path: Path) -> None:
     kv_path = tmp_path / "micro_kv.onnx"
     save_model(make_decoder(PRESETS["micro"], kv_cache=True), kv_path)  # same seed, same weights
-    kv_fn = model_logits_fn(signature_of(onnx.load(str(kv_path))),
-                            OnnxRuntimeReference(kv_path).run)
-    ids = np.random.default_rng(3).integers(0, MICRO_VOCAB, 40)
-    with_kv = perplexity(kv_fn, ids, 16, 8)
-    without = perplexity(_micro_logits_fn(micro_decoder), ids, 16, 8)
-    np.testing.assert_allclose(with_kv["nll"], without["nll"], rtol=1e-6)
+    text = _words_text(tmp_path / "t.txt", 40, seed=3)
+    result = evaluate(kv_path, text, word_tokenizer, window=16, stride=8, progress=False)
+    without = perplexity(_micro_logits_fn(micro_decoder), load_tokens(text, word_tokenizer), 16,
+                         8)
+    assert result["float"]["tokens"] == without["tokens"] == 39
+    np.testing.assert_allclose(result["float"]["nll"], without["nll"], rtol=1e-6)
+    np.testing.assert_allclose(result["compiled"]["nll"], without["nll"], rtol=1e-5)
 
 
 def test_load_tokens_round_trips_text(bpe_tokenizer: Path, tmp_path: Path) -> None:
@@ -185,11 +192,6 @@ def test_evaluate_float_compile_matches_onnxruntime(tiny_decoder: Path, bpe_toke
     assert result["compiled"]["quant"] is None
     assert result["compiled"]["ppl"] == pytest.approx(result["float"]["ppl"], rel=1e-4)
     json.dumps(result)
-
-
-def _words_text(path: Path, n_words: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    return _write(path, " ".join(rng.choice(WORDS, n_words)))
 
 
 def test_evaluate_quantized_compile_at_a_fixed_sequence_length(micro_decoder: Path,

@@ -173,3 +173,18 @@ def test_plan_rule_matching_no_layer_and_bad_calibration_file(micro_decoder: Pat
                       CompileOptions(quant=QuantScheme(4, 32), method="gptq",
                                      calib=CalibrationSpec(files=(calib,))))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_embedding_bits_quantize_the_token_table(micro_decoder: Path) -> None:
+    options = CompileOptions(quant=QuantScheme(8, 32), embedding_bits=3)
+    report = verify_model(micro_decoder, options, [InputPlan(seq_len=4)], per_layer=True)
+    assert report["ref_exact"]
+    layers = {e["layer"]: e for e in report["quant"]["layers"]}
+    table = [e for e in layers.values() if (e["k"], e["n"], e["bits"]) == (16, 50, 3)]
+    assert len(table) == 1 and table[0]["source"] == "embedding"
+    # only the token table: the rotary tables (Gather by computed positions) stay float
+    assert sum(e["source"] == "embedding" for e in layers.values()) == 1
+    float_table = verify_model(micro_decoder, CompileOptions(quant=QuantScheme(8, 32)),
+                               [InputPlan(seq_len=4)], check_reference=False)
+    # 3-bit embeddings add error on top of the 8-bit matmuls
+    assert report["outputs"][0]["rel_l2_err"] > 2 * float_table["outputs"][0]["rel_l2_err"]

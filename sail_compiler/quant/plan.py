@@ -143,6 +143,45 @@ def find_layers(model: onnx.ModelProto) -> list[Layer]:
     return layers
 
 
+#: Ops an index may pass through between a graph input and an embedding lookup.
+_INDEX_PASSTHROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
+
+
+def find_embeddings(model: onnx.ModelProto) -> list[Layer]:
+    """Every ``Gather`` (axis 0) of a 2-D float32 initializer by indices that come from a graph
+    input (directly or through Cast/Reshape/...): the token embedding tables.
+
+    Lookups by computed indices (e.g. rotary tables indexed by positions derived from shapes) are
+    not embeddings. As a :class:`Layer` a table ``T[V, D]`` is ``W = T^T`` (``k = D``, ``n = V``,
+    ``transposed``), the layout ``sail.quant_take`` reads.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input} - set(inits)
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def from_input(name: str) -> bool:
+        while name not in inputs:
+            node = producer.get(name)
+            if node is None or node.op_type not in _INDEX_PASSTHROUGH or not node.input:
+                return False
+            name = node.input[0]
+        return True
+
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx") or node.op_type != "Gather" or len(node.input) < 2:
+            continue
+        table = inits.get(node.input[0])
+        if table is None or table.data_type != onnx.TensorProto.FLOAT or len(table.dims) != 2:
+            continue
+        if _attr(node, "axis", 0) not in (0, -2) or not from_input(node.input[1]):
+            continue
+        vocab, dim = (int(d) for d in table.dims)
+        layers.append(Layer(node.name or f"Gather_{index}", "Gather", node.input[0],
+                            node.input[1], dim, vocab, True, index))
+    return layers
+
+
 def layer_weight(model: onnx.ModelProto, layer: Layer,
                  initializers: dict[str, onnx.TensorProto] | None = None) -> np.ndarray:
     """The float32 ``W[K, N]`` of ``layer`` (C-contiguous)."""

@@ -33,6 +33,7 @@ from .plan import (
     Layer,
     LayerChoice,
     ResolvedPlan,
+    find_embeddings,
     find_layers,
     layer_weight,
     unmatched_error,
@@ -122,6 +123,16 @@ def _scheme_of(qw: QuantizedWeight) -> QuantScheme:
     return QuantScheme(qw.bits, group, qw.symmetric)
 
 
+def _embedding_choice(options: CompileOptions) -> LayerChoice:
+    """An embedding table's choice from ``--embedding-bits`` (float without it)."""
+    if options.embedding_bits is None:
+        return LayerChoice(None, source="default")
+    template = options.quant or QuantScheme(8)
+    scheme = dataclasses.replace(template, bits=options.embedding_bits)
+    method = "search" if options.method == "gptq" else options.method
+    return LayerChoice(scheme, method, "embedding")
+
+
 def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bool:
     """GPTQ and ``--avg-bits`` need activations; the search uses them when given."""
     return options.avg_bits is not None or options.calib is not None \
@@ -156,11 +167,12 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         ``--act-bits``; ``--avg-bits`` out of range.
     """
     prequantized = prequantized or {}
-    if options.quant is None and options.bits_plan is None and not prequantized:
+    if options.quant is None and options.bits_plan is None and not prequantized \
+            and options.embedding_bits is None:
         return None
     started = time.perf_counter()
     notes: list[str] = []
-    layers = find_layers(model)
+    layers = find_layers(model) + find_embeddings(model)
     plan = BitsPlan.load(options.bits_plan, options.quant, options.method) \
         if options.bits_plan is not None else None
     problems = []
@@ -191,6 +203,8 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             choices.append(LayerChoice(None, source="skip"))
         elif plan is not None and plan.choose(layer) is not None:
             choices.append(plan.choose(layer))
+        elif layer.op_type == "Gather":
+            choices.append(_embedding_choice(options))
         elif options.avg_bits is not None:
             choices.append(None)  # decided below
         elif options.quant is not None:
@@ -215,7 +229,8 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         feeds = calibration_feeds(spec, signature)
         calibration = spec.describe()
         wanted = [layer for layer, c in zip(layers, provisional, strict=True)
-                  if c.scheme is not None and layer.name not in fixed]
+                  if c.scheme is not None and layer.name not in fixed
+                  and layer.op_type != "Gather"]
         hessians = collect_hessians(model, wanted, feeds) if wanted else {}
         if options.avg_bits is not None:
             free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
@@ -249,9 +264,13 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         elif choice.scheme is None:
             qw = None
         else:
-            qw = quantize_weight(w, choice.scheme, choice.method, h)
+            # a lookup has no activations to calibrate GPTQ with: it gets the search
+            method = "search" if h is None and choice.method == "gptq" else choice.method
+            qw = quantize_weight(w, choice.scheme, method, h)
         err = reconstruction_error(w, qw, h) if qw is not None else None
-        results.append(QuantizedLayer(layer, choice, qw, weight_key(w), err))
+        # the IR holds an embedding table as T[V, D] = W^T: key it as it appears there
+        key = weight_key(w.T if layer.op_type == "Gather" else w)
+        results.append(QuantizedLayer(layer, choice, qw, key, err))
         weights.pop(layer.name, None)
     resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
     if prequantized:
