@@ -49,10 +49,10 @@ def test_every_width_agrees_exactly_with_the_reference(micro_decoder: Path, tmp_
     assert report["outputs"][0]["rel_l2_err"] > 0
 
 
-def test_error_against_the_float_model_falls_with_width(tiny_decoder: Path) -> None:
+def test_error_against_the_float_model_falls_with_width(micro_decoder: Path) -> None:
     errors = {}
     for bits in (2, 4, 8):
-        report = verify_model(tiny_decoder, CompileOptions(quant=QuantScheme(bits, 32)),
+        report = verify_model(micro_decoder, CompileOptions(quant=QuantScheme(bits, 32)),
                               [InputPlan(seq_len=6)], check_reference=False)
         assert report["ref_exact"] is None
         errors[bits] = report["outputs"][0]["rel_l2_err"]
