@@ -137,30 +137,16 @@ def calibration_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[
     return feeds
 
 
-def token_input(signature: ModelSignature) -> str:
-    """The name of the model's token-id input: an integer input indexing an embedding table.
-
-    Raises
-    ------
-    InputError
-        The model has no such input.
-    """
-    name = next((s.name for s in signature.inputs if s.dtype.startswith("int")
-                 and s.index_bound is not None), None)
-    if name is None:
-        raise InputError("the model has no token-id input (an integer input that indexes an "
-                         "embedding table); give its inputs as .npz files instead of text")
-    return name
-
-
 def feed_for_ids(signature: ModelSignature, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Model inputs for one sequence of token ids (batch 1, no past): the ids, and the other
-    inputs generated to match (attention mask of ones, positions, empty past tensors)."""
+    """Model inputs for one sequence of token ids (batch 1, no past): the ids (the input
+    :func:`~sail_compiler.eval_ppl.ids_input` finds), and the other inputs generated to match
+    (attention mask of ones, positions, empty past tensors)."""
+    from ..eval_ppl import ids_input
     from ..verify import InputPlan, generate_inputs
 
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     feed = generate_inputs(signature, InputPlan(batch=1, seq_len=len(ids), past_len=0))
-    name = token_input(signature)
+    name = ids_input(signature).name
     feed[name] = ids.reshape(feed[name].shape).astype(feed[name].dtype)
     return feed
 
