@@ -228,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         quantized = ort_quantized(model, bits, args.group_size, args.sym, algo,
                                                   inputs.calib)
+                        if quantized is None:
+                            continue
+                        session = _session(quantized)
+                        outs = [session.run([output], f)[0] for f in inputs.evaluation]
                     except Exception as err:  # report and go on: a competitor failing here
-                        print(f"ort {algo} at {bits} bits failed: {err}", file=sys.stderr)
+                        first = str(err).strip().splitlines()[0][:300]
+                        print(f"ort {algo} at {bits} bits failed: {first}", file=sys.stderr)
+                        results.append({"bits": bits, "who": "ort", "method": algo,
+                                        "failed": first})
                         continue
-                    if quantized is None:
-                        continue
-                    session = _session(quantized)
-                    outs = [session.run([output], f)[0] for f in inputs.evaluation]
                     err = float(np.mean([_rel(o, b) for o, b in zip(outs, base, strict=True)]))
                     row = {"bits": bits, "who": "ort", "method": algo, "rel_err": err,
                            "seconds": time.perf_counter() - started}
@@ -278,7 +281,8 @@ def _print_table(results: list[dict[str, Any]], widths: list[int],
         for who, method in columns:
             row = next((r for r in results if r["bits"] == bits and r["who"] == who
                         and r["method"] == method), None)
-            cells.append(f"{row['rel_err']:>14.4g}" if row else f"{'-':>14}")
+            cells.append(f"{'-':>14}" if row is None else f"{'failed':>14}" if "failed" in row
+                         else f"{row['rel_err']:>14.4g}")
         print(f"{bits:>4}  " + "  ".join(cells))
     if float_ppl is not None:
         print(f"\nperplexity (float {float_ppl:.3f})")
