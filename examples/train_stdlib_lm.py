@@ -50,6 +50,7 @@ import math
 import sys
 import sysconfig
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -320,10 +321,12 @@ def export_onnx(model: Any, path: Path, vocab_size: int) -> None:
     model.eval()
     ids = torch.randint(0, vocab_size, (1, 16))
     axes = {0: "batch", 1: "seq"}
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), dynamo=False,
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
-                      opset_version=OPSET, do_constant_folding=True)
+    with warnings.catch_warnings():  # the exporter's notice that dynamo is the new default
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), dynamo=False,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
+                          opset_version=OPSET, do_constant_folding=True)
 
 
 def main(argv: list[str] | None = None) -> int:
