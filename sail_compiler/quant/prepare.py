@@ -254,6 +254,11 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                                              options.method, "avg-bits")
     final = [c for c in choices if c is not None]
     assert len(final) == len(layers)
+    # Embedding tables are layers only when asked for (--embedding-bits, a plan rule, --skip):
+    # a float table left alone is not part of the plan or the reports.
+    kept = [i for i, (layer, c) in enumerate(zip(layers, final, strict=True))
+            if layer.op_type != "Gather" or c.source != "default"]
+    layers, final = [layers[i] for i in kept], [final[i] for i in kept]
 
     results = []
     for layer, choice in _progress(list(zip(layers, final, strict=True)), "quantize"):
