@@ -342,12 +342,6 @@ class ResolvedPlan:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "act_bits": self.act_bits,
                 "layers": rules}
 
-    def quantized_fraction(self) -> float:
-        total = sum(layer.params for layer in self.layers)
-        done = sum(layer.params for layer, c in zip(self.layers, self.choices, strict=True)
-                   if c.scheme is not None)
-        return done / total if total else 0.0
-
     def average_bits(self) -> float | None:
         """Code bits per quantized weight (scales and zero points not counted)."""
         pairs = [(layer.params, c.scheme.bits)
