@@ -317,8 +317,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     print(f"perplexity of {args.model} on {args.text}: {report['tokens']} tokens, window "
           f"{report['window']}, stride {report['stride']}")
     print(f"  float (onnxruntime)  {report['float']['ppl']:.4f}")
-    quant = report["compiled"].get("quant") or "float"
-    print(f"  compiled ({quant})  {report['compiled']['ppl']:.4f}")
+    print(f"  compiled ({report['compiled']['description']})  {report['compiled']['ppl']:.4f}")
     return 0
 
 

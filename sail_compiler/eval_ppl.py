@@ -365,7 +365,7 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
                           f"drop --emit {options.emit}")
     ids = load_tokens(text_path, tokenizer_path, max_tokens)
     model_path = Path(model_path)
-    quant = options.quant.name if options.quant else None
+    quant = options.scheme_name
     model = load_checked(model_path)  # fails early, before a compile, on a mismatched model
     bind_shapes(model, options.shapes)
     check_model(signature_of(model), ids, window)
@@ -377,7 +377,7 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
 
     with tempfile.TemporaryDirectory(prefix="sail-eval-ppl-") as tmp:
         say(f"compiling {model_path} (target {options.target}, "
-            f"{'quantized ' + quant if quant else 'float weights'})")
+            f"{options.describe_quant()})")
         started = time.perf_counter()
         compile_model(model_path, Path(tmp) / "artifact", options)
         compile_seconds = time.perf_counter() - started
@@ -395,11 +395,12 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
 
         started = time.perf_counter()
         compiled = perplexity(model_logits_fn(artifact.signature, artifact.run), ids, window,
-                              stride, progress, f"compiled ({quant or 'float'})")
+                              stride, progress, f"compiled ({options.describe_quant()})")
         compiled.update(seconds=round(time.perf_counter() - started, 3),
                         compile_seconds=round(compile_seconds, 3), target=options.target,
-                        quant=quant, **{k: artifact.manifest[k] for k in _MANIFEST_QUANT_FIELDS
-                                        if k in artifact.manifest})
+                        quant=quant, description=options.describe_quant(),
+                        **{k: artifact.manifest[k] for k in _MANIFEST_QUANT_FIELDS
+                           if k in artifact.manifest})
     return {"model": str(model_path), "text": str(text_path), "tokenizer": str(tokenizer_path),
             "tokens": len(ids), "window": window, "stride": stride, "float": float_result,
             "compiled": compiled}

@@ -73,6 +73,28 @@ class CompileOptions:
     embedding_bits: int | None = None
     probe: bool = False
 
+    @property
+    def scheme_name(self) -> str | None:
+        """The one scheme every quantized layer uses (``w4g128``), or None when there is none
+        (float, or widths chosen per layer by ``avg_bits``)."""
+        return self.quant.name if self.quant is not None and self.avg_bits is None else None
+
+    def describe_quant(self) -> str:
+        """A short description of the weight quantization, e.g. ``w4g128 gptq`` or ``float``."""
+        parts = []
+        if self.avg_bits is not None:
+            parts.append(f"avg {self.avg_bits:g} bits, {self.quant.name[2:] if self.quant else ''}"
+                         .rstrip(", "))
+        elif self.quant is not None:
+            parts.append(self.quant.name)
+        if self.bits_plan is not None:
+            parts.append(f"plan {self.bits_plan}")
+        if self.embedding_bits is not None:
+            parts.append(f"embeddings {self.embedding_bits}-bit")
+        if not parts:
+            return "float"
+        return " ".join([", ".join(parts), self.method])
+
     def __post_init__(self) -> None:
         from .pipeline import STAGE_NAMES
         from .targets import target_names
