@@ -108,8 +108,8 @@ class ReferenceCheck:
         exact dequantizations, checked by their own tests, not recorded here)."""
         quantized = {n for n, q in self.by_name.items()
                      if q.qw is not None and q.layer.op_type != "Gather"}
-        return bool(self.layers) and not self.unchecked and \
-            quantized <= set(self.layers) and all(c.exact for c in self.layers.values())
+        return not self.unchecked and quantized <= set(self.layers) and \
+            all(c.exact for c in self.layers.values())
 
     def report(self) -> dict[str, Any]:
         """``{"ref_exact", "ref_max_rel_err", "sums_checked", "sums_mismatched", "layers"}``;
