@@ -37,9 +37,10 @@ def _quantize_passes(options: CompileOptions,
         return []
     # FoldConstant first: Gemm(transB=1) weights sit behind a transpose until folded. The
     # driver already applied --skip to the table; matmuls outside it stay float.
+    table = quant.table
     return [relax.transform.FoldConstant(),
-            QuantizeWeights(None, (), options.act_bits, layers=quant.table),
-            QuantizeEmbedding(None, layers=quant.table)]
+            QuantizeWeights(None, (), options.act_bits, layers=table),
+            QuantizeEmbedding(None, layers=table)]
 
 
 @dataclasses.dataclass(frozen=True)

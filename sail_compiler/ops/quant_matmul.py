@@ -37,7 +37,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from ..quant.packing import check_bits, packed_length
-from ..quant.reference import check_act_bits
+from ..quant.reference import QuantizedWeight, check_act_bits
 
 __all__ = [
     "OP_NAME",
@@ -296,28 +296,27 @@ def quant_matmul_te(x: te.Tensor, packed: te.Tensor, scale: te.Tensor, zero: te.
 
 
 def emit_quant_matmul(bb: relax.BlockBuilder, call: relax.Call,
-                      between: Callable[[relax.Expr, str], relax.Expr] | None = None,
-                      after: Callable[[relax.Expr, str], relax.Expr] | None = None) -> relax.Expr:
+                      between: Callable[[relax.Expr], relax.Expr] | None = None,
+                      after: Callable[[relax.Expr], relax.Expr] | None = None) -> relax.Expr:
     """Emit the operator's two kernels (:func:`quant_group_sums_te`, :func:`quant_combine_te`)
     as ``R.call_tir`` bindings into ``bb``; return the result expression.
 
-    This is the legalization. ``between(sums, name)`` and ``after(y, name)``, when given, may
-    wrap the group sums before the second kernel reads them and the result (``name`` is the
-    call's ``layer`` attribute): :class:`~sail_compiler.passes.ExposeGroupSums` records them
-    there, around the very kernels every build runs.
+    This is the legalization. ``between(sums)`` and ``after(y)``, when given, may wrap the group
+    sums before the second kernel reads them and the result:
+    :class:`~sail_compiler.passes.ExposeGroupSums` records them there, around the very kernels
+    every build runs.
     """
     bits, group_size, k, act_bits = _attrs_of(call)
-    name = layer_name(call)
     x, packed, scale, zero = call.args
     sums = bb.emit(bb.call_te(quant_group_sums_te, x, packed, zero, bits=bits,
                               group_size=group_size, k=k, act_bits=act_bits,
                               primfunc_name_hint="quant_group_sums"))
     if between is not None:
-        sums = bb.emit(between(sums, name))
+        sums = bb.emit(between(sums))
     y = bb.call_te(quant_combine_te, x, sums, scale, k=k, act_bits=act_bits,
                    primfunc_name_hint="quant_combine")
     if after is not None:
-        y = after(bb.emit(y), name)
+        y = after(bb.emit(y))
     return y
 
 
@@ -339,6 +338,13 @@ def _register() -> None:
     tvm.ir.register_op_attr(OP_NAME, "FInferType", _infer_type)
     tvm.ir.register_op_attr(OP_NAME, "FPurity", True)
     tvm.ir.register_op_attr(OP_NAME, "FLegalize", _legalize)
+
+
+def weight_constants(qw: QuantizedWeight) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
+    """``(packed, scale, zero)`` of ``qw`` as constants, in the operand layout of every sail
+    operator that takes a quantized weight (module docstring)."""
+    return (relax.const(qw.packed()), relax.const(qw.scale),
+            relax.const(qw.zero_points(), "int32"))
 
 
 def layer_name(call: relax.Call) -> str:

@@ -34,6 +34,7 @@ import tvm_ffi
 from tvm import relax
 
 from ..ops.quant_matmul import emit_quant_matmul, is_quant_matmul, layer_name
+from ._common import rewrite_relax_functions
 
 RECORD_FUNC = "sail.probe.record"
 #: ``kind`` argument values
@@ -83,8 +84,8 @@ class _Splicer(relax.PyExprMutator):
         x = call.args[0]
         return emit_quant_matmul(
             self.builder_, call,
-            between=lambda sums, _name: self._record_call(sums, x, index, SUMS),
-            after=lambda y, _name: self._record_call(y, x, index, RESULT))
+            between=lambda sums: self._record_call(sums, x, index, SUMS),
+            after=lambda y: self._record_call(y, x, index, RESULT))
 
 
 @tvm.transform.module_pass(opt_level=0, name="ExposeGroupSums")
@@ -97,8 +98,6 @@ class ExposeGroupSums:
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         splicer = _Splicer(mod)
-        for gvar, func in sorted(mod.functions_items(), key=lambda item: item[0].name_hint):
-            if isinstance(func, relax.Function):
-                splicer.builder_.update_func(gvar, splicer.visit_expr(func))
+        rewritten = rewrite_relax_functions(splicer, mod)
         self.layers = splicer.layers
-        return splicer.builder_.get()
+        return rewritten

@@ -37,11 +37,13 @@ import tvm
 from tvm import relax
 
 from ..errors import OptionError, SailError
+from ..ops.quant_matmul import weight_constants
 from ..ops.quant_take import quant_take
 from ..quant.methods import quantize_weight
 from ..quant.plan import weight_key
 from ..quant.reference import QuantizedWeight
 from ..quant.scheme import QuantScheme
+from ._common import applied_entry, rewrite_relax_functions
 
 #: ``{weight_key of T[V, D]: (table name, quantized T^T or None to keep the table float)}``
 LayerTable = dict[str, tuple[str, QuantizedWeight | None]]
@@ -106,10 +108,8 @@ class _Rewriter(relax.PyExprMutator):
             except SailError as err:
                 self.problems.append(f"{name} (table [{vocab}, {dim}]): {err}")
                 return call
-        self.applied.append({"layer": name, "bits": qw.bits, "group_size": qw.group_size,
-                             "symmetric": qw.symmetric, "k": dim, "n": vocab})
-        return quant_take(relax.const(qw.packed()), relax.const(qw.scale),
-                          relax.const(qw.zero_points(), "int32"), call.args[1], bits=qw.bits,
+        self.applied.append(applied_entry(name, qw))
+        return quant_take(*weight_constants(qw), call.args[1], bits=qw.bits,
                           group_size=qw.group_size, k=qw.k, layer=name)
 
 
@@ -156,11 +156,9 @@ class QuantizeEmbedding:
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.scheme, self.layers)
-        for gvar, func in sorted(mod.functions_items(), key=lambda item: item[0].name_hint):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        rewritten = rewrite_relax_functions(rewriter, mod)
         if rewriter.problems:
             raise SailError(f"cannot quantize {len(rewriter.problems)} lookup tables:\n"
                             + "\n".join(f"  - {p}" for p in rewriter.problems))
         self.applied = rewriter.applied
-        return rewriter.builder_.get()
+        return rewritten

@@ -37,11 +37,12 @@ import tvm
 from tvm import relax
 
 from ..errors import OptionError, SailError
-from ..ops.quant_matmul import max_abs_group_sum, quant_matmul
+from ..ops.quant_matmul import max_abs_group_sum, quant_matmul, weight_constants
 from ..quant.methods import quantize_weight
 from ..quant.plan import weight_key
 from ..quant.reference import QuantizedWeight, check_act_bits
 from ..quant.scheme import QuantScheme
+from ._common import applied_entry, rewrite_relax_functions
 
 #: ``{weight_key: (layer name, quantized weight or None to keep the layer float)}``
 LayerTable = dict[str, tuple[str, QuantizedWeight | None]]
@@ -119,10 +120,8 @@ class _Rewriter(relax.PyExprMutator):
                                  "smaller groups or fewer activation bits")
             return call
         assert qw.k == k and qw.n == n, (name, qw.k, qw.n, weights.shape)
-        self.applied.append({"layer": name, "bits": qw.bits, "group_size": qw.group_size,
-                             "symmetric": qw.symmetric, "k": k, "n": n})
-        return quant_matmul(call.args[0], relax.const(qw.packed()), relax.const(qw.scale),
-                            relax.const(qw.zero_points(), "int32"), bits=qw.bits,
+        self.applied.append(applied_entry(name, qw))
+        return quant_matmul(call.args[0], *weight_constants(qw), bits=qw.bits,
                             group_size=qw.group_size, k=qw.k, act_bits=self.act_bits, layer=name)
 
 
@@ -182,9 +181,7 @@ class QuantizeWeights:
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.scheme, self.skip, self.act_bits, self.layers,
                              self.method)
-        for gvar, func in sorted(mod.functions_items(), key=lambda item: item[0].name_hint):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        rewritten = rewrite_relax_functions(rewriter, mod)
         known = rewriter.labels + rewriter.names
         unmatched = [p for p in self.skip
                      if not any(fnmatch.fnmatchcase(label, p) for label in known)]
@@ -203,4 +200,4 @@ class QuantizeWeights:
             raise error(f"cannot quantize {len(rewriter.problems)} matmul weights:\n"
                         + "\n".join(f"  - {p}" for p in rewriter.problems))
         self.applied = rewriter.applied
-        return rewriter.builder_.get()
+        return rewritten

@@ -17,6 +17,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from ._common import rewrite_relax_functions
+
 _TAKE = tvm.ir.Op.get("relax.take")
 
 
@@ -35,8 +37,4 @@ class WrapGatherIndices:
 
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return rewrite_relax_functions(_Rewriter(mod), mod)

@@ -84,7 +84,7 @@ class CalibrationSpec:
         return f"{self.samples} generated inputs of {self.seq_len} tokens"
 
 
-def _progress(items: list[Any], desc: str) -> Iterator[Any]:
+def progress(items: list[Any], desc: str) -> Iterator[Any]:
     """``items`` with a progress bar on stderr (tqdm) when there are several."""
     from tqdm import tqdm
 
@@ -199,7 +199,7 @@ def collect_hessians(model: onnx.ModelProto, layers: list[Layer],
     sums: dict[str, np.ndarray] = {}
     fetch = [n for n in wanted if n not in graph_inputs]
     with _session(probe) as session:
-        for feed in _progress(feeds, "calibration"):
+        for feed in progress(feeds, "calibration"):
             values = dict(zip(fetch, _run(session, fetch, feed), strict=True))
             values.update({n: feed[n] for n in wanted if n in graph_inputs})
             for name in wanted:
@@ -278,7 +278,7 @@ def measure_sensitivity(model: onnx.ModelProto, layers: list[Layer], widths: lis
     errors: dict[str, dict[int, float]] = {}
     with WeightSwapper(model, layers) as swapper:
         baseline = [swapper.run(feed) for feed in feeds]
-        for layer in _progress(layers, "sensitivity"):
+        for layer in progress(layers, "sensitivity"):
             w = layer_weight(model, layer, inits)
             errors[layer.name] = {}
             for bits in widths:

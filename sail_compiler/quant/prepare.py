@@ -20,12 +20,12 @@ import onnx
 
 from ..errors import OptionError
 from .calibrate import (
-    _progress,
     assign_bits,
     calibration_feeds,
     candidate_widths,
     collect_hessians,
     measure_sensitivity,
+    progress,
 )
 from .methods import quantize_weight, reconstruction_error
 from .plan import (
@@ -212,14 +212,6 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         else:
             choices.append(LayerChoice(None, source="default"))
 
-    inits = {t.name: t for t in model.graph.initializer}
-    weights: dict[str, np.ndarray] = {}
-
-    def weight(layer: Layer) -> np.ndarray:
-        if layer.name not in weights:
-            weights[layer.name] = layer_weight(model, layer, inits)
-        return weights[layer.name]
-
     calibration = hessians = sensitivity = None
     provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
     if needs_calibration(options, provisional):
@@ -260,9 +252,10 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             if layer.op_type != "Gather" or c.source != "default"]
     layers, final = [layers[i] for i in kept], [final[i] for i in kept]
 
+    inits = {t.name: t for t in model.graph.initializer}
     results = []
-    for layer, choice in _progress(list(zip(layers, final, strict=True)), "quantize"):
-        w = weight(layer)
+    for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
+        w = layer_weight(model, layer, inits)
         h = hessians.get(layer.name) if hessians else None
         if layer.name in fixed:
             qw = fixed[layer.name]
@@ -276,7 +269,6 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         # the IR holds an embedding table as T[V, D] = W^T: key it as it appears there
         key = weight_key(w.T if layer.op_type == "Gather" else w)
         results.append(QuantizedLayer(layer, choice, qw, key, err))
-        weights.pop(layer.name, None)
     resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
     if prequantized:
         notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")
