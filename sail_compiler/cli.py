@@ -65,6 +65,14 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                         "the artifact as quant_plan.json)")
     q.add_argument("--avg-bits", type=float, metavar="X",
                    help="choose per-layer widths by measured sensitivity under this average")
+    s = p.add_argument_group("SAIL passes (the sail stage, quantized compiles)")
+    s.add_argument("--no-sail", dest="sail", action="store_false",
+                   help="keep the plain quantized matmul (no LUT-GEMV lowering)")
+    s.add_argument("--nbw", type=int, default=4,
+                   help="weights per lookup table of sail.lut_gemv, 1..8 (default 4)")
+    s.add_argument("--pim-types", default="auto", choices=("auto", "pim", "host"),
+                   help="where activation quantization and output dequantization run "
+                        "(default auto: in memory up to 8-bit activations)")
     c = p.add_argument_group("calibration (gptq, --avg-bits; the search uses it when given)")
     c.add_argument("--calib", action="append", default=[], type=Path, metavar="FILE.npz",
                    help="model inputs, one run per file (repeatable)")
@@ -156,7 +164,8 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
     return CompileOptions(target=args.target, shapes=shapes, num_threads=args.threads,
                           quant=_scheme(args), skip=tuple(args.skip), act_bits=args.act_bits,
                           method=args.method, bits_plan=args.bits_plan, avg_bits=args.avg_bits,
-                          calib=calib, embedding_bits=args.embedding_bits, **extra)
+                          calib=calib, embedding_bits=args.embedding_bits, sail=args.sail,
+                          nbw=args.nbw, pim_types=args.pim_types, **extra)
 
 
 def _scheme(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from .errors import OptionError, valid_choices
+from .ops.sail_ops import check_nbw
+from .passes.convert_pim_types import resolve_placement
 from .quant.calibrate import CalibrationSpec
 from .quant.packing import check_bits
 from .quant.plan import check_method
@@ -51,6 +53,14 @@ class CompileOptions:
     embedding_bits
         Quantize the token embedding tables to this width (group size and symmetry from
         ``quant``, else 128 with zero points); None keeps them float.
+    sail
+        Run the ``sail`` stage on quantized compiles (``ConvertPIMTypes``, ``LowerToLUTGemv``);
+        False (``--no-sail``) keeps the plain ``sail.quant_matmul``.
+    nbw
+        Weights per lookup table of ``sail.lut_gemv`` (1..8).
+    pim_types
+        Where the activation quantization and output dequantization run: ``auto``, ``pim`` or
+        ``host`` (:class:`~.passes.ConvertPIMTypes`).
     probe
         Build with :class:`~.passes.ExposeGroupSums` (``sail verify``'s reference check; the
         artifact then runs only inside the process that built it).
@@ -71,6 +81,9 @@ class CompileOptions:
     avg_bits: float | None = None
     calib: CalibrationSpec | None = None
     embedding_bits: int | None = None
+    sail: bool = True
+    nbw: int = 4
+    pim_types: str = "auto"
     probe: bool = False
 
     @property
@@ -123,5 +136,7 @@ class CompileOptions:
         if self.calib is not None and not quantized:
             raise OptionError("calibration inputs apply to quantized compiles; add --bits")
         check_act_bits(self.act_bits)
+        check_nbw(self.nbw)
+        resolve_placement(self.pim_types, self.act_bits)
         if self.num_threads is not None and self.num_threads < 1:
             raise OptionError(f"--threads must be >= 1, got {self.num_threads}")

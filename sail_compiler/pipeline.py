@@ -3,8 +3,9 @@
 ``quantize`` runs only for quantized compiles: it substitutes the weights the driver chose and
 computed per layer (:mod:`.quant.prepare`) into ``sail.quant_matmul`` calls.
 ``import`` is the ONNX frontend (dumped as ``stage_0_frontend``) plus clean-up passes that make
-the imported graph safe to run (:class:`~.passes.WrapGatherIndices`). ``quantize`` and
-``sail`` hold the quantization and SAIL passes (empty until those land). ``lower`` is the
+the imported graph safe to run (:class:`~.passes.WrapGatherIndices`). ``quantize`` holds
+the quantization passes; ``sail`` the SAIL passes (:class:`~.passes.ConvertPIMTypes`, then
+:class:`~.passes.LowerToLUTGemv`), for quantized compiles unless ``--no-sail``. ``lower`` is the
 target's: legalization, fusion and scheduling for llvm. Each stage runs as one
 ``tvm.transform.Sequential`` named ``sail.stage.<name>``, so the passes inside are ordinary TVM
 passes a user can reuse in their own flows.
@@ -21,7 +22,13 @@ from tvm import relax
 
 from .ir_dump import STAGE_PASS_PREFIX
 from .options import CompileOptions
-from .passes import QuantizeEmbedding, QuantizeWeights, WrapGatherIndices
+from .passes import (
+    ConvertPIMTypes,
+    LowerToLUTGemv,
+    QuantizeEmbedding,
+    QuantizeWeights,
+    WrapGatherIndices,
+)
 from .targets.base import TargetBackend
 
 if TYPE_CHECKING:
@@ -43,6 +50,13 @@ def _quantize_passes(options: CompileOptions,
             QuantizeEmbedding(None, layers=table)]
 
 
+def _sail_passes(options: CompileOptions,
+                 quant: Quantization | None) -> list[tvm.transform.Pass]:
+    if quant is None or not options.sail:
+        return []
+    return [ConvertPIMTypes(options.pim_types), LowerToLUTGemv(options.nbw)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """A named group of passes; ``passes`` builds the list for the given options and target."""
@@ -58,8 +72,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("quantize", "weights -> b-bit integers and sail.quant_matmul (--bits, --bits-plan, "
           "--avg-bits, pre-quantized models)",
           lambda o, t, q: _quantize_passes(o, q)),
-    Stage("sail", "LUT-GEMV lowering, PIM type conversion (not yet implemented: passes through)",
-          lambda o, t, q: []),
+    Stage("sail", "PIM type conversion and LUT-GEMV lowering (quantized compiles; --no-sail "
+          "skips it)", lambda o, t, q: _sail_passes(o, q)),
     Stage("lower", "target lowering: legalize, fuse, schedule",
           lambda o, t, q: t.lowering_passes(o)),
 )

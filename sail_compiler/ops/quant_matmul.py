@@ -210,11 +210,12 @@ def unpack_code(packed: te.Tensor, row: tirx.PrimExpr, col: tirx.PrimExpr,
     return (word >> shift) & ((1 << bits) - 1)
 
 
-def quantize_activations_te(x: te.Tensor, k_padded: int,
-                            act_bits: int) -> tuple[te.Tensor, te.Tensor]:
-    """TE stages ``(xq int32[..., K_pad], sx float32[...])`` of the reference's activation step.
+def quantize_activations_te(x: te.Tensor, k_padded: int | tirx.PrimExpr, act_bits: int,
+                            out_dtype: str = "int32") -> tuple[te.Tensor, te.Tensor]:
+    """TE stages ``(xq [..., K_pad], sx float32[...])`` of the reference's activation step.
 
-    ``xq`` is 0 in the padding columns ``K .. K_pad - 1``.
+    ``xq`` (``out_dtype``, wide enough for ``act_bits``) is 0 in the padding columns
+    ``K .. K_pad - 1``.
     """
     lead, depth = list(x.shape[:-1]), x.shape[-1]
     qmax = (1 << (act_bits - 1)) - 1
@@ -233,9 +234,10 @@ def quantize_activations_te(x: te.Tensor, k_padded: int,
         rounded = tirx.nearbyint(x[(*t, safe_k)] / sx[tuple(t)])
         clipped = tirx.max(tirx.min(rounded, tirx.const(qmax, "float32")),
                            tirx.const(-qmax, "float32"))
-        return tirx.Select(kk < depth, clipped.astype("int32"), tirx.const(0, "int32"))
+        return tirx.Select(kk < depth, clipped.astype(out_dtype), tirx.const(0, out_dtype))
 
-    xq = te.compute([*lead, _i64(k_padded)], quantize, name="act_quantized")
+    width = _i64(k_padded) if isinstance(k_padded, int) else k_padded
+    xq = te.compute([*lead, width], quantize, name="act_quantized")
     return xq, sx
 
 

@@ -1,10 +1,12 @@
 """sail's Relax passes, one per file; each is an ordinary ``tvm.transform.Pass``."""
 
+from .convert_pim_types import ConvertPIMTypes
 from .expose_group_sums import ExposeGroupSums
 from .lift_weights_to_params import LiftWeightsToParams
+from .lower_to_lut_gemv import LowerToLUTGemv
 from .quantize_embedding import QuantizeEmbedding
 from .quantize_weights import QuantizeWeights
 from .wrap_gather_indices import WrapGatherIndices
 
-__all__ = ["ExposeGroupSums", "LiftWeightsToParams", "QuantizeEmbedding", "QuantizeWeights",
-           "WrapGatherIndices"]
+__all__ = ["ConvertPIMTypes", "ExposeGroupSums", "LiftWeightsToParams", "LowerToLUTGemv",
+           "QuantizeEmbedding", "QuantizeWeights", "WrapGatherIndices"]

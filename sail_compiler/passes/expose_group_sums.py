@@ -1,6 +1,12 @@
 """``ExposeGroupSums``: record every quantized matmul's activations, group sums and results.
 
-Replaces each ``sail.quant_matmul`` call by its legalization
+After the ``sail`` stage a quantized matmul is ``sail.quantize`` -> ``sail.lut_gemv`` (or
+``sail.group_sums``) -> ``sail.dequantize``: the pass wraps the int32 sums and the dequantized
+result in recording calls, with the float input of the ``sail.quantize`` that fed the sums as
+``x``. A ``sail.lut_gemv`` with the dequantization fused is split into its sums form and a
+``sail.dequantize`` first, so its sums can be recorded too (the probe build's outputs are still
+compared with the artifact's). Without the ``sail`` stage (``--no-sail``), it replaces each
+``sail.quant_matmul`` call by its legalization
 (:func:`~sail_compiler.ops.quant_matmul.emit_quant_matmul`: the group-sum kernel, then the
 combining kernel) with two recording calls spliced in::
 
@@ -33,7 +39,18 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from ..errors import SailError
 from ..ops.quant_matmul import emit_quant_matmul, is_quant_matmul, layer_name
+from ..ops.sail_ops import (
+    DEQUANTIZE,
+    GROUP_SUMS,
+    LUT_GEMV,
+    QUANTIZE,
+    dequantize,
+    is_sail_op,
+    lut_gemv,
+    op_attrs,
+)
 from ._common import rewrite_relax_functions
 
 RECORD_FUNC = "sail.probe.record"
@@ -75,8 +92,55 @@ class _Splicer(relax.PyExprMutator):
         args = [value, x, relax.prim_value(index), relax.prim_value(kind)]
         return relax.call_pure_packed(RECORD_FUNC, *args, ty_args=value.ty)
 
+    def _bound(self, expr: relax.Expr) -> relax.Expr | None:
+        return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+
+    def _float_input(self, xq: relax.Expr) -> relax.Expr:
+        """The float ``x`` of the ``sail.quantize`` whose ``xq`` is ``xq``."""
+        item = self._bound(xq)
+        if isinstance(item, relax.TupleGetItem) and item.index == 0:
+            q = self._bound(item.tuple_value)
+            if is_sail_op(q, QUANTIZE):
+                return q.args[0]
+        raise SailError("ExposeGroupSums: a sail.lut_gemv/group_sums reads integer activations "
+                        "that no sail.quantize in the same block produced; run ConvertPIMTypes "
+                        "on the whole module")
+
+    def _record_sums(self, call: relax.Call) -> relax.Expr:
+        index = len(self.layers)
+        attrs = op_attrs(call)
+        self.layers.append(attrs.get("layer") or f"{call.op.name}.{index}")
+        x = self._float_input(call.args[0])
+        sums = self.builder_.emit(call)
+        return self._record_call(sums, x, index, SUMS)
+
+    def _record_result(self, call: relax.Call) -> relax.Expr:
+        rec = self._bound(call.args[0])
+        if not (isinstance(rec, relax.Call) and len(rec.args) == 5
+                and isinstance(rec.args[0], relax.ExternFunc)
+                and str(rec.args[0].global_symbol) == RECORD_FUNC):
+            raise SailError("ExposeGroupSums: a sail.dequantize reads sums that were not "
+                            "recorded; it must follow its sail.lut_gemv")
+        _, _, x, index, _ = rec.args
+        y = self.builder_.emit(call)
+        return self._record_call(y, x, int(index.value) if hasattr(index, "value") else
+                                 int(index), RESULT)
+
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
+        if is_sail_op(call, GROUP_SUMS) or (is_sail_op(call, LUT_GEMV)
+                                            and op_attrs(call)["output"] == "sums"):
+            return self._record_sums(call)
+        if is_sail_op(call, DEQUANTIZE):
+            return self._record_result(call)
+        if is_sail_op(call, LUT_GEMV):  # fused: split, record both halves
+            attrs = op_attrs(call)
+            xq, packed, zero, sx, scale = call.args
+            kwargs = {key: attrs[key] for key in ("bits", "act_bits", "group_size", "k", "nbw",
+                                                  "placement", "layer")}
+            sums = self.builder_.emit(self._record_sums(lut_gemv(xq, packed, zero, **kwargs)))
+            return self._record_result(self.builder_.normalize(
+                dequantize(sums, sx, scale, placement="host", layer=attrs["layer"])))
         if not is_quant_matmul(call):
             return call
         index = len(self.layers)
