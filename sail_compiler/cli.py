@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .artifact import check_output_path
 from .errors import InputError, OptionError, SailError
 from .ir_dump import file_safe
 from .pipeline import STAGE_NAMES
@@ -140,6 +141,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=128,
                    help="tokens a window advances; each token is scored once (default 128)")
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("analyze-patterns", help="lookups SAIL's pattern reuse saves per layer "
+                       "on calibration inputs (default: generated text-like token sequences)")
+    _add_compile_options(p)
+    p.add_argument("--batches", type=_int_list, default=[1, 4, 16],
+                   help="batch sizes to analyse (default 1,4,16)")
+    p.add_argument("--table-size", type=int, default=32,
+                   help="entries of each data-feeding stream's reuse table (default 32)")
+    p.add_argument("--ways", type=int, default=None,
+                   help="set-associative reuse table with this many ways (default: fully "
+                        "associative LRU)")
+    p.add_argument("--hash", default="mod", choices=("mod", "xor"),
+                   help="set index hash for --ways (default mod)")
+    p.add_argument("--chunks-per-stream", type=int, default=8,
+                   help="tables (chunks of NBW weights) one stream feeds (default 8)")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE.py",
+                   help="write the annotated IR (TVMScript) here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("inspect", help="list, show or diff the passes of a --dump-dir")
@@ -330,6 +349,27 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze_patterns(args: argparse.Namespace) -> int:
+    from .lut_patterns import analyze_patterns, format_table
+    from .quant.patterns import ReuseConfig
+
+    if args.bits is None and args.avg_bits is None and args.bits_plan is None:
+        args.bits = 4  # the figures depend on act bits, group size and NBW, not on weight bits
+    config = ReuseConfig(size=args.table_size, ways=args.ways, hash=args.hash,
+                         chunks_per_stream=args.chunks_per_stream)
+    options = _compile_options(args)
+    if args.output is not None:
+        check_output_path(args.output, args.model, force=False)
+    report = analyze_patterns(args.model, options, options.calib, tuple(args.batches), config)
+    if args.output is not None:
+        args.output.write_text(report["module"].script())
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k not in ("module", "schedules")}))
+    else:
+        print(format_table(report))
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect_dump import diff, find, list_passes, read_dump
 
@@ -345,7 +385,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"compile": _cmd_compile, "run": _cmd_run, "verify": _cmd_verify,
              "inspect": _cmd_inspect, "export-onnx": _cmd_export_onnx,
-             "eval-ppl": _cmd_eval_ppl}
+             "eval-ppl": _cmd_eval_ppl, "analyze-patterns": _cmd_analyze_patterns}
 
 
 def main(argv: list[str] | None = None) -> int:

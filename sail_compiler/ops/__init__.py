@@ -7,8 +7,16 @@ from .quant_matmul import OP_NAME as QUANT_MATMUL
 from .quant_matmul import quant_matmul
 from .quant_take import OP_NAME as QUANT_TAKE
 from .quant_take import quant_take
-from .sail_ops import DEQUANTIZE, GROUP_SUMS, LUT_GEMV, QUANTIZE, dequantize, group_sums_op, \
-    lut_gemv, quantize
+from .sail_ops import (
+           DEQUANTIZE,
+           GROUP_SUMS,
+           LUT_GEMV,
+           QUANTIZE,
+           dequantize,
+           group_sums_op,
+           lut_gemv,
+           quantize,
+)
 
 __all__ = ["DEQUANTIZE", "GROUP_SUMS", "LUT_GEMV", "QUANTIZE", "QUANT_MATMUL", "QUANT_TAKE",
            "dequantize", "group_sums_op", "lut_gemv", "quant_matmul", "quant_take", "quantize"]

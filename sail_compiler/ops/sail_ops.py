@@ -1,4 +1,4 @@
-"""The SAIL operators: ``sail.quantize``, ``sail.group_sums``, ``sail.lut_gemv``, ``sail.dequantize``.
+"""The SAIL operators: ``sail.quantize``, ``group_sums``, ``lut_gemv`` and ``dequantize``.
 
 A quantized matmul (``sail.quant_matmul``, DESIGN.md section 3) splits into the three steps SAIL
 performs, each an operator of its own so that passes and targets can place and schedule them::
@@ -46,6 +46,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from ..errors import OptionError, valid_choices
+from ..quant.lut import check_nbw
 from ..quant.packing import check_bits
 from ..quant.reference import (
     QuantizedWeight,
@@ -65,7 +66,6 @@ __all__ = [
     "DEQUANTIZE",
     "GROUP_SUMS",
     "LUT_GEMV",
-    "NBW_RANGE",
     "PLACEMENTS",
     "QUANTIZE",
     "act_dtype",
@@ -89,8 +89,6 @@ DEQUANTIZE = "sail.dequantize"
 
 #: Where a step runs on SAIL: inside the C-SRAM arrays or on the core.
 PLACEMENTS = ("pim", "host")
-#: Valid NBW (weights per table): 1..8.
-NBW_RANGE = range(1, 9)
 #: ``sail.lut_gemv`` outputs: int32 group sums, or float32 with the dequantization fused.
 OUTPUTS = ("sums", "float")
 
@@ -105,15 +103,6 @@ def _i64(value: int) -> tirx.IntImm:
 def act_dtype(act_bits: int) -> str:
     """dtype of quantized activations: int8 up to 8 bits, int16 up to 16."""
     return "int8" if check_act_bits(act_bits) <= 8 else "int16"
-
-
-def check_nbw(nbw: Any) -> int:
-    """``nbw`` as an int in 1..8, else :class:`OptionError` naming the range."""
-    if isinstance(nbw, bool) or not isinstance(nbw, int | np.integer) or \
-            int(nbw) not in NBW_RANGE:
-        raise OptionError(f"NBW (weights per lookup table) must be an integer in 1..8, "
-                          f"got {nbw!r}")
-    return int(nbw)
 
 
 def check_placement(placement: Any) -> str:

@@ -1,5 +1,6 @@
 """sail's Relax passes, one per file; each is an ordinary ``tvm.transform.Pass``."""
 
+from .analyze_lut_patterns import AnalyzeLUTPatterns
 from .convert_pim_types import ConvertPIMTypes
 from .expose_group_sums import ExposeGroupSums
 from .lift_weights_to_params import LiftWeightsToParams
@@ -8,5 +9,5 @@ from .quantize_embedding import QuantizeEmbedding
 from .quantize_weights import QuantizeWeights
 from .wrap_gather_indices import WrapGatherIndices
 
-__all__ = ["ConvertPIMTypes", "ExposeGroupSums", "LiftWeightsToParams", "LowerToLUTGemv",
-           "QuantizeEmbedding", "QuantizeWeights", "WrapGatherIndices"]
+__all__ = ["AnalyzeLUTPatterns", "ConvertPIMTypes", "ExposeGroupSums", "LiftWeightsToParams",
+           "LowerToLUTGemv", "QuantizeEmbedding", "QuantizeWeights", "WrapGatherIndices"]

@@ -4,6 +4,11 @@
 * :mod:`.packing`: the one bit layout of packed codes (little-endian bit streams along K).
 * :mod:`.reference`: RTN weight quantization, activation quantization, exact group sums and the
   reference quantized matmul every target must reproduce (DESIGN.md section 3).
+* :mod:`.lut`: the two table forms of the same group sums (SAIL's weight tables indexed by
+  activation bit planes; the CPU's activation tables indexed by weight bit planes).
+* :mod:`.patterns`: pattern reuse of SAIL's lookups and the deduplicated lookup schedule.
+* :mod:`.methods`, :mod:`.plan`, :mod:`.calibrate`, :mod:`.prepare`: how weights are quantized
+  and which layer gets which scheme.
 """
 
 from .packing import pack_bits, packed_length, unpack_bits

@@ -98,8 +98,9 @@ def test_lowered_ops_match_the_reference(built: tuple, shape: tuple[int, int]) -
         np.testing.assert_allclose(deq, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
 
 
-def _weights(scheme: QuantScheme = QuantScheme(4, 32, False)) -> tuple:
-    qw = quantize_weights_rtn(RNG.standard_normal((K, N)).astype(np.float32), scheme)
+def _weights() -> tuple:
+    qw = quantize_weights_rtn(RNG.standard_normal((K, N)).astype(np.float32),
+                              QuantScheme(4, 32, False))
     return qw, weight_constants(qw)
 
 
