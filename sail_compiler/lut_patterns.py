@@ -107,7 +107,7 @@ def analyze_patterns(model_path: str | Path, options: CompileOptions,
 
     model_path = Path(model_path)
     config = config or ReuseConfig()
-    analysis = AnalyzeLUTPatterns({}, batches, config)  # validates batches before compiling
+    AnalyzeLUTPatterns({}, batches, config)  # validates the batches before compiling
     result = compile_model(model_path, None, dataclasses.replace(options, emit="sail"))
     if result.quantization is None:
         raise InputError("nothing is quantized; add --bits (the analysis needs sail.lut_gemv)")
@@ -118,7 +118,8 @@ def analyze_patterns(model_path: str | Path, options: CompileOptions,
         feeds = calibration_feeds(calib, result.signature)
         described = calib.describe()
     activations = collect_activations(model_path, options, result.quantization, feeds)
-    analysis.activations = activations
+    # a module pass instance forwards reads, not writes, to its class: build it with its data
+    analysis = AnalyzeLUTPatterns(activations, batches, config)
     module = analysis(result.module)
     totals: dict[int, dict[str, float]] = {}
     for b in analysis.batches:
