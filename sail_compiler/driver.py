@@ -159,6 +159,8 @@ def compile_model(model_path: str | Path, output: str | Path | None,
             "act_bits": options.act_bits,
             "avg_bits": options.avg_bits,
             "skip": list(options.skip),
+            "sail": ({"nbw": options.nbw, "pim_types": options.pim_types}
+                     if quant is not None and options.sail else None),
             "signature": signature.to_json(),
         })
         seconds["build"] = time.perf_counter() - started

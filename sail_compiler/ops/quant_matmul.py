@@ -195,19 +195,25 @@ def _infer_type(call: relax.Call, _bb: relax.BlockBuilder) -> relax.TensorType:
     return relax.TensorType([*list(x_ty.shape)[:-1], n_dim], "float32")
 
 
-def unpack_code(packed: te.Tensor, row: tirx.PrimExpr, col: tirx.PrimExpr,
-                 bits: int) -> tirx.PrimExpr:
-    """int32 code ``q[row, col]`` from the little-endian bit stream of column ``col``."""
+def unpack_code(packed: te.Tensor, row: tirx.PrimExpr, col: tirx.PrimExpr, bits: int,
+                dtype: str = "int32") -> tirx.PrimExpr:
+    """Code ``q[row, col]`` in ``dtype`` (int16 or wider) from the little-endian bit stream of
+    column ``col``.
+
+    A code straddling two bytes uses bits ``shift .. shift + b - 1 <= 14`` of their 16-bit
+    concatenation, so int16 never reads its sign bit. (Kernels with int16 tables ask for int16:
+    computing in int32 and narrowing cost LLVM pack and permute instructions per entry.)
+    """
     bit = row * bits
     byte = tirx.floordiv(bit, 8)
-    word = packed[byte, col].astype("int32")
+    word = packed[byte, col].astype(dtype)
     if 8 % bits:  # a code may straddle two bytes; the last byte has no successor
         n_bytes = packed.shape[0]
         nxt = tirx.if_then_else(byte + 1 < n_bytes, packed[tirx.min(byte + 1, n_bytes - 1), col],
                                 tirx.const(0, "uint8"))
-        word = word | (nxt.astype("int32") << 8)
-    shift = tirx.floormod(bit, 8).astype("int32")
-    return (word >> shift) & ((1 << bits) - 1)
+        word = word | (nxt.astype(dtype) << tirx.const(8, dtype))
+    shift = tirx.floormod(bit, 8).astype(dtype)
+    return (word >> shift) & tirx.const((1 << bits) - 1, dtype)
 
 
 def quantize_activations_te(x: te.Tensor, k_padded: int | tirx.PrimExpr, act_bits: int,

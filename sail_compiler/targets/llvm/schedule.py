@@ -22,6 +22,9 @@ without any autotuning:
    keeps the module unfused where TVM's ``FuseTIR`` fails).
 4. ``ScheduleLLVM``: applies rules to every PrimFunc, the first that succeeds wins:
 
+   * LUT-GEMV rule: the ``sail.lut_gemv`` kernel gets its own schedule
+     (:func:`~sail_compiler.ops.lut_kernel.schedule_lut_gemv`);
+
    * matmul rule: every reduction block is ``C += A * B`` with ``B`` contiguous along the
      output column ``n`` (packed panels, weights ``[K, N]``, attention ``[b, h, d, s2]``).
      Row-like axes are fused into ``M``; a block whose ``M`` is provably a multiple of 4 gets
@@ -44,7 +47,7 @@ without any autotuning:
    stays unscheduled: slow but correct.
 
 ``build_pipeline`` is the ``relax_pipeline`` for ``relax.build`` afterwards: CPU dataflow
-lowering and finalization only, no second legalization.
+lowering and finalization only, no second legalization, then :class:`MarkShapeFuncsNoalias`.
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import codegen
 
 from ...errors import tvm_message
+from ...ops.lut_kernel import schedule_lut_gemv
 
-__all__ = ["build_pipeline", "host_target", "lowering_passes"]
+__all__ = ["MarkShapeFuncsNoalias", "build_pipeline", "host_target", "lowering_passes", "vector_lanes"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +149,7 @@ def _vector_bits(target: tvm.target.Target) -> int:
     return 128
 
 
-def _vector_lanes(target: tvm.target.Target, dtype: str) -> int:
+def vector_lanes(target: tvm.target.Target, dtype: str) -> int:
     """Return the number of ``dtype`` lanes in one SIMD register of ``target``."""
     bits = tvm.DataType(dtype).bits
     return max(2, _vector_bits(target) // max(bits, 8))
@@ -651,7 +655,7 @@ def _schedule_matmul(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sc
             return None
         patterns.append(pattern)
     out_dtype = sch.get(reductions[0].block_rv).body.buffer.dtype
-    lanes = _vector_lanes(target, out_dtype)
+    lanes = vector_lanes(target, out_dtype)
     padded = [
         _try_pad(sch, info, pattern, lanes)
         for info, pattern in zip(reductions, patterns, strict=True)
@@ -785,7 +789,7 @@ def _schedule_generic(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     infos = normalize_prim_func(sch)
     if not infos:
         return None
-    lanes = _vector_lanes(target, "float32")
+    lanes = vector_lanes(target, "float32")
     changed = False
     for info in infos:
         try:
@@ -879,6 +883,7 @@ def _dlight_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
 def _default_rules() -> list[tuple[str, _ScheduleFn]]:
     """The rules tried in order on every PrimFunc."""
     return [
+        ("lut_gemv", schedule_lut_gemv),
         ("matmul", _schedule_matmul),
         ("dlight.cpu.Reduction", _dlight_reduction),
         ("dlight.cpu.GEMV", _dlight_rule(dlight.cpu.GEMV())),
@@ -1014,6 +1019,29 @@ def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return [_under_target(p, target) for p in passes]
 
 
+@tvm.transform.module_pass(opt_level=0, name="MarkShapeFuncsNoalias")
+class MarkShapeFuncsNoalias:
+    """Give the VM's shape functions the ``tirx.noalias`` attribute every kernel has.
+
+    TVM 0.27's LLVM codegen drops the per-buffer alias information of every function of a module
+    that holds one PrimFunc without ``tirx.noalias``, and the shape functions ``relax.build``
+    adds for symbolic shapes (``tirx.is_host_func``) lack it: LLVM then assumes that all buffers
+    alias, and the LUT-GEMV kernel ran 2x slower. A shape function has a single buffer, so the
+    attribute is safe there.
+    """
+
+    def transform_module(  # noqa: D102
+        self, mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext
+    ) -> tvm.ir.IRModule:
+        updates = {gv: func.with_attr("tirx.noalias", True)
+                   for gv, func in mod.functions_items()
+                   if isinstance(func, tirx.PrimFunc) and func.attrs is not None
+                   and "tirx.is_host_func" in func.attrs and "tirx.noalias" not in func.attrs}
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+
 def build_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """The relax_pipeline to pass to relax.build after lowering_passes ran (dataflow lowering +
     finalization; must not re-run legalization).
@@ -1028,7 +1056,8 @@ def build_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     tvm.transform.Pass
         One module pass running CPU dataflow lowering and finalization under ``target``.
     """
-    passes = cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
+    passes = cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target) \
+        + [MarkShapeFuncsNoalias()]
 
     @tvm.transform.module_pass(opt_level=0, name="SailLLVMBuildPipeline")
     def pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
