@@ -67,7 +67,8 @@ from tvm.target import codegen
 from ...errors import tvm_message
 from ...ops.lut_kernel import schedule_lut_gemv
 
-__all__ = ["MarkShapeFuncsNoalias", "build_pipeline", "host_target", "lowering_passes", "vector_lanes"]
+__all__ = ["MarkShapeFuncsNoalias", "build_pipeline", "host_target", "lowering_passes",
+           "vector_lanes"]
 
 logger = logging.getLogger(__name__)
 
