@@ -1,10 +1,13 @@
 """Time per forward of the example decoder: sail's llvm target against onnxruntime (fp32).
 
-Both run in this process on the same inputs, one thread each by default; the ratio is what to
-read (these machines are shared, absolute times drift). Shapes: a prefill (no past) and a decode
-step (one token after a past).
+All arms run in this process on the same inputs, one thread each by default; the ratios are what
+to read (these machines are shared, absolute times drift). Shapes: a prefill (no past) and a
+decode step (one token after a past). Arms: the float compile, and for each ``--bits`` width
+(group 128 by default) the quantized compile with the sail stage (``sail.lut_gemv``, the default)
+and without it (``--no-sail``: the dequantize-and-multiply ``sail.quant_matmul``).
 
     python benchmarks/forward.py [--preset small] [--prefill 32] [--past 32] [--threads 1]
+                                 [--bits 2,4] [--group-size 128]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from make_decoder import PRESETS, make_decoder, save_model  # noqa: E402
 
 from sail_compiler import Artifact, CompileOptions, compile_model  # noqa: E402
+from sail_compiler.quant.scheme import QuantScheme  # noqa: E402
 from sail_compiler.verify import InputPlan, OnnxRuntimeReference, generate_inputs  # noqa: E402
 
 
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--past", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--bits", default="", help="quantized arms, e.g. 2,4 (default none)")
+    parser.add_argument("--group-size", type=int, default=128)
     args = parser.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when the runtime starts its pool
 
@@ -49,23 +55,41 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "decoder.onnx"
         save_model(make_decoder(cfg, kv_cache=True), model_path)
-        started = time.perf_counter()
-        compile_model(model_path, Path(tmp) / "out", CompileOptions(num_threads=args.threads))
-        compile_seconds = time.perf_counter() - started
-        artifact = Artifact(Path(tmp) / "out")
+        arms = {"float": CompileOptions(num_threads=args.threads)}
+        for bits in (int(b) for b in args.bits.split(",") if b):
+            scheme = QuantScheme(bits, args.group_size)
+            arms[f"w{bits} lut"] = CompileOptions(num_threads=args.threads, quant=scheme)
+            arms[f"w{bits} no-sail"] = CompileOptions(num_threads=args.threads, quant=scheme,
+                                                      sail=False)
+        artifacts, compile_seconds = {}, {}
+        for name, options in arms.items():
+            started = time.perf_counter()
+            out = Path(tmp) / name.replace(" ", "_")
+            compile_model(model_path, out, options)
+            compile_seconds[name] = time.perf_counter() - started
+            artifacts[name] = Artifact(out)
         reference = OnnxRuntimeReference(model_path, threads=args.threads)
         print(f"preset {args.preset} ({cfg.num_params() / 1e6:.1f}M params), "
-              f"{args.threads} thread(s), compile {compile_seconds:.1f}s")
-        print(f"{'shape':<28} {'sail llvm ms':>12} {'ort ms':>10} {'sail/ort':>9}")
+              f"{args.threads} thread(s), compile "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in compile_seconds.items()))
+        print(f"{'shape':<24} {'ort fp32 ms':>11} "
+              + " ".join(f"{name + ' ms':>16} {'/ort':>6}" for name in arms))
         for label, plan in [(f"prefill seq={args.prefill}", InputPlan(seq_len=args.prefill,
                                                                       past_len=0)),
                             (f"decode seq=1 past={args.past}", InputPlan(seq_len=1,
                                                                          past_len=args.past))]:
-            inputs = generate_inputs(artifact.signature, plan)
-            ours = _median_seconds(lambda i=inputs: artifact.run(i), args.repeats)
+            inputs = generate_inputs(reference_signature(artifacts), plan)
             theirs = _median_seconds(lambda i=inputs: reference.run(i), args.repeats)
-            print(f"{label:<28} {ours * 1e3:>12.2f} {theirs * 1e3:>10.2f} "
-                  f"{ours / theirs:>8.2f}x")
+            cells = []
+            for artifact in artifacts.values():
+                ours = _median_seconds(lambda i=inputs, a=artifact: a.run(i), args.repeats)
+                cells.append(f"{ours * 1e3:>16.2f} {ours / theirs:>5.2f}x")
+            print(f"{label:<24} {theirs * 1e3:>11.2f} " + " ".join(cells))
+
+
+def reference_signature(artifacts: dict):  # type: ignore[no-untyped-def]
+    """The input signature (every arm compiles the same model)."""
+    return next(iter(artifacts.values())).signature
 
 
 if __name__ == "__main__":
