@@ -159,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="tables (chunks of NBW weights) one stream feeds (default 8)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE.py",
                    help="write the annotated IR (TVMScript) here")
+    p.add_argument("--schedule-out", type=Path, metavar="FILE.npz",
+                   help="write the deduplicated lookup schedules of the first call per layer "
+                        "and batch size (arrays <layer>/b<B>/read_chunk, read_pattern, source)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("inspect", help="list, show or diff the passes of a --dump-dir")
@@ -358,11 +361,19 @@ def _cmd_analyze_patterns(args: argparse.Namespace) -> int:
     config = ReuseConfig(size=args.table_size, ways=args.ways, hash=args.hash,
                          chunks_per_stream=args.chunks_per_stream)
     options = _compile_options(args)
-    if args.output is not None:
-        check_output_path(args.output, args.model, force=False)
+    for path in (args.output, args.schedule_out):
+        if path is not None:
+            check_output_path(path, args.model, force=False)
     report = analyze_patterns(args.model, options, options.calib, tuple(args.batches), config)
     if args.output is not None:
         args.output.write_text(report["module"].script())
+    if args.schedule_out is not None:
+        arrays = {f"{layer}/b{b}/{field}": getattr(schedule, field)
+                  for layer, per_batch in report["schedules"].items()
+                  for b, schedule in per_batch.items()
+                  for field in ("read_chunk", "read_pattern", "source")}
+        with args.schedule_out.open("wb") as f:
+            np.savez(f, **arrays)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k not in ("module", "schedules")}))
     else:

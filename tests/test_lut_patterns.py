@@ -93,12 +93,19 @@ def test_figures_match_an_independent_count(micro_decoder: Path, report: dict) -
 
 def test_cli_prints_the_table_and_json(micro_decoder: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "annotated.py"
+    out, sched = tmp_path / "annotated.py", tmp_path / "schedule.npz"
     assert main(["analyze-patterns", str(micro_decoder), "--group-size", "16", "--batches",
-                 "1,2", "--table-size", "8", "-o", str(out)]) == 0
+                 "1,2", "--table-size", "8", "-o", str(out), "--schedule-out", str(sched)]) == 0
     text = capsys.readouterr().out
     assert "8-entry" in text and "total" in text and "B=2 table" in text
     assert '"reuse"' in out.read_text()
+    with np.load(sched) as data:
+        source = data["logits/b2/source"]  # [B, C, b_a]: every lookup's read
+        chunk = data["logits/b2/read_chunk"]
+        assert source.shape[0] == 2 and source.max() < chunk.size
+        # a lookup of chunk c takes its value from a read of chunk c
+        np.testing.assert_array_equal(chunk[source], np.arange(source.shape[1])[None, :, None]
+                                      + np.zeros_like(source))
     assert main(["analyze-patterns", str(micro_decoder), "--json", "--batches", "1"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["layers"]) == 8 and "1" in data["total"]

@@ -188,3 +188,18 @@ def test_embedding_bits_quantize_the_token_table(micro_decoder: Path) -> None:
                                [InputPlan(seq_len=4)], check_reference=False)
     # 3-bit embeddings add error on top of the 8-bit matmuls
     assert report["outputs"][0]["rel_l2_err"] > 2 * float_table["outputs"][0]["rel_l2_err"]
+
+
+@pytest.mark.parametrize("sail, nbw, pim_types", [(False, 4, "auto"), (True, 3, "host"),
+                                                  (True, 8, "pim")],
+                         ids=["no-sail", "fused-nbw3", "pim-nbw8"])
+def test_ref_exact_with_and_without_the_sail_stage(micro_decoder: Path, sail: bool, nbw: int,
+                                                   pim_types: str) -> None:
+    """The probe records the sums of sail.lut_gemv (split from a fused one when the
+    dequantization runs on the host) or of the plain quantized matmul alike."""
+    options = CompileOptions(quant=QuantScheme(3, 16), sail=sail, nbw=nbw, pim_types=pim_types)
+    report = verify_model(micro_decoder, options, PLANS)
+    ref = report["reference"]
+    assert report["ref_exact"] and ref["sums_checked"] > 0 and ref["sums_mismatched"] == 0
+    # the probe build runs the same kernels as the artifact, up to float rounding
+    assert ref["probe_vs_artifact_rel_l2"] <= 1e-6
