@@ -86,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                                                         method="search"), plans[:1])
     quant, ref = quantized["quant"], quantized["reference"]
     logits = next(e for e in quantized["outputs"] if e["name"] == "logits")
-    print(f"5. quantized {scheme} (method search): weights {quant['float_size_bytes'] / 2**20:.1f}"
-          f" MiB -> {quant['size_bytes'] / 2**20:.1f} MiB; logits vs the float model: rel_l2_err "
+    print(f"5. quantized {scheme} (method search; matmuls lowered to sail.lut_gemv, NBW 4): "
+          f"weights {quant['float_size_bytes'] / 2**20:.1f} MiB -> "
+          f"{quant['size_bytes'] / 2**20:.1f} MiB; logits vs the float model: rel_l2_err "
           f"{logits['rel_l2_err']:.3f}, cosine {logits['cosine']:.4f}")
     print(f"   NumPy reference: {ref['sums_checked'] - ref['sums_mismatched']}/"
-          f"{ref['sums_checked']} group sums exact, layer results within "
+          f"{ref['sums_checked']} LUT-GEMV group sums exact, layer results within "
           f"{ref['ref_max_rel_err']:.1e} -> ref_exact {quantized['ref_exact']}")
     return 0 if report["ok"] and quantized["ok"] else 1
 
