@@ -1,4 +1,4 @@
-"""The ``sail`` command: compile | run | verify | inspect | export-onnx | eval-ppl.
+"""The ``sail`` command: compile | run | build | verify | inspect | export-onnx | eval-ppl.
 
 Errors the user can fix print one message and exit 2 (``--traceback`` shows the stack); a
 verification beyond tolerance exits 1.
@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     p.add_argument("--inputs", type=Path, metavar="FILE.npz", help="all inputs in one .npz")
     p.add_argument("--output-dir", type=Path, required=True)
+
+    p = sub.add_parser("build", help="build a c artifact with make and cc (libmodel.a, "
+                       "libmodel.so, sail_main)")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--portable", action="store_true",
+                   help="no -march=native: the build runs on any CPU of this architecture")
 
     p = sub.add_parser("verify", help="compile, run, and compare with onnxruntime")
     _add_compile_options(p)
@@ -266,6 +272,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .artifact import Artifact
+    from .targets.c.target import LIBRARIES, build_library
+
+    artifact = Artifact(args.artifact)
+    if artifact.manifest["target"] != "c":
+        raise OptionError(f"{args.artifact} is a {artifact.manifest['target']} artifact; sail "
+                          "build builds c artifacts (sail compile --target c)")
+    binary = build_library(artifact.path, portable=args.portable)
+    flavor = "portable" if args.portable else "native (-march=native)"
+    print(f"built {', '.join(str(artifact.path / lib) for lib in LIBRARIES)} and {binary} "
+          f"({flavor})")
+    return 0
+
+
 def _print_layers(layers: list[dict]) -> None:
     print(f"  {'layer':<40} {'KxN':>12} {'bits':>4} {'group':>7} {'method':>7} "
           f"{'size KiB':>9} {'w_err':>9} {'out_err':>9} {'exact':>5}")
@@ -282,7 +303,7 @@ def _print_layers(layers: list[dict]) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import InputPlan, report_line, verify_model
+    from .verify import TARGET_AGREEMENT, InputPlan, report_line, verify_model
 
     plans = [InputPlan(batch=b, seq_len=s, past_len=p, seed=args.seed)
              for b, s, p in itertools.product(args.batch, args.seq_len, args.past_len)]
@@ -312,12 +333,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"NumPy reference: group sums {ref['sums_checked'] - ref['sums_mismatched']}/"
               f"{ref['sums_checked']} exact, largest layer result error "
               f"{ref['ref_max_rel_err'] or 0:.2e} -> ref_exact {report['ref_exact']}")
+        if report["target"] != "llvm":
+            print(f"{report['target']} artifact vs the llvm build checked: rel_l2_err "
+                  f"{ref['probe_vs_artifact_rel_l2']:.2e}")
         if args.per_layer:
             _print_layers(quant["layers"])
     if report["ok"]:
         print("OK")
     elif report.get("ref_exact") is False:
         print("FAILED: the compiled model disagrees with the NumPy reference")
+    elif report.get("reference", {}).get("probe_vs_artifact_rel_l2", 0.0) > TARGET_AGREEMENT:
+        print(f"FAILED: the {report['target']} artifact disagrees with the llvm build")
     else:
         print("FAILED: error beyond tolerance")
     return 0 if report["ok"] else 1
@@ -394,7 +420,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"compile": _cmd_compile, "run": _cmd_run, "verify": _cmd_verify,
+_COMMANDS = {"compile": _cmd_compile, "run": _cmd_run, "build": _cmd_build,
+             "verify": _cmd_verify,
              "inspect": _cmd_inspect, "export-onnx": _cmd_export_onnx,
              "eval-ppl": _cmd_eval_ppl, "analyze-patterns": _cmd_analyze_patterns}
 

@@ -21,6 +21,9 @@ from .frontend.signature import ModelSignature, TensorSpec
 from .options import CompileOptions
 
 DEFAULT_TOLERANCE = 1e-4
+#: Largest rel_l2_err between a quantized artifact of another target and the llvm build the
+#: reference check records (DESIGN.md section 3: results within 1e-5 of the reference).
+TARGET_AGREEMENT = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,8 +257,10 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
             from .passes.expose_group_sums import recording
             from .reference_check import ReferenceCheck
 
-            probe_options = dataclasses.replace(options, probe=True, dump_dir=None,
-                                                print_after=(), force=False)
+            # The probe records the group sums through Python callbacks: an llvm build for
+            # every target; probe_vs_artifact_rel_l2 then compares the artifact with llvm.
+            probe_options = dataclasses.replace(options, target="llvm", probe=True,
+                                                dump_dir=None, print_after=(), force=False)
             compile_model(model_path, Path(tmp) / "probe", probe_options, quantization=quant)
             probe = Artifact(Path(tmp) / "probe")
             names = {q.layer.name for q in quant.layers if q.qw is not None}
@@ -305,4 +310,6 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
             summary["layers"] = checked["layers"]
         report["quant"] = summary
         ok = ok and checked["ref_exact"]
+        if options.target != "llvm":  # the reference check ran on llvm: the artifact must agree
+            ok = ok and probe_diff <= TARGET_AGREEMENT
     return {"ok": ok, **report}

@@ -74,6 +74,7 @@ __all__ = [
     "dequantize",
     "group_sums_op",
     "is_sail_op",
+    "legalize_lut_gemv",
     "lut_gemv",
     "op_attrs",
     "quantize",
@@ -383,7 +384,14 @@ def _legalize_group_sums(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr
                       primfunc_name_hint="sail_group_sums")
 
 
-def _legalize_lut_gemv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+def legalize_lut_gemv(bb: relax.BlockBuilder, call: relax.Call, *,
+                      fence: bool = True) -> relax.Expr:
+    """``sail.lut_gemv`` -> ``R.call_tir`` of the table kernel (:func:`.lut_kernel.lut_gemv_te`).
+
+    ``fence=False`` leaves out the ``llvm.arithmetic.fence`` of the fused dequantization, for
+    code generators that do not know LLVM intrinsics (the ``c`` target compiles with
+    ``-ffp-contract=off`` instead).
+    """
     from .lut_kernel import lut_gemv_te
 
     bits, act_bits, group_size, k = _weight_attrs(call)
@@ -391,7 +399,7 @@ def _legalize_lut_gemv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     xq, packed, zero = call.args[:3]
     extra = {"sx": call.args[3], "scale": call.args[4]} if fused else {}
     return bb.call_te(lut_gemv_te, xq, packed, zero, bits=bits, group_size=group_size, k=k,
-                      act_bits=act_bits, nbw=int(call.attrs["nbw"]), **extra,
+                      act_bits=act_bits, nbw=int(call.attrs["nbw"]), fence=fence, **extra,
                       primfunc_name_hint="sail_lut_gemv",
                       primfunc_attrs={"op_pattern": _OPAQUE})
 
@@ -444,7 +452,7 @@ _SPECS = (
     (LUT_GEMV, "group sums (or fused float result) by lookup tables, as SAIL computes them",
      (("xq", "int8/int16 [..., K]"), ("packed", "uint8"), ("zero", "int32 [G, N]"),
       ("sx", "float32 [...] (output=float)"), ("scale", "float32 [G, N] (output=float)")),
-     _infer_lut_gemv, _legalize_lut_gemv),
+     _infer_lut_gemv, legalize_lut_gemv),
     (DEQUANTIZE, "int32 group sums -> float32 result",
      (("sums", "int32 [..., G, N]"), ("sx", "float32 [...]"), ("scale", "float32 [G, N]")),
      _infer_dequantize, _legalize_dequantize),

@@ -992,7 +992,8 @@ def _under_target(inner: tvm.transform.Pass, target: tvm.target.Target) -> tvm.t
     return run
 
 
-def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+def lowering_passes(target: tvm.target.Target,
+                    legalize_map: dict[str, Callable] | None = None) -> list[tvm.transform.Pass]:
     """Passes that take a Relax IRModule of high-level ops (relax.op.matmul etc., possibly already
     containing R.call_tir to user TIR) to legalized, fused, SCHEDULED TIR ready for relax.build.
 
@@ -1000,6 +1001,9 @@ def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     ----------
     target : tvm.target.Target
         The ``llvm`` target (see :func:`host_target`).
+    legalize_map : dict, optional
+        Operator name -> legalization replacing the registered ``FLegalize`` (the ``c`` target
+        legalizes ``sail.lut_gemv`` without LLVM intrinsics).
 
     Returns
     -------
@@ -1010,7 +1014,7 @@ def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         relax.transform.FoldConstant(),
         PackMatmulWeights(PANEL),
         *cpu_pipeline.library_dispatch_passes(target),
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(legalize_map),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         FuseOpsAndTIR(),

@@ -1,0 +1,239 @@
+/* SAIL C runtime: LUT-GEMV API, activation quantizer and the portable C kernels.
+ *
+ * The portable kernels read the same tables and weight layout as the SIMD ones (sail_lut.h)
+ * and compute the same integers; they are the fallback on other CPUs and the readable
+ * statement of what the SIMD kernels do.
+ */
+#include "sail_lut.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Layout helpers shared by every kernel ------------------------------------------------- */
+
+static size_t table_bytes(const sail_lut_weight *w, int rows) {
+    return (size_t)rows * (size_t)w->n_groups * (size_t)w->blocks_per_group *
+           SAIL_LUT_TABLE_BYTES_PER_BLOCK;
+}
+
+static size_t round_up_64(size_t bytes) { return (bytes + 63u) & ~(size_t)63u; }
+
+int sail_lut_check(const sail_lut_weight *w) {
+    if (!w || w->bits < 1 || w->bits > 8 || w->k < 1 || w->n < 1 || w->group_size < 1)
+        return SAIL_EINVAL;
+    if (w->n_groups != (w->k + w->group_size - 1) / w->group_size ||
+        w->blocks_per_group != (w->group_size + SAIL_LUT_BLOCK_K - 1) / SAIL_LUT_BLOCK_K ||
+        w->n_tiles != (w->n + SAIL_LUT_TILE_N - 1) / SAIL_LUT_TILE_N)
+        return SAIL_EINVAL;
+    if (!w->planes || !w->scales) return SAIL_EINVAL;
+    return SAIL_OK;
+}
+
+size_t sail_lut_workspace_size(const sail_lut_weight *w, int rows) {
+    if (sail_lut_check(w) != SAIL_OK || rows < 1) return 0;
+    return round_up_64(table_bytes(w, rows)) +
+           round_up_64((size_t)rows * (size_t)w->n_groups * sizeof(int32_t));
+}
+
+/* ---- Activation quantization ----------------------------------------------------------------- */
+
+int sail_quantize_rows(const float *x, int rows, int k, int act_bits, int8_t *xq, float *sx) {
+    if (!x || !xq || !sx || rows < 0 || k < 1 || act_bits < 2 || act_bits > 8) return SAIL_EINVAL;
+    const float qmax = (float)((1 << (act_bits - 1)) - 1);
+    for (int t = 0; t < rows; ++t) {
+        const float *xr = x + (size_t)t * (size_t)k;
+        int8_t *qr = xq + (size_t)t * (size_t)k;
+        float amax = 0.0f;
+        for (int i = 0; i < k; ++i) {
+            float a = fabsf(xr[i]);
+            amax = a > amax ? a : amax;
+        }
+        float s = amax / qmax; /* IEEE division, as the reference */
+        if (s == 0.0f) s = 1.0f;
+        sx[t] = s;
+        for (int i = 0; i < k; ++i) {
+            float r = nearbyintf(xr[i] / s); /* round half to even (default rounding mode) */
+            r = r > qmax ? qmax : (r < -qmax ? -qmax : r);
+            qr[i] = (int8_t)r;
+        }
+    }
+    return SAIL_OK;
+}
+
+/* ---- Portable kernels ------------------------------------------------------------------------ */
+
+/* Activation of row r (0..31) of block blk of group grp, 0 past the group or past K. */
+static int block_activation(const sail_lut_weight *w, const int8_t *xr, int grp, int blk, int r) {
+    int row_in_group = blk * SAIL_LUT_BLOCK_K + r;
+    long k = (long)grp * w->group_size + row_in_group;
+    return (row_in_group < w->group_size && k < w->k) ? xr[k] : 0;
+}
+
+void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int rows,
+                              int row_begin, int row_end, uint8_t *tables, int32_t *xsum) {
+    for (int t = row_begin; t < row_end; ++t) {
+        const int8_t *xr = xq + (size_t)t * (size_t)w->k;
+        for (int grp = 0; grp < w->n_groups; ++grp) {
+            int32_t total = 0;
+            for (int blk = 0; blk < w->blocks_per_group; ++blk) {
+                uint8_t *tab = tables + sail_lut_table_offset(w, rows, t, grp, blk);
+                for (int cp = 0; cp < 4; ++cp) {
+                    for (int lane = 0; lane < 2; ++lane) {
+                        int x[SAIL_LUT_NBW];
+                        for (int j = 0; j < SAIL_LUT_NBW; ++j) {
+                            x[j] = block_activation(w, xr, grp, blk, cp * 8 + lane * 4 + j);
+                            total += x[j];
+                        }
+                        for (int p = 0; p < 16; ++p) {
+                            int v = 0; /* in [-512, 508] */
+                            for (int j = 0; j < SAIL_LUT_NBW; ++j)
+                                if (p >> j & 1) v += x[j];
+                            /* V = 16 H + L: L = V mod 16 in [0, 15] (two's complement &),
+                             * H = (V - L) / 16 = floor(V / 16) in [-32, 31], exact. */
+                            tab[cp * 64 + lane * 16 + p] = (uint8_t)(v & 15);
+                            tab[cp * 64 + 32 + lane * 16 + p] =
+                                (uint8_t)(int8_t)((v - (v & 15)) / 16);
+                        }
+                    }
+                }
+            }
+            xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp] = total;
+        }
+    }
+}
+
+/* Column (0..15 within the tile) and bit plane of byte bp (0..15) of index vector v. */
+static void vector_slot(int bits, int v, int bp, int *column, int *plane) {
+    if (v < 2 * (bits / 2)) {
+        *column = 8 * (v % 2) + bp / 2;
+        *plane = 2 * (v / 2) + bp % 2;
+    } else {
+        *column = 8 * (bp % 2) + bp / 2;
+        *plane = bits - 1;
+    }
+}
+
+void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile_end) {
+    const sail_lut_weight *w = call->w;
+    const int bits = w->bits, zero_sym = 1 << (bits - 1);
+    static const int order[SAIL_LUT_TILE_N] = SAIL_LUT_COLUMN_ORDER;
+    const size_t block_bytes = (size_t)bits * 64;
+    for (int tile = tile_begin; tile < tile_end; ++tile) {
+        const int col0 = tile * SAIL_LUT_TILE_N;
+        const int ncols = w->n - col0 < SAIL_LUT_TILE_N ? w->n - col0 : SAIL_LUT_TILE_N;
+        for (int t = 0; t < call->rows; ++t) {
+            float yacc[SAIL_LUT_TILE_N] = {0};
+            for (int grp = 0; grp < w->n_groups; ++grp) {
+                const size_t tg = (size_t)tile * (size_t)w->n_groups + (size_t)grp;
+                const uint8_t *planes = w->planes + tg * (size_t)w->blocks_per_group * block_bytes;
+                /* int64: the partial sums before the zero point may exceed int32 for huge g. */
+                int64_t acc[SAIL_LUT_TILE_N] = {0};
+                for (int blk = 0; blk < w->blocks_per_group; ++blk) {
+                    const uint8_t *tab =
+                        call->tables + sail_lut_table_offset(w, call->rows, t, grp, blk);
+                    const uint8_t *wb = planes + (size_t)blk * block_bytes;
+                    for (int v = 0; v < bits; ++v) {
+                        for (int l = 0; l < 2; ++l) {
+                            for (int pos = 0; pos < 32; ++pos) {
+                                const int lane = pos / 16, bp = pos % 16;
+                                const uint8_t byte = wb[(v * 2 + l) * 32 + pos];
+                                int column, plane;
+                                vector_slot(bits, v, bp, &column, &plane);
+                                for (int half = 0; half < 2; ++half) {
+                                    const int cp = 2 * l + half;
+                                    const int p = half ? byte >> 4 : byte & 15;
+                                    const uint8_t *tl = tab + cp * 64 + lane * 16;
+                                    const int value = tl[p] + 16 * (int8_t)tl[32 + p];
+                                    acc[column] += (int64_t)value * (1 << plane);
+                                }
+                            }
+                        }
+                    }
+                }
+                const int32_t xs = call->xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp];
+                const float ssx = call->sx[t];
+                for (int i = 0; i < SAIL_LUT_TILE_N; ++i) {
+                    const int c = order[i];
+                    if (c >= ncols) continue;
+                    const int z = w->zeros ? w->zeros[tg * SAIL_LUT_TILE_N + (size_t)i] : zero_sym;
+                    /* Wrap to int32 like the SIMD kernels: exact whenever the sum fits int32. */
+                    const int32_t s = (int32_t)(uint32_t)(uint64_t)(acc[c] - (int64_t)z * xs);
+                    if (call->sums)
+                        call->sums[((size_t)t * (size_t)w->n_groups + (size_t)grp) * (size_t)w->n +
+                                   (size_t)(col0 + c)] = s;
+                    const float scale = w->scales[tg * SAIL_LUT_TILE_N + (size_t)i] * ssx;
+                    yacc[c] += scale * (float)s;
+                }
+            }
+            memcpy(call->y + (size_t)t * (size_t)w->n + (size_t)col0, yacc,
+                   (size_t)ncols * sizeof(float));
+        }
+    }
+}
+
+/* ---- Dispatch -------------------------------------------------------------------------------- */
+
+#ifdef SAIL_LUT_HAVE_AVX2
+#define SAIL_LUT_TABLES sail_lut_tables_avx2
+#define SAIL_LUT_TILES sail_lut_tiles_avx2
+#define SAIL_LUT_ISA "avx2"
+#else
+#define SAIL_LUT_TABLES sail_lut_tables_portable
+#define SAIL_LUT_TILES sail_lut_tiles_portable
+#define SAIL_LUT_ISA "portable"
+#endif
+
+const char *sail_lut_isa(void) { return SAIL_LUT_ISA; }
+
+/* Tables of a batch are split over the threads by token. */
+typedef struct table_task {
+    const sail_lut_weight *w;
+    const int8_t *xq;
+    int rows;
+    uint8_t *tables;
+    int32_t *xsum;
+} table_task;
+
+static void run_tables(void *ctx, int thread, int n_threads) {
+    const table_task *task = (const table_task *)ctx;
+    const int begin = (int)((long)task->rows * thread / n_threads);
+    const int end = (int)((long)task->rows * (thread + 1) / n_threads);
+    if (begin < end)
+        SAIL_LUT_TABLES(task->w, task->xq, task->rows, begin, end, task->tables, task->xsum);
+}
+
+/* Tiles are split into contiguous ranges, one per thread, so each thread streams its part
+ * of the weights front to back. */
+static void run_tiles(void *ctx, int thread, int n_threads) {
+    const sail_lut_call *call = (const sail_lut_call *)ctx;
+    const long n_tiles = call->w->n_tiles;
+    int begin = (int)(n_tiles * thread / n_threads);
+    int end = (int)(n_tiles * (thread + 1) / n_threads);
+    if (begin < end) SAIL_LUT_TILES(call, begin, end);
+}
+
+int sail_lut_gemv(const sail_lut_weight *w, const int8_t *xq, const float *sx, int rows,
+                  float *y, int32_t *sums, void *workspace, sail_pool *pool) {
+    if (sail_lut_check(w) != SAIL_OK || !xq || !sx || !y || rows < 0) return SAIL_EINVAL;
+    if (rows == 0) return SAIL_OK;
+    void *owned = NULL;
+    if (!workspace) {
+        owned = malloc(sail_lut_workspace_size(w, rows) + 63u);
+        if (!owned) return SAIL_ENOMEM;
+        workspace = (void *)(((uintptr_t)owned + 63u) & ~(uintptr_t)63u);
+    } else if ((uintptr_t)workspace & 63u) {
+        return SAIL_EINVAL;
+    }
+    uint8_t *tables = (uint8_t *)workspace;
+    int32_t *xsum = (int32_t *)(tables + round_up_64(table_bytes(w, rows)));
+    table_task task = {w, xq, rows, tables, xsum};
+    if (rows > 1)
+        sail_pool_run(pool, run_tables, &task);
+    else
+        run_tables(&task, 0, 1);
+    sail_lut_call call = {w, tables, xsum, sx, rows, y, sums};
+    sail_pool_run(pool, run_tiles, &call);
+    free(owned);
+    return SAIL_OK;
+}

@@ -1,0 +1,161 @@
+/* SAIL C runtime: LUT-GEMV over low-bit weights, CPU (T-MAC) form.
+ *
+ * Computes, for a weight W[K, N] quantized in groups of g consecutive k with b-bit unsigned
+ * codes q (b = 1..8), scales s[grp, n] and zero points z[grp, n] (DESIGN.md section 3):
+ *
+ *   S[t, grp, n] = sum_{k in grp} (q[k, n] - z[grp, n]) * xq[t, k]        exact, int32
+ *   y[t, n]      = sum_grp (s[grp, n] * sx[t]) * (float)S[t, grp, n]     float32, groups in order
+ *
+ * with int8 activations xq (sail_quantize_rows). The integer sums equal the NumPy reference
+ * (sail_compiler.quant.reference.group_sums) exactly; y is computed with the reference's
+ * float operations in the reference's order (build without FP contraction: -ffp-contract=off).
+ *
+ * Method
+ * ------
+ * K is cut into chunks of NBW = 4 rows. For each token and chunk the runtime builds a table
+ * of the 16 subset sums of the chunk's 4 activations, V[p] = sum_{j : bit j of p} x_j, in
+ * [-512, 508]. The weights are stored as bit planes: the 4 bits of plane i of one column in
+ * one chunk form the index p, and sum_i V[p_i] << i = sum_j q_j x_j. A byte shuffle (vpshufb,
+ * NEON tbl) looks up 16 or 32 such indices at once. V needs 10 bits, so each table is kept as
+ * two byte tables, V = 16 * H + L with L = V & 15 in [0, 15] and H = V >> 4 in [-32, 31]
+ * (arithmetic shift): two shuffles per index, both exact. The zero points enter once per
+ * token and group as z * sum_{k in grp} xq (what the tables' all-ones entries V[15] add up to,
+ * computed with the tables).
+ *
+ * Weight layout (written at compile time by sail_compiler.targets.c.kernels.relayout)
+ * ------------------------------------------------------------------------------------
+ * Columns are cut into tiles of SAIL_LUT_TILE_N = 16 (two subtiles of 8); N is padded with
+ * zero-scale columns. Each group of g rows is padded to blocks of SAIL_LUT_BLOCK_K = 32 rows
+ * (rows past g or K have xq = 0 and code bits 0). Row r of a block belongs to chunk pair
+ * cp = r / 8 (0..3), lane L = (r / 4) % 2 and chunk row j = r % 4: the 16-byte shuffle lane L
+ * of a 32-byte vector serves chunk 2 * cp + L.
+ *
+ * Per tile, group and block there are `bits` index vectors v per chunk pair. Byte bp (0..15)
+ * of lane L of vector v holds the index of
+ *   v < 2 * (bits / 2):        column 8 * (v % 2) + bp / 2,       plane 2 * (v / 2) + bp % 2
+ *   v = bits - 1, bits odd:    column 8 * (bp % 2) + bp / 2,      plane bits - 1
+ * so adjacent bytes are two planes of one column (summed by one multiply-add with weights
+ * 1 and 2), and the odd last plane pairs the two subtiles. Two chunk pairs share a byte:
+ * chunk pair 2l in the low nibble, 2l + 1 in the high nibble. The bytes of one tile, group
+ * and block are ordered [v][l][L][bp] (bits * 2 * 32 bytes), blocks follow each other, then
+ * groups, then tiles:
+ *   planes[((tile * n_groups + grp) * blocks_per_group + blk) * bits * 64 + (v * 2 + l) * 32
+ *          + L * 16 + bp]
+ * scales[(tile * n_groups + grp) * 16 + i] (float32) and zeros[...] (uint8, or NULL for
+ * symmetric weights with the implicit zero point 2^(bits-1)) follow the same tile order;
+ * entry i belongs to column SAIL_LUT_COLUMN_ORDER[i] of the tile, the order in which the
+ * AVX2 kernel's integer sums come out of its lane folding.
+ *
+ * Threads: sail_lut_gemv splits the tables of a batch by token, then the tiles (contiguous
+ * ranges), over the threads of a sail_pool (sail_threads.h). The kernels keep no global
+ * state: calls on different pools and workspaces may run at once.
+ *
+ * Kernels: sail_lut.c holds the portable C kernels and chooses at build time; sail_lut_avx2.c
+ * holds the x86-64 AVX2 ones (compiled when __AVX2__ is defined and SAIL_NO_SIMD is not).
+ * A NEON variant implements the two kernel entry points declared at the end of this file over
+ * the same layout (tbl for vpshufb, 128-bit halves for the two lanes).
+ */
+#ifndef SAIL_LUT_H
+#define SAIL_LUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sail_threads.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SAIL_LUT_NBW 4
+#define SAIL_LUT_TILE_N 16
+#define SAIL_LUT_BLOCK_K 32
+/* Tile column of scale / zero point entry i (see the layout above). */
+#define SAIL_LUT_COLUMN_ORDER {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15}
+/* Bytes of activation tables per token and block: 4 chunk pairs x (lo 32 B, hi 32 B). */
+#define SAIL_LUT_TABLE_BYTES_PER_BLOCK 256
+
+/* Return codes. */
+#define SAIL_OK 0
+#define SAIL_EINVAL (-1) /* an argument is out of range or inconsistent */
+#define SAIL_ENOMEM (-2) /* the workspace could not be allocated */
+
+/* A weight re-laid out for the kernels (see the layout above). The arrays are borrowed. */
+typedef struct sail_lut_weight {
+    int bits;             /* code width b, 1..8 */
+    int k;                /* reduction length K (rows of W) */
+    int n;                /* output columns N */
+    int group_size;       /* g, rows per group; K for one group per column */
+    int n_groups;         /* ceil(K / g) */
+    int blocks_per_group; /* ceil(g / SAIL_LUT_BLOCK_K) */
+    int n_tiles;          /* ceil(N / SAIL_LUT_TILE_N) */
+    const uint8_t *planes;  /* n_tiles * n_groups * blocks_per_group * bits * 64 bytes */
+    const float *scales;    /* [n_tiles][n_groups][16] */
+    const uint8_t *zeros;   /* [n_tiles][n_groups][16], or NULL: zero point 2^(bits-1) */
+} sail_lut_weight;
+
+/* SAIL_OK if w is consistent (fields in range, derived counts right, arrays present). */
+int sail_lut_check(const sail_lut_weight *w);
+
+/* Per-row symmetric quantization, exactly sail_compiler.quant.reference.quantize_activations:
+ * sx[t] = max_k |x[t, k]| / (2^(act_bits-1) - 1) (1 where that is 0), xq = nearbyint(x / sx)
+ * (IEEE division, round half to even in the default rounding mode) clamped to +-qmax.
+ * x: [rows][k] finite float32; act_bits 2..8. Returns SAIL_OK or SAIL_EINVAL. */
+int sail_quantize_rows(const float *x, int rows, int k, int act_bits, int8_t *xq, float *sx);
+
+/* Bytes of workspace sail_lut_gemv needs for `rows` tokens (tables and group sums of xq). */
+size_t sail_lut_workspace_size(const sail_lut_weight *w, int rows);
+
+/* y[rows][n] = xq[rows][k] times the weight, as in the contract at the top of this file.
+ * sx: [rows] activation scales. sums: NULL, or [rows][n_groups][n] to receive the exact int32
+ * group sums. workspace: NULL (allocated and freed per call) or sail_lut_workspace_size()
+ * bytes aligned to 64. pool: NULL runs on the calling thread; one call at a time per pool.
+ * xq may hold any int8 value (-128 included). Returns SAIL_OK, SAIL_EINVAL or SAIL_ENOMEM. */
+int sail_lut_gemv(const sail_lut_weight *w, const int8_t *xq, const float *sx, int rows,
+                  float *y, int32_t *sums, void *workspace, sail_pool *pool);
+
+/* The kernel family this library was built with: "avx2" or "portable". */
+const char *sail_lut_isa(void);
+
+/* ---- Kernel interface (one implementation per instruction set) ---------------------------- */
+
+/* One call's operands as the kernels see them. */
+typedef struct sail_lut_call {
+    const sail_lut_weight *w;
+    const uint8_t *tables; /* see sail_lut_table_offset */
+    const int32_t *xsum;   /* [rows][n_groups]: sum of xq over each group */
+    const float *sx;       /* [rows] */
+    int rows;
+    float *y;              /* [rows][n] */
+    int32_t *sums;         /* [rows][n_groups][n] or NULL */
+} sail_lut_call;
+
+/* Byte offset of the tables of token t (of `rows`), group grp and block blk: the tokens of one
+ * block are adjacent, so a pass over a block reads one contiguous stretch for all tokens. */
+static inline size_t sail_lut_table_offset(const sail_lut_weight *w, int rows, int t, int grp,
+                                           int blk) {
+    return (((size_t)grp * (size_t)w->blocks_per_group + (size_t)blk) * (size_t)rows +
+            (size_t)t) * SAIL_LUT_TABLE_BYTES_PER_BLOCK;
+}
+
+/* Tables of tokens [row_begin, row_end) of `rows`: for token t, group grp, block blk and chunk
+ * pair cp, 64 bytes at sail_lut_table_offset(w, rows, t, grp, blk) + cp * 64:
+ * L of chunk 2cp (16 B), L of chunk 2cp + 1, H of chunk 2cp, H of chunk 2cp + 1 (entries as
+ * uint8 / int8), where V[p] = 16 H[p] + L[p]; and xsum[t][grp]. */
+void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int rows,
+                              int row_begin, int row_end, uint8_t *tables, int32_t *xsum);
+/* y and sums of the tiles [tile_begin, tile_end) for every token of the call. */
+void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile_end);
+
+#if defined(__AVX2__) && !defined(SAIL_NO_SIMD)
+#define SAIL_LUT_HAVE_AVX2 1
+void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, int row_begin,
+                          int row_end, uint8_t *tables, int32_t *xsum);
+void sail_lut_tiles_avx2(const sail_lut_call *call, int tile_begin, int tile_end);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SAIL_LUT_H */

@@ -1,0 +1,395 @@
+/* SAIL C runtime: LUT-GEMV kernels for x86-64 AVX2 (compiled with -mavx2 or -march=...).
+ *
+ * Same tables, layout and integers as the portable kernels in sail_lut.c; see sail_lut.h.
+ *
+ * Exactness: every narrow accumulator below has a proven bound.
+ *   table bytes    L in [0, 15] (uint8), H in [-32, 31] (int8)
+ *   byte sums      4 lookups (the 4 chunk pairs of a block) per byte: L-sum <= 60 fits uint8,
+ *                  H-sum in [-128, 124] fits int8 (vpaddb wraps, but never has to)
+ *   int16 (vpmaddubsw, never saturating: |products| tiny)
+ *                  pair vector:  (L0 + 2 L1) + (16 H0 + 32 H1) in [-6144, 6132]
+ *                  odd vector:   L + 16 H in [-2048, 2044] per subtile
+ *   int16 sums     of at most 4 blocks: |.| <= 4 * 6144 = 24576 < 32767
+ *   int32          (vpmaddwd by the plane weights 4^j <= 64 or 2^(b-1) <= 128) accumulate
+ *                  sum_k q x - z sum_k x, which wraps modulo 2^32 exactly like the portable
+ *                  kernel: exact whenever the group sum fits int32 (the reference checks).
+ */
+#include "sail_lut.h"
+
+#ifdef SAIL_LUT_HAVE_AVX2
+
+#include <immintrin.h>
+#include <string.h>
+
+/* Tokens whose int16/int32 accumulators live on the stack during one pass over a tile. */
+#define ROWS_PER_PASS 8
+/* Tiles whose lookups share one load of a token's table registers: more tiles per pass cut
+ * table loads (which matter when the lookups of several tokens are compute bound), fewer keep
+ * the number of concurrent weight streams low (batch 1 is memory bound). Measured on Zen 3. */
+#define TILES_PER_PASS 4
+#define TILES_PER_PASS_ONE_ROW 2
+/* Blocks whose int16 sums may be added before they are widened (bound in the file comment). */
+#define BLOCKS_PER_FLUSH 4
+/* Software prefetch distance in each weight stream: the hardware prefetcher alone left batch 1
+ * well below the read bandwidth (measured on Zen 3: 7 GB/s without, 12-13 GB/s with). */
+#define PREFETCH_BYTES 2048
+
+#define SAIL_INLINE static inline __attribute__((always_inline))
+
+/* ---- Tables ---------------------------------------------------------------------------------- */
+
+/* 32 activations of one block: direct from xq when the block lies inside the group and K,
+ * else copied with zeros for the rows past them. */
+static const int8_t *block_rows(const sail_lut_weight *w, const int8_t *xr, int grp, int blk,
+                                int8_t *scratch) {
+    const int row0 = blk * SAIL_LUT_BLOCK_K;
+    const long k0 = (long)grp * w->group_size + row0;
+    if (row0 + SAIL_LUT_BLOCK_K <= w->group_size && k0 + SAIL_LUT_BLOCK_K <= w->k) return xr + k0;
+    memset(scratch, 0, SAIL_LUT_BLOCK_K);
+    for (int r = 0; r < SAIL_LUT_BLOCK_K; ++r)
+        if (row0 + r < w->group_size && k0 + r < w->k) scratch[r] = xr[k0 + r];
+    return scratch;
+}
+
+void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, int row_begin,
+                          int row_end, uint8_t *tables, int32_t *xsum) {
+    /* int16 entry p (lane 0: p = 0..7, lane 1: p = 8..15) as byte pairs: bits 0,1 / 2,3 of p. */
+    const __m256i bits01 = _mm256_setr_epi8(0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1,
+                                            0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1);
+    const __m256i bits23 = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0,
+                                            0, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+    /* Broadcast activation byte pairs (0,1), (2,3), (4,5), (6,7) of a qword to every int16. */
+    const __m256i pick01 = _mm256_set1_epi16(0x0100), pick23 = _mm256_set1_epi16(0x0302);
+    const __m256i pick45 = _mm256_set1_epi16(0x0504), pick67 = _mm256_set1_epi16(0x0706);
+    const __m256i low4 = _mm256_set1_epi16(15), bias = _mm256_set1_epi8(-128);
+    int8_t scratch[SAIL_LUT_BLOCK_K];
+    for (int t = row_begin; t < row_end; ++t) {
+        const int8_t *xr = xq + (size_t)t * (size_t)w->k;
+        for (int grp = 0; grp < w->n_groups; ++grp) {
+            __m256i sad = _mm256_setzero_si256();
+            for (int blk = 0; blk < w->blocks_per_group; ++blk) {
+                const int8_t *x = block_rows(w, xr, grp, blk, scratch);
+                uint8_t *tab = tables + sail_lut_table_offset(w, rows, t, grp, blk);
+                /* sum of (x + 128) per 8 bytes; the bias is removed once per group */
+                sad = _mm256_add_epi64(sad, _mm256_sad_epu8(_mm256_xor_si256(
+                    _mm256_loadu_si256((const __m256i *)x), bias), _mm256_setzero_si256()));
+                for (int cp = 0; cp < 4; ++cp) {
+                    int64_t eight;
+                    memcpy(&eight, x + cp * 8, 8);
+                    const __m256i xb = _mm256_set1_epi64x(eight);
+                    /* V[p] = x0 b0 + x1 b1 + x2 b2 + x3 b3 in int16, chunks 2cp (a), 2cp+1 (b) */
+                    const __m256i va = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(bits01, _mm256_shuffle_epi8(xb, pick01)),
+                        _mm256_maddubs_epi16(bits23, _mm256_shuffle_epi8(xb, pick23)));
+                    const __m256i vb = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(bits01, _mm256_shuffle_epi8(xb, pick45)),
+                        _mm256_maddubs_epi16(bits23, _mm256_shuffle_epi8(xb, pick67)));
+                    const __m256i lo = _mm256_packus_epi16(_mm256_and_si256(va, low4),
+                                                           _mm256_and_si256(vb, low4));
+                    const __m256i hi = _mm256_packs_epi16(_mm256_srai_epi16(va, 4),
+                                                          _mm256_srai_epi16(vb, 4));
+                    /* packs interleave the lanes: qwords (a0-7, b0-7, a8-15, b8-15) -> a, b */
+                    _mm256_storeu_si256((__m256i *)(tab + cp * 64),
+                                        _mm256_permute4x64_epi64(lo, 0xD8));
+                    _mm256_storeu_si256((__m256i *)(tab + cp * 64 + 32),
+                                        _mm256_permute4x64_epi64(hi, 0xD8));
+                }
+            }
+            const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad),
+                                             _mm256_extracti128_si256(sad, 1));
+            const int64_t total = _mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1);
+            xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp] =
+                (int32_t)(total - 128 * (int64_t)SAIL_LUT_BLOCK_K * w->blocks_per_group);
+        }
+    }
+}
+
+/* ---- Tiles ----------------------------------------------------------------------------------- */
+
+/* Store the first `count` of 8 values (a partial tile at the end of N). */
+SAIL_INLINE void store_ps(float *dst, __m256 v, int count) {
+    if (count >= 8) {
+        _mm256_storeu_ps(dst, v);
+    } else if (count > 0) {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, v);
+        memcpy(dst, tmp, (size_t)count * sizeof(float));
+    }
+}
+
+SAIL_INLINE void store_epi32(int32_t *dst, __m256i v, int count) {
+    if (count >= 8) {
+        _mm256_storeu_si256((__m256i *)dst, v);
+    } else if (count > 0) {
+        int32_t tmp[8];
+        _mm256_storeu_si256((__m256i *)tmp, v);
+        memcpy(dst, tmp, (size_t)count * sizeof(int32_t));
+    }
+}
+
+/* vpmaddubsw weights: pair vectors L0 + 2 L1 and 16 H0 + 32 H1; the odd vector's even bytes
+ * (subtile 0) and odd bytes (subtile 1) separately. */
+#define M_LO 0x0201
+#define M_HI 0x2010
+#define M_LO_A 0x0001
+#define M_HI_A 0x0010
+#define M_LO_B 0x0100
+#define M_HI_B 0x1000
+
+/* The 8 table registers of one token and block: lo and hi bytes of chunk pairs 0..3. */
+typedef struct block_tables {
+    __m256i lo[4], hi[4];
+} block_tables;
+
+SAIL_INLINE block_tables load_tables(const uint8_t *tab) {
+    block_tables t;
+    for (int cp = 0; cp < 4; ++cp) {
+        t.lo[cp] = _mm256_load_si256((const __m256i *)(tab + cp * 64));
+        t.hi[cp] = _mm256_load_si256((const __m256i *)(tab + cp * 64 + 32));
+    }
+    return t;
+}
+
+/* Widen the byte sums of index vector v (4 lookups per byte) to int16 and add them to the
+ * int16 sums of its slot(s). */
+SAIL_INLINE void widen(__m256i lo, __m256i hi, __m256i *acc16, int v, const int B) {
+    if (v < 2 * (B / 2)) {
+        const __m256i q = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi16(M_LO)),
+                                           _mm256_maddubs_epi16(_mm256_set1_epi16(M_HI), hi));
+        acc16[v] = _mm256_add_epi16(acc16[v], q);
+    } else {
+        const __m256i qa = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi16(M_LO_A)),
+                                            _mm256_maddubs_epi16(_mm256_set1_epi16(M_HI_A), hi));
+        const __m256i qb = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi16(M_LO_B)),
+                                            _mm256_maddubs_epi16(_mm256_set1_epi16(M_HI_B), hi));
+        acc16[v] = _mm256_add_epi16(acc16[v], qa);
+        acc16[v + 1] = _mm256_add_epi16(acc16[v + 1], qb);
+    }
+}
+
+/* The 4 lookups (one per chunk pair) of index vector v for lo and hi: 8 shuffles, 6 adds. */
+SAIL_INLINE void lookup4(const block_tables *t, __m256i i0, __m256i i1, __m256i i2, __m256i i3,
+                         __m256i *lo, __m256i *hi) {
+    const __m256i lo01 = _mm256_add_epi8(_mm256_shuffle_epi8(t->lo[0], i0),
+                                         _mm256_shuffle_epi8(t->lo[1], i1));
+    const __m256i hi01 = _mm256_add_epi8(_mm256_shuffle_epi8(t->hi[0], i0),
+                                         _mm256_shuffle_epi8(t->hi[1], i1));
+    const __m256i lo23 = _mm256_add_epi8(_mm256_shuffle_epi8(t->lo[2], i2),
+                                         _mm256_shuffle_epi8(t->lo[3], i3));
+    const __m256i hi23 = _mm256_add_epi8(_mm256_shuffle_epi8(t->hi[2], i2),
+                                         _mm256_shuffle_epi8(t->hi[3], i3));
+    *lo = _mm256_add_epi8(lo01, lo23);
+    *hi = _mm256_add_epi8(hi01, hi23);
+}
+
+/* One token, one tile, one block, indices straight from the weight bytes wb (batch 1). */
+SAIL_INLINE void block_direct(const uint8_t *wb, const block_tables *t, __m256i *acc16,
+                              const int B) {
+    const __m256i nib = _mm256_set1_epi8(15);
+#pragma GCC unroll 8
+    for (int v = 0; v < B; ++v) {
+        const __m256i raw0 = _mm256_loadu_si256((const __m256i *)(wb + v * 64));
+        const __m256i raw1 = _mm256_loadu_si256((const __m256i *)(wb + v * 64 + 32));
+        __m256i lo, hi;
+        lookup4(t, _mm256_and_si256(raw0, nib), _mm256_and_si256(_mm256_srli_epi16(raw0, 4), nib),
+                _mm256_and_si256(raw1, nib), _mm256_and_si256(_mm256_srli_epi16(raw1, 4), nib),
+                &lo, &hi);
+        widen(lo, hi, acc16, v, B);
+    }
+}
+
+/* Index vectors of one tile and block, shared by every token: idx[v * 4 + cp]. */
+SAIL_INLINE void extract_indices(const uint8_t *wb, __m256i *idx, const int B) {
+    const __m256i nib = _mm256_set1_epi8(15);
+#pragma GCC unroll 16
+    for (int i = 0; i < 2 * B; ++i) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb + i * 32));
+        idx[2 * i] = _mm256_and_si256(raw, nib);
+        idx[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nib);
+    }
+}
+
+/* One token, one tile, one block, indices extracted beforehand (batches). */
+SAIL_INLINE void block_indexed(const __m256i *idx, const block_tables *t, __m256i *acc16,
+                               const int B) {
+#pragma GCC unroll 8
+    for (int v = 0; v < B; ++v) {
+        __m256i lo, hi;
+        lookup4(t, idx[v * 4], idx[v * 4 + 1], idx[v * 4 + 2], idx[v * 4 + 3], &lo, &hi);
+        widen(lo, hi, acc16, v, B);
+    }
+}
+
+/* int16 sums -> int32 with the plane weights, and the int16 sums reset: (w, 0) picks the even
+ * columns of each subtile, (0, w) the odd ones. acc32: even subtile 0, even subtile 1, odd
+ * subtile 0, odd subtile 1. */
+SAIL_INLINE void flush(__m256i *acc16, __m256i *acc32, const int B) {
+    const int npair2 = 2 * (B / 2), nslot = B + (B & 1);
+#pragma GCC unroll 8
+    for (int s = 0; s < nslot; ++s) {
+        const int pair = s < npair2;
+        const int weight = pair ? 1 << (2 * (s / 2)) : 1 << (B - 1);
+        const int sub = pair ? s % 2 : s - npair2;
+        acc32[sub] = _mm256_add_epi32(acc32[sub],
+                                      _mm256_madd_epi16(acc16[s], _mm256_set1_epi32(weight)));
+        acc32[2 + sub] = _mm256_add_epi32(
+            acc32[2 + sub], _mm256_madd_epi16(acc16[s], _mm256_set1_epi32(weight << 16)));
+        acc16[s] = _mm256_setzero_si256();
+    }
+}
+
+/* Fold the two chunk lanes of the int32 sums and interleave even and odd columns: the sums
+ * of tile columns SAIL_LUT_COLUMN_ORDER[0..7] and [8..15] (the order scales and zero points
+ * are stored in, so the float epilogue needs no further shuffles). */
+SAIL_INLINE void fold_columns(const __m256i *acc32, __m256i *p, __m256i *q) {
+    const __m256i e = _mm256_add_epi32(_mm256_permute2x128_si256(acc32[0], acc32[1], 0x20),
+                                       _mm256_permute2x128_si256(acc32[0], acc32[1], 0x31));
+    const __m256i o = _mm256_add_epi32(_mm256_permute2x128_si256(acc32[2], acc32[3], 0x20),
+                                       _mm256_permute2x128_si256(acc32[2], acc32[3], 0x31));
+    *p = _mm256_unpacklo_epi32(e, o);
+    *q = _mm256_unpackhi_epi32(e, o);
+}
+
+/* Store 16 values held in kernel column order as tile columns 0..15 (the first `count`). */
+SAIL_INLINE void store_tile_epi32(int32_t *dst, __m256i p, __m256i q, int count) {
+    store_epi32(dst, _mm256_permute2x128_si256(p, q, 0x20), count);
+    store_epi32(dst + 8, _mm256_permute2x128_si256(p, q, 0x31), count - 8);
+}
+
+SAIL_INLINE void store_tile_ps(float *dst, __m256 p, __m256 q, int count) {
+    store_ps(dst, _mm256_permute2f128_ps(p, q, 0x20), count);
+    store_ps(dst + 8, _mm256_permute2f128_ps(p, q, 0x31), count - 8);
+}
+
+/* Group epilogue of one token and tile: exact sums minus the zero point term, stored if asked
+ * for, and (scale * sx) * S added to y (yacc in kernel column order). */
+SAIL_INLINE void finish_group(const sail_lut_call *call, const __m256i *acc32, __m256 *yacc,
+                              int tile, int t, int grp, const int B) {
+    const sail_lut_weight *w = call->w;
+    const size_t tg = (size_t)tile * (size_t)w->n_groups + (size_t)grp;
+    const int32_t xs = call->xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp];
+    __m256i sum[2];
+    fold_columns(acc32, &sum[0], &sum[1]);
+    if (w->zeros) {
+        const __m128i z = _mm_loadu_si128((const __m128i *)(w->zeros + tg * SAIL_LUT_TILE_N));
+        const __m256i x = _mm256_set1_epi32(xs);
+        sum[0] = _mm256_sub_epi32(sum[0], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(z), x));
+        sum[1] = _mm256_sub_epi32(
+            sum[1], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(z, z)), x));
+    } else {
+        const __m256i zx = _mm256_set1_epi32((int32_t)((uint32_t)xs << (B - 1)));
+        sum[0] = _mm256_sub_epi32(sum[0], zx);
+        sum[1] = _mm256_sub_epi32(sum[1], zx);
+    }
+    if (call->sums) {
+        const int col0 = tile * SAIL_LUT_TILE_N;
+        store_tile_epi32(call->sums + ((size_t)t * (size_t)w->n_groups + (size_t)grp) *
+                                          (size_t)w->n + (size_t)col0,
+                         sum[0], sum[1], w->n - col0);
+    }
+    const __m256 ssx = _mm256_set1_ps(call->sx[t]);
+    for (int h = 0; h < 2; ++h) {
+        const __m256 scale =
+            _mm256_mul_ps(_mm256_loadu_ps(w->scales + tg * SAIL_LUT_TILE_N + 8 * h), ssx);
+        yacc[h] = _mm256_add_ps(yacc[h], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sum[h])));
+    }
+}
+
+/* One pass over tiles tile0 .. tile0 + ntl - 1 (ntl <= TILES_PER_PASS) for tokens
+ * t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS), B = bits. Per block, each token's 8 table
+ * registers are loaded once and serve all tiles of the pass; with several tokens the index
+ * vectors are extracted once and serve every token. */
+SAIL_INLINE void tile_pass(const sail_lut_call *call, int tile0, int ntl, int t0, const int nt,
+                           const int B) {
+    const sail_lut_weight *w = call->w;
+    const int n_groups = w->n_groups, bpg = w->blocks_per_group, nslot = B + (B & 1);
+    const size_t block_bytes = (size_t)B * 64;
+    const size_t tile_bytes = (size_t)n_groups * (size_t)bpg * block_bytes;
+    __m256i idx[TILES_PER_PASS][8 * 4];
+    __m256i acc16[ROWS_PER_PASS][TILES_PER_PASS][8];
+    __m256i acc32[ROWS_PER_PASS][TILES_PER_PASS][4];
+    __m256 yacc[ROWS_PER_PASS][TILES_PER_PASS][2];
+    for (int t = 0; t < nt; ++t)
+        for (int j = 0; j < ntl; ++j) {
+            for (int s = 0; s < nslot; ++s) acc16[t][j][s] = _mm256_setzero_si256();
+            yacc[t][j][0] = yacc[t][j][1] = _mm256_setzero_ps();
+        }
+
+    for (int grp = 0; grp < n_groups; ++grp) {
+        for (int t = 0; t < nt; ++t)
+            for (int j = 0; j < ntl; ++j)
+                for (int i = 0; i < 4; ++i) acc32[t][j][i] = _mm256_setzero_si256();
+        const uint8_t *planes = w->planes + ((size_t)tile0 * (size_t)n_groups + (size_t)grp) *
+                                                (size_t)bpg * block_bytes;
+        for (int blk = 0; blk < bpg; ++blk) {
+            const uint8_t *wb = planes + (size_t)blk * block_bytes;
+            const uint8_t *tab = call->tables + sail_lut_table_offset(w, call->rows, t0, grp, blk);
+            for (int j = 0; j < ntl; ++j)
+                for (size_t i = 0; i < block_bytes; i += 64)
+                    _mm_prefetch((const char *)(wb + j * tile_bytes + PREFETCH_BYTES + i),
+                                 _MM_HINT_T0);
+            if (nt == 1) {
+                const block_tables tb = load_tables(tab);
+                for (int j = 0; j < ntl; ++j)
+                    block_direct(wb + j * tile_bytes, &tb, acc16[0][j], B);
+            } else {
+                for (int j = 0; j < ntl; ++j) extract_indices(wb + j * tile_bytes, idx[j], B);
+                for (int t = 0; t < nt; ++t) {
+                    const block_tables tb =
+                        load_tables(tab + (size_t)t * SAIL_LUT_TABLE_BYTES_PER_BLOCK);
+                    for (int j = 0; j < ntl; ++j) block_indexed(idx[j], &tb, acc16[t][j], B);
+                }
+            }
+            if (blk % BLOCKS_PER_FLUSH == BLOCKS_PER_FLUSH - 1 || blk == bpg - 1)
+                for (int t = 0; t < nt; ++t)
+                    for (int j = 0; j < ntl; ++j) flush(acc16[t][j], acc32[t][j], B);
+        }
+        for (int t = 0; t < nt; ++t)
+            for (int j = 0; j < ntl; ++j)
+                finish_group(call, acc32[t][j], yacc[t][j], tile0 + j, t0 + t, grp, B);
+    }
+    for (int t = 0; t < nt; ++t)
+        for (int j = 0; j < ntl; ++j) {
+            const int col0 = (tile0 + j) * SAIL_LUT_TILE_N;
+            store_tile_ps(call->y + (size_t)(t0 + t) * (size_t)w->n + (size_t)col0, yacc[t][j][0],
+                          yacc[t][j][1], w->n - col0);
+        }
+}
+
+SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, const int B) {
+    const int per_pass = call->rows == 1 ? TILES_PER_PASS_ONE_ROW : TILES_PER_PASS;
+    for (int tile = tile_begin; tile < tile_end; tile += per_pass) {
+        const int ntl = tile_end - tile < per_pass ? tile_end - tile : per_pass;
+        if (call->rows == 1) {
+            tile_pass(call, tile, ntl, 0, 1, B);
+            continue;
+        }
+        for (int t0 = 0; t0 < call->rows; t0 += ROWS_PER_PASS)
+            tile_pass(call, tile, ntl, t0,
+                      call->rows - t0 < ROWS_PER_PASS ? call->rows - t0 : ROWS_PER_PASS, B);
+    }
+}
+
+#define SAIL_TILES_FOR(B)                                                                  \
+    static void tiles_b##B(const sail_lut_call *call, int tile_begin, int tile_end) {      \
+        tiles(call, tile_begin, tile_end, B);                                              \
+    }
+SAIL_TILES_FOR(1)
+SAIL_TILES_FOR(2)
+SAIL_TILES_FOR(3)
+SAIL_TILES_FOR(4)
+SAIL_TILES_FOR(5)
+SAIL_TILES_FOR(6)
+SAIL_TILES_FOR(7)
+SAIL_TILES_FOR(8)
+
+void sail_lut_tiles_avx2(const sail_lut_call *call, int tile_begin, int tile_end) {
+    static void (*const by_bits[9])(const sail_lut_call *, int, int) = {
+        NULL, tiles_b1, tiles_b2, tiles_b3, tiles_b4, tiles_b5, tiles_b6, tiles_b7, tiles_b8};
+    by_bits[call->w->bits](call, tile_begin, tile_end);
+}
+
+#else
+/* ISO C wants a declaration in every translation unit. */
+typedef int sail_lut_avx2_unused;
+#endif /* SAIL_LUT_HAVE_AVX2 */

@@ -1,0 +1,98 @@
+/*
+ * sail_model_api.h: the interface of a model compiled by `sail compile --target c`.
+ * Include "model.h" (it includes this file and describes the model's inputs and outputs).
+ *
+ *     char *err = NULL;
+ *     sail_model *m = sail_model_load("weights.bin", &err);
+ *     if (!m) { fprintf(stderr, "%s\n", err); free(err); return 1; }
+ *     sail_tensor in[SAIL_MODEL_NUM_INPUTS] = {...}, out[SAIL_MODEL_NUM_OUTPUTS];
+ *     if (sail_model_run(m, in, out) != 0) fprintf(stderr, "%s\n", sail_model_error(m));
+ *     ...
+ *     for (int i = 0; i < SAIL_MODEL_NUM_OUTPUTS; ++i) sail_tensor_release(&out[i]);
+ *     sail_model_free(m);
+ *
+ * Inputs are C-order arrays the caller owns; symbolic dims (e.g. the sequence length) are taken
+ * from them at every run. Outputs are allocated by the runtime; release them with
+ * sail_tensor_release. A model runs one call at a time (use one sail_model per thread).
+ */
+#ifndef SAIL_MODEL_API_H
+#define SAIL_MODEL_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SAIL_MAX_NDIM 8
+
+typedef enum sail_dtype {
+  SAIL_BOOL = 1,
+  SAIL_INT8,
+  SAIL_INT16,
+  SAIL_INT32,
+  SAIL_INT64,
+  SAIL_UINT8,
+  SAIL_UINT16,
+  SAIL_UINT32,
+  SAIL_UINT64,
+  SAIL_FLOAT16,
+  SAIL_FLOAT32,
+  SAIL_FLOAT64,
+} sail_dtype;
+
+/* A dense, C-order tensor. */
+typedef struct sail_tensor {
+  void *data;
+  sail_dtype dtype;
+  int32_t ndim;
+  int64_t shape[SAIL_MAX_NDIM];
+} sail_tensor;
+
+/* One input or output of the model. */
+typedef struct sail_io_spec {
+  const char *name;
+  sail_dtype dtype;
+  int32_t ndim;
+  int64_t shape[SAIL_MAX_NDIM];        /* -1 for a symbolic dim */
+  const char *dim_names[SAIL_MAX_NDIM]; /* names of the symbolic dims; NULL for fixed dims */
+  int64_t index_bound;                  /* > 0: values must lie in [0, index_bound) */
+} sail_io_spec;
+
+typedef struct sail_model sail_model;
+
+/* Load and check the weight file. On failure: NULL, and *err (if err is not NULL) receives a
+ * message allocated with malloc (free it). */
+sail_model *sail_model_load(const char *weights_path, char **err);
+
+/* Run the model once. inputs[i] follows sail_model_inputs[i]; outputs[i] is filled with
+ * sail_model_outputs[i]'s dtype, rank, shape and newly allocated data. Returns 0, or nonzero
+ * with the reason in sail_model_error(model) (outputs then hold no data). */
+int sail_model_run(sail_model *model, const sail_tensor *inputs, sail_tensor *outputs);
+
+/* The message of the last failed sail_model_run ("" if none). */
+const char *sail_model_error(const sail_model *model);
+
+void sail_model_free(sail_model *model);
+
+/* Free an output's data (safe on a tensor without data). */
+void sail_tensor_release(sail_tensor *tensor);
+
+/* Bytes per element, and the NumPy name ("float32", ...); 0 and "?" for unknown values. */
+size_t sail_dtype_size(sail_dtype dtype);
+const char *sail_dtype_name(sail_dtype dtype);
+
+/* Elements of a tensor (the product of its shape). */
+int64_t sail_tensor_numel(const sail_tensor *tensor);
+
+extern const int sail_model_num_inputs;
+extern const int sail_model_num_outputs;
+extern const sail_io_spec sail_model_inputs[];
+extern const sail_io_spec sail_model_outputs[];
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SAIL_MODEL_API_H */

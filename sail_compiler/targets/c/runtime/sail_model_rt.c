@@ -1,0 +1,654 @@
+/*
+ * sail_model_rt.c: weight file loading, buffers, kernel calls and errors for model.c, and the
+ * three functions TVM's generated kernels call (sail_tvm_shim.h).
+ *
+ * The weight file (written by sail_compiler/targets/c/weight_file.py), little-endian:
+ *
+ *   header, 64 bytes:  magic "SAILCWT\0" | u32 version (1) | u32 tensor count
+ *                      | u64 table offset | u64 table bytes | u64 data offset | u64 file bytes
+ *                      | u32 CRC-32 of the table | u32 CRC-32 of header bytes 0..51 | u64 0
+ *   table:             one 104-byte entry per tensor: u32 name offset | u32 name bytes
+ *                      | u32 dtype (sail_dtype) | u32 ndim | u64 shape[8] | u64 data offset
+ *                      | u64 data bytes | u32 CRC-32 of the data | u32 0;
+ *                      then the names (UTF-8, not terminated), offsets relative to their start
+ *   data:              each tensor 64-byte aligned, C order
+ *
+ * Loading checks the magic, the version, both checksums, the file size, that every tensor lies
+ * inside the data area and matches what model.c expects, and each tensor's CRC-32 (zlib's).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include "sail_model_rt.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum {
+  WEIGHT_ALIGN = 64,
+  HEADER_BYTES = 64,
+  ENTRY_BYTES = 104,
+  FORMAT_VERSION = 1,
+};
+static const char WEIGHT_MAGIC[8] = {'S', 'A', 'I', 'L', 'C', 'W', 'T', '\0'};
+
+/* ---------------------------------------------------------------------------------------- */
+/* The shim of sail_tvm_shim.h                                                              */
+
+static _Thread_local char tvm_error[1024];
+
+void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **message_parts,
+                                       int32_t num_parts) {
+  size_t used = 0;
+  int written = snprintf(tvm_error, sizeof tvm_error, "%s: ", kind ? kind : "Error");
+  used = written > 0 ? (size_t)written : 0;
+  for (int32_t i = 0; i < num_parts && used + 1 < sizeof tvm_error; ++i) {
+    written = snprintf(tvm_error + used, sizeof tvm_error - used, "%s",
+                       message_parts[i] ? message_parts[i] : "");
+    if (written < 0)
+      break;
+    used += (size_t)written;
+  }
+}
+
+void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes,
+                               int dtype_code_hint, int dtype_bits_hint) {
+  (void)device_type;
+  (void)device_id;
+  (void)dtype_code_hint;
+  (void)dtype_bits_hint;
+  void *ptr = NULL;
+  if (nbytes > (uint64_t)SIZE_MAX - WEIGHT_ALIGN ||
+      posix_memalign(&ptr, WEIGHT_ALIGN, nbytes ? (size_t)nbytes : 1) != 0) {
+    snprintf(tvm_error, sizeof tvm_error,
+             "MemoryError: out of memory allocating a %llu-byte kernel workspace",
+             (unsigned long long)nbytes);
+    return NULL;
+  }
+  return ptr;
+}
+
+int TVMBackendFreeWorkspace(int device_type, int device_id, void *ptr) {
+  (void)device_type;
+  (void)device_id;
+  free(ptr);
+  return 0;
+}
+
+const char *sail_tvm_last_error(void) { return tvm_error; }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Data types                                                                               */
+
+size_t sail_dtype_size(sail_dtype dtype) {
+  switch (dtype) {
+  case SAIL_BOOL:
+  case SAIL_INT8:
+  case SAIL_UINT8:
+    return 1;
+  case SAIL_INT16:
+  case SAIL_UINT16:
+  case SAIL_FLOAT16:
+    return 2;
+  case SAIL_INT32:
+  case SAIL_UINT32:
+  case SAIL_FLOAT32:
+    return 4;
+  case SAIL_INT64:
+  case SAIL_UINT64:
+  case SAIL_FLOAT64:
+    return 8;
+  }
+  return 0;
+}
+
+const char *sail_dtype_name(sail_dtype dtype) {
+  switch (dtype) {
+  case SAIL_BOOL:
+    return "bool";
+  case SAIL_INT8:
+    return "int8";
+  case SAIL_INT16:
+    return "int16";
+  case SAIL_INT32:
+    return "int32";
+  case SAIL_INT64:
+    return "int64";
+  case SAIL_UINT8:
+    return "uint8";
+  case SAIL_UINT16:
+    return "uint16";
+  case SAIL_UINT32:
+    return "uint32";
+  case SAIL_UINT64:
+    return "uint64";
+  case SAIL_FLOAT16:
+    return "float16";
+  case SAIL_FLOAT32:
+    return "float32";
+  case SAIL_FLOAT64:
+    return "float64";
+  }
+  return "?";
+}
+
+DLDataType sail_rt_dl_dtype(sail_dtype dtype) {
+  DLDataType dl = {kDLFloat, 32, 1};
+  switch (dtype) {
+  case SAIL_BOOL:
+    dl.code = kDLBool;
+    break;
+  case SAIL_INT8:
+  case SAIL_INT16:
+  case SAIL_INT32:
+  case SAIL_INT64:
+    dl.code = kDLInt;
+    break;
+  case SAIL_UINT8:
+  case SAIL_UINT16:
+  case SAIL_UINT32:
+  case SAIL_UINT64:
+    dl.code = kDLUInt;
+    break;
+  case SAIL_FLOAT16:
+  case SAIL_FLOAT32:
+  case SAIL_FLOAT64:
+    dl.code = kDLFloat;
+    break;
+  }
+  dl.bits = (uint8_t)(8 * sail_dtype_size(dtype));
+  return dl;
+}
+
+int64_t sail_tensor_numel(const sail_tensor *tensor) {
+  int64_t numel = 1;
+  for (int32_t i = 0; i < tensor->ndim; ++i)
+    numel *= tensor->shape[i];
+  return numel;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Errors                                                                                   */
+
+int sail_rt_fail(sail_model *model, const char *format, ...) {
+  va_list args;
+  va_start(args, format);
+  vsnprintf(model->error, sizeof model->error, format, args);
+  va_end(args);
+  return -1;
+}
+
+const char *sail_model_error(const sail_model *model) { return model ? model->error : ""; }
+
+/* ---------------------------------------------------------------------------------------- */
+/* CRC-32 (the polynomial of zlib and PNG, reflected)                                        */
+
+static const uint32_t CRC_TABLE[256] = {
+    0x00000000u, 0x77073096u, 0xee0e612cu, 0x990951bau, 0x076dc419u, 0x706af48fu,
+    0xe963a535u, 0x9e6495a3u, 0x0edb8832u, 0x79dcb8a4u, 0xe0d5e91eu, 0x97d2d988u,
+    0x09b64c2bu, 0x7eb17cbdu, 0xe7b82d07u, 0x90bf1d91u, 0x1db71064u, 0x6ab020f2u,
+    0xf3b97148u, 0x84be41deu, 0x1adad47du, 0x6ddde4ebu, 0xf4d4b551u, 0x83d385c7u,
+    0x136c9856u, 0x646ba8c0u, 0xfd62f97au, 0x8a65c9ecu, 0x14015c4fu, 0x63066cd9u,
+    0xfa0f3d63u, 0x8d080df5u, 0x3b6e20c8u, 0x4c69105eu, 0xd56041e4u, 0xa2677172u,
+    0x3c03e4d1u, 0x4b04d447u, 0xd20d85fdu, 0xa50ab56bu, 0x35b5a8fau, 0x42b2986cu,
+    0xdbbbc9d6u, 0xacbcf940u, 0x32d86ce3u, 0x45df5c75u, 0xdcd60dcfu, 0xabd13d59u,
+    0x26d930acu, 0x51de003au, 0xc8d75180u, 0xbfd06116u, 0x21b4f4b5u, 0x56b3c423u,
+    0xcfba9599u, 0xb8bda50fu, 0x2802b89eu, 0x5f058808u, 0xc60cd9b2u, 0xb10be924u,
+    0x2f6f7c87u, 0x58684c11u, 0xc1611dabu, 0xb6662d3du, 0x76dc4190u, 0x01db7106u,
+    0x98d220bcu, 0xefd5102au, 0x71b18589u, 0x06b6b51fu, 0x9fbfe4a5u, 0xe8b8d433u,
+    0x7807c9a2u, 0x0f00f934u, 0x9609a88eu, 0xe10e9818u, 0x7f6a0dbbu, 0x086d3d2du,
+    0x91646c97u, 0xe6635c01u, 0x6b6b51f4u, 0x1c6c6162u, 0x856530d8u, 0xf262004eu,
+    0x6c0695edu, 0x1b01a57bu, 0x8208f4c1u, 0xf50fc457u, 0x65b0d9c6u, 0x12b7e950u,
+    0x8bbeb8eau, 0xfcb9887cu, 0x62dd1ddfu, 0x15da2d49u, 0x8cd37cf3u, 0xfbd44c65u,
+    0x4db26158u, 0x3ab551ceu, 0xa3bc0074u, 0xd4bb30e2u, 0x4adfa541u, 0x3dd895d7u,
+    0xa4d1c46du, 0xd3d6f4fbu, 0x4369e96au, 0x346ed9fcu, 0xad678846u, 0xda60b8d0u,
+    0x44042d73u, 0x33031de5u, 0xaa0a4c5fu, 0xdd0d7cc9u, 0x5005713cu, 0x270241aau,
+    0xbe0b1010u, 0xc90c2086u, 0x5768b525u, 0x206f85b3u, 0xb966d409u, 0xce61e49fu,
+    0x5edef90eu, 0x29d9c998u, 0xb0d09822u, 0xc7d7a8b4u, 0x59b33d17u, 0x2eb40d81u,
+    0xb7bd5c3bu, 0xc0ba6cadu, 0xedb88320u, 0x9abfb3b6u, 0x03b6e20cu, 0x74b1d29au,
+    0xead54739u, 0x9dd277afu, 0x04db2615u, 0x73dc1683u, 0xe3630b12u, 0x94643b84u,
+    0x0d6d6a3eu, 0x7a6a5aa8u, 0xe40ecf0bu, 0x9309ff9du, 0x0a00ae27u, 0x7d079eb1u,
+    0xf00f9344u, 0x8708a3d2u, 0x1e01f268u, 0x6906c2feu, 0xf762575du, 0x806567cbu,
+    0x196c3671u, 0x6e6b06e7u, 0xfed41b76u, 0x89d32be0u, 0x10da7a5au, 0x67dd4accu,
+    0xf9b9df6fu, 0x8ebeeff9u, 0x17b7be43u, 0x60b08ed5u, 0xd6d6a3e8u, 0xa1d1937eu,
+    0x38d8c2c4u, 0x4fdff252u, 0xd1bb67f1u, 0xa6bc5767u, 0x3fb506ddu, 0x48b2364bu,
+    0xd80d2bdau, 0xaf0a1b4cu, 0x36034af6u, 0x41047a60u, 0xdf60efc3u, 0xa867df55u,
+    0x316e8eefu, 0x4669be79u, 0xcb61b38cu, 0xbc66831au, 0x256fd2a0u, 0x5268e236u,
+    0xcc0c7795u, 0xbb0b4703u, 0x220216b9u, 0x5505262fu, 0xc5ba3bbeu, 0xb2bd0b28u,
+    0x2bb45a92u, 0x5cb36a04u, 0xc2d7ffa7u, 0xb5d0cf31u, 0x2cd99e8bu, 0x5bdeae1du,
+    0x9b64c2b0u, 0xec63f226u, 0x756aa39cu, 0x026d930au, 0x9c0906a9u, 0xeb0e363fu,
+    0x72076785u, 0x05005713u, 0x95bf4a82u, 0xe2b87a14u, 0x7bb12baeu, 0x0cb61b38u,
+    0x92d28e9bu, 0xe5d5be0du, 0x7cdcefb7u, 0x0bdbdf21u, 0x86d3d2d4u, 0xf1d4e242u,
+    0x68ddb3f8u, 0x1fda836eu, 0x81be16cdu, 0xf6b9265bu, 0x6fb077e1u, 0x18b74777u,
+    0x88085ae6u, 0xff0f6a70u, 0x66063bcau, 0x11010b5cu, 0x8f659effu, 0xf862ae69u,
+    0x616bffd3u, 0x166ccf45u, 0xa00ae278u, 0xd70dd2eeu, 0x4e048354u, 0x3903b3c2u,
+    0xa7672661u, 0xd06016f7u, 0x4969474du, 0x3e6e77dbu, 0xaed16a4au, 0xd9d65adcu,
+    0x40df0b66u, 0x37d83bf0u, 0xa9bcae53u, 0xdebb9ec5u, 0x47b2cf7fu, 0x30b5ffe9u,
+    0xbdbdf21cu, 0xcabac28au, 0x53b39330u, 0x24b4a3a6u, 0xbad03605u, 0xcdd70693u,
+    0x54de5729u, 0x23d967bfu, 0xb3667a2eu, 0xc4614ab8u, 0x5d681b02u, 0x2a6f2b94u,
+    0xb40bbe37u, 0xc30c8ea1u, 0x5a05df1bu, 0x2d02ef8du,
+};
+
+static uint32_t crc32_bytes(const uint8_t *data, size_t nbytes) {
+  uint32_t crc = 0xffffffffu;
+  for (size_t i = 0; i < nbytes; ++i)
+    crc = CRC_TABLE[(crc ^ data[i]) & 0xffu] ^ (crc >> 8);
+  return crc ^ 0xffffffffu;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Weight file                                                                              */
+
+static uint32_t read_u32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t read_u64(const uint8_t *p) {
+  return (uint64_t)read_u32(p) | (uint64_t)read_u32(p + 4) << 32;
+}
+
+/* A load failure: the message goes to *err (malloc'ed) and the partial model is freed. */
+static sail_model *load_failed(sail_model *model, char **err, const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+static sail_model *load_failed(sail_model *model, char **err, const char *format, ...) {
+  if (err) {
+    char message[1024];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(message, sizeof message, format, args);
+    va_end(args);
+    *err = malloc(strlen(message) + 1);
+    if (*err)
+      memcpy(*err, message, strlen(message) + 1);
+  }
+  sail_rt_free(model);
+  return NULL;
+}
+
+static int read_file(sail_model *model, const char *path, char *reason, size_t reason_len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    snprintf(reason, reason_len, "cannot open %s: %s", path, strerror(errno));
+    return -1;
+  }
+  int status = -1;
+  off_t size = -1;
+  if (fseeko(f, 0, SEEK_END) == 0)
+    size = ftello(f);
+  if (size < 0 || fseeko(f, 0, SEEK_SET) != 0) {
+    snprintf(reason, reason_len, "cannot read %s: %s", path, strerror(errno));
+  } else if ((uint64_t)size > (uint64_t)SIZE_MAX - WEIGHT_ALIGN ||
+             posix_memalign(&model->file, WEIGHT_ALIGN, size ? (size_t)size : 1) != 0) {
+    model->file = NULL;
+    snprintf(reason, reason_len, "out of memory reading %s (%lld bytes)", path,
+             (long long)size);
+  } else if (fread(model->file, 1, (size_t)size, f) != (size_t)size) {
+    snprintf(reason, reason_len, "cannot read %s: %s", path,
+             ferror(f) ? strerror(errno) : "unexpected end of file");
+  } else {
+    model->file_nbytes = (size_t)size;
+    status = 0;
+  }
+  fclose(f);
+  return status;
+}
+
+sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_t count,
+                         char **err) {
+  if (err)
+    *err = NULL;
+  sail_model *model = calloc(1, sizeof *model);
+  if (!model)
+    return load_failed(NULL, err, "out of memory loading %s", path);
+  char reason[512];
+  if (read_file(model, path, reason, sizeof reason) != 0)
+    return load_failed(model, err, "%s", reason);
+
+  const uint8_t *file = model->file;
+  const uint64_t size = model->file_nbytes;
+  if (size < HEADER_BYTES)
+    return load_failed(model, err,
+                       "%s is truncated (%llu bytes, shorter than the 64-byte header); "
+                       "recompile the model",
+                       path, (unsigned long long)size);
+  if (memcmp(file, WEIGHT_MAGIC, sizeof WEIGHT_MAGIC) != 0)
+    return load_failed(model, err, "%s is not a sail weight file for the c target (bad magic)",
+                       path);
+  if (read_u32(file + 8) != FORMAT_VERSION)
+    return load_failed(model, err,
+                       "%s has weight format %u, this model reads format %d; recompile the "
+                       "model",
+                       path, read_u32(file + 8), FORMAT_VERSION);
+  if (crc32_bytes(file, 52) != read_u32(file + 52))
+    return load_failed(model, err, "%s is corrupted: the header checksum does not match", path);
+  const uint32_t num_tensors = read_u32(file + 12);
+  const uint64_t table_offset = read_u64(file + 16);
+  const uint64_t table_nbytes = read_u64(file + 24);
+  const uint64_t data_offset = read_u64(file + 32);
+  const uint64_t file_nbytes = read_u64(file + 40);
+  if (file_nbytes != size)
+    return load_failed(model, err, "%s is %s: the header says %llu bytes, the file has %llu; "
+                       "recompile the model", path, size < file_nbytes ? "truncated" : "damaged",
+                       (unsigned long long)file_nbytes, (unsigned long long)size);
+  if (table_offset < HEADER_BYTES || table_offset > size || table_nbytes > size - table_offset ||
+      (uint64_t)num_tensors * ENTRY_BYTES > table_nbytes || data_offset < table_offset ||
+      data_offset > size)
+    return load_failed(model, err, "%s is corrupted: the tensor table lies outside the file",
+                       path);
+  if (crc32_bytes(file + table_offset, (size_t)table_nbytes) != read_u32(file + 48))
+    return load_failed(model, err, "%s is corrupted: the tensor table checksum does not match",
+                       path);
+  if (num_tensors != (uint32_t)count)
+    return load_failed(model, err,
+                       "%s holds %u tensors, this model needs %d: it belongs to another model; "
+                       "use the weights.bin compiled with this model.c",
+                       path, num_tensors, (int)count);
+
+  model->weights = calloc(count > 0 ? (size_t)count : 1, sizeof *model->weights);
+  if (!model->weights)
+    return load_failed(model, err, "out of memory loading %s", path);
+  model->num_weights = count;
+  const uint8_t *names = file + table_offset + (uint64_t)num_tensors * ENTRY_BYTES;
+  const uint64_t names_nbytes = table_nbytes - (uint64_t)num_tensors * ENTRY_BYTES;
+  for (int32_t i = 0; i < count; ++i) {
+    const uint8_t *entry = file + table_offset + (uint64_t)i * ENTRY_BYTES;
+    const sail_weight_spec *spec = &specs[i];
+    const uint32_t name_offset = read_u32(entry);
+    const uint32_t name_nbytes = read_u32(entry + 4);
+    if ((uint64_t)name_offset + name_nbytes > names_nbytes)
+      return load_failed(model, err, "%s is corrupted: the name of tensor %d lies outside the "
+                         "table", path, (int)i);
+    const char *name = (const char *)names + name_offset;
+    const uint32_t dtype = read_u32(entry + 8);
+    const uint32_t ndim = read_u32(entry + 12);
+    const uint64_t offset = read_u64(entry + 80);
+    const uint64_t nbytes = read_u64(entry + 88);
+    int matches = strlen(spec->name) == name_nbytes &&
+                  memcmp(spec->name, name, name_nbytes) == 0 && dtype == (uint32_t)spec->dtype &&
+                  ndim == (uint32_t)spec->ndim;
+    uint64_t numel = 1;
+    for (int32_t d = 0; matches && d < spec->ndim; ++d) {
+      matches = read_u64(entry + 16 + 8 * (uint64_t)d) == (uint64_t)spec->shape[d];
+      numel *= (uint64_t)spec->shape[d];
+    }
+    if (!matches)
+      return load_failed(model, err, "%s does not match this model: tensor %d is '%.*s', the "
+                         "model expects '%s' (%s, rank %d); use the weights.bin compiled with "
+                         "this model.c", path, (int)i, (int)(name_nbytes < 200 ? name_nbytes : 200),
+                         name, spec->name, sail_dtype_name(spec->dtype), (int)spec->ndim);
+    if (offset % WEIGHT_ALIGN != 0 || offset < data_offset || offset > size ||
+        nbytes > size - offset || nbytes != numel * sail_dtype_size(spec->dtype))
+      return load_failed(model, err, "%s is corrupted: tensor '%s' lies outside the data area "
+                         "or has the wrong size", path, spec->name);
+    if (crc32_bytes(file + offset, (size_t)nbytes) != read_u32(entry + 96))
+      return load_failed(model, err, "%s is corrupted: the checksum of tensor '%s' does not "
+                         "match; recompile the model", path, spec->name);
+    sail_buffer *w = &model->weights[i];
+    w->t.data = (void *)(file + offset);
+    w->t.device.device_type = kDLCPU;
+    w->t.ndim = spec->ndim;
+    w->t.dtype = sail_rt_dl_dtype(spec->dtype);
+    for (int32_t d = 0; d < spec->ndim; ++d)
+      w->shape[d] = spec->shape[d];
+    w->t.shape = w->shape;
+  }
+  model->error[0] = '\0';
+  return model;
+}
+
+void sail_rt_free(sail_model *model) {
+  if (!model)
+    return;
+  free(model->profile);
+  free(model->weights);
+  free(model->file);
+  free(model);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Buffers, kernel calls, inputs and outputs                                                */
+
+/* Element k of an integer tensor (index inputs: token ids). */
+static int64_t integer_at(const sail_tensor *x, int64_t k) {
+  switch (x->dtype) {
+  case SAIL_INT8:
+    return ((const int8_t *)x->data)[k];
+  case SAIL_INT16:
+    return ((const int16_t *)x->data)[k];
+  case SAIL_INT32:
+    return ((const int32_t *)x->data)[k];
+  case SAIL_INT64:
+    return ((const int64_t *)x->data)[k];
+  case SAIL_UINT8:
+    return ((const uint8_t *)x->data)[k];
+  case SAIL_UINT16:
+    return ((const uint16_t *)x->data)[k];
+  case SAIL_UINT32:
+    return ((const uint32_t *)x->data)[k];
+  case SAIL_UINT64:
+    return (int64_t)((const uint64_t *)x->data)[k];
+  default:
+    return 0;
+  }
+}
+
+int sail_rt_check_inputs(sail_model *model, const sail_tensor *inputs, const sail_io_spec *specs,
+                         const int32_t (*dim_ids)[SAIL_MAX_NDIM], int32_t count,
+                         sail_buffer *views, int64_t *dims, int32_t num_dims) {
+  if (!inputs && count > 0)
+    return sail_rt_fail(model, "no inputs given; the model takes %d", (int)count);
+  for (int32_t d = 0; d < num_dims; ++d)
+    dims[d] = -1;
+  for (int32_t i = 0; i < count; ++i) {
+    const sail_tensor *x = &inputs[i];
+    const sail_io_spec *spec = &specs[i];
+    if (x->dtype != spec->dtype)
+      return sail_rt_fail(model, "input %s: dtype %s, expected %s", spec->name,
+                          sail_dtype_name(x->dtype), sail_dtype_name(spec->dtype));
+    if (x->ndim != spec->ndim)
+      return sail_rt_fail(model, "input %s: rank %d, expected %d", spec->name, (int)x->ndim,
+                          (int)spec->ndim);
+    for (int32_t axis = 0; axis < x->ndim; ++axis) {
+      const int64_t size = x->shape[axis];
+      const int32_t id = dim_ids[i][axis];
+      if (size < 0)
+        return sail_rt_fail(model, "input %s: dim %d is negative (%lld)", spec->name, (int)axis,
+                            (long long)size);
+      if (id < 0 && size != spec->shape[axis])
+        return sail_rt_fail(model, "input %s: dim %d is %lld, expected %lld", spec->name,
+                            (int)axis, (long long)size, (long long)spec->shape[axis]);
+      if (id >= 0 && dims[id] >= 0 && dims[id] != size)
+        return sail_rt_fail(model, "input %s: dim %d ('%s') is %lld, but another input gave "
+                            "it %lld", spec->name, (int)axis, spec->dim_names[axis],
+                            (long long)size, (long long)dims[id]);
+      if (id >= 0)
+        dims[id] = size;
+    }
+    const int64_t numel = sail_tensor_numel(x);
+    if (numel > 0 && !x->data)
+      return sail_rt_fail(model, "input %s has no data", spec->name);
+    if (spec->index_bound > 0) {
+      for (int64_t k = 0; k < numel; ++k) {
+        const int64_t value = integer_at(x, k);
+        if (value < 0 || value >= spec->index_bound)
+          return sail_rt_fail(model, "input %s: values must lie in [0, %lld), got %lld",
+                              spec->name, (long long)spec->index_bound, (long long)value);
+      }
+    }
+    sail_buffer *view = &views[i];
+    memset(view, 0, sizeof *view);
+    view->t.data = x->data;
+    view->t.device.device_type = kDLCPU;
+    view->t.ndim = x->ndim;
+    view->t.dtype = sail_rt_dl_dtype(x->dtype);
+    for (int32_t axis = 0; axis < x->ndim; ++axis)
+      view->shape[axis] = x->shape[axis];
+    view->t.shape = view->shape;
+  }
+  return 0;
+}
+
+int sail_rt_check_dim(sail_model *model, const char *what, int32_t axis, int64_t actual,
+                      int64_t expected) {
+  if (actual == expected)
+    return 0;
+  return sail_rt_fail(model, "%s: dim %d is %lld, the model requires %lld here (inconsistent "
+                      "input dims)", what, (int)axis, (long long)actual, (long long)expected);
+}
+
+int sail_rt_alloc(sail_model *model, sail_buffer *buffer, const char *name, sail_dtype dtype,
+                  int32_t ndim, const int64_t *shape) {
+  sail_rt_release(buffer);
+  memset(buffer, 0, sizeof *buffer);
+  size_t nbytes = sail_dtype_size(dtype);
+  for (int32_t d = 0; d < ndim; ++d) {
+    if (shape[d] < 0)
+      return sail_rt_fail(model, "%s: dim %d would be negative (%lld); check the input dims",
+                          name, (int)d, (long long)shape[d]);
+    if (shape[d] > 0 && nbytes > SIZE_MAX / (size_t)shape[d])
+      return sail_rt_fail(model, "%s: too large to allocate", name);
+    nbytes *= (size_t)shape[d];
+    buffer->shape[d] = shape[d];
+  }
+  void *data = NULL;
+  if (posix_memalign(&data, WEIGHT_ALIGN, nbytes ? nbytes : 1) != 0)
+    return sail_rt_fail(model, "out of memory allocating %s (%zu bytes)", name, nbytes);
+  buffer->t.data = data;
+  buffer->t.device.device_type = kDLCPU;
+  buffer->t.ndim = ndim;
+  buffer->t.dtype = sail_rt_dl_dtype(dtype);
+  buffer->t.shape = buffer->shape;
+  buffer->owned = 1;
+  return 0;
+}
+
+void sail_rt_release(sail_buffer *buffer) {
+  if (buffer->owned)
+    free(buffer->t.data);
+  buffer->t.data = NULL;
+  buffer->owned = 0;
+}
+
+void sail_rt_release_all(sail_buffer *buffers, size_t count) {
+  for (size_t i = 0; i < count; ++i)
+    sail_rt_release(&buffers[i]);
+}
+
+static double seconds_now(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
+static void record_time(sail_model *model, const char *name, double seconds) {
+  int32_t i = 0;
+  while (i < model->profile_count && strcmp(model->profile[i].name, name) != 0)
+    ++i;
+  if (i == model->profile_count) {
+    if (model->profile_count == model->profile_capacity)
+      return; /* more kernels than sail_rt_profile made room for: not timed */
+    model->profile[i].name = name;
+    ++model->profile_count;
+  }
+  model->profile[i].seconds += seconds;
+  model->profile[i].calls += 1;
+}
+
+int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, TVMFFIAny *args,
+                 int32_t num_args) {
+  const double start = model->profile ? seconds_now() : 0.0;
+  const int32_t status = kernel(NULL, args, num_args, NULL);
+  if (model->profile)
+    record_time(model, name, seconds_now() - start);
+  if (status == 0)
+    return 0;
+  return sail_rt_fail(model, "kernel %s failed: %s", name, sail_tvm_last_error());
+}
+
+int sail_rt_profile(sail_model *model) {
+  enum { MAX_KERNELS = 4096 };
+  if (model->profile)
+    return 0;
+  model->profile = calloc(MAX_KERNELS, sizeof *model->profile);
+  if (!model->profile)
+    return sail_rt_fail(model, "out of memory");
+  model->profile_capacity = MAX_KERNELS;
+  return 0;
+}
+
+static int slower_first(const void *a, const void *b) {
+  const double x = ((const sail_kernel_time *)a)->seconds;
+  const double y = ((const sail_kernel_time *)b)->seconds;
+  return (x < y) - (x > y);
+}
+
+void sail_rt_print_profile(const sail_model *model, void *file) {
+  FILE *out = file;
+  if (!model->profile || model->profile_count == 0)
+    return;
+  sail_kernel_time *sorted = malloc((size_t)model->profile_count * sizeof *sorted);
+  if (!sorted)
+    return;
+  memcpy(sorted, model->profile, (size_t)model->profile_count * sizeof *sorted);
+  qsort(sorted, (size_t)model->profile_count, sizeof *sorted, slower_first);
+  double total = 0.0;
+  for (int32_t i = 0; i < model->profile_count; ++i)
+    total += sorted[i].seconds;
+  fprintf(out, "%12s %7s %8s  kernel\n", "total ms", "share", "calls");
+  for (int32_t i = 0; i < model->profile_count; ++i)
+    fprintf(out, "%12.3f %6.1f%% %8lld  %s\n", 1e3 * sorted[i].seconds,
+            total > 0 ? 100.0 * sorted[i].seconds / total : 0.0, (long long)sorted[i].calls,
+            sorted[i].name);
+  free(sorted);
+}
+
+int sail_rt_set_output(sail_model *model, sail_tensor *out, sail_buffer *buffer,
+                       sail_dtype dtype) {
+  out->dtype = dtype;
+  out->ndim = buffer->t.ndim;
+  size_t nbytes = sail_dtype_size(dtype);
+  for (int32_t d = 0; d < buffer->t.ndim; ++d) {
+    out->shape[d] = buffer->shape[d];
+    nbytes *= (size_t)buffer->shape[d];
+  }
+  if (buffer->owned) {
+    out->data = buffer->t.data;
+    buffer->t.data = NULL;
+    buffer->owned = 0;
+    return 0;
+  }
+  out->data = NULL;
+  if (posix_memalign(&out->data, WEIGHT_ALIGN, nbytes ? nbytes : 1) != 0) {
+    out->data = NULL;
+    return sail_rt_fail(model, "out of memory allocating an output (%zu bytes)", nbytes);
+  }
+  if (nbytes)
+    memcpy(out->data, buffer->t.data, nbytes);
+  return 0;
+}
+
+void sail_rt_clear_outputs(sail_tensor *outputs, int32_t count) {
+  for (int32_t i = 0; i < count; ++i) {
+    outputs[i].data = NULL;
+    outputs[i].ndim = 0;
+  }
+}
+
+void sail_rt_release_outputs(sail_tensor *outputs, int32_t count) {
+  for (int32_t i = 0; i < count; ++i)
+    sail_tensor_release(&outputs[i]);
+}
+
+void sail_tensor_release(sail_tensor *tensor) {
+  if (!tensor)
+    return;
+  free(tensor->data);
+  tensor->data = NULL;
+}

@@ -1,0 +1,165 @@
+"""``kernels.c``: TVM's C code generator applied to the lowered PrimFuncs of a model.
+
+Every PrimFunc ``main`` calls becomes one C function,
+``int32_t __tvm_ffi_<name>(void *self, void *args, int32_t num_args, void *result)`` (TVM's
+packed calling convention: ``args`` is an array of ``TVMFFIAny``; see
+``runtime/sail_tvm_shim.h``). This module holds everything specific to apache-tvm 0.27's C
+backend, so that a TVM upgrade touches one file:
+
+* The TIR pipeline is TVM's default one with ``tirx.disable_vectorize``: the C code generator
+  cannot print vector types ("Cannot convert type float32x32 to C type"), so vectorized loops
+  become scalar loops (the C compiler vectorizes them again). ``parallel`` loops come out as
+  serial loops.
+* TVM's C printer emits the helper variables of an expression (``int64_t rmod = ...;`` for a
+  ``floordiv`` whose divisor sign it cannot prove, ``int64_t v_ = ...;`` for ``min``/``max``)
+  in the middle of a ``TVMBackendAllocWorkspace(...)`` call when that expression is the size of
+  a workspace buffer, which is not C. :func:`_hoist_workspace_sizes` binds such sizes to a
+  variable first (``uint64_t <buffer>_nbytes = ...;``), where the printer handles them.
+* TVM has no C lowering for a few math intrinsics (``tirx.fabs``, ``exp2``, ``exp10``,
+  ``fmod``: "Unresolved call" at code generation); :func:`_register_c_intrinsics` maps them to
+  the C library (``fabsf``, ``exp2f``, ``powf(10, x)``, ``fmodf``) for the ``c`` target only.
+* The generated file includes four TVM headers; they are replaced by ``sail_tvm_shim.h``
+  (:data:`TVM_INCLUDES`). An include not in that list is an error: a new TVM needs the shim
+  checked.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tvm
+from tvm import tirx
+from tvm.tirx.build import codegen_build
+
+#: The lines of TVM's generated C that pull in TVM's headers; ``sail_tvm_shim.h`` replaces them.
+TVM_INCLUDES = (
+    "#define TVM_EXPORTS",
+    '#include "tvm/ffi/extra/c_env_api.h"',
+    '#include "tvm/runtime/base.h"',
+    '#include "tvm/runtime/c_backend_api.h"',
+    '#include "tvm/ffi/c_api.h"',
+)
+#: Standard headers the generated C may include (kept as they are).
+SYSTEM_INCLUDES = ("#include <math.h>", "#include <stdbool.h>")
+SHIM_HEADER = "sail_tvm_shim.h"
+
+_ALLOC_WORKSPACE = "tirx.TVMBackendAllocWorkspace"
+#: Math intrinsics TVM 0.27 cannot print as C -> the C library function (float64 name).
+_C_MATH = {"tirx.fabs": "fabs", "tirx.exp2": "exp2", "tirx.fmod": "fmod"}
+
+
+def _c_math_rule(call: tvm.ir.Call) -> tvm.ir.Expr:
+    dtype = str(call.ty.dtype)
+    suffix = {"float32": "f", "float64": ""}.get(dtype)
+    if suffix is None:
+        return call  # float16 and others: left to TVM (and reported by it)
+    if call.op.name == "tirx.exp10":
+        return tirx.call_pure_extern(dtype, f"pow{suffix}", tirx.const(10.0, dtype), *call.args)
+    return tirx.call_pure_extern(dtype, _C_MATH[call.op.name] + suffix, *call.args)
+
+
+@functools.cache
+def _register_c_intrinsics() -> None:
+    """Give the intrinsics of :data:`_C_MATH` (and ``exp10``) a lowering for target ``c``."""
+    for name in [*_C_MATH, "tirx.exp10"]:
+        tirx.register_intrin_lowering(name, target="c", f=_c_math_rule, level=99)
+
+
+def _trivial(expr: tvm.ir.Expr) -> bool:
+    return isinstance(expr, (tirx.Var, tirx.IntImm, tirx.FloatImm, tvm.ir.StringImm))
+
+
+def _hoisted_decl(decl: tirx.DeclBuffer) -> list[tirx.Stmt]:
+    """``decl`` of a workspace buffer whose size is an expression -> bind the size, then decl."""
+    call = decl.data
+    if not (isinstance(call, tvm.ir.Call) and isinstance(call.op, tvm.ir.Op)
+            and call.op.name == _ALLOC_WORKSPACE and not all(_trivial(a) for a in call.args)):
+        return [decl]
+    bindings, args = [], []
+    for arg in call.args:
+        if _trivial(arg):
+            args.append(arg)
+            continue
+        size = tirx.Var(f"{decl.buffer.name}_nbytes", arg.ty.dtype)
+        bindings.append(tirx.Bind(size, arg))
+        args.append(size)
+    data = tvm.ir.Call(call.op, args, call.attrs, call.ty_args, call.span, ret_ty=call.ty)
+    return [*bindings, tirx.DeclBuffer(decl.buffer, decl.span, data=data)]
+
+
+def _hoist_workspace_sizes(stmt: tirx.Stmt) -> tirx.Stmt:
+    """Rebuild ``stmt`` with every workspace size bound to a variable (module docstring)."""
+    if isinstance(stmt, tirx.SeqStmt):
+        body: list[tirx.Stmt] = []
+        for child in stmt.seq:
+            if isinstance(child, tirx.DeclBuffer) and child.data is not None:
+                body.extend(_hoisted_decl(child))
+            else:
+                body.append(_hoist_workspace_sizes(child))
+        return tirx.SeqStmt(body)
+    if isinstance(stmt, tirx.DeclBuffer) and stmt.data is not None:
+        parts = _hoisted_decl(stmt)
+        return parts[0] if len(parts) == 1 else tirx.SeqStmt(parts)
+    if isinstance(stmt, tirx.For):
+        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind,
+                        _hoist_workspace_sizes(stmt.body), stmt.thread_binding, stmt.annotations,
+                        stmt.step, stmt.span)
+    if isinstance(stmt, tirx.IfThenElse):
+        otherwise = None if stmt.else_case is None else _hoist_workspace_sizes(stmt.else_case)
+        return tirx.IfThenElse(stmt.condition, _hoist_workspace_sizes(stmt.then_case), otherwise,
+                               stmt.span)
+    if isinstance(stmt, tirx.AttrStmt):
+        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value,
+                             _hoist_workspace_sizes(stmt.body), stmt.span)
+    if isinstance(stmt, tirx.While):
+        return tirx.While(stmt.condition, _hoist_workspace_sizes(stmt.body), stmt.span)
+    return stmt
+
+
+def _rewrite_includes(source: str) -> str:
+    """Replace TVM's includes by the shim; fail on any include this module does not know."""
+    lines, shim_at = [], None
+    for line in source.splitlines():
+        if line in TVM_INCLUDES:
+            if shim_at is None:
+                shim_at = len(lines)
+                lines.append(f'#include "{SHIM_HEADER}"')
+            continue
+        if line.startswith("#include") and line not in SYSTEM_INCLUDES:
+            raise RuntimeError(f"TVM's C code includes {line[len('#include'):].strip()}, which "
+                               f"{SHIM_HEADER} does not replace; extend the shim for this TVM")
+        lines.append(line)
+    if shim_at is None:
+        raise RuntimeError("TVM's C code no longer includes its runtime headers as expected; "
+                           "check TVM_INCLUDES for this TVM")
+    return "\n".join(lines) + "\n"
+
+
+def kernels_source(funcs: dict[str, tirx.PrimFunc]) -> str:
+    """C source of the PrimFuncs, each exported as ``__tvm_ffi_<name>``.
+
+    Parameters
+    ----------
+    funcs
+        Kernel name (a C identifier) -> scheduled PrimFunc.
+
+    Returns
+    -------
+    str
+        The text of ``kernels.c``, including ``sail_tvm_shim.h`` instead of TVM's headers.
+    """
+    _register_c_intrinsics()
+    target = tvm.target.Target({"kind": "c"})
+    mod = tvm.IRModule({name: func.with_attr("global_symbol", name)
+                        for name, func in funcs.items()})
+    current = tvm.transform.PassContext.current()
+    config = {**dict(current.config), "tirx.disable_vectorize": True}
+    # No instruments: IR dumps of the compile must not see TVM's TIR lowering of every kernel.
+    with tvm.transform.PassContext(opt_level=current.opt_level, config=config):
+        mod = tirx.transform.BindTarget(target.with_host(target))(mod)
+        pipeline, finalize_host, _ = tirx.get_tir_pipeline("default")
+        mod = finalize_host()(pipeline(mod))
+        mod = tvm.IRModule({gvar: func.with_body(_hoist_workspace_sizes(func.body))
+                            for gvar, func in mod.functions_items()}, attrs=mod.attrs)
+        source = codegen_build(mod, target).inspect_source()
+    return _rewrite_includes(source)

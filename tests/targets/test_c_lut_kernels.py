@@ -1,0 +1,242 @@
+"""The C target's LUT-GEMV kernels (targets/c/runtime) against the NumPy reference.
+
+Both builds (AVX2 via -march=native, and the portable C path) must give the exact int32 group
+sums of ``reference.group_sums`` and y within 1e-5 of ``reference.quantized_matmul``, for every
+weight width, with and without zero points, for group sizes that do not divide K, N that is not
+a multiple of the tile width, several batch sizes and 1 or 2 threads. The sources must compile
+warning-free and run clean under AddressSanitizer and UndefinedBehaviorSanitizer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sail_compiler.errors import InputError, OptionError
+from sail_compiler.quant.reference import (
+    QuantizedWeight,
+    group_sums,
+    quantize_activations,
+    quantize_weights_rtn,
+    quantized_matmul,
+)
+from sail_compiler.quant.scheme import QuantScheme
+from sail_compiler.targets.c import kernels
+from sail_compiler.targets.c.kernels import LutWeight, load_runtime, lut_gemv, relayout
+
+if shutil.which(kernels.compiler()) is None:
+    pytest.skip("no C compiler", allow_module_level=True)
+
+RNG = np.random.default_rng(20250925)
+BUILDS = ["native", "portable"]
+# (group size, symmetric): K = 200 is a multiple of none of them; None is one group per column.
+GROUPINGS = [(32, False), (64, True), (128, False), (None, True), (None, False)]
+K, N = 200, 37
+BATCHES = (1, 2, 3, 8, 17)
+
+
+def _weight(bits: int, group_size: int | None, symmetric: bool, k: int = K, n: int = N,
+            rng: np.random.Generator = RNG) -> QuantizedWeight:
+    symmetric = symmetric and bits > 1  # symmetric 1-bit weights do not exist
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    return quantize_weights_rtn(w, QuantScheme(bits, group_size, symmetric))
+
+
+def _activations(rows: int, k: int = K) -> np.ndarray:
+    x = RNG.standard_normal((rows, k)).astype(np.float32)
+    x[:, RNG.integers(0, k, size=3)] *= 20  # outliers, as LLM activations have
+    return x
+
+
+def _check(x: np.ndarray, qw: QuantizedWeight, y: np.ndarray, sums: np.ndarray,
+           what: str) -> None:
+    xq, _ = quantize_activations(x)
+    np.testing.assert_array_equal(sums, group_sums(xq, qw), err_msg=f"sums {what}")
+    np.testing.assert_allclose(y, quantized_matmul(x, qw), rtol=1e-5, atol=0,
+                               err_msg=f"y {what}")
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_every_width_matches_reference(build: str, bits: int) -> None:
+    for group_size, symmetric in GROUPINGS:
+        qw = _weight(bits, group_size, symmetric)
+        lw = relayout(qw)
+        for rows in BATCHES:
+            x = _activations(rows)
+            for threads in (1, 2):
+                y, sums = lut_gemv(x, lw, threads, build=build)
+                _check(x, qw, y, sums, f"{build} b={bits} g={group_size} sym={symmetric} "
+                                       f"rows={rows} threads={threads}")
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_builds_run_their_kernels(build: str) -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if build == "native" and not cpuinfo.is_file():
+        pytest.skip("cannot tell whether this CPU has AVX2")
+    want = "avx2" if build == "native" and " avx2" in cpuinfo.read_text() else "portable"
+    assert load_runtime(build).isa == want
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("bits", [1, 3, 4, 8])
+def test_extreme_values_are_exact(build: str, bits: int) -> None:
+    """The widest table entries (4 x -128, 4 x 127), all-max and all-zero codes, zero rows,
+    and a group long enough to flush the int16 sums several times."""
+    k, n = 1000, 40
+    rows = np.stack([np.full(k, 127), np.full(k, -127), np.full(k, -128), np.zeros(k, int),
+                     np.where(np.arange(k) % 2, 127, -128), RNG.integers(-128, 128, size=k)])
+    sx = np.linspace(0.5, 2, len(rows)).astype(np.float32)
+    top = (1 << bits) - 1
+    for group_size in (None, 96):
+        n_groups = -(-k // (group_size or k))
+        for codes in (np.full((k, n), top), np.zeros((k, n)), RNG.integers(0, top + 1, (k, n))):
+            g = group_size or k
+            q = np.zeros((n_groups * g, n), np.uint8)
+            q[:k] = codes
+            zero = np.where(RNG.random((n_groups, n)) < 0.5, 0, top).astype(np.uint8)
+            q[k:] = zero[-1]
+            qw = QuantizedWeight(q, np.full((n_groups, n), 0.25, np.float32), zero, bits, g, k)
+            y, sums = lut_gemv(rows, relayout(qw), 2, sx=sx, build=build)
+            want = group_sums(rows, qw)
+            np.testing.assert_array_equal(sums, want, err_msg=f"{build} b={bits} g={g}")
+            y_want = (qw.scale[None] * sx[:, None, None] * want.astype(np.float32)).sum(
+                axis=1, dtype=np.float32)
+            np.testing.assert_allclose(y, y_want, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_quantizer_matches_reference(build: str) -> None:
+    runtime = load_runtime(build)
+    x = _activations(6, 301)
+    x[1] = 0  # sx = 1, xq = 0
+    x[2] = 1e-42  # a subnormal maximum
+    x[3, :8] = [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 127, -127]  # ties round to even
+    for act_bits in range(2, 9):
+        xq, sx = runtime.quantize(x, act_bits)
+        want_q, want_s = quantize_activations(x, act_bits)
+        np.testing.assert_array_equal(sx, want_s)
+        np.testing.assert_array_equal(xq, want_q)
+
+
+def _decode_planes(lw: LutWeight) -> np.ndarray:
+    """Codes ``[n_groups * 32 * blocks_per_group, n_tiles * 16]`` read back from the bytes,
+    following the layout as ``sail_lut.h`` states it."""
+    b, bpg = lw.bits, lw.blocks_per_group
+    planes = lw.planes.reshape(lw.n_tiles, lw.n_groups, bpg, b, 2, 2, 16)  # v, l, L, bp
+    column, plane = kernels.vector_slots(b)
+    q = np.zeros((lw.n_groups, bpg, 2, 2, 2, 4, lw.n_tiles, 16), np.int64)  # l, half, L, j
+    for half in range(2):
+        nibbles = (planes >> (4 * half)) & 15
+        for v in range(b):
+            for bp in range(16):
+                for j in range(4):
+                    bit = (nibbles[:, :, :, v, :, :, bp] >> j) & 1          # tile, G, bpg, l, L
+                    q[:, :, :, half, :, j, :, column[v, bp]] += \
+                        bit.transpose(1, 2, 3, 4, 0) << plane[v, bp]
+    return q.reshape(lw.n_groups * bpg * 32, lw.n_tiles * 16)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 5, 8])
+def test_relayout_round_trips(bits: int) -> None:
+    qw = _weight(bits, 48, False, k=100, n=20)
+    lw = relayout(qw)
+    assert (lw.n_groups, lw.blocks_per_group, lw.n_tiles) == (3, 2, 2)
+    codes = _decode_planes(lw).reshape(3, 64, 32)
+    q = qw.q.reshape(3, 48, 20)
+    np.testing.assert_array_equal(codes[:, :48, :20][:, :, :], np.where(
+        (np.arange(3)[:, None] * 48 + np.arange(48))[:, :, None] < 100, q, 0))
+    assert not codes[:, 48:].any() and not codes[:, :, 20:].any()
+    order = kernels.COLUMN_ORDER
+    np.testing.assert_array_equal(lw.scales[0][:, np.argsort(order)], qw.scale[:, :16])
+    np.testing.assert_array_equal(lw.zeros[1][:, np.argsort(order)][:, :4], qw.zero[:, 16:])
+    assert not lw.scales[1][:, np.argsort(order)][:, 4:].any()
+
+
+def test_bad_input_is_reported() -> None:
+    qw = _weight(4, 32, False)
+    lw = relayout(qw)
+    with pytest.raises(OptionError, match="weight bits must be an integer in 1..8, got 9"):
+        LutWeight(9, lw.k, lw.n, lw.group_size, lw.planes, lw.scales, lw.zeros)
+    with pytest.raises(OptionError, match="planes must be C-contiguous uint8"):
+        LutWeight(4, lw.k, lw.n, lw.group_size, lw.planes[:-1], lw.scales, lw.zeros)
+    with pytest.raises(InputError, match=r"activations must be \[T, 200\]"):
+        lut_gemv(np.zeros((2, 199), np.float32), lw)
+    with pytest.raises(OptionError, match="activation bits 2..8"):
+        lut_gemv(np.zeros((2, K), np.float32), lw, act_bits=9)
+    with pytest.raises(OptionError, match="threads must be an integer in 1..256"):
+        lut_gemv(np.zeros((2, K), np.float32), lw, 0)
+    with pytest.raises(InputError, match="need scales sx"):
+        lut_gemv(np.zeros((2, K), np.int32), lw)
+    with pytest.raises(InputError, match="must fit int8"):
+        lut_gemv(np.full((2, K), 128), lw, sx=np.ones(2, np.float32))
+    with pytest.raises(OptionError, match="valid choices are: native, portable"):
+        lut_gemv(np.zeros((2, K), np.float32), lw, build="neon")
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_sources_compile_without_warnings(build: str, tmp_path: Path) -> None:
+    flags = [f for f in kernels.build_flags(build) if f != "-shared"]
+    for source in kernels.RUNTIME_SOURCES:
+        done = subprocess.run([kernels.compiler(), *flags, "-Wall", "-Wextra", "-Werror",
+                               "-Wpedantic", "-c", str(kernels.RUNTIME_DIR / source),
+                               "-o", str(tmp_path / (source + ".o"))],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+
+
+_SANITIZED_RUN = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from sail_compiler.quant.reference import (group_sums, quantize_activations,
+                                               quantize_weights_rtn, quantized_matmul)
+    from sail_compiler.quant.scheme import QuantScheme
+    from sail_compiler.targets.c.kernels import LutRuntime, relayout
+
+    runtime = LutRuntime(sys.argv[1])
+    rng = np.random.default_rng(0)
+    for bits, group, sym, rows, k, n in [(1, 32, False, 3, 100, 19), (4, 64, True, 9, 200, 40),
+                                         (7, None, False, 2, 97, 33), (8, 128, True, 1, 300, 16)]:
+        qw = quantize_weights_rtn(rng.standard_normal((k, n)).astype(np.float32),
+                                  QuantScheme(bits, group, sym))
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        xq, sx = runtime.quantize(x)
+        for threads in (1, 2):
+            y, sums = runtime.prepare(relayout(qw), rows, threads, sums=True)(xq, sx)
+            assert np.array_equal(sums, group_sums(quantize_activations(x)[0], qw))
+            assert np.allclose(y, quantized_matmul(x, qw), rtol=1e-5, atol=0)
+    runtime.close()
+    print("sanitized run ok")
+""")
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_runs_clean_under_sanitizers(build: str, tmp_path: Path) -> None:
+    cc = kernels.compiler()
+    libasan, libstdcxx = (subprocess.run([cc, f"-print-file-name={name}"], capture_output=True,
+                                         text=True, check=False).stdout.strip()
+                          for name in ("libasan.so", "libstdc++.so.6"))
+    if not Path(libasan).is_file():
+        pytest.skip(f"{cc} has no AddressSanitizer runtime")
+    # ASan must come first; libstdc++ right after it lets ASan intercept the C++ exceptions of
+    # the extension modules the package imports (tvm_ffi), which it cannot when loaded later.
+    preload = " ".join(p for p in (libasan, libstdcxx) if Path(p).is_file())
+    lib = kernels.compile_runtime(build, out_dir=tmp_path, extra_flags=(
+        "-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined"))
+    env = dict(os.environ, LD_PRELOAD=preload,
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    done = subprocess.run([sys.executable, "-c", _SANITIZED_RUN, str(lib)], env=env,
+                          capture_output=True, text=True, check=False, timeout=300)
+    report = done.stdout + done.stderr
+    assert done.returncode == 0 and "sanitized run ok" in report, report
+    assert "runtime error" not in report and "AddressSanitizer" not in report, report

@@ -1,0 +1,199 @@
+"""The c target: the generated C library builds with cc, runs without Python or TVM, matches
+onnxruntime (float) and the llvm build (quantized), and fails cleanly on damaged weights."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tvm import relax
+
+from sail_compiler import CompileOptions, compile_model
+from sail_compiler.artifact import Artifact
+from sail_compiler.cli import main
+from sail_compiler.errors import ArtifactError, SailError
+from sail_compiler.frontend.signature import ModelSignature, TensorSpec
+from sail_compiler.quant.scheme import QuantScheme
+from sail_compiler.targets.c.emit import emit_model
+from sail_compiler.targets.c.target import build_library
+from sail_compiler.verify import (
+    TARGET_AGREEMENT,
+    InputPlan,
+    OnnxRuntimeReference,
+    compare,
+    generate_inputs,
+    verify_model,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
+                                reason="the c target builds with make and cc")
+
+WERROR = "WARNINGS=-Wall -Wextra -Werror"
+# -O0: UBSan at -O1 takes minutes on the kernels' 700 KB of C.
+SANITIZE = "CFLAGS=-O0 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
+UNBUILT = shutil.ignore_patterns("build", "lib*", "sail_main")
+
+
+@pytest.fixture(scope="module")
+def float_artifact(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The float tiny decoder for c, built with -Wall -Wextra -Werror on sail's own files."""
+    out = tmp_path_factory.mktemp("c") / "tiny"
+    compile_model(tiny_decoder, out, CompileOptions(target="c"))
+    build_library(out, make_args=(WERROR,))
+    return out
+
+
+def _main_args(artifact: Path, inputs: dict[str, np.ndarray], tmp: Path) -> list[str]:
+    args = []
+    for name, value in inputs.items():
+        np.save(tmp / f"{name}.npy", value)
+        args += ["--input", f"{name}={tmp / name}.npy"]
+    return [str(artifact / "sail_main"), str(artifact / "weights.bin"), *args]
+
+
+def test_float_decoder_matches_onnxruntime(float_artifact: Path, tiny_decoder: Path) -> None:
+    artifact = Artifact(float_artifact)
+    reference = OnnxRuntimeReference(tiny_decoder)
+    for plan in (InputPlan(batch=1, seq_len=1), InputPlan(batch=2, seq_len=7)):
+        inputs = generate_inputs(artifact.signature, plan)
+        logits = artifact.run(inputs)["logits"]
+        assert logits.shape == (plan.batch, plan.seq_len, 1024)
+        assert compare(logits, reference.run(inputs)["logits"])["rel_l2_err"] < 1e-4
+
+
+def test_generated_c_reads_like_the_graph(float_artifact: Path) -> None:
+    model_c = (float_artifact / "model.c").read_text()
+    assert "SAIL_CALL(" in model_c and "sail_rt_release(&b->" in model_c
+    assert "#include \"sail_tvm_shim.h\"" in (float_artifact / "kernels.c").read_text()
+    assert "tvm/" not in (float_artifact / "kernels.c").read_text().split("#include <math.h>")[0]
+    header = (float_artifact / "model.h").read_text()
+    assert "input_ids: int64[batch, seq]" in header and "SAIL_MODEL_NUM_OUTPUTS 1" in header
+
+
+def test_kv_decoder_several_lengths_one_artifact(tiny_decoder_kv: Path) -> None:
+    plans = [InputPlan(seq_len=5, past_len=0), InputPlan(seq_len=1, past_len=7),
+             InputPlan(batch=2, seq_len=3, past_len=4)]
+    report = verify_model(tiny_decoder_kv, CompileOptions(target="c"), plans)
+    assert report["ok"] and report["target"] == "c"
+    assert len({tuple(e["dims"].items()) for e in report["outputs"]}) == 3
+    assert all(e["rel_l2_err"] < 1e-4 for e in report["outputs"]), report["outputs"]
+
+
+@pytest.mark.parametrize(("bits", "model"), [(4, "tiny_decoder_kv"), (3, "micro_decoder")])
+def test_quantized_matches_llvm(bits: int, model: str, request: pytest.FixtureRequest,
+                                tmp_path: Path) -> None:
+    """The c artifact computes what llvm does: verify's reference check runs on an llvm build
+    of the same quantized weights and compares its outputs with the c artifact's."""
+    options = CompileOptions(target="c", quant=QuantScheme(bits, 128))
+    plans = [InputPlan(seq_len=4, past_len=0), InputPlan(seq_len=1, past_len=5)]
+    report = verify_model(request.getfixturevalue(model), options, plans,
+                          artifact_dir=tmp_path / "c")
+    assert report["ref_exact"] is True and report["ok"]
+    assert report["reference"]["probe_vs_artifact_rel_l2"] <= TARGET_AGREEMENT
+    model_c = (tmp_path / "c" / "model.c").read_text()
+    assert "/* layer model.layers.0.self_attn.k_proj: sail_lut_gemv(" in model_c
+    assert '{"model.layers.0.self_attn.k_proj.packed", SAIL_UINT8,' in model_c
+
+
+def test_damaged_weights_are_reported(float_artifact: Path, tmp_path: Path) -> None:
+    weights = (float_artifact / "weights.bin").read_bytes()
+    inputs = generate_inputs(Artifact(float_artifact).signature, InputPlan(seq_len=2))
+    command = _main_args(float_artifact, inputs, tmp_path)
+    flipped = bytearray(weights)
+    flipped[-5] ^= 0x10
+    cases = {"truncated": (weights[: len(weights) // 3], "is truncated"),
+             "header": (weights[:40], "is truncated"),
+             "magic": (b"NOTSAIL\0" + weights[8:], "bad magic"),
+             "data": (bytes(flipped), "checksum of tensor"),
+             "table": (weights[:80] + bytes([weights[80] ^ 1]) + weights[81:], "table checksum")}
+    for name, (data, expected) in cases.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(data)
+        proc = subprocess.run([command[0], str(path), *command[2:]], capture_output=True,
+                              text=True)
+        assert proc.returncode == 1, (name, proc.stderr)
+        assert expected in proc.stderr and str(path) in proc.stderr, (name, proc.stderr)
+    # Through Python: a damaged weight file is the artifact's error, found when it loads.
+    copy = tmp_path / "artifact"
+    shutil.copytree(float_artifact, copy)
+    (copy / "weights.bin").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ArtifactError, match="is truncated"):
+        Artifact(copy).run(inputs)
+
+
+def test_one_run_under_address_and_ub_sanitizers(float_artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "asan"
+    shutil.copytree(float_artifact, copy, ignore=UNBUILT)
+    build_library(copy, make_args=(SANITIZE, "sail_main"))
+    inputs = generate_inputs(Artifact(copy).signature, InputPlan(batch=2, seq_len=3))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([*_main_args(copy, inputs, tmp_path), "--output-dir", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "runtime error" not in proc.stderr and "Sanitizer" not in proc.stderr
+    assert np.load(out / "logits.npy").shape == (2, 3, 1024)
+    (tmp_path / "short.bin").write_bytes((copy / "weights.bin").read_bytes()[:1000])
+    proc = subprocess.run([str(copy / "sail_main"), str(tmp_path / "short.bin"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "is truncated" in proc.stderr
+    assert "Sanitizer" not in proc.stderr
+
+
+def test_inconsistent_inputs_are_rejected(float_artifact: Path, tmp_path: Path) -> None:
+    inputs = generate_inputs(Artifact(float_artifact).signature, InputPlan(seq_len=3))
+    inputs["attention_mask"] = np.ones((1, 4), np.int64)  # seq is 3 in input_ids
+    proc = subprocess.run(_main_args(float_artifact, inputs, tmp_path), capture_output=True,
+                          text=True)
+    assert proc.returncode == 3
+    assert "attention_mask: dim 1 ('seq') is 4, but another input gave it 3" in proc.stderr
+    inputs["attention_mask"] = np.ones((1, 3), np.int64)
+    inputs["input_ids"] = np.array([[1, 2, 5000]], np.int64)
+    proc = subprocess.run(_main_args(float_artifact, inputs, tmp_path), capture_output=True,
+                          text=True)
+    assert proc.returncode == 3 and "values must lie in [0, 1024), got 5000" in proc.stderr
+
+
+def test_failed_build_shows_the_compiler(float_artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "broken"
+    shutil.copytree(float_artifact, copy, ignore=UNBUILT)
+    (copy / "model.c").write_text("#error sail test: broken model.c\n")
+    with pytest.raises(ArtifactError, match="broken model.c"):
+        build_library(copy, make_args=("build/model.o",))
+
+
+def test_cli_build_and_run(float_artifact: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", str(float_artifact)]) == 0
+    assert "sail_main" in capsys.readouterr().out
+    np.save(tmp_path / "ids.npy", np.array([[1, 2, 3]], np.int64))
+    np.save(tmp_path / "mask.npy", np.ones((1, 3), np.int64))
+    assert main(["run", str(float_artifact), "--input", f"input_ids={tmp_path / 'ids.npy'}",
+                 "--input", f"attention_mask={tmp_path / 'mask.npy'}",
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    assert np.load(tmp_path / "out" / "logits.npy").shape == (1, 3, 1024)
+    llvm = tmp_path / "llvm"
+    shutil.copytree(float_artifact, llvm, ignore=shutil.ignore_patterns("*.c", "build", "lib*"))
+    manifest = (llvm / "manifest.json").read_text()
+    (llvm / "manifest.json").write_text(manifest.replace('"target": "c"', '"target": "llvm"'))
+    assert main(["build", str(llvm)]) == 2
+    assert "sail build builds c artifacts" in capsys.readouterr().err
+
+
+def test_unsupported_bindings_are_listed() -> None:
+    """A module that was not lowered: every binding the emitter cannot write is named."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(x, x))
+            z = bb.emit_output(relax.op.multiply(y, x))
+        bb.emit_func_output(z)
+    signature = ModelSignature((TensorSpec("x", "float32", (4,)),),
+                               (TensorSpec("z", "float32", (4,)),))
+    with pytest.raises(SailError, match=r"2 binding\(s\)") as info:
+        emit_model(bb.get(), signature, {}, "test")
+    assert "relax.add" in str(info.value) and "relax.multiply" in str(info.value)
