@@ -282,7 +282,16 @@ def quant_combine_te(x: te.Tensor, sums: te.Tensor, scale: te.Tensor, *, k: int,
     ``sx`` is recomputed from ``x`` exactly as the first kernel computed it.
     """
     _, sx = quantize_activations_te(x, k, act_bits)
-    lead = list(x.shape[:-1])
+    return dequantize_sums_te(sums, sx, scale, name="quant_matmul")
+
+
+def dequantize_sums_te(sums: te.Tensor, sx: te.Tensor, scale: te.Tensor,
+                       name: str = "dequantize") -> te.Tensor:
+    """``y[..., n] = sum_grp (s[grp, n] * sx[...]) * float32(S[..., grp, n])``, in group order.
+
+    The combination of :func:`quant_combine_te` and of ``sail.dequantize``.
+    """
+    lead = list(sums.shape[:-2])
     n_groups, cols = scale.shape
     grp = te.reduce_axis((_i64(0), n_groups), name="grp")
 
@@ -292,7 +301,7 @@ def quant_combine_te(x: te.Tensor, sums: te.Tensor, scale: te.Tensor, *, k: int,
         term = (scale[grp, n] * sx[tuple(t)]) * sums[(*t, grp, n)].astype("float32")
         return te.sum(term, axis=grp)
 
-    return te.compute([*lead, cols], body, name="quant_matmul")
+    return te.compute([*lead, cols], body, name=name)
 
 
 def quant_matmul_te(x: te.Tensor, packed: te.Tensor, scale: te.Tensor, zero: te.Tensor, *,

@@ -56,6 +56,7 @@ from ..quant.reference import (
 )
 from .quant_matmul import (
     check_packed_operands,
+    dequantize_sums_te,
     max_abs_group_sum,
     quantize_activations_te,
     static_dim,
@@ -359,20 +360,6 @@ def group_sums_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, *, bits: in
     return te.compute([*lead, n_groups, cols], body, name="group_sums")
 
 
-def dequantize_te(sums: te.Tensor, sx: te.Tensor, scale: te.Tensor) -> te.Tensor:
-    """``y[..., n] = sum_grp (s[grp, n] * sx[...]) * float32(S[..., grp, n])`` in group order."""
-    lead = list(sums.shape[:-2])
-    n_groups, cols = scale.shape
-    grp = te.reduce_axis((_i64(0), n_groups), name="grp")
-
-    def body(*idx: tirx.Var) -> tirx.PrimExpr:
-        *t, n = idx
-        term = (scale[grp, n] * sx[tuple(t)]) * sums[(*t, grp, n)].astype("float32")
-        return te.sum(term, axis=grp)
-
-    return te.compute([*lead, cols], body, name="dequantize")
-
-
 def _legalize_quantize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     return bb.call_te(quantize_te, call.args[0], act_bits=int(call.attrs["act_bits"]),
                       primfunc_name_hint="sail_quantize")
@@ -405,7 +392,7 @@ def legalize_lut_gemv(bb: relax.BlockBuilder, call: relax.Call, *,
 
 
 def _legalize_dequantize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    return bb.call_te(dequantize_te, *call.args, primfunc_name_hint="sail_dequantize")
+    return bb.call_te(dequantize_sums_te, *call.args, primfunc_name_hint="sail_dequantize")
 
 
 # ---------------------------------------------------------------------------------------------
