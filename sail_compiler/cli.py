@@ -17,6 +17,7 @@ import numpy as np
 from . import __version__
 from .artifact import check_output_path
 from .errors import InputError, OptionError, SailError
+from .targets.pim import simulate_cli
 from .ir_dump import file_safe
 from .pipeline import STAGE_NAMES
 from .quant.plan import PLAN_METHODS
@@ -42,6 +43,9 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                    help="fix an input's dims, e.g. input_ids=1x16 (repeatable); other dims stay "
                         "symbolic")
     p.add_argument("--threads", type=int, default=None, help="threads for the compiled code")
+    p.add_argument("--pim-config", metavar="PRESET|FILE.toml",
+                   help="pim-sim target: the SAIL machine the program is mapped for (a preset: "
+                        "sail-n1, tiny; or a TOML file of overrides; default sail-n1)")
     q = p.add_argument_group("weight quantization (the quantize stage)")
     q.add_argument("--bits", type=int, help="quantize matmul weights to 1..8 bits")
     q.add_argument("--group-size", default="128",
@@ -117,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--portable", action="store_true",
                    help="no -march=native: the build runs on any CPU of this architecture")
 
+    p = sub.add_parser("generate", help="greedy decoding with a c artifact of a decoder with a "
+                       "KV cache: the generated ids and tokens per second")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--prompt-ids", type=_int_list, required=True, metavar="1,2,3")
+    p.add_argument("-n", "--tokens", type=int, default=64, help="new tokens (default 64)")
+    p.add_argument("--threads", type=int, help="threads of the LUT-GEMV kernels (default: "
+                   "SAIL_NUM_THREADS, else 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("verify", help="compile, run, and compare with onnxruntime")
     _add_compile_options(p)
     p.add_argument("--inputs", type=Path, metavar="FILE.npz", help="inputs to use (default: "
@@ -170,6 +183,8 @@ def _parser() -> argparse.ArgumentParser:
                         "and batch size (arrays <layer>/b<B>/read_chunk, read_pattern, source)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    simulate_cli.add_parser(sub)
+
     p = sub.add_parser("inspect", help="list, show or diff the passes of a --dump-dir")
     p.add_argument("dump_dir", type=Path)
     p.add_argument("--show", metavar="PASS", help="print the IR after PASS (number or name)")
@@ -193,7 +208,8 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
                           quant=_scheme(args), skip=tuple(args.skip), act_bits=args.act_bits,
                           method=args.method, bits_plan=args.bits_plan, avg_bits=args.avg_bits,
                           calib=calib, embedding_bits=args.embedding_bits, sail=args.sail,
-                          nbw=args.nbw, pim_types=args.pim_types, **extra)
+                          nbw=args.nbw, pim_types=args.pim_types, pim_config=args.pim_config,
+                          **extra)
 
 
 def _scheme(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -284,6 +300,27 @@ def _cmd_build(args: argparse.Namespace) -> int:
     flavor = "portable" if args.portable else "native (-march=native)"
     print(f"built {', '.join(str(artifact.path / lib) for lib in LIBRARIES)} and {binary} "
           f"({flavor})")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .artifact import Artifact
+    from .targets.c.target import generate
+
+    artifact = Artifact(args.artifact)
+    if artifact.manifest["target"] != "c":
+        raise OptionError(f"{args.artifact} is a {artifact.manifest['target']} artifact; sail "
+                          "generate runs c artifacts (sail compile --target c)")
+    report = generate(artifact.path, artifact.manifest, args.prompt_ids, args.tokens,
+                      args.threads)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(" ".join(map(str, report["ids"])))
+    print(f"prefill: {report['prefill_tokens']} tokens in {1e3 * report['prefill_seconds']:.2f} "
+          f"ms; decode: {report['decode_steps']} steps in {1e3 * report['decode_seconds']:.2f} "
+          f"ms, {report['decode_tokens_per_second']:.1f} tokens/s ({report['threads']} "
+          f"thread{'s' if report['threads'] != 1 else ''})")
     return 0
 
 
@@ -421,9 +458,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"compile": _cmd_compile, "run": _cmd_run, "build": _cmd_build,
-             "verify": _cmd_verify,
+             "verify": _cmd_verify, "generate": _cmd_generate,
              "inspect": _cmd_inspect, "export-onnx": _cmd_export_onnx,
-             "eval-ppl": _cmd_eval_ppl, "analyze-patterns": _cmd_analyze_patterns}
+             "eval-ppl": _cmd_eval_ppl, "analyze-patterns": _cmd_analyze_patterns,
+             "simulate": simulate_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:

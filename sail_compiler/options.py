@@ -64,6 +64,10 @@ class CompileOptions:
     probe
         Build with :class:`~.passes.ExposeGroupSums` (``sail verify``'s reference check; the
         artifact then runs only inside the process that built it).
+    pim_config
+        The machine the ``pim-sim`` target maps its SAIL program for: a preset name
+        (``sail-n1``, ``tiny``) or a TOML file (:func:`~.targets.pim.target.resolve_config`);
+        None is ``sail-n1``. Other targets ignore it.
     """
 
     target: str = "llvm"
@@ -85,6 +89,7 @@ class CompileOptions:
     nbw: int = 4
     pim_types: str = "auto"
     probe: bool = False
+    pim_config: str | None = None
 
     @property
     def scheme_name(self) -> str | None:

@@ -8,7 +8,8 @@ Rewrites
 * a ``sail.dequantize`` placed on the ``host`` whose sums come from such a call and feed nothing
   else into one ``sail.lut_gemv(..., output="float")`` with the dequantization fused (the sums
   never reach memory); in-memory (``pim``) dequantizations stay separate operators, as SAIL
-  runs them in the arrays;
+  runs them in the arrays (``fuse="all"`` fuses them too: what a CPU target wants, where the
+  placement means nothing);
 * a ``sail.quant_matmul(x, ...)`` left over (the pass used without ``ConvertPIMTypes``) into
   ``sail.quantize(x)`` (placement host) and a fused ``sail.lut_gemv``.
 
@@ -24,6 +25,7 @@ from collections import Counter
 import tvm
 from tvm import relax
 
+from ..errors import OptionError
 from ..ops.quant_matmul import attrs_dict, is_quant_matmul, layer_name
 from ..ops.sail_ops import (
     DEQUANTIZE,
@@ -60,10 +62,12 @@ def _weight_kwargs(attrs: dict) -> dict:
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, nbw: int, placement: str, uses: Counter) -> None:
+    def __init__(self, mod: tvm.IRModule, nbw: int, placement: str, uses: Counter,
+                 fuse_all: bool) -> None:
         super().__init__(mod)
         self.nbw = nbw
         self.placement = placement
+        self.fuse_all = fuse_all
         self.uses = uses
         self.lowered = 0
         self.fused = 0
@@ -76,7 +80,8 @@ class _Lowerer(relax.PyExprMutator):
             self.lowered += 1
             return lut_gemv(*call.args, nbw=self.nbw, placement=self.placement,
                             layer=attrs.get("layer", ""), **_weight_kwargs(attrs))
-        if is_sail_op(call, DEQUANTIZE) and op_attrs(call)["placement"] == "host":
+        if is_sail_op(call, DEQUANTIZE) and (self.fuse_all
+                                             or op_attrs(call)["placement"] == "host"):
             sums, sx, scale = call.args
             bound = self.lookup_binding(sums) if isinstance(sums, relax.Var) else None
             if is_sail_op(bound, LUT_GEMV) and op_attrs(bound)["output"] == "sums" and \
@@ -110,11 +115,18 @@ class LowerToLUTGemv:
         Weights per lookup table, 1..8.
     placement
         Where the lookups run: ``pim`` (default) or ``host``.
+    fuse
+        Which dequantizations to fuse into the ``sail.lut_gemv`` that feeds them: ``host``
+        (default: those placed on the host) or ``all``.
     """
 
-    def __init__(self, nbw: int = DEFAULT_NBW, placement: str = "pim") -> None:
+    def __init__(self, nbw: int = DEFAULT_NBW, placement: str = "pim",
+                 fuse: str = "host") -> None:
         self.nbw = check_nbw(nbw)
         self.placement = check_placement(placement)
+        if fuse not in ("host", "all"):
+            raise OptionError(f"fuse must be 'host' or 'all', not {fuse!r}")
+        self.fuse_all = fuse == "all"
         self.stats: dict[str, int] = {}
 
     def transform_module(self, mod: tvm.IRModule,
@@ -123,7 +135,7 @@ class LowerToLUTGemv:
         for _, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 counter.visit_expr(func)
-        lowerer = _Lowerer(mod, self.nbw, self.placement, counter.uses)
+        lowerer = _Lowerer(mod, self.nbw, self.placement, counter.uses, self.fuse_all)
         out = rewrite_relax_functions(lowerer, mod)
         if lowerer.fused:  # the unfused sums bindings are dead now
             for gvar, func in list(out.functions_items()):

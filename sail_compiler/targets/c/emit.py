@@ -14,7 +14,11 @@ weights) and a tuple of outputs. :func:`emit_model` turns it into C that reads l
 * symbolic dims (``batch``, ``seq``, ``past + seq``) are ``int64_t`` locals taken from the
   inputs; every shape is a C expression over them, and each ``match_cast`` becomes a check;
 * every constant becomes a tensor of ``weights.bin`` (:mod:`.weight_file`), named after its
-  layer when :class:`RecordWeightNames` saw it as an operand of a SAIL operator.
+  layer when :class:`RecordWeightNames` saw it as an operand of a SAIL operator;
+* a LUT-GEMV left as ``R.call_dps_packed("sail_lut_gemv", ...)`` by the c target's lowering
+  becomes a ``sail_rt_lut_gemv`` call of the runtime's kernels (``sail_lut.h``); its weight is
+  re-laid out here (:func:`.kernels.relayout`) into three tensors of ``weights.bin`` (bit-plane
+  indices, scales, zero points), described by an entry of ``LUTS[]`` that loading checks.
 
 Anything else in ``main`` is reported at once (every unsupported binding with its variable).
 The runtime these files are written against is ``runtime/sail_model_rt.h``.
@@ -33,6 +37,9 @@ from tvm import relax, sym, tirx
 
 from ...errors import SailError
 from ...frontend.signature import ModelSignature, TensorSpec
+from ...quant.packing import unpack_bits
+from ...quant.reference import QuantizedWeight
+from .kernels import LUT_SYMBOL, relayout
 from .weight_file import DTYPE_CODES, MAX_NDIM
 
 __all__ = ["EmittedModel", "RecordWeightNames", "emit_model"]
@@ -97,7 +104,11 @@ class EmittedModel:
     weights
         ``(name, array)`` of every tensor of ``weights.bin``, in file order.
     calls
-        Kernel calls per run.
+        Kernel calls per run (TVM's kernels and the runtime's LUT-GEMVs).
+    lut_calls
+        The runtime LUT-GEMV calls among them.
+    lut_layers
+        The layer of each entry of ``LUTS[]`` (``sail_main --dump-lut`` numbers files by it).
     """
 
     model_c: str
@@ -105,6 +116,8 @@ class EmittedModel:
     kernels: dict[str, tirx.PrimFunc]
     weights: list[tuple[str, np.ndarray]]
     calls: int
+    lut_calls: int
+    lut_layers: list[str]
 
 
 @dataclasses.dataclass(eq=False)
@@ -149,6 +162,21 @@ class _Call:
     args: list[_Buffer | _Scalar]  # PrimFunc parameter order: inputs, outputs, scalars
     outputs: list[_Buffer]
     layers: list[str]
+    lut: int | None = None  # a runtime LUT-GEMV: index in LUTS[] (args: xq, sx, y)
+
+
+@dataclasses.dataclass
+class _Lut:
+    """One ``sail_lut_spec`` of model.c: a weight re-laid out for the runtime's kernels."""
+
+    layer: str
+    bits: int
+    k: int
+    n: int
+    group_size: int
+    planes: int  # weight indices
+    scales: int
+    zeros: int  # -1: symmetric (implicit zero point 2**(bits-1))
 
 
 @dataclasses.dataclass
@@ -220,6 +248,7 @@ class _Graph:
         self.temps: list[_Buffer] = []
         self.steps: list[_Call | _Check] = []
         self.kernels: dict[str, tirx.PrimFunc] = {}
+        self.luts: list[_Lut] = []
         self.problems: list[str] = []
         self.tuple_names: dict[tuple[relax.Var, int], str] = {}
         self.outputs: list[_Buffer] = []
@@ -266,21 +295,24 @@ class _Graph:
         key = const.value.data_ptr()
         if key in self.weight_buffers:
             return self.weight_buffers[key]
-        array = const.value.numpy()
+        layer, operand = self.weight_names.get(key, (None, None))
+        buffer = self.add_weight(const.value.numpy(), layer, operand)
+        self.weight_buffers[key] = buffer
+        return buffer
+
+    def add_weight(self, array: np.ndarray, layer: str | None, operand: str | None) -> _Buffer:
+        """A new tensor of the weight file, named ``layer.operand`` (or ``const_<i>``)."""
         if array.dtype.name not in DTYPE_CODES or array.ndim > MAX_NDIM:
             raise SailError(f"the c target cannot store a {array.dtype} constant of shape "
                             f"{list(array.shape)} (dtypes: {', '.join(DTYPE_CODES)}; up to "
                             f"{MAX_NDIM} dims)")
         index = len(self.weights)
-        layer, operand = self.weight_names.get(key, (None, None))
         name = f"{layer}.{operand}" if layer else f"const_{index}"
         if any(w.name == name for w in self.weights):
             name = f"{name}.{index}"
         self.weights.append(_Weight(name, array, layer))
         shape = [tirx.IntImm("int64", int(d)) for d in array.shape]
-        buffer = _Buffer(f"w{index}", array.dtype.name, shape, "weight", index)
-        self.weight_buffers[key] = buffer
-        return buffer
+        return _Buffer(f"w{index}", array.dtype.name, shape, "weight", index)
 
     def value(self, expr: relax.Expr, where: str) -> _Buffer | list[_Buffer] | None:
         """The buffer (or tuple of buffers) ``expr`` denotes; None after noting a problem."""
@@ -359,6 +391,37 @@ class _Graph:
         self.kernels[gvar.name_hint] = func
         self.steps.append(_Call(gvar.name_hint, [*args, *outputs, *tir_vars], outputs, layers))
 
+    def lut_call(self, var: relax.Var, call: relax.Call) -> None:
+        """``R.call_dps_packed("sail_lut_gemv", (xq, sx, packed, zero, scale, bits, g, k))``."""
+        where = f"{var.name} = R.call_dps_packed({LUT_SYMBOL}, ...)"
+        fields = list(call.args[1].fields)
+        xq, sx = (self.value(f, where) for f in fields[:2])
+        packed, zero, scale = fields[2:5]
+        if not all(isinstance(c, tvm.ir.GenericConst) for c in (packed, zero, scale)):
+            self.problems.append(f"{where}: the weight operands are not constants")
+            return
+        bits, group_size, k = (int(f.value) for f in fields[5:8])
+        zeros = zero.value.numpy()
+        n_groups, n = zeros.shape
+        q = unpack_bits(packed.value.numpy(), bits, n_groups * group_size, axis=0)
+        symmetric = bits > 1 and bool(np.all(zeros == 1 << (bits - 1)))
+        qw = QuantizedWeight(q, scale.value.numpy(), None if symmetric else
+                             zeros.astype(np.uint8), bits, group_size, k)
+        lut = relayout(qw)
+        layer = self.weight_names.get(packed.value.data_ptr(), (None, None))[0]
+        layer = layer or f"lut_{len(self.luts)}"
+        planes = self.add_weight(lut.planes, layer, "lut_planes")
+        scales = self.add_weight(lut.scales, layer, "lut_scales")
+        zero_index = -1 if lut.zeros is None else \
+            self.add_weight(lut.zeros, layer, "lut_zeros").index
+        self.luts.append(_Lut(layer, bits, k, n, group_size, planes.index, scales.index,
+                              zero_index))
+        output = self.temp(var.name, call.ty_args[0])
+        self.values[var] = output
+        if isinstance(xq, _Buffer) and isinstance(sx, _Buffer):
+            self.steps.append(_Call(LUT_SYMBOL, [xq, sx, output], [output], [layer],
+                                    lut=len(self.luts) - 1))
+
     def match_cast(self, binding: relax.MatchCast) -> None:
         name = binding.var.name
         source = self.value(binding.value, f"{name} = R.match_cast(...)")
@@ -389,6 +452,11 @@ class _Graph:
         elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
                 and value.op.name == "relax.call_tir":
             self.call_tir(var, value)
+        elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
+                and value.op.name == "relax.call_dps_packed" \
+                and isinstance(value.args[0], relax.ExternFunc) \
+                and str(value.args[0].global_symbol) == LUT_SYMBOL:
+            self.lut_call(var, value)
         elif isinstance(value, relax.TupleGetItem):
             source = self.value(value.tuple_value, f"{var.name} = TupleGetItem")
             if isinstance(source, list):
@@ -510,6 +578,14 @@ def _tables(graph: _Graph) -> list[str]:
     if not graph.weights:
         lines.append("    {NULL, SAIL_FLOAT32, 0, {0}},")
     lines += ["};", f"enum {{ NUM_WEIGHTS = {len(graph.weights)} }};", "",
+              "/* Weights re-laid out for the runtime's LUT-GEMV kernels (sail_lut.h): layer, "
+              "bits, K, N,", " * group size, and the tensors of its bit-plane indices, scales "
+              "and zero points (-1: none). */", "static const sail_lut_spec LUTS[] = {"]
+    lines += [f"    {{{_c_string(lut.layer)}, {lut.bits}, {lut.k}, {lut.n}, {lut.group_size}, "
+              f"{lut.planes}, {lut.scales}, {lut.zeros}}}," for lut in graph.luts]
+    if not graph.luts:
+        lines.append("    {NULL, 0, 0, 0, 0, -1, -1, -1},")
+    lines += ["};", f"enum {{ NUM_LUTS = {len(graph.luts)} }};", "",
               f"const int sail_model_num_inputs = {len(graph.inputs)};",
               f"const int sail_model_num_outputs = {len(graph.outputs)};",
               "const sail_io_spec sail_model_inputs[] = {"]
@@ -575,7 +651,11 @@ def _run_function(graph: _Graph) -> list[str]:
             lines += _try("sail_rt_alloc", [
                 "model", f"&b->{out.name}", _c_string(out.name), _C_DTYPES[out.dtype],
                 str(len(out.shape)), f"(int64_t[]){{{shape}}}" if out.shape else "NULL"])
-        lines += _statement("SAIL_CALL", [step.kernel, *(a.arg for a in step.args)])
+        if step.lut is not None:
+            lines += _try("sail_rt_lut_gemv", ["model", str(step.lut),
+                                               *(f"&{a.ref}" for a in step.args)])
+        else:
+            lines += _statement("SAIL_CALL", [step.kernel, *(a.arg for a in step.args)])
         lines += [f"  sail_rt_release(&b->{b.name});" for b in releases.get(position, [])]
     lines += ["", "  /* Outputs: intermediates move to the caller; inputs and weights are "
               "copied. */"]
@@ -642,8 +722,9 @@ def emit_model(mod: tvm.IRModule, signature: ModelSignature,
     graph.read()
     lines = [f"/* model.c: {title}.", " *",
              " * The model as kernel calls over named buffers. The kernels are in kernels.c "
-             "(TVM's C code", " * generator); each call is commented with its results and, "
-             "for SAIL operators, the ONNX", " * layer. Memory: each intermediate buffer is "
+             "(TVM's C code", " * generator), the LUT-GEMVs in the runtime (sail_lut.h, "
+             "sail_rt_lut_gemv); each call is", " * commented with its results and, for SAIL "
+             "operators, the ONNX layer. Memory: each intermediate buffer is "
              "allocated right before the call that writes", " * it and freed after its last "
              "reader; the weights are views into weights.bin. */",
              "#include <stdint.h>", "#include <stdlib.h>", "", '#include "model.h"',
@@ -651,9 +732,12 @@ def emit_model(mod: tvm.IRModule, signature: ModelSignature,
     lines += [f"SAIL_KERNEL({name});" for name in sorted(graph.kernels)]
     lines += ["", *_tables(graph), "",
               "sail_model *sail_model_load(const char *weights_path, char **err) {",
-              "  return sail_rt_load(weights_path, WEIGHTS, NUM_WEIGHTS, err);", "}", "",
+              "  return sail_rt_load(weights_path, WEIGHTS, NUM_WEIGHTS, LUTS, NUM_LUTS, err);",
+              "}", "",
               "void sail_model_free(sail_model *model) { sail_rt_free(model); }", "",
               *_run_function(graph), ""]
-    calls = sum(isinstance(step, _Call) for step in graph.steps)
+    calls = [step for step in graph.steps if isinstance(step, _Call)]
     return EmittedModel("\n".join(lines), _model_h(graph, title), graph.kernels,
-                        [(w.name, w.array) for w in graph.weights], calls)
+                        [(w.name, w.array) for w in graph.weights], len(calls),
+                        sum(step.lut is not None for step in calls),
+                        [lut.layer for lut in graph.luts])

@@ -45,6 +45,8 @@ COLUMN_ORDER = np.array([0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15])
 #: Widest activations the int8 kernels take (the narrowest is the reference's MIN_ACT_BITS).
 MAX_ACT_BITS = 8
 MAX_THREADS = 256
+#: The runtime function a lowered c-target module calls for a LUT-GEMV (``R.call_dps_packed``).
+LUT_SYMBOL = "sail_lut_gemv"
 
 _COMMON_FLAGS = ("-std=c11", "-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off")
 #: Build name -> extra compiler flags.

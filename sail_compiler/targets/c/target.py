@@ -6,7 +6,7 @@ make the TIR printable as C: ``sail.lut_gemv`` is legalized without ``llvm.arith
 (the library compiles with ``-ffp-contract=off``, which keeps the fused dequantization's
 rounding exact), and the weights stay constants (the emitter writes them to ``weights.bin``).
 The schedules' ``vectorized`` loops are emitted as scalar loops for the C compiler to vectorize
-and their ``parallel`` loops run serially: the library uses one thread.
+and their ``parallel`` loops run serially: TVM's kernels use one thread.
 
 Artifact files, beside ``manifest.json``:
 
@@ -14,8 +14,13 @@ Artifact files, beside ``manifest.json``:
   ``sail_model_free`` and the model's inputs and outputs;
 * ``model.c`` (the graph as kernel calls, :mod:`.emit`), ``kernels.c`` (TVM's C code for the
   kernels, :mod:`.tir_codegen`), the runtime ``sail_model_rt.[ch]`` and ``sail_tvm_shim.h``;
+* the runtime's LUT-GEMV kernels ``sail_lut.[ch]``, ``sail_lut_avx2.c`` and their thread pool
+  ``sail_threads.[ch]``, which compute every quantized matmul with int8 activations
+  (:func:`legalize_c_lut_gemv`; ``SAIL_NUM_THREADS`` or ``sail_model_set_threads`` sets the
+  threads);
 * ``weights.bin`` (:mod:`.weight_file`); ``main.c`` and ``sail_npy.[ch]``: the ``sail_main``
-  runner; a ``Makefile`` (``make``, ``make portable``).
+  runner; ``generate.c``: ``sail_generate``, greedy decoding for decoders with a KV cache
+  (:func:`generate`, ``sail generate``); a ``Makefile`` (``make``, ``make portable``).
 
 ``sail build OUT`` (or the first :meth:`Artifact.run`) runs ``make``; the runner then runs
 ``sail_main`` on ``.npy`` files.
@@ -24,7 +29,6 @@ Artifact files, beside ``manifest.json``:
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
 import shutil
 import subprocess
@@ -34,14 +38,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tvm
+from tvm import relax
 
 from ... import __version__
 from ...errors import ArtifactError, OptionError
 from ...frontend.signature import ModelSignature
-from ...ops.sail_ops import LUT_GEMV, legalize_lut_gemv
+from ...ops.sail_ops import LUT_GEMV, legalize_lut_gemv, op_attrs
+from ...passes.lower_to_lut_gemv import LowerToLUTGemv
 from ..base import Runner, TargetBackend, register_target
 from ..llvm.schedule import host_target, lowering_passes
 from .emit import RecordWeightNames, emit_model
+from .kernels import LUT_SYMBOL, MAX_ACT_BITS, MAX_THREADS
 from .tir_codegen import kernels_source
 from .weight_file import write_weight_file
 
@@ -55,13 +62,20 @@ RUNTIME_FILES = {
     "sail_model_rt.h": "sail_model_rt.h",
     "sail_model_rt.c": "sail_model_rt.c",
     "sail_tvm_shim.h": "sail_tvm_shim.h",
+    "sail_lut.h": "sail_lut.h",
+    "sail_lut.c": "sail_lut.c",
+    "sail_lut_avx2.c": "sail_lut_avx2.c",
+    "sail_threads.h": "sail_threads.h",
+    "sail_threads.c": "sail_threads.c",
     "sail_npy.h": "sail_npy.h",
     "sail_npy.c": "sail_npy.c",
     "sail_main.c": "main.c",
+    "sail_generate.c": "generate.c",
     "Makefile": "Makefile",
 }
 WEIGHTS = "weights.bin"
 BINARY = "sail_main"
+GENERATE = "sail_generate"
 LIBRARIES = ("libmodel.a", "libmodel.so")
 _BUILD_LOCK = ".sail-build.lock"
 #: Lines of the C compiler's output shown when a build fails.
@@ -79,9 +93,11 @@ class CTarget(TargetBackend):
         if options.probe:
             raise OptionError("the c target cannot record group sums (the reference check "
                               "builds its probe for llvm)")
-        unfenced = functools.partial(legalize_lut_gemv, fence=False)
-        # One core: the C code runs the schedules' parallel loops serially.
-        return [self._names, *lowering_passes(host_target(1), {LUT_GEMV: unfenced})]
+        # A CPU has no memory arrays: every dequantization fuses into its LUT-GEMV, which the
+        # runtime's kernels (sail_lut.h) then compute; one core for TVM's kernels, whose
+        # parallel loops the C code runs serially.
+        return [self._names, LowerToLUTGemv(options.nbw, fuse="all"),
+                *lowering_passes(host_target(1), {LUT_GEMV: legalize_c_lut_gemv})]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
               options: CompileOptions) -> dict[str, Any]:
@@ -99,11 +115,41 @@ class CTarget(TargetBackend):
             shutil.copyfile(RUNTIME_DIR / source, out_dir / target)
         return {"weights": WEIGHTS, "binary": BINARY, "libraries": list(LIBRARIES),
                 "num_weights": len(emitted.weights), "weight_bytes": weight_bytes,
-                "kernels": len(emitted.kernels), "kernel_calls": emitted.calls, "threads": 1,
+                "kernels": len(emitted.kernels), "kernel_calls": emitted.calls,
+                "lut_gemv_calls": emitted.lut_calls, "lut_layers": emitted.lut_layers,
+                "threads": "LUT-GEMV: SAIL_NUM_THREADS or sail_model_set_threads (default 1); "
+                           "TVM's kernels: 1",
                 "memory": "one allocation per intermediate buffer, freed after its last use"}
 
     def load(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
         return _MainRunner(out_dir, manifest)
+
+
+def runtime_lut_gemv(call: relax.Call) -> bool:
+    """Whether the runtime's kernels (``sail_lut_gemv``) compute this ``sail.lut_gemv``: a fused
+    float output, int8 activations and constant weights (re-laid out at compile time)."""
+    attrs = op_attrs(call)
+    return (attrs["output"] == "float" and attrs["act_bits"] <= MAX_ACT_BITS
+            and all(isinstance(call.args[i], tvm.ir.GenericConst) for i in (1, 2, 4)))
+
+
+def legalize_c_lut_gemv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """``sail.lut_gemv`` for the c target.
+
+    Calls the runtime kernels can take become ``R.call_dps_packed("sail_lut_gemv", (xq, sx,
+    packed, zero, scale, bits, group_size, k))``, which :mod:`.emit` turns into a call of the
+    runtime with the re-laid-out weight; the others (integer sums, activations wider than 8
+    bits) get TVM's table kernel, without ``llvm.arithmetic.fence`` (the library compiles with
+    ``-ffp-contract=off``).
+    """
+    if not runtime_lut_gemv(call):
+        return legalize_lut_gemv(bb, call, fence=False)
+    attrs = op_attrs(call)
+    xq, packed, zero, sx, scale = call.args
+    scalars = [relax.prim_value(tvm.tirx.IntImm("int64", attrs[key]))
+               for key in ("bits", "group_size", "k")]
+    return relax.call_dps_packed(relax.ExternFunc(LUT_SYMBOL),
+                                 relax.Tuple([xq, sx, packed, zero, scale, *scalars]), call.ty)
 
 
 def build_library(out_dir: Path, portable: bool = False,
@@ -177,8 +223,98 @@ class _MainRunner(Runner):
             return [np.load(path) for path in paths]
 
 
-def _message(proc: subprocess.CompletedProcess) -> str:
+def check_decoder(signature: ModelSignature) -> None:
+    """Raise :class:`OptionError` unless the model is a decoder ``sail_generate`` can run.
+
+    It needs ``input_ids`` and ``attention_mask`` (``position_ids`` optional) and ``logits``,
+    and a KV cache: every other input is a ``past_key_values.<name>`` whose ``present.<name>``
+    is an output.
+    """
+    inputs = {spec.name for spec in signature.inputs}
+    outputs = {spec.name for spec in signature.outputs}
+    pasts = {name for name in inputs if name.startswith("past_key_values.")}
+    problems = []
+    if not {"input_ids", "attention_mask"} <= inputs or "logits" not in outputs:
+        problems.append("it needs the inputs input_ids and attention_mask and the output logits")
+    if not pasts:
+        problems.append("it has no KV cache (inputs past_key_values.* with outputs present.*); "
+                        "compile the decoder exported with its cache")
+    others = sorted(inputs - pasts - {"input_ids", "attention_mask", "position_ids"})
+    if others:
+        problems.append(f"it has other inputs: {', '.join(others)}")
+    missing = sorted(p for p in pasts if "present." + p.removeprefix("past_key_values.")
+                     not in outputs)
+    if missing:
+        problems.append(f"no present.* output for {', '.join(missing)}")
+    if problems:
+        raise OptionError("sail generate runs decoders with a KV cache; this model is not one: "
+                          + "; ".join(problems))
+
+
+def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tokens: int,
+             threads: int | None = None) -> dict[str, Any]:
+    """Greedy decoding with a c artifact's ``sail_generate`` (built on first use).
+
+    Parameters
+    ----------
+    out_dir, manifest
+        The artifact (target c) and its manifest.
+    prompt_ids
+        Token ids of the prompt (one sequence).
+    tokens
+        New tokens to generate (>= 1).
+    threads
+        Threads of the LUT-GEMV kernels; None: ``SAIL_NUM_THREADS`` or 1.
+
+    Returns
+    -------
+    dict
+        ``sail_generate --json``'s report: ``prompt_ids``, ``ids`` (the generated ids),
+        ``threads``, ``prefill_tokens``, ``prefill_seconds``, ``decode_steps``,
+        ``decode_seconds``, ``decode_tokens_per_second``.
+
+    Raises
+    ------
+    OptionError
+        Not a decoder with a KV cache, no prompt, ``tokens`` < 1, or a bad thread count.
+    ArtifactError
+        The build failed or the weight file is damaged.
+    InputError
+        A prompt id is outside the vocabulary.
+    """
+    import json
+
+    from ...errors import InputError
+
+    signature = ModelSignature.from_json(manifest["signature"])
+    check_decoder(signature)
+    if not prompt_ids:
+        raise OptionError("--prompt-ids: give at least one token id, e.g. --prompt-ids 1,2,3")
+    bound = next(s.index_bound for s in signature.inputs if s.name == "input_ids")
+    bad = [i for i in prompt_ids if i < 0 or (bound and i >= bound)]
+    if bad:
+        raise InputError(f"--prompt-ids: {bad[0]} is not a token id of this model (ids lie in "
+                         f"[0, {bound}))")
+    if tokens < 1:
+        raise OptionError(f"-n must be at least 1, not {tokens}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise OptionError(f"--threads must be 1..{MAX_THREADS}, not {threads}")
+    binary = out_dir / GENERATE
+    if not binary.is_file():
+        build_library(out_dir)
+    command = [str(binary), str(out_dir / manifest["weights"]), "--prompt-ids",
+               ",".join(map(str, prompt_ids)), "-n", str(tokens), "--json",
+               *(["--threads", str(threads)] if threads else [])]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode == 1:
+        raise ArtifactError(_message(proc, GENERATE))
+    if proc.returncode != 0:
+        raise RuntimeError(_message(proc, GENERATE))
+    return json.loads(proc.stdout)
+
+
+def _message(proc: subprocess.CompletedProcess, binary: str = BINARY) -> str:
     """The last line ``sail_main`` wrote to stderr, without its prefix."""
     lines = proc.stderr.strip().splitlines()
-    text = lines[-1] if lines else f"{BINARY} exited with {proc.returncode}"
-    return text.removeprefix(f"{BINARY}: ")
+    text = lines[-1] if lines else f"{binary} exited with {proc.returncode}"
+    return text.removeprefix(f"{binary}: ")

@@ -2,14 +2,18 @@
  * main.c: sail_main, the command-line runner of a compiled model.
  *
  *   sail_main WEIGHTS.bin --input NAME=FILE.npy ... [--output-dir DIR]
- *             [--output NAME=FILE.npy ...] [--repeat N] [--profile]
+ *             [--output NAME=FILE.npy ...] [--repeat N] [--profile] [--threads T]
+ *             [--dump-lut DIR]
  *   sail_main WEIGHTS.bin --check        load and check the weight file only
  *   sail_main --info                     print the model's inputs and outputs
  *
  * Reads every input from a .npy file, runs the model, and writes each output to the file given
  * with --output, or to DIR/<name>.npy (characters other than letters, digits, '.', '_' and '-'
  * become '_'). --repeat N runs N times and prints the mean time per run; --profile prints the
- * time spent in each kernel over all runs. Exit status:
+ * time spent in each kernel over all runs; --threads T runs the LUT-GEMV kernels on T threads
+ * (default: SAIL_NUM_THREADS, else 1); --dump-lut DIR writes the operands of every LUT-GEMV of
+ * the (last) run to DIR/lut<i>.xq.npy, .sx.npy and .y.npy, i the index in model.c's LUTS[], for
+ * checking the integers layer by layer (sail verify does). Exit status:
  * 0 success, 1 the weight file failed to load, 2 bad arguments or input files, 3 the model
  * rejected the inputs or failed to run.
  */
@@ -27,6 +31,7 @@
 static void usage(FILE *to) {
   fprintf(to, "usage: sail_main WEIGHTS.bin --input NAME=FILE.npy ... [--output-dir DIR]\n"
               "                 [--output NAME=FILE.npy ...] [--repeat N] [--profile]\n"
+              "                 [--threads T] [--dump-lut DIR]\n"
               "       sail_main WEIGHTS.bin --check\n"
               "       sail_main --info\n");
 }
@@ -57,6 +62,25 @@ static int match_name(const char *arg, const sail_io_spec *specs, int count, con
   if (best >= 0)
     *path = arg + best_len + 1;
   return best;
+}
+
+/* --dump-lut: write one LUT-GEMV's operands as .npy files into the directory `ctx`. */
+static int dump_lut(void *ctx, sail_model *model, int32_t lut, const sail_buffer *xq,
+                    const sail_buffer *sx, const sail_buffer *y) {
+  const sail_buffer *buffers[3] = {xq, sx, y};
+  const char *names[3] = {"xq", "sx", "y"};
+  const sail_dtype dtypes[3] = {SAIL_INT8, SAIL_FLOAT32, SAIL_FLOAT32};
+  for (int i = 0; i < 3; ++i) {
+    char path[4096], err[512];
+    snprintf(path, sizeof path, "%s/lut%d.%s.npy", (const char *)ctx, (int)lut, names[i]);
+    sail_tensor t = {.data = buffers[i]->t.data, .dtype = dtypes[i],
+                     .ndim = buffers[i]->t.ndim};
+    for (int32_t d = 0; d < t.ndim; ++d)
+      t.shape[d] = buffers[i]->shape[d];
+    if (sail_npy_write(path, &t, err, sizeof err) != 0)
+      return sail_rt_fail(model, "--dump-lut: %s", err);
+  }
+  return 0;
 }
 
 /* --input/--output NAME=FILE.npy: paths[index of NAME] = FILE.npy; -1 (reported) if no
@@ -100,12 +124,12 @@ static double seconds_now(void) {
 
 int main(int argc, char **argv) {
   const int n_in = sail_model_num_inputs, n_out = sail_model_num_outputs;
-  const char *weights = NULL, *output_dir = NULL;
+  const char *weights = NULL, *output_dir = NULL, *dump_dir = NULL;
   const char **input_paths = calloc((size_t)n_in + 1, sizeof *input_paths);
   const char **output_paths = calloc((size_t)n_out + 1, sizeof *output_paths);
   sail_tensor *inputs = calloc((size_t)n_in + 1, sizeof *inputs);
   sail_tensor *outputs = calloc((size_t)n_out + 1, sizeof *outputs);
-  long repeat = 1;
+  long repeat = 1, threads = 0;
   int info = 0, check = 0, profile = 0, status = 2;
   sail_model *model = NULL;
   char err[1024];
@@ -122,6 +146,8 @@ int main(int argc, char **argv) {
     } else if (strcmp(arg, "--output") == 0 && has_value) {
       if (bind_path("output", argv[++i], sail_model_outputs, n_out, output_paths) != 0)
         goto done;
+    } else if (strcmp(arg, "--dump-lut") == 0 && has_value) {
+      dump_dir = argv[++i];
     } else if (strcmp(arg, "--output-dir") == 0 && has_value) {
       output_dir = argv[++i];
     } else if (strcmp(arg, "--repeat") == 0 && has_value) {
@@ -129,6 +155,14 @@ int main(int argc, char **argv) {
       repeat = strtol(argv[++i], &end, 10);
       if (*end != '\0' || repeat < 1) {
         fprintf(stderr, "sail_main: --repeat takes a positive integer, got '%s'\n", argv[i]);
+        goto done;
+      }
+    } else if (strcmp(arg, "--threads") == 0 && has_value) {
+      char *end = NULL;
+      threads = strtol(argv[++i], &end, 10);
+      if (*end != '\0' || threads < 1 || threads > SAIL_POOL_MAX_THREADS) {
+        fprintf(stderr, "sail_main: --threads takes 1..%d, got '%s'\n", SAIL_POOL_MAX_THREADS,
+                argv[i]);
         goto done;
       }
     } else if (strcmp(arg, "--info") == 0) {
@@ -171,6 +205,10 @@ int main(int argc, char **argv) {
     status = 1;
     goto done;
   }
+  if (threads && sail_model_set_threads(model, (int)threads) != 0) {
+    fprintf(stderr, "sail_main: %s\n", sail_model_error(model));
+    goto done;
+  }
   if (check) {
     printf("%s: ok\n", weights);
     status = 0;
@@ -198,6 +236,8 @@ int main(int argc, char **argv) {
   }
   double elapsed = 0.0;
   for (long r = 0; r < repeat; ++r) {
+    if (dump_dir && r + 1 == repeat)
+      sail_rt_set_lut_hook(model, dump_lut, (void *)dump_dir);
     for (int k = 0; k < n_out; ++k)
       sail_tensor_release(&outputs[k]);
     const double start = seconds_now();

@@ -71,6 +71,14 @@ sail_model *sail_model_load(const char *weights_path, char **err);
  * with the reason in sail_model_error(model) (outputs then hold no data). */
 int sail_model_run(sail_model *model, const sail_tensor *inputs, sail_tensor *outputs);
 
+/* Run the model's LUT-GEMV kernels on `threads` threads (1..256; the calling thread and
+ * threads - 1 workers). The default is SAIL_NUM_THREADS from the environment, else 1. Returns 0,
+ * or nonzero with the reason in sail_model_error(model). */
+int sail_model_set_threads(sail_model *model, int threads);
+
+/* Threads the model runs on. */
+int sail_model_threads(const sail_model *model);
+
 /* The message of the last failed sail_model_run ("" if none). */
 const char *sail_model_error(const sail_model *model);
 

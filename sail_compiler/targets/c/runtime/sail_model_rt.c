@@ -35,6 +35,11 @@ enum {
 };
 static const char WEIGHT_MAGIC[8] = {'S', 'A', 'I', 'L', 'C', 'W', 'T', '\0'};
 
+static int load_luts(sail_model *model, const sail_lut_spec *specs, int32_t count, char *reason,
+                     size_t reason_len);
+static double seconds_now(void);
+static void record_time(sail_model *model, const char *name, double seconds);
+
 /* ---------------------------------------------------------------------------------------- */
 /* The shim of sail_tvm_shim.h                                                              */
 
@@ -301,7 +306,7 @@ static int read_file(sail_model *model, const char *path, char *reason, size_t r
 }
 
 sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_t count,
-                         char **err) {
+                         const sail_lut_spec *luts, int32_t num_luts, char **err) {
   if (err)
     *err = NULL;
   sail_model *model = calloc(1, sizeof *model);
@@ -399,13 +404,150 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
       w->shape[d] = spec->shape[d];
     w->t.shape = w->shape;
   }
+  if (load_luts(model, luts, num_luts, reason, sizeof reason) != 0)
+    return load_failed(model, err, "%s does not match this model: %s; use the weights.bin "
+                       "compiled with this model.c", path, reason);
+  const char *threads = getenv("SAIL_NUM_THREADS");
+  if (sail_model_set_threads(model, threads && *threads ? (int)strtol(threads, NULL, 10) : 1) != 0)
+    return load_failed(model, err, "SAIL_NUM_THREADS=%s: %s", threads, model->error);
   model->error[0] = '\0';
   return model;
+}
+
+/* Elements of a buffer. */
+static int64_t buffer_numel(const sail_buffer *buffer) {
+  int64_t n = 1;
+  for (int32_t d = 0; d < buffer->t.ndim; ++d)
+    n *= buffer->shape[d];
+  return n;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Views of the LUT weights into the loaded weight file, checked against their specs. */
+static int load_luts(sail_model *model, const sail_lut_spec *specs, int32_t count, char *reason,
+                     size_t reason_len) {
+  if (count <= 0)
+    return 0;
+  model->luts = calloc((size_t)count, sizeof *model->luts);
+  if (!model->luts) {
+    snprintf(reason, reason_len, "out of memory");
+    return -1;
+  }
+  model->lut_specs = specs;
+  model->num_luts = count;
+  for (int32_t i = 0; i < count; ++i) {
+    const sail_lut_spec *spec = &specs[i];
+    sail_lut_weight *w = &model->luts[i];
+    const int32_t tensors[3] = {spec->planes, spec->scales, spec->zeros};
+    const sail_dtype dtypes[3] = {SAIL_UINT8, SAIL_FLOAT32, SAIL_UINT8};
+    if (spec->bits < 1 || spec->bits > 8 || spec->k < 1 || spec->n < 1 || spec->group_size < 1) {
+      snprintf(reason, reason_len, "LUT weight %s has bits %d, K %d, N %d, group %d", spec->layer,
+               (int)spec->bits, (int)spec->k, (int)spec->n, (int)spec->group_size);
+      return -1;
+    }
+    w->bits = spec->bits;
+    w->k = spec->k;
+    w->n = spec->n;
+    w->group_size = spec->group_size;
+    w->n_groups = (int)ceil_div(spec->k, spec->group_size);
+    w->blocks_per_group = (int)ceil_div(spec->group_size, SAIL_LUT_BLOCK_K);
+    w->n_tiles = (int)ceil_div(spec->n, SAIL_LUT_TILE_N);
+    const int64_t per_tile = (int64_t)w->n_tiles * w->n_groups;
+    const int64_t expected[3] = {per_tile * w->blocks_per_group * w->bits * 64, per_tile * 16,
+                                 per_tile * 16};
+    const void *data[3] = {NULL, NULL, NULL};
+    for (int j = 0; j < 3; ++j) {
+      if (tensors[j] == -1 && j == 2)
+        continue;
+      if (tensors[j] < 0 || tensors[j] >= model->num_weights ||
+          model->weights[tensors[j]].t.dtype.code != sail_rt_dl_dtype(dtypes[j]).code ||
+          model->weights[tensors[j]].t.dtype.bits != sail_rt_dl_dtype(dtypes[j]).bits ||
+          buffer_numel(&model->weights[tensors[j]]) != expected[j]) {
+        snprintf(reason, reason_len, "the LUT weight of layer %s does not fit its tensors",
+                 spec->layer);
+        return -1;
+      }
+      data[j] = model->weights[tensors[j]].t.data;
+    }
+    w->planes = data[0];
+    w->scales = data[1];
+    w->zeros = data[2];
+    if (sail_lut_check(w) != SAIL_OK) {
+      snprintf(reason, reason_len, "the LUT weight of layer %s is inconsistent", spec->layer);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int sail_model_set_threads(sail_model *model, int threads) {
+  if (!model)
+    return -1;
+  if (threads < 1 || threads > SAIL_POOL_MAX_THREADS)
+    return sail_rt_fail(model, "the number of threads must be 1..%d, not %d",
+                        SAIL_POOL_MAX_THREADS, threads);
+  if (threads == model->threads)
+    return 0;
+  sail_pool *pool = NULL;
+  if (threads > 1 && !(pool = sail_pool_create(threads)))
+    return sail_rt_fail(model, "could not start %d threads", threads);
+  sail_pool_destroy(model->pool);
+  model->pool = pool;
+  model->threads = threads;
+  return 0;
+}
+
+int sail_model_threads(const sail_model *model) { return model ? model->threads : 0; }
+
+int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, const sail_buffer *sx,
+                     sail_buffer *y) {
+  const sail_lut_weight *w = &model->luts[lut];
+  const char *layer = model->lut_specs[lut].layer;
+  const int64_t rows = buffer_numel(y) / w->n;
+  if (xq->t.dtype.code != kDLInt || xq->t.dtype.bits != 8 || xq->t.ndim < 1 ||
+      xq->shape[xq->t.ndim - 1] != w->k || buffer_numel(xq) != rows * w->k ||
+      buffer_numel(sx) != rows || buffer_numel(y) != rows * w->n)
+    return sail_rt_fail(model, "LUT-GEMV of layer %s: the activations do not fit the weight "
+                        "(K %d, N %d)", layer, w->k, w->n);
+  if (rows == 0)
+    return 0;
+  if (rows > INT32_MAX)
+    return sail_rt_fail(model, "LUT-GEMV of layer %s: %lld rows is too many", layer,
+                        (long long)rows);
+  const size_t need = sail_lut_workspace_size(w, (int)rows);
+  if (need > model->workspace_nbytes) {
+    free(model->workspace);
+    model->workspace_nbytes = 0;
+    model->workspace = aligned_alloc(64, (need + 63) / 64 * 64);
+    if (!model->workspace)
+      return sail_rt_fail(model, "out of memory for the LUT-GEMV workspace (%zu bytes)", need);
+    model->workspace_nbytes = (need + 63) / 64 * 64;
+  }
+  const double start = model->profile ? seconds_now() : 0.0;
+  const int status = sail_lut_gemv(w, xq->t.data, sx->t.data, (int)rows, y->t.data, NULL,
+                                   model->workspace, model->pool);
+  if (model->profile)
+    record_time(model, "sail_lut_gemv", seconds_now() - start);
+  if (status != SAIL_OK)
+    return sail_rt_fail(model, "LUT-GEMV of layer %s failed (%s)", layer,
+                        status == SAIL_ENOMEM ? "out of memory" : "invalid arguments");
+  if (model->lut_hook && model->lut_hook(model->lut_hook_ctx, model, lut, xq, sx, y) != 0)
+    return -1;
+  return 0;
+}
+
+void sail_rt_set_lut_hook(sail_model *model, sail_lut_hook hook, void *ctx) {
+  model->lut_hook = hook;
+  model->lut_hook_ctx = ctx;
 }
 
 void sail_rt_free(sail_model *model) {
   if (!model)
     return;
+  sail_pool_destroy(model->pool);
+  free(model->workspace);
+  free(model->luts);
   free(model->profile);
   free(model->weights);
   free(model->file);

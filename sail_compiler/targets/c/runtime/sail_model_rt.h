@@ -12,7 +12,9 @@
 #ifndef SAIL_MODEL_RT_H
 #define SAIL_MODEL_RT_H
 
+#include "sail_lut.h"
 #include "sail_model_api.h"
+#include "sail_threads.h"
 #include "sail_tvm_shim.h"
 
 typedef struct sail_buffer {
@@ -29,6 +31,19 @@ typedef struct sail_weight_spec {
   int64_t shape[SAIL_MAX_NDIM];
 } sail_weight_spec;
 
+/* A weight model.c computes with the runtime's LUT-GEMV kernels (sail_lut.h): its shape and the
+ * weight-file tensors holding its bit-plane indices, scales and zero points (-1: symmetric). */
+typedef struct sail_lut_spec {
+  const char *layer;
+  int32_t bits, k, n, group_size;
+  int32_t planes, scales, zeros;
+} sail_lut_spec;
+
+/* Called after every LUT-GEMV of a run with its operands (sail_rt_set_lut_hook); a nonzero
+ * return fails the run. */
+typedef int (*sail_lut_hook)(void *ctx, sail_model *model, int32_t lut, const sail_buffer *xq,
+                             const sail_buffer *sx, const sail_buffer *y);
+
 /* Time spent in one kernel (sail_rt_profile). */
 typedef struct sail_kernel_time {
   const char *name;
@@ -41,6 +56,15 @@ struct sail_model {
   size_t file_nbytes;
   int32_t num_weights;
   sail_buffer *weights; /* views into `file` */
+  int32_t num_luts;
+  const sail_lut_spec *lut_specs;
+  sail_lut_weight *luts; /* views into `file`, checked at load */
+  sail_pool *pool;       /* NULL: one thread */
+  int32_t threads;
+  void *workspace; /* of the LUT-GEMV kernels, grown on demand */
+  size_t workspace_nbytes;
+  sail_lut_hook lut_hook; /* NULL, or called after each LUT-GEMV */
+  void *lut_hook_ctx;
   sail_kernel_time *profile; /* NULL unless profiling */
   int32_t profile_count, profile_capacity;
   char error[1024];
@@ -94,10 +118,12 @@ static inline int64_t sail_rt_floormod(int64_t a, int64_t b) {
 static inline int64_t sail_rt_min(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t sail_rt_max(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* Read and check the weight file; its tensors must be `specs` (names, dtypes, shapes) in order.
+/* Read and check the weight file; its tensors must be `specs` (names, dtypes, shapes) in order,
+ * and the LUT weights `luts` must be consistent with them. The model runs on the number of
+ * threads in the environment variable SAIL_NUM_THREADS (1 if unset; sail_model_set_threads).
  * Returns NULL with a malloc'ed message in *err on failure. */
 sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_t count,
-                         char **err);
+                         const sail_lut_spec *luts, int32_t num_luts, char **err);
 void sail_rt_free(sail_model *model);
 
 /* Record a failure in the model's error message; returns -1. */
@@ -129,6 +155,15 @@ void sail_rt_release_all(sail_buffer *buffers, size_t count);
 /* Call a kernel; on failure the message names the kernel and repeats TVM's check. */
 int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, TVMFFIAny *args,
                  int32_t num_args);
+
+/* y = xq times LUT weight `lut` (sail_lut_gemv): xq int8 [..., K], sx float32 [...], y float32
+ * [..., N] with the same leading dims. */
+int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, const sail_buffer *sx,
+                     sail_buffer *y);
+
+/* Call `hook(ctx, ...)` after every LUT-GEMV from now on (NULL: stop); what sail_main
+ * --dump-lut uses to check each layer's integers against the reference. */
+void sail_rt_set_lut_hook(sail_model *model, sail_lut_hook hook, void *ctx);
 
 /* Start timing every kernel call of `model` (wall clock per kernel name), and print the times,
  * slowest first, with each kernel's share of the total. */

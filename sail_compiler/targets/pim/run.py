@@ -1,0 +1,212 @@
+"""Functional + timing simulation of one step of a pim-sim artifact.
+
+:func:`simulate_run` runs the artifact's model on generated inputs (:func:`~sail_compiler.verify.
+generate_inputs`: token ids inside the vocabulary, masks of ones) with one new token per
+sequence: ``input_ids [batch, 1]``, and for models with a KV cache a past of ``past_len``
+positions (generated, standard normal). The executor (:mod:`.target`) records every command and
+host kernel that ran; each is then costed on the machine:
+
+* QUANT: :func:`.cost.quantize_cost` (in the arrays or on the host, by its placement).
+* LUTGEMV: :func:`.cost.lut_gemv_cost` with the instruction's mapping (its lane width) and the
+  pattern reuse of *this run's* activations: the lookups' patterns go through the machine's
+  reuse tables (:func:`~sail_compiler.quant.patterns.count_reuse`, schedule ``table``) or, for
+  calls ``AnalyzeLUTPatterns`` marked ``lookup_schedule="dedup"``, the deduplicated schedule
+  (:func:`~sail_compiler.quant.patterns.lookup_schedule`). The cost includes the dequantization
+  (its DEQUANT is fused into the command, at the DEQUANT's placement); the same call without
+  reuse gives the compute time the reuse tables save.
+* HOST kernels: :func:`.cost.host_op_cost` on the CPU model. Assumption (a kernel's arithmetic
+  is not analysed): every operand moves through the LLC once and the kernel does 2 flops per
+  element of its largest operand.
+
+The same ops run on the baselines (:mod:`.baselines`) at the same bits and batch: each LUTGEMV
+as a dequantize-GEMV on the N1 cores and a V100 kernel, host kernels as host ops. The result is
+a :class:`~.simulate.StepResult` (so :mod:`.report` draws it) plus per-layer reuse counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ...errors import OptionError
+from .baselines import n1_op_cost, v100_fits, v100_op_cost
+from .config import MachineConfig
+from .cost import PIM_COMPUTE, Cost, host_op_cost, lut_gemv_cost, quantize_cost
+from .isa import DEQUANT, LUTGEMV, QUANT
+from .program import check_config
+from .shapes import GemvOp, HostOp, Op, QuantizeOp
+from .simulate import OpRecord, StepResult, Workload
+
+__all__ = ["HOST_FLOPS_PER_ELEMENT", "RunResult", "simulate_run"]
+
+#: Flops a host kernel is charged per element of its largest operand (assumption: the model's
+#: host ops are elementwise or small reductions; attention at a short context is close).
+HOST_FLOPS_PER_ELEMENT = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """One simulated step.
+
+    Attributes
+    ----------
+    step
+        Costs on SAIL and the baselines (``step.batch`` is the tokens of the step).
+    layer_reuse
+        ``{layer: {"lookups", "reuse_hits", "hit_rate"}}`` of this run's activations.
+    instructions
+        Per executed command or kernel: ``id``, ``opcode``, ``name``, ``tokens``,
+        ``total_ns``, ``energy_pj`` (and ``lookups``, ``reuse_hits`` for LUTGEMV).
+    outputs
+        The model's outputs (ONNX names).
+    """
+
+    step: StepResult
+    layer_reuse: dict[str, dict[str, float]]
+    instructions: list[dict[str, Any]]
+    outputs: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.step.to_dict(per_layer=True), "layer_reuse": self.layer_reuse,
+                "instructions": self.instructions}
+
+
+def _role(name: str) -> str:
+    return name.replace("/", ".").rsplit(".", 1)[-1]
+
+
+def _record(op: Op, sail: Cost, *, bits: int, act_bits: int, group_size: int, tokens: int,
+            config: MachineConfig, reuse: float | None = None,
+            no_reuse_ns: float = 0.0) -> OpRecord:
+    n1 = n1_op_cost(op, bits=bits, act_bits=act_bits, group_size=group_size, batch=tokens,
+                    config=config)
+    gpu = v100_op_cost(op, bits=bits, group_size=group_size, batch=tokens, config=config)
+    return OpRecord(op, sail, n1, gpu, reuse, no_reuse_ns)
+
+
+def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig | None = None,
+                 past_len: int = 7, seed: int = 0) -> RunResult:
+    """Run and cost one step of a pim-sim artifact (module docstring).
+
+    Parameters
+    ----------
+    artifact_dir
+        A ``sail compile --target pim-sim`` output.
+    batch
+        Sequences decoding together (one new token each).
+    config
+        The machine; None uses the one the program was mapped for.
+    past_len
+        Positions already in the KV cache (models with past inputs only).
+    seed
+        Seed of the generated inputs.
+
+    Raises
+    ------
+    OptionError
+        Not a pim-sim artifact, or a batch that is not a positive integer.
+    ConfigError
+        ``config`` is not the machine the program was mapped for.
+    ArtifactError
+        The artifact or its program is missing or damaged.
+    """
+    from ...artifact import Artifact
+    from ...verify import InputPlan, generate_inputs
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise OptionError(f"batch sizes must be positive integers, got {batch!r}")
+    artifact = Artifact(artifact_dir)
+    if artifact.manifest.get("target") != "pim-sim":
+        raise OptionError(f"{artifact_dir} was compiled for the {artifact.manifest.get('target')}"
+                          " target; sail simulate needs: sail compile MODEL --target pim-sim")
+    runner = artifact.runner
+    program = runner.program
+    config = program.config if config is None else config
+    check_config(program, config)
+    inputs = generate_inputs(artifact.signature,
+                             InputPlan(batch=batch, seq_len=1, past_len=past_len, seed=seed))
+    has_past = any("past" in s.name.lower() for s in artifact.signature.inputs)
+    executor = runner.executor
+    executor.calls = []
+    executor.record = True
+    try:
+        outputs = artifact.run(inputs)
+    finally:
+        executor.record = False
+    calls, executor.calls = executor.calls, []
+
+    luts = [c.instr for c in calls if c.instr.opcode == LUTGEMV]
+    bits = Counter(i.attrs["bits"] for i in luts).most_common(1)[0][0] if luts else 8
+    act_bits = luts[0].attrs["act_bits"] if luts else 8
+    group_size = luts[0].attrs["group_size"] if luts else 128
+    tokens = batch
+    records: list[OpRecord] = []
+    reuse: dict[str, dict[str, float]] = {}
+    rows: list[dict[str, Any]] = []
+    for call in calls:
+        instr, a = call.instr, call.instr.attrs
+        row: dict[str, Any] = {"id": instr.id, "opcode": instr.opcode, "name": instr.name}
+        if instr.opcode == QUANT:
+            op: Op = QuantizeOp(instr.name, "quantize", a["k"])
+            sail = quantize_cost(a["k"], act_bits=a["act_bits"], batch=call.tokens,
+                                 config=config, placement=a["placement"])
+            base_ns = sum(sail.time_ns[c] for c in PIM_COMPUTE)
+            records.append(_record(op, sail, bits=bits, act_bits=a["act_bits"],
+                                   group_size=group_size, tokens=call.tokens, config=config,
+                                   no_reuse_ns=base_ns))
+        elif instr.opcode == LUTGEMV:
+            from ...quant.patterns import lookup_schedule
+
+            op = GemvOp(instr.name, _role(instr.name), a["k"], a["n"])
+            pattern_reuse = lookup_schedule(call.patterns) if a["schedule"] == "dedup" \
+                else call.patterns
+            kw = {"bits": a["bits"], "act_bits": a["act_bits"], "group_size": a["group_size"],
+                  "nbw": a["nbw"], "batch": call.tokens, "config": config,
+                  "placement": a["dequant_placement"],
+                  "lane_bits": instr.mapping.tiling.lane_bits}
+            sail = lut_gemv_cost(a["k"], a["n"], reuse=pattern_reuse, **kw)
+            base = lut_gemv_cost(a["k"], a["n"], reuse=0.0, **kw)
+            hits, lookups = sail.events["reuse_hits"], sail.events["lookups"]
+            records.append(_record(op, sail, bits=a["bits"], act_bits=a["act_bits"],
+                                   group_size=a["group_size"], tokens=call.tokens,
+                                   config=config, reuse=hits / lookups,
+                                   no_reuse_ns=sum(base.time_ns[c] for c in PIM_COMPUTE)))
+            entry = reuse.setdefault(instr.name, {"lookups": 0.0, "reuse_hits": 0.0})
+            entry["lookups"] += lookups
+            entry["reuse_hits"] += hits
+            row.update(lookups=lookups, reuse_hits=hits)
+        elif instr.opcode == DEQUANT:
+            continue  # costed with the LUTGEMV it is fused into
+        else:
+            flops = HOST_FLOPS_PER_ELEMENT * call.elements
+            op = HostOp(instr.name, instr.name, flops=flops / tokens,
+                        llc_bytes=call.bytes / tokens)
+            sail = host_op_cost(config, flops=flops, llc_bytes=float(call.bytes))
+            records.append(_record(op, sail, bits=bits, act_bits=act_bits,
+                                   group_size=group_size, tokens=tokens, config=config))
+        row.update(tokens=getattr(call, "tokens", tokens), total_ns=sail.total_ns,
+                   energy_pj=sail.energy_total_pj)
+        rows.append(row)
+    for entry in reuse.values():
+        entry["hit_rate"] = entry["reuse_hits"] / entry["lookups"] if entry["lookups"] else 0.0
+
+    totals = {}
+    for machine in ("sail", "n1", "gpu"):
+        total = Cost(0.0)
+        for r in records:
+            total += getattr(r, machine)
+        totals[machine] = total
+    placement = luts[0].attrs["dequant_placement"] if luts else "pim"
+    workload = Workload(bits=bits, batch=tokens, act_bits=act_bits, group_size=group_size,
+                        nbw=luts[0].attrs["nbw"] if luts else None, placement=placement)
+    fits = v100_fits([r.op for r in records], bits=bits, group_size=group_size, batch=tokens,
+                     config=config)
+    cs = config.csram
+    source = (f"this run's activations ({cs.reuse_table_entries}-entry reuse tables, "
+              f"{cs.chunks_per_stream} chunks per feeder)")
+    step = StepResult(Path(artifact_dir).name, workload, past_len + 1 if has_past else 1,
+                      config, source, tuple(records), totals["sail"], totals["n1"],
+                      totals["gpu"], fits)
+    return RunResult(step, reuse, rows, outputs)

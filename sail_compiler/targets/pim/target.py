@@ -1,0 +1,279 @@
+"""The ``pim-sim`` target: host ops on the Relax VM, SAIL commands on the functional simulator.
+
+Lowering: :class:`~.program.LowerToSAILProgram` replaces every ``sail.quantize``,
+``sail.lut_gemv`` and ``sail.dequantize`` by a call of the global function ``sail.pim.exec``
+(:data:`~.program.EXEC_FUNC`) with the command's slot and operands; the llvm target's CPU lowering
+(:func:`~sail_compiler.targets.llvm.schedule.lowering_passes`) builds everything else;
+:class:`~sail_compiler.passes.LiftWeightsToParams` moves the weights to ``weights.bin``; and
+:class:`~.program.ListSAILProgram` lists the program. The machine is ``options.pim_config``: a
+preset name or a TOML file (:func:`resolve_config`; default ``sail-n1``).
+
+Execution (:class:`Executor`): ``sail.pim.exec`` runs each command in NumPy, exactly as the
+hardware computes it. QUANT is :func:`~sail_compiler.ops.sail_ops.reference_quantize`. LUTGEMV
+builds the SAIL weight tables of its layer once (:func:`~sail_compiler.quant.lut.sail_tables`)
+and reads them with the deduplicated lookup schedule of the call's activations
+(:func:`~sail_compiler.quant.patterns.lookup_schedule`), shift-accumulating the bit planes: the
+int32 group sums equal :func:`~sail_compiler.ops.sail_ops.reference_group_sums`. DEQUANT (and
+the fused dequantization of ``output="float"``) computes ``sum_grp (s * sx) * float32(S)`` in
+float32, group by group from 0, each step rounded once as LLVM's contracted multiply-add: the
+llvm kernel's operation order, so outputs are bit-identical to the llvm target's (emulated in
+float64; a float64 sum that is itself inexact could in rare cases round differently).
+With recording on, the executor also keeps every command's token count
+and activation patterns and, through the VM's instrument hook, every host kernel call's operand
+shapes, for :mod:`.run` to cost.
+
+Artifact files, beside ``manifest.json``: ``model.so`` and ``weights.bin`` (as the llvm target),
+``program.json`` and ``program.txt`` (:mod:`.program`). Manifest fields: ``pim_config`` (the
+machine's name), ``pim_config_fingerprint``, ``program``, ``program_listing`` and the count of
+each opcode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ...errors import ArtifactError, OptionError
+from ...frontend.signature import ModelSignature
+from ...ops.sail_ops import reference_quantize
+from ...passes import LiftWeightsToParams
+from ...quant.lut import activation_patterns, chunk_layout, sail_tables
+from ...quant.packing import unpack_bits
+from ...quant.patterns import lookup_schedule
+from ...weights_file import read_weights, write_weights
+from ..base import Runner, TargetBackend, register_target
+from ..llvm.schedule import build_pipeline, host_target, lowering_passes
+from .config import PRESETS, MachineConfig, load_config
+from .isa import DEQUANT, HOST, LUTGEMV, QUANT, Instruction
+from .program import (
+    EXEC_FUNC,
+    PROGRAM_JSON,
+    PROGRAM_TXT,
+    ListSAILProgram,
+    LowerToSAILProgram,
+    Program,
+    load_program,
+)
+
+if TYPE_CHECKING:
+    from ...options import CompileOptions
+
+__all__ = ["Executor", "HostCall", "OffloadCall", "PIMSimTarget", "resolve_config"]
+
+LIBRARY = "model.so"
+WEIGHTS = "weights.bin"
+DEFAULT_CONFIG = "sail-n1"
+
+
+def resolve_config(spec: str | None) -> MachineConfig:
+    """The machine named by ``--pim-config``: a preset name or a TOML file (None: sail-n1).
+
+    Raises
+    ------
+    OptionError
+        Neither a preset nor a readable TOML file (the presets are listed), or an invalid
+        configuration (:class:`~.config.ConfigError`).
+    """
+    if spec is None or spec in PRESETS:
+        return load_config(spec or DEFAULT_CONFIG)
+    if not Path(spec).is_file():
+        raise OptionError(f"--pim-config {spec!r} is neither a machine preset ("
+                          f"{', '.join(sorted(PRESETS))}) nor a TOML file")
+    return load_config(DEFAULT_CONFIG, spec)
+
+
+@register_target("pim-sim")
+class PIMSimTarget(TargetBackend):
+    description = "SAIL program on the functional PIM simulator; host ops on the Relax VM"
+
+    def __init__(self) -> None:
+        self._lift = LiftWeightsToParams()
+        self._lower: LowerToSAILProgram | None = None
+        self._list: ListSAILProgram | None = None
+
+    def lowering_passes(self, options: CompileOptions) -> list[tvm.transform.Pass]:
+        if options.probe:
+            raise OptionError("the pim-sim target cannot record group sums (the reference "
+                              "check builds its probe for llvm)")
+        self._lower = LowerToSAILProgram(resolve_config(getattr(options, "pim_config", None)))
+        self._list = ListSAILProgram(self._lower)
+        return [self._lower, *lowering_passes(host_target(options.num_threads)), self._lift,
+                self._list]
+
+    def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
+              options: CompileOptions) -> dict[str, Any]:
+        assert self._list is not None and self._list.program is not None, "lowering not run"
+        program = self._list.program
+        target = host_target(options.num_threads)
+        executable = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
+        executable.export_library(str(out_dir / LIBRARY))
+        write_weights(out_dir / WEIGHTS, self._lift.weights)
+        program.write(out_dir)
+        counts = {op: sum(i.opcode == op for i in program.instructions)
+                  for op in (LUTGEMV, QUANT, DEQUANT, HOST)}
+        return {"library": LIBRARY, "weights": WEIGHTS, "num_weights": len(self._lift.weights),
+                "tvm_target": str(target), "program": PROGRAM_JSON,
+                "program_listing": PROGRAM_TXT, "pim_config": program.config.name,
+                "pim_config_fingerprint": program.fingerprint, "instructions": counts}
+
+    def load(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
+        return PIMRunner(out_dir, manifest)
+
+
+@dataclasses.dataclass
+class OffloadCall:
+    """One executed offload command: its instruction, the tokens it processed and, for a
+    LUTGEMV, the pattern of every lookup (int32 ``[T, C, b_a]``)."""
+
+    instr: Instruction
+    tokens: int
+    patterns: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class HostCall:
+    """One executed host kernel: its instruction and the shapes and dtypes of its operands."""
+
+    instr: Instruction
+    shapes: list[tuple[int, ...]]
+    dtypes: list[str]
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of all operands (inputs and the output buffer)."""
+        return sum(int(np.prod(s)) * np.dtype(d).itemsize
+                   for s, d in zip(self.shapes, self.dtypes, strict=True))
+
+    @property
+    def elements(self) -> int:
+        """Elements of the largest operand."""
+        return max((int(np.prod(s)) for s in self.shapes), default=0)
+
+
+def _fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 ``a * b + c`` rounded once, as LLVM's contracted multiply-add: the product of two
+    float32 values is exact in float64, and the float64 sum is rounded to float32."""
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
+def _dequantize(sums: np.ndarray, sx: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """float32 ``[..., N] = sum_grp (scale[grp] * sx) * float32(S[..., grp, :])``, group by group
+    from 0, each step a multiply-add rounded once (the llvm ``sail_dequantize`` kernel's order;
+    LLVM contracts it into an FMA)."""
+    lead = sums.shape[:-2]
+    s = sums.reshape(-1, *sums.shape[-2:])
+    sx = np.asarray(sx, np.float32).reshape(-1, 1)
+    y = np.zeros((s.shape[0], s.shape[-1]), np.float32)
+    for grp in range(s.shape[1]):
+        term = scale[grp][None, :] * sx
+        y = _fma_f32(term, s[:, grp].astype(np.float32), y)
+    return y.reshape(*lead, s.shape[-1])
+
+
+class Executor:
+    """Runs a program's offload commands in NumPy (module docstring) and records what ran."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.by_slot = {int(i.attrs["slot"]): i for i in program.offload()}
+        self.host_kernels = {i.name: i for i in program.instructions if i.opcode == HOST}
+        self.record = False
+        self.calls: list[OffloadCall | HostCall] = []
+        self._tables: dict[int, np.ndarray] = {}
+
+    def __call__(self, slot: int, *args: Any) -> Any:
+        instr = self.by_slot[int(slot)]
+        arrays = [a.numpy() for a in args]
+        a = instr.attrs
+        if instr.opcode == QUANT:
+            xq, sx = reference_quantize(arrays[0], a["act_bits"])
+            self._note(instr, int(np.prod(arrays[0].shape[:-1])))
+            return [tvm.runtime.tensor(xq), tvm.runtime.tensor(sx)]
+        if instr.opcode == DEQUANT:
+            return tvm.runtime.tensor(_dequantize(arrays[0], arrays[1], arrays[2]))
+        xq = arrays[0]
+        sums = self._lut_gemv(instr, xq.reshape(-1, xq.shape[-1]), arrays[1], arrays[2])
+        sums = sums.reshape(*xq.shape[:-1], *sums.shape[1:])
+        if a["output"] == "float":
+            return tvm.runtime.tensor(_dequantize(sums, arrays[3], arrays[4]))
+        return tvm.runtime.tensor(sums)
+
+    def _note(self, instr: Instruction, tokens: int, patterns: np.ndarray | None = None) -> None:
+        if self.record:
+            self.calls.append(OffloadCall(instr, tokens, patterns))
+
+    def _lut_gemv(self, instr: Instruction, xq: np.ndarray, packed: np.ndarray,
+                  zero: np.ndarray) -> np.ndarray:
+        a = instr.attrs
+        layout = chunk_layout(a["k"], a["group_size"], a["nbw"])
+        if instr.id not in self._tables:  # weights are constant: tables are built once
+            k_pad = zero.shape[0] * a["group_size"]
+            q = unpack_bits(packed, a["bits"], k_pad, axis=0)
+            self._tables[instr.id] = sail_tables(q, zero, group_size=a["group_size"],
+                                                 nbw=a["nbw"])
+        tables = self._tables[instr.id]
+        if xq.shape[0] == 0:
+            return np.zeros((0, zero.shape[0], zero.shape[1]), np.int32)
+        patterns = activation_patterns(xq, group_size=a["group_size"], nbw=a["nbw"],
+                                       act_bits=a["act_bits"])
+        self._note(instr, xq.shape[0], patterns)
+        sums = lookup_schedule(patterns).apply(tables, chunks_per_group=layout.chunks_per_group)
+        return sums.astype(np.int32)
+
+    def instrument(self, _func: Any, symbol: str, before: bool, _ret: Any, *args: Any) -> int:
+        """The VM's instrument hook: records host kernel calls (before they run)."""
+        if before and self.record and symbol in self.host_kernels:
+            tensors = [a for a in args if hasattr(a, "shape") and hasattr(a, "dtype")]
+            self.calls.append(HostCall(self.host_kernels[symbol],
+                                       [tuple(int(d) for d in t.shape) for t in tensors],
+                                       [str(t.dtype) for t in tensors]))
+        return 0
+
+
+_ACTIVE = threading.local()
+
+
+def _exec(slot: int, *args: Any) -> Any:
+    executor = getattr(_ACTIVE, "executor", None)
+    assert executor is not None, "sail.pim.exec called outside a pim-sim run"
+    return executor(slot, *args)
+
+
+tvm.register_global_func(EXEC_FUNC, _exec, override=True)
+
+
+class PIMRunner(Runner):
+    """A loaded pim-sim artifact; :attr:`executor` holds the program and what ran."""
+
+    def __init__(self, out_dir: Path, manifest: dict[str, Any]) -> None:
+        self.program = load_program(out_dir)
+        if self.program.fingerprint != manifest.get("pim_config_fingerprint"):
+            raise ArtifactError(f"{out_dir / PROGRAM_JSON} does not belong to this artifact "
+                                "(its machine fingerprint differs from the manifest's); "
+                                "recompile the model with --target pim-sim")
+        arrays = read_weights(out_dir / manifest["weights"])
+        if len(arrays) != manifest["num_weights"]:
+            raise ArtifactError(f"{out_dir / manifest['weights']} holds {len(arrays)} tensors, "
+                                f"the model needs {manifest['num_weights']}; recompile the model")
+        self.weights = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+        self.vm = relax.VirtualMachine(
+            tvm.runtime.load_module(str(out_dir / manifest["library"])), tvm.cpu())
+        self.executor = Executor(self.program)
+        self.vm.set_instrument(self.executor.instrument)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        args = [tvm.runtime.tensor(np.asarray(x, order="C")) for x in inputs]
+        _ACTIVE.executor = self.executor
+        try:
+            result = self.vm["main"](*args, *self.weights)
+        finally:
+            _ACTIVE.executor = None
+        if hasattr(result, "numpy"):
+            return [result.numpy()]
+        return [r.numpy() for r in result]
