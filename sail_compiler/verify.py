@@ -268,12 +268,14 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
                                    _float_weights(model_path, names), options.act_bits)
         entries = []
         seen: list[dict[str, int]] = []
+        distinct: list[dict[str, np.ndarray]] = []
         probe_diff = 0.0
         for inputs in runs:
             dims = artifact.check_inputs(inputs)
             if dims in seen:
                 continue  # e.g. --past-len values on a model without past inputs
             seen.append(dims)
+            distinct.append(inputs)
             ours = artifact.run(inputs)
             theirs = reference.run(inputs)
             for name, value in ours.items():
@@ -286,6 +288,11 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
                 check.add(records)
                 for name, value in ours.items():
                     probe_diff = max(probe_diff, compare(probed[name], value)["rel_l2_err"])
+        c_lut = None
+        if quant is not None and check is not None and artifact.manifest.get("lut_layers"):
+            from .targets.c.check import lut_reference_check
+
+            c_lut = lut_reference_check(artifact.path, artifact.manifest, quant, distinct)
     report: dict[str, Any] = {"target": options.target, "tolerance": tolerance,
                               "compile_seconds": round(compile_seconds, 3),
                               "notes": result.notes, "outputs": entries}
@@ -310,6 +317,12 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
             summary["layers"] = checked["layers"]
         report["quant"] = summary
         ok = ok and checked["ref_exact"]
-        if options.target != "llvm":  # the reference check ran on llvm: the artifact must agree
+        if c_lut is not None:
+            # The c library's LUT-GEMVs, on the activations that reached them there, must equal
+            # the reference exactly; its outputs against llvm's are reported, not judged: the
+            # other kernels come from two compilers (targets.c.check).
+            report["reference"]["c_lut"] = c_lut
+            ok = ok and c_lut["exact"]
+        elif options.target != "llvm":  # the reference check ran on llvm: must agree with it
             ok = ok and probe_diff <= TARGET_AGREEMENT
     return {"ok": ok, **report}

@@ -93,6 +93,8 @@ def test_quantized_matches_llvm(bits: int, model: str, request: pytest.FixtureRe
                           artifact_dir=tmp_path / "c")
     assert report["ref_exact"] is True and report["ok"]
     assert report["reference"]["probe_vs_artifact_rel_l2"] <= TARGET_AGREEMENT
+    c_lut = report["reference"]["c_lut"]  # every LUT-GEMV of the library, exactly
+    assert c_lut["exact"] and c_lut["calls"] > 0 and c_lut["mismatched"] == 0
     model_c = (tmp_path / "c" / "model.c").read_text()
     # every quantized matmul runs the runtime's kernels on a re-laid-out weight, and the
     # packed weight the llvm target reads is not stored a second time
