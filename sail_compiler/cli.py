@@ -17,10 +17,10 @@ import numpy as np
 from . import __version__
 from .artifact import check_output_path
 from .errors import InputError, OptionError, SailError
-from .targets.pim import simulate_cli
 from .ir_dump import file_safe
 from .pipeline import STAGE_NAMES
 from .quant.plan import PLAN_METHODS
+from .targets.pim import simulate_cli
 
 
 def _int_list(text: str) -> list[int]:

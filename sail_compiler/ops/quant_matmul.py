@@ -286,10 +286,12 @@ def quant_combine_te(x: te.Tensor, sums: te.Tensor, scale: te.Tensor, *, k: int,
 
 
 def dequantize_sums_te(sums: te.Tensor, sx: te.Tensor, scale: te.Tensor,
-                       name: str = "dequantize") -> te.Tensor:
+                       name: str = "dequantize", fence: bool = False) -> te.Tensor:
     """``y[..., n] = sum_grp (s[grp, n] * sx[...]) * float32(S[..., grp, n])``, in group order.
 
-    The combination of :func:`quant_combine_te` and of ``sail.dequantize``.
+    The combination of :func:`quant_combine_te` and of ``sail.dequantize``. ``fence`` wraps each
+    product in ``llvm.arithmetic.fence``: LLVM then cannot contract it with the sum into an FMA,
+    and the result is the reference's bit for bit (llvm only; C has ``-ffp-contract=off``).
     """
     lead = list(sums.shape[:-2])
     n_groups, cols = scale.shape
@@ -299,6 +301,8 @@ def dequantize_sums_te(sums: te.Tensor, sx: te.Tensor, scale: te.Tensor,
         *t, n = idx
         # (s * sx) * S, summed in group order from 0: the reference's float32 operation order.
         term = (scale[grp, n] * sx[tuple(t)]) * sums[(*t, grp, n)].astype("float32")
+        if fence:
+            term = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", term)
         return te.sum(term, axis=grp)
 
     return te.compute([*lead, cols], body, name=name)

@@ -391,8 +391,13 @@ def legalize_lut_gemv(bb: relax.BlockBuilder, call: relax.Call, *,
                       primfunc_attrs={"op_pattern": _OPAQUE})
 
 
-def _legalize_dequantize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    return bb.call_te(dequantize_sums_te, *call.args, primfunc_name_hint="sail_dequantize")
+def legalize_dequantize(bb: relax.BlockBuilder, call: relax.Call, *,
+                        fence: bool = True) -> relax.Expr:
+    """``sail.dequantize`` -> ``R.call_tir`` of :func:`.quant_matmul.dequantize_sums_te`, with
+    ``llvm.arithmetic.fence`` on each product (no FMA: the reference's rounding) unless
+    ``fence=False`` (code generators without LLVM intrinsics)."""
+    return bb.call_te(dequantize_sums_te, *call.args, fence=fence,
+                      primfunc_name_hint="sail_dequantize")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,7 +447,7 @@ _SPECS = (
      _infer_lut_gemv, legalize_lut_gemv),
     (DEQUANTIZE, "int32 group sums -> float32 result",
      (("sums", "int32 [..., G, N]"), ("sx", "float32 [...]"), ("scale", "float32 [G, N]")),
-     _infer_dequantize, _legalize_dequantize),
+     _infer_dequantize, legalize_dequantize),
 )
 
 

@@ -29,6 +29,7 @@ Artifact files, beside ``manifest.json``:
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
@@ -43,7 +44,13 @@ from tvm import relax
 from ... import __version__
 from ...errors import ArtifactError, OptionError
 from ...frontend.signature import ModelSignature
-from ...ops.sail_ops import LUT_GEMV, legalize_lut_gemv, op_attrs
+from ...ops.sail_ops import (
+    DEQUANTIZE,
+    LUT_GEMV,
+    legalize_dequantize,
+    legalize_lut_gemv,
+    op_attrs,
+)
 from ...passes.lower_to_lut_gemv import LowerToLUTGemv
 from ..base import Runner, TargetBackend, register_target
 from ..llvm.schedule import host_target, lowering_passes
@@ -97,7 +104,9 @@ class CTarget(TargetBackend):
         # runtime's kernels (sail_lut.h) then compute; one core for TVM's kernels, whose
         # parallel loops the C code runs serially.
         return [self._names, LowerToLUTGemv(options.nbw, fuse="all"),
-                *lowering_passes(host_target(1), {LUT_GEMV: legalize_c_lut_gemv})]
+                *lowering_passes(host_target(1), {
+                    LUT_GEMV: legalize_c_lut_gemv,
+                    DEQUANTIZE: functools.partial(legalize_dequantize, fence=False)})]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
               options: CompileOptions) -> dict[str, Any]:

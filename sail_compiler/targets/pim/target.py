@@ -14,10 +14,11 @@ builds the SAIL weight tables of its layer once (:func:`~sail_compiler.quant.lut
 and reads them with the deduplicated lookup schedule of the call's activations
 (:func:`~sail_compiler.quant.patterns.lookup_schedule`), shift-accumulating the bit planes: the
 int32 group sums equal :func:`~sail_compiler.ops.sail_ops.reference_group_sums`. DEQUANT (and
-the fused dequantization of ``output="float"``) computes ``sum_grp (s * sx) * float32(S)`` in
-float32, group by group from 0, each step rounded once as LLVM's contracted multiply-add: the
-llvm kernel's operation order, so outputs are bit-identical to the llvm target's (emulated in
-float64; a float64 sum that is itself inexact could in rare cases round differently).
+the fused dequantization of ``output="float"``) is
+:func:`~sail_compiler.ops.sail_ops.reference_dequantize`: ``sum_grp (s * sx) * float32(S)`` in
+float32, group by group from 0, each product rounded before the add; the llvm kernels compute
+exactly that (``llvm.arithmetic.fence`` keeps LLVM from contracting them into FMAs), so outputs
+are bit-identical to the llvm target's.
 With recording on, the executor also keeps every command's token count
 and activation patterns and, through the VM's instrument hook, every host kernel call's operand
 shapes, for :mod:`.run` to cost.
@@ -41,7 +42,7 @@ from tvm import relax
 
 from ...errors import ArtifactError, OptionError
 from ...frontend.signature import ModelSignature
-from ...ops.sail_ops import reference_quantize
+from ...ops.sail_ops import reference_dequantize, reference_quantize
 from ...passes import LiftWeightsToParams
 from ...quant.lut import activation_patterns, chunk_layout, sail_tables
 from ...quant.packing import unpack_bits
@@ -156,26 +157,6 @@ class HostCall:
         return max((int(np.prod(s)) for s in self.shapes), default=0)
 
 
-def _fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """float32 ``a * b + c`` rounded once, as LLVM's contracted multiply-add: the product of two
-    float32 values is exact in float64, and the float64 sum is rounded to float32."""
-    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
-
-
-def _dequantize(sums: np.ndarray, sx: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """float32 ``[..., N] = sum_grp (scale[grp] * sx) * float32(S[..., grp, :])``, group by group
-    from 0, each step a multiply-add rounded once (the llvm ``sail_dequantize`` kernel's order;
-    LLVM contracts it into an FMA)."""
-    lead = sums.shape[:-2]
-    s = sums.reshape(-1, *sums.shape[-2:])
-    sx = np.asarray(sx, np.float32).reshape(-1, 1)
-    y = np.zeros((s.shape[0], s.shape[-1]), np.float32)
-    for grp in range(s.shape[1]):
-        term = scale[grp][None, :] * sx
-        y = _fma_f32(term, s[:, grp].astype(np.float32), y)
-    return y.reshape(*lead, s.shape[-1])
-
-
 class Executor:
     """Runs a program's offload commands in NumPy (module docstring) and records what ran."""
 
@@ -196,12 +177,12 @@ class Executor:
             self._note(instr, int(np.prod(arrays[0].shape[:-1])))
             return [tvm.runtime.tensor(xq), tvm.runtime.tensor(sx)]
         if instr.opcode == DEQUANT:
-            return tvm.runtime.tensor(_dequantize(arrays[0], arrays[1], arrays[2]))
+            return tvm.runtime.tensor(reference_dequantize(arrays[0], arrays[1], arrays[2]))
         xq = arrays[0]
         sums = self._lut_gemv(instr, xq.reshape(-1, xq.shape[-1]), arrays[1], arrays[2])
         sums = sums.reshape(*xq.shape[:-1], *sums.shape[1:])
         if a["output"] == "float":
-            return tvm.runtime.tensor(_dequantize(sums, arrays[3], arrays[4]))
+            return tvm.runtime.tensor(reference_dequantize(sums, arrays[3], arrays[4]))
         return tvm.runtime.tensor(sums)
 
     def _note(self, instr: Instruction, tokens: int, patterns: np.ndarray | None = None) -> None:

@@ -36,6 +36,15 @@
 
 #define SAIL_INLINE static inline __attribute__((always_inline))
 
+/* Batches of at least CODES_MIN_ROWS tokens over weights of at most CODES_MAX_BITS bits take
+ * the codes path (see codes_pass): the activation tables are replaced by activation pairs. */
+#define CODES_MIN_ROWS 4
+#define CODES_MAX_BITS 4
+
+static int use_codes(const sail_lut_weight *w, int rows) {
+    return rows >= CODES_MIN_ROWS && w->bits <= CODES_MAX_BITS;
+}
+
 /* ---- Tables ---------------------------------------------------------------------------------- */
 
 /* 32 activations of one block: direct from xq when the block lies inside the group and K,
@@ -63,6 +72,7 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
     const __m256i pick45 = _mm256_set1_epi16(0x0504), pick67 = _mm256_set1_epi16(0x0706);
     const __m256i low4 = _mm256_set1_epi16(15), bias = _mm256_set1_epi8(-128);
     int8_t scratch[SAIL_LUT_BLOCK_K];
+    const int codes = use_codes(w, rows);
     for (int t = row_begin; t < row_end; ++t) {
         const int8_t *xr = xq + (size_t)t * (size_t)w->k;
         for (int grp = 0; grp < w->n_groups; ++grp) {
@@ -73,6 +83,20 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
                 /* sum of (x + 128) per 8 bytes; the bias is removed once per group */
                 sad = _mm256_add_epi64(sad, _mm256_sad_epu8(_mm256_xor_si256(
                     _mm256_loadu_si256((const __m256i *)x), bias), _mm256_setzero_si256()));
+                if (codes) {
+                    /* activation pairs of the codes path: vector cp * 2 + rh, lane L, every
+                     * int16 = rows (2 rh, 2 rh + 1) of chunk 2 cp + L */
+                    for (int cp = 0; cp < 4; ++cp)
+                        for (int rh = 0; rh < 2; ++rh) {
+                            int16_t p0, p1;
+                            memcpy(&p0, x + 8 * cp + 2 * rh, 2);
+                            memcpy(&p1, x + 8 * cp + 4 + 2 * rh, 2);
+                            _mm256_storeu_si256((__m256i *)(tab + (cp * 2 + rh) * 32),
+                                                _mm256_setr_m128i(_mm_set1_epi16(p0),
+                                                                  _mm_set1_epi16(p1)));
+                        }
+                    continue;
+                }
                 for (int cp = 0; cp < 4; ++cp) {
                     int64_t eight;
                     memcpy(&eight, x + cp * 8, 8);
@@ -356,7 +380,127 @@ SAIL_INLINE void tile_pass(const sail_lut_call *call, int tile0, int ntl, int t0
         }
 }
 
+/* ---- Codes path ------------------------------------------------------------------------------ */
+
+/* One tile for tokens t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS), B = bits <= 4. Per block the bit
+ * planes are unpacked once into the codes themselves, two rows of one column per int16, and
+ * each token multiplies them with its activation pairs (vpmaddubsw, codes unsigned).
+ * Unpacking: a shuffle maps a plane's 4-bit index p (4 rows) to the bits of two rows as
+ * nibbles, T0[p] = p0 + 16 p1, T1[p] = p2 + 16 p3; vpmaddubsw by the plane weights adds the two
+ * planes of a pair vector (or picks one subtile of the odd vector) into an int16 whose low byte
+ * is c0 + 16 c1 (codes c <= 15 of the two rows: no carry between the nibbles), and
+ * (v | v << 4) & 0x0F0F moves c1 into the high byte.
+ * Exactness: a product pair is |c0 x0 + c1 x1| <= 2 * 15 * 128 = 3840 (no vpmaddubsw
+ * saturation); each int16 sums 8 pairs per block (2 l x 2 s x 2 rh), |.| <= 30720 < 32767, and
+ * is widened to int32 after every block. */
+SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const int nt,
+                            const int B) {
+    const sail_lut_weight *w = call->w;
+    const int n_groups = w->n_groups, bpg = w->blocks_per_group;
+    const size_t block_bytes = (size_t)B * 64;
+    const __m256i nib = _mm256_set1_epi8(15), m0f = _mm256_set1_epi16(0x0F0F);
+    const __m256i tab0 = _mm256_setr_epi8(0, 1, 16, 17, 0, 1, 16, 17, 0, 1, 16, 17, 0, 1, 16, 17,
+                                          0, 1, 16, 17, 0, 1, 16, 17, 0, 1, 16, 17, 0, 1, 16, 17);
+    const __m256i tab1 = _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 16, 16, 16, 16, 17, 17, 17, 17,
+                                          0, 0, 0, 0, 1, 1, 1, 1, 16, 16, 16, 16, 17, 17, 17, 17);
+    __m256i acc32[ROWS_PER_PASS][4];
+    __m256 yacc[ROWS_PER_PASS][2];
+    for (int t = 0; t < nt; ++t) yacc[t][0] = yacc[t][1] = _mm256_setzero_ps();
+
+    for (int grp = 0; grp < n_groups; ++grp) {
+        for (int t = 0; t < nt; ++t)
+            for (int i = 0; i < 4; ++i) acc32[t][i] = _mm256_setzero_si256();
+        const uint8_t *planes = w->planes + ((size_t)tile * (size_t)n_groups + (size_t)grp) *
+                                                (size_t)bpg * block_bytes;
+        for (int blk = 0; blk < bpg; ++blk) {
+            const uint8_t *wb = planes + (size_t)blk * block_bytes;
+            const uint8_t *tab = call->tables + sail_lut_table_offset(w, call->rows, t0, grp, blk);
+            for (size_t i = 0; i < block_bytes; i += 64)
+                _mm_prefetch((const char *)(wb + PREFETCH_BYTES + i), _MM_HINT_T0);
+            for (int h = 0; h < 2; ++h) {
+                __m256i acc[ROWS_PER_PASS];
+                for (int l = 0; l < 2; ++l) {
+                    __m256i raw[2], rawo = _mm256_setzero_si256();
+                    for (int m = 0; m < B / 2; ++m)
+                        raw[m] = _mm256_loadu_si256(
+                            (const __m256i *)(wb + (size_t)(((2 * m + h) * 2 + l) * 32)));
+                    if (B & 1)
+                        rawo = _mm256_loadu_si256(
+                            (const __m256i *)(wb + (size_t)(((B - 1) * 2 + l) * 32)));
+                    for (int s = 0; s < 2; ++s) {
+                        __m256i idx[2], idxo = _mm256_setzero_si256();
+                        for (int m = 0; m < B / 2; ++m)
+                            idx[m] = _mm256_and_si256(s ? _mm256_srli_epi16(raw[m], 4) : raw[m],
+                                                      nib);
+                        if (B & 1)
+                            idxo = _mm256_and_si256(s ? _mm256_srli_epi16(rawo, 4) : rawo, nib);
+                        for (int rh = 0; rh < 2; ++rh) {
+                            const __m256i tb = rh ? tab1 : tab0;
+                            __m256i v = _mm256_setzero_si256();
+                            for (int m = 0; m < B / 2; ++m)
+                                v = _mm256_add_epi16(
+                                    v, _mm256_maddubs_epi16(
+                                           _mm256_shuffle_epi8(tb, idx[m]),
+                                           _mm256_set1_epi16((short)((2 << (2 * m)) << 8 |
+                                                                     (1 << (2 * m))))));
+                            if (B & 1)
+                                v = _mm256_add_epi16(
+                                    v, _mm256_maddubs_epi16(
+                                           _mm256_shuffle_epi8(tb, idxo),
+                                           _mm256_set1_epi16((short)((1 << (B - 1)) << (8 * h)))));
+                            const __m256i codes =
+                                _mm256_and_si256(_mm256_or_si256(v, _mm256_slli_epi16(v, 4)), m0f);
+                            const int cp = 2 * l + s;
+                            for (int t = 0; t < nt; ++t) {
+                                const __m256i p = _mm256_maddubs_epi16(
+                                    codes, _mm256_load_si256((const __m256i *)(
+                                               tab + (size_t)t * SAIL_LUT_TABLE_BYTES_PER_BLOCK +
+                                               (size_t)((cp * 2 + rh) * 32))));
+                                acc[t] = (l | s | rh) ? _mm256_add_epi16(acc[t], p) : p;
+                            }
+                        }
+                    }
+                }
+                for (int t = 0; t < nt; ++t) {
+                    acc32[t][h] = _mm256_add_epi32(
+                        acc32[t][h], _mm256_madd_epi16(acc[t], _mm256_set1_epi32(1)));
+                    acc32[t][2 + h] = _mm256_add_epi32(
+                        acc32[t][2 + h], _mm256_madd_epi16(acc[t], _mm256_set1_epi32(1 << 16)));
+                }
+            }
+        }
+        for (int t = 0; t < nt; ++t) finish_group(call, acc32[t], yacc[t], tile, t0 + t, grp, B);
+    }
+    for (int t = 0; t < nt; ++t) {
+        const int col0 = tile * SAIL_LUT_TILE_N;
+        store_tile_ps(call->y + (size_t)(t0 + t) * (size_t)w->n + (size_t)col0, yacc[t][0],
+                      yacc[t][1], w->n - col0);
+    }
+}
+
+SAIL_INLINE void codes_tiles(const sail_lut_call *call, int tile_begin, int tile_end,
+                             const int B) {
+    for (int tile = tile_begin; tile < tile_end; ++tile)
+        for (int t0 = 0; t0 < call->rows; t0 += ROWS_PER_PASS) {
+            const int nt = call->rows - t0 < ROWS_PER_PASS ? call->rows - t0 : ROWS_PER_PASS;
+            switch (nt) {
+            case 1: codes_pass(call, tile, t0, 1, B); break;
+            case 2: codes_pass(call, tile, t0, 2, B); break;
+            case 3: codes_pass(call, tile, t0, 3, B); break;
+            case 4: codes_pass(call, tile, t0, 4, B); break;
+            case 5: codes_pass(call, tile, t0, 5, B); break;
+            case 6: codes_pass(call, tile, t0, 6, B); break;
+            case 7: codes_pass(call, tile, t0, 7, B); break;
+            default: codes_pass(call, tile, t0, 8, B); break;
+            }
+        }
+}
+
 SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, const int B) {
+    if (B <= CODES_MAX_BITS && use_codes(call->w, call->rows)) {
+        codes_tiles(call, tile_begin, tile_end, B < CODES_MAX_BITS ? B : CODES_MAX_BITS);
+        return;
+    }
     const int per_pass = call->rows == 1 ? TILES_PER_PASS_ONE_ROW : TILES_PER_PASS;
     for (int tile = tile_begin; tile < tile_end; tile += per_pass) {
         const int ntl = tile_end - tile < per_pass ? tile_end - tile : per_pass;
