@@ -308,7 +308,7 @@ def check_targets(rows: list[Row]) -> list[str]:
     return lines
 
 
-def _busy_seconds() -> tuple[float, float, float]:
+def busy_seconds() -> tuple[float, float, float]:
     """(wall, CPU seconds busy on all CPUs, CPU seconds of this process) now."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
@@ -320,7 +320,7 @@ def _busy_seconds() -> tuple[float, float, float]:
 def other_cpu_share(start: tuple[float, float, float]) -> float:
     """CPUs' worth of time other processes were busy since ``start`` (Linux), 0 if unknown."""
     try:
-        end = _busy_seconds()
+        end = busy_seconds()
     except OSError:
         return 0.0
     return max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / max(end[0] - start[0], 1e-9)
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         args.shapes, args.bits, args.batches, args.threads = [(4096, 4096)], [2, 4], [1, 8], [1]
         args.seconds = 0.3
 
-    busy = _busy_seconds()
+    busy = busy_seconds()
     runtime = kernels.load_runtime("native")
     read = StreamingRead()
     print(f"kernels: {runtime.isa}; onnxruntime {ort.__version__}; group size "
