@@ -1,6 +1,9 @@
 /* SAIL C runtime: LUT-GEMV kernels for x86-64 AVX2 (compiled with -mavx2 or -march=...).
  *
  * Same tables, layout and integers as the portable kernels in sail_lut.c; see sail_lut.h.
+ * One exception, private to this file's pair of entry points: for batches that take the codes
+ * path (use_codes), sail_lut_tables_avx2 writes activation pairs instead of tables into each
+ * token's 256 bytes per block, and sail_lut_tiles_avx2 reads them as such (see codes_pass).
  *
  * Exactness: every narrow accumulator below has a proven bound.
  *   table bytes    L in [0, 15] (uint8), H in [-32, 31] (int8)
@@ -36,13 +39,17 @@
 
 #define SAIL_INLINE static inline __attribute__((always_inline))
 
-/* Batches of at least CODES_MIN_ROWS tokens over weights of at most CODES_MAX_BITS bits take
- * the codes path (see codes_pass): the activation tables are replaced by activation pairs. */
+/* Batches of at least CODES_MIN_ROWS tokens over weights of CODES_MIN_BITS .. CODES_MAX_BITS
+ * bits take the codes path (see codes_pass): the activation tables are replaced by activation
+ * pairs. Measured on the 2-core Zen 3 (shared, 4096 x 4096, 1 thread): at 4 and 8 tokens the
+ * codes path beat the tables by 1.1-1.6x at 3 and 4 bits, lost ~1.15x at 2 bits (its cost per
+ * token, 16 vpmaddubsw per tile and block, does not shrink with the bits; the tables' does). */
 #define CODES_MIN_ROWS 4
+#define CODES_MIN_BITS 3
 #define CODES_MAX_BITS 4
 
 static int use_codes(const sail_lut_weight *w, int rows) {
-    return rows >= CODES_MIN_ROWS && w->bits <= CODES_MAX_BITS;
+    return rows >= CODES_MIN_ROWS && w->bits >= CODES_MIN_BITS && w->bits <= CODES_MAX_BITS;
 }
 
 /* ---- Tables ---------------------------------------------------------------------------------- */
@@ -417,8 +424,9 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
             const uint8_t *tab = call->tables + sail_lut_table_offset(w, call->rows, t0, grp, blk);
             for (size_t i = 0; i < block_bytes; i += 64)
                 _mm_prefetch((const char *)(wb + PREFETCH_BYTES + i), _MM_HINT_T0);
-            for (int h = 0; h < 2; ++h) {
-                __m256i acc[ROWS_PER_PASS];
+            /* unpack: codes[(h * 2 + l) * 4 + s * 2 + rh] */
+            __m256i codes[16];
+            for (int h = 0; h < 2; ++h)
                 for (int l = 0; l < 2; ++l) {
                     __m256i raw[2], rawo = _mm256_setzero_si256();
                     for (int m = 0; m < B / 2; ++m)
@@ -448,24 +456,31 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
                                     v, _mm256_maddubs_epi16(
                                            _mm256_shuffle_epi8(tb, idxo),
                                            _mm256_set1_epi16((short)((1 << (B - 1)) << (8 * h)))));
-                            const __m256i codes =
+                            codes[(h * 2 + l) * 4 + s * 2 + rh] =
                                 _mm256_and_si256(_mm256_or_si256(v, _mm256_slli_epi16(v, 4)), m0f);
-                            const int cp = 2 * l + s;
-                            for (int t = 0; t < nt; ++t) {
-                                const __m256i p = _mm256_maddubs_epi16(
-                                    codes, _mm256_load_si256((const __m256i *)(
-                                               tab + (size_t)t * SAIL_LUT_TABLE_BYTES_PER_BLOCK +
-                                               (size_t)((cp * 2 + rh) * 32))));
-                                acc[t] = (l | s | rh) ? _mm256_add_epi16(acc[t], p) : p;
-                            }
                         }
                     }
                 }
+            for (int h = 0; h < 2; ++h) {
+                __m256i acc[ROWS_PER_PASS];
+                for (int i = 0; i < 8; ++i) {
+                    /* i = l * 4 + s * 2 + rh: activation pairs of chunk pair 2l + s, half rh */
+                    const __m256i c = codes[h * 8 + i];
+                    const size_t off = (size_t)(((i >> 1) * 2 + (i & 1)) * 32);
+                    for (int t = 0; t < nt; ++t) {
+                        __m256i p = _mm256_maddubs_epi16(
+                            c, _mm256_load_si256((const __m256i *)(
+                                   tab + (size_t)t * SAIL_LUT_TABLE_BYTES_PER_BLOCK + off)));
+                        acc[t] = i ? _mm256_add_epi16(acc[t], p) : p;
+                        __asm__("" : "+x"(acc[t])); /* keep the chain: no reassociation */
+                    }
+                }
+                /* sign-extend the even and odd int16 (columns 2i, 2i + 1) by shifts */
                 for (int t = 0; t < nt; ++t) {
                     acc32[t][h] = _mm256_add_epi32(
-                        acc32[t][h], _mm256_madd_epi16(acc[t], _mm256_set1_epi32(1)));
-                    acc32[t][2 + h] = _mm256_add_epi32(
-                        acc32[t][2 + h], _mm256_madd_epi16(acc[t], _mm256_set1_epi32(1 << 16)));
+                        acc32[t][h], _mm256_srai_epi32(_mm256_slli_epi32(acc[t], 16), 16));
+                    acc32[t][2 + h] =
+                        _mm256_add_epi32(acc32[t][2 + h], _mm256_srai_epi32(acc[t], 16));
                 }
             }
         }
@@ -497,7 +512,7 @@ SAIL_INLINE void codes_tiles(const sail_lut_call *call, int tile_begin, int tile
 }
 
 SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, const int B) {
-    if (B <= CODES_MAX_BITS && use_codes(call->w, call->rows)) {
+    if (B >= CODES_MIN_BITS && B <= CODES_MAX_BITS && use_codes(call->w, call->rows)) {
         codes_tiles(call, tile_begin, tile_end, B < CODES_MAX_BITS ? B : CODES_MAX_BITS);
         return;
     }
