@@ -42,7 +42,7 @@ import tvm
 from tvm import relax
 
 from ... import __version__
-from ...errors import ArtifactError, OptionError
+from ...errors import ArtifactError, InputError, OptionError
 from ...frontend.signature import ModelSignature
 from ...ops.sail_ops import (
     DEQUANTIZE,
@@ -228,7 +228,8 @@ class _MainRunner(Runner):
                 command += ["--output", f"{spec.name}={path}"]
             proc = subprocess.run(command, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(_message(proc))
+                # 2: bad input files, 3: the model rejected the inputs (the message says why)
+                raise InputError(_message(proc))
             return [np.load(path) for path in paths]
 
 
@@ -293,8 +294,6 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
     """
     import json
 
-    from ...errors import InputError
-
     signature = ModelSignature.from_json(manifest["signature"])
     check_decoder(signature)
     if not prompt_ids:
@@ -317,8 +316,8 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode == 1:
         raise ArtifactError(_message(proc, GENERATE))
-    if proc.returncode != 0:
-        raise RuntimeError(_message(proc, GENERATE))
+    if proc.returncode != 0:  # a step failed: the message names it and the reason
+        raise InputError(_message(proc, GENERATE))
     return json.loads(proc.stdout)
 
 
