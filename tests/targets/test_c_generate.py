@@ -182,3 +182,15 @@ def test_lut_runtime_under_address_and_ub_sanitizers(quant_kv: Path, tmp_path: P
         assert proc.returncode == 0, proc.stderr
         assert "runtime error" not in proc.stderr and "Sanitizer" not in proc.stderr
     assert np.load(out / "logits.npy").shape == (2, 3, 1024)
+
+
+def test_no_sail_keeps_tvm_kernels(tiny_decoder: Path, tmp_path: Path) -> None:
+    """--no-sail keeps sail.quant_matmul: the c library then runs TVM's kernels, not the
+    runtime's LUT-GEMV, and stores the packed weights."""
+    out = tmp_path / "nosail"
+    compile_model(tiny_decoder, out, CompileOptions(target="c", quant=QuantScheme(4, 32),
+                                                    sail=False))
+    model_c = (out / "model.c").read_text()
+    assert "sail_rt_lut_gemv(model" not in model_c and ".lut_planes" not in model_c
+    assert '.packed", SAIL_UINT8' in model_c
+    assert Artifact(out).manifest["lut_layers"] == []

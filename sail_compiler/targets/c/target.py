@@ -101,9 +101,11 @@ class CTarget(TargetBackend):
             raise OptionError("the c target cannot record group sums (the reference check "
                               "builds its probe for llvm)")
         # A CPU has no memory arrays: every dequantization fuses into its LUT-GEMV, which the
-        # runtime's kernels (sail_lut.h) then compute; one core for TVM's kernels, whose
-        # parallel loops the C code runs serially.
-        return [self._names, LowerToLUTGemv(options.nbw, fuse="all"),
+        # runtime's kernels (sail_lut.h) then compute (--no-sail keeps sail.quant_matmul and
+        # TVM's kernels for it); one core for TVM's kernels, whose parallel loops the C code
+        # runs serially.
+        fuse = [LowerToLUTGemv(options.nbw, fuse="all")] if options.sail else []
+        return [self._names, *fuse,
                 *lowering_passes(host_target(1), {
                     LUT_GEMV: legalize_c_lut_gemv,
                     DEQUANTIZE: functools.partial(legalize_dequantize, fence=False)})]
