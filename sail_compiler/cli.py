@@ -288,14 +288,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
+def _c_artifact(path: Path, verb: str):  # type: ignore[no-untyped-def]
+    """The artifact at ``path``; :class:`OptionError` unless it is a c artifact (``verb``: what
+    the command does with one, e.g. "build builds")."""
     from .artifact import Artifact
+
+    artifact = Artifact(path)
+    if artifact.manifest["target"] != "c":
+        raise OptionError(f"{path} is a {artifact.manifest['target']} artifact; sail {verb} c "
+                          "artifacts (sail compile --target c)")
+    return artifact
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
     from .targets.c.target import LIBRARIES, build_library
 
-    artifact = Artifact(args.artifact)
-    if artifact.manifest["target"] != "c":
-        raise OptionError(f"{args.artifact} is a {artifact.manifest['target']} artifact; sail "
-                          "build builds c artifacts (sail compile --target c)")
+    artifact = _c_artifact(args.artifact, "build builds")
     binary = build_library(artifact.path, portable=args.portable)
     flavor = "portable" if args.portable else "native (-march=native)"
     print(f"built {', '.join(str(artifact.path / lib) for lib in LIBRARIES)} and {binary} "
@@ -304,13 +312,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .artifact import Artifact
     from .targets.c.target import generate
 
-    artifact = Artifact(args.artifact)
-    if artifact.manifest["target"] != "c":
-        raise OptionError(f"{args.artifact} is a {artifact.manifest['target']} artifact; sail "
-                          "generate runs c artifacts (sail compile --target c)")
+    artifact = _c_artifact(args.artifact, "generate runs")
     report = generate(artifact.path, artifact.manifest, args.prompt_ids, args.tokens,
                       args.threads)
     if args.json:

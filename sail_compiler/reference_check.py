@@ -30,7 +30,7 @@ from .quant.reference import group_sums, quantize_activations, quantized_matmul
 Y_TOLERANCE = 1e-5
 
 
-def _rel_l2(actual: np.ndarray, expected: np.ndarray) -> float:
+def rel_l2(actual: np.ndarray, expected: np.ndarray) -> float:
     denom = float(np.linalg.norm(expected.astype(np.float64)))
     diff = float(np.linalg.norm(actual.astype(np.float64) - expected))
     return diff / denom if denom else diff
@@ -96,11 +96,11 @@ class ReferenceCheck:
                 check.calls += 1
                 y = value.reshape(-1, qw.n)
                 check.y_rel_err = max(check.y_rel_err,
-                                      _rel_l2(y, quantized_matmul(rows, qw, self.act_bits)))
+                                      rel_l2(y, quantized_matmul(rows, qw, self.act_bits)))
                 w = self.float_weights.get(name)
                 if w is not None:
                     check.float_rel_err = max(check.float_rel_err,
-                                              _rel_l2(y, rows.astype(np.float64) @ w))
+                                              rel_l2(y, rows.astype(np.float64) @ w))
 
     @property
     def exact(self) -> bool:

@@ -15,16 +15,16 @@ one step apart, which later layers amplify.
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import ArtifactError
 from ...ops.sail_ops import reference_dequantize, reference_group_sums
 from ...quant.prepare import Quantization
+from ...reference_check import rel_l2
+from .target import MainRunner
 
 
 def lut_reference_check(out_dir: Path, manifest: dict[str, Any], quant: Quantization,
@@ -48,20 +48,14 @@ def lut_reference_check(out_dir: Path, manifest: dict[str, Any], quant: Quantiza
     """
     layers: list[str] = manifest.get("lut_layers", [])
     by_name = quant.by_name()
+    runner = MainRunner(out_dir, manifest)
     calls = elements = mismatched = 0
     max_rel = 0.0
     per_layer: dict[str, int] = {}
-    binary = out_dir / manifest["binary"]
     for inputs in runs:
         with tempfile.TemporaryDirectory(prefix="sail-c-lut-") as tmp:
-            command = [str(binary), str(out_dir / manifest["weights"]), "--dump-lut", tmp]
-            for name, value in inputs.items():
-                path = Path(tmp) / f"input.{len(command)}.npy"
-                np.save(path, np.asarray(value, order="C"))
-                command += ["--input", f"{name}={path}"]
-            proc = subprocess.run(command, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise ArtifactError(f"{binary} --dump-lut failed: {proc.stderr.strip()}")
+            runner.run([inputs[spec.name] for spec in runner.signature.inputs],
+                       ("--dump-lut", tmp))
             for index, layer in enumerate(layers):
                 xq_path = Path(tmp) / f"lut{index}.xq.npy"
                 if not xq_path.is_file():
@@ -76,8 +70,6 @@ def lut_reference_check(out_dir: Path, manifest: dict[str, Any], quant: Quantiza
                 elements += expected.size
                 mismatched += bad
                 per_layer[layer] = per_layer.get(layer, 0) + bad
-                norm = float(np.linalg.norm(expected.astype(np.float64)))
-                diff = float(np.linalg.norm(y.astype(np.float64) - expected))
-                max_rel = max(max_rel, diff / norm if norm else diff)
+                max_rel = max(max_rel, rel_l2(y, expected))
     return {"exact": calls > 0 and mismatched == 0, "calls": calls, "elements": elements,
             "mismatched": mismatched, "max_rel_err": max_rel, "layers": per_layer}

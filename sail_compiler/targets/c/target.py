@@ -133,7 +133,7 @@ class CTarget(TargetBackend):
                 "memory": "one allocation per intermediate buffer, freed after its last use"}
 
     def load(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
-        return _MainRunner(out_dir, manifest)
+        return MainRunner(out_dir, manifest)
 
 
 def runtime_lut_gemv(call: relax.Call) -> bool:
@@ -200,7 +200,7 @@ def build_library(out_dir: Path, portable: bool = False,
     return out_dir / BINARY
 
 
-class _MainRunner(Runner):
+class MainRunner(Runner):
     """Runs ``sail_main`` on ``.npy`` files.
 
     Loading builds the artifact if it is not built and checks the weight file with
@@ -218,9 +218,11 @@ class _MainRunner(Runner):
         if proc.returncode != 0:
             raise ArtifactError(_message(proc))
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: list[np.ndarray], extra_args: tuple[str, ...] = ()
+            ) -> list[np.ndarray]:
+        """Run ``sail_main`` once; ``extra_args`` are more of its arguments (``--dump-lut``)."""
         with tempfile.TemporaryDirectory(prefix="sail-c-run-") as tmp:
-            command = [str(self.binary), str(self.weights)]
+            command = [str(self.binary), str(self.weights), *extra_args]
             for i, (spec, value) in enumerate(zip(self.signature.inputs, inputs, strict=True)):
                 path = Path(tmp) / f"input_{i}.npy"
                 np.save(path, np.asarray(value, order="C"))  # 0-d stays 0-d

@@ -515,14 +515,14 @@ int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, cons
   if (rows > INT32_MAX)
     return sail_rt_fail(model, "LUT-GEMV of layer %s: %lld rows is too many", layer,
                         (long long)rows);
-  const size_t need = sail_lut_workspace_size(w, (int)rows);
+  const size_t need = (sail_lut_workspace_size(w, (int)rows) + 63) / 64 * 64; /* aligned_alloc */
   if (need > model->workspace_nbytes) {
     free(model->workspace);
     model->workspace_nbytes = 0;
-    model->workspace = aligned_alloc(64, (need + 63) / 64 * 64);
+    model->workspace = aligned_alloc(64, need);
     if (!model->workspace)
       return sail_rt_fail(model, "out of memory for the LUT-GEMV workspace (%zu bytes)", need);
-    model->workspace_nbytes = (need + 63) / 64 * 64;
+    model->workspace_nbytes = need;
   }
   const double start = model->profile ? seconds_now() : 0.0;
   const int status = sail_lut_gemv(w, xq->t.data, sx->t.data, (int)rows, y->t.data, NULL,
