@@ -203,3 +203,45 @@ def test_unsupported_bindings_are_listed() -> None:
     with pytest.raises(SailError, match=r"2 binding\(s\)") as info:
         emit_model(bb.get(), signature, {}, "test")
     assert "relax.add" in str(info.value) and "relax.multiply" in str(info.value)
+
+
+def test_concatenations_copy_runs(tmp_path: Path) -> None:
+    """``relax.concat`` runs as the runtime's ``sail_rt_concat`` (memcpy of contiguous runs):
+    three parts with a weight among them, on the first, middle and last axis, with an empty
+    part, equal to NumPy's concatenate; an int64 concatenation too."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.arange(2 * 3 * 4, dtype=np.float32).reshape(1, 2, 3, 4)[:, :, :2] - 5.0
+    nodes = [helper.make_node("Concat", ["a", "w", "b"], ["y1"], axis=2),
+             helper.make_node("Concat", ["a", "a"], ["y0"], axis=0),
+             helper.make_node("Concat", ["a", "b2"], ["y3"], axis=-1),
+             helper.make_node("Concat", ["i", "i"], ["yi"], axis=1)]
+    graph = helper.make_graph(nodes, "concat", [
+        helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 2, "s", 4]),
+        helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2, "p", 4]),
+        helper.make_tensor_value_info("b2", TensorProto.FLOAT, [1, 2, "s", 3]),
+        helper.make_tensor_value_info("i", TensorProto.INT64, [2, 5])], [
+        helper.make_tensor_value_info("y1", TensorProto.FLOAT, [1, 2, "s1", 4]),
+        helper.make_tensor_value_info("y0", TensorProto.FLOAT, [2, 2, "s", 4]),
+        helper.make_tensor_value_info("y3", TensorProto.FLOAT, [1, 2, "s", 7]),
+        helper.make_tensor_value_info("yi", TensorProto.INT64, [2, 10])],
+        [numpy_helper.from_array(np.broadcast_to(weight, (1, 2, 2, 4)).copy(), "w")])
+    model = tmp_path / "concat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    out = tmp_path / "c"
+    compile_model(model, out, CompileOptions(target="c"))
+    model_c = (out / "model.c").read_text()
+    assert model_c.count("SAIL_TRY(sail_rt_concat(") == 4 and "concatenate" not in model_c
+    rng = np.random.default_rng(3)
+    for s, p in ((3, 0), (1, 5)):
+        x = {"a": rng.standard_normal((1, 2, s, 4)).astype(np.float32),
+             "b": rng.standard_normal((1, 2, p, 4)).astype(np.float32),
+             "b2": rng.standard_normal((1, 2, s, 3)).astype(np.float32),
+             "i": rng.integers(-9, 9, (2, 5))}
+        got = Artifact(out).run(x)
+        w = np.broadcast_to(weight, (1, 2, 2, 4))
+        np.testing.assert_array_equal(got["y1"], np.concatenate([x["a"], w, x["b"]], axis=2))
+        np.testing.assert_array_equal(got["y0"], np.concatenate([x["a"], x["a"]], axis=0))
+        np.testing.assert_array_equal(got["y3"], np.concatenate([x["a"], x["b2"]], axis=-1))
+        np.testing.assert_array_equal(got["yi"], np.concatenate([x["i"], x["i"]], axis=1))

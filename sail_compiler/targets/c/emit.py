@@ -19,6 +19,8 @@ weights) and a tuple of outputs. :func:`emit_model` turns it into C that reads l
   becomes a ``sail_rt_lut_gemv`` call of the runtime's kernels (``sail_lut.h``); its weight is
   re-laid out here (:func:`.kernels.relayout`) into three tensors of ``weights.bin`` (bit-plane
   indices, scales, zero points), described by an entry of ``LUTS[]`` that loading checks.
+* a concatenation left as ``R.call_dps_packed("sail_concat", ...)`` becomes a
+  ``sail_rt_concat`` call (``memcpy`` of contiguous runs).
 
 Anything else in ``main`` is reported at once (every unsupported binding with its variable).
 The runtime these files are written against is ``runtime/sail_model_rt.h``.
@@ -39,7 +41,7 @@ from ...errors import SailError
 from ...frontend.signature import ModelSignature, TensorSpec
 from ...quant.packing import unpack_bits
 from ...quant.reference import QuantizedWeight
-from .kernels import LUT_SYMBOL, relayout
+from .kernels import CONCAT_SYMBOL, LUT_SYMBOL, relayout
 from .weight_file import DTYPE_CODES, MAX_NDIM
 
 __all__ = ["EmittedModel", "RecordWeightNames", "emit_model"]
@@ -422,6 +424,18 @@ class _Graph:
             self.steps.append(_Call(LUT_SYMBOL, [xq, sx, output], [output], [layer],
                                     lut=len(self.luts) - 1))
 
+    def concat_call(self, var: relax.Var, call: relax.Call) -> None:
+        """``R.call_dps_packed("sail_concat", (parts..., axis))``: ``sail_rt_concat``."""
+        where = f"{var.name} = R.call_dps_packed({CONCAT_SYMBOL}, ...)"
+        fields = list(call.args[1].fields)
+        parts = [self.value(f, where) for f in fields[:-1]]
+        axis = int(fields[-1].value)
+        output = self.temp(var.name, call.ty_args[0])
+        self.values[var] = output
+        if all(isinstance(p, _Buffer) for p in parts):
+            self.steps.append(_Call(CONCAT_SYMBOL, [*parts, _Scalar(str(axis), f"axis={axis}"),
+                                                    output], [output], []))
+
     def match_cast(self, binding: relax.MatchCast) -> None:
         name = binding.var.name
         source = self.value(binding.value, f"{name} = R.match_cast(...)")
@@ -457,6 +471,11 @@ class _Graph:
                 and isinstance(value.args[0], relax.ExternFunc) \
                 and str(value.args[0].global_symbol) == LUT_SYMBOL:
             self.lut_call(var, value)
+        elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
+                and value.op.name == "relax.call_dps_packed" \
+                and isinstance(value.args[0], relax.ExternFunc) \
+                and str(value.args[0].global_symbol) == CONCAT_SYMBOL:
+            self.concat_call(var, value)
         elif isinstance(value, relax.TupleGetItem):
             source = self.value(value.tuple_value, f"{var.name} = TupleGetItem")
             if isinstance(source, list):
@@ -654,6 +673,11 @@ def _run_function(graph: _Graph) -> list[str]:
         if step.lut is not None:
             lines += _try("sail_rt_lut_gemv", ["model", str(step.lut),
                                                *(f"&{a.ref}" for a in step.args)])
+        elif step.kernel == CONCAT_SYMBOL:  # args: parts..., axis, output
+            parts = [f"&{a.ref}" for a in step.args[:-2]]
+            lines += _try("sail_rt_concat", [
+                "model", f"(const sail_buffer *[]){{{', '.join(parts)}}}", str(len(parts)),
+                step.args[-2].arg, f"&{step.args[-1].ref}"])
         else:
             lines += _statement("SAIL_CALL", [step.kernel, *(a.arg for a in step.args)])
         lines += [f"  sail_rt_release(&b->{b.name});" for b in releases.get(position, [])]

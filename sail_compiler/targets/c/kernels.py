@@ -47,6 +47,8 @@ MAX_ACT_BITS = 8
 MAX_THREADS = 256
 #: The runtime function a lowered c-target module calls for a LUT-GEMV (``R.call_dps_packed``).
 LUT_SYMBOL = "sail_lut_gemv"
+# The runtime's concatenation (sail_rt_concat): the c target's legalization of relax.concat.
+CONCAT_SYMBOL = "sail_concat"
 
 _COMMON_FLAGS = ("-std=c11", "-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off")
 #: Build name -> extra compiler flags.

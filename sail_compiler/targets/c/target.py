@@ -55,7 +55,7 @@ from ...passes.lower_to_lut_gemv import LowerToLUTGemv
 from ..base import Runner, TargetBackend, register_target
 from ..llvm.schedule import host_target, lowering_passes
 from .emit import RecordWeightNames, emit_model
-from .kernels import LUT_SYMBOL, MAX_ACT_BITS, MAX_THREADS
+from .kernels import CONCAT_SYMBOL, LUT_SYMBOL, MAX_ACT_BITS, MAX_THREADS
 from .tir_codegen import kernels_source
 from .weight_file import write_weight_file
 
@@ -108,6 +108,7 @@ class CTarget(TargetBackend):
         return [self._names, *fuse,
                 *lowering_passes(host_target(1), {
                     LUT_GEMV: legalize_c_lut_gemv,
+                    "relax.concat": legalize_c_concat,
                     DEQUANTIZE: functools.partial(legalize_dequantize, fence=False)})]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
@@ -161,6 +162,26 @@ def legalize_c_lut_gemv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
                for key in ("bits", "group_size", "k")]
     return relax.call_dps_packed(relax.ExternFunc(LUT_SYMBOL),
                                  relax.Tuple([xq, sx, packed, zero, scale, *scalars]), call.ty)
+
+
+def legalize_c_concat(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """``relax.concat`` for the c target: the runtime's copy of contiguous runs.
+
+    A concatenation of a tuple of tensors along one axis becomes ``R.call_dps_packed(
+    "sail_concat", (parts..., axis))``, which :mod:`.emit` turns into ``sail_rt_concat``: one
+    ``memcpy`` per part and outer index. TVM's C kernel for it computes every element's source
+    with integer divisions; in a decoder's KV cache (past + new keys and values, every layer,
+    every step) it took about a tenth of a decode step. Other forms keep TVM's kernel.
+    """
+    fields, axis, out = call.args[0], call.attrs.axis, call.ty
+    if isinstance(fields, relax.Tuple) and axis is not None \
+            and isinstance(out, relax.TensorType) and out.ndim >= 1 \
+            and all(isinstance(f.ty, relax.TensorType) and f.ty.dtype == out.dtype
+                    and f.ty.ndim == out.ndim for f in fields.fields):
+        axis = tvm.tirx.IntImm("int64", int(axis) % out.ndim)
+        return relax.call_dps_packed(relax.ExternFunc(CONCAT_SYMBOL),
+                                     relax.Tuple([*fields.fields, relax.prim_value(axis)]), out)
+    return tvm.ir.Op.get("relax.concat").get_attr("FLegalize")(bb, call)
 
 
 def build_library(out_dir: Path, portable: bool = False,

@@ -537,6 +537,48 @@ int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, cons
   return 0;
 }
 
+int sail_rt_concat(sail_model *model, const sail_buffer *const *parts, int32_t count, int32_t axis,
+                   sail_buffer *y) {
+  const int32_t ndim = y->t.ndim;
+  const size_t elem = ((size_t)y->t.dtype.bits * y->t.dtype.lanes + 7) / 8;
+  if (axis < 0 || axis >= ndim || count < 1)
+    return sail_rt_fail(model, "concatenation along axis %d of %d parts into a %d-d tensor",
+                        (int)axis, (int)count, (int)ndim);
+  int64_t along = 0;
+  for (int32_t p = 0; p < count; ++p) {
+    const sail_buffer *part = parts[p];
+    int fits = part->t.ndim == ndim && part->t.dtype.code == y->t.dtype.code &&
+               part->t.dtype.bits == y->t.dtype.bits && part->t.dtype.lanes == y->t.dtype.lanes;
+    for (int32_t d = 0; fits && d < ndim; ++d)
+      fits = d == axis || part->shape[d] == y->shape[d];
+    if (!fits)
+      return sail_rt_fail(model, "concatenation along axis %d: part %d does not fit the result",
+                          (int)axis, (int)p);
+    along += part->shape[axis];
+  }
+  if (along != y->shape[axis])
+    return sail_rt_fail(model, "concatenation along axis %d: the parts add up to %lld, the "
+                        "result has %lld", (int)axis, (long long)along, (long long)y->shape[axis]);
+  const double start = model->profile ? seconds_now() : 0.0;
+  int64_t outer = 1, inner = 1; /* dims before axis; elements after it */
+  for (int32_t d = 0; d < axis; ++d)
+    outer *= y->shape[d];
+  for (int32_t d = axis + 1; d < ndim; ++d)
+    inner *= y->shape[d];
+  char *out = y->t.data;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int32_t p = 0; p < count; ++p) {
+      const size_t run = (size_t)parts[p]->shape[axis] * (size_t)inner * elem;
+      if (run)
+        memcpy(out, (const char *)parts[p]->t.data + (size_t)o * run, run);
+      out += run;
+    }
+  }
+  if (model->profile)
+    record_time(model, "sail_concat", seconds_now() - start);
+  return 0;
+}
+
 void sail_rt_set_lut_hook(sail_model *model, sail_lut_hook hook, void *ctx) {
   model->lut_hook = hook;
   model->lut_hook_ctx = ctx;

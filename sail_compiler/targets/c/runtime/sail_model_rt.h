@@ -161,6 +161,12 @@ int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, TVM
 int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, const sail_buffer *sx,
                      sail_buffer *y);
 
+/* y = the `count` parts concatenated along `axis` (what relax.concat computes): one memcpy per
+ * part and index of the dims before `axis`. The parts have y's dtype and rank, and y's dims
+ * except along `axis`, where theirs add up to y's. */
+int sail_rt_concat(sail_model *model, const sail_buffer *const *parts, int32_t count, int32_t axis,
+                   sail_buffer *y);
+
 /* Call `hook(ctx, ...)` after every LUT-GEMV from now on (NULL: stop); what sail_main
  * --dump-lut uses to check each layer's integers against the reference. */
 void sail_rt_set_lut_hook(sail_model *model, sail_lut_hook hook, void *ctx);
