@@ -245,3 +245,58 @@ def test_concatenations_copy_runs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got["y0"], np.concatenate([x["a"], x["a"]], axis=0))
         np.testing.assert_array_equal(got["y3"], np.concatenate([x["a"], x["b2"]], axis=-1))
         np.testing.assert_array_equal(got["yi"], np.concatenate([x["i"], x["i"]], axis=1))
+
+
+def test_reshapes_and_transposes_copy(tmp_path: Path) -> None:
+    """``reshape`` / ``expand_dims`` / ``squeeze`` run as ``sail_rt_copy`` and ``permute_dims``
+    as ``sail_rt_transpose``: every permutation of a 4-d tensor with a symbolic dim (at two
+    lengths, one of them 1), a weight transposed, and int64 data, all equal to
+    NumPy."""
+    import itertools
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    perms = list(itertools.permutations(range(4)))
+    dims = [2, "s", 3, 5]
+    nodes = [helper.make_node("Transpose", ["x"], [f"t{i}"], perm=list(p))
+             for i, p in enumerate(perms)]
+    nodes += [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+              helper.make_node("Squeeze", ["u", "ax"], ["q"]),
+              helper.make_node("Reshape", ["x", "shape"], ["r"]),
+              helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+              helper.make_node("Add", ["wt", "v"], ["wv"]),
+              helper.make_node("Transpose", ["i"], ["it"], perm=[2, 0, 1])]
+    outputs = [helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, [dims[a] for a in p])
+               for i, p in enumerate(perms)]
+    outputs += [helper.make_tensor_value_info("q", TensorProto.FLOAT, dims),
+                helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, "s", 15]),
+                helper.make_tensor_value_info("wv", TensorProto.FLOAT, [4, 3]),
+                helper.make_tensor_value_info("it", TensorProto.INT64, [7, 2, 3])]
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph(nodes, "moves", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, dims),
+        helper.make_tensor_value_info("v", TensorProto.FLOAT, [4, 3]),
+        helper.make_tensor_value_info("i", TensorProto.INT64, [2, 3, 7])], outputs, [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "ax"),
+        numpy_helper.from_array(np.array([2, -1, 15], dtype=np.int64), "shape")])
+    model = tmp_path / "moves.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    out = tmp_path / "c"
+    compile_model(model, out, CompileOptions(target="c"))
+    model_c = (out / "model.c").read_text()
+    assert model_c.count("SAIL_TRY(sail_rt_transpose(") >= len(perms)
+    assert "SAIL_TRY(sail_rt_copy(" in model_c
+    rng = np.random.default_rng(4)
+    for s in (4, 1):
+        x = {"x": rng.standard_normal((2, s, 3, 5)).astype(np.float32),
+             "v": rng.standard_normal((4, 3)).astype(np.float32),
+             "i": rng.integers(-99, 99, (2, 3, 7))}
+        got = Artifact(out).run(x)
+        for i, p in enumerate(perms):
+            np.testing.assert_array_equal(got[f"t{i}"], x["x"].transpose(p), err_msg=str(p))
+        np.testing.assert_array_equal(got["q"], x["x"])
+        np.testing.assert_array_equal(got["r"], x["x"].reshape(2, -1, 15))
+        np.testing.assert_array_equal(got["wv"], weight.T + x["v"])
+        np.testing.assert_array_equal(got["it"], x["i"].transpose(2, 0, 1))

@@ -19,8 +19,9 @@ weights) and a tuple of outputs. :func:`emit_model` turns it into C that reads l
   becomes a ``sail_rt_lut_gemv`` call of the runtime's kernels (``sail_lut.h``); its weight is
   re-laid out here (:func:`.kernels.relayout`) into three tensors of ``weights.bin`` (bit-plane
   indices, scales, zero points), described by an entry of ``LUTS[]`` that loading checks.
-* a concatenation left as ``R.call_dps_packed("sail_concat", ...)`` becomes a
-  ``sail_rt_concat`` call (``memcpy`` of contiguous runs).
+* data movement left as ``R.call_dps_packed("sail_concat" | "sail_copy" | "sail_transpose",
+  ...)`` (concatenations, reshapes, transposes) becomes a call of the runtime's
+  ``sail_rt_concat``, ``sail_rt_copy`` or ``sail_rt_transpose`` (``memcpy`` of contiguous runs).
 
 Anything else in ``main`` is reported at once (every unsupported binding with its variable).
 The runtime these files are written against is ``runtime/sail_model_rt.h``.
@@ -41,7 +42,7 @@ from ...errors import SailError
 from ...frontend.signature import ModelSignature, TensorSpec
 from ...quant.packing import unpack_bits
 from ...quant.reference import QuantizedWeight
-from .kernels import CONCAT_SYMBOL, LUT_SYMBOL, relayout
+from .kernels import CONCAT_SYMBOL, COPY_SYMBOL, LUT_SYMBOL, MOVE_SYMBOLS, relayout
 from .weight_file import DTYPE_CODES, MAX_NDIM
 
 __all__ = ["EmittedModel", "RecordWeightNames", "emit_model"]
@@ -424,17 +425,21 @@ class _Graph:
             self.steps.append(_Call(LUT_SYMBOL, [xq, sx, output], [output], [layer],
                                     lut=len(self.luts) - 1))
 
-    def concat_call(self, var: relax.Var, call: relax.Call) -> None:
-        """``R.call_dps_packed("sail_concat", (parts..., axis))``: ``sail_rt_concat``."""
-        where = f"{var.name} = R.call_dps_packed({CONCAT_SYMBOL}, ...)"
+    def move_call(self, var: relax.Var, call: relax.Call, symbol: str) -> None:
+        """``R.call_dps_packed(symbol, (tensors..., ints...))`` of the runtime's data movement
+        (``sail_concat``: parts and the axis; ``sail_copy``: one tensor; ``sail_transpose``: one
+        tensor and the permutation)."""
+        where = f"{var.name} = R.call_dps_packed({symbol}, ...)"
         fields = list(call.args[1].fields)
-        parts = [self.value(f, where) for f in fields[:-1]]
-        axis = int(fields[-1].value)
+        tensors = [self.value(f, where) for f in fields
+                   if isinstance(f.ty, relax.TensorType)]
+        ints = [int(f.value) for f in fields if isinstance(f.ty, tvm.ir.PrimType)]
         output = self.temp(var.name, call.ty_args[0])
         self.values[var] = output
-        if all(isinstance(p, _Buffer) for p in parts):
-            self.steps.append(_Call(CONCAT_SYMBOL, [*parts, _Scalar(str(axis), f"axis={axis}"),
-                                                    output], [output], []))
+        if all(isinstance(t, _Buffer) for t in tensors):
+            shown = f"axis={ints[0]}" if symbol == CONCAT_SYMBOL else f"perm={ints}"
+            scalars = [_Scalar(", ".join(map(str, ints)), shown)] if ints else []
+            self.steps.append(_Call(symbol, [*tensors, *scalars, output], [output], []))
 
     def match_cast(self, binding: relax.MatchCast) -> None:
         name = binding.var.name
@@ -474,8 +479,8 @@ class _Graph:
         elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
                 and value.op.name == "relax.call_dps_packed" \
                 and isinstance(value.args[0], relax.ExternFunc) \
-                and str(value.args[0].global_symbol) == CONCAT_SYMBOL:
-            self.concat_call(var, value)
+                and str(value.args[0].global_symbol) in MOVE_SYMBOLS:
+            self.move_call(var, value, str(value.args[0].global_symbol))
         elif isinstance(value, relax.TupleGetItem):
             source = self.value(value.tuple_value, f"{var.name} = TupleGetItem")
             if isinstance(source, list):
@@ -678,6 +683,12 @@ def _run_function(graph: _Graph) -> list[str]:
             lines += _try("sail_rt_concat", [
                 "model", f"(const sail_buffer *[]){{{', '.join(parts)}}}", str(len(parts)),
                 step.args[-2].arg, f"&{step.args[-1].ref}"])
+        elif step.kernel == COPY_SYMBOL:  # args: x, output
+            lines += _try("sail_rt_copy", ["model", *(f"&{a.ref}" for a in step.args)])
+        elif step.kernel in MOVE_SYMBOLS:  # sail_transpose; args: x, perm, output
+            lines += _try("sail_rt_transpose", [
+                "model", f"&{step.args[0].ref}", f"(const int32_t[]){{{step.args[1].arg}}}",
+                f"&{step.args[2].ref}"])
         else:
             lines += _statement("SAIL_CALL", [step.kernel, *(a.arg for a in step.args)])
         lines += [f"  sail_rt_release(&b->{b.name});" for b in releases.get(position, [])]

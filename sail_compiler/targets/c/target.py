@@ -55,7 +55,14 @@ from ...passes.lower_to_lut_gemv import LowerToLUTGemv
 from ..base import Runner, TargetBackend, register_target
 from ..llvm.schedule import host_target, lowering_passes
 from .emit import RecordWeightNames, emit_model
-from .kernels import CONCAT_SYMBOL, LUT_SYMBOL, MAX_ACT_BITS, MAX_THREADS
+from .kernels import (
+    CONCAT_SYMBOL,
+    COPY_SYMBOL,
+    LUT_SYMBOL,
+    MAX_ACT_BITS,
+    MAX_THREADS,
+    TRANSPOSE_SYMBOL,
+)
 from .tir_codegen import kernels_source
 from .weight_file import write_weight_file
 
@@ -109,6 +116,10 @@ class CTarget(TargetBackend):
                 *lowering_passes(host_target(1), {
                     LUT_GEMV: legalize_c_lut_gemv,
                     "relax.concat": legalize_c_concat,
+                    "relax.reshape": legalize_c_copy,
+                    "relax.expand_dims": legalize_c_copy,
+                    "relax.squeeze": legalize_c_copy,
+                    "relax.permute_dims": legalize_c_transpose,
                     DEQUANTIZE: functools.partial(legalize_dequantize, fence=False)})]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
@@ -181,7 +192,42 @@ def legalize_c_concat(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         axis = tvm.tirx.IntImm("int64", int(axis) % out.ndim)
         return relax.call_dps_packed(relax.ExternFunc(CONCAT_SYMBOL),
                                      relax.Tuple([*fields.fields, relax.prim_value(axis)]), out)
-    return tvm.ir.Op.get("relax.concat").get_attr("FLegalize")(bb, call)
+    return _tvm_legalize(bb, call)
+
+
+def _tvm_legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    return call.op.get_attr("FLegalize")(bb, call)
+
+
+def _tensor(expr: relax.Expr, dtype: str | None = None) -> bool:
+    ty = expr.ty
+    return isinstance(ty, relax.TensorType) and ty.shape is not None \
+        and (dtype is None or ty.dtype == dtype)
+
+
+def legalize_c_copy(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """``relax.reshape``, ``expand_dims`` and ``squeeze`` for the c target: ``sail_rt_copy``
+    (a ``memcpy``; TVM's C kernels recompute every element's index with divisions, and a
+    decoder copies its whole value cache through one each step)."""
+    x, out = call.args[0], call.ty
+    if _tensor(x) and isinstance(out, relax.TensorType) and _tensor(call, x.ty.dtype):
+        return relax.call_dps_packed(relax.ExternFunc(COPY_SYMBOL), relax.Tuple([x]), out)
+    return _tvm_legalize(bb, call)
+
+
+def legalize_c_transpose(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """``relax.permute_dims`` for the c target: ``sail_rt_transpose`` (strided gathers along the
+    result's last axis, ``memcpy`` where that axis stays innermost)."""
+    x, out = call.args[0], call.ty
+    if not (_tensor(x) and isinstance(out, relax.TensorType) and _tensor(call, x.ty.dtype)
+            and x.ty.ndim >= 1):
+        return _tvm_legalize(bb, call)
+    ndim = x.ty.ndim
+    axes = call.attrs.axes
+    perm = [int(a) % ndim for a in axes] if axes is not None else list(range(ndim))[::-1]
+    return relax.call_dps_packed(
+        relax.ExternFunc(TRANSPOSE_SYMBOL),
+        relax.Tuple([x, *(relax.prim_value(tvm.tirx.IntImm("int64", p)) for p in perm)]), out)
 
 
 def build_library(out_dir: Path, portable: bool = False,

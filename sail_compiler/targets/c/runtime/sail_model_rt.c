@@ -537,18 +537,26 @@ int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, cons
   return 0;
 }
 
+static int same_dtype(const sail_buffer *a, const sail_buffer *b) {
+  return a->t.dtype.code == b->t.dtype.code && a->t.dtype.bits == b->t.dtype.bits &&
+         a->t.dtype.lanes == b->t.dtype.lanes;
+}
+
+static size_t element_bytes(const sail_buffer *buffer) {
+  return ((size_t)buffer->t.dtype.bits * buffer->t.dtype.lanes + 7) / 8;
+}
+
 int sail_rt_concat(sail_model *model, const sail_buffer *const *parts, int32_t count, int32_t axis,
                    sail_buffer *y) {
   const int32_t ndim = y->t.ndim;
-  const size_t elem = ((size_t)y->t.dtype.bits * y->t.dtype.lanes + 7) / 8;
+  const size_t elem = element_bytes(y);
   if (axis < 0 || axis >= ndim || count < 1)
     return sail_rt_fail(model, "concatenation along axis %d of %d parts into a %d-d tensor",
                         (int)axis, (int)count, (int)ndim);
   int64_t along = 0;
   for (int32_t p = 0; p < count; ++p) {
     const sail_buffer *part = parts[p];
-    int fits = part->t.ndim == ndim && part->t.dtype.code == y->t.dtype.code &&
-               part->t.dtype.bits == y->t.dtype.bits && part->t.dtype.lanes == y->t.dtype.lanes;
+    int fits = part->t.ndim == ndim && same_dtype(part, y);
     for (int32_t d = 0; fits && d < ndim; ++d)
       fits = d == axis || part->shape[d] == y->shape[d];
     if (!fits)
@@ -576,6 +584,82 @@ int sail_rt_concat(sail_model *model, const sail_buffer *const *parts, int32_t c
   }
   if (model->profile)
     record_time(model, "sail_concat", seconds_now() - start);
+  return 0;
+}
+
+int sail_rt_copy(sail_model *model, const sail_buffer *x, sail_buffer *y) {
+  const int64_t n = buffer_numel(y);
+  if (!same_dtype(x, y) || buffer_numel(x) != n)
+    return sail_rt_fail(model, "reshape of %lld elements into %lld elements (or another dtype)",
+                        (long long)buffer_numel(x), (long long)n);
+  const double start = model->profile ? seconds_now() : 0.0;
+  if (n)
+    memcpy(y->t.data, x->t.data, (size_t)n * element_bytes(y));
+  if (model->profile)
+    record_time(model, "sail_copy", seconds_now() - start);
+  return 0;
+}
+
+/* dst[i] = src[i * stride] for i < n, elements of `elem` bytes. */
+static void gather(char *dst, const char *src, int64_t n, int64_t stride, size_t elem) {
+  if (stride == 1) {
+    memcpy(dst, src, (size_t)n * elem);
+    return;
+  }
+  switch (elem) {
+  case 4:
+    for (int64_t i = 0; i < n; ++i)
+      memcpy(dst + 4 * i, src + 4 * i * stride, 4);
+    break;
+  case 8:
+    for (int64_t i = 0; i < n; ++i)
+      memcpy(dst + 8 * i, src + 8 * i * stride, 8);
+    break;
+  default:
+    for (int64_t i = 0; i < n; ++i)
+      memcpy(dst + elem * (size_t)i, src + elem * (size_t)(i * stride), elem);
+  }
+}
+
+int sail_rt_transpose(sail_model *model, const sail_buffer *x, const int32_t *perm,
+                      sail_buffer *y) {
+  const int32_t ndim = y->t.ndim;
+  int fits = x->t.ndim == ndim && ndim >= 1 && same_dtype(x, y);
+  int used[SAIL_MAX_NDIM] = {0};
+  for (int32_t d = 0; fits && d < ndim; ++d) {
+    fits = perm[d] >= 0 && perm[d] < ndim && !used[perm[d]] && y->shape[d] == x->shape[perm[d]];
+    if (fits)
+      used[perm[d]] = 1;
+  }
+  if (!fits)
+    return sail_rt_fail(model, "transpose: the result does not fit the input and permutation");
+  const int64_t n = buffer_numel(y);
+  if (n == 0)
+    return 0;
+  const double start = model->profile ? seconds_now() : 0.0;
+  const size_t elem = element_bytes(y);
+  int64_t xstride[SAIL_MAX_NDIM], stride[SAIL_MAX_NDIM], index[SAIL_MAX_NDIM] = {0};
+  xstride[ndim - 1] = 1;
+  for (int32_t d = ndim - 1; d > 0; --d)
+    xstride[d - 1] = xstride[d] * x->shape[d];
+  for (int32_t d = 0; d < ndim; ++d)
+    stride[d] = xstride[perm[d]]; /* elements of x per step along axis d of y */
+  const int64_t inner = y->shape[ndim - 1];
+  char *out = y->t.data;
+  const char *in = x->t.data;
+  for (int64_t done = 0; done < n; done += inner) {
+    int64_t offset = 0;
+    for (int32_t d = 0; d < ndim - 1; ++d)
+      offset += index[d] * stride[d];
+    gather(out + (size_t)done * elem, in + (size_t)offset * elem, inner, stride[ndim - 1], elem);
+    for (int32_t d = ndim - 2; d >= 0; --d) { /* next index of the outer axes */
+      if (++index[d] < y->shape[d])
+        break;
+      index[d] = 0;
+    }
+  }
+  if (model->profile)
+    record_time(model, "sail_transpose", seconds_now() - start);
   return 0;
 }
 

@@ -167,6 +167,14 @@ int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, cons
 int sail_rt_concat(sail_model *model, const sail_buffer *const *parts, int32_t count, int32_t axis,
                    sail_buffer *y);
 
+/* y = x with another shape (reshape, expand_dims, squeeze): a memcpy; x and y have the same
+ * dtype and number of elements. */
+int sail_rt_copy(sail_model *model, const sail_buffer *x, sail_buffer *y);
+
+/* y = x with its axes permuted (permute_dims): y.shape[i] = x.shape[perm[i]], same dtype. */
+int sail_rt_transpose(sail_model *model, const sail_buffer *x, const int32_t *perm,
+                      sail_buffer *y);
+
 /* Call `hook(ctx, ...)` after every LUT-GEMV from now on (NULL: stop); what sail_main
  * --dump-lut uses to check each layer's integers against the reference. */
 void sail_rt_set_lut_hook(sail_model *model, sail_lut_hook hook, void *ctx);
