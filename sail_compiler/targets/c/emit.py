@@ -691,7 +691,7 @@ def _run_function(graph: _Graph) -> list[str]:
                 f"&{step.args[2].ref}"])
         else:
             lines += _statement("SAIL_CALL", [step.kernel, *(a.arg for a in step.args)])
-        lines += [f"  sail_rt_release(&b->{b.name});" for b in releases.get(position, [])]
+        lines += [f"  sail_rt_release(model, &b->{b.name});" for b in releases.get(position, [])]
     lines += ["", "  /* Outputs: intermediates move to the caller; inputs and weights are "
               "copied. */"]
     for position, (buffer, spec) in enumerate(zip(graph.outputs, graph.signature.outputs,
@@ -706,7 +706,7 @@ def _run_function(graph: _Graph) -> list[str]:
             lines.append(f"  {buffer.ref}.owned = 1;")
     return [*lines, "  status = 0;", "", "fail:", "  if (status != 0)",
             f"    sail_rt_release_outputs(outputs, {n_out});",
-            "  sail_rt_release_all((sail_buffer *)b, sizeof *b / sizeof(sail_buffer));",
+            "  sail_rt_release_all(model, (sail_buffer *)b, sizeof *b / sizeof(sail_buffer));",
             "  free(b);", "  return status;", "}"]
 
 

@@ -672,6 +672,8 @@ void sail_rt_free(sail_model *model) {
   if (!model)
     return;
   sail_pool_destroy(model->pool);
+  for (int32_t i = 0; i < model->num_blocks; ++i)
+    free(model->blocks[i].data);
   free(model->workspace);
   free(model->luts);
   free(model->profile);
@@ -773,7 +775,7 @@ int sail_rt_check_dim(sail_model *model, const char *what, int32_t axis, int64_t
 
 int sail_rt_alloc(sail_model *model, sail_buffer *buffer, const char *name, sail_dtype dtype,
                   int32_t ndim, const int64_t *shape) {
-  sail_rt_release(buffer);
+  sail_rt_release(model, buffer);
   memset(buffer, 0, sizeof *buffer);
   size_t nbytes = sail_dtype_size(dtype);
   for (int32_t d = 0; d < ndim; ++d) {
@@ -785,28 +787,51 @@ int sail_rt_alloc(sail_model *model, sail_buffer *buffer, const char *name, sail
     nbytes *= (size_t)shape[d];
     buffer->shape[d] = shape[d];
   }
+  const size_t need = nbytes ? nbytes : 1;
   void *data = NULL;
-  if (posix_memalign(&data, WEIGHT_ALIGN, nbytes ? nbytes : 1) != 0)
+  size_t capacity = need;
+  /* the smallest kept block that holds `need` bytes without wasting more than 3/4 of it */
+  int32_t best = -1;
+  for (int32_t i = 0; i < model->num_blocks; ++i) {
+    const size_t have = model->blocks[i].capacity;
+    if (have >= need && have / 4 <= need &&
+        (best < 0 || have < model->blocks[best].capacity))
+      best = i;
+  }
+  if (best >= 0) {
+    data = model->blocks[best].data;
+    capacity = model->blocks[best].capacity;
+    model->blocks[best] = model->blocks[--model->num_blocks];
+  } else if (posix_memalign(&data, WEIGHT_ALIGN, need) != 0) {
     return sail_rt_fail(model, "out of memory allocating %s (%zu bytes)", name, nbytes);
+  }
   buffer->t.data = data;
   buffer->t.device.device_type = kDLCPU;
   buffer->t.ndim = ndim;
   buffer->t.dtype = sail_rt_dl_dtype(dtype);
   buffer->t.shape = buffer->shape;
   buffer->owned = 1;
+  buffer->capacity = capacity;
   return 0;
 }
 
-void sail_rt_release(sail_buffer *buffer) {
-  if (buffer->owned)
-    free(buffer->t.data);
+void sail_rt_release(sail_model *model, sail_buffer *buffer) {
+  if (buffer->owned) {
+    if (model && model->num_blocks < SAIL_BLOCK_CACHE) {
+      model->blocks[model->num_blocks].data = buffer->t.data;
+      model->blocks[model->num_blocks].capacity = buffer->capacity;
+      ++model->num_blocks;
+    } else {
+      free(buffer->t.data);
+    }
+  }
   buffer->t.data = NULL;
   buffer->owned = 0;
 }
 
-void sail_rt_release_all(sail_buffer *buffers, size_t count) {
+void sail_rt_release_all(sail_model *model, sail_buffer *buffers, size_t count) {
   for (size_t i = 0; i < count; ++i)
-    sail_rt_release(&buffers[i]);
+    sail_rt_release(model, &buffers[i]);
 }
 
 static double seconds_now(void) {
