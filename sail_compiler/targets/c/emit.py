@@ -9,8 +9,8 @@ weights) and a tuple of outputs. :func:`emit_model` turns it into C that reads l
   dtype, symbolic shape) and, for SAIL operators, the ONNX layer it computes;
 * buffers are named after the Relax variables and live in one ``struct buffers``; each
   intermediate buffer is allocated (``sail_rt_alloc``) right before the call that writes it and
-  freed (``sail_rt_release``) right after its last reader: liveness-based, one ``malloc`` per
-  buffer and run. Outputs are handed to the caller without a copy;
+  given back (``sail_rt_release``) right after its last reader: liveness-based; the model keeps
+  freed blocks for the next allocations. Outputs are handed to the caller without a copy;
 * symbolic dims (``batch``, ``seq``, ``past + seq``) are ``int64_t`` locals taken from the
   inputs; every shape is a C expression over them, and each ``match_cast`` becomes a check;
 * every constant becomes a tensor of ``weights.bin`` (:mod:`.weight_file`), named after its
@@ -42,7 +42,14 @@ from ...errors import SailError
 from ...frontend.signature import ModelSignature, TensorSpec
 from ...quant.packing import unpack_bits
 from ...quant.reference import QuantizedWeight
-from .kernels import CONCAT_SYMBOL, COPY_SYMBOL, LUT_SYMBOL, MOVE_SYMBOLS, relayout
+from .kernels import (
+    CONCAT_SYMBOL,
+    COPY_SYMBOL,
+    LUT_SYMBOL,
+    MOVE_SYMBOLS,
+    TRANSPOSE_SYMBOL,
+    relayout,
+)
 from .weight_file import DTYPE_CODES, MAX_NDIM
 
 __all__ = ["EmittedModel", "RecordWeightNames", "emit_model"]
@@ -466,21 +473,18 @@ class _Graph:
 
     def binding(self, binding: relax.Binding) -> None:
         var, value = binding.var, binding.value
+        op = value.op.name if isinstance(value, relax.Call) \
+            and isinstance(value.op, tvm.ir.Op) else None
+        packed = str(value.args[0].global_symbol) if op == "relax.call_dps_packed" \
+            and isinstance(value.args[0], relax.ExternFunc) else None
         if isinstance(binding, relax.MatchCast):
             self.match_cast(binding)
-        elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
-                and value.op.name == "relax.call_tir":
+        elif op == "relax.call_tir":
             self.call_tir(var, value)
-        elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
-                and value.op.name == "relax.call_dps_packed" \
-                and isinstance(value.args[0], relax.ExternFunc) \
-                and str(value.args[0].global_symbol) == LUT_SYMBOL:
+        elif packed == LUT_SYMBOL:
             self.lut_call(var, value)
-        elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
-                and value.op.name == "relax.call_dps_packed" \
-                and isinstance(value.args[0], relax.ExternFunc) \
-                and str(value.args[0].global_symbol) in MOVE_SYMBOLS:
-            self.move_call(var, value, str(value.args[0].global_symbol))
+        elif packed in MOVE_SYMBOLS:
+            self.move_call(var, value, packed)
         elif isinstance(value, relax.TupleGetItem):
             source = self.value(value.tuple_value, f"{var.name} = TupleGetItem")
             if isinstance(source, list):
@@ -490,9 +494,7 @@ class _Graph:
             if source is not None:
                 self.values[var] = source
         else:
-            op = value.op.name if isinstance(value, relax.Call) \
-                and isinstance(value.op, tvm.ir.Op) else type(value).__name__
-            self.problems.append(f"{var.name} = {op}(...)")
+            self.problems.append(f"{var.name} = {op or type(value).__name__}(...)")
 
     def read(self) -> None:
         body = self.main.body
@@ -685,7 +687,7 @@ def _run_function(graph: _Graph) -> list[str]:
                 step.args[-2].arg, f"&{step.args[-1].ref}"])
         elif step.kernel == COPY_SYMBOL:  # args: x, output
             lines += _try("sail_rt_copy", ["model", *(f"&{a.ref}" for a in step.args)])
-        elif step.kernel in MOVE_SYMBOLS:  # sail_transpose; args: x, perm, output
+        elif step.kernel == TRANSPOSE_SYMBOL:  # args: x, perm, output
             lines += _try("sail_rt_transpose", [
                 "model", f"&{step.args[0].ref}", f"(const int32_t[]){{{step.args[1].arg}}}",
                 f"&{step.args[2].ref}"])

@@ -142,7 +142,8 @@ class CTarget(TargetBackend):
                 "lut_gemv_calls": emitted.lut_calls, "lut_layers": emitted.lut_layers,
                 "threads": "LUT-GEMV: SAIL_NUM_THREADS or sail_model_set_threads (default 1); "
                            "TVM's kernels: 1",
-                "memory": "one allocation per intermediate buffer, freed after its last use"}
+                "memory": "one buffer per intermediate, given back after its last use; "
+                           "the model keeps up to 64 freed blocks for reuse"}
 
     def load(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:
         return MainRunner(out_dir, manifest)
@@ -182,7 +183,8 @@ def legalize_c_concat(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     "sail_concat", (parts..., axis))``, which :mod:`.emit` turns into ``sail_rt_concat``: one
     ``memcpy`` per part and outer index. TVM's C kernel for it computes every element's source
     with integer divisions; in a decoder's KV cache (past + new keys and values, every layer,
-    every step) it took about a tenth of a decode step. Other forms keep TVM's kernel.
+    every step) it took 6% of a 64-token decode run and 15% of a 200-token one. Other forms keep
+    TVM's kernel.
     """
     fields, axis, out = call.args[0], call.attrs.axis, call.ty
     if isinstance(fields, relax.Tuple) and axis is not None \

@@ -161,8 +161,8 @@ int sail_rt_alloc(sail_model *model, sail_buffer *buffer, const char *name, sail
 
 /* Give back the buffer's data if it owns it; safe to call twice. The model (NULL: none) keeps
  * up to SAIL_BLOCK_CACHE freed blocks for later sail_rt_alloc calls of the same run or the next
- * ones: glibc returns large freed blocks to the system, and touching fresh pages again cost
- * about a third of a 135m decoder's decode step (page faults, measured). */
+ * ones: glibc returns large freed blocks to the system, and the page faults of touching them
+ * again cost up to a quarter of a 135m decoder's decode step in sail_main's repeated runs. */
 void sail_rt_release(sail_model *model, sail_buffer *buffer);
 void sail_rt_release_all(sail_model *model, sail_buffer *buffers, size_t count);
 
