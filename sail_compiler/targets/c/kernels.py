@@ -42,6 +42,8 @@ RUNTIME_HEADERS = ("sail_lut.h", "sail_threads.h")
 TILE_N, BLOCK_K, NBW = 16, 32, 4
 #: Tile column of scale / zero point entry i (``SAIL_LUT_COLUMN_ORDER``).
 COLUMN_ORDER = np.array([0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15])
+#: Code width stored as nibbles rather than bit planes (``SAIL_LUT_NIBBLE_BITS``).
+NIBBLE_BITS = 4
 #: Widest activations the int8 kernels take (the narrowest is the reference's MIN_ACT_BITS).
 MAX_ACT_BITS = 8
 MAX_THREADS = 256
@@ -72,7 +74,8 @@ class LutWeight:
     bits, k, n, group_size
         Code width b (1..8), K, N and g of the source weight.
     planes
-        uint8 ``[n_tiles * n_groups * blocks_per_group * bits * 64]``: the bit-plane index bytes.
+        uint8 ``[n_tiles * n_groups * blocks_per_group * bits * 64]``: the bit-plane index bytes
+        or, for 4-bit codes, the nibble-packed codes (``sail_lut.h``).
     scales
         float32 ``[n_tiles, n_groups, 16]``, entry i of a tile for its column
         ``COLUMN_ORDER[i]``; padding columns have scale 0.
@@ -180,6 +183,17 @@ def _tile_planes(q: np.ndarray, bits: int, column: np.ndarray, plane: np.ndarray
     return packed.transpose(4, 0, 1, 5, 2, 3, 6)              # [tiles, G, bpg, v, l, L, bp]
 
 
+def _tile_nibbles(q: np.ndarray) -> np.ndarray:
+    """Nibble bytes of 4-bit codes ``q[G, bpg * 32, tiles * 16]`` (kernel rows, padded), in the
+    order ``[tile, G, bpg, q, i, r]``: byte ``4 i + r`` of vector ``q`` holds row ``4 q + r`` of
+    tile columns ``COLUMN_ORDER[i]`` (low nibble) and ``COLUMN_ORDER[8 + i]`` (high nibble)."""
+    n_groups, rows, cols = q.shape
+    bpg, tiles = rows // BLOCK_K, cols // TILE_N
+    q = q.reshape(n_groups, bpg, BLOCK_K // 4, 4, tiles, TILE_N)[..., COLUMN_ORDER]
+    packed = q[..., :8] | (q[..., 8:] << 4)                   # [G, bpg, q, r, tiles, i]
+    return packed.transpose(4, 0, 1, 2, 5, 3)                 # [tiles, G, bpg, q, i, r]
+
+
 def relayout(qw: QuantizedWeight) -> LutWeight:
     """Re-lay out a quantized weight into the C kernels' order (compile time).
 
@@ -191,7 +205,8 @@ def relayout(qw: QuantizedWeight) -> LutWeight:
     Returns
     -------
     LutWeight
-        The bit-plane index bytes, scales and zero points in tile order (``sail_lut.h``).
+        The bit-plane index bytes (4-bit codes: nibble-packed codes), scales and zero points
+        in tile order (``sail_lut.h``).
         Rows past K and past each group's end, and columns past N, are padding with code 0
         (and scale 0 for columns).
     """
@@ -208,8 +223,9 @@ def relayout(qw: QuantizedWeight) -> LutWeight:
         c0, c1 = t0 * TILE_N, min(t1 * TILE_N, n)
         step = np.zeros((n_groups, bpg * BLOCK_K, (t1 - t0) * TILE_N), np.uint8)
         step[:, :g, : c1 - c0] = np.where(valid_rows[:, :, None], q[:, :, c0:c1], 0)
-        planes[t0:t1] = _tile_planes(step, bits, column, plane).reshape(t1 - t0, n_groups, bpg,
-                                                                        bits * 64)
+        tiles = _tile_nibbles(step) if bits == NIBBLE_BITS else \
+            _tile_planes(step, bits, column, plane)
+        planes[t0:t1] = tiles.reshape(t1 - t0, n_groups, bpg, bits * 64)
 
     def tiled(a: np.ndarray, dtype: type) -> np.ndarray:
         out = np.zeros((n_groups, n_tiles * TILE_N), dtype)

@@ -2,7 +2,7 @@
 
 Layout, all integers little-endian (``runtime/sail_model_rt.c`` reads and checks it)::
 
-    header, 64 bytes   magic b"SAILCWT\\0" | u32 version (1) | u32 tensor count
+    header, 64 bytes   magic b"SAILCWT\\0" | u32 version (2) | u32 tensor count
                        | u64 table offset | u64 table bytes | u64 data offset | u64 file bytes
                        | u32 CRC-32 of the table | u32 CRC-32 of header bytes 0..51 | u64 0
     table              one 104-byte entry per tensor: u32 name offset | u32 name bytes
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 MAGIC = b"SAILCWT\0"
-VERSION = 1
+#: 2: 4-bit LUT-GEMV weights hold nibble-packed codes, not bit planes (``sail_lut.h``).
+VERSION = 2
 ALIGN = 64
 MAX_NDIM = 8
 #: NumPy dtype name -> ``enum sail_dtype`` value (``runtime/sail_model_api.h``).

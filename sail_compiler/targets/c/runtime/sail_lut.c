@@ -14,7 +14,7 @@
 
 static size_t table_bytes(const sail_lut_weight *w, int rows) {
     return (size_t)rows * (size_t)w->n_groups * (size_t)w->blocks_per_group *
-           SAIL_LUT_TABLE_BYTES_PER_BLOCK;
+           sail_lut_table_block_bytes(w);
 }
 
 static size_t round_up_64(size_t bytes) { return (bytes + 63u) & ~(size_t)63u; }
@@ -78,6 +78,15 @@ void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int ro
             int32_t total = 0;
             for (int blk = 0; blk < w->blocks_per_group; ++blk) {
                 uint8_t *tab = tables + sail_lut_table_offset(w, rows, t, grp, blk);
+                if (sail_lut_nibbles(w)) {
+                    /* nibble layout: the block's activations themselves, 0 past g or K */
+                    for (int r = 0; r < SAIL_LUT_BLOCK_K; ++r) {
+                        const int x = block_activation(w, xr, grp, blk, r);
+                        tab[r] = (uint8_t)(int8_t)x;
+                        total += x;
+                    }
+                    continue;
+                }
                 for (int cp = 0; cp < 4; ++cp) {
                     for (int lane = 0; lane < 2; ++lane) {
                         int x[SAIL_LUT_NBW];
@@ -133,6 +142,19 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
                     const uint8_t *tab =
                         call->tables + sail_lut_table_offset(w, call->rows, t, grp, blk);
                     const uint8_t *wb = planes + (size_t)blk * block_bytes;
+                    if (sail_lut_nibbles(w)) {
+                        /* byte b of vector q: rows 4q + b % 4 of columns order[b / 4] (low
+                         * nibble) and order[8 + b / 4] (high nibble) */
+                        const int8_t *x = (const int8_t *)tab;
+                        for (int q = 0; q < SAIL_LUT_BLOCK_K / 4; ++q)
+                            for (int b = 0; b < 32; ++b) {
+                                const uint8_t byte = wb[q * 32 + b];
+                                const int xr = x[4 * q + b % 4];
+                                acc[order[b / 4]] += (int64_t)(byte & 15) * xr;
+                                acc[order[8 + b / 4]] += (int64_t)(byte >> 4) * xr;
+                            }
+                        continue;
+                    }
                     for (int v = 0; v < bits; ++v) {
                         for (int l = 0; l < 2; ++l) {
                             for (int pos = 0; pos < 32; ++pos) {

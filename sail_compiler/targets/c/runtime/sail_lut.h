@@ -74,6 +74,9 @@ extern "C" {
 #define SAIL_LUT_COLUMN_ORDER {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15}
 /* Bytes of activation tables per token and block: 4 chunk pairs x (lo 32 B, hi 32 B). */
 #define SAIL_LUT_TABLE_BYTES_PER_BLOCK 256
+/* Code width stored as nibbles, and bytes of activations per token and block in its layout. */
+#define SAIL_LUT_NIBBLE_BITS 4
+#define SAIL_LUT_ROWS_BYTES_PER_BLOCK 32
 
 /* Return codes. */
 #define SAIL_OK 0
@@ -130,12 +133,22 @@ typedef struct sail_lut_call {
     int32_t *sums;         /* [rows][n_groups][n] or NULL */
 } sail_lut_call;
 
+/* Weights of SAIL_LUT_NIBBLE_BITS bits use the nibble layout; the kernels' workspace then holds
+ * each token's activations per block (SAIL_LUT_ROWS_BYTES_PER_BLOCK bytes) instead of tables. */
+static inline int sail_lut_nibbles(const sail_lut_weight *w) {
+    return w->bits == SAIL_LUT_NIBBLE_BITS;
+}
+
+static inline size_t sail_lut_table_block_bytes(const sail_lut_weight *w) {
+    return sail_lut_nibbles(w) ? SAIL_LUT_ROWS_BYTES_PER_BLOCK : SAIL_LUT_TABLE_BYTES_PER_BLOCK;
+}
+
 /* Byte offset of the tables of token t (of `rows`), group grp and block blk: the tokens of one
  * block are adjacent, so a pass over a block reads one contiguous stretch for all tokens. */
 static inline size_t sail_lut_table_offset(const sail_lut_weight *w, int rows, int t, int grp,
                                            int blk) {
     return (((size_t)grp * (size_t)w->blocks_per_group + (size_t)blk) * (size_t)rows +
-            (size_t)t) * SAIL_LUT_TABLE_BYTES_PER_BLOCK;
+            (size_t)t) * sail_lut_table_block_bytes(w);
 }
 
 /* Tables of tokens [row_begin, row_end) of `rows`: for token t, group grp, block blk and chunk

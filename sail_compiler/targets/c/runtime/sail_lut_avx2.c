@@ -47,7 +47,7 @@
  * token, 16 vpmaddubsw per tile and block, does not shrink with the bits; the tables' does). */
 #define CODES_MIN_ROWS 4
 #define CODES_MIN_BITS 3
-#define CODES_MAX_BITS 4
+#define CODES_MAX_BITS 3
 
 static int use_codes(const sail_lut_weight *w, int rows) {
     return rows >= CODES_MIN_ROWS && w->bits >= CODES_MIN_BITS && w->bits <= CODES_MAX_BITS;
@@ -80,7 +80,7 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
     const __m256i pick45 = _mm256_set1_epi16(0x0504), pick67 = _mm256_set1_epi16(0x0706);
     const __m256i low4 = _mm256_set1_epi16(15), bias = _mm256_set1_epi8(-128);
     int8_t scratch[SAIL_LUT_BLOCK_K];
-    const int codes = use_codes(w, rows);
+    const int codes = use_codes(w, rows), nibbles = sail_lut_nibbles(w);
     for (int t = row_begin; t < row_end; ++t) {
         const int8_t *xr = xq + (size_t)t * (size_t)w->k;
         for (int grp = 0; grp < w->n_groups; ++grp) {
@@ -91,6 +91,10 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
                 /* sum of (x + 128) per 8 bytes; the bias is removed once per group */
                 sad = _mm256_add_epi64(sad, _mm256_sad_epu8(_mm256_xor_si256(
                     _mm256_loadu_si256((const __m256i *)x), bias), _mm256_setzero_si256()));
+                if (nibbles) {
+                    _mm256_storeu_si256((__m256i *)tab, _mm256_loadu_si256((const __m256i *)x));
+                    continue;
+                }
                 if (codes) {
                     /* activation pairs of the codes path: vector cp * 2 + rh, lane L, every
                      * int16 = rows (2 rh, 2 rh + 1) of chunk 2 cp + L */
@@ -295,13 +299,11 @@ SAIL_INLINE void store_tile_ps(float *dst, __m256 p, __m256 q, int count) {
 
 /* Group epilogue of one token and tile: exact sums minus the zero point term, stored if asked
  * for, and (scale * sx) * S added to y (yacc in kernel column order). */
-SAIL_INLINE void finish_group(const sail_lut_call *call, const __m256i *acc32, __m256 *yacc,
-                              int tile, int t, int grp, const int B) {
+SAIL_INLINE void finish_sums(const sail_lut_call *call, __m256i *sum, __m256 *yacc, int tile,
+                             int t, int grp, const int B) {
     const sail_lut_weight *w = call->w;
     const size_t tg = (size_t)tile * (size_t)w->n_groups + (size_t)grp;
     const int32_t xs = call->xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp];
-    __m256i sum[2];
-    fold_columns(acc32, &sum[0], &sum[1]);
     if (w->zeros) {
         const __m128i z = _mm_loadu_si128((const __m128i *)(w->zeros + tg * SAIL_LUT_TILE_N));
         const __m256i x = _mm256_set1_epi32(xs);
@@ -325,6 +327,14 @@ SAIL_INLINE void finish_group(const sail_lut_call *call, const __m256i *acc32, _
             _mm256_mul_ps(_mm256_loadu_ps(w->scales + tg * SAIL_LUT_TILE_N + 8 * h), ssx);
         yacc[h] = _mm256_add_ps(yacc[h], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sum[h])));
     }
+}
+
+/* The same from the four int32 sums of the bit-plane kernels (lanes not yet folded). */
+SAIL_INLINE void finish_group(const sail_lut_call *call, const __m256i *acc32, __m256 *yacc,
+                              int tile, int t, int grp, const int B) {
+    __m256i sum[2];
+    fold_columns(acc32, &sum[0], &sum[1]);
+    finish_sums(call, sum, yacc, tile, t, grp, B);
 }
 
 /* Blocks of group grp holding at least one row of W: the rest of the group's blocks (past K in
@@ -399,6 +409,44 @@ SAIL_INLINE void tile_pass(const sail_lut_call *call, int tile0, int ntl, int t0
 
 /* ---- Codes path ------------------------------------------------------------------------------ */
 
+/* One token of the codes path against the 8 code vectors of one subtile (codes[i], i = l * 4 +
+ * s * 2 + rh, against the activation pairs at act + 32 i): the int16 sums of the even / odd
+ * columns are sign-extended and added to *even / *odd. Written in assembly so that the code
+ * vectors stay in registers and each product sits next to its add: with intrinsics gcc
+ * computed the products first and spilled them, or reloaded the codes per token. */
+typedef struct { __m256i v[8]; } codes_acts;
+
+SAIL_INLINE void codes_token(const __m256i *codes, const uint8_t *act, __m256i *even,
+                             __m256i *odd) {
+    __m256i p0, p1, p2;
+    __asm__("vpmaddubsw 0x00(%[a]), %[c0], %[p0]\n\t"
+            "vpmaddubsw 0x20(%[a]), %[c1], %[p1]\n\t"
+            "vpmaddubsw 0x40(%[a]), %[c2], %[p2]\n\t"
+            "vpaddw %[p1], %[p0], %[p0]\n\t"
+            "vpmaddubsw 0x60(%[a]), %[c3], %[p1]\n\t"
+            "vpaddw %[p2], %[p0], %[p0]\n\t"
+            "vpmaddubsw 0x80(%[a]), %[c4], %[p2]\n\t"
+            "vpaddw %[p1], %[p0], %[p0]\n\t"
+            "vpmaddubsw 0xa0(%[a]), %[c5], %[p1]\n\t"
+            "vpaddw %[p2], %[p0], %[p0]\n\t"
+            "vpmaddubsw 0xc0(%[a]), %[c6], %[p2]\n\t"
+            "vpaddw %[p1], %[p0], %[p0]\n\t"
+            "vpmaddubsw 0xe0(%[a]), %[c7], %[p1]\n\t"
+            "vpaddw %[p2], %[p0], %[p0]\n\t"
+            "vpaddw %[p1], %[p0], %[p0]\n\t"
+            "vpslld $16, %[p0], %[p1]\n\t"
+            "vpsrad $16, %[p1], %[p1]\n\t"
+            "vpsrad $16, %[p0], %[p0]\n\t"
+            "vpaddd %[e], %[p1], %[p1]\n\t"
+            "vpaddd %[o], %[p0], %[p0]\n\t"
+            "vmovdqa %[p1], %[e]\n\t"
+            "vmovdqa %[p0], %[o]"
+            : [p0] "=&x"(p0), [p1] "=&x"(p1), [p2] "=&x"(p2), [e] "+m"(*even), [o] "+m"(*odd)
+            : [a] "r"(act), "m"(*(const codes_acts *)act), [c0] "x"(codes[0]),
+              [c1] "x"(codes[1]), [c2] "x"(codes[2]), [c3] "x"(codes[3]), [c4] "x"(codes[4]),
+              [c5] "x"(codes[5]), [c6] "x"(codes[6]), [c7] "x"(codes[7]));
+}
+
 /* One tile for tokens t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS), B = bits <= 4. Per block the bit
  * planes are unpacked once into the codes themselves, two rows of one column per int16, and
  * each token multiplies them with its activation pairs (vpmaddubsw, codes unsigned).
@@ -435,9 +483,9 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
             const uint8_t *tab = call->tables + sail_lut_table_offset(w, call->rows, t0, grp, blk);
             for (size_t i = 0; i < block_bytes; i += 64)
                 _mm_prefetch((const char *)(wb + PREFETCH_BYTES + i), _MM_HINT_T0);
-            /* unpack: codes[(h * 2 + l) * 4 + s * 2 + rh] */
-            __m256i codes[16];
-            for (int h = 0; h < 2; ++h)
+            for (int h = 0; h < 2; ++h) {
+                /* unpack subtile h: codes[l * 4 + s * 2 + rh] */
+                __m256i codes[8];
                 for (int l = 0; l < 2; ++l) {
                     __m256i raw[2], rawo = _mm256_setzero_si256();
                     for (int m = 0; m < B / 2; ++m)
@@ -467,32 +515,15 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
                                     v, _mm256_maddubs_epi16(
                                            _mm256_shuffle_epi8(tb, idxo),
                                            _mm256_set1_epi16((short)((1 << (B - 1)) << (8 * h)))));
-                            codes[(h * 2 + l) * 4 + s * 2 + rh] =
+                            codes[l * 4 + s * 2 + rh] =
                                 _mm256_and_si256(_mm256_or_si256(v, _mm256_slli_epi16(v, 4)), m0f);
                         }
                     }
                 }
-            for (int h = 0; h < 2; ++h) {
-                __m256i acc[ROWS_PER_PASS];
-                for (int i = 0; i < 8; ++i) {
-                    /* i = l * 4 + s * 2 + rh: activation pairs of chunk pair 2l + s, half rh */
-                    const __m256i c = codes[h * 8 + i];
-                    const size_t off = (size_t)(((i >> 1) * 2 + (i & 1)) * 32);
-                    for (int t = 0; t < nt; ++t) {
-                        __m256i p = _mm256_maddubs_epi16(
-                            c, _mm256_load_si256((const __m256i *)(
-                                   tab + (size_t)t * SAIL_LUT_TABLE_BYTES_PER_BLOCK + off)));
-                        acc[t] = i ? _mm256_add_epi16(acc[t], p) : p;
-                        __asm__("" : "+x"(acc[t])); /* keep the chain: no reassociation */
-                    }
-                }
-                /* sign-extend the even and odd int16 (columns 2i, 2i + 1) by shifts */
-                for (int t = 0; t < nt; ++t) {
-                    acc32[t][h] = _mm256_add_epi32(
-                        acc32[t][h], _mm256_srai_epi32(_mm256_slli_epi32(acc[t], 16), 16));
-                    acc32[t][2 + h] =
-                        _mm256_add_epi32(acc32[t][2 + h], _mm256_srai_epi32(acc[t], 16));
-                }
+                /* every token against the 8 code vectors, kept in registers */
+                for (int t = 0; t < nt; ++t)
+                    codes_token(codes, tab + (size_t)t * SAIL_LUT_TABLE_BYTES_PER_BLOCK,
+                                &acc32[t][h], &acc32[t][2 + h]);
             }
         }
         for (int t = 0; t < nt; ++t) finish_group(call, acc32[t], yacc[t], tile, t0 + t, grp, B);
@@ -502,6 +533,169 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
         store_tile_ps(call->y + (size_t)(t0 + t) * (size_t)w->n + (size_t)col0, yacc[t][0],
                       yacc[t][1], w->n - col0);
     }
+}
+
+/* ---- Nibble layout (4-bit weights) ----------------------------------------------------------- */
+
+/* One token against the 8 code vectors of one block and half (codes[q]: rows 4q .. 4q + 3 of 8
+ * columns, 4 bytes per column): each row quad's 4 activations are broadcast to every column,
+ * vpmaddubsw adds row pairs, vpmaddwd by ones adds the two pairs of a column into int32, which
+ * is added to *acc (8 columns in kernel order). Exactness: a product pair is |c0 x0 + c1 x1| <=
+ * 2 * 15 * 128 = 3840 (no saturation); each int16 sums the 8 row quads, |.| <= 30720 < 32767.
+ * Assembly, so that the codes stay in registers and every product sits next to its add. */
+typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
+
+SAIL_INLINE void nibble_token(const __m256i *codes, const int8_t *x, __m256i ones, __m256i *acc) {
+    __m256i b0, b1, p0, p1, s;
+    __asm__("vpbroadcastd 0x00(%[x]), %[b0]\n\t"
+            "vpbroadcastd 0x04(%[x]), %[b1]\n\t"
+            "vpmaddubsw %[b0], %[c0], %[s]\n\t"
+            "vpmaddubsw %[b1], %[c1], %[p1]\n\t"
+            "vpbroadcastd 0x08(%[x]), %[b0]\n\t"
+            "vpbroadcastd 0x0c(%[x]), %[b1]\n\t"
+            "vpaddw %[p1], %[s], %[s]\n\t"
+            "vpmaddubsw %[b0], %[c2], %[p0]\n\t"
+            "vpmaddubsw %[b1], %[c3], %[p1]\n\t"
+            "vpbroadcastd 0x10(%[x]), %[b0]\n\t"
+            "vpbroadcastd 0x14(%[x]), %[b1]\n\t"
+            "vpaddw %[p0], %[s], %[s]\n\t"
+            "vpaddw %[p1], %[s], %[s]\n\t"
+            "vpmaddubsw %[b0], %[c4], %[p0]\n\t"
+            "vpmaddubsw %[b1], %[c5], %[p1]\n\t"
+            "vpbroadcastd 0x18(%[x]), %[b0]\n\t"
+            "vpbroadcastd 0x1c(%[x]), %[b1]\n\t"
+            "vpaddw %[p0], %[s], %[s]\n\t"
+            "vpaddw %[p1], %[s], %[s]\n\t"
+            "vpmaddubsw %[b0], %[c6], %[p0]\n\t"
+            "vpmaddubsw %[b1], %[c7], %[p1]\n\t"
+            "vpaddw %[p0], %[s], %[s]\n\t"
+            "vpaddw %[p1], %[s], %[s]\n\t"
+            "vpmaddwd %[ones], %[s], %[s]\n\t"
+            "vpaddd %[s], %[acc], %[acc]"
+            : [b0] "=&x"(b0), [b1] "=&x"(b1), [p0] "=&x"(p0), [p1] "=&x"(p1), [s] "=&x"(s),
+              [acc] "+x"(*acc)
+            : [x] "r"(x), "m"(*(const nibble_rows *)x), [ones] "x"(ones), [c0] "x"(codes[0]),
+              [c1] "x"(codes[1]), [c2] "x"(codes[2]), [c3] "x"(codes[3]), [c4] "x"(codes[4]),
+              [c5] "x"(codes[5]), [c6] "x"(codes[6]), [c7] "x"(codes[7]));
+}
+
+/* Four tokens against one block of nibble codes (both halves): per row quad q the codes are
+ * unpacked once into ymm8 (low nibbles) and ymm9 (high nibbles) and each token's broadcast
+ * activations (ymm10) serve both; the 8 int16 sums (ymm0..7 = token t, half h at 2t + h) stay
+ * in registers over the block, then go to int32 (vpmaddwd by ones) and are added to acc32[t][h].
+ * Bounds as in nibble_token. */
+typedef struct { __m256i v[4][2]; } nibble_quad_acc;
+typedef struct { uint8_t b[SAIL_LUT_NIBBLE_BITS * 64]; } nibble_block;
+typedef struct { int8_t x[4][SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_quad_rows;
+
+#define NQ_CODES(q)                                                                               \
+    "vmovdqu 32*" #q "(%[w]), %%ymm9\n\t"                                                        \
+    "vpand %%ymm13, %%ymm9, %%ymm8\n\t"                                                          \
+    "vpsrlw $4, %%ymm9, %%ymm9\n\t"                                                              \
+    "vpand %%ymm13, %%ymm9, %%ymm9\n\t"
+#define NQ_TOKEN(q, t, a0, a1)                                                                    \
+    "vpbroadcastd 4*" #q "+32*" #t "(%[x]), %%ymm10\n\t"                                         \
+    "vpmaddubsw %%ymm10, %%ymm8, %%ymm11\n\t"                                                    \
+    "vpmaddubsw %%ymm10, %%ymm9, %%ymm12\n\t"                                                    \
+    "vpaddw %%ymm11, %%" #a0 ", %%" #a0 "\n\t"                                                   \
+    "vpaddw %%ymm12, %%" #a1 ", %%" #a1 "\n\t"
+/* row quad 0 writes the sums instead of adding to them */
+#define NQ_FIRST(t, a0, a1)                                                                       \
+    "vpbroadcastd 32*" #t "(%[x]), %%ymm10\n\t"                                                  \
+    "vpmaddubsw %%ymm10, %%ymm8, %%" #a0 "\n\t"                                                  \
+    "vpmaddubsw %%ymm10, %%ymm9, %%" #a1 "\n\t"
+#define NQ_ROW(q)                                                                                 \
+    NQ_CODES(q) NQ_TOKEN(q, 0, ymm0, ymm1) NQ_TOKEN(q, 1, ymm2, ymm3)                              \
+        NQ_TOKEN(q, 2, ymm4, ymm5) NQ_TOKEN(q, 3, ymm6, ymm7)
+#define NQ_WIDEN(i, a)                                                                            \
+    "vpmaddwd %%ymm13, %%" #a ", %%" #a "\n\t"                                                   \
+    "vpaddd 32*" #i "(%[acc]), %%" #a ", %%" #a "\n\t"                                           \
+    "vmovdqu %%" #a ", 32*" #i "(%[acc])\n\t"
+
+SAIL_INLINE void nibble_quad(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    static const int16_t nib[16] __attribute__((aligned(32))) = {
+        0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F,
+        0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F};
+    static const int16_t ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
+                                                                 1, 1, 1, 1, 1, 1, 1, 1};
+    __asm__("vmovdqa %[nib], %%ymm13\n\t"
+            NQ_CODES(0) NQ_FIRST(0, ymm0, ymm1) NQ_FIRST(1, ymm2, ymm3) NQ_FIRST(2, ymm4, ymm5)
+            NQ_FIRST(3, ymm6, ymm7)
+            NQ_ROW(1) NQ_ROW(2) NQ_ROW(3) NQ_ROW(4) NQ_ROW(5) NQ_ROW(6) NQ_ROW(7)
+            "vmovdqa %[ones], %%ymm13\n\t"
+            NQ_WIDEN(0, ymm0) NQ_WIDEN(1, ymm1) NQ_WIDEN(2, ymm2) NQ_WIDEN(3, ymm3)
+            NQ_WIDEN(4, ymm4) NQ_WIDEN(5, ymm5) NQ_WIDEN(6, ymm6) NQ_WIDEN(7, ymm7)
+            : "+m"(*(nibble_quad_acc *)acc32)
+            : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block *)wb),
+              "m"(*(const nibble_quad_rows *)x), [nib] "m"(*(const __m256i *)nib),
+              [ones] "m"(*(const __m256i *)ones)
+            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+              "xmm10", "xmm11", "xmm12", "xmm13");
+}
+
+/* One tile of nibble codes for tokens t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS). Per block and
+ * half (low nibbles: tile columns COLUMN_ORDER[0..7], high: [8..15]) the 8 code vectors are
+ * unpacked once and serve every token. */
+SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const int nt) {
+    const sail_lut_weight *w = call->w;
+    const int n_groups = w->n_groups, bpg = w->blocks_per_group;
+    const size_t block_bytes = (size_t)SAIL_LUT_NIBBLE_BITS * 64;
+    const __m256i nib = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256i acc32[ROWS_PER_PASS][2];
+    __m256 yacc[ROWS_PER_PASS][2];
+    for (int t = 0; t < nt; ++t) yacc[t][0] = yacc[t][1] = _mm256_setzero_ps();
+
+    for (int grp = 0; grp < n_groups; ++grp) {
+        for (int t = 0; t < nt; ++t) acc32[t][0] = acc32[t][1] = _mm256_setzero_si256();
+        const uint8_t *planes = w->planes + ((size_t)tile * (size_t)n_groups + (size_t)grp) *
+                                                (size_t)bpg * block_bytes;
+        const int nblk = live_blocks(w, grp);
+        for (int blk = 0; blk < nblk; ++blk) {
+            const uint8_t *wb = planes + (size_t)blk * block_bytes;
+            const int8_t *x = (const int8_t *)(call->tables +
+                                               sail_lut_table_offset(w, call->rows, t0, grp, blk));
+            for (size_t i = 0; i < block_bytes; i += 64)
+                _mm_prefetch((const char *)(wb + PREFETCH_BYTES + i), _MM_HINT_T0);
+            int t = 0;
+            for (; t + 4 <= nt; t += 4)
+                nibble_quad(wb, x + (size_t)t * SAIL_LUT_ROWS_BYTES_PER_BLOCK, acc32 + t);
+            if (t < nt)
+                for (int h = 0; h < 2; ++h) {
+                    __m256i codes[8];
+                    for (int q = 0; q < 8; ++q) {
+                        const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb + q * 32));
+                        codes[q] = _mm256_and_si256(h ? _mm256_srli_epi16(raw, 4) : raw, nib);
+                    }
+                    for (int u = t; u < nt; ++u)
+                        nibble_token(codes, x + (size_t)u * SAIL_LUT_ROWS_BYTES_PER_BLOCK, ones,
+                                     &acc32[u][h]);
+                }
+        }
+        for (int t = 0; t < nt; ++t)
+            finish_sums(call, acc32[t], yacc[t], tile, t0 + t, grp, SAIL_LUT_NIBBLE_BITS);
+    }
+    for (int t = 0; t < nt; ++t) {
+        const int col0 = tile * SAIL_LUT_TILE_N;
+        store_tile_ps(call->y + (size_t)(t0 + t) * (size_t)w->n + (size_t)col0, yacc[t][0],
+                      yacc[t][1], w->n - col0);
+    }
+}
+
+SAIL_INLINE void nibble_tiles(const sail_lut_call *call, int tile_begin, int tile_end) {
+    for (int tile = tile_begin; tile < tile_end; ++tile)
+        for (int t0 = 0; t0 < call->rows; t0 += ROWS_PER_PASS) {
+            const int nt = call->rows - t0 < ROWS_PER_PASS ? call->rows - t0 : ROWS_PER_PASS;
+            switch (nt) {
+            case 1: nibble_pass(call, tile, t0, 1); break;
+            case 2: nibble_pass(call, tile, t0, 2); break;
+            case 3: nibble_pass(call, tile, t0, 3); break;
+            case 4: nibble_pass(call, tile, t0, 4); break;
+            case 5: nibble_pass(call, tile, t0, 5); break;
+            case 6: nibble_pass(call, tile, t0, 6); break;
+            case 7: nibble_pass(call, tile, t0, 7); break;
+            default: nibble_pass(call, tile, t0, 8); break;
+            }
+        }
 }
 
 SAIL_INLINE void codes_tiles(const sail_lut_call *call, int tile_begin, int tile_end,
@@ -523,6 +717,10 @@ SAIL_INLINE void codes_tiles(const sail_lut_call *call, int tile_begin, int tile
 }
 
 SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, const int B) {
+    if (B == SAIL_LUT_NIBBLE_BITS) {
+        nibble_tiles(call, tile_begin, tile_end);
+        return;
+    }
     if (B >= CODES_MIN_BITS && B <= CODES_MAX_BITS && use_codes(call->w, call->rows)) {
         codes_tiles(call, tile_begin, tile_end, B < CODES_MAX_BITS ? B : CODES_MAX_BITS);
         return;

@@ -4,7 +4,7 @@
  *
  * The weight file (written by sail_compiler/targets/c/weight_file.py), little-endian:
  *
- *   header, 64 bytes:  magic "SAILCWT\0" | u32 version (1) | u32 tensor count
+ *   header, 64 bytes:  magic "SAILCWT\0" | u32 version (2) | u32 tensor count
  *                      | u64 table offset | u64 table bytes | u64 data offset | u64 file bytes
  *                      | u32 CRC-32 of the table | u32 CRC-32 of header bytes 0..51 | u64 0
  *   table:             one 104-byte entry per tensor: u32 name offset | u32 name bytes
@@ -31,7 +31,7 @@ enum {
   WEIGHT_ALIGN = 64,
   HEADER_BYTES = 64,
   ENTRY_BYTES = 104,
-  FORMAT_VERSION = 1,
+  FORMAT_VERSION = 2, /* 2: 4-bit LUT weights are nibble-packed codes (sail_lut.h) */
 };
 static const char WEIGHT_MAGIC[8] = {'S', 'A', 'I', 'L', 'C', 'W', 'T', '\0'};
 
