@@ -10,7 +10,7 @@
  * (sail_compiler.quant.reference.group_sums) exactly; y is computed with the reference's
  * float operations in the reference's order (build without FP contraction: -ffp-contract=off).
  *
- * Method
+ * Method (bit planes: every width but 4, which the nibble layout below computes without tables)
  * ------
  * K is cut into chunks of NBW = 4 rows. For each token and chunk the runtime builds a table
  * of the 16 subset sums of the chunk's 4 activations, V[p] = sum_{j : bit j of p} x_j, in
@@ -41,6 +41,20 @@
  * groups, then tiles:
  *   planes[((tile * n_groups + grp) * blocks_per_group + blk) * bits * 64 + (v * 2 + l) * 32
  *          + L * 16 + bp]
+ *
+ * Nibble layout (4-bit codes, SAIL_LUT_NIBBLE_BITS)
+ * -------------------------------------------------
+ * At 4 bits the codes themselves are stored, two per byte, in the same 256 bytes per tile,
+ * group and block (the same size as 4 bit planes); the kernels multiply them with the int8
+ * activations directly (vpmaddubsw), which costs far fewer instructions per token than
+ * tables, and needs no tables: the workspace holds each token's 32 activations per block
+ * (0 past g or K), at sail_lut_table_offset. Byte b (0..31) of vector q (0..7) holds row
+ * 4 q + b % 4 of the block for tile column SAIL_LUT_COLUMN_ORDER[b / 4] in its low nibble and
+ * SAIL_LUT_COLUMN_ORDER[8 + b / 4] in its high nibble:
+ *   planes[((tile * n_groups + grp) * blocks_per_group + blk) * 256 + q * 32 + b]
+ * so that a vector's low (or high) nibbles, against the row quad's 4 activations broadcast to
+ * every 4 bytes, give by vpmaddubsw and vpmaddwd the sums of 8 columns in scale order.
+ *
  * scales[(tile * n_groups + grp) * 16 + i] (float32) and zeros[...] (uint8, or NULL for
  * symmetric weights with the implicit zero point 2^(bits-1)) follow the same tile order;
  * entry i belongs to column SAIL_LUT_COLUMN_ORDER[i] of the tile, the order in which the
@@ -53,7 +67,8 @@
  * Kernels: sail_lut.c holds the portable C kernels and chooses at build time; sail_lut_avx2.c
  * holds the x86-64 AVX2 ones (compiled when __AVX2__ is defined and SAIL_NO_SIMD is not).
  * A NEON variant implements the two kernel entry points declared at the end of this file over
- * the same layout (tbl for vpshufb, 128-bit halves for the two lanes).
+ * the same layouts (tbl for vpshufb, 128-bit halves for the two lanes; for the nibble layout,
+ * widening multiply-adds or sdot).
  */
 #ifndef SAIL_LUT_H
 #define SAIL_LUT_H

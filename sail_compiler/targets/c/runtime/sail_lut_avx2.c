@@ -4,6 +4,7 @@
  * One exception, private to this file's pair of entry points: for batches that take the codes
  * path (use_codes), sail_lut_tables_avx2 writes activation pairs instead of tables into each
  * token's 256 bytes per block, and sail_lut_tiles_avx2 reads them as such (see codes_pass).
+ * 4-bit weights are stored as nibbles (sail_lut.h) and take nibble_pass at every batch size.
  *
  * Exactness: every narrow accumulator below has a proven bound.
  *   table bytes    L in [0, 15] (uint8), H in [-32, 31] (int8)
@@ -16,6 +17,7 @@
  *   int32          (vpmaddwd by the plane weights 4^j <= 64 or 2^(b-1) <= 128) accumulate
  *                  sum_k q x - z sum_k x, which wraps modulo 2^32 exactly like the portable
  *                  kernel: exact whenever the group sum fits int32 (the reference checks).
+ *   codes paths    bounds at codes_pass and nibble_token.
  */
 #include "sail_lut.h"
 
@@ -44,7 +46,8 @@
  * bits take the codes path (see codes_pass): the activation tables are replaced by activation
  * pairs. Measured on the 2-core Zen 3 (shared, 4096 x 4096, 1 thread): at 4 and 8 tokens the
  * codes path beat the tables by 1.1-1.6x at 3 and 4 bits, lost ~1.15x at 2 bits (its cost per
- * token, 16 vpmaddubsw per tile and block, does not shrink with the bits; the tables' does). */
+ * token, 16 vpmaddubsw per tile and block, does not shrink with the bits; the tables' does).
+ * 4-bit weights now use the nibble layout, which needs no unpacking of bit planes. */
 #define CODES_MIN_ROWS 4
 #define CODES_MIN_BITS 3
 #define CODES_MAX_BITS 3
