@@ -127,18 +127,25 @@ def test_quantizer_matches_reference(build: str) -> None:
         np.testing.assert_array_equal(xq, want_q)
 
 
-def _decode_nibbles(lw: LutWeight) -> np.ndarray:
-    """``_decode_planes`` for the nibble layout of 4-bit codes, byte by byte as ``sail_lut.h``
-    states it: byte b of vector q holds row 4 q + b % 4 of tile columns order[b / 4] (low
-    nibble) and order[8 + b / 4] (high nibble)."""
+def _decode_codes(lw: LutWeight) -> np.ndarray:
+    """``_decode_planes`` for the codes layout of 4 and 8 bits, byte by byte as ``sail_lut.h``
+    states it. 4 bits: byte b of vector q holds row 4 q + b % 4 of tile columns order[b / 4]
+    (low nibble) and order[8 + b / 4] (high nibble); 8 bits: byte b of vector 2 q + h is row
+    4 q + b % 4 of column order[8 h + b / 4]."""
     bpg, order = lw.blocks_per_group, kernels.COLUMN_ORDER
-    data = lw.planes.reshape(lw.n_tiles, lw.n_groups, bpg, 8, 32)
+    data = lw.planes.reshape(lw.n_tiles, lw.n_groups, bpg, 2 * lw.bits, 32)
     q = np.zeros((lw.n_groups, bpg, 32, lw.n_tiles, 16), np.int64)
     for vq in range(8):
         for b in range(32):
-            byte = data[:, :, :, vq, b].transpose(1, 2, 0)                  # G, bpg, tile
-            q[:, :, 4 * vq + b % 4, :, order[b // 4]] = byte & 15
-            q[:, :, 4 * vq + b % 4, :, order[8 + b // 4]] = byte >> 4
+            row = 4 * vq + b % 4
+            if lw.bits == 4:
+                byte = data[:, :, :, vq, b].transpose(1, 2, 0)              # G, bpg, tile
+                q[:, :, row, :, order[b // 4]] = byte & 15
+                q[:, :, row, :, order[8 + b // 4]] = byte >> 4
+            else:
+                for h in range(2):
+                    byte = data[:, :, :, 2 * vq + h, b].transpose(1, 2, 0)
+                    q[:, :, row, :, order[8 * h + b // 4]] = byte
     return q.reshape(lw.n_groups * bpg * 32, lw.n_tiles * 16)
 
 
@@ -146,8 +153,8 @@ def _decode_planes(lw: LutWeight) -> np.ndarray:
     """Codes ``[n_groups * 32 * blocks_per_group, n_tiles * 16]`` read back from the bytes,
     following the layout as ``sail_lut.h`` states it."""
     b, bpg = lw.bits, lw.blocks_per_group
-    if b == 4:
-        return _decode_nibbles(lw)
+    if b in (4, 8):
+        return _decode_codes(lw)
     planes = lw.planes.reshape(lw.n_tiles, lw.n_groups, bpg, b, 2, 2, 16)  # v, l, L, bp
     column, plane = kernels.vector_slots(b)
     q = np.zeros((lw.n_groups, bpg, 2, 2, 2, 4, lw.n_tiles, 16), np.int64)  # l, half, L, j

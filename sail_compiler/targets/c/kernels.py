@@ -42,8 +42,8 @@ RUNTIME_HEADERS = ("sail_lut.h", "sail_threads.h")
 TILE_N, BLOCK_K, NBW = 16, 32, 4
 #: Tile column of scale / zero point entry i (``SAIL_LUT_COLUMN_ORDER``).
 COLUMN_ORDER = np.array([0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15])
-#: Code width stored as nibbles rather than bit planes (``SAIL_LUT_NIBBLE_BITS``).
-NIBBLE_BITS = 4
+#: Code widths stored as codes rather than bit planes (``sail_lut_codes_layout``).
+CODES_LAYOUT_BITS = (4, 8)
 #: Widest activations the int8 kernels take (the narrowest is the reference's MIN_ACT_BITS).
 MAX_ACT_BITS = 8
 MAX_THREADS = 256
@@ -75,7 +75,7 @@ class LutWeight:
         Code width b (1..8), K, N and g of the source weight.
     planes
         uint8 ``[n_tiles * n_groups * blocks_per_group * bits * 64]``: the bit-plane index bytes
-        or, for 4-bit codes, the nibble-packed codes (``sail_lut.h``).
+        or, for 4 and 8 bits, the codes themselves (``sail_lut.h``, codes layout).
     scales
         float32 ``[n_tiles, n_groups, 16]``, entry i of a tile for its column
         ``COLUMN_ORDER[i]``; padding columns have scale 0.
@@ -183,15 +183,20 @@ def _tile_planes(q: np.ndarray, bits: int, column: np.ndarray, plane: np.ndarray
     return packed.transpose(4, 0, 1, 5, 2, 3, 6)              # [tiles, G, bpg, v, l, L, bp]
 
 
-def _tile_nibbles(q: np.ndarray) -> np.ndarray:
-    """Nibble bytes of 4-bit codes ``q[G, bpg * 32, tiles * 16]`` (kernel rows, padded), in the
-    order ``[tile, G, bpg, q, i, r]``: byte ``4 i + r`` of vector ``q`` holds row ``4 q + r`` of
-    tile columns ``COLUMN_ORDER[i]`` (low nibble) and ``COLUMN_ORDER[8 + i]`` (high nibble)."""
+def _tile_codes(q: np.ndarray, bits: int) -> np.ndarray:
+    """Bytes of 4- or 8-bit codes ``q[G, bpg * 32, tiles * 16]`` (kernel rows, padded) in the
+    codes layout. 4 bits, order ``[tile, G, bpg, q, i, r]``: byte ``4 i + r`` of vector ``q``
+    holds row ``4 q + r`` of tile columns ``COLUMN_ORDER[i]`` (low nibble) and
+    ``COLUMN_ORDER[8 + i]`` (high nibble). 8 bits, order ``[tile, G, bpg, q, h, i, r]``: byte
+    ``4 i + r`` of vector ``2 q + h`` is row ``4 q + r`` of column ``COLUMN_ORDER[8 h + i]``."""
     n_groups, rows, cols = q.shape
     bpg, tiles = rows // BLOCK_K, cols // TILE_N
     q = q.reshape(n_groups, bpg, BLOCK_K // 4, 4, tiles, TILE_N)[..., COLUMN_ORDER]
-    packed = q[..., :8] | (q[..., 8:] << 4)                   # [G, bpg, q, r, tiles, i]
-    return packed.transpose(4, 0, 1, 2, 5, 3)                 # [tiles, G, bpg, q, i, r]
+    if bits == 4:
+        packed = q[..., :8] | (q[..., 8:] << 4)               # [G, bpg, q, r, tiles, i]
+        return packed.transpose(4, 0, 1, 2, 5, 3)             # [tiles, G, bpg, q, i, r]
+    halves = q.reshape(n_groups, bpg, BLOCK_K // 4, 4, tiles, 2, 8)  # [G, bpg, q, r, tiles, h, i]
+    return halves.transpose(4, 0, 1, 2, 5, 6, 3)              # [tiles, G, bpg, q, h, i, r]
 
 
 def relayout(qw: QuantizedWeight) -> LutWeight:
@@ -205,7 +210,7 @@ def relayout(qw: QuantizedWeight) -> LutWeight:
     Returns
     -------
     LutWeight
-        The bit-plane index bytes (4-bit codes: nibble-packed codes), scales and zero points
+        The bit-plane index bytes (4 and 8 bits: the codes themselves), scales and zero points
         in tile order (``sail_lut.h``).
         Rows past K and past each group's end, and columns past N, are padding with code 0
         (and scale 0 for columns).
@@ -223,7 +228,7 @@ def relayout(qw: QuantizedWeight) -> LutWeight:
         c0, c1 = t0 * TILE_N, min(t1 * TILE_N, n)
         step = np.zeros((n_groups, bpg * BLOCK_K, (t1 - t0) * TILE_N), np.uint8)
         step[:, :g, : c1 - c0] = np.where(valid_rows[:, :, None], q[:, :, c0:c1], 0)
-        tiles = _tile_nibbles(step) if bits == NIBBLE_BITS else \
+        tiles = _tile_codes(step, bits) if bits in CODES_LAYOUT_BITS else \
             _tile_planes(step, bits, column, plane)
         planes[t0:t1] = tiles.reshape(t1 - t0, n_groups, bpg, bits * 64)
 

@@ -78,8 +78,8 @@ void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int ro
             int32_t total = 0;
             for (int blk = 0; blk < w->blocks_per_group; ++blk) {
                 uint8_t *tab = tables + sail_lut_table_offset(w, rows, t, grp, blk);
-                if (sail_lut_nibbles(w)) {
-                    /* nibble layout: the block's activations themselves, 0 past g or K */
+                if (sail_lut_codes_layout(w)) {
+                    /* codes layout: the block's activations themselves, 0 past g or K */
                     for (int r = 0; r < SAIL_LUT_BLOCK_K; ++r) {
                         const int x = block_activation(w, xr, grp, blk, r);
                         tab[r] = (uint8_t)(int8_t)x;
@@ -142,16 +142,23 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
                     const uint8_t *tab =
                         call->tables + sail_lut_table_offset(w, call->rows, t, grp, blk);
                     const uint8_t *wb = planes + (size_t)blk * block_bytes;
-                    if (sail_lut_nibbles(w)) {
-                        /* byte b of vector q: rows 4q + b % 4 of columns order[b / 4] (low
-                         * nibble) and order[8 + b / 4] (high nibble) */
+                    if (sail_lut_codes_layout(w)) {
+                        /* 4 bits: byte b of vector q holds row 4q + b % 4 of columns
+                         * order[b / 4] (low nibble) and order[8 + b / 4] (high nibble);
+                         * 8 bits: byte b of vector 2q + h, row 4q + b % 4 of order[8h + b / 4] */
                         const int8_t *x = (const int8_t *)tab;
                         for (int q = 0; q < SAIL_LUT_BLOCK_K / 4; ++q)
                             for (int b = 0; b < 32; ++b) {
-                                const uint8_t byte = wb[q * 32 + b];
                                 const int xr = x[4 * q + b % 4];
-                                acc[order[b / 4]] += (int64_t)(byte & 15) * xr;
-                                acc[order[8 + b / 4]] += (int64_t)(byte >> 4) * xr;
+                                if (bits == 4) {
+                                    const uint8_t byte = wb[q * 32 + b];
+                                    acc[order[b / 4]] += (int64_t)(byte & 15) * xr;
+                                    acc[order[8 + b / 4]] += (int64_t)(byte >> 4) * xr;
+                                } else {
+                                    for (int h = 0; h < 2; ++h)
+                                        acc[order[8 * h + b / 4]] +=
+                                            (int64_t)wb[(2 * q + h) * 32 + b] * xr;
+                                }
                             }
                         continue;
                     }

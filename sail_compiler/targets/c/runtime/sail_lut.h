@@ -10,7 +10,7 @@
  * (sail_compiler.quant.reference.group_sums) exactly; y is computed with the reference's
  * float operations in the reference's order (build without FP contraction: -ffp-contract=off).
  *
- * Method (bit planes: every width but 4, which the nibble layout below computes without tables)
+ * Method (bit planes: 1-3 and 5-7 bits; 4 and 8 bits use the codes layout below, no tables)
  * ------
  * K is cut into chunks of NBW = 4 rows. For each token and chunk the runtime builds a table
  * of the 16 subset sums of the chunk's 4 activations, V[p] = sum_{j : bit j of p} x_j, in
@@ -42,18 +42,21 @@
  *   planes[((tile * n_groups + grp) * blocks_per_group + blk) * bits * 64 + (v * 2 + l) * 32
  *          + L * 16 + bp]
  *
- * Nibble layout (4-bit codes, SAIL_LUT_NIBBLE_BITS)
- * -------------------------------------------------
- * At 4 bits the codes themselves are stored, two per byte, in the same 256 bytes per tile,
- * group and block (the same size as 4 bit planes); the kernels multiply them with the int8
- * activations directly (vpmaddubsw), which costs far fewer instructions per token than
- * tables, and needs no tables: the workspace holds each token's 32 activations per block
- * (0 past g or K), at sail_lut_table_offset. Byte b (0..31) of vector q (0..7) holds row
- * 4 q + b % 4 of the block for tile column SAIL_LUT_COLUMN_ORDER[b / 4] in its low nibble and
- * SAIL_LUT_COLUMN_ORDER[8 + b / 4] in its high nibble:
- *   planes[((tile * n_groups + grp) * blocks_per_group + blk) * 256 + q * 32 + b]
- * so that a vector's low (or high) nibbles, against the row quad's 4 activations broadcast to
- * every 4 bytes, give by vpmaddubsw and vpmaddwd the sums of 8 columns in scale order.
+ * Codes layout (4 and 8 bits: sail_lut_codes_layout)
+ * --------------------------------------------------
+ * At 4 and 8 bits the codes themselves are stored, in the same bits * 64 bytes per tile, group
+ * and block as the bit planes; the kernels multiply them with the int8 activations directly
+ * (vpmaddubsw on 4-bit nibbles), which takes far fewer instructions per token than tables,
+ * and need no tables: the workspace holds each token's 32 activations per block (0 past g or
+ * K) at sail_lut_table_offset. With order = SAIL_LUT_COLUMN_ORDER, row quad q = 0..7 (rows
+ * 4 q .. 4 q + 3 of the block) and byte b = 0..31 of a 32-byte vector:
+ *   4 bits: vector q, byte b: row 4 q + b % 4 of column order[b / 4] in the low nibble, of
+ *           column order[8 + b / 4] in the high nibble;
+ *   8 bits: vector 2 q + h, byte b: the code of row 4 q + b % 4 of column order[8 h + b / 4];
+ *   planes[((tile * n_groups + grp) * blocks_per_group + blk) * bits * 64 + vector * 32 + b]
+ * A vector's low (or high) nibbles against the row quad's 4 activations, broadcast to every 4
+ * bytes, give by vpmaddubsw and vpmaddwd the sums of 8 columns in scale order; an 8-bit code
+ * is 16 * (high nibble) + (low nibble).
  *
  * scales[(tile * n_groups + grp) * 16 + i] (float32) and zeros[...] (uint8, or NULL for
  * symmetric weights with the implicit zero point 2^(bits-1)) follow the same tile order;
@@ -67,7 +70,7 @@
  * Kernels: sail_lut.c holds the portable C kernels and chooses at build time; sail_lut_avx2.c
  * holds the x86-64 AVX2 ones (compiled when __AVX2__ is defined and SAIL_NO_SIMD is not).
  * A NEON variant implements the two kernel entry points declared at the end of this file over
- * the same layouts (tbl for vpshufb, 128-bit halves for the two lanes; for the nibble layout,
+ * the same layouts (tbl for vpshufb, 128-bit halves for the two lanes; for the codes layout,
  * widening multiply-adds or sdot).
  */
 #ifndef SAIL_LUT_H
@@ -89,8 +92,7 @@ extern "C" {
 #define SAIL_LUT_COLUMN_ORDER {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15}
 /* Bytes of activation tables per token and block: 4 chunk pairs x (lo 32 B, hi 32 B). */
 #define SAIL_LUT_TABLE_BYTES_PER_BLOCK 256
-/* Code width stored as nibbles, and bytes of activations per token and block in its layout. */
-#define SAIL_LUT_NIBBLE_BITS 4
+/* Bytes of activations per token and block in the codes layout. */
 #define SAIL_LUT_ROWS_BYTES_PER_BLOCK 32
 
 /* Return codes. */
@@ -148,14 +150,15 @@ typedef struct sail_lut_call {
     int32_t *sums;         /* [rows][n_groups][n] or NULL */
 } sail_lut_call;
 
-/* Weights of SAIL_LUT_NIBBLE_BITS bits use the nibble layout; the kernels' workspace then holds
- * each token's activations per block (SAIL_LUT_ROWS_BYTES_PER_BLOCK bytes) instead of tables. */
-static inline int sail_lut_nibbles(const sail_lut_weight *w) {
-    return w->bits == SAIL_LUT_NIBBLE_BITS;
+/* Weights of 4 and 8 bits use the codes layout; the kernels' workspace then holds each token's
+ * activations per block (SAIL_LUT_ROWS_BYTES_PER_BLOCK bytes) instead of tables. */
+static inline int sail_lut_codes_layout(const sail_lut_weight *w) {
+    return w->bits == 4 || w->bits == 8;
 }
 
 static inline size_t sail_lut_table_block_bytes(const sail_lut_weight *w) {
-    return sail_lut_nibbles(w) ? SAIL_LUT_ROWS_BYTES_PER_BLOCK : SAIL_LUT_TABLE_BYTES_PER_BLOCK;
+    return sail_lut_codes_layout(w) ? SAIL_LUT_ROWS_BYTES_PER_BLOCK
+                                     : SAIL_LUT_TABLE_BYTES_PER_BLOCK;
 }
 
 /* Byte offset of the tables of token t (of `rows`), group grp and block blk: the tokens of one

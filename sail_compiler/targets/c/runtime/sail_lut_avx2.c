@@ -4,7 +4,7 @@
  * One exception, private to this file's pair of entry points: for batches that take the codes
  * path (use_codes), sail_lut_tables_avx2 writes activation pairs instead of tables into each
  * token's 256 bytes per block, and sail_lut_tiles_avx2 reads them as such (see codes_pass).
- * 4-bit weights are stored as nibbles (sail_lut.h) and take nibble_pass at every batch size.
+ * 4- and 8-bit weights are stored as codes (sail_lut.h) and take nibble_pass at every batch size.
  *
  * Exactness: every narrow accumulator below has a proven bound.
  *   table bytes    L in [0, 15] (uint8), H in [-32, 31] (int8)
@@ -47,7 +47,7 @@
  * pairs. Measured on the 2-core Zen 3 (shared, 4096 x 4096, 1 thread): at 4 and 8 tokens the
  * codes path beat the tables by 1.1-1.6x at 3 and 4 bits, lost ~1.15x at 2 bits (its cost per
  * token, 16 vpmaddubsw per tile and block, does not shrink with the bits; the tables' does).
- * 4-bit weights now use the nibble layout, which needs no unpacking of bit planes. */
+ * 4-bit weights now use the codes layout, which needs no unpacking of bit planes. */
 #define CODES_MIN_ROWS 4
 #define CODES_MIN_BITS 3
 #define CODES_MAX_BITS 3
@@ -83,7 +83,7 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
     const __m256i pick45 = _mm256_set1_epi16(0x0504), pick67 = _mm256_set1_epi16(0x0706);
     const __m256i low4 = _mm256_set1_epi16(15), bias = _mm256_set1_epi8(-128);
     int8_t scratch[SAIL_LUT_BLOCK_K];
-    const int codes = use_codes(w, rows), nibbles = sail_lut_nibbles(w);
+    const int codes = use_codes(w, rows), nibbles = sail_lut_codes_layout(w);
     for (int t = row_begin; t < row_end; ++t) {
         const int8_t *xr = xq + (size_t)t * (size_t)w->k;
         for (int grp = 0; grp < w->n_groups; ++grp) {
@@ -538,17 +538,19 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
     }
 }
 
-/* ---- Nibble layout (4-bit weights) ----------------------------------------------------------- */
+/* ---- Codes layout (4- and 8-bit weights) ---------------------------------------------------- */
 
-/* One token against the 8 code vectors of one block and half (codes[q]: rows 4q .. 4q + 3 of 8
- * columns, 4 bytes per column): each row quad's 4 activations are broadcast to every column,
- * vpmaddubsw adds row pairs, vpmaddwd by ones adds the two pairs of a column into int32, which
- * is added to *acc (8 columns in kernel order). Exactness: a product pair is |c0 x0 + c1 x1| <=
- * 2 * 15 * 128 = 3840 (no saturation); each int16 sums the 8 row quads, |.| <= 30720 < 32767.
- * Assembly, so that the codes stay in registers and every product sits next to its add. */
+/* One token against 8 vectors of nibbles of one block and half (codes[q]: rows 4q .. 4q + 3 of
+ * 8 columns, 4 bytes per column; 8-bit codes go through here twice, low and high nibbles):
+ * each row quad's 4 activations are broadcast to every column, vpmaddubsw adds row pairs,
+ * vpmaddwd by mult (1, or 16 for high nibbles) adds the two pairs of a column into int32,
+ * which is added to *acc (8 columns in kernel order). Exactness: a product pair is
+ * |c0 x0 + c1 x1| <= 2 * 15 * 128 = 3840 (no saturation); each int16 sums the 8 row quads,
+ * |.| <= 30720 < 32767. Assembly, so that the codes stay in registers and every product sits
+ * next to its add. */
 typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
 
-SAIL_INLINE void nibble_token(const __m256i *codes, const int8_t *x, __m256i ones, __m256i *acc) {
+SAIL_INLINE void nibble_token(const __m256i *codes, const int8_t *x, __m256i mult, __m256i *acc) {
     __m256i b0, b1, p0, p1, s;
     __asm__("vpbroadcastd 0x00(%[x]), %[b0]\n\t"
             "vpbroadcastd 0x04(%[x]), %[b1]\n\t"
@@ -573,26 +575,28 @@ SAIL_INLINE void nibble_token(const __m256i *codes, const int8_t *x, __m256i one
             "vpmaddubsw %[b1], %[c7], %[p1]\n\t"
             "vpaddw %[p0], %[s], %[s]\n\t"
             "vpaddw %[p1], %[s], %[s]\n\t"
-            "vpmaddwd %[ones], %[s], %[s]\n\t"
+            "vpmaddwd %[mult], %[s], %[s]\n\t"
             "vpaddd %[s], %[acc], %[acc]"
             : [b0] "=&x"(b0), [b1] "=&x"(b1), [p0] "=&x"(p0), [p1] "=&x"(p1), [s] "=&x"(s),
               [acc] "+x"(*acc)
-            : [x] "r"(x), "m"(*(const nibble_rows *)x), [ones] "x"(ones), [c0] "x"(codes[0]),
+            : [x] "r"(x), "m"(*(const nibble_rows *)x), [mult] "x"(mult), [c0] "x"(codes[0]),
               [c1] "x"(codes[1]), [c2] "x"(codes[2]), [c3] "x"(codes[3]), [c4] "x"(codes[4]),
               [c5] "x"(codes[5]), [c6] "x"(codes[6]), [c7] "x"(codes[7]));
 }
 
-/* Four tokens against one block of nibble codes (both halves): per row quad q the codes are
- * unpacked once into ymm8 (low nibbles) and ymm9 (high nibbles) and each token's broadcast
- * activations (ymm10) serve both; the 8 int16 sums (ymm0..7 = token t, half h at 2t + h) stay
- * in registers over the block, then go to int32 (vpmaddwd by ones) and are added to acc32[t][h].
- * Bounds as in nibble_token. */
+/* Four tokens against one block of codes. Per row quad q one vector is loaded and split into
+ * ymm8 (low nibbles) and ymm9 (high nibbles), and each token's broadcast activations (ymm10)
+ * serve both; the 8 int16 sums (ymm0..7: token t at 2t, 2t + 1) stay in registers over the
+ * block, then go to int32 (vpmaddwd) and are added to acc32. 4 bits (nibble_quad4): one pass,
+ * the sums are the two halves' (columns order[0..7], order[8..15]). 8 bits (nibble_quad8): one
+ * pass per half h over vectors 2q + h, the sums are the low and high nibbles', added to
+ * acc32[t][h] with weights 1 and 16. Bounds as in nibble_token. */
 typedef struct { __m256i v[4][2]; } nibble_quad_acc;
-typedef struct { uint8_t b[SAIL_LUT_NIBBLE_BITS * 64]; } nibble_block;
+typedef struct { uint8_t b[8 * 64]; } nibble_block;
 typedef struct { int8_t x[4][SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_quad_rows;
 
-#define NQ_CODES(q)                                                                               \
-    "vmovdqu 32*" #q "(%[w]), %%ymm9\n\t"                                                        \
+#define NQ_CODES(q, stride)                                                                       \
+    "vmovdqu " #stride "*" #q "(%[w]), %%ymm9\n\t"                                               \
     "vpand %%ymm13, %%ymm9, %%ymm8\n\t"                                                          \
     "vpsrlw $4, %%ymm9, %%ymm9\n\t"                                                              \
     "vpand %%ymm13, %%ymm9, %%ymm9\n\t"
@@ -607,43 +611,75 @@ typedef struct { int8_t x[4][SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_quad_rows;
     "vpbroadcastd 32*" #t "(%[x]), %%ymm10\n\t"                                                  \
     "vpmaddubsw %%ymm10, %%ymm8, %%" #a0 "\n\t"                                                  \
     "vpmaddubsw %%ymm10, %%ymm9, %%" #a1 "\n\t"
-#define NQ_ROW(q)                                                                                 \
-    NQ_CODES(q) NQ_TOKEN(q, 0, ymm0, ymm1) NQ_TOKEN(q, 1, ymm2, ymm3)                              \
+#define NQ_ROW(q, stride)                                                                         \
+    NQ_CODES(q, stride) NQ_TOKEN(q, 0, ymm0, ymm1) NQ_TOKEN(q, 1, ymm2, ymm3)                      \
         NQ_TOKEN(q, 2, ymm4, ymm5) NQ_TOKEN(q, 3, ymm6, ymm7)
+#define NQ_BLOCK(stride)                                                                          \
+    NQ_CODES(0, stride) NQ_FIRST(0, ymm0, ymm1) NQ_FIRST(1, ymm2, ymm3) NQ_FIRST(2, ymm4, ymm5)    \
+        NQ_FIRST(3, ymm6, ymm7) NQ_ROW(1, stride) NQ_ROW(2, stride) NQ_ROW(3, stride)              \
+            NQ_ROW(4, stride) NQ_ROW(5, stride) NQ_ROW(6, stride) NQ_ROW(7, stride)
+/* 8 bits: token t's low (ymm13: ones) and high (ymm14: 16s) nibble sums into acc32[t][h] */
+#define NQ_WIDEN8(t, a0, a1)                                                                      \
+    "vpmaddwd %%ymm13, %%" #a0 ", %%" #a0 "\n\t"                                                 \
+    "vpmaddwd %%ymm14, %%" #a1 ", %%" #a1 "\n\t"                                                 \
+    "vpaddd %%" #a1 ", %%" #a0 ", %%" #a0 "\n\t"                                                 \
+    "vpaddd 64*" #t "(%[acc]), %%" #a0 ", %%" #a0 "\n\t"                                         \
+    "vmovdqu %%" #a0 ", 64*" #t "(%[acc])\n\t"
 #define NQ_WIDEN(i, a)                                                                            \
     "vpmaddwd %%ymm13, %%" #a ", %%" #a "\n\t"                                                   \
     "vpaddd 32*" #i "(%[acc]), %%" #a ", %%" #a "\n\t"                                           \
     "vmovdqu %%" #a ", 32*" #i "(%[acc])\n\t"
 
-SAIL_INLINE void nibble_quad(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
-    static const int16_t nib[16] __attribute__((aligned(32))) = {
-        0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F,
-        0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F};
-    static const int16_t ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
-                                                                 1, 1, 1, 1, 1, 1, 1, 1};
+static const int16_t nq_nib[16] __attribute__((aligned(32))) = {
+    0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F,
+    0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F};
+static const int16_t nq_ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
+                                                                1, 1, 1, 1, 1, 1, 1, 1};
+static const int16_t nq_sixteens[16] __attribute__((aligned(32))) = {
+    16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16};
+
+SAIL_INLINE void nibble_quad4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones;
     __asm__("vmovdqa %[nib], %%ymm13\n\t"
-            NQ_CODES(0) NQ_FIRST(0, ymm0, ymm1) NQ_FIRST(1, ymm2, ymm3) NQ_FIRST(2, ymm4, ymm5)
-            NQ_FIRST(3, ymm6, ymm7)
-            NQ_ROW(1) NQ_ROW(2) NQ_ROW(3) NQ_ROW(4) NQ_ROW(5) NQ_ROW(6) NQ_ROW(7)
+            NQ_BLOCK(32)
             "vmovdqa %[ones], %%ymm13\n\t"
             NQ_WIDEN(0, ymm0) NQ_WIDEN(1, ymm1) NQ_WIDEN(2, ymm2) NQ_WIDEN(3, ymm3)
             NQ_WIDEN(4, ymm4) NQ_WIDEN(5, ymm5) NQ_WIDEN(6, ymm6) NQ_WIDEN(7, ymm7)
             : "+m"(*(nibble_quad_acc *)acc32)
             : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block *)wb),
-              "m"(*(const nibble_quad_rows *)x), [nib] "m"(*(const __m256i *)nib),
-              [ones] "m"(*(const __m256i *)ones)
+              "m"(*(const nibble_quad_rows *)x), [nib] "m"(*nib), [ones] "m"(*ones)
             : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
               "xmm10", "xmm11", "xmm12", "xmm13");
 }
 
-/* One tile of nibble codes for tokens t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS). Per block and
- * half (low nibbles: tile columns COLUMN_ORDER[0..7], high: [8..15]) the 8 code vectors are
- * unpacked once and serve every token. */
-SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const int nt) {
+SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones,
+                  *sixteens = (const __m256i *)nq_sixteens;
+    for (int h = 0; h < 2; ++h)
+        __asm__("vmovdqa %[nib], %%ymm13\n\t"
+                NQ_BLOCK(64)
+                "vmovdqa %[ones], %%ymm13\n\t"
+                "vmovdqa %[sixteens], %%ymm14\n\t"
+                NQ_WIDEN8(0, ymm0, ymm1) NQ_WIDEN8(1, ymm2, ymm3) NQ_WIDEN8(2, ymm4, ymm5)
+                NQ_WIDEN8(3, ymm6, ymm7)
+                : "+m"(*(nibble_quad_acc *)acc32)
+                : [w] "r"(wb + 32 * h), [x] "r"(x), [acc] "r"(&acc32[0][h]),
+                  "m"(*(const nibble_block *)wb), "m"(*(const nibble_quad_rows *)x),
+                  [nib] "m"(*nib), [ones] "m"(*ones), [sixteens] "m"(*sixteens)
+                : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                  "xmm10", "xmm11", "xmm12", "xmm13", "xmm14");
+}
+
+/* One tile of 4- or 8-bit codes (B) for tokens t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS): four
+ * tokens at a time share each unpacked vector (nibble_quad4/8); the rest, and batch 1, take
+ * the block half by half, its 8 nibble vectors unpacked once and kept in registers. */
+SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const int nt,
+                             const int B) {
     const sail_lut_weight *w = call->w;
     const int n_groups = w->n_groups, bpg = w->blocks_per_group;
-    const size_t block_bytes = (size_t)SAIL_LUT_NIBBLE_BITS * 64;
+    const size_t block_bytes = (size_t)B * 64;
     const __m256i nib = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i sixteens = _mm256_set1_epi16(16);
     __m256i acc32[ROWS_PER_PASS][2];
     __m256 yacc[ROWS_PER_PASS][2];
     for (int t = 0; t < nt; ++t) yacc[t][0] = yacc[t][1] = _mm256_setzero_ps();
@@ -660,22 +696,33 @@ SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const 
             for (size_t i = 0; i < block_bytes; i += 64)
                 _mm_prefetch((const char *)(wb + PREFETCH_BYTES + i), _MM_HINT_T0);
             int t = 0;
-            for (; t + 4 <= nt; t += 4)
-                nibble_quad(wb, x + (size_t)t * SAIL_LUT_ROWS_BYTES_PER_BLOCK, acc32 + t);
+            for (; t + 4 <= nt; t += 4) {
+                const int8_t *xt = x + (size_t)t * SAIL_LUT_ROWS_BYTES_PER_BLOCK;
+                if (B == 4)
+                    nibble_quad4(wb, xt, acc32 + t);
+                else
+                    nibble_quad8(wb, xt, acc32 + t);
+            }
             if (t < nt)
-                for (int h = 0; h < 2; ++h) {
-                    __m256i codes[8];
-                    for (int q = 0; q < 8; ++q) {
-                        const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb + q * 32));
-                        codes[q] = _mm256_and_si256(h ? _mm256_srli_epi16(raw, 4) : raw, nib);
+                for (int h = 0; h < 2; ++h)
+                    /* 4 bits: half h is the low / high nibbles of vectors q; 8 bits: vectors
+                     * 2q + h, low nibbles (weight 1) then high nibbles (weight 16) */
+                    for (int part = 0; part < B / 4; ++part) {
+                        const int high = B == 4 ? h : part;
+                        __m256i codes[8];
+                        for (int q = 0; q < 8; ++q) {
+                            const size_t v = B == 4 ? (size_t)q : (size_t)(2 * q + h);
+                            const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb + v * 32));
+                            codes[q] =
+                                _mm256_and_si256(high ? _mm256_srli_epi16(raw, 4) : raw, nib);
+                        }
+                        for (int u = t; u < nt; ++u)
+                            nibble_token(codes, x + (size_t)u * SAIL_LUT_ROWS_BYTES_PER_BLOCK,
+                                         B == 8 && part ? sixteens : ones, &acc32[u][h]);
                     }
-                    for (int u = t; u < nt; ++u)
-                        nibble_token(codes, x + (size_t)u * SAIL_LUT_ROWS_BYTES_PER_BLOCK, ones,
-                                     &acc32[u][h]);
-                }
         }
         for (int t = 0; t < nt; ++t)
-            finish_sums(call, acc32[t], yacc[t], tile, t0 + t, grp, SAIL_LUT_NIBBLE_BITS);
+            finish_sums(call, acc32[t], yacc[t], tile, t0 + t, grp, B);
     }
     for (int t = 0; t < nt; ++t) {
         const int col0 = tile * SAIL_LUT_TILE_N;
@@ -684,19 +731,20 @@ SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const 
     }
 }
 
-SAIL_INLINE void nibble_tiles(const sail_lut_call *call, int tile_begin, int tile_end) {
+SAIL_INLINE void nibble_tiles(const sail_lut_call *call, int tile_begin, int tile_end,
+                              const int B) {
     for (int tile = tile_begin; tile < tile_end; ++tile)
         for (int t0 = 0; t0 < call->rows; t0 += ROWS_PER_PASS) {
             const int nt = call->rows - t0 < ROWS_PER_PASS ? call->rows - t0 : ROWS_PER_PASS;
             switch (nt) {
-            case 1: nibble_pass(call, tile, t0, 1); break;
-            case 2: nibble_pass(call, tile, t0, 2); break;
-            case 3: nibble_pass(call, tile, t0, 3); break;
-            case 4: nibble_pass(call, tile, t0, 4); break;
-            case 5: nibble_pass(call, tile, t0, 5); break;
-            case 6: nibble_pass(call, tile, t0, 6); break;
-            case 7: nibble_pass(call, tile, t0, 7); break;
-            default: nibble_pass(call, tile, t0, 8); break;
+            case 1: nibble_pass(call, tile, t0, 1, B); break;
+            case 2: nibble_pass(call, tile, t0, 2, B); break;
+            case 3: nibble_pass(call, tile, t0, 3, B); break;
+            case 4: nibble_pass(call, tile, t0, 4, B); break;
+            case 5: nibble_pass(call, tile, t0, 5, B); break;
+            case 6: nibble_pass(call, tile, t0, 6, B); break;
+            case 7: nibble_pass(call, tile, t0, 7, B); break;
+            default: nibble_pass(call, tile, t0, 8, B); break;
             }
         }
 }
@@ -720,8 +768,8 @@ SAIL_INLINE void codes_tiles(const sail_lut_call *call, int tile_begin, int tile
 }
 
 SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, const int B) {
-    if (B == SAIL_LUT_NIBBLE_BITS) {
-        nibble_tiles(call, tile_begin, tile_end);
+    if (B == 4 || B == 8) {
+        nibble_tiles(call, tile_begin, tile_end, B);
         return;
     }
     if (B >= CODES_MIN_BITS && B <= CODES_MAX_BITS && use_codes(call->w, call->rows)) {
