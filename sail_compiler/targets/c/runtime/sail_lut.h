@@ -172,7 +172,8 @@ static inline size_t sail_lut_table_offset(const sail_lut_weight *w, int rows, i
 /* Tables of tokens [row_begin, row_end) of `rows`: for token t, group grp, block blk and chunk
  * pair cp, 64 bytes at sail_lut_table_offset(w, rows, t, grp, blk) + cp * 64:
  * L of chunk 2cp (16 B), L of chunk 2cp + 1, H of chunk 2cp, H of chunk 2cp + 1 (entries as
- * uint8 / int8), where V[p] = 16 H[p] + L[p]; and xsum[t][grp]. */
+ * uint8 / int8), where V[p] = 16 H[p] + L[p] (codes layout: the block's 32 activations); and
+ * xsum[t][grp]. */
 void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int rows,
                               int row_begin, int row_end, uint8_t *tables, int32_t *xsum);
 /* y and sums of the tiles [tile_begin, tile_end) for every token of the call. */
