@@ -17,7 +17,7 @@
  *   int32          (vpmaddwd by the plane weights 4^j <= 64 or 2^(b-1) <= 128) accumulate
  *                  sum_k q x - z sum_k x, which wraps modulo 2^32 exactly like the portable
  *                  kernel: exact whenever the group sum fits int32 (the reference checks).
- *   codes paths    bounds at codes_pass and nibble_token.
+ *   codes paths    bounds at codes_pass and nibble_quad4.
  */
 #include "sail_lut.h"
 
@@ -540,60 +540,23 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
 
 /* ---- Codes layout (4- and 8-bit weights) ---------------------------------------------------- */
 
-/* One token against 8 vectors of nibbles of one block and half (codes[q]: rows 4q .. 4q + 3 of
- * 8 columns, 4 bytes per column; 8-bit codes go through here twice, low and high nibbles):
- * each row quad's 4 activations are broadcast to every column, vpmaddubsw adds row pairs,
- * vpmaddwd by mult (1, or 16 for high nibbles) adds the two pairs of a column into int32,
- * which is added to *acc (8 columns in kernel order). Exactness: a product pair is
- * |c0 x0 + c1 x1| <= 2 * 15 * 128 = 3840 (no saturation); each int16 sums the 8 row quads,
- * |.| <= 30720 < 32767. Assembly, so that the codes stay in registers and every product sits
- * next to its add. */
-typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
-
-SAIL_INLINE void nibble_token(const __m256i *codes, const int8_t *x, __m256i mult, __m256i *acc) {
-    __m256i b0, b1, p0, p1, s;
-    __asm__("vpbroadcastd 0x00(%[x]), %[b0]\n\t"
-            "vpbroadcastd 0x04(%[x]), %[b1]\n\t"
-            "vpmaddubsw %[b0], %[c0], %[s]\n\t"
-            "vpmaddubsw %[b1], %[c1], %[p1]\n\t"
-            "vpbroadcastd 0x08(%[x]), %[b0]\n\t"
-            "vpbroadcastd 0x0c(%[x]), %[b1]\n\t"
-            "vpaddw %[p1], %[s], %[s]\n\t"
-            "vpmaddubsw %[b0], %[c2], %[p0]\n\t"
-            "vpmaddubsw %[b1], %[c3], %[p1]\n\t"
-            "vpbroadcastd 0x10(%[x]), %[b0]\n\t"
-            "vpbroadcastd 0x14(%[x]), %[b1]\n\t"
-            "vpaddw %[p0], %[s], %[s]\n\t"
-            "vpaddw %[p1], %[s], %[s]\n\t"
-            "vpmaddubsw %[b0], %[c4], %[p0]\n\t"
-            "vpmaddubsw %[b1], %[c5], %[p1]\n\t"
-            "vpbroadcastd 0x18(%[x]), %[b0]\n\t"
-            "vpbroadcastd 0x1c(%[x]), %[b1]\n\t"
-            "vpaddw %[p0], %[s], %[s]\n\t"
-            "vpaddw %[p1], %[s], %[s]\n\t"
-            "vpmaddubsw %[b0], %[c6], %[p0]\n\t"
-            "vpmaddubsw %[b1], %[c7], %[p1]\n\t"
-            "vpaddw %[p0], %[s], %[s]\n\t"
-            "vpaddw %[p1], %[s], %[s]\n\t"
-            "vpmaddwd %[mult], %[s], %[s]\n\t"
-            "vpaddd %[s], %[acc], %[acc]"
-            : [b0] "=&x"(b0), [b1] "=&x"(b1), [p0] "=&x"(p0), [p1] "=&x"(p1), [s] "=&x"(s),
-              [acc] "+x"(*acc)
-            : [x] "r"(x), "m"(*(const nibble_rows *)x), [mult] "x"(mult), [c0] "x"(codes[0]),
-              [c1] "x"(codes[1]), [c2] "x"(codes[2]), [c3] "x"(codes[3]), [c4] "x"(codes[4]),
-              [c5] "x"(codes[5]), [c6] "x"(codes[6]), [c7] "x"(codes[7]));
-}
-
-/* Four tokens against one block of codes. Per row quad q one vector is loaded and split into
- * ymm8 (low nibbles) and ymm9 (high nibbles), and each token's broadcast activations (ymm10)
- * serve both; the 8 int16 sums (ymm0..7: token t at 2t, 2t + 1) stay in registers over the
- * block, then go to int32 (vpmaddwd) and are added to acc32. 4 bits (nibble_quad4): one pass,
- * the sums are the two halves' (columns order[0..7], order[8..15]). 8 bits (nibble_quad8): one
- * pass per half h over vectors 2q + h, the sums are the low and high nibbles', added to
- * acc32[t][h] with weights 1 and 16. Bounds as in nibble_token. */
+/* Four tokens (nibble_quad4/8) or one (nibble_one4/8) against one block of codes. Per row quad
+ * q one vector is loaded and split into ymm8 (low nibbles) and ymm9 (high nibbles); each
+ * token's 4 activations of the quad are broadcast to every 4 bytes (ymm10) and serve both:
+ * vpmaddubsw adds row pairs into int16. Token t's two int16 sums (ymm 2t, 2t + 1) stay in
+ * registers over the block, then vpmaddwd adds a column's two pairs into int32, added to
+ * acc32[t]. 4 bits: one pass, the two sums are the two halves' (columns order[0..7] and
+ * order[8..15]). 8 bits: one pass per half h over vectors 2q + h, the two sums are the low and
+ * high nibbles', added to acc32[t][h] with weights 1 and 16 (code = 16 high + low).
+ * Exactness: a product pair is |c0 x0 + c1 x1| <= 2 * 15 * 128 = 3840 (no saturation); each
+ * int16 sums the block's 8 row quads, |.| <= 30720 < 32767. Assembly, so that every product
+ * sits next to its add and the sums stay in registers (gcc computed the products first and
+ * spilled them). */
 typedef struct { __m256i v[4][2]; } nibble_quad_acc;
+typedef struct { __m256i v[2]; } nibble_one_acc;
 typedef struct { uint8_t b[8 * 64]; } nibble_block;
 typedef struct { int8_t x[4][SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_quad_rows;
+typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
 
 #define NQ_CODES(q, stride)                                                                       \
     "vmovdqu " #stride "*" #q "(%[w]), %%ymm9\n\t"                                               \
@@ -614,6 +577,12 @@ typedef struct { int8_t x[4][SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_quad_rows;
 #define NQ_ROW(q, stride)                                                                         \
     NQ_CODES(q, stride) NQ_TOKEN(q, 0, ymm0, ymm1) NQ_TOKEN(q, 1, ymm2, ymm3)                      \
         NQ_TOKEN(q, 2, ymm4, ymm5) NQ_TOKEN(q, 3, ymm6, ymm7)
+#define NQ_BLOCK_ONE(stride)                                                                      \
+    NQ_CODES(0, stride) NQ_FIRST(0, ymm0, ymm1) NQ_CODES(1, stride) NQ_TOKEN(1, 0, ymm0, ymm1)     \
+        NQ_CODES(2, stride) NQ_TOKEN(2, 0, ymm0, ymm1) NQ_CODES(3, stride)                         \
+            NQ_TOKEN(3, 0, ymm0, ymm1) NQ_CODES(4, stride) NQ_TOKEN(4, 0, ymm0, ymm1)              \
+                NQ_CODES(5, stride) NQ_TOKEN(5, 0, ymm0, ymm1) NQ_CODES(6, stride)                 \
+                    NQ_TOKEN(6, 0, ymm0, ymm1) NQ_CODES(7, stride) NQ_TOKEN(7, 0, ymm0, ymm1)
 #define NQ_BLOCK(stride)                                                                          \
     NQ_CODES(0, stride) NQ_FIRST(0, ymm0, ymm1) NQ_FIRST(1, ymm2, ymm3) NQ_FIRST(2, ymm4, ymm5)    \
         NQ_FIRST(3, ymm6, ymm7) NQ_ROW(1, stride) NQ_ROW(2, stride) NQ_ROW(3, stride)              \
@@ -670,16 +639,41 @@ SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc3
                   "xmm10", "xmm11", "xmm12", "xmm13", "xmm14");
 }
 
+SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones;
+    __asm__("vmovdqa %[nib], %%ymm13\n\t"
+            NQ_BLOCK_ONE(32)
+            "vmovdqa %[ones], %%ymm13\n\t"
+            NQ_WIDEN(0, ymm0) NQ_WIDEN(1, ymm1)
+            : "+m"(*(nibble_one_acc *)acc32)
+            : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block *)wb),
+              "m"(*(const nibble_rows *)x), [nib] "m"(*nib), [ones] "m"(*ones)
+            : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13");
+}
+
+SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones,
+                  *sixteens = (const __m256i *)nq_sixteens;
+    for (int h = 0; h < 2; ++h)
+        __asm__("vmovdqa %[nib], %%ymm13\n\t"
+                NQ_BLOCK_ONE(64)
+                "vmovdqa %[ones], %%ymm13\n\t"
+                "vmovdqa %[sixteens], %%ymm14\n\t"
+                NQ_WIDEN8(0, ymm0, ymm1)
+                : "+m"(*(nibble_one_acc *)acc32)
+                : [w] "r"(wb + 32 * h), [x] "r"(x), [acc] "r"(&acc32[0][h]),
+                  "m"(*(const nibble_block *)wb), "m"(*(const nibble_rows *)x), [nib] "m"(*nib),
+                  [ones] "m"(*ones), [sixteens] "m"(*sixteens)
+                : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14");
+}
+
 /* One tile of 4- or 8-bit codes (B) for tokens t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS): four
- * tokens at a time share each unpacked vector (nibble_quad4/8); the rest, and batch 1, take
- * the block half by half, its 8 nibble vectors unpacked once and kept in registers. */
+ * tokens at a time share each unpacked vector, the rest go one by one. */
 SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const int nt,
                              const int B) {
     const sail_lut_weight *w = call->w;
     const int n_groups = w->n_groups, bpg = w->blocks_per_group;
     const size_t block_bytes = (size_t)B * 64;
-    const __m256i nib = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    const __m256i sixteens = _mm256_set1_epi16(16);
     __m256i acc32[ROWS_PER_PASS][2];
     __m256 yacc[ROWS_PER_PASS][2];
     for (int t = 0; t < nt; ++t) yacc[t][0] = yacc[t][1] = _mm256_setzero_ps();
@@ -703,26 +697,15 @@ SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const 
                 else
                     nibble_quad8(wb, xt, acc32 + t);
             }
-            if (t < nt)
-                for (int h = 0; h < 2; ++h)
-                    /* 4 bits: half h is the low / high nibbles of vectors q; 8 bits: vectors
-                     * 2q + h, low nibbles (weight 1) then high nibbles (weight 16) */
-                    for (int part = 0; part < B / 4; ++part) {
-                        const int high = B == 4 ? h : part;
-                        __m256i codes[8];
-                        for (int q = 0; q < 8; ++q) {
-                            const size_t v = B == 4 ? (size_t)q : (size_t)(2 * q + h);
-                            const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb + v * 32));
-                            codes[q] =
-                                _mm256_and_si256(high ? _mm256_srli_epi16(raw, 4) : raw, nib);
-                        }
-                        for (int u = t; u < nt; ++u)
-                            nibble_token(codes, x + (size_t)u * SAIL_LUT_ROWS_BYTES_PER_BLOCK,
-                                         B == 8 && part ? sixteens : ones, &acc32[u][h]);
-                    }
+            for (; t < nt; ++t) {
+                const int8_t *xt = x + (size_t)t * SAIL_LUT_ROWS_BYTES_PER_BLOCK;
+                if (B == 4)
+                    nibble_one4(wb, xt, acc32 + t);
+                else
+                    nibble_one8(wb, xt, acc32 + t);
+            }
         }
-        for (int t = 0; t < nt; ++t)
-            finish_sums(call, acc32[t], yacc[t], tile, t0 + t, grp, B);
+        for (int t = 0; t < nt; ++t) finish_sums(call, acc32[t], yacc[t], tile, t0 + t, grp, B);
     }
     for (int t = 0; t < nt; ++t) {
         const int col0 = tile * SAIL_LUT_TILE_N;
