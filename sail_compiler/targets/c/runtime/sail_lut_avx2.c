@@ -554,7 +554,8 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
  * spilled them). */
 typedef struct { __m256i v[4][2]; } nibble_quad_acc;
 typedef struct { __m256i v[2]; } nibble_one_acc;
-typedef struct { uint8_t b[8 * 64]; } nibble_block;
+typedef struct { uint8_t b[4 * 64]; } nibble_block4;
+typedef struct { uint8_t b[8 * 64]; } nibble_block8;
 typedef struct { int8_t x[4][SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_quad_rows;
 typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
 
@@ -615,7 +616,7 @@ SAIL_INLINE void nibble_quad4(const uint8_t *wb, const int8_t *x, __m256i (*acc3
             NQ_WIDEN(0, ymm0) NQ_WIDEN(1, ymm1) NQ_WIDEN(2, ymm2) NQ_WIDEN(3, ymm3)
             NQ_WIDEN(4, ymm4) NQ_WIDEN(5, ymm5) NQ_WIDEN(6, ymm6) NQ_WIDEN(7, ymm7)
             : "+m"(*(nibble_quad_acc *)acc32)
-            : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block *)wb),
+            : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block4 *)wb),
               "m"(*(const nibble_quad_rows *)x), [nib] "m"(*nib), [ones] "m"(*ones)
             : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
               "xmm10", "xmm11", "xmm12", "xmm13");
@@ -633,7 +634,7 @@ SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc3
                 NQ_WIDEN8(3, ymm6, ymm7)
                 : "+m"(*(nibble_quad_acc *)acc32)
                 : [w] "r"(wb + 32 * h), [x] "r"(x), [acc] "r"(&acc32[0][h]),
-                  "m"(*(const nibble_block *)wb), "m"(*(const nibble_quad_rows *)x),
+                  "m"(*(const nibble_block8 *)wb), "m"(*(const nibble_quad_rows *)x),
                   [nib] "m"(*nib), [ones] "m"(*ones), [sixteens] "m"(*sixteens)
                 : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
                   "xmm10", "xmm11", "xmm12", "xmm13", "xmm14");
@@ -646,7 +647,7 @@ SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32
             "vmovdqa %[ones], %%ymm13\n\t"
             NQ_WIDEN(0, ymm0) NQ_WIDEN(1, ymm1)
             : "+m"(*(nibble_one_acc *)acc32)
-            : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block *)wb),
+            : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block4 *)wb),
               "m"(*(const nibble_rows *)x), [nib] "m"(*nib), [ones] "m"(*ones)
             : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13");
 }
@@ -662,7 +663,7 @@ SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32
                 NQ_WIDEN8(0, ymm0, ymm1)
                 : "+m"(*(nibble_one_acc *)acc32)
                 : [w] "r"(wb + 32 * h), [x] "r"(x), [acc] "r"(&acc32[0][h]),
-                  "m"(*(const nibble_block *)wb), "m"(*(const nibble_rows *)x), [nib] "m"(*nib),
+                  "m"(*(const nibble_block8 *)wb), "m"(*(const nibble_rows *)x), [nib] "m"(*nib),
                   [ones] "m"(*ones), [sixteens] "m"(*sixteens)
                 : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14");
 }
