@@ -303,7 +303,7 @@ def check_targets(rows: list[Row]) -> list[str]:
                  and b > bits]
         if wider:
             # A target at batch 1 (memory bound: fewer bits, fewer bytes). Batches are compute
-            # bound, and 4-bit weights (nibble codes) need less work per token than the bit
+            # bound, and 4-bit weights (stored as codes) need less work per token than the bit
             # planes of the narrower widths: reported, not a target.
             nxt = by[k, n, batch, threads, min(wider)]
             ok = r.ours_ms <= nxt.ours_ms

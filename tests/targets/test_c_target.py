@@ -113,6 +113,10 @@ def test_damaged_weights_are_reported(float_artifact: Path, tmp_path: Path) -> N
     cases = {"truncated": (weights[: len(weights) // 3], "is truncated"),
              "header": (weights[:40], "is truncated"),
              "magic": (b"NOTSAIL\0" + weights[8:], "bad magic"),
+             # format 1 held 4- and 8-bit LUT weights as bit planes: read as codes they would
+             # be silently wrong, so the loader must refuse them
+             "version": (weights[:8] + (1).to_bytes(4, "little") + weights[12:],
+                         "has weight format 1, this model reads format 2; recompile"),
              "data": (bytes(flipped), "checksum of tensor"),
              "table": (weights[:80] + bytes([weights[80] ^ 1]) + weights[81:], "table checksum")}
     for name, (data, expected) in cases.items():
