@@ -715,49 +715,33 @@ SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const 
     }
 }
 
-SAIL_INLINE void nibble_tiles(const sail_lut_call *call, int tile_begin, int tile_end,
-                              const int B) {
-    for (int tile = tile_begin; tile < tile_end; ++tile)
-        for (int t0 = 0; t0 < call->rows; t0 += ROWS_PER_PASS) {
-            const int nt = call->rows - t0 < ROWS_PER_PASS ? call->rows - t0 : ROWS_PER_PASS;
-            switch (nt) {
-            case 1: nibble_pass(call, tile, t0, 1, B); break;
-            case 2: nibble_pass(call, tile, t0, 2, B); break;
-            case 3: nibble_pass(call, tile, t0, 3, B); break;
-            case 4: nibble_pass(call, tile, t0, 4, B); break;
-            case 5: nibble_pass(call, tile, t0, 5, B); break;
-            case 6: nibble_pass(call, tile, t0, 6, B); break;
-            case 7: nibble_pass(call, tile, t0, 7, B); break;
-            default: nibble_pass(call, tile, t0, 8, B); break;
-            }
+/* Run PASS(call, tile, t0, nt, B) over every tile of [tile_begin, tile_end) and the tokens in
+ * passes of up to ROWS_PER_PASS, each pass with its token count nt as a constant (the passes are
+ * always inlined: constant counts keep their accumulators in registers). */
+#define TOKEN_PASSES(PASS, call, tile_begin, tile_end, B)                                          \
+    for (int tile = (tile_begin); tile < (tile_end); ++tile)                                      \
+        for (int t0 = 0; t0 < (call)->rows; t0 += ROWS_PER_PASS) {                                \
+            switch ((call)->rows - t0 < ROWS_PER_PASS ? (call)->rows - t0 : ROWS_PER_PASS) {      \
+            case 1: PASS(call, tile, t0, 1, B); break;                                            \
+            case 2: PASS(call, tile, t0, 2, B); break;                                            \
+            case 3: PASS(call, tile, t0, 3, B); break;                                            \
+            case 4: PASS(call, tile, t0, 4, B); break;                                            \
+            case 5: PASS(call, tile, t0, 5, B); break;                                            \
+            case 6: PASS(call, tile, t0, 6, B); break;                                            \
+            case 7: PASS(call, tile, t0, 7, B); break;                                            \
+            default: PASS(call, tile, t0, 8, B); break;                                           \
+            }                                                                                     \
         }
-}
-
-SAIL_INLINE void codes_tiles(const sail_lut_call *call, int tile_begin, int tile_end,
-                             const int B) {
-    for (int tile = tile_begin; tile < tile_end; ++tile)
-        for (int t0 = 0; t0 < call->rows; t0 += ROWS_PER_PASS) {
-            const int nt = call->rows - t0 < ROWS_PER_PASS ? call->rows - t0 : ROWS_PER_PASS;
-            switch (nt) {
-            case 1: codes_pass(call, tile, t0, 1, B); break;
-            case 2: codes_pass(call, tile, t0, 2, B); break;
-            case 3: codes_pass(call, tile, t0, 3, B); break;
-            case 4: codes_pass(call, tile, t0, 4, B); break;
-            case 5: codes_pass(call, tile, t0, 5, B); break;
-            case 6: codes_pass(call, tile, t0, 6, B); break;
-            case 7: codes_pass(call, tile, t0, 7, B); break;
-            default: codes_pass(call, tile, t0, 8, B); break;
-            }
-        }
-}
 
 SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, const int B) {
     if (B == 4 || B == 8) {
-        nibble_tiles(call, tile_begin, tile_end, B);
+        TOKEN_PASSES(nibble_pass, call, tile_begin, tile_end, B);
         return;
     }
     if (B >= CODES_MIN_BITS && B <= CODES_MAX_BITS && use_codes(call->w, call->rows)) {
-        codes_tiles(call, tile_begin, tile_end, B < CODES_MAX_BITS ? B : CODES_MAX_BITS);
+        /* the clamp only bounds the instantiations: B is in range here */
+        TOKEN_PASSES(codes_pass, call, tile_begin, tile_end,
+                     B < CODES_MAX_BITS ? B : CODES_MAX_BITS);
         return;
     }
     if (call->rows == 1) {
