@@ -3,17 +3,23 @@
 Every target must reproduce :func:`group_sums` exactly and :func:`quantized_matmul` within 1e-5
 relative error. All float arithmetic below is float32 with IEEE division (``a / b``, never
 ``a * (1 / b)``) and round-half-to-even (``np.rint``, C's ``nearbyintf`` in the default rounding
-mode); a target that follows the same steps gets bit-identical codes.
+mode), except symmetric weight codes, which follow onnxruntime's quantizer step for step (below);
+a target that follows the same steps gets bit-identical codes.
 
 Weights ``W[K, N]`` (y = x @ W), groups of g consecutive k per column n, b-bit codes:
 
 * **Padding.** K is padded with zero weights up to ``K_pad = ceil(K / g) * g``. A zero weight
   quantizes to exactly its group's zero point, so padding rows have ``q - z = 0`` and contribute
   exactly 0 to every sum whatever activation they meet; :func:`dequantize` drops them.
-* **Symmetric** (b >= 2): ``s = max|w| / (2**(b-1) - 1)``,
-  ``q_signed = clip(rint(w / s), -2**(b-1), 2**(b-1) - 1)``. Stored as the unsigned code
-  ``q = q_signed + 2**(b-1)`` in ``[0, 2**b - 1]`` with the implicit zero point ``2**(b-1)``,
-  so packing and the group sum ``(q - z) * xq`` are the same for both kinds
+* **Symmetric** (b >= 2), full range, as onnxruntime's MatMulNBits quantizer
+  (``MlasQuantizeBlockwise``) and llama.cpp's Q4_0: ``w*`` is the group's value of largest
+  magnitude with its sign (the negative one on a tie), ``s = -w* / 2**(b-1)`` (exact; s may be
+  negative), so ``w*`` maps to ``-2**(b-1)``. The unsigned code is
+  ``q = clip(roundf(w * r + 2**(b-1)), 0, 2**b - 1)`` with ``r = 1 / s``, each step rounded to
+  float32 and ``roundf`` rounding halves away from zero (as C's): bit for bit onnxruntime's codes.
+  (Where ``1 / s`` overflows, for a subnormal s, ``w / s`` replaces ``w * r``.) The signed code is
+  ``q - 2**(b-1)`` in ``[-2**(b-1), 2**(b-1) - 1]``; the implicit zero point ``2**(b-1)`` makes
+  packing and the group sum ``(q - z) * xq`` the same for both kinds
   (:attr:`QuantizedWeight.zero` is None). Symmetric 1-bit is rejected by
   :class:`~sail_compiler.quant.scheme.QuantScheme`.
 * **With zero points**: the group's range is widened to include 0 (as GPTQ's and gemmlowp's
@@ -59,8 +65,8 @@ class QuantizedWeight:
         uint8 ``[K_pad, N]`` unsigned codes in ``[0, 2**bits - 1]``; ``K_pad = n_groups *
         group_size``. Rows ``k .. K_pad - 1`` are padding and equal their group's zero point.
     scale
-        float32 ``[n_groups, N]``, nonzero: our quantizers write positive scales; imported ones
-        (onnxruntime's symmetric MatMulNBits) may be negative, which the semantics allow.
+        float32 ``[n_groups, N]``, nonzero. Symmetric scales may be negative (``-w* / 2**(b-1)``,
+        as onnxruntime's); the quantizers' scales with zero points are positive.
     zero
         uint8 ``[n_groups, N]`` zero points in ``[0, 2**bits - 1]``, or None for symmetric
         quantization (implicit zero point ``2**(bits-1)``).
@@ -212,10 +218,17 @@ def quantize_weights_rtn(w: np.ndarray, scheme: QuantScheme) -> QuantizedWeight:
     groups = padded.reshape(n_groups, g, n)
     b = scheme.bits
     if scheme.symmetric:
-        qmax = (1 << (b - 1)) - 1
-        scale = _nonzero_scale(np.abs(groups).max(axis=1) / np.float32(qmax))
-        q_signed = np.clip(np.rint(groups / scale[:, None, :]), -qmax - 1, qmax)
-        q = (q_signed + (qmax + 1)).astype(np.uint8)
+        half = np.float32(1 << (b - 1))
+        hi, lo = groups.max(axis=1), groups.min(axis=1)
+        scale = _nonzero_scale(-np.where(np.abs(hi) > np.abs(lo), hi, lo) / half)
+        with np.errstate(over="ignore"):  # 1 / s overflows only for a subnormal s
+            inverse = np.float32(1) / scale
+        finite = np.isfinite(inverse)
+        scaled = np.where(finite[:, None, :], groups * np.where(finite, inverse, 0)[:, None, :],
+                          groups / scale[:, None, :])
+        # C roundf(x) = floor(x + 0.5) for float32 x >= -0.5 (exact in float64); lower x clip to 0
+        shifted = (scaled + half).astype(np.float64)
+        q = np.clip(np.floor(shifted + 0.5), 0, 2 * half - 1).astype(np.uint8)
         zero = None
     else:
         qmax = (1 << b) - 1
