@@ -157,9 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_compile_options(p)
     p.add_argument("--text", type=Path, required=True, help="the text to score")
     p.add_argument("--window", type=int, default=256, help="tokens per window (default 256)")
-    p.add_argument("--stride", type=int, default=128,
-                   help="tokens a window advances; each token is scored once (default 128)")
+    p.add_argument("--stride", type=int,
+                   help="tokens a window advances; each token is scored once (default: half "
+                        "the window)")
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens")
+    p.add_argument("--chars", type=int, metavar="N",
+                   help="tokenize only the first N characters of --text; the project's protocol "
+                        "is --chars 6000 --window 1024 --max-tokens 1024: one window, <bos> "
+                        "first when the tokenizer adds it, exp(mean NLL of tokens 1..1023)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("analyze-patterns", help="lookups SAIL's pattern reuse saves per layer "
@@ -411,20 +416,32 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_ppl(args: argparse.Namespace) -> int:
+    import warnings
+
     from .eval_ppl import evaluate
 
     if args.tokenizer is None:
         raise OptionError("eval-ppl needs --tokenizer tokenizer.json to read --text")
     options = _compile_options(args)
-    report = evaluate(args.model, args.text, args.tokenizer, options, window=args.window,
-                      stride=args.stride, max_tokens=args.max_tokens)
+    stride = args.stride if args.stride is not None else max(1, args.window // 2)
+    with warnings.catch_warnings():
+        # printed when issued (before a long evaluation), on one line
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = lambda message, *_: print(f"sail: warning: {message}",
+                                                         file=sys.stderr, flush=True)
+        report = evaluate(args.model, args.text, args.tokenizer, options, window=args.window,
+                          stride=stride, max_tokens=args.max_tokens, chars=args.chars)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"perplexity of {args.model} on {args.text}: {report['tokens']} tokens, window "
-          f"{report['window']}, stride {report['stride']}")
+    chars = f" (first {args.chars} characters)" if args.chars is not None else ""
+    print(f"perplexity of {args.model} on {args.text}{chars}: {report['tokens']} tokens "
+          f"(first ids {report['first_ids']}), window {report['window']}, stride "
+          f"{report['stride']}, {report['float']['windows']} window(s), "
+          f"{report['float']['tokens']} tokens scored")
     print(f"  float (onnxruntime)  {report['float']['ppl']:.4f}")
-    print(f"  compiled ({report['compiled']['description']})  {report['compiled']['ppl']:.4f}")
+    print(f"  compiled ({report['compiled']['description']})  {report['compiled']['ppl']:.4f}"
+          f"  ({report['compiled']['ppl'] / report['float']['ppl']:.3f}x float)")
     return 0
 
 

@@ -13,6 +13,15 @@ one forward pass with batch 1 and no KV cache reuse: ``attention_mask`` is ones,
 0). The negative log-likelihood is computed from the logits in float64.
 
 ``perplexity = exp(mean NLL)``, the mean over scored tokens, in nats per token.
+
+The protocol of the project's real-model measurements (issue 15) is one window over the start of
+a text: ``--chars 6000 --window 1024 --max-tokens 1024`` takes the first 6000 characters, tokenizes
+them (``<bos>`` first when the tokenizer's post-processor adds it, as Gemma's and Llama's do),
+keeps the first 1024 ids and scores tokens 1..1023 in one forward pass:
+``perplexity = exp(mean NLL of tokens 1..1023)``.
+
+Calibrating on the text that is then scored flatters the quantized model; :func:`evaluate` warns
+when the calibration text (``--calib-text``) holds the scored characters.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,8 +62,9 @@ _MANIFEST_QUANT_FIELDS = ("method", "act_bits", "avg_bits")
 
 
 def load_tokens(text_path: str | Path, tokenizer_path: str | Path,
-                max_tokens: int | None = None) -> np.ndarray:
-    """Tokenize a UTF-8 text file with a Hugging Face ``tokenizer.json``.
+                max_tokens: int | None = None, chars: int | None = None) -> np.ndarray:
+    """Tokenize a UTF-8 text file (or its first ``chars`` characters) with a Hugging Face
+    ``tokenizer.json``.
 
     Parameters
     ----------
@@ -64,6 +75,9 @@ def load_tokens(text_path: str | Path, tokenizer_path: str | Path,
         tokenizer's own post-processing applies (e.g. a leading BOS token for Llama tokenizers).
     max_tokens
         Keep only the first ``max_tokens`` ids (None: all).
+    chars
+        Tokenize only the first ``chars`` characters (Unicode code points) of the text (None:
+        all of it).
 
     Returns
     -------
@@ -76,19 +90,15 @@ def load_tokens(text_path: str | Path, tokenizer_path: str | Path,
         The text or tokenizer is missing or unreadable, the tokenizer cannot be parsed, or the
         text has no tokens.
     OptionError
-        ``max_tokens < 2``.
+        ``max_tokens < 2`` or ``chars < 1``.
     """
     from tokenizers import Tokenizer
 
     if max_tokens is not None and max_tokens < 2:
         raise OptionError(f"--max-tokens must be at least 2 (a token is scored from the ones "
                           f"before it), got {max_tokens}")
+    text = read_text(text_path, chars)
     text_path, tokenizer_path = Path(text_path), Path(tokenizer_path)
-    try:
-        text = text_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read the text {text_path}: {err}; give a UTF-8 text "
-                         "file") from err
     if not tokenizer_path.is_file():
         raise InputError(f"tokenizer {tokenizer_path} does not exist or is not a file; give the "
                          "tokenizer.json the model was trained with")
@@ -102,6 +112,62 @@ def load_tokens(text_path: str | Path, tokenizer_path: str | Path,
     if ids.size == 0:
         raise InputError(f"the text {text_path} is empty (no tokens); give a text to score")
     return ids if max_tokens is None else ids[:max_tokens]
+
+
+def read_text(text_path: str | Path, chars: int | None = None) -> str:
+    """The UTF-8 text of a file, or its first ``chars`` characters.
+
+    Raises
+    ------
+    InputError
+        The file is missing or not UTF-8.
+    OptionError
+        ``chars < 1``.
+    """
+    if chars is not None and (isinstance(chars, bool) or not isinstance(chars, int)
+                              or chars < 1):
+        raise OptionError(f"--chars must be a positive integer, got {chars!r}")
+    text_path = Path(text_path)
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read the text {text_path}: {err}; give a UTF-8 text "
+                         "file") from err
+    return text if chars is None else text[:chars]
+
+
+def calibration_overlap(calib_text: str | Path | None, text_path: str | Path,
+                        chars: int | None = None) -> str | None:
+    """A warning when the calibration text holds the text being scored, else None.
+
+    Parameters
+    ----------
+    calib_text
+        The ``--calib-text`` file (None: no text calibration, no warning).
+    text_path, chars
+        The evaluation text and how many of its first characters are scored.
+
+    Returns
+    -------
+    str | None
+        The message: the same file, or the scored characters found inside the calibration
+        text (a quantizer fitted to the data it is then scored on looks better than it is).
+    """
+    if calib_text is None:
+        return None
+    calib_path, text_path = Path(calib_text), Path(text_path)
+    same_file = calib_path.exists() and text_path.exists() and calib_path.samefile(text_path)
+    try:
+        scored = read_text(text_path, chars).strip()
+        contained = bool(scored) and scored in read_text(calib_path)
+    except InputError:
+        return None  # an unreadable file is reported where it is read
+    if not (same_file or contained):
+        return None
+    how = "is the evaluation text" if same_file else "contains the scored text"
+    return (f"the calibration text {calib_path} {how} {text_path}: the perplexity is measured on "
+            "the data the quantizer was fitted to and understates its cost; calibrate on a "
+            "different text")
 
 
 def check_window(window: int, stride: int) -> None:
@@ -329,14 +395,15 @@ def check_model(signature: ModelSignature, ids: np.ndarray, window: int) -> None
 
 def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str | Path,
              options: CompileOptions | None = None, window: int = 256, stride: int = 128,
-             max_tokens: int | None = None, progress: bool = True) -> dict[str, Any]:
+             max_tokens: int | None = None, progress: bool = True,
+             chars: int | None = None) -> dict[str, Any]:
     """Perplexity of the float model (onnxruntime) and of the compiled model on a text.
 
     Parameters
     ----------
     model_path
         The ``.onnx`` language model (external data beside it): token ids in, logits out.
-    text_path, tokenizer_path, max_tokens
+    text_path, tokenizer_path, max_tokens, chars
         See :func:`load_tokens`.
     options
         How to compile (None: float, llvm); with ``options.quant`` the compiled model is
@@ -350,8 +417,10 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
     Returns
     -------
     dict
-        ``{"model", "text", "tokenizer", "tokens" (in the text, after max_tokens), "window",
-        "stride", "float": {perplexity(...), "seconds", "runtime": "onnxruntime"},
+        ``{"model", "text", "chars", "tokenizer", "tokens" (in the text, after max_tokens),
+        "first_ids" (up to 8: shows a leading ``<bos>``), "window", "stride", "warnings" (e.g.
+        :func:`calibration_overlap`, also issued as ``UserWarning``), "float":
+        {perplexity(...), "seconds", "runtime": "onnxruntime"},
         "compiled": {perplexity(...), "seconds", "compile_seconds", "target", "quant" (scheme
         name or None) and the manifest's "method", "act_bits", "avg_bits" where recorded}}``.
     """
@@ -363,7 +432,11 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
     if options.emit is not None:
         raise OptionError("eval-ppl runs the compiled model and needs a full compile; "
                           f"drop --emit {options.emit}")
-    ids = load_tokens(text_path, tokenizer_path, max_tokens)
+    ids = load_tokens(text_path, tokenizer_path, max_tokens, chars)
+    notes = [w for w in [calibration_overlap(options.calib.text if options.calib else None,
+                                             text_path, chars)] if w is not None]
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     model_path = Path(model_path)
     quant = options.scheme_name
     model = load_checked(model_path)  # fails early, before a compile, on a mismatched model
@@ -401,6 +474,7 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
                         quant=quant, description=options.describe_quant(),
                         **{k: artifact.manifest[k] for k in _MANIFEST_QUANT_FIELDS
                            if k in artifact.manifest})
-    return {"model": str(model_path), "text": str(text_path), "tokenizer": str(tokenizer_path),
-            "tokens": len(ids), "window": window, "stride": stride, "float": float_result,
-            "compiled": compiled}
+    return {"model": str(model_path), "text": str(text_path), "chars": chars,
+            "tokenizer": str(tokenizer_path), "tokens": len(ids),
+            "first_ids": ids[:8].tolist(), "window": window, "stride": stride,
+            "warnings": notes, "float": float_result, "compiled": compiled}

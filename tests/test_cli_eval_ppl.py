@@ -64,3 +64,21 @@ def test_text_calibration_errors(micro_decoder: Path, words: tuple[Path, Path], 
     assert code == 2
     assert "fewer than the 1000" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_eval_ppl_protocol_options_and_calibration_warning(
+        micro_decoder: Path, words: tuple[Path, Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    tokenizer, text = words
+    chars = len(" ".join(text.read_text().split()[:40]))
+    code = main(["eval-ppl", str(micro_decoder), "--text", str(text), "--tokenizer",
+                 str(tokenizer), "--bits", "4", "--group-size", "8", "--method", "gptq",
+                 "--calib-text", str(text), "--calib-samples", "2", "--calib-seq-len", "16",
+                 "--chars", str(chars), "--window", "32", "--max-tokens", "32"])
+    assert code == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and warning[0].startswith("sail: warning: the calibration text")
+    assert "is the evaluation text" in warning[0]
+    assert f"(first {chars} characters): 32 tokens" in captured.out
+    assert "1 window(s), 31 tokens scored" in captured.out

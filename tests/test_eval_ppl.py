@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from make_decoder import PRESETS, make_decoder, save_model
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from train_stdlib_lm import train_tokenizer
 
 from sail_compiler.errors import InputError, OptionError
 from sail_compiler.eval_ppl import (
     LogitsFn,
+    calibration_overlap,
     evaluate,
     load_tokens,
     model_logits_fn,
@@ -25,6 +27,7 @@ from sail_compiler.eval_ppl import (
 )
 from sail_compiler.frontend import signature_of
 from sail_compiler.options import CompileOptions
+from sail_compiler.quant.calibrate import CalibrationSpec
 from sail_compiler.quant.scheme import QuantScheme
 from sail_compiler.verify import OnnxRuntimeReference
 
@@ -263,3 +266,95 @@ def test_bad_inputs(bpe_tokenizer: Path, micro_decoder: Path, tmp_path: Path) ->
     with pytest.raises(OptionError, match="drop --emit"):
         evaluate(micro_decoder, text, bpe_tokenizer, CompileOptions(emit="import"),
                  progress=False)
+
+
+# The real-model protocol (issue 15): the first C characters, <bos> first when the tokenizer adds
+# it, the first W ids, one window, exp(mean NLL of tokens 1..W-1).
+
+BOS_ID = 2
+BOS_WORDS = WORDS[:-1]  # [UNK], [PAD], <bos> and 47 words: the micro vocabulary of 50
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A word-level tokenizer whose post-processor puts <bos> first, as Gemma's does."""
+    vocab = {"[UNK]": 0, "[PAD]": 1, "<bos>": BOS_ID} | {w: i + 3 for i, w in enumerate(BOS_WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", BOS_ID)])
+    path = tmp_path_factory.mktemp("tok") / "bos.json"
+    tokenizer.save(str(path))
+    return path
+
+
+def _protocol_ppl_numpy(session: ort.InferenceSession, text: str, chars: int, window: int,
+                        bos: bool) -> tuple[float, list[int]]:
+    """The protocol computed independently: split the characters into words by hand, map them
+    to ids as the two word tokenizers number them, one forward pass on onnxruntime, log-softmax
+    in float64 NumPy."""
+    vocab = {w: i + 3 for i, w in enumerate(BOS_WORDS)} if bos else \
+        {w: i + 2 for i, w in enumerate(WORDS)}
+    ids = ([BOS_ID] if bos else []) + [vocab.get(w, 0) for w in text[:chars].split()]
+    ids = np.array(ids[:window], np.int64)
+    z = _ort_logits(session, ids[None])[0].astype(np.float64)
+    log_probs = z - z.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    nll = -log_probs[np.arange(window - 1), ids[1:]]
+    return float(np.exp(nll.mean())), ids.tolist()
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_protocol_one_window_of_the_first_characters(micro_decoder: Path, bos_tokenizer: Path,
+                                                     word_tokenizer: Path,
+                                                     micro_ort: ort.InferenceSession,
+                                                     tmp_path: Path, bos: bool) -> None:
+    rng = np.random.default_rng(5)
+    words = BOS_WORDS if bos else WORDS
+    text = " ".join(rng.choice(words, 80))
+    path = _write(tmp_path / "t.txt", text)
+    chars = len(" ".join(text.split()[:45])) - 2  # ends inside word 45: a partial (unknown) word
+    window = PRESETS["micro"].max_positions
+    tokenizer = bos_tokenizer if bos else word_tokenizer
+    result = evaluate(micro_decoder, path, tokenizer, window=window, stride=8, max_tokens=window,
+                      chars=chars, progress=False)
+    expected, ids = _protocol_ppl_numpy(micro_ort, text, chars, window, bos)
+    assert result["first_ids"] == ids[:8]
+    assert (ids[0] == BOS_ID) == bos
+    assert (result["tokens"], result["chars"], result["warnings"]) == (window, chars, [])
+    for side in ("float", "compiled"):
+        assert (result[side]["windows"], result[side]["tokens"]) == (1, window - 1)
+        np.testing.assert_allclose(result[side]["ppl"], expected, rtol=1e-5)
+
+
+def test_protocol_uses_only_the_first_characters(bos_tokenizer: Path, tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.txt", "w0 w1 w2 w3 w4 w5")
+    np.testing.assert_array_equal(load_tokens(path, bos_tokenizer, chars=7), [BOS_ID, 3, 4, 0])
+    np.testing.assert_array_equal(load_tokens(path, bos_tokenizer, 3, chars=8), [BOS_ID, 3, 4])
+    with pytest.raises(OptionError, match="--chars must be a positive integer"):
+        load_tokens(path, bos_tokenizer, chars=0)
+
+
+def test_calibrating_on_the_evaluation_text_warns(micro_decoder: Path, word_tokenizer: Path,
+                                                  tmp_path: Path) -> None:
+    text = _words_text(tmp_path / "t.txt", 120, seed=2)
+    same_words = _write(tmp_path / "copy.txt", "preface\n" + text.read_text() + "\nmore")
+    other = _words_text(tmp_path / "other.txt", 120, seed=9)
+    assert "is the evaluation text" in calibration_overlap(text, text)
+    assert "contains the scored text" in calibration_overlap(same_words, text, chars=200)
+    assert calibration_overlap(other, text) is None
+    assert calibration_overlap(None, text) is None
+    options = CompileOptions(quant=QuantScheme.parse("w4g8"), method="gptq",
+                             calib=CalibrationSpec(text=text, tokenizer=word_tokenizer,
+                                                   samples=2, seq_len=16))
+    with pytest.warns(UserWarning, match="calibration text .* is the evaluation text"):
+        result = evaluate(micro_decoder, text, word_tokenizer, options, window=16, stride=8,
+                          max_tokens=16, progress=False)
+    assert len(result["warnings"]) == 1
+    options = CompileOptions(quant=QuantScheme.parse("w4g8"), method="gptq",
+                             calib=CalibrationSpec(text=other, tokenizer=word_tokenizer,
+                                                   samples=2, seq_len=16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate(micro_decoder, text, word_tokenizer, options, window=16, stride=8,
+                        max_tokens=16, progress=False)["warnings"] == []
