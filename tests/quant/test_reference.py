@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
@@ -36,11 +38,17 @@ def rtn_loop(w: np.ndarray, scheme: QuantScheme) -> tuple[np.ndarray, np.ndarray
             rows = range(grp * g, (grp + 1) * g)
             vals = [f32(w[r, col]) if r < k else f32(0) for r in rows]
             if scheme.symmetric:
-                qmax = 2 ** (b - 1) - 1
-                s = f32(max(abs(v) for v in vals)) / f32(qmax)
+                # full range, as onnxruntime: the largest |w| (the negative one on a tie) maps
+                # to -2**(b-1); codes roundf(w * (1 / s) + z) (halves away from 0) in float32
+                z, qmax = 2 ** (b - 1), 2 ** b - 1
+                peak = max(vals, key=lambda v: (abs(v), v < 0))
+                s = -peak / f32(z)
                 s = f32(1) if s == 0 else s
-                z, lo_code, hi_code = qmax + 1, -qmax - 1, qmax
-                codes = [min(max(round(float(v / s)), lo_code), hi_code) + z for v in vals]
+                with np.errstate(over="ignore"):
+                    r = f32(1) / s
+                scaled = [v * r if np.isfinite(r) else v / s for v in vals]  # (s subnormal)
+                codes = [min(max(math.floor(float(f32(x + f32(z))) + 0.5), 0), qmax)
+                         for x in scaled]
             else:
                 qmax = 2 ** b - 1
                 lo, hi = min(min(vals), f32(0)), max(max(vals), f32(0))
@@ -54,16 +62,23 @@ def rtn_loop(w: np.ndarray, scheme: QuantScheme) -> tuple[np.ndarray, np.ndarray
     return q, scale, zero
 
 
-def activations_loop(x: np.ndarray, act_bits: int) -> tuple[np.ndarray, np.ndarray]:
+def activations_loop(x: np.ndarray, act_bits: int,
+                     act_group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """DESIGN.md section 3 element by element: one scale per row and block of act_group."""
     qmax = 2 ** (act_bits - 1) - 1
+    t_rows, k = x.shape
+    a = k if act_group is None else min(act_group, k)
+    n_blocks = -(-k // a)
     xq = np.zeros(x.shape, np.int32)
-    sx = np.zeros(x.shape[0], np.float32)
-    for t in range(x.shape[0]):
-        s = f32(max(abs(f32(v)) for v in x[t])) / f32(qmax)
-        s = f32(1) if s == 0 else s
-        sx[t] = s
-        for i, v in enumerate(x[t]):
-            xq[t, i] = min(max(round(float(f32(v) / s)), -qmax), qmax)
+    sx = np.zeros((t_rows, n_blocks), np.float32)
+    for t in range(t_rows):
+        for blk in range(n_blocks):
+            cols = range(blk * a, min((blk + 1) * a, k))
+            s = f32(max(abs(f32(x[t, i])) for i in cols)) / f32(qmax)
+            s = f32(1) if s == 0 else s
+            sx[t, blk] = s
+            for i in cols:
+                xq[t, i] = min(max(round(float(f32(x[t, i]) / s)), -qmax), qmax)
     return xq, sx
 
 
@@ -113,22 +128,30 @@ def test_rtn_matches_loop_property(w: np.ndarray, bits: int, group: int | None,
     np.testing.assert_array_equal(qw.zero_points(), zero)
 
 
-def test_round_half_to_even() -> None:
-    # symmetric 4-bit, max|w| = 3.5 -> scale 0.5 exactly: w / s hits exact .5 ties
-    w = np.array([[3.5], [0.25], [0.75], [1.25], [-0.25], [-0.75], [-1.25], [0.0]], np.float32)
+def test_rounding_of_ties() -> None:
+    # symmetric 4-bit, w* = -4 -> scale 0.5 exactly: w / s hits exact .5 ties, which round up
+    # (onnxruntime's roundf(w / s + 8)); with zero points they round half to even
+    w = np.array([[-4.0], [0.25], [0.75], [1.25], [-0.25], [-0.75], [-1.25], [0.0]], np.float32)
     qw = quantize_weights_rtn(w, QuantScheme(4, None, True))
     assert qw.scale.tolist() == [[0.5]]
-    assert (qw.q[:, 0].astype(int) - 8).tolist() == [7, 0, 2, 2, 0, -2, -2, 0]
+    assert (qw.q[:, 0].astype(int) - 8).tolist() == [-8, 1, 2, 3, 0, -1, -2, 0]
+    qw = quantize_weights_rtn(np.array([[0.0], [0.25], [0.75], [7.5]], np.float32),
+                              QuantScheme(4, None, False))
+    assert qw.scale.tolist() == [[0.5]] and qw.zero.tolist() == [[0]]
+    assert qw.q[:, 0].tolist() == [0, 0, 2, 15]
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_symmetric_code_range_and_exact_grid(bits: int) -> None:
-    qmax = 2 ** (bits - 1) - 1
-    ints = np.arange(-qmax, qmax + 1, dtype=np.float32)[:, None]
-    qw = quantize_weights_rtn(ints * f32(0.25), QuantScheme(bits, None, True))
-    signed = qw.q.astype(int) - 2 ** (bits - 1)
-    np.testing.assert_array_equal(signed, ints.astype(int))  # weights on the grid are exact
-    np.testing.assert_array_equal(dequantize(qw), ints * f32(0.25))
+    half = 2 ** (bits - 1)
+    ints = np.arange(-half, half, dtype=np.float32)[:, None]  # all 2**b levels
+    for sign in (1, -1):  # w* = -half/4: scale 0.25; w* = +half/4: scale -0.25
+        w = sign * ints * f32(0.25)
+        qw = quantize_weights_rtn(w, QuantScheme(bits, None, True))
+        assert qw.scale.tolist() == [[sign * 0.25]]
+        signed = qw.q.astype(int) - half
+        np.testing.assert_array_equal(signed, ints.astype(int))  # weights on the grid are exact
+        np.testing.assert_array_equal(dequantize(qw), w)
 
 
 def test_asymmetric_one_bit() -> None:
@@ -174,9 +197,12 @@ def test_dequantize_error_bound(scheme: QuantScheme) -> None:
     w = np.random.default_rng(2).standard_normal((40, 7)).astype(np.float32)
     qw = quantize_weights_rtn(w, scheme)
     err = np.abs(dequantize(qw) - w)
-    per_row_scale = np.repeat(qw.scale, 16, axis=0)[:40]
-    # half a step, or up to a step where the rounded zero point pushes the range edge to a clip
-    bound = (0.5 if scheme.symmetric else 1.0) * per_row_scale * (1 + 1e-5)
+    per_row_scale = np.abs(np.repeat(qw.scale, 16, axis=0)[:40])
+    # half a step, or up to a step at a clip: where the rounded zero point pushes the range edge,
+    # or (symmetric) on the side opposite w*, whose top code is 2**(b-1) - 1
+    top = qw.q[:40] == 2 ** scheme.bits - 1
+    steps = np.where(top, 1.0, 0.5) if scheme.symmetric else 1.0
+    bound = steps * per_row_scale * (1 + 1e-5)
     assert np.all(err <= bound)
 
 
@@ -192,6 +218,7 @@ def test_activations_match_loop() -> None:
         assert xq.dtype == np.int32 and sx.dtype == np.float32
         np.testing.assert_array_equal(xq, xq_loop)
         np.testing.assert_array_equal(sx, sx_loop)
+        assert sx.shape == (5, 1)
         assert np.all(np.abs(xq) <= 2 ** (act_bits - 1) - 1)
 
 
@@ -201,7 +228,7 @@ def test_zero_and_tiny_rows_do_not_divide_by_zero() -> None:
     x[2, 0] = -3e-39  # subnormal scale: x / sx overshoots 127, the clip holds it
     with np.errstate(divide="raise", invalid="raise"):
         xq, sx = quantize_activations(x)
-    assert sx[0] == 1 and sx[1] == 1
+    assert sx[0, 0] == 1 and sx[1, 0] == 1
     np.testing.assert_array_equal(xq[:2], 0)
     assert -127 <= xq[2, 0] < 0
 
