@@ -30,14 +30,23 @@ Weights ``W[K, N]`` (y = x @ W), groups of g consecutive k per column n, b-bit c
   division underflows) gets ``s = 1``: nothing divides by zero, its codes are the zero point and
   it dequantizes to exactly 0.
 
-Activations ``x[T, K]``: per row, symmetric, ``b_a`` bits:
-``sx = max|x| / (2**(b_a-1) - 1)``, ``xq = clip(rint(x / sx), -(2**(b_a-1) - 1), 2**(b_a-1) - 1)``
-(the clip never changes a normal row; -2**(b_a-1) never occurs). A row whose computed ``sx`` is
-0 (all zeros, or an underflowing maximum) gets ``sx = 1``, so its ``xq`` are 0 and so is its
-output.
+Activations ``x[T, K]``: symmetric, ``b_a`` bits, one scale per token and per block of A
+consecutive k (``act_group``; A = K is one scale per row, the last block may be partial):
+``sx[t, blk] = max|x[t, blk]| / (2**(b_a-1) - 1)``,
+``xq = clip(rint(x / sx[t, k // A]), -(2**(b_a-1) - 1), 2**(b_a-1) - 1)`` (the clip never changes
+a normal block; -2**(b_a-1) never occurs). A block whose computed ``sx`` is 0 (all zeros, or an
+underflowing maximum) gets ``sx = 1``, so its ``xq`` are 0.
 
-Output: ``S[t, grp, n] = sum_{k in grp} (q[k, n] - z[grp, n]) * xq[t, k]`` exactly (int32),
-``y[t, n] = sum_grp s[grp, n] * sx[t] * S[t, grp, n]`` in float32.
+Blocks and groups (:class:`ActBlocks`): A must be a multiple of g, a divisor of g, or cover K or
+a whole weight group that covers K (one block, or one group). The sums are taken over *sum
+blocks* of ``B`` rows, where each lies inside one weight group and one activation block:
+``B = g`` when A is a multiple of g (or A = K), else ``B = A`` (a weight group spans several
+activation blocks and its sums are split at their boundaries). Sum block ``j`` covers rows
+``j*B .. (j+1)*B - 1``, of weight group ``j*B // g`` and activation block ``j*B // A``.
+
+Output: ``S[t, j, n] = sum_{k in j} (q[k, n] - z[grp(j), n]) * xq[t, k]`` exactly (int32),
+``y[t, n] = sum_j (s[grp(j), n] * sx[t, blk(j)]) * S[t, j, n]`` in float32, summed in order of j.
+With one block per row, ``B = g`` and this is ``sum_grp s[grp, n] * sx[t] * S[t, grp, n]``.
 """
 
 from __future__ import annotations
@@ -265,8 +274,146 @@ def check_act_bits(act_bits: int) -> int:
     return int(act_bits)
 
 
-def quantize_activations(x: np.ndarray, act_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row dynamic symmetric quantization of activations.
+#: ``--act-group-size`` values besides a positive integer: one scale per token row, or blocks
+#: as long as each layer's weight groups.
+ACT_GROUP_ROW, ACT_GROUP_WEIGHT = "row", "group"
+ACT_GROUP_KEYWORDS = (ACT_GROUP_ROW, ACT_GROUP_WEIGHT)
+
+
+def check_act_group_size(value: int | str) -> int | str:
+    """Validate an ``--act-group-size`` value: a positive integer, ``row`` or ``group``.
+
+    ``0`` (and ``"0"``) mean ``row``; a numeric string is converted to ``int``.
+
+    Raises
+    ------
+    OptionError
+        Anything else.
+    """
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        if value == 0:
+            return ACT_GROUP_ROW
+        if value > 0:
+            return int(value)
+    elif value in ACT_GROUP_KEYWORDS:
+        return str(value)
+    raise OptionError(f"activation group size must be a positive integer, 'row' (0: one scale "
+                      f"per token row) or 'group' (each layer's weight group size), got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActBlocks:
+    """How the activation blocks and the weight groups of one layer cut K (module docstring).
+
+    Parameters
+    ----------
+    k
+        The reduction length K.
+    group_size
+        The weight group size g.
+    act_group
+        Rows A per activation scale, >= 1; values above K are stored as K (one block per row).
+
+    Raises
+    ------
+    OptionError
+        A and g do not nest: A is neither a multiple nor a divisor of g, and neither one block
+        nor one group covers K. The message names the valid values.
+    ValueError
+        ``k``, ``group_size`` or ``act_group`` below 1.
+    """
+
+    k: int
+    group_size: int
+    act_group: int
+
+    def __post_init__(self) -> None:
+        k, g, a = (int(v) for v in (self.k, self.group_size, self.act_group))
+        if min(k, g, a) < 1:
+            raise ValueError(f"k, group_size and act_group must be >= 1, got {k}, {g}, {a}")
+        a = min(a, k)
+        object.__setattr__(self, "k", k)
+        object.__setattr__(self, "group_size", g)
+        object.__setattr__(self, "act_group", a)
+        if a % g and g % a and k > g and a < k:
+            raise OptionError(
+                f"activation group size {a} does not fit weight groups of {g} (K = {k}): "
+                f"use a divisor of {g} ({', '.join(map(str, _divisors(g)))}), a multiple of "
+                f"{g}, {k} or more (one scale per row), or 'group'")
+
+    @classmethod
+    def resolve(cls, value: int | str, k: int, group_size: int) -> ActBlocks:
+        """The blocks of a layer for an ``--act-group-size`` value (:func:`check_act_group_size`):
+        ``row`` is one block of K, ``group`` blocks of g."""
+        value = check_act_group_size(value)
+        size = {ACT_GROUP_ROW: k, ACT_GROUP_WEIGHT: group_size}.get(value, value)
+        return cls(k, group_size, size)
+
+    @property
+    def per_row(self) -> bool:
+        """One block covers K: one scale per token row."""
+        return self.act_group == self.k
+
+    @property
+    def n_blocks(self) -> int:
+        """Activation scales per token: ``ceil(K / A)``."""
+        return -(-self.k // self.act_group)
+
+    @property
+    def sum_size(self) -> int:
+        """Rows B of one sum block: g when A is a multiple of g (or A = K), else A."""
+        a, g = self.act_group, self.group_size
+        return g if a % g == 0 or a == self.k else a
+
+    @property
+    def n_sums(self) -> int:
+        """Sum blocks J per token and column: ``ceil(K / B)``."""
+        return -(-self.k // self.sum_size)
+
+    def group_of(self) -> np.ndarray:
+        """int64 ``[J]``: the weight group of each sum block."""
+        return np.arange(self.n_sums) * self.sum_size // self.group_size
+
+    def block_of(self) -> np.ndarray:
+        """int64 ``[J]``: the activation block of each sum block."""
+        return np.arange(self.n_sums) * self.sum_size // self.act_group
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def split_groups(qw: QuantizedWeight, blocks: ActBlocks) -> QuantizedWeight:
+    """``qw`` regrouped into the sum blocks of ``blocks``: groups of B rows, each with the scale
+    and zero point of the weight group holding it. Its :func:`group_sums` are the sums
+    ``S[t, j, n]`` of the module docstring; ``qw`` itself when ``B = g``.
+
+    Raises
+    ------
+    ValueError
+        ``blocks`` is for another K or group size.
+    """
+    if (blocks.k, blocks.group_size) != (qw.k, qw.group_size):
+        raise ValueError(f"blocks for K={blocks.k}, g={blocks.group_size} applied to a weight "
+                         f"with K={qw.k}, g={qw.group_size}")
+    size = blocks.sum_size
+    if size == qw.group_size:
+        return qw
+    groups = blocks.group_of()
+    rows = blocks.n_sums * size
+    zero = qw.zero_points()[groups]
+    q = np.repeat(zero.astype(np.uint8), size, axis=0)  # padding rows hold the zero point
+    kept = min(rows, qw.k_padded)
+    q[:kept] = qw.q[:kept]
+    return QuantizedWeight(q, qw.scale[groups], None if qw.zero is None else qw.zero[groups],
+                           qw.bits, size, qw.k)
+
+
+def quantize_activations(x: np.ndarray, act_bits: int = 8,
+                         act_group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Dynamic symmetric quantization of activations, one scale per row and block of K.
 
     Parameters
     ----------
@@ -274,26 +421,38 @@ def quantize_activations(x: np.ndarray, act_bits: int = 8) -> tuple[np.ndarray, 
         ``[T, K]`` floating-point activations, all finite; rounded to float32.
     act_bits
         Activation width b_a, 2..16.
+    act_group
+        Rows A per scale (>= 1; the last block may be partial); None or A >= K: one per row.
 
     Returns
     -------
     xq : numpy.ndarray
         int32 ``[T, K]`` in ``[-(2**(b_a-1) - 1), 2**(b_a-1) - 1]``.
     sx : numpy.ndarray
-        float32 ``[T]``, positive: ``max|x[t]| / (2**(b_a-1) - 1)``, or 1 where that is 0.
+        float32 ``[T, ceil(K / A)]``, positive: ``max|x[t, blk]| / (2**(b_a-1) - 1)``, or 1
+        where that is 0.
 
     Raises
     ------
     OptionError
         ``act_bits`` is outside 2..16.
     ValueError
-        ``x`` is not a 2-D floating-point array, or holds inf or nan.
+        ``x`` is not a 2-D floating-point array, or holds inf or nan; ``act_group`` below 1.
     """
     qmax = (1 << (check_act_bits(act_bits) - 1)) - 1
     x = _as_float32(x, "activations", ndim=2)
-    amax = np.abs(x).max(axis=1, initial=np.float32(0))
+    t, k = x.shape
+    a = k if act_group is None else int(act_group)
+    if a < 1:
+        raise ValueError(f"act_group must be >= 1, got {act_group}")
+    a = max(min(a, k), 1)
+    n_blocks = -(-k // a) if k else 1
+    padded = np.zeros((t, n_blocks * a), np.float32)
+    padded[:, :k] = np.abs(x)
+    amax = padded.reshape(t, n_blocks, a).max(axis=2, initial=np.float32(0))
     sx = _nonzero_scale(amax / np.float32(qmax))
-    xq = np.clip(np.rint(x / sx[:, None]), -qmax, qmax).astype(np.int32)
+    per_k = np.repeat(sx, a, axis=1)[:, :k]
+    xq = np.clip(np.rint(x / per_k), -qmax, qmax).astype(np.int32)
     return xq, sx
 
 
@@ -335,7 +494,23 @@ def group_sums(xq: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     return sums.astype(np.int32)
 
 
-def quantized_matmul(x: np.ndarray, qw: QuantizedWeight, act_bits: int = 8) -> np.ndarray:
+def block_sums(xq: np.ndarray, qw: QuantizedWeight, blocks: ActBlocks) -> np.ndarray:
+    """Exact sums per sum block (module docstring): int32 ``[T, J, N]``, the
+    :func:`group_sums` of :func:`split_groups` (``[T, n_groups, N]`` when ``B = g``)."""
+    return group_sums(xq, split_groups(qw, blocks))
+
+
+def combine_sums(sums: np.ndarray, sx: np.ndarray, scale: np.ndarray,
+                 blocks: ActBlocks) -> np.ndarray:
+    """float32 ``[T, N]``: ``sum_j (s[grp(j), n] * sx[t, blk(j)]) * float32(S[t, j, n])`` in
+    order of j, from int32 ``sums[T, J, N]``, ``sx[T, n_blocks]`` and ``scale[n_groups, N]``."""
+    s = np.asarray(scale, np.float32)[blocks.group_of()]
+    factor = s[None, :, :] * np.asarray(sx, np.float32)[:, blocks.block_of(), None]
+    return (factor * np.asarray(sums).astype(np.float32)).sum(axis=1, dtype=np.float32)
+
+
+def quantized_matmul(x: np.ndarray, qw: QuantizedWeight, act_bits: int = 8,
+                     act_group: int | None = None) -> np.ndarray:
     """The reference quantized ``x @ W``.
 
     Parameters
@@ -346,24 +521,27 @@ def quantized_matmul(x: np.ndarray, qw: QuantizedWeight, act_bits: int = 8) -> n
         The quantized weight ``W[K, N]``.
     act_bits
         Activation width b_a, 2..16.
+    act_group
+        Rows A per activation scale (:class:`ActBlocks`); None: one scale per row.
 
     Returns
     -------
     numpy.ndarray
-        float32 ``[..., N]``: ``y[t, n] = sum_grp s[grp, n] * sx[t] * S[t, grp, n]``.
+        float32 ``[..., N]``: ``y[t, n] = sum_j (s[grp(j), n] * sx[t, blk(j)]) * S[t, j, n]``.
 
     Raises
     ------
     ValueError
         ``x`` does not end in K = ``qw.k`` or is not finite floating point.
     OptionError
-        ``act_bits`` is outside 2..16, or a group sum overflows int32.
+        ``act_bits`` is outside 2..16, ``act_group`` does not nest with the weight groups, or
+        a group sum overflows int32.
     """
     x = np.asarray(x)
     if x.ndim < 1 or x.shape[-1] != qw.k:
         raise ValueError(f"activations must have shape [..., {qw.k}], got {x.shape}")
     lead = x.shape[:-1]
-    xq, sx = quantize_activations(x.reshape(-1, qw.k), act_bits)
-    sums = group_sums(xq, qw).astype(np.float32)
-    y = (qw.scale[None, :, :] * sx[:, None, None] * sums).sum(axis=1, dtype=np.float32)
+    blocks = ActBlocks(qw.k, qw.group_size, qw.k if act_group is None else act_group)
+    xq, sx = quantize_activations(x.reshape(-1, qw.k), act_bits, blocks.act_group)
+    y = combine_sums(block_sums(xq, qw, blocks), sx, qw.scale, blocks)
     return y.reshape(*lead, qw.n)

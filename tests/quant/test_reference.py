@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 from sail_compiler.errors import OptionError
 from sail_compiler.quant.packing import unpack_bits
 from sail_compiler.quant.reference import (
+    ActBlocks,
     QuantizedWeight,
+    block_sums,
+    check_act_group_size,
     dequantize,
     group_sums,
     quantize_activations,
@@ -283,9 +286,143 @@ def test_quantized_matmul_assembles_the_group_sums(scheme: QuantScheme) -> None:
     assert y.dtype == np.float32 and y.shape == (2, 3, 9)
     xq, sx = quantize_activations(x.reshape(6, 100))
     # exact arithmetic: sum_grp s * sx * S = (sx * xq) @ dequantize(w)
-    exact = (xq * sx[:, None].astype(np.float64)) @ dequantize(qw).astype(np.float64)
+    exact = (xq * sx.astype(np.float64)) @ dequantize(qw).astype(np.float64)
     np.testing.assert_allclose(y.reshape(6, 9), exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
     np.testing.assert_array_equal(quantized_matmul(x[1, 2], qw), y[1, 2])  # 1-D input: [N]
+
+
+# ---- per-block activation scales -------------------------------------------------------------
+
+
+def nested_sizes(draw: st.DrawFn, k: int, g: int) -> int:
+    """An activation group size that nests with g for this K (ActBlocks' rule)."""
+    options = [d for d in range(1, g + 1) if g % d == 0] + [g * m for m in (1, 2, 3)]
+    if k <= g:
+        options += list(range(1, k + 1))
+    return draw(st.sampled_from(options + [k, k + 5]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), act_bits=st.sampled_from([2, 3, 8, 12]), t=st.integers(1, 3),
+       k=st.integers(1, 70), a=st.integers(1, 80))
+def test_block_activations_match_loop(data: st.DataObject, act_bits: int, t: int, k: int,
+                                      a: int) -> None:
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = grid_weights(rng, (t, k)) * rng.choice([1, 50], (t, k)).astype(np.float32)
+    x[:, rng.integers(0, k)] = 0
+    xq, sx = quantize_activations(x, act_bits, a)
+    xq_loop, sx_loop = activations_loop(x, act_bits, a)
+    assert sx.shape == (t, -(-k // min(a, k)))
+    np.testing.assert_array_equal(xq, xq_loop)
+    np.testing.assert_array_equal(sx, sx_loop)
+
+
+def block_sums_loop(xq: np.ndarray, qw: QuantizedWeight, a: int) -> tuple[np.ndarray, list]:
+    """Sums split wherever a weight group or an activation block ends, int64, and for each sum
+    (weight group, activation block): DESIGN.md section 3 directly."""
+    k = qw.k
+    bounds = sorted({0, k} | {b for b in range(0, k, qw.group_size)} | {b for b in range(0, k, a)})
+    owners = [(lo // qw.group_size, lo // a) for lo in bounds[:-1]]
+    ints = qw.q[:k].astype(np.int64) - np.repeat(qw.zero_points(), qw.group_size, 0)[:k]
+    sums = np.stack([xq[:, lo:hi].astype(np.int64) @ ints[lo:hi]
+                     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)], axis=1)
+    return sums, owners
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), bits=st.integers(1, 8), group=st.sampled_from([1, 3, 8, 16, 32, None]),
+       k=st.integers(1, 70), n=st.integers(1, 5), t=st.integers(1, 3))
+def test_block_sums_split_the_groups_at_block_boundaries(data: st.DataObject, bits: int,
+                                                         group: int | None, k: int, n: int,
+                                                         t: int) -> None:
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    qw = quantize_weights_rtn(rng.standard_normal((k, n)).astype(np.float32),
+                              QuantScheme(bits, group, bits > 1 and bool(rng.integers(2))))
+    a = nested_sizes(data.draw, k, qw.group_size)
+    blocks = ActBlocks(k, qw.group_size, a)
+    xq = rng.integers(-127, 128, (t, k)).astype(np.int32)
+    sums = block_sums(xq, qw, blocks)
+    assert sums.dtype == np.int32 and sums.shape == (t, blocks.n_sums, n)
+    expected, owners = block_sums_loop(xq, qw, blocks.act_group)
+    np.testing.assert_array_equal(sums, expected)
+    assert owners == list(zip(blocks.group_of(), blocks.block_of(), strict=True))
+    # the pieces of each weight group add up to its group sum
+    per_group = np.zeros((t, qw.n_groups, n), np.int64)
+    np.add.at(per_group, (slice(None), blocks.group_of()), sums)
+    np.testing.assert_array_equal(per_group, group_sums(xq, qw))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), group=st.sampled_from([4, 8, 16, 32]), k=st.integers(1, 70),
+       act_bits=st.sampled_from([4, 8]))
+def test_block_matmul_is_the_contract(data: st.DataObject, group: int, k: int,
+                                      act_bits: int) -> None:
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    qw = quantize_weights_rtn(rng.standard_normal((k, 5)).astype(np.float32), QuantScheme(4, group))
+    a = nested_sizes(data.draw, k, group)
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    y = quantized_matmul(x, qw, act_bits, a)
+    xq, sx = activations_loop(x.reshape(6, k), act_bits, a)
+    sums, owners = block_sums_loop(xq, qw, min(a, k))
+    # y[t, n] = sum_j (s[grp(j), n] * sx[t, blk(j)]) * S[t, j, n], float32, in order of j
+    expected = np.zeros((6, 5), np.float32)
+    for j, (grp, blk) in enumerate(owners):
+        expected += (qw.scale[grp][None, :] * sx[:, blk, None]) * sums[:, j].astype(np.float32)
+    np.testing.assert_array_equal(y.reshape(6, 5), expected)
+
+
+def test_one_block_per_row_is_the_per_row_contract() -> None:
+    rng = np.random.default_rng(8)
+    qw = quantize_weights_rtn(rng.standard_normal((100, 7)).astype(np.float32), QuantScheme(3, 32))
+    x = rng.standard_normal((4, 100)).astype(np.float32)
+    y = quantized_matmul(x, qw)
+    for a in (100, 101, 4096):
+        np.testing.assert_array_equal(quantized_matmul(x, qw, 8, a), y)
+    xq, sx = activations_loop(x, 8)
+    expected = (qw.scale[None] * sx[:, :, None] * group_sums(xq, qw).astype(np.float32)).sum(
+        axis=1, dtype=np.float32)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_block_scales_keep_an_outlier_channel_from_crushing_the_rest() -> None:
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((256, 32)).astype(np.float32)
+    x = rng.standard_normal((8, 256)).astype(np.float32)
+    x[:, 7] = 300.0  # one outlier channel, as in real LLM activations
+    qw = quantize_weights_rtn(w, QuantScheme(8, 32))
+    ref = x.astype(np.float64) @ dequantize(qw).astype(np.float64)
+
+    def err(a: int | None) -> float:
+        return float(np.linalg.norm(quantized_matmul(x, qw, 8, a) - ref) / np.linalg.norm(ref))
+
+    assert err(32) < err(None) / 2
+
+
+@pytest.mark.parametrize(("k", "g", "a", "size", "blocks", "sums"), [
+    (640, 128, 128, 128, 5, 5), (640, 128, 32, 32, 20, 20), (640, 128, 256, 128, 3, 5),
+    (640, 128, 640, 128, 1, 5), (640, 128, 10**6, 128, 1, 5), (100, 32, 100, 32, 1, 4),
+    (100, 100, 32, 32, 4, 4), (100, 128, 48, 48, 3, 3), (70, 16, 8, 8, 9, 9)])
+def test_act_blocks_layout(k: int, g: int, a: int, size: int, blocks: int, sums: int) -> None:
+    layout = ActBlocks(k, g, a)
+    assert (layout.sum_size, layout.n_blocks, layout.n_sums) == (size, blocks, sums)
+    assert layout.act_group == min(a, k) and layout.per_row == (a >= k)
+
+
+def test_act_group_sizes_that_do_not_nest_are_option_errors() -> None:
+    with pytest.raises(OptionError, match=r"does not fit weight groups of 96 \(K = 256\).*"
+                                          r"divisor of 96 \(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, "
+                                          r"96\), a multiple of 96"):
+        ActBlocks(256, 96, 64)
+    with pytest.raises(ValueError, match=">= 1"):
+        ActBlocks(256, 96, 0)
+    assert ActBlocks.resolve("row", 256, 96).act_group == 256
+    assert ActBlocks.resolve("group", 256, 96).act_group == 96
+    assert ActBlocks.resolve("group", 50, 96).per_row
+    for bad in (-1, "rows", 1.5, True, None):
+        with pytest.raises(OptionError, match="positive integer, 'row'"):
+            check_act_group_size(bad)
+    assert check_act_group_size(0) == check_act_group_size("0") == "row"
+    assert check_act_group_size("32") == 32
 
 
 def test_quantization_error_shrinks_with_bits() -> None:
