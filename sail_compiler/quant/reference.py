@@ -422,15 +422,16 @@ def quantize_activations(x: np.ndarray, act_bits: int = 8,
     act_bits
         Activation width b_a, 2..16.
     act_group
-        Rows A per scale (>= 1; the last block may be partial); None or A >= K: one per row.
+        Rows A per scale (>= 1; the last block may be partial; A >= K is one block); None: one
+        scale per row, returned without the blocks axis.
 
     Returns
     -------
     xq : numpy.ndarray
         int32 ``[T, K]`` in ``[-(2**(b_a-1) - 1), 2**(b_a-1) - 1]``.
     sx : numpy.ndarray
-        float32 ``[T, ceil(K / A)]``, positive: ``max|x[t, blk]| / (2**(b_a-1) - 1)``, or 1
-        where that is 0.
+        float32 ``[T, ceil(K / A)]`` (``[T]`` for ``act_group=None``), positive:
+        ``max|x[t, blk]| / (2**(b_a-1) - 1)``, or 1 where that is 0.
 
     Raises
     ------
@@ -453,7 +454,7 @@ def quantize_activations(x: np.ndarray, act_bits: int = 8,
     sx = _nonzero_scale(amax / np.float32(qmax))
     per_k = np.repeat(sx, a, axis=1)[:, :k]
     xq = np.clip(np.rint(x / per_k), -qmax, qmax).astype(np.int32)
-    return xq, sx
+    return xq, (sx[:, 0] if act_group is None else sx)
 
 
 def group_sums(xq: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
@@ -503,9 +504,11 @@ def block_sums(xq: np.ndarray, qw: QuantizedWeight, blocks: ActBlocks) -> np.nda
 def combine_sums(sums: np.ndarray, sx: np.ndarray, scale: np.ndarray,
                  blocks: ActBlocks) -> np.ndarray:
     """float32 ``[T, N]``: ``sum_j (s[grp(j), n] * sx[t, blk(j)]) * float32(S[t, j, n])`` in
-    order of j, from int32 ``sums[T, J, N]``, ``sx[T, n_blocks]`` and ``scale[n_groups, N]``."""
+    order of j, from int32 ``sums[T, J, N]``, ``sx[T, n_blocks]`` (or ``[T]``: one block) and
+    ``scale[n_groups, N]``."""
     s = np.asarray(scale, np.float32)[blocks.group_of()]
-    factor = s[None, :, :] * np.asarray(sx, np.float32)[:, blocks.block_of(), None]
+    sx = np.asarray(sx, np.float32).reshape(len(sums), -1)
+    factor = s[None, :, :] * sx[:, blocks.block_of(), None]
     return (factor * np.asarray(sums).astype(np.float32)).sum(axis=1, dtype=np.float32)
 
 
