@@ -6,7 +6,9 @@ here; symbolic dims are strings (``"batch"``, ``"seq"``), fixed dims are ints.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,8 @@ class ModelSignature:
         if unknown:
             problems.append(f"unknown input(s): {', '.join(sorted(unknown))}")
         dims: dict[str, int] = {}
+        sums = {name: terms for name in self.symbolic_dims()
+                if (terms := dim_sum(name, self.symbolic_dims())) is not None}
         for spec in self.inputs:
             if spec.name not in inputs:
                 continue
@@ -93,10 +97,24 @@ class ModelSignature:
             for axis, (dim, size) in enumerate(zip(spec.dims, x.shape, strict=True)):
                 if isinstance(dim, int) and dim != size:
                     problems.append(f"{spec.name}: dim {axis} is {size}, expected {dim}")
-                elif isinstance(dim, str):
+                elif isinstance(dim, str) and dim not in sums:
                     if dims.setdefault(dim, size) != size:
                         problems.append(f"{spec.name}: dim {axis} ('{dim}') is {size}, but "
                                         f"another input has '{dim}' = {dims[dim]}")
+        for spec in self.inputs:  # dims named by expressions, checked by their value
+            x = inputs.get(spec.name)
+            if x is None or x.ndim != len(spec.dims):
+                continue
+            for axis, (dim, size) in enumerate(zip(spec.dims, x.shape, strict=True)):
+                if not isinstance(dim, str) or dim not in sums:
+                    continue
+                value = _evaluate(sums[dim], dims)
+                if value is None:
+                    dims.setdefault(dim, size)  # its terms come from no other input
+                elif value != size:
+                    values = ", ".join(f"{n} = {dims[n]}" for n, _ in sums[dim] if n)
+                    problems.append(f"{spec.name}: dim {axis} ('{dim}') is {size}, but the "
+                                    f"other inputs give {values}, so it must be {value}")
         if problems:
             raise InputError("inputs do not match the model: " + "; ".join(problems) +
                              f". The model takes: {self.describe_inputs()}")
@@ -112,6 +130,47 @@ class ModelSignature:
         for spec in self.inputs:
             names += [d for d in spec.dims if isinstance(d, str) and d not in names]
         return names
+
+
+#: A dim name that is a sum of other dims and integers: ``past + seq``, ``past_len + 1``.
+_TERM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]+$")
+
+
+def dim_sum(name: str, dims: list[str]) -> list[tuple[str, int]] | None:
+    """The terms of a dim ``name`` that exporters write as an expression of other dims.
+
+    Returns ``[(dim, sign), ...]`` with ``dim == ""`` for an integer term whose value is ``sign``,
+    or None when ``name`` is a plain name or uses anything but ``+``, ``-``, other dims of
+    ``dims`` and integers (such a name stays an independent dim, as before).
+    """
+    try:
+        tree = ast.parse(name, mode="eval").body
+    except SyntaxError:
+        return None
+    terms: list[tuple[str, int]] = []
+
+    def walk(node: ast.expr, sign: int) -> bool:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            return walk(node.left, sign) and walk(node.right,
+                                                  -sign if isinstance(node.op, ast.Sub) else sign)
+        if isinstance(node, ast.Name) and node.id in dims and node.id != name:
+            terms.append((node.id, sign))
+            return True
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            terms.append(("", sign * node.value))
+            return True
+        return False
+
+    if not isinstance(tree, ast.BinOp) or not walk(tree, 1) or not all(
+            _TERM.match(t.strip()) for t in re.split(r"[+-]", name)):
+        return None
+    return terms
+
+
+def _evaluate(terms: list[tuple[str, int]], dims: dict[str, int]) -> int | None:
+    if any(n and n not in dims for n, _ in terms):
+        return None
+    return sum(dims[n] * sign if n else sign for n, sign in terms)
 
 
 def _spec(value: onnx.ValueInfoProto, bound: int | None = None) -> TensorSpec:

@@ -731,7 +731,9 @@ int sail_rt_check_inputs(sail_model *model, const sail_tensor *inputs, const sai
       if (size < 0)
         return sail_rt_fail(model, "input %s: dim %d is negative (%lld)", spec->name, (int)axis,
                             (long long)size);
-      if (id < 0 && size != spec->shape[axis])
+      /* shape -1 with no dim id: a dim named by an expression of other dims (`past + seq`),
+       * checked by its value (sail_rt_check_dim) once every input has set the dims */
+      if (id < 0 && spec->shape[axis] >= 0 && size != spec->shape[axis])
         return sail_rt_fail(model, "input %s: dim %d is %lld, expected %lld", spec->name,
                             (int)axis, (long long)size, (long long)spec->shape[axis]);
       if (id >= 0 && dims[id] >= 0 && dims[id] != size)
