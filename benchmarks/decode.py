@@ -1,50 +1,59 @@
-"""Tokens per second of the example decoder: sail's C target against onnxruntime and llama.cpp.
+"""Tokens per second of a decoder: sail's C target against llama.cpp, onnxruntime(-genai).
 
-Every arm runs the same model (``examples/make_decoder.py``, default preset ``135m``: the
-SmolLM-135M shape, seeded random weights, KV cache) on the same prompt of random token ids and
-decodes ``--tokens`` tokens greedily (argmax of the logits). Arms (``--arms``):
+Two models (``--model``):
 
-* ``ort-fp32``: onnxruntime on the float ONNX model, a Python loop feeding present -> past;
-* ``ort-q4``: onnxruntime ``MatMulNBits`` 4-bit with ``accuracy_level=4`` (int8 activations,
-  its fast path), every MatMul quantized as ``sail export-onnx --bits 4`` quantizes it (group
-  ``--group-size``, zero points), same loop;
-* ``llama.cpp``: llama-cpp-python on a GGUF of the same weights (:mod:`gguf_export`): F32, then
-  llama.cpp's own quantization (``llama_model_quantize``) to ``--gguf-types`` (default Q4_0,
-  Q8_0); the types it really used are read back from the files and from its load log;
-* ``c``: sail's C target at each of ``--bits`` (``sail compile --target c``, ``sail build``,
-  ``sail generate``: the token loop in C);
-* ``llvm`` (not run by default): sail's llvm target (Relax VM) at each of ``--bits``, the same
-  Python loop as onnxruntime.
+* ``generated`` (default): the example decoder (``examples/make_decoder.py``, ``--preset``
+  default ``135m``: the SmolLM-135M shape, seeded random weights, KV cache), random prompt ids.
+  Arms: ``ort-fp32`` (onnxruntime on the float model, a Python loop feeding present -> past: the
+  reference), ``ort-q4`` (onnxruntime ``MatMulNBits`` 4-bit, ``accuracy_level=4``, as ``sail
+  export-onnx --bits 4`` quantizes it), ``llama.cpp`` (an F32 GGUF of the same weights written
+  by :mod:`gguf_export`, then llama.cpp's own quantization to ``--gguf-types``), ``c`` (sail's
+  C target at each of ``--bits``) and, not by default, ``llvm`` (sail's llvm target, Relax VM).
+  Ratios are against onnxruntime fp32.
+* ``gemma3``: Gemma 3 270M, a real trained LLM (``--model-dir``, see :mod:`gemma3`), the prompt
+  the first ``--prompt-lens`` ids (default 32 and 1024) of a real text (``<bos>`` first).
+  Arms: ``c`` (``sail compile gemma3_270m_kv.onnx --target c --bits B`` + ``--sail-args``,
+  default ``--group-size 32 --sym``; ``sail build``; ``sail generate``: the token loop in C),
+  ``llama.cpp`` (the shipped Q4_K_M GGUF re-quantized by llama.cpp's ``llama_model_quantize``
+  with ``allow_requantize`` to ``--gguf-types``, default Q4_0 and Q8_0; its context holds the
+  whole prompt + the generated tokens and its batch the whole prompt), ``ort-genai``
+  (onnxruntime-genai's own int4 CPU build of the same checkpoint, its own KV cache), and, not by
+  default, ``ort-fp32`` timed. Ratios are against llama.cpp Q4_0 and onnxruntime-genai int4 in
+  the same run. onnxruntime fp32 always runs once, untimed, as the greedy reference.
 
-Timing: prefill = the prompt's forward pass up to the first generated token; decode = the
-remaining ``tokens - 1`` steps of one token each; decode tokens/s = ``(tokens - 1) / decode
-seconds``. After a warm-up, arms run in ``--rounds`` interleaved rounds and the best round counts
-(on a shared machine, load that comes and goes then hits every arm alike); ratios are against
-onnxruntime fp32 in the same run.
+Every arm generates ``--tokens`` tokens greedily (arg-max of the logits, no end-of-text stop).
+Prefill = the prompt's forward pass up to the first generated token (prefill tokens/s = prompt
+length / prefill seconds); decode = the remaining ``tokens - 1`` one-token steps (decode tokens/s
+= steps / decode seconds). After a warm-up, arms run in ``--rounds`` interleaved rounds (every
+arm once per round, per prompt length and thread count) and the median round counts, prefill and
+decode separately. ``agree`` = how many of an arm's first ``--agree-ids`` (default 8) greedy ids
+equal onnxruntime fp32's (quantized arms may diverge: an argmax can change; reported, not
+failed). The share of CPU other processes used during the run is printed: on a shared machine,
+numbers taken while it is well above 0 are preliminary.
 
-Checks before the table: llama.cpp's logits on the F32 GGUF (float32 KV cache) against
-onnxruntime fp32 for every prompt position (relative L2 error, should be ~1e-5: the GGUF is the
-same model), and for every arm how many of its first greedy ids equal onnxruntime fp32's
-(quantized arms may diverge: an argmax can change; this is reported, not failed).
-
-Built models are kept in ``--workdir`` (keyed on preset, bits, group size and type) and reused
-by later runs; ``--rebuild`` rebuilds them.
+Built models are kept in ``--workdir`` (default: a temporary directory; keyed on the model, bits,
+options and type) and reused by later runs; ``--rebuild`` rebuilds them. ``--plot`` writes a bar
+chart of decode tokens/s per arm (matplotlib); ``--profile`` (gemma3) adds ``sail_main
+--profile`` of one decode step at past 72 and past 1024 for each sail arm.
 
     python benchmarks/decode.py [--preset 135m] [--bits 2,3,4,8] [--tokens 64] [--threads 1,2]
-                                [--arms ort-fp32,ort-q4,llama.cpp,c] [--workdir DIR] [--json]
+    python benchmarks/decode.py --model gemma3 --bits 4,8 --threads 1,2 --prompt-lens 32,1024 \\
+        --workdir ~/.cache/sail-bench [--rounds 3] [--json] [--plot decode.png] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
+import hashlib
 import io
 import json
 import logging
 import os
 import re
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +69,7 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 
+import gemma3  # noqa: E402
 from gemv import busy_seconds, other_cpu_share, session  # noqa: E402
 from gguf_export import tensor_types, type_summary, write_gguf  # noqa: E402
 from make_decoder import PRESETS, DecoderConfig, make_decoder, save_model  # noqa: E402
@@ -68,22 +78,25 @@ from sail_compiler.driver import export_onnx_model  # noqa: E402
 from sail_compiler.options import CompileOptions  # noqa: E402
 from sail_compiler.quant.scheme import QuantScheme  # noqa: E402
 
-ARMS = ("ort-fp32", "ort-q4", "llama.cpp", "c", "llvm")
-DEFAULT_ARMS = ("ort-fp32", "ort-q4", "llama.cpp", "c")
+MODELS = ("generated", "gemma3")
+ARMS = ("ort-fp32", "ort-q4", "llama.cpp", "c", "llvm", "ort-genai")
+DEFAULT_ARMS = {"generated": ("ort-fp32", "ort-q4", "llama.cpp", "c"),
+                "gemma3": ("c", "llama.cpp", "ort-genai")}
 REFERENCE = "ort-fp32"
+#: Arms the ratios are taken against, per model: (arm, weights).
+BASELINES = {"generated": (("ort-fp32", "fp32"),),
+             "gemma3": (("llama.cpp", "GGUF Q4_0"), ("ort-genai", "int4"))}
 #: llama.cpp file types accepted by --gguf-types (llama_cpp.LLAMA_FTYPE_MOSTLY_<NAME>).
-GGUF_FILE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M",
-                   "Q6_K")
+GGUF_FILE_TYPES = gemma3.LLAMA_FTYPES
 #: Relative L2 error below which llama.cpp's F32 logits count as the same model's.
 LOGITS_TOLERANCE = 1e-4
 ORT_ACCURACY_LEVEL = 4
 PROMPT_SEED = 0
 WARMUP_TOKENS = 4
+#: Past lengths of the per-kernel profiles of one decode step (issue 14's).
+PROFILE_PASTS = (72, 1024)
 
-
-def log(*parts: object) -> None:
-    """Progress, on stderr (stdout carries the table or the JSON)."""
-    print(*parts, file=sys.stderr, flush=True)
+log = gemma3.log
 
 
 @dataclass
@@ -111,48 +124,84 @@ class Arm:
     generate: Callable[[list[int], int, int], Generation]
     thread_counts: tuple[int, ...] | None = None  # None: any
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.name, self.weights
+
 
 @dataclass
 class Row:
     arm: str
     weights: str
     threads: int
+    prompt_len: int
     weight_mib: float
     prefill_ms: float
+    prefill_tokens_per_second: float
     decode_tokens_per_second: float
     agree: int
     ids: list[int] = field(repr=False)
+    prefill_ms_rounds: list[float] = field(repr=False, default_factory=list)
+    decode_tokens_per_second_rounds: list[float] = field(repr=False, default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
 # ONNX-style models (onnxruntime, sail llvm): a Python loop feeding present -> past.
 
-def _empty_past(cfg: DecoderConfig) -> dict[str, np.ndarray]:
-    shape = (1, cfg.num_kv_heads, 0, cfg.head_dim)
-    return {f"past_key_values.{i}.{kind}": np.zeros(shape, np.float32)
-            for i in range(cfg.num_layers) for kind in ("key", "value")}
+@dataclass(frozen=True)
+class KVLayout:
+    """How a decoder's KV cache is fed: past input and present output names (same order), the
+    (kv heads, head dim) of each, and whether the model takes ``position_ids``."""
+
+    past: tuple[str, ...]
+    present: tuple[str, ...]
+    heads_dim: tuple[int, int]
+    positions: bool
+
+    @classmethod
+    def of_config(cls, cfg: DecoderConfig) -> KVLayout:
+        names = [f"{i}.{kind}" for i in range(cfg.num_layers) for kind in ("key", "value")]
+        return cls(tuple(f"past_key_values.{n}" for n in names),
+                   tuple(f"present.{n}" for n in names), (cfg.num_kv_heads, cfg.head_dim), False)
+
+    @classmethod
+    def of_session(cls, sess: ort.InferenceSession) -> KVLayout:
+        past = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+        shape = past[0].shape
+        return cls(tuple(i.name for i in past),
+                   tuple(i.name.replace("past_key_values.", "present.") for i in past),
+                   (int(shape[1]), int(shape[3])),
+                   any(i.name == "position_ids" for i in sess.get_inputs()))
+
+    def empty(self) -> dict[str, np.ndarray]:
+        shape = (1, self.heads_dim[0], 0, self.heads_dim[1])
+        return {name: np.zeros(shape, np.float32) for name in self.past}
 
 
-def _forward(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-             ids: list[int], past: dict[str, np.ndarray], cfg: DecoderConfig
+RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def _forward(run: RunFn, ids: list[int], past: dict[str, np.ndarray], layout: KVLayout
              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Logits [seq, V] of ``ids`` after ``past``, and the next past."""
-    total = next(iter(past.values())).shape[2] + len(ids)
-    out = run({"input_ids": np.array([ids], np.int64),
-               "attention_mask": np.ones((1, total), np.int64), **past})
-    new_past = {f"past_key_values.{i}.{kind}": out[f"present.{i}.{kind}"]
-                for i in range(cfg.num_layers) for kind in ("key", "value")}
+    past_len = next(iter(past.values())).shape[2]
+    total = past_len + len(ids)
+    feed = {"input_ids": np.array([ids], np.int64),
+            "attention_mask": np.ones((1, total), np.int64), **past}
+    if layout.positions:
+        feed["position_ids"] = np.arange(past_len, total, dtype=np.int64)[None]
+    out = run(feed)
+    new_past = {p: out[q] for p, q in zip(layout.past, layout.present, strict=True)}
     return out["logits"][0], new_past
 
 
-def onnx_generate(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-                  cfg: DecoderConfig, prompt: list[int], n: int) -> Generation:
+def onnx_generate(run: RunFn, layout: KVLayout, prompt: list[int], n: int) -> Generation:
     started = time.perf_counter()
-    logits, past = _forward(run, prompt, _empty_past(cfg), cfg)
+    logits, past = _forward(run, prompt, layout.empty(), layout)
     ids = [int(np.argmax(logits[-1]))]
     prefilled = time.perf_counter()
     for _ in range(n - 1):
-        logits, past = _forward(run, ids[-1:], past, cfg)
+        logits, past = _forward(run, ids[-1:], past, layout)
         ids.append(int(np.argmax(logits[-1])))
     return Generation(ids, prefilled - started, time.perf_counter() - prefilled, n - 1)
 
@@ -164,31 +213,30 @@ class OrtModel:
         self.path = path
         self._sessions: dict[int, ort.InferenceSession] = {}
 
-    def run_fn(self, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    def _session(self, threads: int) -> ort.InferenceSession:
         if threads not in self._sessions:
             self._sessions[threads] = session(str(self.path), threads)
-        sess = self._sessions[threads]
+        return self._sessions[threads]
+
+    def run_fn(self, threads: int) -> RunFn:
+        sess = self._session(threads)
         names = [o.name for o in sess.get_outputs()]
         return lambda feed: dict(zip(names, sess.run(None, feed), strict=True))
+
+    def layout(self, threads: int) -> KVLayout:
+        return KVLayout.of_session(self._session(threads))
 
 
 # ---------------------------------------------------------------------------------------------
 # llama.cpp
 
-def _llama_cpp():  # type: ignore[no-untyped-def]
-    try:
-        import llama_cpp
-    except ImportError:
-        return None
-    return llama_cpp
-
-
 class LlamaCppModel:
-    """One llama.cpp context on a GGUF file; ``load_log`` is what llama.cpp printed loading it."""
+    """One llama.cpp context on a GGUF file; ``load_log`` is what llama.cpp printed loading it.
+    The context holds ``n_ctx`` tokens and its batch takes them all at once."""
 
     def __init__(self, path: Path, n_ctx: int, *, f32_kv: bool = False,
                  logits_all: bool = False) -> None:
-        llama_cpp = _llama_cpp()
+        llama_cpp = gemma3.llama_cpp_module()
         kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} \
             if f32_kv else {}
         captured = io.StringIO()
@@ -245,19 +293,39 @@ def load_log_types(load_log: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def quantize_gguf(source: Path, target: Path, file_type: str) -> None:
-    """llama.cpp's own quantization of an F32 GGUF (``llama_model_quantize``)."""
-    llama_cpp = _llama_cpp()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type}")
-    params.nthread = os.cpu_count() or 1
-    tmp = target.with_suffix(".tmp")
-    with contextlib.redirect_stderr(io.StringIO()):
-        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(),
-                                            ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize {file_type} failed (return code {rc})")
-    tmp.replace(target)
+# ---------------------------------------------------------------------------------------------
+# onnxruntime-genai
+
+class GenaiModel:
+    """onnxruntime-genai on one of its model directories, one ``og.Model`` per thread count.
+    The loop appends tokens and takes the arg-max of ``get_logits`` itself (greedy, no
+    end-of-text stop), like the other arms."""
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        import onnxruntime_genai as og
+
+        self.og, self.path, self.max_length = og, path, max_length
+        self._models: dict[int, object] = {}
+
+    def _model(self, threads: int):  # type: ignore[no-untyped-def]
+        if threads not in self._models:
+            self._models[threads] = self.og.Model(str(gemma3.genai_threads_dir(self.path,
+                                                                               threads)))
+        return self._models[threads]
+
+    def generate(self, prompt: list[int], n: int, threads: int) -> Generation:
+        model = self._model(threads)
+        params = self.og.GeneratorParams(model)
+        params.set_search_options(max_length=self.max_length, do_sample=False)
+        generator = self.og.Generator(model, params)
+        started = time.perf_counter()
+        generator.append_tokens(np.array([prompt], np.int32))
+        ids = [int(np.argmax(generator.get_logits()[0, -1]))]
+        prefilled = time.perf_counter()
+        for _ in range(n - 1):
+            generator.append_tokens(np.array([ids[-1:]], np.int32))
+            ids.append(int(np.argmax(generator.get_logits()[0, -1])))
+        return Generation(ids, prefilled - started, time.perf_counter() - prefilled, n - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,11 +336,6 @@ def _sail(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
     streams = {"capture_output": True} if capture else {"stdout": sys.stderr}
     return subprocess.run([sys.executable, "-m", "sail_compiler", *args], check=False,
                           text=True, **streams)
-
-
-def sail_generate_available() -> bool:
-    proc = _sail("generate", "--help", capture=True)
-    return proc.returncode == 0
 
 
 def c_generate(artifact: Path) -> Callable[[list[int], int, int], Generation]:
@@ -291,23 +354,258 @@ def c_generate(artifact: Path) -> Callable[[list[int], int, int], Generation]:
     return generate
 
 
-def _compile_c(model: Path, out: Path, bits: int, group_size: int) -> None:
+def compile_c(model: Path, out: Path, bits: int, sail_args: list[str]) -> float:
+    """``sail compile MODEL --target c --bits B *sail_args -o OUT`` and ``sail build OUT``;
+    returns the seconds both took (the command is kept in ``OUT.command``)."""
     started = time.perf_counter()
-    log(f"  compiling c w{bits}g{group_size} -> {out} (sail compile; minutes for 135m) ...")
+    command = ["compile", str(model), "--target", "c", "--bits", str(bits), *sail_args, "-o",
+               str(out)]
+    log(f"  sail {' '.join(command)} (minutes) ...")
     if out.exists():
         shutil.rmtree(out)
-    proc = _sail("compile", str(model), "--bits", str(bits), "--group-size", str(group_size),
-                 "--target", "c", "-o", str(out))
-    if proc.returncode != 0:
-        raise RuntimeError(f"sail compile --bits {bits} --target c failed")
+    if _sail(*command).returncode != 0:
+        raise RuntimeError(f"sail {' '.join(command)} failed")
     log(f"  building {out} (sail build) ...")
     if _sail("build", str(out)).returncode != 0:
         raise RuntimeError(f"sail build {out} failed")
-    log(f"  c w{bits}: {time.perf_counter() - started:.0f} s")
+    seconds = time.perf_counter() - started
+    out.with_suffix(".command").write_text(shlex.join(["sail", *command]) + "\n")
+    log(f"  c w{bits}: {seconds:.0f} s")
+    return seconds
+
+
+def c_built(out: Path) -> bool:
+    return (out / "manifest.json").exists() and (out / "sail_main").exists()
+
+
+def profile_step(artifact: Path, layout: KVLayout, past: int, threads: int, repeat: int,
+                 work: Path) -> str:
+    """``sail_main --profile`` of one decode step at past length ``past`` (seeded random past
+    keys and values, position ``past``): its output, the per-kernel times."""
+    inputs = work / f"profile_p{past}"
+    inputs.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": np.array([[2]], np.int64),
+            "attention_mask": np.ones((1, past + 1), np.int64)}
+    if layout.positions:
+        feed["position_ids"] = np.array([[past]], np.int64)
+    for name in layout.past:
+        feed[name] = rng.standard_normal((1, layout.heads_dim[0], past, layout.heads_dim[1]),
+                                         dtype=np.float32)
+    args = []
+    for name, value in feed.items():
+        path = inputs / f"{name}.npy"
+        if not path.exists():
+            np.save(path, value)
+        args += ["--input", f"{name}={path}"]
+    proc = subprocess.run([str(artifact / "sail_main"), str(artifact / "weights.bin"), *args,
+                           "--output-dir", str(inputs / "out"), "--repeat", str(repeat),
+                           "--profile", "--threads", str(threads)], capture_output=True,
+                          text=True)
+    shutil.rmtree(inputs / "out", ignore_errors=True)
+    if proc.returncode != 0:
+        return f"sail_main --profile failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
+    return (proc.stdout + proc.stderr).strip()
 
 
 # ---------------------------------------------------------------------------------------------
-# Preparing the models in the work directory
+# Timing
+
+def agreement(ids: list[int], reference: list[int]) -> int:
+    """Leading ids equal to the reference's."""
+    n = 0
+    for a, b in zip(ids, reference, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def time_arms(arms: list[Arm], prompt: list[int], n: int, threads: int, rounds: int
+              ) -> dict[tuple[str, str], list[Generation]]:
+    """Every round of every arm, arms interleaved within a round (after one warm-up each)."""
+    for arm in arms:
+        arm.generate(prompt, WARMUP_TOKENS, threads)
+    runs: dict[tuple[str, str], list[Generation]] = {a.key: [] for a in arms}
+    for r in range(rounds):
+        for arm in arms:
+            g = arm.generate(prompt, n, threads)
+            log(f"  round {r + 1}/{rounds}, prompt {len(prompt)}, {threads} thread(s), "
+                f"{arm.name} [{arm.weights}]: prefill {g.prefill_seconds * 1e3:.1f} ms, decode "
+                f"{g.decode_tokens_per_second:.1f} tok/s")
+            runs[arm.key].append(g)
+    return runs
+
+
+def make_row(arm: Arm, runs: list[Generation], threads: int, prompt_len: int,
+             reference: list[int] | None, agree_ids: int) -> Row:
+    """The median round's prefill and decode (separately), ids of the last round."""
+    prefill = statistics.median(g.prefill_seconds for g in runs)
+    decode = statistics.median(g.decode_tokens_per_second for g in runs)
+    ids = runs[-1].ids
+    agree = agreement(ids[:agree_ids], reference) if reference is not None else -1
+    return Row(arm.name, arm.weights, threads, prompt_len, arm.weight_bytes / 2**20,
+               prefill * 1e3, prompt_len / prefill if prefill > 0 else 0.0, decode, agree, ids,
+               [g.prefill_seconds * 1e3 for g in runs],
+               [g.decode_tokens_per_second for g in runs])
+
+
+def markdown_table(rows: list[Row], baselines: tuple[tuple[str, str], ...], agree_ids: int
+                   ) -> str:
+    """One line per arm, prompt length and thread count; ``x NAME``: the arm's speed over the
+    baseline's in the same run (higher is faster)."""
+    names = [w.removeprefix("GGUF ") if a == "llama.cpp" else a.removeprefix("ort-")
+             + ("" if w in a else " " + w) for a, w in baselines]
+    head = ["arm", "weights", "prompt", "threads", "weights MiB", "prefill tok/s",
+            *[f"x {b}" for b in names], "decode tok/s", *[f"x {b}" for b in names],
+            f"ids = fp32 (of {agree_ids})"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for r in rows:
+        base = [next((b for b in rows if (b.arm, b.weights) == key and b.threads == r.threads
+                      and b.prompt_len == r.prompt_len), None) for key in baselines]
+        pre = [f"{r.prefill_tokens_per_second / b.prefill_tokens_per_second:.2f}" if b else "-"
+               for b in base]
+        dec = [f"{r.decode_tokens_per_second / b.decode_tokens_per_second:.2f}" if b else "-"
+               for b in base]
+        lines.append(f"| {r.arm} | {r.weights} | {r.prompt_len} | {r.threads} | "
+                     f"{r.weight_mib:.0f} | {r.prefill_tokens_per_second:.1f} | "
+                     + " | ".join(pre) + f" | {r.decode_tokens_per_second:.1f} | "
+                     + " | ".join(dec) + f" | {r.agree if r.agree >= 0 else '-'} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    """Bars of decode tokens/s per arm, one group per (prompt length, threads)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r.prompt_len, r.threads) for r in rows})
+    arms = list(dict.fromkeys(f"{r.arm} {r.weights}" for r in rows))
+    width = 0.8 / len(arms)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) * len(arms) / 3), 4.5))
+    for i, arm in enumerate(arms):
+        values = [next((r.decode_tokens_per_second for r in rows if f"{r.arm} {r.weights}" == arm
+                        and (r.prompt_len, r.threads) == g), 0.0) for g in groups]
+        bars = ax.bar([x + i * width for x in range(len(groups))], values, width, label=arm)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks([x + width * (len(arms) - 1) / 2 for x in range(len(groups))],
+                  [f"prompt {p}, {t} thread{'s' if t > 1 else ''}" for p, t in groups])
+    ax.set_ylabel("decode tokens/s (median)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _names(valid: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in names if v not in valid]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from "
+                                             f"{', '.join(valid)}")
+        return names
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=MODELS, default="generated",
+                        help="generated: the example decoder (--preset); gemma3: Gemma 3 270M "
+                             "from --model-dir")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="135m")
+    parser.add_argument("--model-dir", type=Path, default=gemma3.DEFAULT_DIR,
+                        help=f"gemma3: the build.sh output (default {gemma3.DEFAULT_DIR})")
+    parser.add_argument("--bits", type=_ints,
+                        help="widths of the sail arms (default 2,3,4,8; gemma3: 4,8)")
+    parser.add_argument("--group-size", type=int,
+                        help="generated: group size of sail's and onnxruntime's weights "
+                             "(default 128)")
+    parser.add_argument("--sail-args", default="--group-size 32 --sym",
+                        help="gemma3: options of sail compile besides --target and --bits "
+                             "(default '--group-size 32 --sym')")
+    parser.add_argument("--gguf-types", type=_names(GGUF_FILE_TYPES), default=["Q4_0", "Q8_0"],
+                        help="llama.cpp file types to quantize to (default Q4_0,Q8_0)")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens to generate (default 64)")
+    parser.add_argument("--prompt-lens", type=_ints,
+                        help="prompt lengths (default 16; gemma3: 32,1024)")
+    parser.add_argument("--prompt-text", type=Path, default=gemma3.EVAL_TEXT,
+                        help=f"gemma3: the text the prompt is cut from (default "
+                             f"{gemma3.EVAL_TEXT})")
+    parser.add_argument("--threads", type=_ints, default=[1], help="e.g. 1,2 (default 1)")
+    parser.add_argument("--arms", type=_names(ARMS),
+                        help=f"of {', '.join(ARMS)} (default generated: "
+                             f"{','.join(DEFAULT_ARMS['generated'])}; gemma3: "
+                             f"{','.join(DEFAULT_ARMS['gemma3'])})")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds; the median counts (default 3)")
+    parser.add_argument("--agree-ids", type=int, default=8,
+                        help="leading greedy ids compared with onnxruntime fp32's (default 8)")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep built models here and reuse them (default: a temporary dir)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild models in --workdir")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", type=Path, help="write a bar chart of decode tokens/s here "
+                        "(default: decode_<model>.png in --workdir, if given)")
+    parser.add_argument("--profile", action="store_true",
+                        help="gemma3: sail_main --profile of one decode step at past "
+                             f"{' and '.join(map(str, PROFILE_PASTS))} per sail arm")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.arms = args.arms or list(DEFAULT_ARMS[args.model])
+    if args.model == "gemma3":
+        args.bits = args.bits or [4, 8]
+        args.prompt_lens = args.prompt_lens or [32, 1024]
+    else:
+        args.bits = args.bits or [2, 3, 4, 8]
+        args.prompt_lens = args.prompt_lens or [16]
+        args.group_size = args.group_size or 128
+    with contextlib.ExitStack() as stack:
+        root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work = root / (args.preset if args.model == "generated" else args.model)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.plot is None and args.workdir is not None:
+            args.plot = work / f"decode_{args.model}.png"
+        busy = busy_seconds()
+        if args.model == "gemma3":
+            result = run_gemma3(args, work)
+        else:
+            result = run_generated(args, PRESETS[args.preset], work)
+        result["other_cpu_share"] = other_cpu_share(busy)
+        report(args, result)
+    return 0
+
+
+def time_all(args: argparse.Namespace, arms: list[Arm], prompts: dict[int, list[int]],
+             references: dict[int, list[int]]) -> list[Row]:
+    rows: list[Row] = []
+    for prompt_len, prompt in prompts.items():
+        for threads in args.threads:
+            subjects = [a for a in arms if a.thread_counts is None or threads in a.thread_counts]
+            log(f"timing {len(subjects)} arm(s), prompt {prompt_len} ids, {threads} thread(s), "
+                f"{args.tokens} tokens, {args.rounds} rounds")
+            runs = time_arms(subjects, prompt, args.tokens, threads, args.rounds)
+            for arm in subjects:
+                rows.append(make_row(arm, runs[arm.key], threads, prompt_len,
+                                     references.get(prompt_len), args.agree_ids))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The generated example decoder
 
 def _file_bytes(*paths: Path) -> int:
     return sum(p.stat().st_size for p in paths if p.exists())
@@ -349,150 +647,50 @@ def prepare_ggufs(model: Path, cfg: DecoderConfig, work: Path, file_types: list[
     paths = {"F32": work / "gguf" / "f32.gguf"}
     paths.update({t: work / "gguf" / f"{t.lower()}.gguf" for t in file_types})
     paths["F32"].parent.mkdir(parents=True, exist_ok=True)
-    if rebuild or not paths["F32"].exists():
+    if rebuild:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+    if not paths["F32"].exists():
         log(f"  writing {paths['F32']} (gguf package) ...")
         weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(
             str(model)).graph.initializer}
         write_gguf(weights, cfg, paths["F32"])
     for t in file_types:
-        if rebuild or not paths[t].exists():
-            log(f"  quantizing {paths[t]} (llama.cpp llama_model_quantize {t}) ...")
-            quantize_gguf(paths["F32"], paths[t], t)
+        gemma3.requantize_gguf(paths["F32"], paths[t], t)
     return paths
 
 
-# ---------------------------------------------------------------------------------------------
-# Timing
-
-def agreement(ids: list[int], reference: list[int]) -> int:
-    """Leading ids equal to the reference's."""
-    n = 0
-    for a, b in zip(ids, reference, strict=False):
-        if a != b:
-            break
-        n += 1
-    return n
-
-
-def time_arms(arms: list[Arm], prompt: list[int], n: int, threads: int, rounds: int
-              ) -> dict[str, Generation]:
-    """Best prefill and best decode of each arm over interleaved rounds (ids of the last)."""
-    for arm in arms:
-        arm.generate(prompt, WARMUP_TOKENS, threads)
-    best: dict[str, Generation] = {}
-    for r in range(rounds):
-        for arm in arms:
-            g = arm.generate(prompt, n, threads)
-            log(f"  round {r + 1}/{rounds} {threads} thread(s) {arm.name} [{arm.weights}]: "
-                f"prefill {g.prefill_seconds * 1e3:.1f} ms, decode "
-                f"{g.decode_tokens_per_second:.1f} tok/s")
-            old = best.get(arm.name + arm.weights)
-            if old is not None:
-                g = Generation(g.ids, min(g.prefill_seconds, old.prefill_seconds),
-                               min(g.decode_seconds, old.decode_seconds), g.decode_steps)
-            best[arm.name + arm.weights] = g
-    return best
-
-
-def markdown_table(rows: list[Row], prompt_len: int, n: int) -> str:
-    ref = {r.threads: r for r in rows if r.arm == REFERENCE}
-    lines = [f"| arm | weights | threads | weights MiB | prefill ms ({prompt_len} tok) | "
-             f"x fp32 | decode tok/s | x fp32 | greedy ids = fp32 (of {n}) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        base = ref.get(r.threads)
-        pre = f"{base.prefill_ms / r.prefill_ms:.2f}" if base else "-"
-        dec = f"{r.decode_tokens_per_second / base.decode_tokens_per_second:.2f}" \
-            if base else "-"
-        lines.append(f"| {r.arm} | {r.weights} | {r.threads} | {r.weight_mib:.0f} | "
-                     f"{r.prefill_ms:.1f} | {pre} | {r.decode_tokens_per_second:.1f} | {dec} | "
-                     f"{r.agree if base else '-'} |")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v]
-
-
-def _names(valid: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [v.strip() for v in text.split(",") if v.strip()]
-        bad = [v for v in names if v not in valid]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from "
-                                             f"{', '.join(valid)}")
-        return names
-    return parse
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="135m")
-    parser.add_argument("--bits", type=_ints, default=[2, 3, 4, 8],
-                        help="widths of the sail arms (default 2,3,4,8)")
-    parser.add_argument("--group-size", type=int, default=128,
-                        help="group size of sail's and onnxruntime's 4-bit weights (default 128)")
-    parser.add_argument("--gguf-types", type=_names(GGUF_FILE_TYPES), default=["Q4_0", "Q8_0"],
-                        help="llama.cpp file types to quantize to (default Q4_0,Q8_0)")
-    parser.add_argument("--tokens", type=int, default=64, help="tokens to generate (default 64)")
-    parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--threads", type=_ints, default=[1], help="e.g. 1,2 (default 1)")
-    parser.add_argument("--arms", type=_names(ARMS), default=list(DEFAULT_ARMS),
-                        help=f"of {', '.join(ARMS)} (default {','.join(DEFAULT_ARMS)}); "
-                             f"{REFERENCE} always runs (the reference)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved timing rounds; the best counts (default 3)")
-    parser.add_argument("--workdir", type=Path,
-                        help="keep built models here and reuse them (default: a temporary dir)")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild models in --workdir")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    cfg = PRESETS[args.preset]
-    with contextlib.ExitStack() as stack:
-        root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        work = root / args.preset
-        work.mkdir(parents=True, exist_ok=True)
-        return run(args, cfg, work)
-
-
-def run(args: argparse.Namespace, cfg: DecoderConfig, work: Path) -> int:
-    busy = busy_seconds()
-    n, prompt_len = args.tokens, args.prompt_len
-    if prompt_len + n > cfg.max_positions:
-        raise SystemExit(f"prompt {prompt_len} + {n} tokens exceed the model's "
+def run_generated(args: argparse.Namespace, cfg: DecoderConfig, work: Path) -> dict:
+    n = args.tokens
+    if max(args.prompt_lens) + n > cfg.max_positions:
+        raise SystemExit(f"prompt {max(args.prompt_lens)} + {n} tokens exceed the model's "
                          f"{cfg.max_positions} positions")
-    prompt = [int(i) for i in np.random.default_rng(PROMPT_SEED).integers(
-        3, cfg.vocab_size, prompt_len)]
+    rng = np.random.default_rng(PROMPT_SEED)
+    prompts = {p: [int(i) for i in rng.integers(3, cfg.vocab_size, p)] for p in args.prompt_lens}
     notes: list[str] = []
     log(f"preparing models in {work}")
     model = prepare_float(cfg, work)
-    arms: list[Arm] = []
+    layout = KVLayout.of_config(cfg)
     fp32 = OrtModel(model)
-    arms.append(Arm(REFERENCE, "fp32", _file_bytes(model),
-                    lambda p, k, t: onnx_generate(fp32.run_fn(t), cfg, p, k)))
+    arms = [Arm(REFERENCE, "fp32", _file_bytes(model),
+                lambda p, k, t: onnx_generate(fp32.run_fn(t), layout, p, k))]
     if "ort-q4" in args.arms:
         q4_path = prepare_ort_q4(model, work, args.group_size, args.rebuild)
         q4 = OrtModel(q4_path)
         arms.append(Arm("ort-q4", f"MatMulNBits w4g{args.group_size} acc4", _file_bytes(q4_path),
-                        lambda p, k, t: onnx_generate(q4.run_fn(t), cfg, p, k)))
-
+                        lambda p, k, t: onnx_generate(q4.run_fn(t), layout, p, k)))
     checks: dict[str, object] = {}
     gguf_types: dict[str, dict[str, str]] = {}
     if "llama.cpp" in args.arms:
-        llama_cpp = _llama_cpp()
+        llama_cpp = gemma3.llama_cpp_module()
         if llama_cpp is None:
             notes.append("llama.cpp arm skipped: llama_cpp is not importable (pip install "
                          "llama-cpp-python)")
         else:
             ggufs = prepare_ggufs(model, cfg, work, args.gguf_types, args.rebuild)
-            n_ctx = prompt_len + n
-            checks["llama.cpp F32 logits"] = check_f32_logits(ggufs["F32"], fp32, cfg, prompt,
+            n_ctx = max(args.prompt_lens) + n
+            first = prompts[args.prompt_lens[0]]
+            checks["llama.cpp F32 logits"] = check_f32_logits(ggufs["F32"], fp32, layout, first,
                                                               n_ctx, args.threads[0])
             for name, path in ggufs.items():
                 llm = LlamaCppModel(path, n_ctx)
@@ -501,48 +699,35 @@ def run(args: argparse.Namespace, cfg: DecoderConfig, work: Path) -> int:
                 arms.append(Arm("llama.cpp", f"GGUF {name}", _file_bytes(path), llm.generate))
             notes.append(f"llama.cpp {llama_cpp.__version__}: f16 KV cache (its default) in "
                          "the timed arms; float32 KV cache in the F32 logits check")
-
     if "c" in args.arms:
-        if not sail_generate_available():
-            notes.append("c arm skipped: this sail has no 'sail generate' (the C token loop "
-                         "of issue 5); the arm runs `sail generate OUT --prompt-ids ... -n N "
-                         "--threads T --json` once it exists")
-            log("NOTE: " + notes[-1])
-        else:
-            for bits in args.bits:
-                out = work / f"c_w{bits}g{args.group_size}"
-                if args.rebuild or not (out / "manifest.json").exists() \
-                        or not (out / "sail_main").exists():
-                    _compile_c(model, out, bits, args.group_size)
-                arms.append(Arm("sail c", f"w{bits}g{args.group_size}",
-                                _file_bytes(out / "weights.bin"), c_generate(out)))
-
+        for bits in args.bits:
+            out = work / f"c_w{bits}g{args.group_size}"
+            if args.rebuild or not c_built(out):
+                compile_c(model, out, bits, ["--group-size", str(args.group_size)])
+            arms.append(Arm("sail c", f"w{bits}g{args.group_size}",
+                            _file_bytes(out / "weights.bin"), c_generate(out)))
     if "llvm" in args.arms:
-        arms += llvm_arms(model, work, args, cfg, notes)
-
-    rows: list[Row] = []
-    for threads in args.threads:
-        subjects = [a for a in arms if a.thread_counts is None or threads in a.thread_counts]
-        log(f"timing {len(subjects)} arm(s), {threads} thread(s), prompt {prompt_len} ids, "
-            f"{n} tokens, {args.rounds} rounds")
-        best = time_arms(subjects, prompt, n, threads, args.rounds)
-        reference = best[REFERENCE + "fp32"].ids
-        for arm in subjects:
-            g = best[arm.name + arm.weights]
-            rows.append(Row(arm.name, arm.weights, threads, arm.weight_bytes / 2**20,
-                            g.prefill_seconds * 1e3, g.decode_tokens_per_second,
-                            agreement(g.ids, reference), g.ids))
-    other = other_cpu_share(busy)
-    report(args, cfg, prompt, rows, checks, gguf_types, notes, other)
-    return 0
+        arms += llvm_arms(model, work, args, layout, notes)
+    # the reference arm is timed with the others; its ids are the reference of every arm
+    references = {}
+    for p, prompt in prompts.items():
+        references[p] = onnx_generate(fp32.run_fn(args.threads[0]), layout, prompt,
+                                      args.agree_ids).ids
+    rows = time_all(args, arms, prompts, references)
+    return {"model": f"generated {args.preset}", "params": cfg.num_params(),
+            "prompt_ids": prompts, "rows": rows, "reference_ids": references, "checks": checks,
+            "gguf_types": gguf_types, "notes": notes,
+            "baselines": BASELINES["generated"],
+            "title": f"example decoder '{args.preset}' ({cfg.num_params() / 1e6:.1f}M "
+                     f"parameters), random prompt ids"}
 
 
-def check_f32_logits(path: Path, fp32: OrtModel, cfg: DecoderConfig, prompt: list[int],
+def check_f32_logits(path: Path, fp32: OrtModel, layout: KVLayout, prompt: list[int],
                      n_ctx: int, threads: int) -> dict[str, object]:
     """llama.cpp on the F32 GGUF (float32 KV cache) against onnxruntime fp32, every position."""
     llm = LlamaCppModel(path, n_ctx, f32_kv=True, logits_all=True)
     theirs = llm.prompt_logits(prompt, threads)
-    ours, _ = _forward(fp32.run_fn(threads), prompt, _empty_past(cfg), cfg)
+    ours, _ = _forward(fp32.run_fn(threads), prompt, layout.empty(), layout)
     rel = float(np.linalg.norm(theirs - ours) / np.linalg.norm(ours))
     same_argmax = int((theirs.argmax(-1) == ours.argmax(-1)).sum())
     ok = rel <= LOGITS_TOLERANCE
@@ -553,7 +738,7 @@ def check_f32_logits(path: Path, fp32: OrtModel, cfg: DecoderConfig, prompt: lis
             "ok": ok}
 
 
-def llvm_arms(model: Path, work: Path, args: argparse.Namespace, cfg: DecoderConfig,
+def llvm_arms(model: Path, work: Path, args: argparse.Namespace, layout: KVLayout,
               notes: list[str]) -> list[Arm]:
     """sail's llvm target (Relax VM) at each width, run by the Python loop. TVM sizes its thread
     pool once per process, so these arms run at the first thread count only."""
@@ -577,37 +762,141 @@ def llvm_arms(model: Path, work: Path, args: argparse.Namespace, cfg: DecoderCon
         artifact = Artifact(out)
         arms.append(Arm("sail llvm", f"w{bits}g{args.group_size}",
                         sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
-                        lambda p, k, t, a=artifact: onnx_generate(a.run, cfg, p, k),
+                        lambda p, k, t, a=artifact: onnx_generate(a.run, layout, p, k),
                         thread_counts=(threads,)))
     return arms
 
 
-def report(args: argparse.Namespace, cfg: DecoderConfig, prompt: list[int], rows: list[Row],
-           checks: dict[str, object], gguf_types: dict[str, dict[str, str]], notes: list[str],
-           other_cpu: float) -> None:
-    reference = {r.threads: r.ids for r in rows if r.arm == REFERENCE}
+# ---------------------------------------------------------------------------------------------
+# Gemma 3 270M
+
+def gemma3_reference(model: Path, prompts: dict[int, list[int]], n: int, threads: int,
+                     work: Path) -> dict[int, list[int]]:
+    """onnxruntime fp32's greedy ids (the first ``n``) per prompt, cached in ``work``."""
+    references: dict[int, list[int]] = {}
+    fp32 = None
+    for p, prompt in prompts.items():
+        digest = hashlib.sha1(json.dumps(prompt).encode()).hexdigest()[:12]
+        path = work / f"reference_fp32_{p}_{digest}.json"
+        if path.exists() and len(json.loads(path.read_text())) >= n:
+            references[p] = json.loads(path.read_text())[:n]
+            continue
+        log(f"  onnxruntime fp32 greedy reference, prompt {p} ...")
+        fp32 = fp32 or OrtModel(model)
+        references[p] = onnx_generate(fp32.run_fn(threads), fp32.layout(threads), prompt, n).ids
+        path.write_text(json.dumps(references[p]))
+    return references
+
+
+def run_gemma3(args: argparse.Namespace, work: Path) -> dict:
+    files = gemma3.require(args.model_dir, gemma3.KV_MODEL, gemma3.TOKENIZER)
+    model, n = files[gemma3.KV_MODEL], args.tokens
+    longest = max(args.prompt_lens)
+    ids = gemma3.text_ids(files[gemma3.TOKENIZER], args.prompt_text, None, longest)
+    prompts = {p: ids[:p] for p in args.prompt_lens}
+    notes: list[str] = [f"prompt: the first ids of {args.prompt_text} (<bos> first)"]
+    log(f"preparing models in {work}")
+    if args.rebuild:
+        for stale in ("gguf", "genai_int4_cpu", "hf"):
+            shutil.rmtree(work / stale, ignore_errors=True)
+    references = gemma3_reference(model, prompts, max(args.agree_ids, 1), args.threads[0], work)
+    arms: list[Arm] = []
+    extra: dict[str, object] = {}
+    if "ort-fp32" in args.arms:
+        fp32 = OrtModel(model)
+        arms.append(Arm(REFERENCE, "fp32", _file_bytes(model),
+                        lambda p, k, t: onnx_generate(fp32.run_fn(t), fp32.layout(t), p, k)))
+    if "llama.cpp" in args.arms:
+        llama_cpp = gemma3.llama_cpp_module()
+        if llama_cpp is None:
+            notes.append("llama.cpp arm skipped: llama_cpp is not importable (pip install "
+                         "llama-cpp-python)")
+        else:
+            gguf_types = {}
+            for t in args.gguf_types:
+                path = gemma3.llama_gguf(args.model_dir, work, t)
+                llm = LlamaCppModel(path, longest + n)
+                gguf_types[t] = {"file": type_summary(tensor_types(path)),
+                                 "load_log": load_log_types(llm.load_log)}
+                arms.append(Arm("llama.cpp", f"GGUF {t}", _file_bytes(path), llm.generate))
+            extra["gguf_types"] = gguf_types
+            notes.append(f"llama.cpp {llama_cpp.__version__} (llama-cpp-python): the shipped "
+                         "Q4_K_M re-quantized with allow_requantize; f16 KV cache (its default); "
+                         f"context {longest + n}, batch = context")
+    if "ort-genai" in args.arms:
+        try:
+            import onnxruntime_genai as og
+            genai_dir = gemma3.genai_model(args.model_dir, work)
+        except (ImportError, RuntimeError) as err:
+            notes.append(f"ort-genai arm skipped: {str(err).strip()[-600:]}")
+            log("NOTE: " + notes[-1])
+        else:
+            genai = GenaiModel(genai_dir, longest + n)
+            summary = gemma3.matmulnbits_summary(genai_dir)
+            extra["genai_model"] = {"dir": str(genai_dir), "matmuls": summary}
+            arms.append(Arm("ort-genai", "int4", _file_bytes(*genai_dir.iterdir()),
+                            genai.generate))
+            notes.append(f"onnxruntime-genai {og.__version__}: builder -p int4 -e cpu of the "
+                         f"same checkpoint ({summary}); its own KV cache")
+    sail_args = shlex.split(args.sail_args)
+    if "c" in args.arms:
+        tag = hashlib.sha1(" ".join(sail_args).encode()).hexdigest()[:8]
+        for bits in args.bits:
+            out = work / f"c_w{bits}_{tag}"
+            if args.rebuild or not c_built(out):
+                try:
+                    compile_c(model, out, bits, sail_args)
+                except RuntimeError as err:
+                    notes.append(f"sail c w{bits} skipped: {err}")
+                    log("NOTE: " + notes[-1])
+                    continue
+            arms.append(Arm("sail c", f"w{bits} {args.sail_args}".strip(),
+                            _file_bytes(out / "weights.bin"), c_generate(out)))
+            if args.profile:
+                layout = KVLayout.of_session(session(str(model), 1))
+                extra.setdefault("profiles", {})[f"w{bits}"] = {
+                    past: profile_step(out, layout, past, 1, 10, work) for past in PROFILE_PASTS}
+    rows = time_all(args, arms, prompts, references)
+    return {"model": "gemma3 270m", "model_dir": str(args.model_dir), "prompt_ids": prompts,
+            "rows": rows, "reference_ids": references, "notes": notes,
+            "baselines": BASELINES["gemma3"], **extra,
+            "title": "Gemma 3 270M (real weights), prompt from "
+                     f"{args.prompt_text.name}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def report(args: argparse.Namespace, result: dict) -> None:
+    rows: list[Row] = result.pop("rows")
+    baselines = result.pop("baselines")
+    title = result.pop("title")
+    other = result["other_cpu_share"]
+    if args.plot is not None and rows:
+        plot(rows, args.plot, f"{title}; {args.tokens} tokens; other CPU load {other:.0%}")
+        log(f"plot: {args.plot}")
     if args.json:
-        print(json.dumps({
-            "preset": args.preset, "params": cfg.num_params(), "prompt_ids": prompt,
-            "tokens": args.tokens, "threads": args.threads, "onnxruntime": ort.__version__,
-            "rows": [asdict(r) for r in rows], "reference_ids": reference, "checks": checks,
-            "gguf_types": gguf_types, "notes": notes, "other_cpu_share": other_cpu}))
+        print(json.dumps({**result, "tokens": args.tokens, "threads": args.threads,
+                          "rounds": args.rounds, "onnxruntime": ort.__version__,
+                          "baselines": baselines, "rows": [asdict(r) for r in rows],
+                          "plot": str(args.plot) if args.plot else None}))
         return
-    print(f"\nexample decoder '{args.preset}' ({cfg.num_params() / 1e6:.1f}M parameters), "
-          f"prompt {len(prompt)} random ids, {args.tokens} greedy tokens, onnxruntime "
-          f"{ort.__version__}; best of {args.rounds} interleaved rounds; x fp32 = onnxruntime "
-          "fp32's time over the arm's (higher is faster)\n")
-    print(markdown_table(rows, len(prompt), args.tokens))
-    if gguf_types:
-        print("\nllama.cpp tensor types (file / load log):")
-        for name, t in gguf_types.items():
-            print(f"  {name}: file {t['file']}\n  {' ' * len(name)}  load log: {t['load_log']}")
-    for name, check in checks.items():
+    print(f"\n{title}, {args.tokens} greedy tokens, onnxruntime {ort.__version__}; median of "
+          f"{args.rounds} interleaved rounds; x NAME = the arm's speed over NAME's in this run "
+          "(higher is faster)\n")
+    print(markdown_table(rows, baselines, args.agree_ids))
+    for name, t in result.get("gguf_types", {}).items():
+        print(f"\nllama.cpp {name}: file {t['file']}\n  load log: {t['load_log']}")
+    for name, check in result.get("checks", {}).items():
         print(f"\ncheck {name}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float)
                                                else f"{k} {v}" for k, v in check.items()))
-    for note in notes:
+    for bits, profiles in result.get("profiles", {}).items():
+        for past, text in profiles.items():
+            print(f"\nsail c {bits}: sail_main --profile, one decode step at past {past}, "
+                  f"1 thread:\n{text}")
+    for note in result["notes"]:
         print(f"note: {note}")
-    print(f"other processes used {other_cpu:.0%} of one CPU during the run (this machine has "
+    print(f"other processes used {other:.0%} of one CPU during the run (this machine has "
           f"{os.cpu_count()}; much above 0% and the times are not clean)")
 
 

@@ -314,12 +314,13 @@ def check_targets(rows: list[Row]) -> list[str]:
 
 
 def busy_seconds() -> tuple[float, float, float]:
-    """(wall, CPU seconds busy on all CPUs, CPU seconds of this process) now."""
+    """(wall, CPU seconds busy on all CPUs, CPU seconds of this process and its children)
+    now."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
-    own = os.times()
+    own = os.times()  # this process and its waited-for children (e.g. sail_generate)
     return time.monotonic(), (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), \
-        own.user + own.system
+        own.user + own.system + own.children_user + own.children_system
 
 
 def other_cpu_share(start: tuple[float, float, float]) -> float:
