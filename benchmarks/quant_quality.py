@@ -16,10 +16,16 @@ Calibration (our gptq and the search weighting, onnxruntime's gptq) uses the sam
 sides: generated inputs with seeds 100.. (or text windows from the first half of the text);
 evaluation uses seeds 0.. (or the second half).
 
+Gemma 3 270M (``--gemma3``, a real trained LLM; see :func:`gemma3_main`): perplexity under the
+project's protocol for each sail setting beside llama.cpp and onnxruntime at the same bits, each
+row cached as JSON in ``--workdir`` so that an interrupted run resumes.
+
 Usage::
 
     python benchmarks/quant_quality.py                       # the tiny example decoder
     python benchmarks/quant_quality.py --model m.onnx --text eval.txt --tokenizer tok.json
+    python benchmarks/quant_quality.py --gemma3 --workdir ~/.cache/sail-bench \
+        [--sail w4g32sym:rtn,w4g32sym:gptq,...] [--llama Q8_0,Q4_0,...] [--ort default:w4g32sym,...]
 """
 
 from __future__ import annotations
@@ -27,11 +33,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
+import os
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +58,8 @@ from sail_compiler.quant.reference import dequantize
 from sail_compiler.quant.scheme import QuantScheme
 from sail_compiler.verify import InputPlan, generate_inputs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path[:0] = [str(Path(__file__).resolve().parent),
+                str(Path(__file__).resolve().parents[1] / "examples")]
 
 ORT_WIDTHS = (2, 4, 8)
 
@@ -153,6 +165,7 @@ def _ppl(logits_fn, ids: np.ndarray, window: int) -> float:  # type: ignore[no-u
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _gemma3_options(parser.add_argument_group("Gemma 3 270M (--gemma3)"))
     parser.add_argument("--model", type=Path, help="an ONNX model (default: the tiny example "
                         "decoder, generated)")
     parser.add_argument("--text", type=Path)
@@ -168,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also compile with sail (8-bit activations) and report its error")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    if args.gemma3:
+        return gemma3_main(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
@@ -294,6 +309,300 @@ def _print_table(results: list[dict[str, Any]], widths: list[int],
                             and r["method"] == method and "ppl" in r), None)
                 cells.append(f"{row['ppl']:>14.4f}" if row else f"{'-':>14}")
             print(f"{bits:>4}  " + "  ".join(cells))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma 3 270M: perplexity under the project's protocol, sail beside llama.cpp and onnxruntime
+
+#: sail settings: ``<scheme>:<method>`` (scheme as ``QuantScheme.parse`` reads it) or
+#: ``avg<X>g<G>[sym]:<method>`` (``--avg-bits X``).
+GEMMA3_SAIL = ("w8g128sym:rtn", "w4g32sym:rtn", "w4g32sym:search", "w4g32sym:gptq",
+               "w4g128sym:rtn", "w4g128sym:search", "w4g128sym:gptq", "w3g64sym:rtn",
+               "w3g64sym:gptq", "w3g64:gptq", "w2g32sym:gptq", "w2g32:gptq",
+               "avg3.5g32sym:gptq")
+#: llama.cpp file types: the shipped Q4_K_M, the others re-quantized from it.
+GEMMA3_LLAMA = ("Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K")
+#: onnxruntime's MatMulNBits quantizer: ``<algo>:<scheme>``; algo ``default`` (its RTN) or
+#: ``hqq`` (asymmetric; needs torch: runs in the model's venv).
+GEMMA3_ORT = ("default:w8g128sym", "default:w4g32sym", "default:w4g128sym", "hqq:w4g32",
+              "hqq:w4g128", "default:w2g32sym", "hqq:w2g32")
+
+_ORT_QUANTIZE = r"""
+import sys, time
+import onnx
+from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+src, dst, algo, bits, block, sym = sys.argv[1:7]
+bits, block, sym = int(bits), int(block), sym == "1"
+started = time.perf_counter()
+model = onnx.load(src)
+if algo == "hqq":
+    config = mnq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits)
+else:
+    config = mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=sym, bits=bits,
+                                              accuracy_level=0)
+quantizer = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=sym,
+                                     algo_config=config)
+quantizer.process()
+quantizer.model.save_model_to_file(dst, use_external_data_format=True)
+print(time.perf_counter() - started)
+"""
+
+
+def _gemma3_options(group: argparse._ArgumentGroup) -> None:
+    import gemma3
+
+    group.add_argument("--gemma3", action="store_true",
+                       help="Gemma 3 270M under the protocol: the first 6000 characters of "
+                            "GPL-3, <bos>, 1024 tokens, one window")
+    group.add_argument("--model-dir", type=Path, default=gemma3.DEFAULT_DIR,
+                       help=f"build.sh's output (default {gemma3.DEFAULT_DIR})")
+    group.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "sail-bench",
+                       help="built models and one JSON per row (default ~/.cache/sail-bench)")
+    group.add_argument("--sail", default=",".join(GEMMA3_SAIL),
+                       help="sail settings <scheme>:<method> or avg<X>g<G>[sym]:<method>, "
+                            f"comma-separated ('' for none; default {','.join(GEMMA3_SAIL)})")
+    group.add_argument("--sail-extra", default="",
+                       help="more sail eval-ppl options for every sail row, e.g. "
+                            "'--act-bits 16' (part of the rows' cache keys)")
+    group.add_argument("--llama", default=",".join(GEMMA3_LLAMA),
+                       help=f"llama.cpp file types (default {','.join(GEMMA3_LLAMA)})")
+    group.add_argument("--ort", default=",".join(GEMMA3_ORT),
+                       help=f"onnxruntime quantizer rows <algo>:<scheme> (default "
+                            f"{','.join(GEMMA3_ORT)})")
+    group.add_argument("--calib-text", type=Path, default=gemma3.CALIB_TEXT,
+                       help=f"calibration text of sail's search, gptq and --avg-bits (default "
+                            f"{gemma3.CALIB_TEXT}; never the evaluation text)")
+    group.add_argument("--redo", action="store_true", help="recompute cached rows")
+    group.add_argument("--threads", type=int, default=2,
+                       help="onnxruntime / llama.cpp / sail threads (default 2)")
+
+
+def _key(*parts: str) -> str:
+    text = "_".join(parts)
+    safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+    return safe[:80] + "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _cached(path: Path, redo: bool, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The row saved at ``path``, else ``compute()`` saved there (a failure is saved as
+    ``{"failed": message}`` too, so a rerun skips it unless --redo)."""
+    if path.exists() and not redo:
+        return json.loads(path.read_text())
+    try:
+        row = compute()
+    except Exception as err:  # a row that fails is reported, the others go on
+        row = {"failed": str(err).strip().splitlines()[-1][:400] if str(err).strip()
+               else type(err).__name__}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _sail_setting_args(setting: str, calib: list[str]) -> tuple[list[str], str, str]:
+    """(eval-ppl options, bits label, method) of a sail setting."""
+    from sail_compiler.errors import OptionError
+
+    scheme_text, _, method = setting.partition(":")
+    method = method or "rtn"
+    if scheme_text.startswith("avg"):
+        avg, _, rest = scheme_text[3:].partition("g")
+        group = rest.removesuffix("sym")
+        args = ["--avg-bits", avg, "--group-size", group]
+        if rest.endswith("sym"):
+            args.append("--sym")
+        label = avg
+        needs_calib = True
+    else:
+        try:
+            scheme = QuantScheme.parse(scheme_text)
+        except OptionError as err:
+            raise SystemExit(f"--sail {setting}: {err}") from None
+        args = ["--bits", str(scheme.bits), "--group-size",
+                "channel" if scheme.group_size is None else str(scheme.group_size)]
+        if scheme.symmetric:
+            args.append("--sym")
+        label = str(scheme.bits)
+        needs_calib = method != "rtn"
+    args += ["--method", method] + (calib if needs_calib else [])
+    return args, label, method
+
+
+def _ort_ppl(model: Path, ids: np.ndarray, threads: int) -> float:
+    import gemma3
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), np.int64),
+            "position_ids": np.arange(len(ids), dtype=np.int64)[None]}
+    feed = {k: v for k, v in feed.items() if k in {i.name for i in sess.get_inputs()}}
+    logits = sess.run(["logits"], feed)[0][0]
+    return gemma3.nll_ppl(logits, ids)[0]
+
+
+def gemma3_main(args: argparse.Namespace) -> int:
+    """Perplexity rows for Gemma 3 270M (the no-cache export) under the protocol: the first
+    6000 characters of GPL-3, ``<bos>`` + tokens, the first 1024 ids, one window,
+    exp(mean NLL of tokens 1..1023).
+
+    * float: onnxruntime fp32;
+    * sail: ``sail eval-ppl MODEL --chars 6000 --window 1024 --max-tokens 1024`` with the
+      setting (llvm target, 8-bit activations unless ``--sail-extra`` says otherwise);
+      calibration on ``--calib-text`` (8 windows of 128 tokens); seconds = the compile
+      (quantization included);
+    * llama.cpp: llama-cpp-python's logits of every position (``logits_all``) in one batch of
+      1024, float32 NLL from them; seconds = ``llama_model_quantize``;
+    * onnxruntime: its MatMulNBits quantizer (``default``: RTN; ``hqq``), then onnxruntime
+      (``accuracy_level`` 0: weights-only) on the quantized model; seconds = the quantizer.
+    """
+    import gemma3
+
+    files = gemma3.require(args.model_dir, gemma3.NO_CACHE_MODEL, gemma3.TOKENIZER)
+    model, tokenizer = files[gemma3.NO_CACHE_MODEL], files[gemma3.TOKENIZER]
+    if args.calib_text.resolve() == gemma3.EVAL_TEXT.resolve():
+        raise SystemExit("--calib-text must not be the evaluation text")
+    ids = gemma3.protocol_ids(args.model_dir)
+    work = args.workdir / "gemma3"
+    rows_dir = work / "quality"
+    rows: list[dict[str, Any]] = []
+
+    def add(kind: str, setting: str, bits: str, method: str,
+            compute: Callable[[], dict[str, Any]]) -> None:
+        started = time.perf_counter()
+        gemma3.log(f"{kind} {setting} ...")
+        row = _cached(rows_dir / f"{_key(kind, setting)}.json", args.redo, compute)
+        row.update(engine=kind, setting=setting, bits=bits, method=method)
+        gemma3.log(f"  {json.dumps(row)} ({time.perf_counter() - started:.0f} s)")
+        rows.append(row)
+
+    def float_row() -> dict[str, Any]:
+        started = time.perf_counter()
+        return {"ppl": _ort_ppl(model, ids, args.threads),
+                "seconds": time.perf_counter() - started}
+
+    add("float", "onnxruntime fp32", "32", "-", float_row)
+    calib = ["--calib-text", str(args.calib_text), "--tokenizer", str(tokenizer)]
+    extra = shlex.split(args.sail_extra)
+    for setting in [s for s in args.sail.split(",") if s]:
+        options, bits, method = _sail_setting_args(setting, calib)
+        options += extra + ["--threads", str(args.threads)]
+
+        def sail_row(options: list[str] = options) -> dict[str, Any]:
+            command = [sys.executable, "-m", "sail_compiler", "eval-ppl", str(model), "--text",
+                       str(gemma3.EVAL_TEXT), "--tokenizer", str(tokenizer), "--chars",
+                       str(gemma3.EVAL_CHARS), "--window", str(gemma3.EVAL_TOKENS),
+                       "--max-tokens", str(gemma3.EVAL_TOKENS), *options, "--json"]
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr.strip()[-400:] or f"exit {proc.returncode}")
+            report = json.loads(proc.stdout.strip().splitlines()[-1])
+            compiled = report["compiled"]
+            return {"ppl": compiled["ppl"], "float_ppl": report["float"]["ppl"],
+                    "seconds": compiled["compile_seconds"], "score_seconds": compiled["seconds"],
+                    "description": compiled.get("description"), "warnings": report["warnings"],
+                    "command": shlex.join(["sail", *command[3:]])}
+
+        add("sail", setting + (f" {args.sail_extra}" if extra else ""), bits, method, sail_row)
+    for file_type in [t for t in args.llama.split(",") if t]:
+        def llama_row(file_type: str = file_type) -> dict[str, Any]:
+            started = time.perf_counter()
+            path = gemma3.llama_gguf(args.model_dir, work, file_type)
+            seconds = time.perf_counter() - started
+            return {"ppl": _llama_ppl(path, ids, args.threads), "seconds": seconds,
+                    "file_mib": path.stat().st_size / 2**20}
+
+        bits = file_type[1] if file_type[0] == "Q" else "-"
+        add("llama.cpp", file_type + (" (shipped)" if file_type == "Q4_K_M" else ""), bits,
+            "k-quant" if "_K" in file_type else "rtn", llama_row)
+    for spec in [t for t in args.ort.split(",") if t]:
+        algo, _, scheme_text = spec.partition(":")
+        scheme = QuantScheme.parse(scheme_text)
+
+        def ort_row(algo: str = algo, scheme: QuantScheme = scheme) -> dict[str, Any]:
+            out = work / "ort" / f"{algo}_{scheme.name}.onnx"
+            seconds = None
+            if not out.exists():
+                seconds = _ort_quantize(model, out, algo, scheme, args.model_dir)
+            return {"ppl": _ort_ppl(out, ids, args.threads), "seconds": seconds}
+
+        add("onnxruntime", f"{algo} {scheme.name}", str(scheme.bits),
+            "rtn" if algo == "default" else algo, ort_row)
+    _print_gemma3(rows, args)
+    if args.json:
+        args.json.write_text(json.dumps({"protocol": _PROTOCOL, "rows": rows}, indent=1))
+    return 0
+
+
+_PROTOCOL = ("Gemma 3 270M; the first 6000 characters of GPL-3, <bos> + tokens, the first 1024 "
+             "ids, one window, perplexity = exp(mean NLL of tokens 1..1023)")
+
+
+def _llama_ppl(path: Path, ids: np.ndarray, threads: int) -> float:
+    import gemma3
+
+    llama_cpp = gemma3.llama_cpp_module()
+    if llama_cpp is None:
+        raise RuntimeError("llama_cpp is not importable (pip install llama-cpp-python)")
+    n = len(ids)
+    with contextlib.redirect_stderr(io.StringIO()):
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n, n_batch=n, n_ubatch=n,
+                              n_threads=threads, n_threads_batch=threads, logits_all=True,
+                              verbose=False)
+        llm.eval(ids.tolist())
+    logits = np.array(llm.scores[:n], np.float32)
+    del llm
+    return gemma3.nll_ppl(logits, ids)[0]
+
+
+def _ort_quantize(model: Path, out: Path, algo: str, scheme: QuantScheme,
+                  model_dir: Path) -> float:
+    """onnxruntime's quantizer on ``model`` into ``out`` (external data); its seconds. HQQ
+    runs in the model's venv (it needs torch)."""
+    python = sys.executable
+    if algo == "hqq":
+        python = str(model_dir / "venv" / "bin" / "python")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp.onnx")
+    proc = subprocess.run([python, "-c", _ORT_QUANTIZE, str(model), str(tmp), algo,
+                           str(scheme.bits), str(scheme.group_size or 0),
+                           "1" if scheme.symmetric else "0"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"onnxruntime quantizer {algo} {scheme.name}: "
+                           f"{proc.stderr.strip()[-400:]}")
+    # the data file keeps the name it was written with; the .onnx refers to it by that name
+    tmp.replace(out)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    base = next((r["ppl"] for r in rows if r["engine"] == "float" and "ppl" in r), None)
+    print(f"\n{_PROTOCOL}; calibration (sail search/gptq/avg-bits): {args.calib_text}, 8 windows "
+          "of 128 tokens; sail: llvm target, 8-bit activations unless the setting says "
+          "otherwise; onnxruntime: weights only (accuracy_level 0)\n")
+    print("| bits | engine | setting | method | perplexity | x float | seconds |")
+    print("|---|---|---|---|---:|---:|---:|")
+
+    def order(r: dict[str, Any]) -> tuple:
+        try:
+            bits = -float(r["bits"])
+        except ValueError:
+            bits = 0.0
+        return bits, ["float", "sail", "llama.cpp", "onnxruntime"].index(r["engine"])
+
+    for r in sorted(rows, key=order):
+        if "failed" in r:
+            cells = f"failed: {r['failed'][:120]} | - | -"
+        else:
+            ratio = f"{r['ppl'] / base:.3f}" if base else "-"
+            seconds = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-"
+            cells = f"{r['ppl']:.3f} | {ratio} | {seconds}"
+        print(f"| {r['bits']} | {r['engine']} | {r['setting']} | {r['method']} | {cells} |")
+    warned = [r for r in rows if r.get("warnings")]
+    for r in warned:
+        print(f"warning ({r['setting']}): {'; '.join(r['warnings'])}")
 
 
 if __name__ == "__main__":
