@@ -1,19 +1,24 @@
 """Weight quantization methods: round to nearest, a per-group scale search, and GPTQ.
 
 Every method returns a :class:`~.reference.QuantizedWeight` in exactly the reference
-representation (codes ``q[K_pad, N]``, positive float32 scales and optional zero points per group,
-padding rows equal to their group's zero point), so a compiled model computes with
+representation (codes ``q[K_pad, N]``, float32 scales and optional zero points per group, padding
+rows equal to their group's zero point), so a compiled model computes with
 :func:`~.reference.dequantize` semantics whichever method chose the numbers. The methods differ
 only in *which* codes, scales and zero points they pick for a group:
 
 ``rtn``
-    :func:`~.reference.quantize_weights_rtn`: the scale spans the group's range.
+    :func:`~.reference.quantize_weights_rtn`: the scale spans the group's range. Symmetric codes
+    use all 2**b levels, bit for bit as onnxruntime's MatMulNBits quantizer:
+    ``s = -w* / 2**(b-1)`` for the group's largest-magnitude value ``w*``, so s may be negative.
 ``search``
     Per group and column, a search over scales (the idea behind llama.cpp's ``make_qkx``
     scale search and HQQ): a log-spaced grid of candidate scales from well below the group's
     RMS-based optimum to 1.1 times its range, each with three zero points (keep the low end, the
     high end, or centre the window) for schemes with zero points; each candidate's codes are
-    rounded, then its scale is refitted by least squares for those codes. Two rounds of
+    rounded, then its scale is refitted by least squares for those codes. The symmetric grid
+    ``[-2**(b-1), 2**(b-1) - 1] * s`` has one more level on one side; the search tries both
+    orientations (positive scales put it on the negative weights' side, negative scales on the
+    positive ones'), and RTN's scale as a candidate. Two rounds of
     re-rounding and refitting polish the best candidate. The objective is the squared error
     weighted per k by the Hessian's diagonal ``H[k, k] = sum_t x[t, k]**2`` when a Hessian is
     given (inputs with large activations matter more), else unweighted. A group keeps its RTN
@@ -227,7 +232,7 @@ def _quantize_search(w: np.ndarray, scheme: QuantScheme,
     importance = _importance(hessian, scheme, k)
     scale, zero, codes = _search(groups, importance, scheme.bits, scheme.symmetric)
     scale32 = scale.astype(np.float32)
-    valid = np.isfinite(scale32) & (scale32 > 0)  # a scale may underflow or overflow float32
+    valid = np.isfinite(scale32) & (scale32 != 0)  # a scale may underflow or overflow float32
     scale32[~valid] = 1
     codes[np.broadcast_to(~valid[:, None, :], codes.shape)] = 0
     q = (codes + zero[:, None, :]).astype(np.uint8).reshape(-1, n)
@@ -268,7 +273,7 @@ def _search(groups: np.ndarray, importance: np.ndarray, bits: int,
     Returns
     -------
     scale : numpy.ndarray
-        float64 ``[G, N]``, positive.
+        float64 ``[G, N]``: positive with zero points, of either sign when symmetric.
     zero : numpy.ndarray
         int64 ``[G, N]`` zero points (``2**(bits-1)`` everywhere when symmetric).
     codes : numpy.ndarray
@@ -306,19 +311,27 @@ def _search_tile(w: np.ndarray, d: np.ndarray, bits: int,
     counted = np.where(d > 0, unit, 0)  # k with zero importance do not widen the range
     lo = np.minimum(counted.min(axis=1), 0).astype(np.float64)
     hi = np.maximum(counted.max(axis=1), 0).astype(np.float64)
+    candidates = []  # (scale, zero) pairs; symmetric scales carry the grid's orientation
     if symmetric:
         half = 1 << (bits - 1)
-        # the smallest scale that clips nothing, using the extra negative code -2**(b-1)
-        cover = np.maximum(hi / (half - 1), -lo / half)
         spread = np.sqrt(energy / mass)
+        # RTN's scale -w* / 2**(b-1): w* (the largest |w|, negative on a tie) is +-1 here
+        top, bottom = unit.max(axis=1), unit.min(axis=1)
+        rtn_sign = np.where(np.abs(top) > np.abs(bottom), -1.0, 1.0)
+        candidates.append((rtn_sign / half, np.full_like(spread, half)))
+        # the smallest |scale| that clips nothing with the extra code -2**(b-1) on the side of
+        # the negative weights (positive scales) or of the positive ones (negative scales)
+        for sign, cover in ((1.0, np.maximum(hi / (half - 1), -lo / half)),
+                            (-1.0, np.maximum(-lo / (half - 1), hi / half))):
+            candidates += [(sign * scale, np.full_like(scale, half))
+                           for scale in _candidate_scales(cover, spread, bits)]
     else:
-        cover = (hi - lo) / qmax
         mean = dw.sum(axis=1, dtype=np.float64) / mass
         spread = np.sqrt(np.maximum(energy / mass - mean**2, 0.0))
-    cover = np.where(cover > 0, cover, 1.0)  # all zero: any scale, every code is 0
-    smallest = np.clip(0.5 * _GAUSSIAN_STEP[bits] * spread / cover, 0.02, 0.9)
-    factors = [smallest * (_SEARCH_MAX_FACTOR / smallest) ** t
-               for t in np.linspace(0.0, 1.0, _SEARCH_POINTS)] + [np.ones_like(smallest)]
+        for scale in _candidate_scales((hi - lo) / qmax, spread, bits):
+            low_end, high_end = -lo / scale, qmax - hi / scale
+            candidates += [(scale, np.clip(np.rint(z), 0, qmax))
+                           for z in (low_end, high_end, (low_end + high_end) / 2)]
 
     codes = np.empty_like(unit)
     uniform = bool(np.all((d == 1) | ((d == 0) & (unit == 0))))
@@ -337,27 +350,19 @@ def _search_tile(w: np.ndarray, d: np.ndarray, bits: int,
         else:
             np.multiply(codes, d, out=weighted)
             power = np.einsum("gkn,gkn->gn", weighted, codes).astype(np.float64)
-        fits = (cross > 0) & (power > 0)
+        fits = (cross * scale > 0) & (power > 0)  # a refit keeps the scale's sign
         refit = np.where(fits, cross / np.where(fits, power, 1.0), scale)
         return refit, energy - 2 * refit * cross + refit**2 * power
 
     best_error = np.full(energy.shape, np.inf)
     best_scale = np.ones_like(energy)
     best_zero = np.zeros_like(energy)
-    for factor in factors:
-        scale = factor * cover
-        if symmetric:
-            zeros = [np.full_like(scale, half)]
-        else:
-            low_end, high_end = -lo / scale, qmax - hi / scale
-            zeros = [np.clip(np.rint(z), 0, qmax)
-                     for z in (low_end, high_end, (low_end + high_end) / 2)]
-        for zero in zeros:
-            refit, error = fit(scale, zero)
-            better = error < best_error
-            best_error = np.where(better, error, best_error)
-            best_scale = np.where(better, refit, best_scale)
-            best_zero = np.where(better, zero, best_zero)
+    for scale, zero in candidates:
+        refit, error = fit(scale, zero)
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        best_scale = np.where(better, refit, best_scale)
+        best_zero = np.where(better, zero, best_zero)
     for _ in range(_SEARCH_REFINE_ROUNDS):
         # rounding to the refitted scale and refitting again never increases the error
         best_scale, _ = fit(best_scale, best_zero)
@@ -365,6 +370,15 @@ def _search_tile(w: np.ndarray, d: np.ndarray, bits: int,
     best_scale = np.where(empty, 1.0, best_scale * peak)
     best_zero = np.where(empty & (not symmetric), 0, best_zero)
     return best_scale, best_zero.astype(np.int64), codes.astype(np.int64)
+
+
+def _candidate_scales(cover: np.ndarray, spread: np.ndarray, bits: int) -> list[np.ndarray]:
+    """The searched scale magnitudes ``[G, n]``: log-spaced from ``_GAUSSIAN_STEP / 2`` times the
+    weights' ``spread`` to 1.1 times ``cover`` (the scale that clips nothing), and ``cover``."""
+    cover = np.where(cover > 0, cover, 1.0)  # all zero: any scale, every code is 0
+    smallest = np.clip(0.5 * _GAUSSIAN_STEP[bits] * spread / cover, 0.02, 0.9)
+    return [smallest * (_SEARCH_MAX_FACTOR / smallest) ** t * cover
+            for t in np.linspace(0.0, 1.0, _SEARCH_POINTS)] + [cover]
 
 
 def _searched_params(rows: np.ndarray, importance: np.ndarray, bits: int,
@@ -383,13 +397,14 @@ def _searched_params(rows: np.ndarray, importance: np.ndarray, bits: int,
     Returns
     -------
     scale : numpy.ndarray
-        float32 ``[N]``, positive; RTN's where the searched scale does not fit in float32.
+        float32 ``[N]``, nonzero (signed as in :func:`_search`); RTN's where the searched scale
+        does not fit in float32.
     zero : numpy.ndarray
         int64 ``[N]`` zero points (``2**(bits-1)`` when symmetric).
     """
     scale, zero, _ = _search(rows[None], importance[None, :, None], bits, symmetric)
     scale32, zero = scale[0].astype(np.float32), zero[0]
-    valid = np.isfinite(scale32) & (scale32 > 0)
+    valid = np.isfinite(scale32) & (scale32 != 0)
     if not valid.all():
         rtn = quantize_weights_rtn(rows.astype(np.float32), QuantScheme(bits, None, symmetric))
         scale32 = np.where(valid, scale32, rtn.scale[0])

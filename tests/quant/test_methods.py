@@ -37,7 +37,9 @@ def check_representation(qw: QuantizedWeight, w: np.ndarray, scheme: QuantScheme
     assert (qw.k, qw.n, qw.bits, qw.group_size) == (k, n, scheme.bits, g)
     assert qw.q.dtype == np.uint8 and qw.q.shape == (n_groups * g, n)
     assert qw.scale.dtype == np.float32 and qw.scale.shape == (n_groups, n)
-    assert np.all(np.isfinite(qw.scale)) and np.all(qw.scale > 0)
+    assert np.all(np.isfinite(qw.scale))
+    # symmetric scales are signed (the full-range grid's orientation); with zero points positive
+    assert np.all(qw.scale != 0) if scheme.symmetric else np.all(qw.scale > 0)
     assert int(qw.q.max()) < 2**scheme.bits
     if scheme.symmetric:
         assert qw.zero is None
