@@ -11,6 +11,10 @@ import onnxruntime as ort
 import pytest
 from make_decoder import PRESETS, make_decoder
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization.matmul_nbits_quantizer import (
+    DefaultWeightOnlyQuantConfig,
+    MatMulNBitsQuantizer,
+)
 
 from sail_compiler.errors import OptionError
 from sail_compiler.export_onnx import export_matmulnbits
@@ -77,6 +81,35 @@ def test_onnxruntime_runs_the_export_and_it_imports_back(scheme: str, k: int,
     (layer,) = rewrite_prequantized(exported).values()
     assert layer.node_name == "fc" and layer.source == "MatMulNBits"
     _assert_same(layer.qw, qw)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("k", [96, 80])  # whole blocks; a partial last block
+def test_symmetric_rtn_export_is_onnxruntime_quantizers_model(bits: int, k: int,
+                                                              tmp_path: Path) -> None:
+    # onnxruntime's own symmetric quantizer and SAIL's RTN export write the same MatMulNBits
+    model = _matmul_model(k, seed=bits)
+    export_matmulnbits(model, {"fc": _quantize(model, "fc", f"w{bits}g32sym")},
+                       tmp_path / "sail.onnx")
+    quantizer = MatMulNBitsQuantizer(onnx.ModelProto.FromString(model.SerializeToString()),
+                                     algo_config=DefaultWeightOnlyQuantConfig(
+                                         block_size=32, is_symmetric=True, bits=bits))
+    quantizer.process()
+    ours, theirs = onnx.load(tmp_path / "sail.onnx"), quantizer.model.model
+    (node,), (want,) = ours.graph.node, theirs.graph.node
+    assert (node.op_type, node.domain, len(node.input)) == (want.op_type, want.domain, 3)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs == {a.name: helper.get_attribute_value(a) for a in want.attribute}
+    b, scales = (numpy_helper.to_array(t) for t in ours.graph.initializer)
+    want_b, want_scales = (numpy_helper.to_array(t) for t in theirs.graph.initializer)
+    assert np.array_equal(scales.view(np.uint32), want_scales.view(np.uint32))
+    assert (scales < 0).any() and (scales > 0).any()
+    # codes equal for every k < K; padding codes (never read) are SAIL's zero point, 0 in theirs
+    whole, valid_bytes = k // 32, k % 32 * bits // 8
+    assert np.array_equal(b[:, :whole], want_b[:, :whole])
+    assert np.array_equal(b[:, whole:, :valid_bytes], want_b[:, whole:, :valid_bytes])
+    x = np.random.default_rng(3).normal(size=(2, 4, k)).astype(np.float32)
+    assert np.array_equal(_run(tmp_path / "sail.onnx", {"x": x}), _run(theirs, {"x": x}))
 
 
 def test_decoder_export_matches_its_dequantized_float_model(tmp_path: Path) -> None:
