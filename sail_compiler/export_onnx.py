@@ -13,7 +13,11 @@ Layout written for a weight ``W[K, N]`` quantized in groups of ``g`` along K wit
   (:mod:`~sail_compiler.quant.packing`, little-endian bit stream along K, padding rows included),
   which is onnxruntime's "low bits first within each block" layout because every block fills whole
   bytes.
-* ``scales``: float32 ``[N, n_blocks]`` = ``qw.scale.T``.
+* ``scales``: float32 ``[N, n_blocks]`` = ``qw.scale.T``, sign included: symmetric scales are
+  ``-w* / 2**(b-1)`` (negative where the group's largest-magnitude weight is positive), which is
+  how onnxruntime's own symmetric quantizer writes them. A symmetric RTN export is therefore
+  onnxruntime's ``MatMulNBitsQuantizer`` model bit for bit, except the codes of padding rows
+  (k >= K), which SAIL writes as the zero point and onnxruntime leaves 0; neither reads them.
 * ``zero_points`` (only with zero points): uint8 ``[N, ceil(n_blocks * b / 8)]``, row n the
   n_blocks zero points of column n packed the same way. Symmetric weights (``qw.zero`` None) write
   none: onnxruntime's default zero point ``2**(b - 1)`` is SAIL's implicit one.

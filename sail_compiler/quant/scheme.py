@@ -36,10 +36,13 @@ class QuantScheme:
         one group per column covering all of K ("channel").
     symmetric
         ``True``: signed codes in ``[-2**(b-1), 2**(b-1) - 1]``, no zero points (stored as
-        unsigned codes with the implicit zero point ``2**(b-1)``). ``False``: codes in
-        ``[0, 2**b - 1]`` with a zero point per group. Symmetric 1-bit is rejected: its
-        two's-complement range {-1, 0} cannot hold a sign and its scale ``max|w| / (2**0 - 1)``
-        divides by zero; 1-bit weights use zero points (``w1g64``).
+        unsigned codes with the implicit zero point ``2**(b-1)``); the scale is
+        ``-w* / 2**(b-1)`` for the group's largest-magnitude weight ``w*`` (full range, as
+        onnxruntime and llama.cpp), so it may be negative. ``False``: codes in ``[0, 2**b - 1]``
+        with a zero point per group. Symmetric 1-bit is rejected: its levels ``{-1, 0} * s``
+        (``s`` of either sign) are exactly those of 1-bit codes with a zero point (``{0, s}``
+        with z = 0, ``{-s, 0}`` with z = 1), so it would only be a second spelling of the same
+        quantizer; 1-bit weights use zero points (``w1g64``).
 
     Raises
     ------
@@ -63,9 +66,9 @@ class QuantScheme:
             raise OptionError(f"symmetric must be True or False, got {self.symmetric!r}")
         object.__setattr__(self, "symmetric", bool(self.symmetric))
         if self.symmetric and self.bits == 1:
-            raise OptionError("symmetric 1-bit weights are not supported: two's-complement 1-bit "
-                              "codes are {-1, 0} and the scale max|w| / (2^0 - 1) divides by "
-                              "zero; use 1-bit with zero points (symmetric=False, e.g. w1g64)")
+            raise OptionError("symmetric 1-bit weights are not supported: their levels {-1, 0} "
+                              "x scale are the levels of 1-bit codes with a zero point; use "
+                              "1-bit with zero points (symmetric=False, e.g. w1g64)")
 
     @property
     def name(self) -> str:
