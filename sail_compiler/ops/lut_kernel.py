@@ -1,9 +1,11 @@
 """The LUT-GEMV kernel of ``sail.lut_gemv`` for CPUs: a TE formulation and its schedule.
 
-The kernel computes exactly the group sums of DESIGN.md section 3,
-``S[t, grp, n] = sum_{k in grp} (q[k, n] - z[grp, n]) * xq[t, k]``, by SAIL's method (DESIGN.md
-section 1): tables of weight sums indexed by activation bit planes. It never dequantizes a
-weight and never multiplies a weight by an activation.
+The kernel computes exactly the sums of DESIGN.md section 3,
+``S[t, j, n] = sum_{k in j} (q[k, n] - z[grp(j), n]) * xq[t, k]`` over the sum blocks j of
+:class:`~sail_compiler.quant.reference.ActBlocks` (the weight groups, split at activation-block
+boundaries when the activation group A is smaller than g; below, "group" is a sum block of
+B rows), by SAIL's method (DESIGN.md section 1): tables of weight sums indexed by activation bit
+planes. It never dequantizes a weight and never multiplies a weight by an activation.
 
 Algorithm
 ---------
@@ -28,7 +30,7 @@ Algorithm
   moved inside it (``sum_c sum_i = sum_i sum_c``): one shift per plane and block instead of
   one per lookup.
 * **Output** (stage ``lut_gemv_out``, only with ``sx`` and ``scale``): float32
-  ``y[t, n] = sum_grp (scale[grp, n] * sx[t]) * float32(S[t, grp, n])`` in group order from 0,
+  ``y[t, n] = sum_j (scale[grp(j), n] * sx[t, blk(j)]) * float32(S[t, j, n])`` in order from 0,
   the order of :func:`~sail_compiler.quant.reference.quantized_matmul`. Each term goes through
   ``llvm.arithmetic.fence`` so that LLVM cannot contract the multiply and add into an FMA (TVM's
   llvm target allows contraction); the result is bit-identical to the reference.
@@ -87,7 +89,8 @@ from typing import NamedTuple
 import tvm
 from tvm import s_tir, te, tirx
 
-from .quant_matmul import unpack_code
+from ..quant.reference import ActBlocks
+from .quant_matmul import scale_index, sx_index, unpack_code
 
 __all__ = [
     "INDEX_BLOCK",
@@ -167,7 +170,8 @@ def _i64(value: int) -> tirx.IntImm:
 
 def lut_gemv_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, *, bits: int,
                 group_size: int, k: int, act_bits: int, nbw: int, sx: te.Tensor | None = None,
-                scale: te.Tensor | None = None, fence: bool = True) -> te.Tensor:
+                scale: te.Tensor | None = None, fence: bool = True,
+                act_group: int | None = None) -> te.Tensor:
     """TE computation of ``sail.lut_gemv`` (module docstring: stages and their names).
 
     Parameters
@@ -193,24 +197,34 @@ def lut_gemv_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, *, bits: int,
     nbw
         Weights per table (NBW), 1..8: tables have ``2**NBW`` entries.
     sx, scale
-        float32 ``[...]`` per-row activation scales and float32 ``[n_groups, N]`` weight
-        scales. With both, the dequantization is fused and the result is float32.
+        float32 ``[..., ceil(K / A)]`` activation scales (``[...]``: one per row) and float32
+        ``[n_groups, N]`` weight scales. With both, the dequantization is fused and the result
+        is float32.
     fence
         Wrap each float32 product in ``llvm.arithmetic.fence`` (no FMA contraction: the result
         is bit-identical to the reference). Only LLVM code generators know the intrinsic.
+    act_group
+        Columns A per activation scale (None: one per row); sets the sum blocks.
 
     Returns
     -------
     te.Tensor
-        int32 ``[..., n_groups, N]`` group sums ``S`` (exact; the caller guarantees they fit in
+        int32 ``[..., J, N]`` sums ``S`` per sum block (exact; the caller guarantees they fit in
         int32, see :func:`~sail_compiler.ops.quant_matmul.max_abs_group_sum`), or float32
-        ``[..., N]`` ``y = sum_grp (scale * sx) * float32(S)`` with ``sx`` and ``scale``.
+        ``[..., N]`` ``y = sum_j (scale * sx) * float32(S)`` with ``sx`` and ``scale``.
     """
     if (sx is None) != (scale is None):
         raise ValueError("lut_gemv_te fuses the dequantization only with both sx and scale")
-    g = int(group_size)
-    n_groups, cols = zero.shape
-    n_groups_int = int(n_groups)
+    act = ActBlocks(int(k), int(group_size), int(k) if act_group is None else int(act_group))
+    g = act.sum_size  # the kernel's groups are the sum blocks
+    n_groups = _i64(act.n_sums)
+    n_groups_int = act.n_sums
+    cols = zero.shape[1]
+    weight_rows = int(zero.shape[0]) * act.group_size  # K_pad of packed
+
+    def weight_group(grp: tirx.PrimExpr) -> tirx.PrimExpr:
+        return grp if g == act.group_size else tirx.floordiv(grp * g, act.group_size)
+
     layout = lut_layout(bits, g, nbw)
     cpb, blocks = layout.chunks_per_block, layout.blocks_per_group
     chunks_per_group = cpb * blocks  # padded: the extra chunks hold only padding rows
@@ -245,8 +259,8 @@ def lut_gemv_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, *, bits: int,
         # Padding rows read some valid code: entries with their bit set are never looked up.
         acc = tirx.const(0, dtype)
         for j in range(nbw):
-            kk = tirx.min(grp * g + cc * nbw + j, k_pad - 1)
-            w = unpack_code(packed, kk, n, bits, dtype) - zero[grp, n].astype(dtype)
+            kk = tirx.min(grp * g + cc * nbw + j, min(k_pad, weight_rows) - 1)
+            w = unpack_code(packed, kk, n, bits, dtype) - zero[weight_group(grp), n].astype(dtype)
             take = ((p.astype("int32") >> j) & 1) == 1
             acc = acc + tirx.Select(take, w, tirx.const(0, dtype))
         return acc
@@ -280,7 +294,8 @@ def lut_gemv_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, *, bits: int,
 
     def dequantize(*ix: tirx.Var) -> tirx.PrimExpr:
         *t, n = ix
-        term = (scale[grp_axis, n] * sx[tuple(t)]) * sums[(*t, grp_axis, n)].astype("float32")
+        term = (scale_index(scale, grp_axis, n, act) * sx_index(sx, t, grp_axis, act)) \
+            * sums[(*t, grp_axis, n)].astype("float32")
         if fence:
             term = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", term)
         return te.sum(term, axis=grp_axis)

@@ -2,7 +2,8 @@
 
 Operands and attributes::
 
-    y = sail.quant_matmul(x, packed, scale, zero, bits=b, group_size=g, k=K, act_bits=b_a)
+    y = sail.quant_matmul(x, packed, scale, zero, bits=b, group_size=g, k=K, act_bits=b_a,
+                          act_group=A)
 
     x       float32 [..., K]                 activations; leading dims may be symbolic
     packed  uint8   [ceil(K_pad * b / 8), N] codes q[K_pad, N] packed along K
@@ -12,12 +13,15 @@ Operands and attributes::
     y       float32 [..., N]
 
 with ``n_groups = ceil(K / g)`` and ``K_pad = n_groups * g``. The operator computes exactly
-:func:`sail_compiler.quant.reference.quantized_matmul`: per-row activation quantization
-(``sx = max|x| / (2**(b_a-1) - 1)`` in float32 with IEEE division, 1 where that is 0;
-``xq = clip(nearbyint(x / sx))``), int32 group sums ``S = sum_k (q - z) * xq`` (padding rows
-k >= K meet a zero activation), and ``y = sum_grp (s * sx) * float32(S)`` accumulated in
-group order, the reference's order of operations. The caller guarantees that no group sum
-overflows int32 (:func:`max_abs_group_sum` bounds them).
+:func:`sail_compiler.quant.reference.quantized_matmul`: activation quantization with one scale
+per row and block of A consecutive k (``act_group``, :class:`~sail_compiler.quant.reference.
+ActBlocks`; A = K: one per row): ``sx = max|x[t, blk]| / (2**(b_a-1) - 1)`` in float32 with IEEE
+division, 1 where that is 0; ``xq = clip(nearbyint(x / sx))``; int32 sums ``S[t, j, n] = sum_k
+(q - z) * xq`` over the J sum blocks (the weight groups, split at activation-block boundaries
+when A < g; padding rows k >= K meet a zero activation), and ``y = sum_j (s[grp(j)] *
+sx[blk(j)]) * float32(S[j])`` accumulated in order of j, the reference's order of operations.
+The caller guarantees that no group sum overflows int32 (:func:`max_abs_group_sum` bounds
+them).
 
 The operator is registered from Python with type inference (``FInferType``), purity and a
 legalization (``FLegalize``) to two TE kernels via ``R.call_tir``: the int32 group sums
@@ -37,10 +41,11 @@ import tvm
 from tvm import relax, te, tirx
 
 from ..quant.packing import check_bits, packed_length
-from ..quant.reference import QuantizedWeight, check_act_bits
+from ..quant.reference import ActBlocks, QuantizedWeight, check_act_bits
 
 __all__ = [
     "OP_NAME",
+    "act_blocks",
     "attrs_dict",
     "group_sums_te",
     "is_quant_matmul",
@@ -57,27 +62,38 @@ __all__ = [
 OP_NAME = "sail.quant_matmul"
 
 _INT32_MAX = 2**31 - 1
-_ATTR_NAMES = ("bits", "group_size", "k", "act_bits")
+_ATTR_NAMES = ("bits", "group_size", "k", "act_bits", "act_group")
 
 
 def _i64(value: int) -> tirx.IntImm:
     return tirx.const(value, "int64")
 
 
-def _check_attrs(bits: int, group_size: int, k: int, act_bits: int) -> tuple[int, int, int, int]:
-    """Validated attributes as Python ints.
+def _check_attrs(bits: int, group_size: int, k: int, act_bits: int,
+                 act_group: int | None = None) -> tuple[int, int, int, int, int]:
+    """Validated attributes as Python ints; ``act_group`` None (or above K) becomes K.
 
     Raises
     ------
     OptionError
-        ``bits`` outside 1..8 or ``act_bits`` outside 2..16.
+        ``bits`` outside 1..8, ``act_bits`` outside 2..16, or ``act_group`` does not nest with
+        ``group_size`` (:class:`~sail_compiler.quant.reference.ActBlocks`).
     ValueError
-        ``group_size`` or ``k`` below 1.
+        ``group_size``, ``k`` or ``act_group`` below 1.
     """
     bits, act_bits = check_bits(bits, "weight bits"), check_act_bits(act_bits)
     if int(group_size) < 1 or int(k) < 1:
         raise ValueError(f"{OP_NAME}: group_size and k must be >= 1, got {group_size}, {k}")
-    return bits, int(group_size), int(k), act_bits
+    blocks = ActBlocks(int(k), int(group_size), int(k) if act_group is None else int(act_group))
+    return bits, int(group_size), int(k), act_bits, blocks.act_group
+
+
+def act_blocks(call: relax.Call) -> ActBlocks:
+    """The :class:`~sail_compiler.quant.reference.ActBlocks` of a call with ``k``,
+    ``group_size`` and ``act_group`` attributes (without ``act_group``: one block per row)."""
+    k = int(call.attrs["k"])
+    act_group = int(call.attrs["act_group"]) if "act_group" in call.attrs else k
+    return ActBlocks(k, int(call.attrs["group_size"]), act_group)
 
 
 def max_abs_group_sum(bits: int, group_size: int, act_bits: int) -> int:
@@ -91,7 +107,7 @@ def max_abs_group_sum(bits: int, group_size: int, act_bits: int) -> int:
 
 def quant_matmul(x: relax.Expr, packed: relax.Expr, scale: relax.Expr, zero: relax.Expr, *,
                  bits: int, group_size: int, k: int, act_bits: int = 8,
-                 layer: str = "") -> relax.Call:
+                 act_group: int | None = None, layer: str = "") -> relax.Call:
     """Build a ``sail.quant_matmul`` call (see the module docstring for shapes and dtypes).
 
     Parameters
@@ -106,6 +122,8 @@ def quant_matmul(x: relax.Expr, packed: relax.Expr, scale: relax.Expr, zero: rel
         The original reduction length K (``x.shape[-1]``).
     act_bits
         Activation width b_a, 2..16.
+    act_group
+        Rows A per activation scale (module docstring); None: one scale per row (A = K).
     layer
         The layer's name (the ONNX node), for dumps and reports; not part of the semantics.
 
@@ -119,15 +137,17 @@ def quant_matmul(x: relax.Expr, packed: relax.Expr, scale: relax.Expr, zero: rel
     OptionError, ValueError
         An attribute is out of range.
     """
-    bits, group_size, k, act_bits = _check_attrs(bits, group_size, k, act_bits)
-    attrs = {"bits": bits, "group_size": group_size, "k": k, "act_bits": act_bits}
+    bits, group_size, k, act_bits, act_group = _check_attrs(bits, group_size, k, act_bits,
+                                                           act_group)
+    attrs = {"bits": bits, "group_size": group_size, "k": k, "act_bits": act_bits,
+             "act_group": act_group}
     if layer:
         attrs["layer"] = layer
     return relax.Call(tvm.ir.Op.get(OP_NAME), [x, packed, scale, zero], attrs)
 
 
-def _attrs_of(call: relax.Call) -> tuple[int, int, int, int]:
-    return _check_attrs(*(int(call.attrs[name]) for name in _ATTR_NAMES))
+def _attrs_of(call: relax.Call) -> tuple[int, int, int, int, int]:
+    return _check_attrs(*(int(call.attrs[name]) for name in _ATTR_NAMES if name in call.attrs))
 
 
 def static_dim(dim: tirx.PrimExpr) -> int | None:
@@ -164,7 +184,7 @@ def check_packed_operands(tys: list[relax.Type], bits: int, group_size: int,
 
 def _infer_type(call: relax.Call, _bb: relax.BlockBuilder) -> relax.TensorType:
     """``float32[..., N]``; checks dtypes, ranks and every static dimension against the attrs."""
-    bits, group_size, k, _ = _attrs_of(call)
+    bits, group_size, k, _, _ = _attrs_of(call)
     if len(call.args) != 4:
         raise ValueError(f"{OP_NAME} takes 4 operands (x, packed, scale, zero), "
                          f"got {len(call.args)}")
@@ -217,27 +237,46 @@ def unpack_code(packed: te.Tensor, row: tirx.PrimExpr, col: tirx.PrimExpr, bits:
 
 
 def quantize_activations_te(x: te.Tensor, k_padded: int | tirx.PrimExpr, act_bits: int,
-                            out_dtype: str = "int32") -> tuple[te.Tensor, te.Tensor]:
-    """TE stages ``(xq [..., K_pad], sx float32[...])`` of the reference's activation step.
+                            out_dtype: str = "int32",
+                            act_group: int | None = None) -> tuple[te.Tensor, te.Tensor]:
+    """TE stages ``(xq [..., k_padded], sx float32[..., n_blocks])`` of the reference's
+    activation step, one scale per row and block of ``act_group`` columns (None: per row,
+    ``n_blocks = 1``).
 
     ``xq`` (``out_dtype``, wide enough for ``act_bits``) is 0 in the padding columns
-    ``K .. K_pad - 1``.
+    ``K .. k_padded - 1``.
     """
     lead, depth = list(x.shape[:-1]), x.shape[-1]
     qmax = (1 << (act_bits - 1)) - 1
-    r = te.reduce_axis((_i64(0), depth), name="r")
-    amax = te.compute(lead, lambda *t: te.max(tirx.abs(x[(*t, r)]), axis=r), name="act_absmax")
+    static = static_dim(depth)
+    size = depth if act_group is None or (static is not None and act_group >= static) \
+        else _i64(act_group)
+    n_blocks = _i64(1) if size is depth else tirx.floordiv(depth + size - 1, size)
+    r = te.reduce_axis((_i64(0), size), name="r")
+    # a partial last block reads past K: those columns count as 0
+    partial = size is not depth and (static is None or static % int(size))
 
-    def scale(*t: tirx.Var) -> tirx.PrimExpr:
-        raw = amax[t] / tirx.const(qmax, "float32")  # IEEE division, as the reference
+    def absmax(*idx: tirx.Var) -> tirx.PrimExpr:
+        *t, blk = idx
+        kk = blk * size + r
+        value = tirx.abs(x[(*t, tirx.min(kk, depth - 1) if partial else kk)])
+        if partial:
+            value = tirx.Select(kk < depth, value, tirx.const(0, "float32"))
+        return te.max(value, axis=r)
+
+    amax = te.compute([*lead, n_blocks], absmax, name="act_absmax")
+
+    def scale(*idx: tirx.Var) -> tirx.PrimExpr:
+        raw = amax[idx] / tirx.const(qmax, "float32")  # IEEE division, as the reference
         return tirx.Select(raw == tirx.const(0, "float32"), tirx.const(1, "float32"), raw)
 
-    sx = te.compute(lead, scale, name="act_scale")
+    sx = te.compute([*lead, n_blocks], scale, name="act_scale")
 
     def quantize(*idx: tirx.Var) -> tirx.PrimExpr:
         *t, kk = idx
         safe_k = tirx.min(kk, depth - 1)
-        rounded = tirx.nearbyint(x[(*t, safe_k)] / sx[tuple(t)])
+        blk = _i64(0) if size is depth else tirx.floordiv(safe_k, size)
+        rounded = tirx.nearbyint(x[(*t, safe_k)] / sx[(*t, blk)])
         clipped = tirx.max(tirx.min(rounded, tirx.const(qmax, "float32")),
                            tirx.const(-qmax, "float32"))
         return tirx.Select(kk < depth, clipped.astype(out_dtype), tirx.const(0, out_dtype))
@@ -248,72 +287,120 @@ def quantize_activations_te(x: te.Tensor, k_padded: int | tirx.PrimExpr, act_bit
 
 
 def group_sums_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, bits: int,
-                  group_size: int) -> te.Tensor:
-    """TE stage ``S int32[..., n_groups, N] = sum_{k in grp} (q[k, n] - z[grp, n]) * xq[..., k]``.
+                  blocks: ActBlocks) -> te.Tensor:
+    """TE stage ``S int32[..., J, N] = sum_{k in j} (q[k, n] - z[grp(j), n]) * xq[..., k]`` over
+    the sum blocks j of ``blocks``.
 
-    ``xq`` is ``int32[..., K_pad]``; codes are unpacked from ``packed`` on the fly.
+    ``xq`` is ``int32[..., >= J * B]``, 0 past K; codes are unpacked from ``packed`` on the fly
+    (rows past ``K_pad`` read the last row: their activation is 0).
     """
     lead = list(xq.shape[:-1])
-    n_groups, cols = zero.shape
-    r = te.reduce_axis((_i64(0), _i64(group_size)), name="r")
+    cols = zero.shape[1]
+    size, g = blocks.sum_size, blocks.group_size
+    k_pad = -(-blocks.k // g) * g
+    r = te.reduce_axis((_i64(0), _i64(size)), name="r")
 
     def body(*idx: tirx.Var) -> tirx.PrimExpr:
-        *t, grp, n = idx
-        kk = grp * group_size + r
-        code = unpack_code(packed, kk, n, bits)
-        return te.sum((code - zero[grp, n]) * xq[(*t, kk)], axis=r)
+        *t, j, n = idx
+        kk = j * size + r
+        row = tirx.min(kk, k_pad - 1) if blocks.n_sums * size > k_pad else kk
+        code = unpack_code(packed, row, n, bits)
+        return te.sum((code - zero[_group_index(j, blocks), n]) * xq[(*t, kk)], axis=r)
 
-    return te.compute([*lead, n_groups, cols], body, name="group_sums")
+    return te.compute([*lead, _i64(blocks.n_sums), cols], body, name="group_sums")
+
+
+def _group_index(j: tirx.PrimExpr, blocks: ActBlocks) -> tirx.PrimExpr:
+    """The weight group of sum block ``j``: ``j * B // g``."""
+    if blocks.sum_size == blocks.group_size:
+        return j
+    return tirx.floordiv(j * blocks.sum_size, blocks.group_size)
+
+
+def sx_index(sx: te.Tensor, t: list[tirx.PrimExpr], j: tirx.PrimExpr,
+             blocks: ActBlocks) -> tirx.PrimExpr:
+    """``sx[t, blk(j)]``, the activation scale of sum block ``j`` of row ``t``. An ``sx`` without
+    the blocks axis (one scale per row) is read as ``sx[t]``."""
+    if len(sx.shape) == len(t):
+        return sx[tuple(t)]
+    if blocks.per_row:
+        return sx[(*t, _i64(0))]
+    return sx[(*t, tirx.floordiv(j * blocks.sum_size, blocks.act_group))]
+
+
+def scale_index(scale: te.Tensor, j: tirx.PrimExpr, n: tirx.PrimExpr,
+                blocks: ActBlocks) -> tirx.PrimExpr:
+    """``s[grp(j), n]``, the weight scale of sum block ``j``."""
+    return scale[_group_index(j, blocks), n]
+
+
+def _sums_width(blocks: ActBlocks) -> int:
+    """Columns of the padded activations the sums read: ``max(K_pad, J * B)``."""
+    k_pad = -(-blocks.k // blocks.group_size) * blocks.group_size
+    return max(k_pad, blocks.n_sums * blocks.sum_size)
 
 
 def quant_group_sums_te(x: te.Tensor, packed: te.Tensor, zero: te.Tensor, *, bits: int,
-                        group_size: int, k: int, act_bits: int) -> te.Tensor:
-    """First kernel of the operator: ``S int32[..., n_groups, N]`` from float ``x``
-    (activation quantization, then exact group sums)."""
-    k_padded = -(-k // group_size) * group_size
-    xq, _ = quantize_activations_te(x, k_padded, act_bits)
-    return group_sums_te(xq, packed, zero, bits, group_size)
+                        group_size: int, k: int, act_bits: int,
+                        act_group: int | None = None) -> te.Tensor:
+    """First kernel of the operator: ``S int32[..., J, N]`` from float ``x`` (activation
+    quantization, then exact sums per sum block)."""
+    blocks = ActBlocks(k, group_size, k if act_group is None else act_group)
+    xq, _ = quantize_activations_te(x, _sums_width(blocks), act_bits,
+                                    act_group=blocks.act_group)
+    return group_sums_te(xq, packed, zero, bits, blocks)
 
 
 def quant_combine_te(x: te.Tensor, sums: te.Tensor, scale: te.Tensor, *, k: int,
-                     act_bits: int) -> te.Tensor:
-    """Second kernel: ``y[..., n] = sum_grp (s[grp, n] * sx[...]) * float32(S[..., grp, n])``.
+                     act_bits: int, group_size: int | None = None,
+                     act_group: int | None = None) -> te.Tensor:
+    """Second kernel: ``y[..., n] = sum_j (s[grp(j), n] * sx[..., blk(j)]) *
+    float32(S[..., j, n])``.
 
     ``sx`` is recomputed from ``x`` exactly as the first kernel computed it.
     """
-    _, sx = quantize_activations_te(x, k, act_bits)
-    return dequantize_sums_te(sums, sx, scale, name="quant_matmul")
+    blocks = ActBlocks(k, k if group_size is None else group_size,
+                       k if act_group is None else act_group)
+    _, sx = quantize_activations_te(x, k, act_bits, act_group=blocks.act_group)
+    return dequantize_sums_te(sums, sx, scale, k=k, group_size=blocks.group_size,
+                              act_group=blocks.act_group, name="quant_matmul")
 
 
-def dequantize_sums_te(sums: te.Tensor, sx: te.Tensor, scale: te.Tensor,
-                       name: str = "dequantize", fence: bool = False) -> te.Tensor:
-    """``y[..., n] = sum_grp (s[grp, n] * sx[...]) * float32(S[..., grp, n])``, in group order.
+def dequantize_sums_te(sums: te.Tensor, sx: te.Tensor, scale: te.Tensor, *, k: int,
+                       group_size: int, act_group: int, name: str = "dequantize",
+                       fence: bool = False) -> te.Tensor:
+    """``y[..., n] = sum_j (s[grp(j), n] * sx[..., blk(j)]) * float32(S[..., j, n])``, in order
+    of j (the sum blocks of ``ActBlocks(k, group_size, act_group)``).
 
     The combination of :func:`quant_combine_te` and of ``sail.dequantize``. ``fence`` wraps each
     product in ``llvm.arithmetic.fence``: LLVM then cannot contract it with the sum into an FMA,
     and the result is the reference's bit for bit (llvm only; C has ``-ffp-contract=off``).
     """
+    blocks = ActBlocks(k, group_size, act_group)
     lead = list(sums.shape[:-2])
-    n_groups, cols = scale.shape
-    grp = te.reduce_axis((_i64(0), n_groups), name="grp")
+    cols = scale.shape[1]
+    j = te.reduce_axis((_i64(0), _i64(blocks.n_sums)), name="j")
 
     def body(*idx: tirx.Var) -> tirx.PrimExpr:
         *t, n = idx
-        # (s * sx) * S, summed in group order from 0: the reference's float32 operation order.
-        term = (scale[grp, n] * sx[tuple(t)]) * sums[(*t, grp, n)].astype("float32")
+        # (s * sx) * S, summed in order of j from 0: the reference's float32 operation order.
+        term = (scale_index(scale, j, n, blocks) * sx_index(sx, t, j, blocks)) \
+            * sums[(*t, j, n)].astype("float32")
         if fence:
             term = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", term)
-        return te.sum(term, axis=grp)
+        return te.sum(term, axis=j)
 
     return te.compute([*lead, cols], body, name=name)
 
 
 def quant_matmul_te(x: te.Tensor, packed: te.Tensor, scale: te.Tensor, zero: te.Tensor, *,
-                    bits: int, group_size: int, k: int, act_bits: int) -> te.Tensor:
+                    bits: int, group_size: int, k: int, act_bits: int,
+                    act_group: int | None = None) -> te.Tensor:
     """The whole operator as one TE computation (the two kernels composed)."""
     sums = quant_group_sums_te(x, packed, zero, bits=bits, group_size=group_size, k=k,
-                               act_bits=act_bits)
-    return quant_combine_te(x, sums, scale, k=k, act_bits=act_bits)
+                               act_bits=act_bits, act_group=act_group)
+    return quant_combine_te(x, sums, scale, k=k, act_bits=act_bits, group_size=group_size,
+                            act_group=act_group)
 
 
 def emit_quant_matmul(bb: relax.BlockBuilder, call: relax.Call,
@@ -327,14 +414,15 @@ def emit_quant_matmul(bb: relax.BlockBuilder, call: relax.Call,
     :class:`~sail_compiler.passes.ExposeGroupSums` records them there, around the very kernels
     every build runs.
     """
-    bits, group_size, k, act_bits = _attrs_of(call)
+    bits, group_size, k, act_bits, act_group = _attrs_of(call)
     x, packed, scale, zero = call.args
     sums = bb.emit(bb.call_te(quant_group_sums_te, x, packed, zero, bits=bits,
                               group_size=group_size, k=k, act_bits=act_bits,
-                              primfunc_name_hint="quant_group_sums"))
+                              act_group=act_group, primfunc_name_hint="quant_group_sums"))
     if between is not None:
         sums = bb.emit(between(sums))
     y = bb.call_te(quant_combine_te, x, sums, scale, k=k, act_bits=act_bits,
+                   group_size=group_size, act_group=act_group,
                    primfunc_name_hint="quant_combine")
     if after is not None:
         y = after(bb.emit(y))

@@ -21,6 +21,8 @@ from sail_compiler.ops.quant_matmul import group_sums_te
 from sail_compiler.ops.sail_ops import act_dtype
 from sail_compiler.quant.packing import pack_bits, packed_length
 from sail_compiler.quant.reference import (
+    ActBlocks,
+    block_sums,
     quantize_activations,
     quantize_weights_rtn,
     quantized_matmul,
@@ -38,17 +40,21 @@ def _i64(value: int) -> tirx.IntImm:
 
 
 def _kernel(lead: list, k: int, n: int, *, bits: int, group_size: int, act_bits: int, nbw: int,
-            fused: bool, target: tvm.target.Target = TARGET) -> tvm.runtime.Module:
-    """Build the scheduled kernel for ``xq[*lead, k]`` (the dims of ``lead`` may be Vars)."""
+            fused: bool, target: tvm.target.Target = TARGET,
+            act_group: int | None = None) -> tvm.runtime.Module:
+    """Build the scheduled kernel for ``xq[*lead, k]`` (the dims of ``lead`` may be Vars); with
+    ``act_group``, ``sx`` is ``[*lead, ceil(k / act_group)]``, else ``[*lead]``."""
     n_groups = -(-k // group_size)
     dims = [_i64(d) if isinstance(d, int) else d for d in lead]
     xq = te.placeholder([*dims, _i64(k)], act_dtype(act_bits), "xq")
     packed = te.placeholder([_i64(packed_length(n_groups * group_size, bits)), _i64(n)],
                             "uint8", "packed")
     zero = te.placeholder([_i64(n_groups), _i64(n)], "int32", "zero")
-    attrs = {"bits": bits, "group_size": group_size, "k": k, "act_bits": act_bits, "nbw": nbw}
+    attrs = {"bits": bits, "group_size": group_size, "k": k, "act_bits": act_bits, "nbw": nbw,
+             "act_group": act_group}
     if fused:
-        sx = te.placeholder(dims, "float32", "sx")
+        blocks = [] if act_group is None else [_i64(-(-k // min(act_group, k)))]
+        sx = te.placeholder([*dims, *blocks], "float32", "sx")
         scale = te.placeholder([_i64(n_groups), _i64(n)], "float32", "scale")
         out = lut_gemv_te(xq, packed, zero, sx=sx, scale=scale, **attrs)
         func = te.create_prim_func([xq, packed, zero, sx, scale, out])
@@ -212,6 +218,41 @@ def test_schedule_ignores_other_kernels() -> None:
     xq = te.placeholder([_i64(2), _i64(64)], "int32", "xq")
     packed = te.placeholder([_i64(32), _i64(16)], "uint8", "packed")
     zero = te.placeholder([_i64(2), _i64(16)], "int32", "zero")
-    func = te.create_prim_func([xq, packed, zero, group_sums_te(xq, packed, zero, 4, 32)])
+    sums = group_sums_te(xq, packed, zero, 4, ActBlocks(64, 32, 64))
+    func = te.create_prim_func([xq, packed, zero, sums])
     assert not is_lut_gemv_func(func)
     assert schedule_lut_gemv(func, TARGET) is None
+
+
+# (scheme, K, act_group): blocks equal to, dividing and spanning the weight groups, a partial last
+# block, one group split by blocks that do not divide it, blocks below the kernel's chunks.
+BLOCK_CASES = [(QuantScheme(4, 32), 100, 32), (QuantScheme(4, 64), 100, 16),
+               (QuantScheme(3, 16, True), 100, 48), (QuantScheme(8, 32), 70, 8),
+               (QuantScheme(2, None), 100, 32), (QuantScheme(5, 128), 100, 3)]
+
+
+@pytest.mark.parametrize(("scheme", "k", "act_group"), BLOCK_CASES,
+                         ids=[f"{c[0]}-k{c[1]}-a{c[2]}" for c in BLOCK_CASES])
+def test_block_scales_match_reference(scheme: QuantScheme, k: int, act_group: int) -> None:
+    """Per-block activation scales: the sums per sum block equal the reference's exactly, the
+    fused output is bit-identical to ``quantized_matmul``."""
+    n, act_bits, nbw = 32, 8, 4
+    qw = quantize_weights_rtn(RNG.standard_normal((k, n)).astype(np.float32), scheme)
+    blocks = ActBlocks(k, qw.group_size, act_group)
+    seq = tirx.Var("seq", "int64")
+    sums_kernel = _kernel([seq], k, n, bits=qw.bits, group_size=qw.group_size,
+                          act_bits=act_bits, nbw=nbw, fused=False, act_group=act_group)
+    kernel = _kernel([seq], k, n, bits=qw.bits, group_size=qw.group_size, act_bits=act_bits,
+                     nbw=nbw, fused=True, act_group=act_group)
+    for rows in (1, 5):
+        x = RNG.standard_normal((rows, k)).astype(np.float32)
+        x[:, 3] *= 40  # an outlier channel
+        xq, sx = quantize_activations(x, act_bits, act_group)
+        assert sx.shape == (rows, blocks.n_blocks)
+        xq8 = xq.astype(act_dtype(act_bits))
+        sums = _run(sums_kernel, (rows, blocks.n_sums, n), "int32", xq8, qw.packed(),
+                    qw.zero_points())
+        np.testing.assert_array_equal(sums, block_sums(xq, qw, blocks))
+        got = _run(kernel, (rows, n), "float32", xq8, qw.packed(), qw.zero_points(), sx,
+                   qw.scale)
+        np.testing.assert_array_equal(got, quantized_matmul(x, qw, act_bits, act_group))

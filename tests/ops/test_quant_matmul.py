@@ -10,6 +10,8 @@ from tvm import relax, te, tirx
 from sail_compiler.ops import quant_matmul
 from sail_compiler.ops.quant_matmul import group_sums_te, quantize_activations_te
 from sail_compiler.quant.reference import (
+    ActBlocks,
+    block_sums,
     group_sums,
     quantize_activations,
     quantize_weights_rtn,
@@ -26,21 +28,23 @@ SCHEMES = [QuantScheme(b, 32, False) for b in range(1, 9)] \
     + [QuantScheme(4, 64, False), QuantScheme(3, None, False), QuantScheme(8, None, True)]
 
 
-def _call(x: relax.Expr, w: np.ndarray, scheme: QuantScheme, act_bits: int = 8) -> relax.Call:
+def _call(x: relax.Expr, w: np.ndarray, scheme: QuantScheme, act_bits: int = 8,
+          act_group: int | None = None) -> relax.Call:
     qw = quantize_weights_rtn(w, scheme)
     return quant_matmul(x, relax.const(qw.packed()), relax.const(qw.scale),
                         relax.const(qw.zero_points(), "int32"), bits=qw.bits,
-                        group_size=qw.group_size, k=qw.k, act_bits=act_bits)
+                        group_size=qw.group_size, k=qw.k, act_bits=act_bits, act_group=act_group)
 
 
-def _module(weights: list[tuple[np.ndarray, QuantScheme, int]]) -> tvm.IRModule:
-    """``main(x: [b, s, K]) -> tuple`` of one quant_matmul per (weight, scheme, act_bits)."""
+def _module(weights: list[tuple]) -> tvm.IRModule:
+    """``main(x: [b, s, K]) -> tuple`` of one quant_matmul per (weight, scheme, act_bits[,
+    act_group])."""
     b, s = tirx.Var("b", "int64"), tirx.Var("s", "int64")
     x = relax.Var("x", relax.TensorType([b, s, K], "float32"))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
-            outs = [bb.emit(_call(x, w, scheme, act_bits)) for w, scheme, act_bits in weights]
+            outs = [bb.emit(_call(x, *case)) for case in weights]
             result = bb.emit_output(relax.Tuple(outs))
         bb.emit_func_output(result)
     return bb.get()
@@ -64,7 +68,8 @@ def test_prints_name_and_attributes() -> None:
     mod = _module([(RNG.standard_normal((K, N)).astype(np.float32), QuantScheme(3, 32), 6)])
     text = mod.script()
     assert '"sail.quant_matmul"' in text
-    assert 'attrs={"act_bits": 6, "bits": 3, "group_size": 32, "k": 100}' in text
+    assert 'attrs={"act_bits": 6, "act_group": 100, "bits": 3, "group_size": 32, "k": 100}' \
+        in text
 
 
 @pytest.mark.parametrize(("zero_dtype", "group_size", "message"), [
@@ -85,13 +90,17 @@ def test_rejects_inconsistent_operands(zero_dtype: str, group_size: int, message
 def test_matches_reference_every_width_and_shape() -> None:
     cases = [(RNG.standard_normal((K, N)).astype(np.float32), s, 8) for s in SCHEMES]
     cases.append((RNG.standard_normal((K, N)).astype(np.float32), QuantScheme(4, 32), 4))
+    # per-block activation scales: blocks equal to, inside and across the groups, per channel
+    cases += [(RNG.standard_normal((K, N)).astype(np.float32), s, 8, a)
+              for s, a in ((QuantScheme(4, 32), 32), (QuantScheme(3, 32, True), 8),
+                           (QuantScheme(2, 16), 64), (QuantScheme(5, None), 32))]
     ex = relax.build(_module(cases), target=tvm.target.Target({"kind": "llvm"}))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     for lead in [(2, 3), (1, 1)]:
         x = _activations(*lead)
         outs = vm["main"](tvm.runtime.tensor(x))
-        for (w, scheme, act_bits), out in zip(cases, outs, strict=True):
-            want = quantized_matmul(x, quantize_weights_rtn(w, scheme), act_bits)
+        for (w, scheme, act_bits, *act_group), out in zip(cases, outs, strict=True):
+            want = quantized_matmul(x, quantize_weights_rtn(w, scheme), act_bits, *act_group)
             got = out.numpy()
             assert got.shape == (*lead, N)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=0,
@@ -101,23 +110,30 @@ def test_matches_reference_every_width_and_shape() -> None:
             assert not got.reshape(-1, N)[0].any()
 
 
-@pytest.mark.parametrize("scheme", [QuantScheme(3, 32), QuantScheme(5, 64, True),
-                                    QuantScheme(8, None)], ids=str)
-def test_group_sums_are_exact(scheme: QuantScheme) -> None:
+@pytest.mark.parametrize(("scheme", "act_group"), [
+    (QuantScheme(3, 32), None), (QuantScheme(5, 64, True), None), (QuantScheme(8, None), None),
+    (QuantScheme(4, 32), 16), (QuantScheme(4, 32), 64), (QuantScheme(2, None), 48)],
+    ids=lambda v: str(v))
+def test_group_sums_are_exact(scheme: QuantScheme, act_group: int | None) -> None:
     rows = 5
     qw = quantize_weights_rtn(RNG.standard_normal((K, N)).astype(np.float32), scheme)
+    blocks = ActBlocks(K, qw.group_size, act_group or K)
     x = te.placeholder((tirx.const(rows, "int64"), tirx.const(K, "int64")), "float32", "x")
     packed = te.placeholder([tirx.const(d, "int64") for d in qw.packed().shape], "uint8", "p")
     zero = te.placeholder([tirx.const(d, "int64") for d in qw.scale.shape], "int32", "z")
-    xq, sx = quantize_activations_te(x, qw.k_padded, 8)
-    sums = group_sums_te(xq, packed, zero, qw.bits, qw.group_size)
+    width = max(qw.k_padded, blocks.n_sums * blocks.sum_size)
+    xq, sx = quantize_activations_te(x, width, 8, act_group=act_group)
+    sums = group_sums_te(xq, packed, zero, qw.bits, blocks)
     func = tvm.tirx.build(te.create_prim_func([x, packed, zero, sx, sums]),
                           target=tvm.target.Target({"kind": "llvm"}))
     xs = _activations(rows)
+    xs[1, 7] = 60.0  # an outlier in one block
     bufs = [tvm.runtime.tensor(a) for a in (xs, qw.packed(), qw.zero_points())]
-    bufs += [tvm.runtime.empty((rows,), "float32"), tvm.runtime.empty(
-        (rows, qw.n_groups, N), "int32")]
+    bufs += [tvm.runtime.empty((rows, blocks.n_blocks), "float32"), tvm.runtime.empty(
+        (rows, blocks.n_sums, N), "int32")]
     func(*bufs)
-    want_xq, want_sx = quantize_activations(xs)
+    want_xq, want_sx = quantize_activations(xs, 8, blocks.act_group)
     np.testing.assert_array_equal(bufs[3].numpy(), want_sx)
-    np.testing.assert_array_equal(bufs[4].numpy(), group_sums(want_xq, qw))
+    np.testing.assert_array_equal(bufs[4].numpy(), block_sums(want_xq, qw, blocks))
+    if act_group is None:
+        np.testing.assert_array_equal(bufs[4].numpy(), group_sums(want_xq, qw))
