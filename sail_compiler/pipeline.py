@@ -3,12 +3,13 @@
 ``quantize`` runs only for quantized compiles: it substitutes the weights the driver chose and
 computed per layer (:mod:`.quant.prepare`) into ``sail.quant_matmul`` calls.
 ``import`` is the ONNX frontend (dumped as ``stage_0_frontend``) plus clean-up passes that make
-the imported graph safe to run (:class:`~.passes.WrapGatherIndices`). ``quantize`` holds
-the quantization passes; ``sail`` the SAIL passes (:class:`~.passes.ConvertPIMTypes`, then
-:class:`~.passes.LowerToLUTGemv`), for quantized compiles unless ``--no-sail``. ``lower`` is the
-target's: legalization, fusion and scheduling for llvm. Each stage runs as one
-``tvm.transform.Sequential`` named ``sail.stage.<name>``, so the passes inside are ordinary TVM
-passes a user can reuse in their own flows.
+the imported graph safe to run (:class:`~.passes.WrapGatherIndices`) and fuse its attention
+(:class:`~.passes.FuseAttention`: one ``sail.attention`` per layer, for every target).
+``quantize`` holds the quantization passes; ``sail`` the SAIL passes
+(:class:`~.passes.ConvertPIMTypes`, then :class:`~.passes.LowerToLUTGemv`), for quantized
+compiles unless ``--no-sail``. ``lower`` is the target's: legalization, fusion and scheduling
+for llvm. Each stage runs as one ``tvm.transform.Sequential`` named ``sail.stage.<name>``, so
+the passes inside are ordinary TVM passes a user can reuse in their own flows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .ir_dump import STAGE_PASS_PREFIX
 from .options import CompileOptions
 from .passes import (
     ConvertPIMTypes,
+    FuseAttention,
     LowerToLUTGemv,
     QuantizeEmbedding,
     QuantizeWeights,
@@ -46,7 +48,8 @@ def _quantize_passes(options: CompileOptions,
     # driver already applied --skip to the table; matmuls outside it stay float.
     table = quant.table
     return [relax.transform.FoldConstant(),
-            QuantizeWeights(None, (), options.act_bits, layers=table),
+            QuantizeWeights(None, (), options.act_bits, layers=table,
+                            act_group=options.act_group_size),
             QuantizeEmbedding(None, layers=table)]
 
 
@@ -68,7 +71,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("import", "ONNX -> Relax (float), weights as constants",
-          lambda o, t, q: [WrapGatherIndices()]),
+          lambda o, t, q: [WrapGatherIndices(), FuseAttention()]),
     Stage("quantize", "weights -> b-bit integers and sail.quant_matmul (--bits, --bits-plan, "
           "--avg-bits, pre-quantized models)",
           lambda o, t, q: _quantize_passes(o, q)),

@@ -3,6 +3,8 @@
 Importing this package registers every operator with TVM.
 """
 
+from .attention import OP_NAME as ATTENTION
+from .attention import attention
 from .quant_matmul import OP_NAME as QUANT_MATMUL
 from .quant_matmul import quant_matmul
 from .quant_take import OP_NAME as QUANT_TAKE
@@ -18,5 +20,6 @@ from .sail_ops import (
            quantize,
 )
 
-__all__ = ["DEQUANTIZE", "GROUP_SUMS", "LUT_GEMV", "QUANTIZE", "QUANT_MATMUL", "QUANT_TAKE",
-           "dequantize", "group_sums_op", "lut_gemv", "quant_matmul", "quant_take", "quantize"]
+__all__ = ["ATTENTION", "DEQUANTIZE", "GROUP_SUMS", "LUT_GEMV", "QUANTIZE", "QUANT_MATMUL",
+           "QUANT_TAKE", "attention", "dequantize", "group_sums_op", "lut_gemv", "quant_matmul",
+           "quant_take", "quantize"]

@@ -3,11 +3,13 @@
 from .analyze_lut_patterns import AnalyzeLUTPatterns
 from .convert_pim_types import ConvertPIMTypes
 from .expose_group_sums import ExposeGroupSums
+from .fuse_attention import FuseAttention
 from .lift_weights_to_params import LiftWeightsToParams
 from .lower_to_lut_gemv import LowerToLUTGemv
 from .quantize_embedding import QuantizeEmbedding
 from .quantize_weights import QuantizeWeights
 from .wrap_gather_indices import WrapGatherIndices
 
-__all__ = ["AnalyzeLUTPatterns", "ConvertPIMTypes", "ExposeGroupSums", "LiftWeightsToParams",
-           "LowerToLUTGemv", "QuantizeEmbedding", "QuantizeWeights", "WrapGatherIndices"]
+__all__ = ["AnalyzeLUTPatterns", "ConvertPIMTypes", "ExposeGroupSums", "FuseAttention",
+           "LiftWeightsToParams", "LowerToLUTGemv", "QuantizeEmbedding", "QuantizeWeights",
+           "WrapGatherIndices"]
