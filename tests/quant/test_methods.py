@@ -117,6 +117,27 @@ def test_search_property(data: st.DataObject, bits: int, group: int | None, symm
                   <= group_errors(w, rtn, importance) * (1 + 1e-12))
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_search_uses_the_full_range_in_both_orientations(bits: int) -> None:
+    # each column lies on the full-range grid s * [-2**(b-1), 2**(b-1) - 1] of s = +-0.1 (with
+    # the extra level -2**(b-1) at -0.1 * 2**(b-1) on one side, then on the other), apart from a
+    # dead input's outlier that RTN must cover; the search ignores the dead input and is exact
+    half = 2 ** (bits - 1)
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(-half, half, (33, 8))
+    codes[0] = -half
+    step = np.where(np.arange(8) < 4, 0.1, -0.1)
+    w = np.vstack([codes * step, np.full((1, 8), 3.0 * half * 0.1)]).astype(np.float32)
+    importance = np.r_[np.ones(33), 0.0]
+    searched = quantize_weight(w, QuantScheme(bits, None, True), "search", np.diag(importance))
+    np.testing.assert_allclose(searched.scale[0], step, rtol=1e-6)
+    np.testing.assert_array_equal(searched.q[:33].astype(int) - half, codes)
+    energy = importance @ w.astype(np.float64) ** 2
+    assert np.all(group_errors(w, searched, importance) < 1e-12 * energy)
+    rtn = quantize_weights_rtn(w, QuantScheme(bits, None, True))
+    assert np.all(group_errors(w, rtn, importance) > 1e-6 * energy)
+
+
 def test_search_improves_on_rtn() -> None:
     rng = np.random.default_rng(7)
     w = rng.standard_t(3, (512, 64)).astype(np.float32)
