@@ -13,19 +13,27 @@
  *                      then the names (UTF-8, not terminated), offsets relative to their start
  *   data:              each tensor 64-byte aligned, C order
  *
- * Loading checks the magic, the version, both checksums, the file size, that every tensor lies
- * inside the data area and matches what model.c expects, and each tensor's CRC-32 (zlib's).
+ * Loading maps the file read-only (the weights are never copied: processes share the page
+ * cache) and treats it as hostile: it checks the magic, the version, both checksums, the file
+ * size, that the reserved fields are zero, that every tensor lies inside the data area without
+ * overlapping the table or another tensor and matches what model.c expects, and each tensor's
+ * CRC-32 (zlib's, computed 8 bytes at a time) before any pointer into the file is used.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include "sail_model_rt.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 enum {
   WEIGHT_ALIGN = 64,
@@ -170,8 +178,13 @@ DLDataType sail_rt_dl_dtype(sail_dtype dtype) {
 
 int64_t sail_tensor_numel(const sail_tensor *tensor) {
   int64_t numel = 1;
-  for (int32_t i = 0; i < tensor->ndim; ++i)
+  for (int32_t i = 0; i < tensor->ndim; ++i) {
+    if (tensor->shape[i] < 0)
+      return -1;
+    if (tensor->shape[i] > 0 && numel > INT64_MAX / tensor->shape[i])
+      return -1;
     numel *= tensor->shape[i];
+  }
   return numel;
 }
 
@@ -237,9 +250,35 @@ static const uint32_t CRC_TABLE[256] = {
     0xb40bbe37u, 0xc30c8ea1u, 0x5a05df1bu, 0x2d02ef8du,
 };
 
+/* Slicing by 8: CRC_SLICES[k][b] is the CRC of byte b followed by k zero bytes, so 8 bytes
+ * advance the CRC with 8 independent lookups (several times faster than a byte at a time). */
+static uint32_t CRC_SLICES[8][256];
+
+static void crc_slices_init(void) {
+  for (int b = 0; b < 256; ++b) {
+    uint32_t crc = CRC_TABLE[b];
+    CRC_SLICES[0][b] = crc;
+    for (int k = 1; k < 8; ++k) {
+      crc = CRC_TABLE[crc & 0xffu] ^ (crc >> 8);
+      CRC_SLICES[k][b] = crc;
+    }
+  }
+}
+
 static uint32_t crc32_bytes(const uint8_t *data, size_t nbytes) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, crc_slices_init);
   uint32_t crc = 0xffffffffu;
-  for (size_t i = 0; i < nbytes; ++i)
+  size_t i = 0;
+  for (; i + 8 <= nbytes; i += 8) {
+    const uint32_t lo = crc ^ ((uint32_t)data[i] | (uint32_t)data[i + 1] << 8 |
+                               (uint32_t)data[i + 2] << 16 | (uint32_t)data[i + 3] << 24);
+    crc = CRC_SLICES[7][lo & 0xffu] ^ CRC_SLICES[6][(lo >> 8) & 0xffu] ^
+          CRC_SLICES[5][(lo >> 16) & 0xffu] ^ CRC_SLICES[4][lo >> 24] ^
+          CRC_SLICES[3][data[i + 4]] ^ CRC_SLICES[2][data[i + 5]] ^ CRC_SLICES[1][data[i + 6]] ^
+          CRC_SLICES[0][data[i + 7]];
+  }
+  for (; i < nbytes; ++i)
     crc = CRC_TABLE[(crc ^ data[i]) & 0xffu] ^ (crc >> 8);
   return crc ^ 0xffffffffu;
 }
@@ -277,32 +316,59 @@ static sail_model *load_failed(sail_model *model, char **err, const char *format
   return NULL;
 }
 
-static int read_file(sail_model *model, const char *path, char *reason, size_t reason_len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
+/* Map the whole file read-only (page-aligned, so every 64-byte aligned offset stays aligned).
+ * The mapping is private: a writer replacing the file later does not change this model. */
+static int map_file(sail_model *model, const char *path, char *reason, size_t reason_len) {
+  const int fd = open(path, O_RDONLY);
+  if (fd < 0) {
     snprintf(reason, reason_len, "cannot open %s: %s", path, strerror(errno));
     return -1;
   }
   int status = -1;
-  off_t size = -1;
-  if (fseeko(f, 0, SEEK_END) == 0)
-    size = ftello(f);
-  if (size < 0 || fseeko(f, 0, SEEK_SET) != 0) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
     snprintf(reason, reason_len, "cannot read %s: %s", path, strerror(errno));
-  } else if ((uint64_t)size > (uint64_t)SIZE_MAX - WEIGHT_ALIGN ||
-             posix_memalign(&model->file, WEIGHT_ALIGN, size ? (size_t)size : 1) != 0) {
+  } else if (!S_ISREG(st.st_mode)) {
+    snprintf(reason, reason_len, "%s is not a regular file", path);
+  } else if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX / 2) {
+    snprintf(reason, reason_len, "%s is too large (%lld bytes)", path, (long long)st.st_size);
+  } else if (st.st_size == 0) {
     model->file = NULL;
-    snprintf(reason, reason_len, "out of memory reading %s (%lld bytes)", path,
-             (long long)size);
-  } else if (fread(model->file, 1, (size_t)size, f) != (size_t)size) {
-    snprintf(reason, reason_len, "cannot read %s: %s", path,
-             ferror(f) ? strerror(errno) : "unexpected end of file");
-  } else {
-    model->file_nbytes = (size_t)size;
+    model->file_nbytes = 0;
     status = 0;
+  } else {
+    void *data = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (data == MAP_FAILED) {
+      snprintf(reason, reason_len, "cannot map %s: %s", path, strerror(errno));
+    } else {
+      model->file = data;
+      model->file_nbytes = (size_t)st.st_size;
+      status = 0;
+    }
   }
-  fclose(f);
+  close(fd);
   return status;
+}
+
+/* Parse a whole decimal integer (no trailing characters); -1 if it is not one. */
+static long parse_count(const char *text) {
+  char *end = NULL;
+  errno = 0;
+  const long value = strtol(text, &end, 10);
+  if (end == text || *end != '\0' || errno != 0 || value < 0)
+    return -1;
+  return value;
+}
+
+/* Entries of the tensor table sorted by data offset, to find overlapping tensors. */
+typedef struct extent {
+  uint64_t offset, nbytes;
+  int32_t index;
+} extent;
+
+static int by_offset(const void *a, const void *b) {
+  const uint64_t x = ((const extent *)a)->offset, y = ((const extent *)b)->offset;
+  return x < y ? -1 : x > y;
 }
 
 sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_t count,
@@ -313,7 +379,7 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
   if (!model)
     return load_failed(NULL, err, "out of memory loading %s", path);
   char reason[512];
-  if (read_file(model, path, reason, sizeof reason) != 0)
+  if (map_file(model, path, reason, sizeof reason) != 0)
     return load_failed(model, err, "%s", reason);
 
   const uint8_t *file = model->file;
@@ -333,6 +399,9 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
                        path, read_u32(file + 8), FORMAT_VERSION);
   if (crc32_bytes(file, 52) != read_u32(file + 52))
     return load_failed(model, err, "%s is corrupted: the header checksum does not match", path);
+  if (read_u64(file + 56) != 0)
+    return load_failed(model, err, "%s is corrupted: reserved header bytes 56..63 are not zero",
+                       path);
   const uint32_t num_tensors = read_u32(file + 12);
   const uint64_t table_offset = read_u64(file + 16);
   const uint64_t table_nbytes = read_u64(file + 24);
@@ -343,8 +412,8 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
                        "recompile the model", path, size < file_nbytes ? "truncated" : "damaged",
                        (unsigned long long)file_nbytes, (unsigned long long)size);
   if (table_offset < HEADER_BYTES || table_offset > size || table_nbytes > size - table_offset ||
-      (uint64_t)num_tensors * ENTRY_BYTES > table_nbytes || data_offset < table_offset ||
-      data_offset > size)
+      (uint64_t)num_tensors * ENTRY_BYTES > table_nbytes ||
+      data_offset < table_offset + table_nbytes || data_offset > size)
     return load_failed(model, err, "%s is corrupted: the tensor table lies outside the file",
                        path);
   if (crc32_bytes(file + table_offset, (size_t)table_nbytes) != read_u32(file + 48))
@@ -375,6 +444,13 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
     const uint32_t ndim = read_u32(entry + 12);
     const uint64_t offset = read_u64(entry + 80);
     const uint64_t nbytes = read_u64(entry + 88);
+    if (ndim > SAIL_MAX_NDIM || read_u32(entry + 100) != 0)
+      return load_failed(model, err, "%s is corrupted: tensor %d has rank %u or a nonzero "
+                         "reserved field", path, (int)i, ndim);
+    for (uint32_t d = ndim; d < SAIL_MAX_NDIM; ++d)
+      if (read_u64(entry + 16 + 8 * (uint64_t)d) != 0)
+        return load_failed(model, err, "%s is corrupted: tensor %d has nonzero dims past its "
+                           "rank", path, (int)i);
     int matches = strlen(spec->name) == name_nbytes &&
                   memcmp(spec->name, name, name_nbytes) == 0 && dtype == (uint32_t)spec->dtype &&
                   ndim == (uint32_t)spec->ndim;
@@ -388,7 +464,8 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
                          "model expects '%s' (%s, rank %d); use the weights.bin compiled with "
                          "this model.c", path, (int)i, (int)(name_nbytes < 200 ? name_nbytes : 200),
                          name, spec->name, sail_dtype_name(spec->dtype), (int)spec->ndim);
-    if (offset % WEIGHT_ALIGN != 0 || offset < data_offset || offset > size ||
+    if (numel > UINT64_MAX / 16 || offset % WEIGHT_ALIGN != 0 || offset < data_offset ||
+        offset > size ||
         nbytes > size - offset || nbytes != numel * sail_dtype_size(spec->dtype))
       return load_failed(model, err, "%s is corrupted: tensor '%s' lies outside the data area "
                          "or has the wrong size", path, spec->name);
@@ -404,11 +481,35 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
       w->shape[d] = spec->shape[d];
     w->t.shape = w->shape;
   }
+  if (count > 1) { /* no two tensors share a byte */
+    extent *extents = calloc((size_t)count, sizeof *extents);
+    if (!extents)
+      return load_failed(model, err, "out of memory loading %s", path);
+    for (int32_t i = 0; i < count; ++i) {
+      const uint8_t *entry = file + table_offset + (uint64_t)i * ENTRY_BYTES;
+      extents[i] = (extent){read_u64(entry + 80), read_u64(entry + 88), i};
+    }
+    qsort(extents, (size_t)count, sizeof *extents, by_offset);
+    int32_t overlap = -1;
+    for (int32_t i = 1; i < count && overlap < 0; ++i)
+      if (extents[i].offset < extents[i - 1].offset + extents[i - 1].nbytes)
+        overlap = i;
+    const sail_weight_spec *a = overlap >= 0 ? &specs[extents[overlap - 1].index] : NULL;
+    const sail_weight_spec *b = overlap >= 0 ? &specs[extents[overlap].index] : NULL;
+    free(extents);
+    if (overlap >= 0)
+      return load_failed(model, err, "%s is corrupted: tensors '%s' and '%s' overlap", path,
+                         a->name, b->name);
+  }
   if (load_luts(model, luts, num_luts, reason, sizeof reason) != 0)
     return load_failed(model, err, "%s does not match this model: %s; use the weights.bin "
                        "compiled with this model.c", path, reason);
   const char *threads = getenv("SAIL_NUM_THREADS");
-  if (sail_model_set_threads(model, threads && *threads ? (int)strtol(threads, NULL, 10) : 1) != 0)
+  const long count_threads = threads && *threads ? parse_count(threads) : 1;
+  if (count_threads < 0 || count_threads > SAIL_POOL_MAX_THREADS)
+    return load_failed(model, err, "SAIL_NUM_THREADS=%s: give a whole number of threads, "
+                       "1..%d", threads, SAIL_POOL_MAX_THREADS);
+  if (sail_model_set_threads(model, (int)count_threads) != 0)
     return load_failed(model, err, "SAIL_NUM_THREADS=%s: %s", threads, model->error);
   model->error[0] = '\0';
   return model;
@@ -678,7 +779,8 @@ void sail_rt_free(sail_model *model) {
   free(model->luts);
   free(model->profile);
   free(model->weights);
-  free(model->file);
+  if (model->file)
+    munmap(model->file, model->file_nbytes);
   free(model);
 }
 
@@ -744,6 +846,9 @@ int sail_rt_check_inputs(sail_model *model, const sail_tensor *inputs, const sai
         dims[id] = size;
     }
     const int64_t numel = sail_tensor_numel(x);
+    if (numel < 0 || (uint64_t)numel > (uint64_t)SIZE_MAX / 16)
+      return sail_rt_fail(model, "input %s: its dims multiply to more elements than memory "
+                          "holds", spec->name);
     if (numel > 0 && !x->data)
       return sail_rt_fail(model, "input %s has no data", spec->name);
     if (spec->index_bound > 0) {

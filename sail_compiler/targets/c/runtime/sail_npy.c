@@ -54,6 +54,8 @@ static int parse_header(const char *header, sail_tensor *out, const char *path, 
   if (!descr || *descr != '\'')
     return fail(err, err_len, path, "no 'descr' in the .npy header");
   ++descr;
+  if (strnlen(descr, 4) < 4) /* a byte order, two code characters and the closing quote */
+    return fail(err, err_len, path, "bad 'descr' in the .npy header");
   const char order = descr[0];
   const char *code = descr + 1;
   int found = 0;
