@@ -317,7 +317,9 @@ static sail_model *load_failed(sail_model *model, char **err, const char *format
 }
 
 /* Map the whole file read-only (page-aligned, so every 64-byte aligned offset stays aligned).
- * The mapping is private: a writer replacing the file later does not change this model. */
+ * sail writes artifacts as new files (artifact.write_artifact), so a recompile while a model
+ * is loaded replaces the file and leaves this mapping intact; truncating the file in place
+ * under a running model is not supported (the kernel would signal SIGBUS). */
 static int map_file(sail_model *model, const char *path, char *reason, size_t reason_len) {
   const int fd = open(path, O_RDONLY);
   if (fd < 0) {
