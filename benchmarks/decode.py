@@ -304,7 +304,10 @@ class GenaiModel:
     def __init__(self, path: Path, max_length: int) -> None:
         import onnxruntime_genai as og
 
-        self.og, self.path, self.max_length = og, path, max_length
+        # its KV buffer (shared by past and present) must hold a sliding window at least
+        config = json.loads((path / "genai_config.json").read_text())
+        window = (config["model"]["decoder"].get("sliding_window") or {}).get("window_size", 0)
+        self.og, self.path, self.max_length = og, path, max(max_length, window)
         self._models: dict[int, object] = {}
 
     def _model(self, threads: int):  # type: ignore[no-untyped-def]

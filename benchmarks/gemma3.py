@@ -12,8 +12,9 @@ directory and once (later runs reuse the files):
 * onnxruntime-genai's int4 CPU model of the same checkpoint (:func:`genai_model`): export.py's
   ``build_model`` (the GGUF dequantized to float32 by transformers) saved with
   ``save_pretrained``; ``rope_parameters``, which transformers 5 nests per layer type, flattened
-  into ``rope_theta`` / ``rope_local_base_freq`` for the builder; then
-  ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` (float32 I/O, 4-bit MatMulNBits).
+  into ``rope_theta`` / ``rope_local_base_freq`` for the builder (in config.json and in the
+  config transformers reads from it, which it nests again); then onnxruntime_genai's builder
+  ``-p int4 -e cpu`` (float32 I/O, 4-bit MatMulNBits).
 
 Evaluation ids follow the protocol of the project's quality measurements: the first 6000
 characters of ``/usr/share/common-licenses/GPL-3``, tokenized with ``<bos>`` first (the
@@ -163,6 +164,28 @@ AutoTokenizer.from_pretrained(model_dir, gguf_file=export.GGUF).save_pretrained(
 """
 
 
+# The builder, with AutoConfig's result flattened as flatten_rope flattens config.json:
+# transformers 5 rebuilds the nested rope_parameters from rope_theta / rope_local_base_freq when
+# it reads the file, and the builder (0.18) then fails on rope_parameters["rope_type"].
+_GENAI_BUILD = r"""
+import runpy, sys
+from transformers import AutoConfig
+original = AutoConfig.from_pretrained
+def from_pretrained(*args, **kwargs):
+    config = original(*args, **kwargs)
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "full_attention" in params:
+        full = params["full_attention"]
+        config.rope_theta = full["rope_theta"]
+        config.rope_local_base_freq = params.get("sliding_attention", full)["rope_theta"]
+        config.rope_parameters = dict(full)
+    return config
+AutoConfig.from_pretrained = from_pretrained
+sys.argv = ["builder", *sys.argv[1:]]
+runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
+"""
+
+
 def flatten_rope(config: dict) -> dict:
     """A Gemma 3 config with ``rope_parameters`` (per layer type, transformers 5) flattened
     into what onnxruntime-genai's builder reads: ``rope_theta`` (full attention),
@@ -206,27 +229,32 @@ def hf_directory(model_dir: Path, work: Path) -> Path:
 
 
 def genai_model(model_dir: Path, work: Path, precision: str = "int4") -> Path:
-    """onnxruntime-genai's own CPU build (``-p precision -e cpu``) of the checkpoint, cached in
-    ``work``. The builder runs in the model's venv (it needs torch) when onnxruntime_genai is
-    installed there, else in this Python."""
+    """onnxruntime-genai's own CPU build (``-p precision -e cpu``: MatMulNBits, block 32,
+    symmetric, accuracy level 4 by the builder's defaults) of the checkpoint, cached in
+    ``work``. The builder needs torch: it runs in the model's venv, with this Python's
+    onnxruntime_genai put on its path when the venv has none."""
+    import onnxruntime_genai
+
     out = work / f"genai_{precision}_cpu"
     if (out / "genai_config.json").exists():
         return out
     hf = hf_directory(model_dir, work)
-    venv_python = model_dir / "venv" / "bin" / "python"
-    python = sys.executable
-    if venv_python.exists() and subprocess.run(
-            [str(venv_python), "-c", "import onnxruntime_genai"], capture_output=True
-    ).returncode == 0:
-        python = str(venv_python)
-    log(f"  building {out} (onnxruntime_genai.models.builder -p {precision} -e cpu, {python}) "
-        "...")
+    python = model_dir / "venv" / "bin" / "python"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if subprocess.run([str(python), "-c", "import onnxruntime_genai"],
+                      capture_output=True).returncode != 0:
+        shim = work / "genai_shim"
+        shim.mkdir(parents=True, exist_ok=True)
+        link = shim / "onnxruntime_genai"
+        if not link.exists():
+            link.symlink_to(Path(onnxruntime_genai.__file__).parent)
+        env["PYTHONPATH"] = str(shim)
+    log(f"  building {out} (onnxruntime_genai.models.builder -p {precision} -e cpu) ...")
     tmp = work / f"genai_{precision}_cpu.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    proc = subprocess.run([python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o",
-                           str(tmp), "-p", precision, "-e", "cpu", "-c",
-                           str(work / "genai_cache")], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [str(python), "-c", _GENAI_BUILD, "-i", str(hf), "-o", str(tmp), "-p", precision,
+               "-e", "cpu", "-c", str(work / "genai_cache")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not (tmp / "genai_config.json").exists():
         raise RuntimeError(f"onnxruntime-genai builder failed: "
                            f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
