@@ -1,4 +1,5 @@
-"""The ``sail`` command: compile | run | build | verify | inspect | export-onnx | eval-ppl.
+"""The ``sail`` command: compile | run | build | generate | bench | verify | simulate | inspect |
+export-onnx | eval-ppl | analyze-patterns.
 
 Errors the user can fix print one message and exit 2 (``--traceback`` shows the stack); a
 verification beyond tolerance exits 1.
@@ -20,6 +21,7 @@ from .errors import InputError, OptionError, SailError
 from .ir_dump import file_safe
 from .pipeline import STAGE_NAMES
 from .quant.plan import PLAN_METHODS
+from .sampling import DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_TOP_K, DEFAULT_TOP_P
 from .targets.pim import simulate_cli
 
 
@@ -83,7 +85,10 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                    help="model inputs, one run per file (repeatable)")
     c.add_argument("--calib-text", type=Path, metavar="FILE", help="text to calibrate on")
     c.add_argument("--tokenizer", type=Path, metavar="tokenizer.json",
-                   help="tokenizer for --calib-text (and eval-ppl --text)")
+                   help="tokenizer for --calib-text (and eval-ppl --text); sail compile also "
+                        "stores it in the artifact (with the chat template and end-of-sequence "
+                        "ids of tokenizer_config.json / generation_config.json beside it) for "
+                        "sail generate --prompt TEXT")
     c.add_argument("--calib-samples", type=int, default=8,
                    help="windows of text or generated inputs (default 8)")
     c.add_argument("--calib-seq-len", type=int, default=128,
@@ -121,13 +126,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--portable", action="store_true",
                    help="no -march=native: the build runs on any CPU of this architecture")
 
-    p = sub.add_parser("generate", help="greedy decoding with a c artifact of a decoder with a "
-                       "KV cache: the generated ids and tokens per second")
+    p = sub.add_parser("generate", help="generate with a decoder with a KV cache (any target): "
+                       "text streamed as it comes, greedy or sampled; speed on stderr")
     p.add_argument("artifact", type=Path)
-    p.add_argument("--prompt-ids", type=_int_list, required=True, metavar="1,2,3")
-    p.add_argument("-n", "--tokens", type=int, default=64, help="new tokens (default 64)")
-    p.add_argument("--threads", type=int, help="threads of the LUT-GEMV kernels (default: "
-                   "SAIL_NUM_THREADS, else 1)")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", metavar="TEXT", help="a text prompt (the artifact needs a "
+                        "tokenizer: sail compile --tokenizer tokenizer.json)")
+    prompt.add_argument("--prompt-ids", type=_int_list, metavar="1,2,3", help="token ids")
+    p.add_argument("-n", "--tokens", type=int, default=128,
+                   help="new tokens at most (default 128)")
+    p.add_argument("--chat", action="store_true",
+                   help="format --prompt as a user turn with the tokenizer's chat template")
+    p.add_argument("--stop", action="append", default=[], metavar="STRING",
+                   help="stop when the text contains STRING (repeatable); the text ends before it")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="do not stop at the tokenizer's end-of-sequence tokens")
+    p.add_argument("--threads", type=int, help="c artifacts: threads of the LUT-GEMV kernels "
+                   "(default: SAIL_NUM_THREADS, else 1)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object at the end instead of streaming")
+    s = p.add_argument_group("sampling (greedy unless --temperature > 0; llama.cpp's order: "
+                             "repeat penalty, top-k, top-p, min-p, temperature)")
+    s.add_argument("--temperature", type=float, default=0.0,
+                   help="0 is greedy (default); above 0 samples")
+    s.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
+                   help=f"keep the k most likely tokens, 0: all (default {DEFAULT_TOP_K})")
+    s.add_argument("--top-p", type=float, default=DEFAULT_TOP_P,
+                   help=f"keep tokens up to this cumulative probability, (0, 1] "
+                        f"(default {DEFAULT_TOP_P})")
+    s.add_argument("--min-p", type=float, default=DEFAULT_MIN_P,
+                   help=f"keep tokens at least this fraction as likely as the top one, [0, 1) "
+                        f"(default {DEFAULT_MIN_P})")
+    s.add_argument("--repeat-penalty", type=float, default=1.0,
+                   help="penalize recent tokens' logits, > 0 (default 1: off)")
+    s.add_argument("--repeat-last-n", type=int, default=DEFAULT_REPEAT_LAST_N,
+                   help=f"tokens the penalty looks back over (default {DEFAULT_REPEAT_LAST_N})")
+    s.add_argument("--seed", type=int, help="seed of the sampler (default: a fresh one, "
+                   "printed so that the text can be reproduced)")
+
+    p = sub.add_parser("bench", help="prompt-processing and generation tokens/s of a decoder "
+                       "artifact per thread count, as llama-bench")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("-p", "--n-prompt", type=_int_list, default=[32, 512], metavar="32,512",
+                   help="prompt lengths of the pp tests (default 32,512; 0 skips)")
+    p.add_argument("-n", "--n-gen", type=_int_list, default=[64], metavar="64",
+                   help="generated tokens of the tg tests (default 64; 0 skips)")
+    p.add_argument("--threads", type=_int_list, metavar="1,2",
+                   help="c artifacts: thread counts (default 1)")
+    p.add_argument("-r", "--repetitions", type=int, default=3,
+                   help="measured runs per test, after one warm-up (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("verify", help="compile, run, and compare with onnxruntime")
@@ -245,7 +292,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.output is None and args.emit is None:
         raise OptionError("give -o DIR for the artifact (or --emit STAGE to print TVMScript)")
     options = _compile_options(args, emit=args.emit, dump_dir=args.dump_dir, force=args.force,
-                               print_after=tuple(args.print_after))
+                               print_after=tuple(args.print_after), tokenizer=args.tokenizer)
     result = compile_model(args.model, args.output, options, command=["sail", *args.argv])
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -317,19 +364,52 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .targets.c.target import generate
+    from .model import load
+    from .sampling import SamplingOptions
 
-    artifact = _c_artifact(args.artifact, "generate runs")
-    report = generate(artifact.path, artifact.manifest, args.prompt_ids, args.tokens,
-                      args.threads)
+    sampling = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                               repeat_last_n=args.repeat_last_n, seed=args.seed)
+    model = load(args.artifact, threads=args.threads)
+    text = model.manifest.get("tokenizer") is not None
+    on_text = on_token = None
+    if not args.json and text:
+        def on_text(piece: str) -> None:
+            print(piece, end="", flush=True)
+        if args.prompt is not None and not args.chat:
+            print(args.prompt, end="", flush=True)  # the text continues the prompt
+    elif not args.json:
+        first = [True]
+
+        def on_token(token: int) -> None:
+            print(("" if first[0] else " ") + str(token), end="", flush=True)
+            first[0] = False
+    prompt = args.prompt if args.prompt is not None else args.prompt_ids
+    result = model.generate(prompt, args.tokens, chat=args.chat, stop=args.stop,
+                            sampling=sampling, ignore_eos=args.ignore_eos, on_text=on_text,
+                            on_token=on_token)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(result.to_json()))
         return 0
-    print(" ".join(map(str, report["ids"])))
-    print(f"prefill: {report['prefill_tokens']} tokens in {1e3 * report['prefill_seconds']:.2f} "
-          f"ms; decode: {report['decode_steps']} steps in {1e3 * report['decode_seconds']:.2f} "
-          f"ms, {report['decode_tokens_per_second']:.1f} tokens/s ({report['threads']} "
-          f"thread{'s' if report['threads'] != 1 else ''})")
+    print(flush=True)
+    threads = result.threads
+    on = f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else ""
+    sampled = "greedy" if sampling.greedy else f"seed {result.seed}"
+    print(f"prefill: {result.prefill_tokens} tokens in {1e3 * result.prefill_seconds:.2f} ms; "
+          f"decode: {result.decode_steps} steps in {1e3 * result.decode_seconds:.2f} ms, "
+          f"{result.decode_tokens_per_second:.1f} tokens/s{on}; {result.target}, {sampled}, "
+          f"stopped by {result.stop_reason}", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+    from .model import load
+
+    model = load(args.artifact)
+    threads = args.threads or ([1] if model.target == "c" else [None])
+    report = run_bench(model, args.n_prompt, args.n_gen, threads, args.repetitions)
+    print(json.dumps(report) if args.json else format_table(report))
     return 0
 
 
@@ -488,7 +568,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"compile": _cmd_compile, "run": _cmd_run, "build": _cmd_build,
-             "verify": _cmd_verify, "generate": _cmd_generate,
+             "verify": _cmd_verify, "generate": _cmd_generate, "bench": _cmd_bench,
              "inspect": _cmd_inspect, "export-onnx": _cmd_export_onnx,
              "eval-ppl": _cmd_eval_ppl, "analyze-patterns": _cmd_analyze_patterns,
              "simulate": simulate_cli.run}

@@ -20,11 +20,13 @@ import tvm
 from .artifact import check_output_path, write_artifact
 from .errors import OptionError
 from .frontend import ModelSignature, bind_shapes, import_onnx, load_checked
+from .frontend.signature import context_length
 from .ir_dump import IRDumper, prepare_dump_dir
 from .options import CompileOptions
 from .pipeline import STAGES, stage_pass
 from .quant.prepare import Quantization, prepare_quantization
 from .targets import get_target
+from .tokenizer import prepare_tokenizer
 
 PLAN_FILE = "quant_plan.json"
 QUANT_REPORT_FILE = "quant_report.json"
@@ -111,7 +113,13 @@ def compile_model(model_path: str | Path, output: str | Path | None,
     model = load_checked(model_path, prequantized=prequantized)
     notes = bind_shapes(model, options.shapes)
     mod, signature = import_onnx(model)
+    context = context_length(model)
     seconds["import"] = time.perf_counter() - started
+    tokenizer = None
+    if options.tokenizer is not None and options.emit is None:  # checked before the long part
+        bound = next((s.index_bound for s in signature.inputs if s.name == "input_ids"), None)
+        tokenizer = prepare_tokenizer(options.tokenizer, bound)
+        notes.extend(tokenizer.notes)
     dumper.record_stage(0, "frontend", mod)
     quant = quantization if quantization is not None else \
         prepare_quantization(model, signature, options, prequantized)
@@ -147,6 +155,8 @@ def compile_model(model_path: str | Path, output: str | Path | None,
                 (staging / QUANT_REPORT_FILE).write_text(json.dumps(quant.report(), indent=1))
                 extra["quant_plan"] = PLAN_FILE
                 extra["quant_report"] = QUANT_REPORT_FILE
+            if tokenizer is not None:
+                extra["tokenizer"] = tokenizer.write(staging)
             return extra
 
         write_artifact(out, build, {
@@ -162,6 +172,7 @@ def compile_model(model_path: str | Path, output: str | Path | None,
             "sail": ({"nbw": options.nbw, "pim_types": options.pim_types}
                      if quant is not None and options.sail else None),
             "signature": signature.to_json(),
+            "context_length": context,
         })
         seconds["build"] = time.perf_counter() - started
     return CompileResult(out, mod, signature, notes, seconds, dumper.seen_passes, quant)

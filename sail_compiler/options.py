@@ -68,6 +68,10 @@ class CompileOptions:
         The machine the ``pim-sim`` target maps its SAIL program for: a preset name
         (``sail-n1``, ``tiny``) or a TOML file (:func:`~.targets.pim.target.resolve_config`);
         None is ``sail-n1``. Other targets ignore it.
+    tokenizer
+        A Hugging Face ``tokenizer.json`` to store in the artifact (with the chat template and
+        end-of-sequence ids of the files beside it, :func:`~.tokenizer.prepare_tokenizer`), so
+        that ``sail generate --prompt TEXT`` and ``Model.generate`` take and return text.
     """
 
     target: str = "llvm"
@@ -90,6 +94,7 @@ class CompileOptions:
     pim_types: str = "auto"
     probe: bool = False
     pim_config: str | None = None
+    tokenizer: Path | None = None
 
     @property
     def scheme_name(self) -> str | None:

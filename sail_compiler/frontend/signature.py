@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import re
 from typing import Any
 
@@ -224,3 +225,30 @@ def index_bound(model: onnx.ModelProto, name: str) -> int | None:
                         seen.add(out)
                         frontier.append(out)
     return min(bounds) if bounds else None
+
+
+def context_length(model: onnx.ModelProto) -> int | None:
+    """The longest past + seq a decoder accepts, when the model says: the rows of its position
+    tables (constant tables a ``Gather`` indexes with the ``position_ids`` input or with the
+    output of a ``Range``, as rotary caches are), else ``max_position_embeddings`` of a
+    ``config`` JSON in the model's metadata. None if neither is there."""
+    bounds = []
+    if any(i.name == "position_ids" for i in model.graph.input):
+        bound = index_bound(model, "position_ids")
+        if bound is not None:
+            bounds.append(bound)
+    for node in model.graph.node:
+        if node.op_type == "Range":
+            bound = index_bound(model, node.output[0])
+            if bound is not None:
+                bounds.append(bound)
+    if bounds:
+        return min(bounds)
+    for prop in model.metadata_props:
+        if prop.key == "config":
+            try:
+                value = json.loads(prop.value).get("max_position_embeddings")
+            except (json.JSONDecodeError, AttributeError):
+                return None
+            return value if isinstance(value, int) and value > 0 else None
+    return None

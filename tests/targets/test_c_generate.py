@@ -146,7 +146,9 @@ def test_generate_cli_and_bad_input(quant_kv: Path, tiny_decoder: Path, tmp_path
     report = json.loads(capsys.readouterr().out)
     assert len(report["ids"]) == 4 and report["threads"] == 1
     assert main(["generate", str(quant_kv), "--prompt-ids", "1,2,3", "-n", "3"]) == 0
-    assert "tokens/s (1 thread)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert len(printed.out.split()) == 3  # the ids on stdout, the speed on stderr
+    assert "tokens/s (1 thread)" in printed.err
     with pytest.raises(InputError, match="5000 is not a token id of this model"):
         generate(quant_kv, Artifact(quant_kv).manifest, [1, 5000], 2)
     with pytest.raises(OptionError, match="--threads must be"):

@@ -34,6 +34,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ from .weight_file import write_weight_file
 
 if TYPE_CHECKING:
     from ...options import CompileOptions
+    from ...sampling import SamplingOptions
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 #: Runtime files copied into every artifact: package file -> artifact file.
@@ -334,9 +336,15 @@ def check_decoder(signature: ModelSignature) -> None:
                           + "; ".join(problems))
 
 
+#: sail_generate's bound of --top-k (MAX_TOKENS); any larger k keeps every token as well.
+_MAX_TOP_K = 1 << 24
+
+
 def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tokens: int,
-             threads: int | None = None) -> dict[str, Any]:
-    """Greedy decoding with a c artifact's ``sail_generate`` (built on first use).
+             threads: int | None = None, sampling: SamplingOptions | None = None,
+             eos_ids: Sequence[int] = (), on_id: Callable[[int], bool] | None = None,
+             repeat: int = 1) -> dict[str, Any]:
+    """Generation with a c artifact's ``sail_generate`` (built on first use), streamed.
 
     Parameters
     ----------
@@ -348,13 +356,24 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
         New tokens to generate (>= 1).
     threads
         Threads of the LUT-GEMV kernels; None: ``SAIL_NUM_THREADS`` or 1.
+    sampling
+        How tokens are chosen (:class:`~sail_compiler.sampling.SamplingOptions`, run by the C
+        sampler); None: greedy.
+    eos_ids
+        Ids that end the generation (the id is reported).
+    on_id
+        Called with each id as ``sail_generate`` prints it; returning True asks it to stop after
+        the token it is on (a line on its standard input).
+    repeat
+        Run the generation this many times (``runs`` of the report; ``sail bench``).
 
     Returns
     -------
     dict
         ``sail_generate --json``'s report: ``prompt_ids``, ``ids`` (the generated ids),
-        ``threads``, ``prefill_tokens``, ``prefill_seconds``, ``decode_steps``,
-        ``decode_seconds``, ``decode_tokens_per_second``.
+        ``stop_reason``, ``seed``, ``sampling``, ``threads``, ``prefill_tokens``,
+        ``prefill_seconds``, ``decode_steps``, ``decode_seconds``, ``decode_tokens_per_second``
+        (of the first run) and ``runs``.
 
     Raises
     ------
@@ -367,31 +386,65 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
     """
     import json
 
+    from ...sampling import SamplingOptions
+
     signature = ModelSignature.from_json(manifest["signature"])
     check_decoder(signature)
     if not prompt_ids:
         raise OptionError("--prompt-ids: give at least one token id, e.g. --prompt-ids 1,2,3")
     bound = next(s.index_bound for s in signature.inputs if s.name == "input_ids")
-    bad = [i for i in prompt_ids if i < 0 or (bound and i >= bound)]
-    if bad:
-        raise InputError(f"--prompt-ids: {bad[0]} is not a token id of this model (ids lie in "
-                         f"[0, {bound}))")
+    for option, ids in (("--prompt-ids", prompt_ids), ("end-of-sequence id", eos_ids)):
+        bad = [i for i in ids if i < 0 or (bound and i >= bound)]
+        if bad:
+            raise InputError(f"{option}: {bad[0]} is not a token id of this model (ids lie in "
+                             f"[0, {bound}))")
     if tokens < 1:
         raise OptionError(f"-n must be at least 1, not {tokens}")
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise OptionError(f"--threads must be 1..{MAX_THREADS}, not {threads}")
+    sampling = sampling or SamplingOptions()
     binary = out_dir / GENERATE
     if not binary.is_file():
         build_library(out_dir)
     command = [str(binary), str(out_dir / manifest["weights"]), "--prompt-ids",
-               ",".join(map(str, prompt_ids)), "-n", str(tokens), "--json",
+               ",".join(map(str, prompt_ids)), "-n", str(tokens), "--json", "--stream",
+               "--temperature", repr(float(sampling.temperature)),
+               "--top-k", str(min(sampling.top_k, _MAX_TOP_K)),
+               "--top-p", repr(float(sampling.top_p)), "--min-p", repr(float(sampling.min_p)),
+               "--repeat-penalty", repr(float(sampling.repeat_penalty)),
+               "--repeat-last-n", str(sampling.repeat_last_n), "--repeat", str(repeat),
+               *(["--seed", str(sampling.seed)] if sampling.seed is not None else []),
+               *(["--eos-ids", ",".join(map(str, eos_ids))] if eos_ids else []),
                *(["--threads", str(threads)] if threads else [])]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode == 1:
-        raise ArtifactError(_message(proc, GENERATE))
-    if proc.returncode != 0:  # a step failed: the message names it and the reason
-        raise InputError(_message(proc, GENERATE))
-    return json.loads(proc.stdout)
+    report = None
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=errors, text=True, bufsize=1)
+        try:
+            asked = False
+            for line in proc.stdout:
+                if line.startswith("{"):
+                    report = json.loads(line)
+                elif line.strip() and on_id is not None and on_id(int(line)) and not asked:
+                    asked = True
+                    try:
+                        proc.stdin.write("stop\n")
+                        proc.stdin.flush()
+                    except OSError:  # it has finished already
+                        pass
+            proc.stdin.close()
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:  # the caller's callback raised (e.g. KeyboardInterrupt)
+                proc.kill()
+                proc.wait()
+        errors.seek(0)
+        finished = subprocess.CompletedProcess(command, returncode, "", errors.read())
+    if returncode == 1:
+        raise ArtifactError(_message(finished, GENERATE))
+    if returncode != 0 or report is None:  # a step failed: the message names it and the reason
+        raise InputError(_message(finished, GENERATE))
+    return report
 
 
 def _message(proc: subprocess.CompletedProcess, binary: str = BINARY) -> str:
