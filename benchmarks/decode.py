@@ -173,6 +173,17 @@ class KVLayout:
                    (int(shape[1]), int(shape[3])),
                    any(i.name == "position_ids" for i in sess.get_inputs()))
 
+    @classmethod
+    def of_manifest(cls, artifact: Path) -> KVLayout:
+        """From a sail artifact's manifest (its signature: names and dims of the inputs)."""
+        inputs = json.loads((artifact / "manifest.json").read_text())["signature"]["inputs"]
+        past = [i for i in inputs if i["name"].startswith("past_key_values.")]
+        dims = past[0]["dims"]
+        return cls(tuple(i["name"] for i in past),
+                   tuple(i["name"].replace("past_key_values.", "present.") for i in past),
+                   (int(dims[1]), int(dims[3])),
+                   any(i["name"] == "position_ids" for i in inputs))
+
     def empty(self) -> dict[str, np.ndarray]:
         shape = (1, self.heads_dim[0], 0, self.heads_dim[1])
         return {name: np.zeros(shape, np.float32) for name in self.past}
@@ -856,7 +867,7 @@ def run_gemma3(args: argparse.Namespace, work: Path) -> dict:
             arms.append(Arm("sail c", f"w{bits} {args.sail_args}".strip(),
                             _file_bytes(out / "weights.bin"), c_generate(out)))
             if args.profile:
-                layout = KVLayout.of_session(session(str(model), 1))
+                layout = KVLayout.of_manifest(out)
                 extra.setdefault("profiles", {})[f"w{bits}"] = {
                     past: profile_step(out, layout, past, 1, 10, work) for past in PROFILE_PASTS}
     rows = time_all(args, arms, prompts, references)
@@ -876,7 +887,8 @@ def report(args: argparse.Namespace, result: dict) -> None:
     title = result.pop("title")
     other = result["other_cpu_share"]
     if args.plot is not None and rows:
-        plot(rows, args.plot, f"{title}; {args.tokens} tokens; other CPU load {other:.0%}")
+        plot(rows, args.plot, f"{title}\n{args.tokens} greedy tokens, median of {args.rounds} "
+             f"rounds; other processes' CPU load {other:.0%}")
         log(f"plot: {args.plot}")
     if args.json:
         print(json.dumps({**result, "tokens": args.tokens, "threads": args.threads,

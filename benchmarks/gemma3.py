@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,7 @@ def requantize_gguf(source: Path, target: Path, file_type: str) -> Path:
     ``allow_requantize``: the source may itself be quantized); reused when ``target`` exists."""
     if target.exists():
         return target
+    started = time.perf_counter()
     llama_cpp = llama_cpp_module()
     if llama_cpp is None:
         raise RuntimeError("llama_cpp is not importable (pip install llama-cpp-python)")
@@ -136,7 +138,21 @@ def requantize_gguf(source: Path, target: Path, file_type: str) -> Path:
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize {file_type} failed (return code {rc})")
     tmp.replace(target)
+    quantize_record(target).write_text(json.dumps(
+        {"source": str(source), "file_type": file_type,
+         "seconds": time.perf_counter() - started, "threads": params.nthread}))
     return target
+
+
+def quantize_record(gguf: Path) -> Path:
+    """Where :func:`requantize_gguf` notes how long the quantization took."""
+    return gguf.with_name(gguf.name + ".quantize.json")
+
+
+def quantize_seconds(gguf: Path) -> float | None:
+    """The seconds llama_model_quantize took to write ``gguf``, if recorded."""
+    record = quantize_record(gguf)
+    return json.loads(record.read_text())["seconds"] if record.exists() else None
 
 
 def llama_gguf(model_dir: Path, work: Path, file_type: str) -> Path:

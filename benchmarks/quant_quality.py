@@ -507,10 +507,9 @@ def gemma3_main(args: argparse.Namespace) -> int:
         add("sail", setting + (f" {args.sail_extra}" if extra else ""), bits, method, sail_row)
     for file_type in [t for t in args.llama.split(",") if t]:
         def llama_row(file_type: str = file_type) -> dict[str, Any]:
-            started = time.perf_counter()
             path = gemma3.llama_gguf(args.model_dir, work, file_type)
-            seconds = time.perf_counter() - started
-            return {"ppl": _llama_ppl(path, ids, args.threads), "seconds": seconds,
+            return {"ppl": _llama_ppl(path, ids, args.threads),
+                    "seconds": gemma3.quantize_seconds(path),
                     "file_mib": path.stat().st_size / 2**20}
 
         bits = file_type[1] if file_type[0] == "Q" else "-"
