@@ -19,9 +19,12 @@ weights) and a tuple of outputs. :func:`emit_model` turns it into C that reads l
   becomes a ``sail_rt_lut_gemv`` call of the runtime's kernels (``sail_lut.h``); its weight is
   re-laid out here (:func:`.kernels.relayout`) into three tensors of ``weights.bin`` (bit-plane
   indices, scales, zero points), described by an entry of ``LUTS[]`` that loading checks.
-* data movement left as ``R.call_dps_packed("sail_concat" | "sail_copy" | "sail_transpose",
-  ...)`` (concatenations, reshapes, transposes) becomes a call of the runtime's
-  ``sail_rt_concat``, ``sail_rt_copy`` or ``sail_rt_transpose`` (``memcpy`` of contiguous runs).
+* data movement left as ``R.call_dps_packed("sail_concat" | "sail_copy" | "sail_transpose" |
+  "sail_broadcast", ...)`` (concatenations, reshapes, transposes, broadcasts and tiles) becomes a
+  call of the runtime's ``sail_rt_concat``, ``sail_rt_copy``, ``sail_rt_transpose`` or
+  ``sail_rt_broadcast`` (``memcpy`` of contiguous runs);
+* ``R.call_dps_packed("sail_attention", (q, k, v[, mask], scale, softcap))`` (``sail.attention``)
+  becomes a ``sail_rt_attention`` call of the runtime's attention kernel (``sail_attention.h``).
 
 Anything else in ``main`` is reported at once (every unsupported binding with its variable).
 The runtime these files are written against is ``runtime/sail_model_rt.h``.
@@ -43,6 +46,8 @@ from ...frontend.signature import ModelSignature, TensorSpec
 from ...quant.packing import unpack_bits
 from ...quant.reference import QuantizedWeight
 from .kernels import (
+    ATTENTION_SYMBOL,
+    BROADCAST_SYMBOL,
     CONCAT_SYMBOL,
     COPY_SYMBOL,
     LUT_SYMBOL,
@@ -448,6 +453,21 @@ class _Graph:
             scalars = [_Scalar(", ".join(map(str, ints)), shown)] if ints else []
             self.steps.append(_Call(symbol, [*tensors, *scalars, output], [output], []))
 
+    def attention_call(self, var: relax.Var, call: relax.Call) -> None:
+        """``R.call_dps_packed("sail_attention", (q, k, v[, mask], scale, softcap))``."""
+        where = f"{var.name} = R.call_dps_packed({ATTENTION_SYMBOL}, ...)"
+        fields = list(call.args[1].fields)
+        tensors = [self.value(f, where) for f in fields if isinstance(f.ty, relax.TensorType)]
+        scale, softcap = (float(f.value) for f in fields
+                          if isinstance(f.ty, tvm.ir.PrimType))
+        output = self.temp(var.name, call.ty_args[0])
+        self.values[var] = output
+        if all(isinstance(t, _Buffer) for t in tensors):
+            scalars = [_Scalar(repr(scale), f"scale={scale!r}"),
+                       _Scalar(repr(softcap), f"softcap={softcap!r}")]
+            self.steps.append(_Call(ATTENTION_SYMBOL, [*tensors, *scalars, output], [output],
+                                    []))
+
     def match_cast(self, binding: relax.MatchCast) -> None:
         name = binding.var.name
         source = self.value(binding.value, f"{name} = R.match_cast(...)")
@@ -485,6 +505,8 @@ class _Graph:
             self.lut_call(var, value)
         elif packed in MOVE_SYMBOLS:
             self.move_call(var, value, packed)
+        elif packed == ATTENTION_SYMBOL:
+            self.attention_call(var, value)
         elif isinstance(value, relax.TupleGetItem):
             source = self.value(value.tuple_value, f"{var.name} = TupleGetItem")
             if isinstance(source, list):
@@ -685,8 +707,14 @@ def _run_function(graph: _Graph) -> list[str]:
             lines += _try("sail_rt_concat", [
                 "model", f"(const sail_buffer *[]){{{', '.join(parts)}}}", str(len(parts)),
                 step.args[-2].arg, f"&{step.args[-1].ref}"])
-        elif step.kernel == COPY_SYMBOL:  # args: x, output
-            lines += _try("sail_rt_copy", ["model", *(f"&{a.ref}" for a in step.args)])
+        elif step.kernel in (COPY_SYMBOL, BROADCAST_SYMBOL):  # args: x, output
+            function = "sail_rt_copy" if step.kernel == COPY_SYMBOL else "sail_rt_broadcast"
+            lines += _try(function, ["model", *(f"&{a.ref}" for a in step.args)])
+        elif step.kernel == ATTENTION_SYMBOL:  # args: q, k, v, [mask], scale, softcap, output
+            tensors = [f"&{a.ref}" for a in step.args[:-3]]
+            lines += _try("sail_rt_attention", [
+                "model", *tensors, *(["NULL"] if len(tensors) == 3 else []),
+                *(a.arg for a in step.args[-3:-1]), f"&{step.args[-1].ref}"])
         elif step.kernel == TRANSPOSE_SYMBOL:  # args: x, perm, output
             lines += _try("sail_rt_transpose", [
                 "model", f"&{step.args[0].ref}", f"(const int32_t[]){{{step.args[1].arg}}}",

@@ -50,12 +50,15 @@ MAX_THREADS = 256
 #: The runtime function a lowered c-target module calls for a LUT-GEMV (``R.call_dps_packed``).
 LUT_SYMBOL = "sail_lut_gemv"
 # The runtime's data movement (sail_model_rt.h), the c target's legalization of relax.concat
-# (sail_rt_concat), reshape / expand_dims / squeeze (sail_rt_copy) and permute_dims
-# (sail_rt_transpose).
+# (sail_rt_concat), reshape / expand_dims / squeeze (sail_rt_copy), permute_dims
+# (sail_rt_transpose) and broadcast_to / tile (sail_rt_broadcast).
 CONCAT_SYMBOL = "sail_concat"
 COPY_SYMBOL = "sail_copy"
 TRANSPOSE_SYMBOL = "sail_transpose"
-MOVE_SYMBOLS = (CONCAT_SYMBOL, COPY_SYMBOL, TRANSPOSE_SYMBOL)
+BROADCAST_SYMBOL = "sail_broadcast"
+MOVE_SYMBOLS = (CONCAT_SYMBOL, COPY_SYMBOL, TRANSPOSE_SYMBOL, BROADCAST_SYMBOL)
+#: The runtime's attention kernel (sail_attention.h, sail_rt_attention): sail.attention.
+ATTENTION_SYMBOL = "sail_attention"
 
 _COMMON_FLAGS = ("-std=c11", "-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off")
 #: Build name -> extra compiler flags.

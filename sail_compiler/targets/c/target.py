@@ -14,6 +14,8 @@ Artifact files, beside ``manifest.json``:
   ``sail_model_free`` and the model's inputs and outputs;
 * ``model.c`` (the graph as kernel calls, :mod:`.emit`), ``kernels.c`` (TVM's C code for the
   kernels, :mod:`.tir_codegen`), the runtime ``sail_model_rt.[ch]`` and ``sail_tvm_shim.h``;
+* the runtime's attention kernel ``sail_attention.[ch]`` (``sail.attention``,
+  :func:`legalize_c_attention`);
 * the runtime's LUT-GEMV kernels ``sail_lut.[ch]``, ``sail_lut_avx2.c`` and their thread pool
   ``sail_threads.[ch]``, which compute every quantized matmul with int8 activations
   (:func:`legalize_c_lut_gemv`; ``SAIL_NUM_THREADS`` or ``sail_model_set_threads`` sets the
@@ -45,6 +47,8 @@ from tvm import relax
 from ... import __version__
 from ...errors import ArtifactError, InputError, OptionError
 from ...frontend.signature import ModelSignature
+from ...ops.attention import OP_NAME as ATTENTION
+from ...ops.attention import attention_attrs
 from ...ops.sail_ops import (
     DEQUANTIZE,
     LUT_GEMV,
@@ -57,6 +61,8 @@ from ..base import Runner, TargetBackend, register_target
 from ..llvm.schedule import host_target, lowering_passes
 from .emit import RecordWeightNames, emit_model
 from .kernels import (
+    ATTENTION_SYMBOL,
+    BROADCAST_SYMBOL,
     CONCAT_SYMBOL,
     COPY_SYMBOL,
     LUT_SYMBOL,
@@ -83,6 +89,8 @@ RUNTIME_FILES = {
     "sail_lut_avx2.c": "sail_lut_avx2.c",
     "sail_threads.h": "sail_threads.h",
     "sail_threads.c": "sail_threads.c",
+    "sail_attention.h": "sail_attention.h",
+    "sail_attention.c": "sail_attention.c",
     "sail_npy.h": "sail_npy.h",
     "sail_npy.c": "sail_npy.c",
     "sail_main.c": "main.c",
@@ -122,6 +130,9 @@ class CTarget(TargetBackend):
                     "relax.expand_dims": legalize_c_copy,
                     "relax.squeeze": legalize_c_copy,
                     "relax.permute_dims": legalize_c_transpose,
+                    "relax.broadcast_to": legalize_c_broadcast,
+                    "relax.tile": legalize_c_broadcast,
+                    ATTENTION: legalize_c_attention,
                     DEQUANTIZE: functools.partial(legalize_dequantize, fence=False)})]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
@@ -232,6 +243,30 @@ def legalize_c_transpose(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr
     return relax.call_dps_packed(
         relax.ExternFunc(TRANSPOSE_SYMBOL),
         relax.Tuple([x, *(relax.prim_value(tvm.tirx.IntImm("int64", p)) for p in perm)]), out)
+
+
+def legalize_c_broadcast(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """``relax.broadcast_to`` and ``relax.tile`` for the c target: ``sail_rt_broadcast`` (one
+    ``memcpy`` per contiguous run, then doubling copies; TVM's C kernels compute each element's
+    source with divisions)."""
+    x, out = call.args[0], call.ty
+    if _tensor(x) and isinstance(out, relax.TensorType) and _tensor(call, x.ty.dtype) \
+            and x.ty.ndim <= out.ndim:
+        return relax.call_dps_packed(relax.ExternFunc(BROADCAST_SYMBOL), relax.Tuple([x]), out)
+    return _tvm_legalize(bb, call)
+
+
+def legalize_c_attention(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """``sail.attention`` for the c target: the runtime's kernel (``sail_attention.h``), which
+    reads the keys and values of a KV head once for all its query heads, becomes
+    ``R.call_dps_packed("sail_attention", (q, k, v[, mask], scale, softcap))``. Operands of
+    unknown shape keep the TE legalization (TVM's C kernels)."""
+    if not all(_tensor(arg, "float32") for arg in call.args) or not _tensor(call, "float32"):
+        return _tvm_legalize(bb, call)
+    scale, softcap = attention_attrs(call)
+    scalars = [relax.prim_value(tvm.tirx.FloatImm("float64", value)) for value in (scale, softcap)]
+    return relax.call_dps_packed(relax.ExternFunc(ATTENTION_SYMBOL),
+                                 relax.Tuple([*call.args, *scalars]), call.ty)
 
 
 def build_library(out_dir: Path, portable: bool = False,

@@ -703,6 +703,102 @@ int sail_rt_copy(sail_model *model, const sail_buffer *x, sail_buffer *y) {
   return 0;
 }
 
+/* Axis d and those after it of y = broadcast(x); x's dims (xs) are right-aligned to y's and
+ * padded with 1s. Axes from `split` on are the same in x and y (one contiguous run). */
+static void broadcast_axis(char *y, const char *x, int32_t d, int32_t split, const int64_t *ys,
+                           const int64_t *xs, const size_t *ystride, const size_t *xstride,
+                           size_t run) {
+  if (d == split) {
+    memcpy(y, x, run);
+    return;
+  }
+  for (int64_t i = 0; i < xs[d]; ++i)
+    broadcast_axis(y + (size_t)i * ystride[d], x + (size_t)i * xstride[d], d + 1, split, ys, xs,
+                   ystride, xstride, run);
+  const size_t total = (size_t)ys[d] * ystride[d];
+  for (size_t filled = (size_t)xs[d] * ystride[d]; filled < total;) {
+    const size_t n = filled < total - filled ? filled : total - filled;
+    memcpy(y + filled, y, n);
+    filled += n;
+  }
+}
+
+int sail_rt_broadcast(sail_model *model, const sail_buffer *x, sail_buffer *y) {
+  const int32_t ndim = y->t.ndim, lead = y->t.ndim - x->t.ndim;
+  int64_t xs[SAIL_MAX_NDIM];
+  int fits = lead >= 0 && same_dtype(x, y);
+  for (int32_t d = 0; fits && d < ndim; ++d) {
+    xs[d] = d < lead ? 1 : x->shape[d - lead];
+    fits = xs[d] > 0 ? y->shape[d] % xs[d] == 0 : y->shape[d] == 0;
+  }
+  if (!fits)
+    return sail_rt_fail(model, "broadcast of a %d-d tensor into a %d-d tensor of another shape "
+                        "or dtype", (int)x->t.ndim, (int)ndim);
+  if (buffer_numel(y) == 0)
+    return 0;
+  const double start = model->profile ? seconds_now() : 0.0;
+  const size_t elem = element_bytes(y);
+  size_t ystride[SAIL_MAX_NDIM], xstride[SAIL_MAX_NDIM], run = elem;
+  int32_t split = ndim;
+  for (int32_t d = ndim - 1; d >= 0; --d) {
+    ystride[d] = d == ndim - 1 ? elem : ystride[d + 1] * (size_t)y->shape[d + 1];
+    xstride[d] = d == ndim - 1 ? elem : xstride[d + 1] * (size_t)xs[d + 1];
+    if (split == d + 1 && xs[d] == y->shape[d]) {
+      split = d;
+      run *= (size_t)xs[d];
+    }
+  }
+  broadcast_axis(y->t.data, x->t.data, 0, split, y->shape, xs, ystride, xstride, run);
+  if (model->profile)
+    record_time(model, "sail_broadcast", seconds_now() - start);
+  return 0;
+}
+
+int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer *k,
+                      const sail_buffer *v, const sail_buffer *mask, double scale,
+                      double softcap, sail_buffer *y) {
+  const sail_buffer *all[] = {q, k, v, y, mask}; /* the mask's rank is checked below */
+  int fits = 1;
+  for (int i = 0; i < 5 && fits; ++i)
+    fits = !all[i] || (all[i]->t.dtype.code == kDLFloat && all[i]->t.dtype.bits == 32 &&
+                       all[i]->t.dtype.lanes == 1 && (i == 4 || all[i]->t.ndim == 4));
+  const int64_t *qs = q->shape, *ks = k->shape, *vs = v->shape, *out = y->shape;
+  fits = fits && ks[0] == qs[0] && ks[1] >= 1 && qs[1] % ks[1] == 0 && ks[3] == qs[3] &&
+         vs[0] == qs[0] && vs[1] == ks[1] && vs[2] == ks[2] && out[0] == qs[0] &&
+         out[1] == qs[1] && out[2] == qs[2] && out[3] == vs[3];
+  sail_attention_args args = {
+      .q = q->t.data, .k = k->t.data, .v = v->t.data, .y = y->t.data, .batch = qs[0],
+      .q_heads = qs[1], .kv_heads = ks[1], .q_len = qs[2], .kv_len = ks[2], .head_dim = qs[3],
+      .value_dim = vs[3], .k_strides = {ks[1] * ks[2] * ks[3], ks[2] * ks[3], ks[3]},
+      .v_strides = {vs[1] * vs[2] * vs[3], vs[2] * vs[3], vs[3]}, .scale = (float)scale,
+      .softcap = (float)softcap};
+  if (mask && fits) {
+    const int32_t rank = mask->t.ndim, lead = 4 - mask->t.ndim;
+    const int64_t full[4] = {qs[0], qs[1], qs[2], ks[2]};
+    int64_t stride = 1;
+    fits = rank >= 1 && rank <= 4;
+    for (int32_t d = 3; d >= 0 && fits; --d) {
+      const int64_t dim = d < lead ? 1 : mask->shape[d - lead];
+      fits = dim == 1 || dim == full[d];
+      args.mask_strides[d] = dim == 1 ? 0 : stride;
+      stride *= dim;
+    }
+    args.mask = mask->t.data;
+  }
+  if (!fits)
+    return sail_rt_fail(model, "attention: the query, keys, values, mask and result do not fit "
+                        "together (float32 [B, Hq, S, D], [B, Hkv, T, D], [B, Hkv, T, Dv], a mask "
+                        "broadcast to [B, Hq, S, T], [B, Hq, S, Dv])");
+  const double start = model->profile ? seconds_now() : 0.0;
+  const int status = sail_attention(&args, model->pool);
+  if (model->profile)
+    record_time(model, "sail_attention", seconds_now() - start);
+  if (status != SAIL_ATTENTION_OK)
+    return sail_rt_fail(model, "attention failed (%s)", status == SAIL_ATTENTION_ENOMEM
+                        ? "out of memory" : "invalid arguments");
+  return 0;
+}
+
 /* dst[i] = src[i * stride] for i < n, elements of `elem` bytes. */
 static void gather(char *dst, const char *src, int64_t n, int64_t stride, size_t elem) {
   if (stride == 1) {

@@ -12,6 +12,7 @@
 #ifndef SAIL_MODEL_RT_H
 #define SAIL_MODEL_RT_H
 
+#include "sail_attention.h"
 #include "sail_lut.h"
 #include "sail_model_api.h"
 #include "sail_threads.h"
@@ -184,6 +185,18 @@ int sail_rt_concat(sail_model *model, const sail_buffer *const *parts, int32_t c
 /* y = x with another shape (reshape, expand_dims, squeeze): a memcpy; x and y have the same
  * dtype and number of elements. */
 int sail_rt_copy(sail_model *model, const sail_buffer *x, sail_buffer *y);
+
+/* y = x repeated to y's shape (broadcast_to and tile): y[i] = x[i mod x.shape] per axis, with
+ * x's dims right-aligned to y's (missing leading dims count as 1); every dim of y is a multiple
+ * of x's. One memcpy per contiguous run, then doubling copies along the repeated axes. */
+int sail_rt_broadcast(sail_model *model, const sail_buffer *x, sail_buffer *y);
+
+/* y = sail.attention(q, k, v, mask) (sail_attention.h) on the model's threads: q float32
+ * [B, Hq, S, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv], mask NULL or float32 of rank 1..4
+ * broadcast (right-aligned) to [B, Hq, S, T], y [B, Hq, S, Dv]. */
+int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer *k,
+                      const sail_buffer *v, const sail_buffer *mask, double scale,
+                      double softcap, sail_buffer *y);
 
 /* y = x with its axes permuted (permute_dims): y.shape[i] = x.shape[perm[i]], same dtype. */
 int sail_rt_transpose(sail_model *model, const sail_buffer *x, const int32_t *perm,

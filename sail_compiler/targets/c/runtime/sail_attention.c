@@ -1,0 +1,348 @@
+/* SAIL C runtime: attention over un-repeated grouped key/value heads (sail_attention.h).
+ *
+ * Plain C for the compiler's vectorizer (-O3): the dot products keep 8 independent partial sums
+ * per query row (one 8-lane vector each, no reassociation needed), 4 query rows share each key
+ * read; the weighted sums of the values run along the value dim. Work is split into units of up
+ * to SAIL_ATTENTION_ROWS query rows of one (batch, kv head), and, when there are too few units
+ * for the threads, into chunks of the keys as well (sail_attention.h).
+ */
+#include "sail_attention.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+  LANES = 8,       /* partial sums per dot product: one AVX2 vector of floats */
+  KEY_TILE = 16,   /* keys scored against every row quad of a unit before the next keys */
+  MIN_CHUNK = 64,  /* fewest keys per chunk when the context is split across threads */
+  ROWS = SAIL_ATTENTION_ROWS,
+};
+
+/* Below this many multiply-adds per call the pool's wake-up costs more than it saves. */
+#define SAIL_ATTENTION_SERIAL_WORK 32768
+
+typedef struct job {
+  const sail_attention_args *a;
+  int64_t group_rows; /* query rows per (batch, kv head): (q_heads / kv_heads) * q_len */
+  int64_t blocks;     /* units per (batch, kv head) */
+  int64_t units;      /* batch * kv_heads * blocks */
+  int64_t chunks;     /* key chunks per unit; 1: each unit takes every key */
+  int64_t chunk_len;
+  int phase;          /* chunked: 0 scores, 1 weights and partial sums */
+  float *scores;      /* unchunked: [threads][ROWS][kv_len]; chunked: [units][ROWS][kv_len] */
+  float *partial;     /* chunked: [units][chunks][ROWS][value_dim + 2] (partial_of) */
+} job;
+
+/* The rows of unit u: pointers to their queries, masks (NULL: none) and outputs. */
+typedef struct unit_rows {
+  int64_t b, g, count;
+  const float *q[ROWS];
+  const float *mask[ROWS];
+  float *y[ROWS];
+} unit_rows;
+
+static void unit_rows_of(const job *j, int64_t u, unit_rows *r) {
+  const sail_attention_args *a = j->a;
+  const int64_t per_head = a->q_heads / a->kv_heads;
+  const int64_t block = u % j->blocks, group = u / j->blocks;
+  const int64_t first = block * ROWS;
+  r->b = group / a->kv_heads;
+  r->g = group % a->kv_heads;
+  r->count = j->group_rows - first < ROWS ? j->group_rows - first : ROWS;
+  for (int64_t i = 0; i < r->count; ++i) {
+    const int64_t row = first + i;
+    const int64_t h = r->g * per_head + row / a->q_len, s = row % a->q_len;
+    const int64_t at = (r->b * a->q_heads + h) * a->q_len + s;
+    r->q[i] = a->q + at * a->head_dim;
+    r->y[i] = a->y + at * a->value_dim;
+    r->mask[i] = a->mask ? a->mask + r->b * a->mask_strides[0] + h * a->mask_strides[1] +
+                               s * a->mask_strides[2]
+                         : NULL;
+  }
+}
+
+/* out[i] = q[i] . k for 4 rows. */
+static void dot4(const float *const *q, const float *restrict k, int64_t n, float *out) {
+  const float *restrict q0 = q[0], *restrict q1 = q[1], *restrict q2 = q[2], *restrict q3 = q[3];
+  float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+  int64_t d = 0;
+  for (; d + LANES <= n; d += LANES)
+    for (int l = 0; l < LANES; ++l) {
+      const float kv = k[d + l];
+      a0[l] += q0[d + l] * kv;
+      a1[l] += q1[d + l] * kv;
+      a2[l] += q2[d + l] * kv;
+      a3[l] += q3[d + l] * kv;
+    }
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+  for (int l = 0; l < LANES; ++l) {
+    s0 += a0[l];
+    s1 += a1[l];
+    s2 += a2[l];
+    s3 += a3[l];
+  }
+  for (; d < n; ++d) {
+    s0 += q0[d] * k[d];
+    s1 += q1[d] * k[d];
+    s2 += q2[d] * k[d];
+    s3 += q3[d] * k[d];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
+static float dot1(const float *restrict q, const float *restrict k, int64_t n) {
+  float acc[LANES] = {0};
+  int64_t d = 0;
+  for (; d + LANES <= n; d += LANES)
+    for (int l = 0; l < LANES; ++l)
+      acc[l] += q[d + l] * k[d + l];
+  float s = 0.0f;
+  for (int l = 0; l < LANES; ++l)
+    s += acc[l];
+  for (; d < n; ++d)
+    s += q[d] * k[d];
+  return s;
+}
+
+/* Whether adding mask value m gives m for any score (sail_attention.h). */
+static int dead(float m) { return m <= -FLT_MAX; }
+
+/* x[i * ld + t] for keys t in [t0, t1) of the unit's rows: scaled, capped and masked scores. */
+static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
+                       float *x, int64_t ld) {
+  const float *k = a->k + r->b * a->k_strides[0] + r->g * a->k_strides[1];
+  const int64_t mt = a->mask_strides[3];
+  for (int64_t tile = t0; tile < t1; tile += KEY_TILE) {
+    const int64_t end = tile + KEY_TILE < t1 ? tile + KEY_TILE : t1;
+    for (int64_t i = 0; i < r->count; i += 4) {
+      const int quad = r->count - i >= 4;
+      for (int64_t t = tile; t < end; ++t) {
+        const int64_t n = quad ? 4 : r->count - i;
+        int all_dead = r->mask[0] != NULL;
+        for (int64_t e = 0; e < n && all_dead; ++e)
+          all_dead = dead(r->mask[i + e][t * mt]);
+        float dots[4];
+        if (all_dead) {
+          for (int64_t e = 0; e < n; ++e)
+            x[(i + e) * ld + t] = r->mask[i + e][t * mt];
+          continue;
+        }
+        const float *kt = k + t * a->k_strides[2];
+        if (quad)
+          dot4(&r->q[i], kt, a->head_dim, dots);
+        else
+          for (int64_t e = 0; e < n; ++e)
+            dots[e] = dot1(r->q[i + e], kt, a->head_dim);
+        for (int64_t e = 0; e < n; ++e) {
+          float s = dots[e] * a->scale;
+          if (a->softcap > 0.0f)
+            s = a->softcap * tanhf(s / a->softcap);
+          if (r->mask[i + e])
+            s += r->mask[i + e][t * mt];
+          x[(i + e) * ld + t] = s;
+        }
+      }
+    }
+  }
+}
+
+/* Largest of x[i * ld + t] for t in [t0, t1), per row. */
+static void row_max(const unit_rows *r, int64_t t0, int64_t t1, const float *x, int64_t ld,
+                    float *top) {
+  for (int64_t i = 0; i < r->count; ++i) {
+    const float *xi = x + i * ld;
+    float m = -INFINITY;
+    for (int64_t t = t0; t < t1; ++t)
+      m = xi[t] > m ? xi[t] : m;
+    top[i] = m;
+  }
+}
+
+/* For each row i: x[i][t] = exp(x[i][t] - top[i]) for t in [t0, t1); sums[i] = their sum;
+ * out[i][:] = sum_t x[i][t] * v[t, :] (out cleared first). */
+static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
+                         float *x, int64_t ld, const float *top, float *const *out,
+                         float *sums) {
+  const int64_t dv = a->value_dim;
+  for (int64_t i = 0; i < r->count; ++i) {
+    float *xi = x + i * ld;
+    float sum = 0.0f;
+    for (int64_t t = t0; t < t1; ++t) {
+      xi[t] = expf(xi[t] - top[i]);
+      sum += xi[t];
+    }
+    sums[i] = sum;
+    memset(out[i], 0, (size_t)dv * sizeof(float));
+  }
+  const float *v = a->v + r->b * a->v_strides[0] + r->g * a->v_strides[1];
+  for (int64_t t = t0; t < t1; ++t) {
+    int any = 0;
+    for (int64_t i = 0; i < r->count && !any; ++i)
+      any = x[i * ld + t] != 0.0f;
+    if (!any)
+      continue;
+    const float *restrict vt = v + t * a->v_strides[2];
+    for (int64_t i = 0; i < r->count; ++i) {
+      const float w = x[i * ld + t];
+      float *restrict o = out[i];
+      if (w != 0.0f)
+        for (int64_t e = 0; e < dv; ++e)
+          o[e] += w * vt[e];
+    }
+  }
+}
+
+/* One unit over every key, on thread `thread`'s scratch rows. */
+static void whole_unit(const job *j, int64_t u, int thread) {
+  const sail_attention_args *a = j->a;
+  unit_rows r;
+  unit_rows_of(j, u, &r);
+  float *x = j->scores + (size_t)thread * ROWS * (size_t)a->kv_len;
+  float top[ROWS] = {0}, sums[ROWS];
+  score_keys(a, &r, 0, a->kv_len, x, a->kv_len);
+  row_max(&r, 0, a->kv_len, x, a->kv_len, top);
+  weigh_values(a, &r, 0, a->kv_len, x, a->kv_len, top, r.y, sums);
+  for (int64_t i = 0; i < r.count; ++i)
+    for (int64_t e = 0; e < a->value_dim; ++e)
+      r.y[i][e] /= sums[i];
+}
+
+/* The partial result of row i of chunk c of unit u: value_dim weighted sums, the sum of the
+ * weights, the chunk's largest score. */
+static float *partial_of(const job *j, int64_t u, int64_t c, int64_t i) {
+  return j->partial + (((size_t)u * j->chunks + c) * ROWS + i) * (size_t)(j->a->value_dim + 2);
+}
+
+/* Chunk c of unit u: its scores and their maxima (phase 0), or its weights and partial sums
+ * (phase 1, after every chunk's phase 0). */
+static void chunk_of_unit(const job *j, int64_t u, int64_t c) {
+  const sail_attention_args *a = j->a;
+  unit_rows r;
+  unit_rows_of(j, u, &r);
+  const int64_t t0 = c * j->chunk_len;
+  const int64_t t1 = t0 + j->chunk_len < a->kv_len ? t0 + j->chunk_len : a->kv_len;
+  float *x = j->scores + (size_t)u * ROWS * (size_t)a->kv_len;
+  const int64_t dv = a->value_dim;
+  float *out[ROWS] = {0}, top[ROWS] = {0}, sums[ROWS];
+  for (int64_t i = 0; i < r.count; ++i)
+    out[i] = partial_of(j, u, c, i);
+  if (j->phase == 0) {
+    score_keys(a, &r, t0, t1, x, a->kv_len);
+    row_max(&r, t0, t1, x, a->kv_len, top);
+    for (int64_t i = 0; i < r.count; ++i)
+      out[i][dv + 1] = top[i];
+    return;
+  }
+  for (int64_t i = 0; i < r.count; ++i) {
+    top[i] = -INFINITY;
+    for (int64_t other = 0; other < j->chunks; ++other) {
+      const float m = partial_of(j, u, other, i)[dv + 1];
+      top[i] = m > top[i] ? m : top[i];
+    }
+  }
+  weigh_values(a, &r, t0, t1, x, a->kv_len, top, out, sums);
+  for (int64_t i = 0; i < r.count; ++i)
+    out[i][dv] = sums[i];
+}
+
+static void run_thread(void *ctx, int thread, int threads) {
+  const job *j = ctx;
+  const int64_t items = j->units * j->chunks;
+  for (int64_t w = thread; w < items; w += threads) {
+    if (j->chunks == 1)
+      whole_unit(j, w, thread);
+    else
+      chunk_of_unit(j, w / j->chunks, w % j->chunks);
+  }
+}
+
+/* y of every unit from the chunks' partial sums (chunked runs). */
+static void combine(const job *j) {
+  const int64_t dv = j->a->value_dim;
+  for (int64_t u = 0; u < j->units; ++u) {
+    unit_rows r;
+    unit_rows_of(j, u, &r);
+    for (int64_t i = 0; i < r.count; ++i) {
+      float sum = 0.0f;
+      memset(r.y[i], 0, (size_t)dv * sizeof(float));
+      for (int64_t c = 0; c < j->chunks; ++c) {
+        const float *p = partial_of(j, u, c, i);
+        for (int64_t e = 0; e < dv; ++e)
+          r.y[i][e] += p[e];
+        sum += p[dv];
+      }
+      for (int64_t e = 0; e < dv; ++e)
+        r.y[i][e] /= sum;
+    }
+  }
+}
+
+static int valid(const sail_attention_args *a) {
+  if (!a || a->batch < 0 || a->q_heads < 1 || a->kv_heads < 1 || a->q_heads % a->kv_heads ||
+      a->q_len < 0 || a->kv_len < 0 || a->head_dim < 0 || a->value_dim < 0 ||
+      !isfinite(a->scale) || !isfinite(a->softcap) || a->softcap < 0.0f)
+    return 0;
+  for (int d = 0; d < 3; ++d)
+    if (a->k_strides[d] < 0 || a->v_strides[d] < 0)
+      return 0;
+  for (int d = 0; d < 4; ++d)
+    if (a->mask_strides[d] < 0)
+      return 0;
+  const int64_t rows = a->batch * a->q_heads * a->q_len;
+  if (rows && a->value_dim && !a->y)
+    return 0;
+  return !rows || !a->kv_len || (a->q && a->k && a->v);
+}
+
+int sail_attention(const sail_attention_args *a, sail_pool *pool) {
+  if (!valid(a))
+    return SAIL_ATTENTION_EINVAL;
+  const int64_t rows = a->batch * a->q_heads * a->q_len;
+  if (!rows || !a->value_dim)
+    return SAIL_ATTENTION_OK;
+  if (!a->kv_len) { /* a softmax over no keys weighs nothing */
+    memset(a->y, 0, (size_t)rows * (size_t)a->value_dim * sizeof(float));
+    return SAIL_ATTENTION_OK;
+  }
+  job j = {.a = a, .group_rows = a->q_heads / a->kv_heads * a->q_len};
+  j.blocks = (j.group_rows + ROWS - 1) / ROWS;
+  j.units = a->batch * a->kv_heads * j.blocks;
+  const double work = (double)rows * (double)a->kv_len * (double)(a->head_dim + a->value_dim);
+  if (work < SAIL_ATTENTION_SERIAL_WORK)
+    pool = NULL;
+  const int threads = sail_pool_threads(pool);
+  j.chunks = 1;
+  if (threads > 1 && j.units < 2 * threads) {
+    const int64_t want = (2 * threads + j.units - 1) / j.units;
+    const int64_t most = a->kv_len / MIN_CHUNK;
+    j.chunks = want < most ? want : most;
+    if (j.chunks < 1)
+      j.chunks = 1;
+  }
+  j.chunk_len = (a->kv_len + j.chunks - 1) / j.chunks;
+  j.chunks = (a->kv_len + j.chunk_len - 1) / j.chunk_len;
+  const size_t row_floats = (size_t)ROWS * (size_t)a->kv_len;
+  const size_t score_floats = row_floats * (size_t)(j.chunks == 1 ? threads : j.units);
+  const size_t partial_floats = j.chunks == 1 ? 0
+      : (size_t)j.units * (size_t)j.chunks * ROWS * (size_t)(a->value_dim + 2);
+  float *scratch = malloc((score_floats + partial_floats) * sizeof(float));
+  if (!scratch)
+    return SAIL_ATTENTION_ENOMEM;
+  j.scores = scratch;
+  j.partial = scratch + score_floats;
+  if (j.chunks == 1) {
+    sail_pool_run(pool, run_thread, &j);
+  } else {
+    sail_pool_run(pool, run_thread, &j);
+    j.phase = 1;
+    sail_pool_run(pool, run_thread, &j);
+    combine(&j);
+  }
+  free(scratch);
+  return SAIL_ATTENTION_OK;
+}

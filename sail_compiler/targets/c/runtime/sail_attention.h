@@ -1,0 +1,77 @@
+/* SAIL C runtime: scaled dot-product attention over un-repeated grouped key/value heads.
+ *
+ * Computes the operator sail.attention (sail_compiler/ops/attention.py) in float32: for every
+ * batch b, query head h (kv head g = h / (q_heads / kv_heads)) and query row s,
+ *
+ *   x[t] = (sum_d q[b, h, s, d] * k[b, g, t, d]) * scale
+ *   x[t] = softcap * tanhf(x[t] / softcap)                    only if softcap > 0
+ *   x[t] = x[t] + mask[b, h, s, t]                            only with a mask
+ *   y[b, h, s, :] = sum_t exp(x[t] - max x) * v[b, g, t, :] / sum_t exp(x[t] - max x)
+ *
+ * Keys and values are read where they are, never repeated per query head: the keys and values
+ * of one kv head are read once for all its query heads (4 rows at a time), which is what makes
+ * grouped and multi-query attention cheap. The softmax subtracts each row's maximum (numerically
+ * stable; expf of non-positive arguments). A key whose mask value is -inf or at most -FLT_MAX
+ * for every row of a block is not multiplied: adding such a mask gives the mask value itself
+ * for every score below 2^103 in magnitude, so the scores are exactly what computing them would
+ * give; its exp is then 0 unless every key of the row is masked, and a key whose weight is 0 in
+ * every row is not read from v. Causal and sliding-window masks thus cost what they keep.
+ *
+ * Differences from the graph's float operations: the dot products are summed in 8 interleaved
+ * partial sums (vectorizable), and the weighted values are divided by the sum at the end
+ * instead of normalizing the weights first: rounding-level differences (~1e-7 relative).
+ *
+ * Threads: units of up to SAIL_ATTENTION_ROWS query rows of one (batch, kv head) run on the
+ * pool's threads; when there are fewer such units than threads (a decode step), the context
+ * (the keys) is split into chunks instead: scores in one pass, then weights and partial
+ * weighted sums per chunk in a second, combined on the calling thread.
+ *
+ * Layout: q [batch, q_heads, q_len, head_dim] and y [batch, q_heads, q_len, value_dim] are
+ * contiguous. Keys and values have contiguous rows (head_dim / value_dim floats) at element
+ * offsets b * stride[0] + g * stride[1] + t * stride[2], so a cache with room for more rows than
+ * kv_len (stride[2] = row length, stride[1] = capacity * row length) is read in place. The mask
+ * element of (b, h, s, t) is at b * mask_strides[0] + h * mask_strides[1] + s * mask_strides[2]
+ * + t * mask_strides[3] (a stride of 0 broadcasts that axis).
+ */
+#ifndef SAIL_ATTENTION_H
+#define SAIL_ATTENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sail_threads.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Query rows per work unit: the score blocks and the partial outputs of a unit stay in the
+ * first-level caches for head dims up to 256. */
+#define SAIL_ATTENTION_ROWS 16
+
+typedef struct sail_attention_args {
+  const float *q;
+  const float *k;
+  const float *v;
+  const float *mask; /* NULL: no mask */
+  float *y;
+  int64_t batch, q_heads, kv_heads, q_len, kv_len, head_dim, value_dim;
+  int64_t k_strides[3], v_strides[3]; /* elements per batch, kv head and row */
+  int64_t mask_strides[4];            /* elements per batch, query head, query row and key */
+  float scale;
+  float softcap; /* 0: none */
+} sail_attention_args;
+
+#define SAIL_ATTENTION_OK 0
+#define SAIL_ATTENTION_EINVAL (-1) /* a size, a stride or a pointer is out of range */
+#define SAIL_ATTENTION_ENOMEM (-2) /* the scratch memory could not be allocated */
+
+/* y = attention(q, k, v, mask) on the pool's threads (NULL: the caller only). Returns
+ * SAIL_ATTENTION_OK, SAIL_ATTENTION_EINVAL (nothing written) or SAIL_ATTENTION_ENOMEM. */
+int sail_attention(const sail_attention_args *args, sail_pool *pool);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SAIL_ATTENTION_H */

@@ -1,0 +1,235 @@
+"""The c target's attention: the runtime kernel ``sail_attention.c`` against the NumPy reference
+of ``sail.attention`` (grouped, multi-query, multi-head; masks; decode and prefill; key/value
+rows read in place from a larger cache; one and two threads, so both work splits run), and
+compiled models against onnxruntime (a Hugging Face export and a generated decoder with a KV
+cache): no ``broadcast_to`` left in the generated code, the kernel called once per layer."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from sail_compiler import CompileOptions, compile_model
+from sail_compiler.artifact import Artifact
+from sail_compiler.ops.attention import reference_attention
+from sail_compiler.targets.c.target import RUNTIME_DIR
+
+pytestmark = [pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
+                                 reason="needs a C compiler"),
+              pytest.mark.filterwarnings("ignore:Renaming name:UserWarning")]
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hf"
+MIN = np.finfo(np.float32).min
+RNG = np.random.default_rng(23)
+
+
+class _Args(ctypes.Structure):
+    """``sail_attention_args`` (sail_attention.h)."""
+
+    _fields_ = [("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
+                ("mask", ctypes.c_void_p), ("y", ctypes.c_void_p),
+                *((name, ctypes.c_int64) for name in ("batch", "q_heads", "kv_heads", "q_len",
+                                                      "kv_len", "head_dim", "value_dim")),
+                ("k_strides", ctypes.c_int64 * 3), ("v_strides", ctypes.c_int64 * 3),
+                ("mask_strides", ctypes.c_int64 * 4), ("scale", ctypes.c_float),
+                ("softcap", ctypes.c_float)]
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """sail_attention.c and the thread pool, built as the artifacts' Makefile builds them."""
+    out = tmp_path_factory.mktemp("attention") / "libsail_attention.so"
+    sources = [str(RUNTIME_DIR / name) for name in ("sail_attention.c", "sail_threads.c")]
+    subprocess.run([os.environ.get("CC", "cc"), "-std=c11", "-O3", "-march=native",
+                    "-ffp-contract=off", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra",
+                    "-Werror", "-o", str(out), *sources, "-lm"], check=True)
+    lib = ctypes.CDLL(str(out))
+    lib.sail_pool_create.restype = ctypes.c_void_p
+    lib.sail_pool_destroy.argtypes = [ctypes.c_void_p]
+    lib.sail_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
+    return lib
+
+
+def _run(lib: ctypes.CDLL, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
+         *, scale: float, softcap: float = 0.0, threads: int = 1, kv_len: int | None = None,
+         dv: int | None = None) -> np.ndarray:
+    """Call the kernel; ``k``/``v`` may hold more rows than ``kv_len`` (a cache with room)."""
+    b, hq, s, d = q.shape
+    kv_len = k.shape[2] if kv_len is None else kv_len
+    dv = v.shape[3] if dv is None else dv
+    y = np.full((b, hq, s, dv), np.nan, np.float32)
+    args = _Args(q.ctypes.data, k.ctypes.data, v.ctypes.data,
+                 None if mask is None else mask.ctypes.data, y.ctypes.data,
+                 b, hq, k.shape[1], s, kv_len, d, dv)
+    args.k_strides[:] = [x // 4 for x in k.strides[:3]]
+    args.v_strides[:] = [x // 4 for x in v.strides[:3]]
+    if mask is not None:
+        full = np.broadcast_to(mask, (b, hq, s, kv_len)).strides
+        args.mask_strides[:] = [x // 4 for x in full]
+    args.scale, args.softcap = scale, softcap
+    pool = lib.sail_pool_create(threads) if threads > 1 else None
+    try:
+        status = lib.sail_attention(ctypes.byref(args), pool)
+    finally:
+        if pool:
+            lib.sail_pool_destroy(pool)
+    assert status == 0
+    return y
+
+
+def _mask(kind: str, b: int, s: int, t: int) -> np.ndarray | None:
+    if kind == "none":
+        return None
+    allowed = np.arange(t)[None, :] <= np.arange(t - s, t)[:, None]
+    if kind == "window":
+        allowed &= np.arange(t)[None, :] > np.arange(t - s, t)[:, None] - 40
+    allowed = np.broadcast_to(allowed, (b, 1, s, t)).copy()
+    if kind == "padding":
+        allowed[0, ..., :3] = False
+    mask = np.where(allowed, 0.0, MIN).astype(np.float32)
+    return mask[0, 0] if kind == "causal_2d" else mask
+
+
+# (Hq, Hkv, D, Dv) x (batch, S, T) x mask
+HEADS = [(8, 2, 64, 64), (4, 1, 256, 256), (4, 4, 16, 24), (9, 3, 36, 36)]
+LENGTHS = [(1, 1, 1), (2, 1, 300), (1, 7, 7), (1, 37, 90), (2, 3, 150)]
+MASKS = ["causal", "padding", "window", "none", "causal_2d"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("heads", HEADS)
+def test_kernel_matches_reference(kernel: ctypes.CDLL, heads: tuple, threads: int) -> None:
+    hq, hkv, d, dv = heads
+    for (b, s, t), kind in zip(LENGTHS * 2, MASKS * 2, strict=False):
+        q = RNG.standard_normal((b, hq, s, d)).astype(np.float32)
+        k = RNG.standard_normal((b, hkv, t, d)).astype(np.float32)
+        v = RNG.standard_normal((b, hkv, t, dv)).astype(np.float32)
+        mask = _mask(kind, b, s, t)
+        scale = 1.0 / np.sqrt(d)
+        want = reference_attention(q, k, v, mask, scale=scale)
+        got = _run(kernel, q, k, v, mask, scale=scale, threads=threads)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6,
+                                   err_msg=f"b {b} s {s} t {t} mask {kind}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_reads_rows_in_place_and_soft_caps(kernel: ctypes.CDLL, threads: int) -> None:
+    """Keys and values inside a cache with capacity 512, 300 rows used; soft-capping."""
+    q = RNG.standard_normal((2, 4, 1, 32)).astype(np.float32) * 4
+    cache_k = RNG.standard_normal((2, 2, 512, 32)).astype(np.float32)
+    cache_v = RNG.standard_normal((2, 2, 512, 32)).astype(np.float32)
+    mask = _mask("padding", 2, 1, 300)
+    want = reference_attention(q, cache_k[:, :, :300], cache_v[:, :, :300], mask, scale=0.5,
+                               softcap=20.0)
+    got = _run(kernel, q, cache_k, cache_v, mask, scale=0.5, softcap=20.0, threads=threads,
+               kv_len=300)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_kernel_edge_cases(kernel: ctypes.CDLL) -> None:
+    q = RNG.standard_normal((1, 2, 3, 8)).astype(np.float32)
+    empty = np.zeros((1, 1, 0, 8), np.float32)
+    assert np.all(_run(kernel, q, empty, empty, None, scale=1.0) == 0.0)  # no keys: zeros
+    k = RNG.standard_normal((1, 1, 4, 8)).astype(np.float32)
+    masked = np.full((1, 1, 3, 4), MIN, np.float32)  # every key masked: uniform, as the graph
+    np.testing.assert_allclose(_run(kernel, q, k, k, masked, scale=1.0),
+                               reference_attention(q, k, k, masked, scale=1.0), rtol=1e-6)
+    args = _Args()
+    args.q_heads, args.kv_heads = 4, 3  # 3 does not divide 4
+    assert kernel.sail_attention(ctypes.byref(args), None) == -1
+
+
+# -- compiled models --------------------------------------------------------------------------
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _feeds(model: onnx.ModelProto, batch: int, seq: int, past: int, vocab: int,
+           rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Token ids, a mask with row 0 left-padded, random pasts."""
+    feeds = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name == "input_ids":
+            feeds[value.name] = rng.integers(0, vocab, (batch, seq), dtype=np.int64)
+        elif value.name == "attention_mask":
+            mask = np.ones((batch, past + seq), dtype=np.int64)
+            mask[0, 0] = 0
+            feeds[value.name] = mask
+        else:
+            shape = (batch, dims[1].dim_value, past, dims[3].dim_value)
+            feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize(("model", "vocab"), [("llama_dynamo_kv", 256), ("tiny_kv", 1024)])
+def test_compiled_model_matches_onnxruntime(model: str, vocab: int, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
+    """Float compile for the c target: sail_rt_attention once per layer, no broadcast_to, and
+    prefill and decode steps within 1e-4 relative L2 of onnxruntime."""
+    path = request.getfixturevalue("tiny_decoder_kv") if model == "tiny_kv" \
+        else FIXTURES / f"{model}.onnx"
+    out = tmp_path / "artifact"
+    compile_model(path, out, CompileOptions(target="c"))
+    model_c = (out / "model.c").read_text()
+    layers = 4 if model == "tiny_kv" else 2
+    assert model_c.count("SAIL_TRY(sail_rt_attention(") == layers
+    assert "broadcast_to" not in model_c
+    artifact = Artifact(out)
+    onnx_model = onnx.load(str(path))
+    session = _session(path)
+    rng = np.random.default_rng(5)
+    for batch, seq, past in [(2, 4, 3), (2, 1, 80)]:
+        feeds = _feeds(onnx_model, batch, seq, past, vocab, rng)
+        want = session.run(None, feeds)
+        got = artifact.run(feeds)
+        for name, w in zip([o.name for o in onnx_model.graph.output], want, strict=True):
+            g = got[name]
+            err = np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-30)
+            assert err < 1e-4, f"{model} {name} batch {batch} seq {seq} past {past}: {err}"
+
+
+def test_broadcasts_copy(tmp_path: Path) -> None:
+    """``broadcast_to`` (ONNX Expand) runs as ``sail_rt_broadcast``: repeats of inner, middle
+    and outer axes, a new leading axis, a symbolic dim (at two lengths, one of them 1) and int64
+    data, equal to NumPy. (The importer writes ONNX Tile as a TE kernel of its own; the c
+    target's ``relax.tile`` legalization takes the same runtime path.)"""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"e1": [2, 1, 1, 5], "e2": [3, 1, 4, 1], "e3": [2, 2, 1, 3]}
+    nodes = [helper.make_node("Expand", ["x", "e1"], ["y1"]),  # [1, s, 1, 1] -> [2, s, 1, 5]
+             helper.make_node("Expand", ["x", "e2"], ["y2"]),  # -> [3, s, 4, 1]
+             helper.make_node("Expand", ["i", "e3"], ["y3"])]  # int64 [2, s, 1] -> [2, 2, s, 3]
+    graph = helper.make_graph(nodes, "broadcasts", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", 1, 1]),
+        helper.make_tensor_value_info("i", TensorProto.INT64, [2, "s", 1])], [
+        helper.make_tensor_value_info("y1", TensorProto.FLOAT, [2, "s", 1, 5]),
+        helper.make_tensor_value_info("y2", TensorProto.FLOAT, [3, "s", 4, 1]),
+        helper.make_tensor_value_info("y3", TensorProto.INT64, [2, 2, "s", 3])],
+        [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in consts.items()])
+    model = tmp_path / "broadcasts.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    out = tmp_path / "c"
+    compile_model(model, out, CompileOptions(target="c"))
+    model_c = (out / "model.c").read_text()
+    assert model_c.count("SAIL_TRY(sail_rt_broadcast(") == 3
+    rng = np.random.default_rng(6)
+    for s in (3, 1):
+        x = {"x": rng.standard_normal((1, s, 1, 1)).astype(np.float32),
+             "i": rng.integers(-99, 99, (2, s, 1))}
+        got = Artifact(out).run(x)
+        np.testing.assert_array_equal(got["y1"], np.broadcast_to(x["x"], (2, s, 1, 5)))
+        np.testing.assert_array_equal(got["y2"], np.broadcast_to(x["x"], (3, s, 4, 1)))
+        np.testing.assert_array_equal(got["y3"], np.broadcast_to(x["i"], (2, 2, s, 3)))
