@@ -19,6 +19,7 @@ from . import __version__
 from .artifact import check_output_path
 from .errors import InputError, OptionError, SailError
 from .ir_dump import file_safe
+from .options import DEFAULT_ACT_GROUP_SIZE
 from .pipeline import STAGE_NAMES
 from .quant.plan import PLAN_METHODS
 from .sampling import DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_TOP_K, DEFAULT_TOP_P
@@ -67,6 +68,10 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                    help="also quantize the token embedding tables to B bits (default: float)")
     q.add_argument("--act-bits", type=int, default=8,
                    help="activation width 2..16 quantized matmuls use at run time (default 8)")
+    q.add_argument("--act-group-size", default=None, metavar="N|group|row",
+                   help="consecutive k per activation scale: a divisor or multiple of the "
+                        "weight group size, 'group' (the weight group size) or 'row' (0: one "
+                        f"scale per token row; default {DEFAULT_ACT_GROUP_SIZE})")
     q.add_argument("--bits-plan", type=Path, metavar="PLAN.json",
                    help="per-layer schemes by name pattern (a compile writes its plan next to "
                         "the artifact as quant_plan.json)")
@@ -258,6 +263,8 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
                                 args.calib_samples, args.calib_seq_len)
     return CompileOptions(target=args.target, shapes=shapes, num_threads=args.threads,
                           quant=_scheme(args), skip=tuple(args.skip), act_bits=args.act_bits,
+                          act_group_size=(DEFAULT_ACT_GROUP_SIZE if args.act_group_size is None
+                                          else args.act_group_size),
                           method=args.method, bits_plan=args.bits_plan, avg_bits=args.avg_bits,
                           calib=calib, embedding_bits=args.embedding_bits, sail=args.sail,
                           nbw=args.nbw, pim_types=args.pim_types, pim_config=args.pim_config,

@@ -167,6 +167,7 @@ def compile_model(model_path: str | Path, output: str | Path | None,
             "quant": options.scheme_name,
             "method": options.method,
             "act_bits": options.act_bits,
+            "act_group_size": options.act_group_size,
             "avg_bits": options.avg_bits,
             "skip": list(options.skip),
             "sail": ({"nbw": options.nbw, "pim_types": options.pim_types}

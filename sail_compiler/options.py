@@ -11,8 +11,12 @@ from .passes.convert_pim_types import resolve_placement
 from .quant.calibrate import CalibrationSpec
 from .quant.packing import check_bits
 from .quant.plan import check_method
-from .quant.reference import check_act_bits
+from .quant.reference import check_act_bits, check_act_group_size
 from .quant.scheme import QuantScheme
+
+#: Consecutive k per activation scale when none is given (README, Quantization: measured on
+#: Gemma 3 270M).
+DEFAULT_ACT_GROUP_SIZE: int | str = "row"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,11 @@ class CompileOptions:
         ``fnmatch`` patterns of layer names to keep in float.
     act_bits
         Width b_a (2..16) quantized matmuls quantize their activations to at run time.
+    act_group_size
+        Consecutive k sharing one activation scale (DESIGN.md section 3): a positive integer
+        that nests with every quantized layer's weight group size (a divisor or a multiple of
+        it; :class:`~.quant.reference.ActBlocks`), ``"group"`` (each layer's weight group size)
+        or ``"row"`` (``0``: one scale per token row). Default :data:`DEFAULT_ACT_GROUP_SIZE`.
     method
         How weights are quantized: ``rtn``, ``search`` or ``gptq`` (:mod:`.quant.methods`).
     bits_plan
@@ -84,6 +93,7 @@ class CompileOptions:
     quant: QuantScheme | None = None
     skip: tuple[str, ...] = ()
     act_bits: int = 8
+    act_group_size: int | str = DEFAULT_ACT_GROUP_SIZE
     method: str = "rtn"
     bits_plan: Path | None = None
     avg_bits: float | None = None
@@ -146,6 +156,7 @@ class CompileOptions:
         if self.calib is not None and not quantized:
             raise OptionError("calibration inputs apply to quantized compiles; add --bits")
         check_act_bits(self.act_bits)
+        object.__setattr__(self, "act_group_size", check_act_group_size(self.act_group_size))
         check_nbw(self.nbw)
         resolve_placement(self.pim_types, self.act_bits)
         if self.num_threads is not None and self.num_threads < 1:

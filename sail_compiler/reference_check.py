@@ -5,9 +5,10 @@ records, for every quantized layer, the activations ``x`` that reach it in the c
 the int32 group sums its first kernel computed and the float result of its second. For each
 record the NumPy reference (:mod:`.quant.reference`) recomputes, from the same ``x``:
 
-* the activation quantization and the group sums, which must be **equal** (integers);
-* ``y = quantized_matmul(x, qw)``, which must agree within :data:`Y_TOLERANCE` relative L2
-  (DESIGN.md section 3);
+* the activation quantization (one scale per row and activation block of the compile's
+  ``act_group_size``) and the sums per sum block, which must be **equal** (integers);
+* ``y = quantized_matmul(x, qw, act_bits, act_group)``, which must agree within
+  :data:`Y_TOLERANCE` relative L2 (DESIGN.md section 3);
 
 and, with the layer's float weights, the layer's quantization error ``||y - x W|| / ||x W||``
 (what ``--per-layer`` reports beside bits and size). ``ref_exact`` is true when every record of
@@ -24,7 +25,13 @@ import numpy as np
 
 from .passes.expose_group_sums import RESULT, SUMS
 from .quant.prepare import Quantization
-from .quant.reference import group_sums, quantize_activations, quantized_matmul
+from .quant.reference import (
+    ACT_GROUP_ROW,
+    ActBlocks,
+    block_sums,
+    quantize_activations,
+    quantized_matmul,
+)
 
 #: Largest relative L2 error of a layer's result against the reference (DESIGN.md section 3).
 Y_TOLERANCE = 1e-5
@@ -64,14 +71,18 @@ class ReferenceCheck:
         ``{layer name: W[K, N]}`` float weights for the quantization error (may be partial).
     act_bits
         The activation width the model was compiled with.
+    act_group
+        Its ``act_group_size`` (resolved per layer by :meth:`ActBlocks.resolve`).
     """
 
     def __init__(self, quant: Quantization, layer_names: list[str],
-                 float_weights: dict[str, np.ndarray], act_bits: int) -> None:
+                 float_weights: dict[str, np.ndarray], act_bits: int,
+                 act_group: int | str = ACT_GROUP_ROW) -> None:
         self.by_name = quant.by_name()
         self.names = layer_names
         self.float_weights = float_weights
         self.act_bits = act_bits
+        self.act_group = act_group
         self.layers: dict[str, LayerCheck] = {}
         self.unchecked: set[str] = set()
 
@@ -86,17 +97,18 @@ class ReferenceCheck:
             qw = layer.qw
             check = self.layers.setdefault(name, LayerCheck())
             rows = x.reshape(-1, x.shape[-1])
+            blocks = ActBlocks.resolve(self.act_group, qw.k, qw.group_size)
             if kind == SUMS:
-                xq, _ = quantize_activations(rows, self.act_bits)
-                expected = group_sums(xq, qw)
+                xq, _ = quantize_activations(rows, self.act_bits, blocks.act_group)
+                expected = block_sums(xq, qw, blocks)
                 got = value.reshape(expected.shape)
                 check.sums_checked += expected.size
                 check.sums_mismatched += int(np.count_nonzero(got != expected))
             elif kind == RESULT:
                 check.calls += 1
                 y = value.reshape(-1, qw.n)
-                check.y_rel_err = max(check.y_rel_err,
-                                      rel_l2(y, quantized_matmul(rows, qw, self.act_bits)))
+                want = quantized_matmul(rows, qw, self.act_bits, blocks.act_group)
+                check.y_rel_err = max(check.y_rel_err, rel_l2(y, want))
                 w = self.float_weights.get(name)
                 if w is not None:
                     check.float_rel_err = max(check.float_rel_err,

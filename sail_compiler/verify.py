@@ -265,7 +265,8 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
             probe = Artifact(Path(tmp) / "probe")
             names = {q.layer.name for q in quant.layers if q.qw is not None}
             check = ReferenceCheck(quant, probe.manifest["probe_layers"],
-                                   _float_weights(model_path, names), options.act_bits)
+                                   _float_weights(model_path, names), options.act_bits,
+                                   options.act_group_size)
         entries = []
         seen: list[dict[str, int]] = []
         distinct: list[dict[str, np.ndarray]] = []

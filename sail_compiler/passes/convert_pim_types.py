@@ -5,14 +5,15 @@ integers before they index tables, and the int32 accumulators are dequantized af
 makes both steps explicit operators (:mod:`sail_compiler.ops.sail_ops`) so that targets can place
 and count them. Every ``sail.quant_matmul(x, packed, scale, zero)`` becomes::
 
-    q  = sail.quantize(x)                       act_bits, placement
-    S  = sail.group_sums(q[0], packed, zero)    bits, act_bits, group_size, k, layer
-    y  = sail.dequantize(S, q[1], scale)        placement, layer
+    q  = sail.quantize(x)                       act_bits, act_group, placement
+    S  = sail.group_sums(q[0], packed, zero)    bits, act_bits, group_size, k, act_group, layer
+    y  = sail.dequantize(S, q[1], scale)        group_size, k, act_group, placement, layer
 
 with the same results, bit for bit in the sums (the operators compute the reference's steps).
 
-**Sharing.** The quantized activation depends on ``x`` and ``act_bits`` only, so one
-``sail.quantize`` feeds every quantized matmul of the same ``x`` within a dataflow block: the
+**Sharing.** The quantized activation depends on ``x``, ``act_bits`` and ``act_group`` only,
+so one ``sail.quantize`` feeds every quantized matmul of the same ``x`` (and the same activation
+blocks) within a dataflow block: the
 q, k and v projections of an attention block, the gate and up projections of an MLP. ``stats``
 counts matmuls and quantizations after the pass ran.
 
@@ -55,7 +56,7 @@ class _Converter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, placement: str) -> None:
         super().__init__(mod)
         self.placement = placement
-        self.quantized: dict[tuple[Any, int], tuple[relax.Expr, relax.Expr]] = {}
+        self.quantized: dict[tuple[Any, int, int], tuple[relax.Expr, relax.Expr]] = {}
         self.matmuls = 0
         self.quantizations = 0
 
@@ -67,12 +68,14 @@ class _Converter(relax.PyExprMutator):
         self.quantized = {}
         return super().visit_dataflow_block_(block)
 
-    def _quantized(self, x: relax.Expr, act_bits: int) -> tuple[relax.Expr, relax.Expr]:
-        key = (x if isinstance(x, relax.Var) else None, act_bits)
+    def _quantized(self, x: relax.Expr, act_bits: int,
+                   act_group: int) -> tuple[relax.Expr, relax.Expr]:
+        key = (x if isinstance(x, relax.Var) else None, act_bits, act_group)
         if key[0] is not None and key in self.quantized:
             return self.quantized[key]
         where = resolve_placement(self.placement, act_bits)
-        q = self.builder_.emit(quantize(x, act_bits=act_bits, placement=where))
+        q = self.builder_.emit(quantize(x, act_bits=act_bits, act_group=act_group,
+                                        placement=where))
         pair = (self.builder_.emit(relax.TupleGetItem(q, 0)),
                 self.builder_.emit(relax.TupleGetItem(q, 1)))
         self.quantizations += 1
@@ -86,12 +89,13 @@ class _Converter(relax.PyExprMutator):
             return call
         attrs = attrs_dict(call)
         x, packed, scale, zero = call.args
-        xq, sx = self._quantized(x, attrs["act_bits"])
+        xq, sx = self._quantized(x, attrs["act_bits"], attrs["act_group"])
         layer = layer_name(call)
         sums = self.builder_.emit(group_sums_op(xq, packed, zero, layer=layer, **attrs))
         self.matmuls += 1
         where = resolve_placement(self.placement, attrs["act_bits"])
-        return dequantize(sums, sx, scale, placement=where, layer=layer)
+        return dequantize(sums, sx, scale, group_size=attrs["group_size"], k=attrs["k"],
+                          act_group=attrs["act_group"], placement=where, layer=layer)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ConvertPIMTypes")

@@ -136,11 +136,13 @@ class _Splicer(relax.PyExprMutator):
         if is_sail_op(call, LUT_GEMV):  # fused: split, record both halves
             attrs = op_attrs(call)
             xq, packed, zero, sx, scale = call.args
-            kwargs = {key: attrs[key] for key in ("bits", "act_bits", "group_size", "k", "nbw",
-                                                  "placement", "layer")}
+            kwargs = {key: attrs[key] for key in ("bits", "act_bits", "group_size", "k",
+                                                  "act_group", "nbw", "placement", "layer")}
             sums = self.builder_.emit(self._record_sums(lut_gemv(xq, packed, zero, **kwargs)))
             return self._record_result(self.builder_.normalize(
-                dequantize(sums, sx, scale, placement="host", layer=attrs["layer"])))
+                dequantize(sums, sx, scale, group_size=attrs["group_size"], k=attrs["k"],
+                           act_group=attrs["act_group"], placement="host",
+                           layer=attrs["layer"])))
         if not is_quant_matmul(call):
             return call
         index = len(self.layers)

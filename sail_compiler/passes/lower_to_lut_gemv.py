@@ -57,7 +57,7 @@ class _UseCounter(relax.PyExprVisitor):
 
 
 def _weight_kwargs(attrs: dict) -> dict:
-    return {key: attrs[key] for key in ("bits", "act_bits", "group_size", "k")}
+    return {key: attrs[key] for key in ("bits", "act_bits", "group_size", "k", "act_group")}
 
 
 @relax.expr_functor.mutator
@@ -95,7 +95,8 @@ class _Lowerer(relax.PyExprMutator):
         if is_quant_matmul(call):
             attrs = attrs_dict(call)
             x, packed, scale, zero = call.args
-            q = self.builder_.emit(quantize(x, act_bits=attrs["act_bits"], placement="host"))
+            q = self.builder_.emit(quantize(x, act_bits=attrs["act_bits"],
+                                            act_group=attrs["act_group"], placement="host"))
             xq = self.builder_.emit(relax.TupleGetItem(q, 0))
             sx = self.builder_.emit(relax.TupleGetItem(q, 1))
             self.lowered += 1

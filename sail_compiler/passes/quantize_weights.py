@@ -5,7 +5,9 @@ Rewrites every ``R.matmul(x, W)`` whose ``W`` is a 2-D float32 constant ``[K, N]
 (:mod:`sail_compiler.ops.quant_matmul`) with constants from
 :func:`~sail_compiler.quant.reference.quantize_weights_rtn` and
 :func:`~sail_compiler.quant.packing.pack_bits`. The result is the reference semantics of
-DESIGN.md section 3 (activations quantized per row at run time to ``act_bits``).
+DESIGN.md section 3 (activations quantized at run time to ``act_bits``, one scale per row and
+block of ``act_group`` consecutive k, resolved per layer by
+:meth:`~sail_compiler.quant.reference.ActBlocks.resolve`).
 
 Leaves alone: matmuls of two activations, weights that are not constants (e.g. already lifted to
 parameters), constants that are not 2-D float32, other dtypes of ``x`` or of the result, and
@@ -40,7 +42,13 @@ from ..errors import OptionError, SailError
 from ..ops.quant_matmul import max_abs_group_sum, quant_matmul, weight_constants
 from ..quant.methods import quantize_weight
 from ..quant.plan import weight_key
-from ..quant.reference import QuantizedWeight, check_act_bits
+from ..quant.reference import (
+    ACT_GROUP_ROW,
+    ActBlocks,
+    QuantizedWeight,
+    check_act_bits,
+    check_act_group_size,
+)
 from ..quant.scheme import QuantScheme
 from ._common import applied_entry, rewrite_relax_functions
 
@@ -73,9 +81,11 @@ def _weight_of(call: relax.Call) -> np.ndarray | None:
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, scheme: QuantScheme | None, skip: tuple[str, ...],
-                 act_bits: int, layers: LayerTable | None, method: str) -> None:
+                 act_bits: int, layers: LayerTable | None, method: str,
+                 act_group: int | str) -> None:
         super().__init__(mod)
         self.scheme, self.skip, self.act_bits = scheme, skip, act_bits
+        self.act_group = act_group
         self.layers, self.method = layers, method
         self.labels: list[str] = []
         self.names: list[str] = []
@@ -120,9 +130,15 @@ class _Rewriter(relax.PyExprMutator):
                                  "smaller groups or fewer activation bits")
             return call
         assert qw.k == k and qw.n == n, (name, qw.k, qw.n, weights.shape)
+        try:
+            blocks = ActBlocks.resolve(self.act_group, qw.k, qw.group_size)
+        except OptionError as err:
+            self.problems.append(f"{name}: {err}")
+            return call
         self.applied.append(applied_entry(name, qw))
         return quant_matmul(call.args[0], *weight_constants(qw), bits=qw.bits,
-                            group_size=qw.group_size, k=qw.k, act_bits=self.act_bits, layer=name)
+                            group_size=qw.group_size, k=qw.k, act_bits=self.act_bits,
+                            act_group=blocks.act_group, layer=name)
 
 
 @tvm.transform.module_pass(opt_level=0, name="QuantizeWeights")
@@ -139,6 +155,9 @@ class QuantizeWeights:
         docstring); every pattern must match at least one.
     act_bits
         Activation width b_a (2..16) the rewritten matmuls quantize their inputs to.
+    act_group
+        Consecutive k per activation scale: a positive integer nested with each layer's weight
+        group size, ``"group"`` or ``"row"`` (:class:`~sail_compiler.quant.reference.ActBlocks`).
     layers
         The driver's table of ONNX layers by weight content (module docstring).
     method
@@ -154,15 +173,16 @@ class QuantizeWeights:
     Raises
     ------
     OptionError
-        At construction: ``act_bits`` is out of range. When run: a ``skip`` pattern matches no
-        matmul, or a scheme whose group sums could overflow int32 (all such matmuls listed).
+        At construction: ``act_bits`` or ``act_group`` is out of range. When run: a ``skip``
+        pattern matches no matmul, a scheme whose group sums could overflow int32, or an
+        ``act_group`` that does not nest with a layer's groups (all such matmuls listed).
     SailError
         When run: weights hold inf or nan (all such matmuls listed).
     """
 
     def __init__(self, scheme: QuantScheme | None = None, skip: tuple[str, ...] = (),
                  act_bits: int = 8, layers: LayerTable | None = None,
-                 method: str = "rtn") -> None:
+                 method: str = "rtn", act_group: int | str = ACT_GROUP_ROW) -> None:
         if scheme is None and layers is None:
             raise OptionError("QuantizeWeights needs a scheme (e.g. QuantScheme.parse('w4g128')) "
                               "or a table of quantized layers")
@@ -175,12 +195,13 @@ class QuantizeWeights:
         self.scheme, self.method, self.layers = scheme, method, layers
         self.skip = tuple(skip)
         self.act_bits = check_act_bits(act_bits)
+        self.act_group = check_act_group_size(act_group)
         self.applied: list[dict[str, object]] = []
 
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.scheme, self.skip, self.act_bits, self.layers,
-                             self.method)
+                             self.method, self.act_group)
         rewritten = rewrite_relax_functions(rewriter, mod)
         known = rewriter.labels + rewriter.names
         unmatched = [p for p in self.skip
@@ -195,8 +216,9 @@ class QuantizeWeights:
                 f"skip patterns {unmatched} match no matmul: the module has no matmul with a "
                 "constant float32 weight")
         if rewriter.problems:
-            overflow = any("overflow" in p for p in rewriter.problems)
-            error = OptionError if overflow else SailError
+            options = any("overflow" in p or "activation group size" in p
+                          for p in rewriter.problems)
+            error = OptionError if options else SailError
             raise error(f"cannot quantize {len(rewriter.problems)} matmul weights:\n"
                         + "\n".join(f"  - {p}" for p in rewriter.problems))
         self.applied = rewriter.applied

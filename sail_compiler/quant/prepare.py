@@ -39,7 +39,7 @@ from .plan import (
     unmatched_error,
     weight_key,
 )
-from .reference import QuantizedWeight, dequantize
+from .reference import ActBlocks, QuantizedWeight, dequantize
 from .scheme import QuantScheme
 
 if TYPE_CHECKING:
@@ -133,6 +133,29 @@ def _embedding_choice(options: CompileOptions) -> LayerChoice:
     return LayerChoice(scheme, method, "embedding")
 
 
+def _check_act_groups(layers: list[Layer], choices: list[LayerChoice],
+                      fixed: dict[str, QuantizedWeight], act_group: int | str) -> None:
+    """Every quantized matmul's weight groups must nest with ``--act-group-size``
+    (:class:`~.reference.ActBlocks`); all that do not are listed in one :class:`OptionError`."""
+    problems = []
+    for layer, choice in zip(layers, choices, strict=True):
+        if layer.op_type == "Gather":  # a lookup has no activations
+            continue
+        if layer.name in fixed:
+            group = fixed[layer.name].group_size
+        elif choice.scheme is not None:
+            group = choice.scheme.group_size_for(layer.k)
+        else:
+            continue
+        try:
+            ActBlocks.resolve(act_group, layer.k, group)
+        except OptionError as err:
+            problems.append(f"{layer.name}: {err}")
+    if problems:
+        raise OptionError(f"--act-group-size {act_group} does not fit {len(problems)} "
+                          "quantized layer(s):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bool:
     """GPTQ and ``--avg-bits`` need activations; the search uses them when given."""
     return options.avg_bits is not None or options.calib is not None \
@@ -214,6 +237,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
 
     calibration = hessians = sensitivity = None
     provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
+    _check_act_groups(layers, provisional, fixed, options.act_group_size)
     if needs_calibration(options, provisional):
         from .calibrate import CalibrationSpec
 

@@ -139,6 +139,39 @@ def test_bad_inputs_are_reported() -> None:
         QuantizeWeights(W4G32)(_matmul_module(w))
     with pytest.raises(OptionError, match="activation bits"):
         QuantizeWeights(W4G32, act_bits=1)
+    with pytest.raises(OptionError, match="activation group size must be a positive integer"):
+        QuantizeWeights(W4G32, act_group="block")
+    # the second matmul (K = 32, one group) takes blocks of 24; the first does not
+    with pytest.raises(OptionError, match=r"cannot quantize 1 matmul weights:\n  - matmul.0: "
+                                          r"activation group size 24 does not fit weight groups "
+                                          r"of 32 \(K = 100\).*1, 2, 4, 8, 16, 32"):
+        QuantizeWeights(W4G32, act_group=24)(_matmul_module(_weight(), _weight(N, 16)))
+
+
+@pytest.mark.parametrize(("act_group", "attr"), [("row", K), ("group", 32), (16, 16), (64, 64),
+                                                 (1000, K)])
+def test_act_group_is_resolved_per_layer(act_group: int | str, attr: int) -> None:
+    mod = QuantizeWeights(W4G32, act_group=act_group)(_matmul_module(_weight()))
+    calls = [b.value for b in mod["main"].body.blocks[0].bindings
+             if isinstance(b.value, relax.Call) and b.value.op.name == "sail.quant_matmul"]
+    assert [int(c.attrs["act_group"]) for c in calls] == [attr]
+
+
+@pytest.mark.parametrize("act_group", [16, 64, "group"])
+def test_numerics_with_block_scales(act_group: int | str) -> None:
+    weights = [_weight(), _weight(N, 16)]
+    mod = QuantizeWeights(W4G32, act_group=act_group)(_matmul_module(*weights))
+    vm = relax.VirtualMachine(relax.build(mod, target=tvm.target.Target({"kind": "llvm"})),
+                              tvm.cpu())
+    x = RNG.standard_normal((2, 5, K)).astype(np.float32)
+    x[..., 9] *= 50  # an outlier channel
+    want = x
+    for w in weights:
+        a = 32 if act_group == "group" else act_group
+        want = quantized_matmul(want, quantize_weights_rtn(w, W4G32), 8, min(a, w.shape[0]))
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    # plain relax.build: LLVM may contract the combination into FMAs (the contract's 1e-5)
+    assert np.linalg.norm(got - want) <= 1e-6 * np.linalg.norm(want)
 
 
 def _reference(x: np.ndarray, weights: list[np.ndarray], scheme: QuantScheme) -> np.ndarray:

@@ -20,11 +20,14 @@ from sail_compiler.targets.llvm.schedule import build_pipeline, host_target, low
 from sail_compiler.verify import InputPlan, generate_inputs
 
 
-@pytest.fixture(scope="module")
-def quantized(micro_decoder: Path) -> tuple[tvm.IRModule, list[np.ndarray]]:
-    """The micro decoder after the quantize stage (8 sail.quant_matmul) and two inputs."""
+@pytest.fixture(scope="module", params=["row", 8], ids=["per-row", "blocks-of-8"])
+def quantized(micro_decoder: Path,
+              request: pytest.FixtureRequest) -> tuple[tvm.IRModule, list[np.ndarray]]:
+    """The micro decoder after the quantize stage (8 sail.quant_matmul) and two inputs, with one
+    activation scale per row or per block of 8 (half a weight group)."""
     result = compile_model(micro_decoder, None,
-                           CompileOptions(quant=QuantScheme(3, 16, False), emit="quantize"))
+                           CompileOptions(quant=QuantScheme(3, 16, False), emit="quantize",
+                                          act_group_size=request.param))
     feeds = [generate_inputs(result.signature, InputPlan(seq_len=n, seed=n)) for n in (1, 6)]
     return result.module, [[f[s.name] for s in result.signature.inputs] for f in feeds]
 
@@ -46,7 +49,9 @@ def _sail_calls(mod: tvm.IRModule) -> list[relax.Call]:
 
 
 def _ops(mod: tvm.IRModule) -> Counter:
-    return Counter(call.op.name for call in _sail_calls(mod))
+    """The quantized matmuls' operators (other sail ops, e.g. sail.attention, are not counted)."""
+    return Counter(call.op.name for call in _sail_calls(mod)
+                   if call.op.name != "sail.attention")
 
 
 def _run(mod: tvm.IRModule, inputs: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -71,12 +76,17 @@ def test_convert_pim_types_shares_one_quantization_per_activation(quantized: tup
     # q/k/v share the normed input, gate/up share theirs: o, down and the LM head have their own
     assert ops == Counter({"sail.group_sums": 8, "sail.dequantize": 8, "sail.quantize": 5})
     assert converter.stats == {"matmuls": 8, "quantizations": 5}
+    groups = {op_attrs(c)["act_group"] for c in _sail_calls(mod)
+              if c.op.name == "sail.quant_matmul"}
     for call in _sail_calls(converted):
         if call.op.name in ("sail.quantize", "sail.dequantize"):
             assert op_attrs(call)["placement"] == "pim"
-    # the same numbers: both legalize to the reference's operations in the same order
+        if call.op.name.startswith(("sail.quantize", "sail.group_sums", "sail.dequantize")):
+            assert op_attrs(call)["act_group"] in groups
+    # the same numbers: both legalize to the reference's operations in the same order (the
+    # unfenced quant_combine kernel may contract into FMAs: the contract's 1e-5)
     for before, after in zip(_run(mod, inputs), _run(converted, inputs), strict=True):
-        np.testing.assert_array_equal(after, before)
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5 * np.abs(before).max())
 
 
 def test_wide_activations_are_converted_on_the_host(micro_decoder: Path) -> None:
@@ -132,3 +142,29 @@ def test_no_sail_keeps_the_quantized_matmul(micro_decoder: Path) -> None:
     result = compile_model(micro_decoder, None, CompileOptions(
         quant=QuantScheme(4, 16, False), sail=False, emit="sail"))
     assert _ops(result.module) == Counter({"sail.quant_matmul": 8})
+
+
+def test_per_block_scales_reach_every_sail_op(micro_decoder: Path) -> None:
+    """--act-group-size 8 with groups of 16: every op carries A = 8 and sx has ceil(K / 8)
+    scales per row; 'group' gives A = g = 16."""
+    for spec, act_group in ((8, 8), ("group", 16)):
+        result = compile_model(micro_decoder, None, CompileOptions(
+            quant=QuantScheme(4, 16), act_group_size=spec, emit="sail", pim_types="host"))
+        calls = [c for c in _sail_calls(result.module) if c.op.name != "sail.attention"]
+        assert {c.op.name for c in calls} == {"sail.quantize", "sail.lut_gemv"}
+        for call in calls:
+            assert op_attrs(call)["act_group"] == act_group
+            if call.op.name == "sail.lut_gemv":
+                k = op_attrs(call)["k"]
+                sx = call.args[3].ty
+                assert int(sx.shape[-1]) == -(-k // act_group)
+
+
+def test_act_group_that_does_not_nest_is_an_option_error(micro_decoder: Path) -> None:
+    with pytest.raises(OptionError, match=r"--act-group-size 12 does not fit \d+ quantized "
+                                          r"layer\(s\):\n  - model.*divisor of 16 "
+                                          r"\(1, 2, 4, 8, 16\)"):
+        compile_model(micro_decoder, None, CompileOptions(
+            quant=QuantScheme(4, 16), act_group_size=12, emit="sail"))
+    with pytest.raises(OptionError, match="positive integer, 'row'"):
+        CompileOptions(quant=QuantScheme(4, 16), act_group_size=-8)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ...ops.sail_ops import reference_dequantize, reference_group_sums
 from ...quant.prepare import Quantization
+from ...quant.reference import ACT_GROUP_ROW, ActBlocks
 from ...reference_check import rel_l2
 from .target import MainRunner
 
@@ -34,7 +35,8 @@ def lut_reference_check(out_dir: Path, manifest: dict[str, Any], quant: Quantiza
     Parameters
     ----------
     out_dir, manifest
-        A built c artifact (``sail_main`` present) and its manifest (``lut_layers``).
+        A built c artifact (``sail_main`` present) and its manifest (``lut_layers``,
+        ``act_group_size``).
     quant
         The compile's quantization (the reference weights, by layer name).
     runs
@@ -61,10 +63,13 @@ def lut_reference_check(out_dir: Path, manifest: dict[str, Any], quant: Quantiza
                 if not xq_path.is_file():
                     continue  # not called (e.g. an empty batch)
                 qw = by_name[layer].qw
+                blocks = ActBlocks.resolve(manifest.get("act_group_size", ACT_GROUP_ROW), qw.k,
+                                           qw.group_size)
                 xq = np.load(xq_path)
                 sx = np.load(Path(tmp) / f"lut{index}.sx.npy")
                 y = np.load(Path(tmp) / f"lut{index}.y.npy")
-                expected = reference_dequantize(reference_group_sums(xq, qw), sx, qw.scale)
+                sums = reference_group_sums(xq, qw, blocks.act_group)
+                expected = reference_dequantize(sums, sx, qw.scale, blocks)
                 bad = int(np.count_nonzero(y != expected))
                 calls += 1
                 elements += expected.size
