@@ -11,8 +11,9 @@ the artifact (:func:`prepare_tokenizer`). Files beside it add what ``tokenizer.j
 * ``generation_config.json``: ``eos_token_id`` (one id or a list).
 
 The end-of-sequence ids are those of ``generation_config.json``, else the id of
-``tokenizer_config.json``'s ``eos_token``, else the tokenizer's added tokens with a well-known
-end-of-sequence name (:data:`KNOWN_EOS`); the manifest records which. The template is stored as
+``tokenizer_config.json``'s ``eos_token``, else the tokenizer's special tokens with a well-known
+end-of-sequence name (:data:`KNOWN_EOS`; Gemma's tokenizer also holds ``</s>`` as ordinary
+text); the manifest records which. The template is stored as
 ``chat_template.jinja`` and rendered with Jinja2 in a sandbox, as ``transformers`` does
 (``messages``, ``add_generation_prompt``, the special tokens, ``raise_exception``,
 ``strftime_now``).
@@ -141,9 +142,10 @@ def prepare_tokenizer(source: Path, vocab_bound: int | None) -> StoredTokenizer:
         eos_ids = [tokenizer.token_to_id(specials["eos_token"])]
         eos_source = "tokenizer_config.json"
     else:
-        added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+        added = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
         eos_ids = [tokenizer.token_to_id(name) for name in KNOWN_EOS if name in added]
-        eos_source = "known end-of-sequence tokens of tokenizer.json" if eos_ids else "none"
+        eos_source = ("known end-of-sequence special tokens of tokenizer.json" if eos_ids
+                      else "none")
     if not eos_ids:
         notes.append(f"the tokenizer {source} names no end-of-sequence token (no "
                      "generation_config.json or tokenizer_config.json beside it): generation "

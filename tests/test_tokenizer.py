@@ -54,9 +54,12 @@ def test_eos_ids_come_from_generation_config_then_tokenizer_config_then_names(
     source = _byte_level(tmp_path / "a")
     raw = Tokenizer.from_file(str(source))
     eot, end_of_turn = raw.token_to_id("<|endoftext|>"), raw.token_to_id("<end_of_turn>")
-    known = prepare_tokenizer(source, None).entry  # the added tokens with known names
+    known = prepare_tokenizer(source, None).entry  # the special tokens with known names
     assert known["eos_ids"] == [eot, end_of_turn]
-    assert known["eos_source"] == "known end-of-sequence tokens of tokenizer.json"
+    assert known["eos_source"] == "known end-of-sequence special tokens of tokenizer.json"
+    raw.add_tokens(["</s>"])  # ordinary text in Gemma's tokenizer: not an end
+    raw.save(str(source))
+    assert prepare_tokenizer(source, None).entry["eos_ids"] == [eot, end_of_turn]
     (source.parent / "tokenizer_config.json").write_text(json.dumps(
         {"eos_token": {"content": "<end_of_turn>"}, "bos_token": "<bos>"}))
     stored = prepare_tokenizer(source, None)
