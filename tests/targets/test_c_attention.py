@@ -43,12 +43,15 @@ class _Args(ctypes.Structure):
                 ("softcap", ctypes.c_float)]
 
 
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    """sail_attention.c and the thread pool, built as the artifacts' Makefile builds them."""
+@pytest.fixture(scope="module", params=["native", "portable"])
+def kernel(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """sail_attention.c and the thread pool, built as the artifacts' Makefile builds them, and
+    with -DSAIL_NO_SIMD (plain arrays instead of GNU C vectors)."""
     out = tmp_path_factory.mktemp("attention") / "libsail_attention.so"
     sources = [str(RUNTIME_DIR / name) for name in ("sail_attention.c", "sail_threads.c")]
-    subprocess.run([os.environ.get("CC", "cc"), "-std=c11", "-O3", "-march=native",
+    flags = ["-march=native"] if request.param == "native" else ["-DSAIL_NO_SIMD"]
+    subprocess.run([os.environ.get("CC", "cc"), "-std=c11", "-O3", *flags,
                     "-ffp-contract=off", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra",
                     "-Werror", "-o", str(out), *sources, "-lm"], check=True)
     lib = ctypes.CDLL(str(out))

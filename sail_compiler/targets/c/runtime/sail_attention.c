@@ -20,6 +20,48 @@ enum {
   ROWS = SAIL_ATTENTION_ROWS,
 };
 
+/* 8-lane float vectors: GNU C vector extensions (gcc, clang) keep the accumulators of the
+ * 4 x 4 dot products and of the weighted values in registers, which gcc's auto-vectorizer did
+ * not (it spilled them: 3x slower); other compilers, and builds with -DSAIL_NO_SIMD, get the
+ * same operations on arrays. */
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
+typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
+static inline vec vzero(void) { return (vec){0}; }
+static inline vec vsplat(float x) { return vzero() + x; }
+static inline vec vmuladd(vec acc, vec a, vec b) { return acc + a * b; }
+static inline float vlane(vec v, int l) { return v[l]; }
+#else
+typedef struct vec {
+  float l[LANES];
+} vec;
+static inline vec vzero(void) { return (vec){{0}}; }
+static inline vec vsplat(float x) {
+  vec v;
+  for (int l = 0; l < LANES; ++l)
+    v.l[l] = x;
+  return v;
+}
+static inline vec vmuladd(vec acc, vec a, vec b) {
+  for (int l = 0; l < LANES; ++l)
+    acc.l[l] += a.l[l] * b.l[l];
+  return acc;
+}
+static inline float vlane(vec v, int l) { return v.l[l]; }
+#endif
+
+static inline vec vload(const float *p) {
+  vec v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline float vsum(vec v) {
+  float s = 0.0f;
+  for (int l = 0; l < LANES; ++l)
+    s += vlane(v, l);
+  return s;
+}
+
 /* Below this many multiply-adds per call the pool's wake-up costs more than it saves. */
 #define SAIL_ATTENTION_SERIAL_WORK 32768
 
@@ -63,47 +105,40 @@ static void unit_rows_of(const job *j, int64_t u, unit_rows *r) {
   }
 }
 
-/* out[i] = q[i] . k for 4 rows. */
-static void dot4(const float *const *q, const float *restrict k, int64_t n, float *out) {
-  const float *restrict q0 = q[0], *restrict q1 = q[1], *restrict q2 = q[2], *restrict q3 = q[3];
-  float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+/* out[4 * i + j] = q[i] . k[j] for 4 rows and 4 keys: 16 vector accumulators, each load of a
+ * row or a key serving 4 multiply-adds. */
+static void dot4x4(const float *const *q, const float *const *k, int64_t n, float *out) {
+  vec acc[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j)
+      acc[i][j] = vzero();
   int64_t d = 0;
-  for (; d + LANES <= n; d += LANES)
-    for (int l = 0; l < LANES; ++l) {
-      const float kv = k[d + l];
-      a0[l] += q0[d + l] * kv;
-      a1[l] += q1[d + l] * kv;
-      a2[l] += q2[d + l] * kv;
-      a3[l] += q3[d + l] * kv;
+  for (; d + LANES <= n; d += LANES) {
+    const vec k0 = vload(k[0] + d), k1 = vload(k[1] + d), k2 = vload(k[2] + d),
+              k3 = vload(k[3] + d);
+    for (int i = 0; i < 4; ++i) {
+      const vec qi = vload(q[i] + d);
+      acc[i][0] = vmuladd(acc[i][0], qi, k0);
+      acc[i][1] = vmuladd(acc[i][1], qi, k1);
+      acc[i][2] = vmuladd(acc[i][2], qi, k2);
+      acc[i][3] = vmuladd(acc[i][3], qi, k3);
     }
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-  for (int l = 0; l < LANES; ++l) {
-    s0 += a0[l];
-    s1 += a1[l];
-    s2 += a2[l];
-    s3 += a3[l];
   }
-  for (; d < n; ++d) {
-    s0 += q0[d] * k[d];
-    s1 += q1[d] * k[d];
-    s2 += q2[d] * k[d];
-    s3 += q3[d] * k[d];
-  }
-  out[0] = s0;
-  out[1] = s1;
-  out[2] = s2;
-  out[3] = s3;
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      float s = vsum(acc[i][j]);
+      for (int64_t e = d; e < n; ++e)
+        s += q[i][e] * k[j][e];
+      out[4 * i + j] = s;
+    }
 }
 
-static float dot1(const float *restrict q, const float *restrict k, int64_t n) {
-  float acc[LANES] = {0};
+static float dot1(const float *q, const float *k, int64_t n) {
+  vec acc = vzero();
   int64_t d = 0;
   for (; d + LANES <= n; d += LANES)
-    for (int l = 0; l < LANES; ++l)
-      acc[l] += q[d + l] * k[d + l];
-  float s = 0.0f;
-  for (int l = 0; l < LANES; ++l)
-    s += acc[l];
+    acc = vmuladd(acc, vload(q + d), vload(k + d));
+  float s = vsum(acc);
   for (; d < n; ++d)
     s += q[d] * k[d];
   return s;
@@ -112,40 +147,57 @@ static float dot1(const float *restrict q, const float *restrict k, int64_t n) {
 /* Whether adding mask value m gives m for any score (sail_attention.h). */
 static int dead(float m) { return m <= -FLT_MAX; }
 
-/* x[i * ld + t] for keys t in [t0, t1) of the unit's rows: scaled, capped and masked scores. */
+/* Whether every key t0 .. t0 + keys - 1 is dead for rows i .. i + rows - 1. */
+static int all_dead(const unit_rows *r, int64_t i, int64_t rows, int64_t t0, int64_t keys,
+                    int64_t mt) {
+  if (!r->mask[0])
+    return 0;
+  for (int64_t e = i; e < i + rows; ++e)
+    for (int64_t t = t0; t < t0 + keys; ++t)
+      if (!dead(r->mask[e][t * mt]))
+        return 0;
+  return 1;
+}
+
+/* The score of row e and key t from its dot product: scaled, capped, masked. */
+static float logit(const sail_attention_args *a, const unit_rows *r, int64_t e, int64_t t,
+                   float dot) {
+  float s = dot * a->scale;
+  if (a->softcap > 0.0f)
+    s = a->softcap * tanhf(s / a->softcap);
+  if (r->mask[e])
+    s += r->mask[e][t * a->mask_strides[3]];
+  return s;
+}
+
+/* x[i * ld + t] for keys t in [t0, t1) of the unit's rows: scaled, capped and masked scores.
+ * Keys that are dead for every row of a 4 x 4 block get the mask's value without a product. */
 static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
                        float *x, int64_t ld) {
   const float *k = a->k + r->b * a->k_strides[0] + r->g * a->k_strides[1];
-  const int64_t mt = a->mask_strides[3];
+  const int64_t mt = a->mask_strides[3], ks = a->k_strides[2], d = a->head_dim;
   for (int64_t tile = t0; tile < t1; tile += KEY_TILE) {
     const int64_t end = tile + KEY_TILE < t1 ? tile + KEY_TILE : t1;
     for (int64_t i = 0; i < r->count; i += 4) {
-      const int quad = r->count - i >= 4;
-      for (int64_t t = tile; t < end; ++t) {
-        const int64_t n = quad ? 4 : r->count - i;
-        int all_dead = r->mask[0] != NULL;
-        for (int64_t e = 0; e < n && all_dead; ++e)
-          all_dead = dead(r->mask[i + e][t * mt]);
-        float dots[4];
-        if (all_dead) {
-          for (int64_t e = 0; e < n; ++e)
-            x[(i + e) * ld + t] = r->mask[i + e][t * mt];
-          continue;
+      const int64_t rows = r->count - i < 4 ? r->count - i : 4;
+      for (int64_t t = tile; t < end;) {
+        const int64_t keys = rows == 4 && end - t >= 4 ? 4 : 1;
+        float dots[16];
+        if (all_dead(r, i, rows, t, keys, mt)) {
+          for (int64_t e = i; e < i + rows; ++e)
+            for (int64_t u = t; u < t + keys; ++u)
+              x[e * ld + u] = r->mask[e][u * mt];
+        } else if (keys == 4) {
+          const float *kt[4] = {k + t * ks, k + (t + 1) * ks, k + (t + 2) * ks, k + (t + 3) * ks};
+          dot4x4(&r->q[i], kt, d, dots);
+          for (int64_t e = 0; e < 4; ++e)
+            for (int64_t u = 0; u < 4; ++u)
+              x[(i + e) * ld + t + u] = logit(a, r, i + e, t + u, dots[4 * e + u]);
+        } else {
+          for (int64_t e = i; e < i + rows; ++e)
+            x[e * ld + t] = logit(a, r, e, t, dot1(r->q[e], k + t * ks, d));
         }
-        const float *kt = k + t * a->k_strides[2];
-        if (quad)
-          dot4(&r->q[i], kt, a->head_dim, dots);
-        else
-          for (int64_t e = 0; e < n; ++e)
-            dots[e] = dot1(r->q[i + e], kt, a->head_dim);
-        for (int64_t e = 0; e < n; ++e) {
-          float s = dots[e] * a->scale;
-          if (a->softcap > 0.0f)
-            s = a->softcap * tanhf(s / a->softcap);
-          if (r->mask[i + e])
-            s += r->mask[i + e][t * mt];
-          x[(i + e) * ld + t] = s;
-        }
+        t += keys;
       }
     }
   }
@@ -164,11 +216,12 @@ static void row_max(const unit_rows *r, int64_t t0, int64_t t1, const float *x, 
 }
 
 /* For each row i: x[i][t] = exp(x[i][t] - top[i]) for t in [t0, t1); sums[i] = their sum;
- * out[i][:] = sum_t x[i][t] * v[t, :] (out cleared first). */
+ * out[i][:] = sum_t x[i][t] * v[t, :]. Four rows at a time, 16 values of each in registers
+ * while the keys pass; keys whose weight is 0 in all four rows are not read. */
 static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
                          float *x, int64_t ld, const float *top, float *const *out,
                          float *sums) {
-  const int64_t dv = a->value_dim;
+  const int64_t dv = a->value_dim, vs = a->v_strides[2];
   for (int64_t i = 0; i < r->count; ++i) {
     float *xi = x + i * ld;
     float sum = 0.0f;
@@ -177,23 +230,43 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
       sum += xi[t];
     }
     sums[i] = sum;
-    memset(out[i], 0, (size_t)dv * sizeof(float));
   }
   const float *v = a->v + r->b * a->v_strides[0] + r->g * a->v_strides[1];
-  for (int64_t t = t0; t < t1; ++t) {
-    int any = 0;
-    for (int64_t i = 0; i < r->count && !any; ++i)
-      any = x[i * ld + t] != 0.0f;
-    if (!any)
-      continue;
-    const float *restrict vt = v + t * a->v_strides[2];
-    for (int64_t i = 0; i < r->count; ++i) {
-      const float w = x[i * ld + t];
-      float *restrict o = out[i];
-      if (w != 0.0f)
-        for (int64_t e = 0; e < dv; ++e)
-          o[e] += w * vt[e];
+  for (int64_t i = 0; i < r->count; i += 4) {
+    const int64_t rows = r->count - i < 4 ? r->count - i : 4;
+    const float *w[4];
+    for (int64_t e = 0; e < 4; ++e)
+      w[e] = x + (i + (e < rows ? e : 0)) * ld; /* rows past the unit: weight 0 below */
+    int64_t e0 = 0;
+    for (; e0 + 2 * LANES <= dv; e0 += 2 * LANES) { /* 8 vector accumulators */
+      vec acc[4][2];
+      for (int e = 0; e < 4; ++e)
+        acc[e][0] = acc[e][1] = vzero();
+      for (int64_t t = t0; t < t1; ++t) {
+        float wt[4];
+        for (int e = 0; e < 4; ++e)
+          wt[e] = e < rows ? w[e][t] : 0.0f;
+        if (wt[0] == 0.0f && wt[1] == 0.0f && wt[2] == 0.0f && wt[3] == 0.0f)
+          continue;
+        const vec v0 = vload(v + t * vs + e0), v1 = vload(v + t * vs + e0 + LANES);
+        for (int e = 0; e < 4; ++e) {
+          const vec we = vsplat(wt[e]);
+          acc[e][0] = vmuladd(acc[e][0], we, v0);
+          acc[e][1] = vmuladd(acc[e][1], we, v1);
+        }
+      }
+      for (int64_t e = 0; e < rows; ++e) {
+        memcpy(out[i + e] + e0, &acc[e][0], sizeof(vec));
+        memcpy(out[i + e] + e0 + LANES, &acc[e][1], sizeof(vec));
+      }
     }
+    for (; e0 < dv; ++e0) /* values past the last 16 */
+      for (int64_t e = 0; e < rows; ++e) {
+        float sum = 0.0f;
+        for (int64_t t = t0; t < t1; ++t)
+          sum += w[e][t] * v[t * vs + e0];
+        out[i + e][e0] = sum;
+      }
   }
 }
 
