@@ -63,7 +63,7 @@ static inline float vsum(vec v) {
 }
 
 /* Below this many multiply-adds per call the pool's wake-up costs more than it saves. */
-#define SAIL_ATTENTION_SERIAL_WORK 32768
+#define SAIL_ATTENTION_SERIAL_WORK 262144
 
 typedef struct job {
   const sail_attention_args *a;
