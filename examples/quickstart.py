@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"3. greedy decode, {PROMPT_TOKENS}-token prompt, {args.tokens} tokens, one thread: "
           f"sail c {scheme.name} {ours.decode_tokens_per_second:.0f} tokens/s, onnxruntime fp32 "
           f"{theirs:.0f} tokens/s -> {ours.decode_tokens_per_second / theirs:.2f}x")
-    print(f"   (the same from the shell: sail generate {c_dir} --prompt-ids "
-          f"{','.join(map(str, prompt[:4]))} -n {args.tokens}; sail bench {c_dir})")
+    print(f"   (from the shell: sail generate {c_dir} --prompt-ids {','.join(map(str, prompt))} "
+          f"-n {args.tokens}; sail bench {c_dir})")
 
     pim_dir = work / "pim4"
     result = compile_model(model_path, pim_dir, CompileOptions(target="pim-sim", quant=scheme))
