@@ -21,7 +21,9 @@ import pytest
 
 from sail_compiler.errors import InputError, OptionError
 from sail_compiler.quant.reference import (
+    ActBlocks,
     QuantizedWeight,
+    block_sums,
     group_sums,
     quantize_activations,
     quantize_weights_rtn,
@@ -75,6 +77,38 @@ def test_every_width_matches_reference(build: str, bits: int) -> None:
                 y, sums = lut_gemv(x, lw, threads, build=build)
                 _check(x, qw, y, sums, f"{build} b={bits} g={group_size} sym={symmetric} "
                                        f"rows={rows} threads={threads}")
+
+
+# (group size, act_group): blocks equal to the groups, whole kernel blocks inside them (the
+# kernels finish a sum every act_group / 32 blocks), pieces of 16 rows (stored regrouped),
+# blocks spanning two groups, one group per column split by blocks that do not divide K.
+BLOCKINGS = [(32, 32), (128, 32), (128, 64), (64, 16), (32, 64), (None, 32), (None, 24)]
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_block_scales_match_reference(build: str, bits: int) -> None:
+    """Per-block activation scales: the C quantizer's scales, the exact sums per sum block and
+    y bit for bit as the reference computes them."""
+    runtime = load_runtime(build)
+    for i, (group_size, act_group) in enumerate(BLOCKINGS):
+        qw = _weight(bits, group_size, i % 2 == 1)
+        blocks = ActBlocks(K, qw.group_size, act_group)
+        lw = relayout(qw, act_group)
+        regrouped = blocks.sum_size % 32 != 0 and blocks.sum_size != qw.group_size
+        assert lw.group_size == (blocks.sum_size if regrouped else qw.group_size)
+        for rows in (1, 3, 8):
+            x = _activations(rows)
+            xq, sx = quantize_activations(x, 8, act_group)
+            got_q, got_s = runtime.quantize(x, 8, act_group)
+            np.testing.assert_array_equal(got_s, sx)
+            np.testing.assert_array_equal(got_q, xq)
+            for threads in (1, 2):
+                what = f"{build} b={bits} g={group_size} a={act_group} rows={rows} t={threads}"
+                y, sums = lut_gemv(x, lw, threads, build=build)
+                np.testing.assert_array_equal(sums, block_sums(xq, qw, blocks), err_msg=what)
+                np.testing.assert_array_equal(y, quantized_matmul(x, qw, 8, act_group),
+                                              err_msg=what)
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -204,6 +238,14 @@ def test_bad_input_is_reported() -> None:
         lut_gemv(np.full((2, K), 128), lw, sx=np.ones(2, np.float32))
     with pytest.raises(OptionError, match="valid choices are: native, portable"):
         lut_gemv(np.zeros((2, K), np.float32), lw, build="neon")
+    with pytest.raises(OptionError, match="does not fit weight groups of 32"):
+        relayout(qw, 48)
+    with pytest.raises(OptionError, match="sums of 16 rows inside groups of 32 must be a multiple"):
+        LutWeight(4, lw.k, lw.n, lw.group_size, lw.planes, lw.scales, lw.zeros, 16)
+    blocked = relayout(qw, 8)  # stored in groups of 8: one per sum
+    assert (blocked.group_size, blocked.act_group) == (8, 8)
+    with pytest.raises(InputError, match=r"need scales sx of shape \(2, 25\)"):
+        lut_gemv(np.zeros((2, K), np.int32), blocked, sx=np.ones(2, np.float32))
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -237,6 +279,10 @@ _SANITIZED_RUN = textwrap.dedent("""
             y, sums = runtime.prepare(relayout(qw), rows, threads, sums=True)(xq, sx)
             assert np.array_equal(sums, group_sums(quantize_activations(x)[0], qw))
             assert np.allclose(y, quantized_matmul(x, qw), rtol=1e-5, atol=0)
+        act_group = 32 if group else 48  # per-block scales: sums finished inside the groups
+        xq, sx = runtime.quantize(x, 8, act_group)
+        y, sums = runtime.prepare(relayout(qw, act_group), rows, 2, sums=True)(xq, sx)
+        assert np.array_equal(y, quantized_matmul(x, qw, 8, act_group))
     runtime.close()
     print("sanitized run ok")
 """)

@@ -82,12 +82,16 @@ def test_kv_decoder_several_lengths_one_artifact(tiny_decoder_kv: Path) -> None:
     assert all(e["rel_l2_err"] < 1e-4 for e in report["outputs"]), report["outputs"]
 
 
-@pytest.mark.parametrize(("bits", "model"), [(4, "tiny_decoder_kv"), (3, "micro_decoder")])
-def test_quantized_matches_llvm(bits: int, model: str, request: pytest.FixtureRequest,
-                                tmp_path: Path) -> None:
+@pytest.mark.parametrize(("bits", "model", "act_group"), [
+    (4, "tiny_decoder_kv", "row"), (3, "micro_decoder", "row"),
+    # per-block scales: sums of 32 rows inside groups of 128 (K = 128, 352), blocks of 8 in
+    # groups of 16 and 8 (K = 16, 24: stored regrouped)
+    (4, "tiny_decoder_kv", 32), (2, "micro_decoder", 8)])
+def test_quantized_matches_llvm(bits: int, model: str, act_group: int | str,
+                                request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """The c artifact computes what llvm does: verify's reference check runs on an llvm build
     of the same quantized weights and compares its outputs with the c artifact's."""
-    options = CompileOptions(target="c", quant=QuantScheme(bits, 128))
+    options = CompileOptions(target="c", quant=QuantScheme(bits, 128), act_group_size=act_group)
     plans = [InputPlan(seq_len=4, past_len=0), InputPlan(seq_len=1, past_len=5)]
     report = verify_model(request.getfixturevalue(model), options, plans,
                           artifact_dir=tmp_path / "c")

@@ -189,6 +189,7 @@ class _Lut:
     k: int
     n: int
     group_size: int
+    act_group: int  # columns per activation scale (K: one per token)
     planes: int  # weight indices
     scales: int
     zeros: int  # -1: symmetric (implicit zero point 2**(bits-1))
@@ -407,7 +408,8 @@ class _Graph:
         self.steps.append(_Call(gvar.name_hint, [*args, *outputs, *tir_vars], outputs, layers))
 
     def lut_call(self, var: relax.Var, call: relax.Call) -> None:
-        """``R.call_dps_packed("sail_lut_gemv", (xq, sx, packed, zero, scale, bits, g, k))``."""
+        """``R.call_dps_packed("sail_lut_gemv", (xq, sx, packed, zero, scale, bits, g, k,
+        act_group))``."""
         where = f"{var.name} = R.call_dps_packed({LUT_SYMBOL}, ...)"
         fields = list(call.args[1].fields)
         xq, sx = (self.value(f, where) for f in fields[:2])
@@ -415,22 +417,22 @@ class _Graph:
         if not all(isinstance(c, tvm.ir.GenericConst) for c in (packed, zero, scale)):
             self.problems.append(f"{where}: the weight operands are not constants")
             return
-        bits, group_size, k = (int(f.value) for f in fields[5:8])
+        bits, group_size, k, act_group = (int(f.value) for f in fields[5:9])
         zeros = zero.value.numpy()
         n_groups, n = zeros.shape
         q = unpack_bits(packed.value.numpy(), bits, n_groups * group_size, axis=0)
         symmetric = bits > 1 and bool(np.all(zeros == 1 << (bits - 1)))
         qw = QuantizedWeight(q, scale.value.numpy(), None if symmetric else
                              zeros.astype(np.uint8), bits, group_size, k)
-        lut = relayout(qw)
+        lut = relayout(qw, act_group)
         layer = self.weight_names.get(packed.value.data_ptr(), (None, None))[0]
         layer = layer or f"lut_{len(self.luts)}"
         planes = self.add_weight(lut.planes, layer, "lut_planes")
         scales = self.add_weight(lut.scales, layer, "lut_scales")
         zero_index = -1 if lut.zeros is None else \
             self.add_weight(lut.zeros, layer, "lut_zeros").index
-        self.luts.append(_Lut(layer, bits, k, n, group_size, planes.index, scales.index,
-                              zero_index))
+        self.luts.append(_Lut(layer, bits, k, n, lut.group_size, lut.act_group, planes.index,
+                              scales.index, zero_index))
         output = self.temp(var.name, call.ty_args[0])
         self.values[var] = output
         if isinstance(xq, _Buffer) and isinstance(sx, _Buffer):
@@ -627,12 +629,14 @@ def _tables(graph: _Graph) -> list[str]:
         lines.append("    {NULL, SAIL_FLOAT32, 0, {0}},")
     lines += ["};", f"enum {{ NUM_WEIGHTS = {len(graph.weights)} }};", "",
               "/* Weights re-laid out for the runtime's LUT-GEMV kernels (sail_lut.h): layer, "
-              "bits, K, N,", " * group size, and the tensors of its bit-plane indices, scales "
-              "and zero points (-1: none). */", "static const sail_lut_spec LUTS[] = {"]
+              "bits, K, N,", " * group size, columns per activation scale, and the tensors of "
+              "its bit-plane indices, scales", " * and zero points (-1: none). */",
+              "static const sail_lut_spec LUTS[] = {"]
     lines += [f"    {{{_c_string(lut.layer)}, {lut.bits}, {lut.k}, {lut.n}, {lut.group_size}, "
-              f"{lut.planes}, {lut.scales}, {lut.zeros}}}," for lut in graph.luts]
+              f"{lut.act_group}, {lut.planes}, {lut.scales}, {lut.zeros}}},"
+              for lut in graph.luts]
     if not graph.luts:
-        lines.append("    {NULL, 0, 0, 0, 0, -1, -1, -1},")
+        lines.append("    {NULL, 0, 0, 0, 0, 0, -1, -1, -1},")
     lines += ["};", f"enum {{ NUM_LUTS = {len(graph.luts)} }};", "",
               f"const int sail_model_num_inputs = {len(graph.inputs)};",
               f"const int sail_model_num_outputs = {len(graph.outputs)};",

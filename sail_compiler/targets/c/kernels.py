@@ -31,7 +31,13 @@ import numpy as np
 
 from ...errors import InputError, OptionError, SailError, valid_choices
 from ...quant.packing import check_bits
-from ...quant.reference import MIN_ACT_BITS, QuantizedWeight, check_act_bits
+from ...quant.reference import (
+    MIN_ACT_BITS,
+    ActBlocks,
+    QuantizedWeight,
+    check_act_bits,
+    split_groups,
+)
 
 #: The C sources of the runtime (package data).
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
@@ -75,7 +81,8 @@ class LutWeight:
     Attributes
     ----------
     bits, k, n, group_size
-        Code width b (1..8), K, N and g of the source weight.
+        Code width b (1..8), K, N and g of the stored groups (the source weight's g, or its sum
+        blocks when :func:`relayout` regrouped it).
     planes
         uint8 ``[n_tiles * n_groups * blocks_per_group * bits * 64]``: the bit-plane index bytes
         or, for 4 and 8 bits, the codes themselves (``sail_lut.h``, codes layout).
@@ -85,6 +92,9 @@ class LutWeight:
     zeros
         uint8 ``[n_tiles, n_groups, 16]`` zero points in the same order, or None for symmetric
         weights (implicit zero point ``2**(bits-1)``).
+    act_group
+        Columns A per activation scale (None or above K: one per token, stored as K); the sum
+        blocks (:class:`~sail_compiler.quant.reference.ActBlocks`) are g or a multiple of 32.
     """
 
     bits: int
@@ -94,6 +104,7 @@ class LutWeight:
     planes: np.ndarray
     scales: np.ndarray
     zeros: np.ndarray | None
+    act_group: int | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "weight bits")
@@ -102,6 +113,13 @@ class LutWeight:
             problems.append(f"k, n and group_size must be >= 1, got {self.k}, {self.n}, "
                             f"{self.group_size}")
         else:
+            blocks = ActBlocks(self.k, self.group_size,
+                               self.k if self.act_group is None else self.act_group)
+            object.__setattr__(self, "act_group", blocks.act_group)
+            if blocks.sum_size != self.group_size and blocks.sum_size % BLOCK_K:
+                problems.append(f"sums of {blocks.sum_size} rows inside groups of "
+                                f"{self.group_size} must be a multiple of {BLOCK_K} (relayout "
+                                "regroups such weights)")
             want = {"planes": ((self.n_tiles * self.n_groups * self.blocks_per_group
                                 * self.bits * 64,), np.uint8),
                     "scales": ((self.n_tiles, self.n_groups, TILE_N), np.float32)}
@@ -131,6 +149,11 @@ class LutWeight:
     def n_tiles(self) -> int:
         """``ceil(n / 16)``."""
         return -(-self.n // TILE_N)
+
+    @property
+    def blocks(self) -> ActBlocks:
+        """The activation blocks and sum blocks of the kernels' contract (``sail_lut.h``)."""
+        return ActBlocks(self.k, self.group_size, self.act_group)
 
     @property
     def symmetric(self) -> bool:
@@ -202,13 +225,19 @@ def _tile_codes(q: np.ndarray, bits: int) -> np.ndarray:
     return halves.transpose(4, 0, 1, 2, 5, 6, 3)              # [tiles, G, bpg, q, h, i, r]
 
 
-def relayout(qw: QuantizedWeight) -> LutWeight:
+def relayout(qw: QuantizedWeight, act_group: int | None = None) -> LutWeight:
     """Re-lay out a quantized weight into the C kernels' order (compile time).
 
     Parameters
     ----------
     qw
         Codes ``q[K_pad, N]``, scales and (optional) zero points ``[n_groups, N]``.
+    act_group
+        Columns A per activation scale (None: one per token). When the sum blocks split the
+        weight groups into pieces that are not whole blocks of 32 rows, the weight is stored
+        regrouped into its sum blocks (:func:`~sail_compiler.quant.reference.split_groups`:
+        each with its group's scale and zero point), so that every sum the kernels finish is one
+        stored group.
 
     Returns
     -------
@@ -218,6 +247,9 @@ def relayout(qw: QuantizedWeight) -> LutWeight:
         Rows past K and past each group's end, and columns past N, are padding with code 0
         (and scale 0 for columns).
     """
+    blocks = ActBlocks(qw.k, qw.group_size, qw.k if act_group is None else act_group)
+    if blocks.sum_size != qw.group_size and blocks.sum_size % BLOCK_K:
+        qw = split_groups(qw, blocks)
     bits, g, k, n = qw.bits, qw.group_size, qw.k, qw.n
     n_groups, bpg, n_tiles = qw.n_groups, -(-g // BLOCK_K), -(-n // TILE_N)
     column, plane = vector_slots(bits)
@@ -242,7 +274,8 @@ def relayout(qw: QuantizedWeight) -> LutWeight:
         return np.ascontiguousarray(out.transpose(1, 0, 2))
 
     zeros = None if qw.zero is None else tiled(qw.zero, np.uint8)
-    return LutWeight(bits, k, n, g, planes.reshape(-1), tiled(qw.scale, np.float32), zeros)
+    return LutWeight(bits, k, n, g, planes.reshape(-1), tiled(qw.scale, np.float32), zeros,
+                     blocks.act_group)
 
 
 # ---- ctypes harness ----------------------------------------------------------------------------
@@ -252,6 +285,8 @@ class _Weight(ctypes.Structure):
     _fields_ = [("bits", ctypes.c_int), ("k", ctypes.c_int), ("n", ctypes.c_int),
                 ("group_size", ctypes.c_int), ("n_groups", ctypes.c_int),
                 ("blocks_per_group", ctypes.c_int), ("n_tiles", ctypes.c_int),
+                ("act_group", ctypes.c_int), ("n_act_blocks", ctypes.c_int),
+                ("sum_size", ctypes.c_int), ("n_sums", ctypes.c_int),
                 ("planes", ctypes.c_void_p), ("scales", ctypes.c_void_p),
                 ("zeros", ctypes.c_void_p)]
 
@@ -351,7 +386,8 @@ class LutRuntime:
         lib.sail_lut_workspace_size.restype = ctypes.c_size_t
         lib.sail_lut_workspace_size.argtypes = [ctypes.POINTER(_Weight), ctypes.c_int]
         lib.sail_quantize_rows.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                                           ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+                                           ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                           ctypes.c_void_p]
         lib.sail_lut_gemv.argtypes = [ctypes.POINTER(_Weight), ctypes.c_void_p, ctypes.c_void_p,
                                       ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                       ctypes.c_void_p, ctypes.c_void_p]
@@ -391,17 +427,21 @@ class LutRuntime:
             self._pools[int(threads)] = pool
         return self._pools[int(threads)]
 
-    def quantize(self, x: np.ndarray, act_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """C ``sail_quantize_rows``: float32 ``x[T, K]`` -> (int8 ``xq[T, K]``, float32 ``sx[T]``).
+    def quantize(self, x: np.ndarray, act_bits: int = 8,
+                 act_group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """C ``sail_quantize_rows``: float32 ``x[T, K]`` -> (int8 ``xq[T, K]``, float32
+        ``sx[T, ceil(K / act_group)]``; ``sx[T]`` for ``act_group=None``, one scale per row).
 
         Raises
         ------
         OptionError
             ``act_bits`` outside 2..8.
         InputError
-            ``x`` is not a 2-D float array with K >= 1, or is not finite.
+            ``x`` is not a 2-D float array with K >= 1, or is not finite; ``act_group`` < 1.
         """
         act_bits = _check_act_bits(act_bits)
+        if act_group is not None and (isinstance(act_group, bool) or act_group < 1):
+            raise InputError(f"act_group must be a positive integer, got {act_group!r}")
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] < 1 or not np.issubdtype(x.dtype, np.floating):
             raise InputError(f"activations must be a 2-D float array [T, K], got {x.dtype} "
@@ -409,12 +449,14 @@ class LutRuntime:
         x = np.ascontiguousarray(x, np.float32)
         if not np.all(np.isfinite(x)):
             raise InputError("activations hold inf or nan; quantization needs finite values")
+        k = x.shape[1]
+        a = k if act_group is None else min(int(act_group), k)
         xq = np.empty(x.shape, np.int8)
-        sx = np.empty(x.shape[0], np.float32)
-        rc = self._lib.sail_quantize_rows(_ptr(x), x.shape[0], x.shape[1], act_bits, _ptr(xq),
+        sx = np.empty((x.shape[0], -(-k // a)), np.float32)
+        rc = self._lib.sail_quantize_rows(_ptr(x), x.shape[0], k, act_bits, a, _ptr(xq),
                                           _ptr(sx))
         assert rc == 0, f"sail_quantize_rows returned {rc}"
-        return xq, sx
+        return xq, (sx[:, 0] if act_group is None else sx)
 
     def prepare(self, weight: LutWeight, rows: int, threads: int = 1, *,
                 sums: bool = False) -> PreparedGemv:
@@ -435,9 +477,12 @@ class PreparedGemv:
             raise InputError(f"rows must be a positive integer, got {rows!r}")
         self.runtime, self.weight, self.rows = runtime, weight, int(rows)
         self._pool = runtime.pool(threads)
+        blocks = weight.blocks
         self._struct = _Weight(weight.bits, weight.k, weight.n, weight.group_size,
                                weight.n_groups, weight.blocks_per_group, weight.n_tiles,
-                               _ptr(weight.planes), _ptr(weight.scales), _ptr(weight.zeros))
+                               blocks.act_group, blocks.n_blocks, blocks.sum_size,
+                               blocks.n_sums, _ptr(weight.planes), _ptr(weight.scales),
+                               _ptr(weight.zeros))
         lib = runtime._lib
         if lib.sail_lut_check(ctypes.byref(self._struct)) != 0:
             raise OptionError("the C runtime rejects this weight layout (sail_lut_check)")
@@ -446,12 +491,13 @@ class PreparedGemv:
         offset = -raw.ctypes.data % 64
         self._workspace = raw[offset: offset + size]
         self.y = np.empty((self.rows, weight.n), np.float32)
-        self.sums = np.empty((self.rows, weight.n_groups, weight.n), np.int32) if sums else None
+        self.sums = np.empty((self.rows, blocks.n_sums, weight.n), np.int32) if sums else None
         self._xq = np.empty((self.rows, weight.k), np.int8)
-        self._sx = np.empty(self.rows, np.float32)
+        self._sx = np.empty((self.rows, blocks.n_blocks), np.float32)
 
     def __call__(self, xq: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Run on int8 ``xq[rows, K]`` (C-contiguous) and float32 ``sx[rows]``."""
+        """Run on int8 ``xq[rows, K]`` and float32 ``sx[rows, ceil(K / act_group)]``
+        (C-contiguous)."""
         rc = self.runtime._lib.sail_lut_gemv(
             ctypes.byref(self._struct), xq.ctypes.data, sx.ctypes.data, self.rows,
             self.y.ctypes.data, _ptr(self.sums), self._workspace.ctypes.data, self._pool)
@@ -464,8 +510,8 @@ class PreparedGemv:
         No checks beyond the C library's own: this is the timed path of the benchmarks.
         """
         rc = self.runtime._lib.sail_quantize_rows(x.ctypes.data, self.rows, self.weight.k,
-                                                  act_bits, self._xq.ctypes.data,
-                                                  self._sx.ctypes.data)
+                                                  act_bits, self.weight.act_group,
+                                                  self._xq.ctypes.data, self._sx.ctypes.data)
         assert rc == 0, f"sail_quantize_rows returned {rc}"
         return self(self._xq, self._sx)
 
@@ -507,14 +553,15 @@ def lut_gemv(x: np.ndarray, weight: LutWeight, threads: int = 1, *, sx: np.ndarr
     ----------
     x
         float ``[T, K]`` activations (quantized by the C ``sail_quantize_rows`` with
-        ``act_bits``), or integer ``[T, K]`` already quantized values in -128..127 (then ``sx``
-        is required).
+        ``act_bits`` and the weight's ``act_group``), or integer ``[T, K]`` already quantized
+        values in -128..127 (then ``sx`` is required).
     weight
         :func:`relayout` of the quantized weight.
     threads
         Threads of the call (1..256).
     sx
-        float32 ``[T]`` activation scales of integer ``x``.
+        float32 ``[T, ceil(K / act_group)]`` activation scales of integer ``x`` (``[T]`` for one
+        per row).
     act_bits
         Activation width for float ``x``, 2..8.
     build
@@ -525,7 +572,7 @@ def lut_gemv(x: np.ndarray, weight: LutWeight, threads: int = 1, *, sx: np.ndarr
     y : numpy.ndarray
         float32 ``[T, N]``.
     sums : numpy.ndarray
-        int32 ``[T, n_groups, N]``, the exact group sums.
+        int32 ``[T, J, N]``, the exact sums per sum block (per group for one scale per row).
 
     Raises
     ------
@@ -538,15 +585,17 @@ def lut_gemv(x: np.ndarray, weight: LutWeight, threads: int = 1, *, sx: np.ndarr
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != weight.k or x.shape[0] < 1:
         raise InputError(f"activations must be [T, {weight.k}] with T >= 1, got shape {x.shape}")
+    n_blocks = weight.blocks.n_blocks
     if np.issubdtype(x.dtype, np.floating):
-        xq, sx = runtime.quantize(x, act_bits)
+        xq, sx = runtime.quantize(x, act_bits, weight.act_group)
     elif np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < -128 or x.max() > 127):
             raise InputError(f"quantized activations must fit int8, got {x.min()}..{x.max()}")
-        if sx is None or np.shape(sx) != (x.shape[0],):
-            raise InputError(f"integer activations need scales sx of shape ({x.shape[0]},)")
+        shapes = [(x.shape[0], n_blocks)] + ([(x.shape[0],)] if n_blocks == 1 else [])
+        if sx is None or np.shape(sx) not in shapes:
+            raise InputError(f"integer activations need scales sx of shape {shapes[0]}")
         xq = np.ascontiguousarray(x, np.int8)
-        sx = np.ascontiguousarray(sx, np.float32)
+        sx = np.ascontiguousarray(np.reshape(sx, (x.shape[0], n_blocks)), np.float32)
     else:
         raise InputError(f"activations must be float or integer, got {x.dtype}")
     y, sums = runtime.prepare(weight, x.shape[0], threads, sums=True)(xq, sx)

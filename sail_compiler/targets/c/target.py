@@ -174,7 +174,8 @@ def legalize_c_lut_gemv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     """``sail.lut_gemv`` for the c target.
 
     Calls the runtime kernels can take become ``R.call_dps_packed("sail_lut_gemv", (xq, sx,
-    packed, zero, scale, bits, group_size, k))``, which :mod:`.emit` turns into a call of the
+    packed, zero, scale, bits, group_size, k, act_group))``, which :mod:`.emit` turns into a call
+    of the
     runtime with the re-laid-out weight; the others (integer sums, activations wider than 8
     bits) get TVM's table kernel, without ``llvm.arithmetic.fence`` (the library compiles with
     ``-ffp-contract=off``).
@@ -184,7 +185,7 @@ def legalize_c_lut_gemv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     attrs = op_attrs(call)
     xq, packed, zero, sx, scale = call.args
     scalars = [relax.prim_value(tvm.tirx.IntImm("int64", attrs[key]))
-               for key in ("bits", "group_size", "k")]
+               for key in ("bits", "group_size", "k", "act_group")]
     return relax.call_dps_packed(relax.ExternFunc(LUT_SYMBOL),
                                  relax.Tuple([xq, sx, packed, zero, scale, *scalars]), call.ty)
 

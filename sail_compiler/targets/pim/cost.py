@@ -1,8 +1,12 @@
 """SAIL's timing and energy model: pure functions of an op's shape and a :class:`MachineConfig`.
 
 Notation: a LUT-GEMV layer ``y[B, N] = x[B, K] @ W[K, N]`` with b-bit weights in groups of g,
-b_a-bit activations, NBW weights per table, batch B. Chunking follows :mod:`..quant.lut`:
-``G = ceil(K / g)`` groups, ``cpg = ceil(g / NBW)`` chunks per group, ``C = G * cpg`` chunks.
+b_a-bit activations with one scale per token and block of A consecutive k, NBW weights per
+table, batch B. The sums are taken per *sum block* of ``g_s`` rows
+(:class:`~...quant.reference.ActBlocks`: ``g_s = g`` when A is a multiple of g or A = K, else
+``g_s = A``, a weight group split at activation-block boundaries). Chunking follows
+:mod:`..quant.lut` over the sum blocks: ``G = ceil(K / g_s)`` sums, ``cpg = ceil(g_s / NBW)``
+chunks per sum, ``C = G * cpg`` chunks (below, "group" is a sum block).
 The machine has ``S`` slices of ``a`` arrays of ``R`` rows x ``Cb`` columns at ``f`` GHz
 (``A = S * a`` arrays), ``F_s`` data-feeding modules per slice.
 
@@ -62,15 +66,21 @@ Per-component formulas (cycles are array cycles unless named otherwise)
     ``r``: ``(b_a + 1) * (m + 1)``; align by the exponent difference through a 5-stage log
     shifter: ``5 * (b_a + 1)``; round half to even, clamp and apply the sign: ``3 * (b_a +
     1)``; read the ``b_a`` bit planes out to the feeders. ``B * K`` values on all ``A * Cb``
-    lanes; the per-token maxima of the ``ceil(K / Cb)`` arrays holding a token combine in a
-    tree of NoC hops.
+    lanes; the maxima of the ``ceil(min(A, K) / Cb)`` arrays holding one activation block
+    combine in a tree of NoC hops. Per-block maxima (A < K) take one wired-OR per block of
+    bit-lines (assumption: the sense amplifiers' OR is segmented at power-of-two boundaries, as
+    the columns of a block are adjacent), so they cost the same passes as one per row.
   - dequantize the int32 partial group sums (:func:`dequantize_pass_cycles`): write the 32
     rows; int -> float (leading-one search ``32`` + normalising shift ``5 * 32``); multiply by
     the group scale ``s[grp, n]``: ``m * (m + 1)``; float add into the output (align ``5m``, add
     ``m + 1``, normalise ``5m``). ``B * N * sum_u groups(u)`` sums (one per unit and group it
-    touches) on the ``A_u * Cb`` lanes of the busy arrays.
+    touches) on the ``A_u * Cb`` lanes of the busy arrays. With per-block activation scales
+    (A < K) each sum is also multiplied by its token's block scale ``sx[t, blk]`` before the
+    add (one more ``m * (m + 1)`` per pass): the in-memory, per-group dequantization of
+    DESIGN.md section 3.
   - final scaling by the token scale ``sx[t]`` after the reduction, in the tiles' home arrays:
-    ``B * N`` values on ``min(A, T) * Cb`` lanes, ``m * (m + 1)`` cycles a pass.
+    ``B * N`` values on ``min(A, T) * Cb`` lanes, ``m * (m + 1)`` cycles a pass. Only with one
+    scale per row; per-block scales were applied per group.
 
   ``placement="host"`` runs the dequantization on the cores instead (:func:`host_op_cost`).
 * **activation_broadcast**: the ``B * K * b_a / 8`` bytes of quantized activations are multicast
@@ -113,6 +123,7 @@ import numpy as np
 from ...errors import OptionError, valid_choices
 from ...ops.sail_ops import PLACEMENTS
 from ...quant.patterns import LookupSchedule, ReuseConfig, ReuseCounts, count_reuse
+from ...quant.reference import ActBlocks
 from .config import MachineConfig
 
 __all__ = [
@@ -284,12 +295,12 @@ def quantize_pass_cycles(act_bits: int, config: MachineConfig) -> int:
             + act_bits * cs.row_read_cycles)
 
 
-def dequantize_pass_cycles(config: MachineConfig) -> int:
+def dequantize_pass_cycles(config: MachineConfig, per_block: bool = False) -> int:
     """Array cycles to turn one pass of ``columns`` int32 group sums into scaled float32 and add
-    them into the outputs."""
+    them into the outputs; ``per_block`` adds the multiply by the block's activation scale."""
     int_to_float = ACC_BITS + _LOG_SHIFTER_STAGES * ACC_BITS
-    return (ACC_BITS * config.csram.row_write_cycles + int_to_float + fp_mul_cycles()
-            + fp_add_cycles())
+    return (ACC_BITS * config.csram.row_write_cycles + int_to_float
+            + (2 if per_block else 1) * fp_mul_cycles() + fp_add_cycles())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,16 +498,18 @@ def _passes(values: float, lanes: int) -> float:
 
 
 def quantize_cost(k: int, *, act_bits: int, batch: int, config: MachineConfig,
-                  placement: str = "pim") -> Cost:
-    """``sail.quantize`` of ``B`` rows of ``K`` float32 values to ``act_bits`` integers.
+                  placement: str = "pim", act_group: int | None = None) -> Cost:
+    """``sail.quantize`` of ``B`` rows of ``K`` float32 values to ``act_bits`` integers, one
+    scale per row and block of ``act_group`` values (None: per row).
 
     In the arrays (``placement="pim"``): ``launch + max(1, B * K / (A * Cb)) *
     quantize_pass_cycles / f + levels * hop``, the levels of a max-combining tree over the
-    ``ceil(K / Cb)`` arrays of a token. On the host: 5 flops per value (abs-max, scale, round,
-    convert, clamp) and its bytes through the LLC.
+    ``ceil(min(act_group, K) / Cb)`` arrays of an activation block. On the host: 5 flops per
+    value (abs-max, scale, round, convert, clamp) and its bytes through the LLC.
     """
     k, batch = _check_int("k", k, 1), _check_int("batch", batch, 1)
     act_bits = _check_int("act_bits", act_bits, 2, 16)
+    block = k if act_group is None else min(_check_int("act_group", act_group, 1), k)
     values = batch * k
     if _check_placement(placement) == "host":
         return host_op_cost(config, flops=5.0 * values,
@@ -504,7 +517,7 @@ def quantize_cost(k: int, *, act_bits: int, batch: int, config: MachineConfig,
     cs, noc = config.csram, config.noc
     cycles = quantize_pass_cycles(act_bits, config)
     convert_ns = _passes(values, config.arrays * cs.columns) * cycles / cs.clock_ghz
-    combine_ns = _log2_levels(_ceil_div(k, cs.columns)) * noc.hop_cycles / noc.clock_ghz
+    combine_ns = _log2_levels(_ceil_div(block, cs.columns)) * noc.hop_cycles / noc.clock_ghz
     total = cs.launch_ns + convert_ns + combine_ns
     energy = values * cycles * config.energy.bitline_op_pj_per_bit
     return _sail_cost(total, config, {"type_conversion": convert_ns + combine_ns},
@@ -518,7 +531,8 @@ def _pipeline_ns(fetch_ns: float, compute_ns: float, stages: float) -> float:
 
 def lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int, nbw: int,
                   batch: int, config: MachineConfig, reuse: Reuse = 0.0,
-                  placement: str = "pim", lane_bits: int | None = None) -> Cost:
+                  placement: str = "pim", lane_bits: int | None = None,
+                  act_group: int | None = None) -> Cost:
     """``sail.lut_gemv`` with its dequantization: ``y[B, N] = x[B, K] @ W[K, N]`` on SAIL.
 
     Parameters
@@ -540,6 +554,9 @@ def lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int, 
     lane_bits
         Bits of a table-entry lane (``e .. csram.columns``); None costs every lane width from
         ``e`` to :func:`max_entry_bits` and returns the fastest (:func:`best_lane_bits`).
+    act_group
+        Columns A per activation scale (None: one per row); sets the sum blocks and the
+        per-group dequantization (module docstring).
 
     Returns
     -------
@@ -554,7 +571,7 @@ def lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int, 
         (:func:`plan_tiling`).
     """
     kw = {"bits": bits, "act_bits": act_bits, "group_size": group_size, "nbw": nbw,
-          "batch": batch, "config": config, "placement": placement}
+          "batch": batch, "config": config, "placement": placement, "act_group": act_group}
     if lane_bits is not None:
         return _lut_gemv_cost(k, n, reuse=reuse, lane_bits=lane_bits, **kw)
     return min(_lane_costs(k, n, reuse, kw).values(), key=lambda c: c.total_ns)
@@ -562,10 +579,10 @@ def lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int, 
 
 def best_lane_bits(k: int, n: int, *, bits: int, act_bits: int, group_size: int, nbw: int,
                    batch: int, config: MachineConfig, reuse: Reuse = 0.0,
-                   placement: str = "pim") -> int:
+                   placement: str = "pim", act_group: int | None = None) -> int:
     """The lane width :func:`lut_gemv_cost` chooses (the fastest, the narrowest on ties)."""
     kw = {"bits": bits, "act_bits": act_bits, "group_size": group_size, "nbw": nbw,
-          "batch": batch, "config": config, "placement": placement}
+          "batch": batch, "config": config, "placement": placement, "act_group": act_group}
     costs = _lane_costs(k, n, reuse, kw)
     return min(costs, key=lambda lane: costs[lane].total_ns)
 
@@ -583,8 +600,11 @@ def _lane_costs(k: int, n: int, reuse: Reuse, kw: dict) -> dict[int, Cost]:
 
 def _lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int, nbw: int,
                    batch: int, config: MachineConfig, reuse: Reuse, placement: str,
-                   lane_bits: int | None) -> Cost:
-    t = plan_tiling(k, n, bits=bits, group_size=group_size, nbw=nbw, config=config,
+                   lane_bits: int | None, act_group: int | None) -> Cost:
+    group_size = _check_int("group_size", group_size, 1)
+    blocks = ActBlocks(_check_int("k", k, 1), group_size, k if act_group is None else act_group)
+    per_block = not blocks.per_row
+    t = plan_tiling(k, n, bits=bits, group_size=blocks.sum_size, nbw=nbw, config=config,
                     lane_bits=lane_bits)
     batch = _check_int("batch", batch, 1)
     act_bits = _check_int("act_bits", act_bits, 2, 16)
@@ -611,8 +631,9 @@ def _lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int,
     read_ns = (lookups - hits) * cs.row_read_cycles * per_feeder / f
     accumulate_ns = lookups * cs.shift_accumulate_cycles * per_feeder / f
     compute_ns = construct_ns + read_ns + accumulate_ns
+    dequant_cycles = dequantize_pass_cycles(config, per_block)
     dequant_ns = 0.0 if host_dequant else (
-        _passes(sums, t.arrays_busy * cs.columns) * dequantize_pass_cycles(config) / f)
+        _passes(sums, t.arrays_busy * cs.columns) * dequant_cycles / f)
 
     fetch_bytes = weight_bytes(k, n, bits=bits, group_size=group_size, config=config)
     fetch_ns = config.dram.latency_ns + fetch_bytes / config.dram.effective_gbps
@@ -629,7 +650,8 @@ def _lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int,
         reduction_ns = bus_bytes / (t.slices_used * cs.slice_bus_bytes_per_cycle * f)
         reduce_lanes = 0
         final_ns = final_energy = 0.0
-        host = host_op_cost(config, flops=3.0 * sums, llc_bytes=bus_bytes)
+        host = host_op_cost(config, flops=(4.0 if per_block else 3.0) * sums,
+                            llc_bytes=bus_bytes)
     else:
         word = FLOAT_BITS / 8 * batch
         bus_bytes = t.intra_columns_total * word
@@ -640,9 +662,12 @@ def _lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int,
                         + cross_bytes / (t.slices_used * link_bw)
                         + t.cross_levels * (hop_ns + add_ns))
         reduce_lanes = (t.intra_columns_total + t.cross_columns) * batch
-        final_ns = (_passes(batch * n, min(config.arrays, t.col_tiles) * cs.columns)
-                    * fp_mul_cycles() / f)
-        final_energy = batch * n * fp_mul_cycles() * en.bitline_op_pj_per_bit
+        if per_block:  # every sum was scaled by its block's sx already
+            final_ns = final_energy = 0.0
+        else:
+            final_ns = (_passes(batch * n, min(config.arrays, t.col_tiles) * cs.columns)
+                        * fp_mul_cycles() / f)
+            final_energy = batch * n * fp_mul_cycles() * en.bitline_op_pj_per_bit
         host = None
 
     stages = blocks / t.arrays_busy
@@ -665,7 +690,7 @@ def _lut_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int,
         "lookups": (lookups - hits) * cs.columns * en.sram_read_pj_per_bit,
         "shift_accumulate": lookups * t.entries_per_row * en.accumulate_pj_per_lane,
         "type_conversion": (0.0 if host_dequant else
-                            sums * dequantize_pass_cycles(config) * en.bitline_op_pj_per_bit)
+                            sums * dequant_cycles * en.bitline_op_pj_per_bit)
                            + final_energy,
         "activation_broadcast": act_bytes * t.slices_used * en.noc_pj_per_byte_hop,
         "reduction": ((bus_bytes + cross_bytes) * en.noc_pj_per_byte_hop

@@ -19,10 +19,12 @@ type conversions as three offload commands, and everything else as host work:
     ``intra_levels`` float adds), then across the slices holding the tile over the NoC to the
     slice of the tile's first unit (``cross_levels`` levels).
 ``QUANT``
-    One ``sail.quantize``: float32 rows -> ``act_bits`` integers and a scale per row, in the
-    arrays (bit-serial, lane-parallel; :func:`.cost.quantize_cost`) or on the host.
+    One ``sail.quantize``: float32 rows -> ``act_bits`` integers and a scale per row and block of
+    ``act_group`` values, in the arrays (bit-serial, lane-parallel; :func:`.cost.quantize_cost`)
+    or on the host.
 ``DEQUANT``
-    One ``sail.dequantize``: int32 group sums -> float32 outputs. The LUT-GEMV whose sums it
+    One ``sail.dequantize``: int32 sums (one per sum block: a weight group, split at
+    activation-block boundaries) -> float32 outputs. The LUT-GEMV whose sums it
     reads does it as the last phase of the same command (its cost includes it: ``fused_into``
     names that instruction), in the arrays or on the host by its ``placement``.
 ``HOST``
@@ -140,9 +142,9 @@ class Instruction:
     name
         The layer (LUTGEMV, DEQUANT), the layers a QUANT feeds, or the host kernel.
     attrs
-        The descriptor: for LUTGEMV ``k, n, bits, act_bits, group_size, nbw, output,
-        placement, dequant_placement, schedule``; QUANT ``k, act_bits, placement``; DEQUANT
-        ``n, groups, placement, fused_into``.
+        The descriptor: for LUTGEMV ``k, n, bits, act_bits, group_size, act_group, nbw, output,
+        placement, dequant_placement, schedule``; QUANT ``k, act_bits, act_group, placement``;
+        DEQUANT ``n, groups, k, group_size, act_group, placement, fused_into``.
     inputs, outputs
         Operand names (Relax variables of the lowered ``main``).
     mapping

@@ -34,6 +34,7 @@ import tvm
 from tvm import relax
 
 from ...errors import ArtifactError, OptionError
+from ...ops.quant_matmul import act_blocks
 from ...ops.sail_ops import DEQUANTIZE, LUT_GEMV, QUANTIZE, is_sail_op, op_attrs
 from .config import ConfigError, MachineConfig
 from .cost import best_lane_bits, plan_tiling
@@ -224,18 +225,20 @@ def _lut_gemv_entry(call: relax.Call, config: MachineConfig) -> Instruction:
     if n < 1:
         raise OptionError(f"sail.lut_gemv of layer {layer} has no static N; the pim-sim target "
                           "maps weights of fixed shape only")
-    kw = {"bits": attrs["bits"], "group_size": attrs["group_size"], "nbw": attrs["nbw"],
-          "config": config}
+    blocks = act_blocks(call)
+    kw = {"bits": attrs["bits"], "nbw": attrs["nbw"], "config": config}
     try:
         lane = best_lane_bits(attrs["k"], n, act_bits=attrs["act_bits"], batch=1, reuse=0.0,
-                              **kw)
-        tiling = plan_tiling(attrs["k"], n, lane_bits=lane, **kw)
+                              group_size=attrs["group_size"], act_group=blocks.act_group, **kw)
+        # chunks never straddle a sum block: the tables are laid out per sum block
+        tiling = plan_tiling(attrs["k"], n, lane_bits=lane, group_size=blocks.sum_size, **kw)
     except OptionError as err:
         # OptionError, not ConfigError: raised inside a pass, it crosses TVM's FFI by name.
         raise OptionError(f"layer {layer} (K={attrs['k']}, N={n}) does not fit machine "
                           f"'{config.name}': {err}") from err
     descriptor = {"k": attrs["k"], "n": n, "bits": attrs["bits"], "act_bits": attrs["act_bits"],
-                  "group_size": attrs["group_size"], "nbw": attrs["nbw"],
+                  "group_size": attrs["group_size"], "act_group": blocks.act_group,
+                  "nbw": attrs["nbw"],
                   "output": attrs["output"], "placement": attrs["placement"],
                   "dequant_placement": "pim" if attrs["output"] == "float" else "host",
                   "schedule": "dedup" if attrs.get("lookup_schedule") == "dedup" else "table"}
@@ -251,11 +254,13 @@ def _entry(call: relax.Call, config: MachineConfig) -> Instruction:
         x_ty = call.args[0].ty
         k = _static(x_ty.shape[-1]) if x_ty.shape is not None else -1
         return Instruction(-1, QUANT, "", {"k": k, "act_bits": attrs["act_bits"],
+                                           "act_group": attrs["act_group"],
                                            "placement": attrs["placement"]})
     s_ty = call.args[0].ty
     shape = list(s_ty.shape) if s_ty.shape is not None else [-1, -1]
     return Instruction(-1, DEQUANT, attrs.get("layer") or "?",
-                       {"n": _static(shape[-1]), "groups": _static(shape[-2]),
+                       {"n": _static(shape[-1]), "groups": _static(shape[-2]), "k": attrs["k"],
+                        "group_size": attrs["group_size"], "act_group": attrs["act_group"],
                         "placement": attrs["placement"], "fused_into": -1})
 
 

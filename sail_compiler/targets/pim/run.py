@@ -151,7 +151,8 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
         if instr.opcode == QUANT:
             op: Op = QuantizeOp(instr.name, "quantize", a["k"])
             sail = quantize_cost(a["k"], act_bits=a["act_bits"], batch=call.tokens,
-                                 config=config, placement=a["placement"])
+                                 config=config, placement=a["placement"],
+                                 act_group=a.get("act_group"))
             base_ns = sum(sail.time_ns[c] for c in PIM_COMPUTE)
             records.append(_record(op, sail, bits=bits, act_bits=a["act_bits"],
                                    group_size=group_size, tokens=call.tokens, config=config,
@@ -164,7 +165,7 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
                 else call.patterns
             kw = {"bits": a["bits"], "act_bits": a["act_bits"], "group_size": a["group_size"],
                   "nbw": a["nbw"], "batch": call.tokens, "config": config,
-                  "placement": a["dequant_placement"],
+                  "placement": a["dequant_placement"], "act_group": a.get("act_group"),
                   "lane_bits": instr.mapping.tiling.lane_bits}
             sail = lut_gemv_cost(a["k"], a["n"], reuse=pattern_reuse, **kw)
             base = lut_gemv_cost(a["k"], a["n"], reuse=0.0, **kw)
@@ -200,6 +201,7 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
         totals[machine] = total
     placement = luts[0].attrs["dequant_placement"] if luts else "pim"
     workload = Workload(bits=bits, batch=tokens, act_bits=act_bits, group_size=group_size,
+                        act_group=luts[0].attrs.get("act_group") if luts else None,
                         nbw=luts[0].attrs["nbw"] if luts else None, placement=placement)
     fits = v100_fits([r.op for r in records], bits=bits, group_size=group_size, batch=tokens,
                      config=config)

@@ -68,6 +68,8 @@ class Workload:
         Where the type conversions run: ``"pim"`` or ``"host"``.
     amortize_dequant
         The N1 baseline dequantizes each weight once per step instead of once per token.
+    act_group
+        Columns per activation scale (None: one per row; larger than a layer's K: the same).
     """
 
     bits: int
@@ -77,6 +79,7 @@ class Workload:
     nbw: int | None = None
     placement: str = "pim"
     amortize_dequant: bool = False
+    act_group: int | None = None
 
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
@@ -315,13 +318,19 @@ def _op_key(op: Op, reuse: float | None) -> tuple[Any, ...]:
     return (type(op).__name__, *fields, reuse)
 
 
+def _act_group(workload: Workload, k: int) -> int | None:
+    """The workload's activation blocks for a layer of reduction ``k`` (at most K)."""
+    return None if workload.act_group is None else min(workload.act_group, k)
+
+
 def _cost_op(op: Op, workload: Workload, nbw: int, reuse: float | None,
              config: MachineConfig) -> OpRecord:
     w, batch = workload, workload.batch
     no_reuse_ns = 0.0
     if isinstance(op, GemvOp):
         kw = {"bits": w.bits, "act_bits": w.act_bits, "group_size": w.group_size, "nbw": nbw,
-              "batch": batch, "config": config, "placement": w.placement}
+              "batch": batch, "config": config, "placement": w.placement,
+              "act_group": _act_group(w, op.k)}
         lane = best_lane_bits(op.k, op.n, reuse=reuse, **kw)
         sail = lut_gemv_cost(op.k, op.n, reuse=reuse, lane_bits=lane, **kw)
         # the same layout without the reuse tables
@@ -329,7 +338,7 @@ def _cost_op(op: Op, workload: Workload, nbw: int, reuse: float | None,
         no_reuse_ns = sum(base.time_ns[c] for c in PIM_COMPUTE)
     elif isinstance(op, QuantizeOp):
         sail = quantize_cost(op.k, act_bits=w.act_bits, batch=batch, config=config,
-                             placement=w.placement)
+                             placement=w.placement, act_group=w.act_group)
         no_reuse_ns = sum(sail.time_ns[c] for c in PIM_COMPUTE)
     else:
         sail = host_op_cost(config, flops=batch * op.flops, dram_bytes=batch * op.dram_bytes,

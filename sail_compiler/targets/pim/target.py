@@ -9,14 +9,18 @@ Lowering: :class:`~.program.LowerToSAILProgram` replaces every ``sail.quantize``
 preset name or a TOML file (:func:`resolve_config`; default ``sail-n1``).
 
 Execution (:class:`Executor`): ``sail.pim.exec`` runs each command in NumPy, exactly as the
-hardware computes it. QUANT is :func:`~sail_compiler.ops.sail_ops.reference_quantize`. LUTGEMV
-builds the SAIL weight tables of its layer once (:func:`~sail_compiler.quant.lut.sail_tables`)
-and reads them with the deduplicated lookup schedule of the call's activations
+hardware computes it. QUANT is :func:`~sail_compiler.ops.sail_ops.reference_quantize` (one
+scale per row and activation block). LUTGEMV builds the SAIL weight tables of its layer once
+(:func:`~sail_compiler.quant.lut.sail_tables`, per sum block: the weight groups, split at
+activation-block boundaries by :func:`~sail_compiler.quant.reference.split_groups`) and reads
+them with the deduplicated lookup schedule of the call's activations
 (:func:`~sail_compiler.quant.patterns.lookup_schedule`), shift-accumulating the bit planes: the
-int32 group sums equal :func:`~sail_compiler.ops.sail_ops.reference_group_sums`. DEQUANT (and
-the fused dequantization of ``output="float"``) is
-:func:`~sail_compiler.ops.sail_ops.reference_dequantize`: ``sum_grp (s * sx) * float32(S)`` in
-float32, group by group from 0, each product rounded before the add; the llvm kernels compute
+int32 sums equal :func:`~sail_compiler.ops.sail_ops.reference_group_sums`. DEQUANT (and the
+fused dequantization of ``output="float"``) is
+:func:`~sail_compiler.ops.sail_ops.reference_dequantize`: ``sum_j (s * sx) * float32(S)`` in
+float32, sum block by sum block from 0, each product rounded before the add (the in-memory,
+per-group dequantization: each sum meets its group's and its block's scale); the llvm kernels
+compute
 exactly that (``llvm.arithmetic.fence`` keeps LLVM from contracting them into FMAs), so outputs
 are bit-identical to the llvm target's.
 With recording on, the executor also keeps every command's token count
@@ -47,6 +51,7 @@ from ...passes import LiftWeightsToParams
 from ...quant.lut import activation_patterns, chunk_layout, sail_tables
 from ...quant.packing import unpack_bits
 from ...quant.patterns import lookup_schedule
+from ...quant.reference import ActBlocks, QuantizedWeight, split_groups
 from ...weights_file import read_weights, write_weights
 from ..base import Runner, TargetBackend, register_target
 from ..llvm.schedule import build_pipeline, host_target, lowering_passes
@@ -172,36 +177,43 @@ class Executor:
         instr = self.by_slot[int(slot)]
         arrays = [a.numpy() for a in args]
         a = instr.attrs
+        act_group = a.get("act_group", a["k"])  # programs without it: one scale per row
         if instr.opcode == QUANT:
-            xq, sx = reference_quantize(arrays[0], a["act_bits"])
+            xq, sx = reference_quantize(arrays[0], a["act_bits"], act_group)
             self._note(instr, int(np.prod(arrays[0].shape[:-1])))
             return [tvm.runtime.tensor(xq), tvm.runtime.tensor(sx)]
+        blocks = ActBlocks(a["k"], a["group_size"], act_group)
         if instr.opcode == DEQUANT:
-            return tvm.runtime.tensor(reference_dequantize(arrays[0], arrays[1], arrays[2]))
+            return tvm.runtime.tensor(reference_dequantize(arrays[0], arrays[1], arrays[2],
+                                                           blocks))
         xq = arrays[0]
-        sums = self._lut_gemv(instr, xq.reshape(-1, xq.shape[-1]), arrays[1], arrays[2])
+        sums = self._lut_gemv(instr, blocks, xq.reshape(-1, xq.shape[-1]), arrays[1], arrays[2])
         sums = sums.reshape(*xq.shape[:-1], *sums.shape[1:])
         if a["output"] == "float":
-            return tvm.runtime.tensor(reference_dequantize(sums, arrays[3], arrays[4]))
+            return tvm.runtime.tensor(reference_dequantize(sums, arrays[3], arrays[4], blocks))
         return tvm.runtime.tensor(sums)
 
     def _note(self, instr: Instruction, tokens: int, patterns: np.ndarray | None = None) -> None:
         if self.record:
             self.calls.append(OffloadCall(instr, tokens, patterns))
 
-    def _lut_gemv(self, instr: Instruction, xq: np.ndarray, packed: np.ndarray,
-                  zero: np.ndarray) -> np.ndarray:
+    def _lut_gemv(self, instr: Instruction, blocks: ActBlocks, xq: np.ndarray,
+                  packed: np.ndarray, zero: np.ndarray) -> np.ndarray:
         a = instr.attrs
-        layout = chunk_layout(a["k"], a["group_size"], a["nbw"])
+        size = blocks.sum_size  # the tables are laid out per sum block
+        layout = chunk_layout(a["k"], size, a["nbw"])
         if instr.id not in self._tables:  # weights are constant: tables are built once
             k_pad = zero.shape[0] * a["group_size"]
             q = unpack_bits(packed, a["bits"], k_pad, axis=0)
-            self._tables[instr.id] = sail_tables(q, zero, group_size=a["group_size"],
+            qw = split_groups(QuantizedWeight(q, np.ones(zero.shape, np.float32),
+                                              zero.astype(np.uint8), a["bits"],
+                                              a["group_size"], a["k"]), blocks)
+            self._tables[instr.id] = sail_tables(qw.q, qw.zero_points(), group_size=size,
                                                  nbw=a["nbw"])
         tables = self._tables[instr.id]
         if xq.shape[0] == 0:
-            return np.zeros((0, zero.shape[0], zero.shape[1]), np.int32)
-        patterns = activation_patterns(xq, group_size=a["group_size"], nbw=a["nbw"],
+            return np.zeros((0, blocks.n_sums, zero.shape[1]), np.int32)
+        patterns = activation_patterns(xq, group_size=size, nbw=a["nbw"],
                                        act_bits=a["act_bits"])
         self._note(instr, xq.shape[0], patterns)
         sums = lookup_schedule(patterns).apply(tables, chunks_per_group=layout.chunks_per_group)

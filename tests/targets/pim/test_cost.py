@@ -127,6 +127,36 @@ def test_lut_gemv_golden_by_hand() -> None:
     assert c.bytes == pytest.approx({"dram": 1184, "noc": 256, "slice_bus": 128, "llc": 0})
 
 
+def test_per_block_scales_golden_by_hand() -> None:
+    """Per-block activation scales: each sum is also multiplied by its block's sx in the arrays
+    (dequantize passes of 1089 + 600 cycles) and the final per-token scaling goes away; blocks
+    smaller than the groups split the sums (more of them), the tables stay the same size."""
+    kw = {"bits": 4, "act_bits": 4, "group_size": 32, "nbw": 2, "batch": 2, "config": TINY,
+          "reuse": 0.25, "lane_bits": 6}
+    row = lut_gemv_cost(128, 16, **kw)
+    same = lut_gemv_cost(128, 16, act_group=128, **kw)  # one block of K: per row
+    assert same.total_ns == row.total_ns and same.energy_pj == row.energy_pj
+    for act_group, sums in ((32, 128), (64, 128), (16, 256)):
+        c = lut_gemv_cost(128, 16, act_group=act_group, **kw)
+        # A = 32, 64: a sum per group (2 + 2 per tile's units); A = 16: sums of 16 rows, 4 + 4
+        assert c.events["converted_values"] == sums
+        assert c.events["table_blocks"] == row.events["table_blocks"] == 256
+        # one pass either way (at most 256 sums on 8 x 32 lanes), no final scaling
+        assert c.time_ns["type_conversion"] == pytest.approx(1089 + 600)
+        assert c.energy_pj["type_conversion"] == pytest.approx(sums * (1089 + 600) / 16)
+        # here the same total: one pass of 1089 + 600 cycles replaces one of 1089 and the
+        # final scaling pass of 600
+        assert c.total_ns == pytest.approx(row.total_ns)
+    host = lut_gemv_cost(128, 16, act_group=32, **{**kw, "placement": "host"})
+    host_row = lut_gemv_cost(128, 16, **{**kw, "placement": "host"})
+    assert host.time_ns["host"] > host_row.time_ns["host"]  # 4 flops per sum instead of 3
+    # quantization: a block of 32 values lies in one array: no max-combining tree
+    assert quantize_cost(128, act_bits=4, batch=2, config=TINY, act_group=32).total_ns == \
+        pytest.approx(10 + 236)
+    assert quantize_cost(128, act_bits=4, batch=2, config=TINY, act_group=64).total_ns == \
+        pytest.approx(10 + 236 + 1)
+
+
 def test_layout_choice_is_the_fastest_lane() -> None:
     kw = {"bits": 4, "act_bits": 4, "group_size": 32, "nbw": 2, "batch": 2, "config": TINY,
           "reuse": 0.25}

@@ -17,7 +17,7 @@ from sail_compiler.driver import compile_model
 from sail_compiler.errors import OptionError
 from sail_compiler.ops.sail_ops import reference_dequantize, reference_group_sums
 from sail_compiler.options import CompileOptions
-from sail_compiler.quant.reference import quantize_weights_rtn
+from sail_compiler.quant.reference import ActBlocks, quantize_weights_rtn
 from sail_compiler.quant.scheme import QuantScheme
 from sail_compiler.targets.pim import preset
 from sail_compiler.targets.pim.config import ConfigError
@@ -71,26 +71,36 @@ def test_program_files_and_manifest(artifacts):
 
 
 @pytest.mark.parametrize("output", ["sums", "float"])
-def test_executor_matches_the_numpy_reference(output):
+@pytest.mark.parametrize("act_group", [40, 16, 8, 32], ids=["per-row", "a16", "a8", "a32"])
+def test_executor_matches_the_numpy_reference(output, act_group):
+    """Per-row and per-block activation scales: blocks equal to the groups, inside them (the
+    tables are built per sum block), spanning two groups."""
     rng = np.random.default_rng(0)
     k, n, g = 40, 24, 16
     qw = quantize_weights_rtn(rng.standard_normal((k, n)).astype(np.float32),
                               QuantScheme(3, group_size=g))
-    attrs = {"k": k, "n": n, "bits": 3, "act_bits": 8, "group_size": g, "nbw": 2,
-             "output": output, "placement": "pim", "dequant_placement": "pim",
-             "schedule": "table", "slot": 0}
+    blocks = ActBlocks(k, g, act_group)
+    attrs = {"k": k, "n": n, "bits": 3, "act_bits": 8, "group_size": g,
+             "act_group": act_group, "nbw": 2, "output": output, "placement": "pim",
+             "dequant_placement": "pim", "schedule": "table", "slot": 0}
     executor = Executor(Program(preset("tiny"), [Instruction(0, LUTGEMV, "l", attrs)]))
     xq = rng.integers(-127, 128, (2, 3, k)).astype(np.int8)
-    sx = rng.random((2, 3)).astype(np.float32)
+    sx = rng.random((2, 3, blocks.n_blocks)).astype(np.float32)
     args = [xq, qw.packed(), qw.zero_points().astype(np.int32)]
     if output == "float":
         args += [sx, qw.scale]
     got = executor(0, *(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args)).numpy()
-    sums = reference_group_sums(xq, qw)
+    sums = reference_group_sums(xq, qw, act_group)
+    assert sums.shape == (2, 3, blocks.n_sums, n)
     if output == "sums":
         assert got.dtype == np.int32 and np.array_equal(got, sums)
     else:
-        np.testing.assert_allclose(got, reference_dequantize(sums, sx, qw.scale), rtol=1e-6)
+        want = reference_dequantize(sums, sx, qw.scale, blocks)
+        assert np.array_equal(got, want)
+        # the contract written out: sum_j (s[grp(j)] * sx[blk(j)]) * S[j], in order of j
+        terms = (qw.scale[blocks.group_of()] * sx[..., blocks.block_of(), None]) \
+            * sums.astype(np.float32)
+        assert np.array_equal(want, terms.sum(axis=-2, dtype=np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +180,10 @@ def test_cli_simulate_writes_the_report(artifacts, tmp_path, capsys):
             assert (report / name).stat().st_size > 0
 
 
-def test_verify_pim_sim(micro_decoder, tmp_path):
-    options = CompileOptions(target="pim-sim", quant=QuantScheme(4, group_size=16), **PIM)
+@pytest.mark.parametrize("act_group", ["row", 8], ids=["per-row", "blocks-of-8"])
+def test_verify_pim_sim(micro_decoder, tmp_path, act_group):
+    options = CompileOptions(target="pim-sim", quant=QuantScheme(4, group_size=16),
+                             act_group_size=act_group, **PIM)
     report = verify_model(micro_decoder, options, [InputPlan(batch=2, seq_len=3)],
                           artifact_dir=tmp_path / "pim")
     assert report["ok"] and report["ref_exact"] is True

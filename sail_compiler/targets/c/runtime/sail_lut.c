@@ -19,43 +19,70 @@ static size_t table_bytes(const sail_lut_weight *w, int rows) {
 
 static size_t round_up_64(size_t bytes) { return (bytes + 63u) & ~(size_t)63u; }
 
+int sail_lut_derive(sail_lut_weight *w) {
+    if (!w || w->k < 1 || w->n < 1 || w->group_size < 1 || w->act_group < 1) return SAIL_EINVAL;
+    const int k = w->k, g = w->group_size;
+    const int a = w->act_group < k ? w->act_group : k;
+    if (a % g && g % a && k > g && a < k) return SAIL_EINVAL; /* A and g do not nest */
+    w->act_group = a;
+    w->n_groups = (k + g - 1) / g;
+    w->blocks_per_group = (g + SAIL_LUT_BLOCK_K - 1) / SAIL_LUT_BLOCK_K;
+    w->n_tiles = (w->n + SAIL_LUT_TILE_N - 1) / SAIL_LUT_TILE_N;
+    w->n_act_blocks = (k + a - 1) / a;
+    w->sum_size = (a % g == 0 || a == k) ? g : a;
+    w->n_sums = (k + w->sum_size - 1) / w->sum_size;
+    if (w->sum_size != g && w->sum_size % SAIL_LUT_BLOCK_K) return SAIL_EINVAL;
+    return SAIL_OK;
+}
+
 int sail_lut_check(const sail_lut_weight *w) {
-    if (!w || w->bits < 1 || w->bits > 8 || w->k < 1 || w->n < 1 || w->group_size < 1)
-        return SAIL_EINVAL;
-    if (w->n_groups != (w->k + w->group_size - 1) / w->group_size ||
-        w->blocks_per_group != (w->group_size + SAIL_LUT_BLOCK_K - 1) / SAIL_LUT_BLOCK_K ||
-        w->n_tiles != (w->n + SAIL_LUT_TILE_N - 1) / SAIL_LUT_TILE_N)
+    if (!w || w->bits < 1 || w->bits > 8) return SAIL_EINVAL;
+    sail_lut_weight derived = *w;
+    if (sail_lut_derive(&derived) != SAIL_OK || derived.act_group != w->act_group ||
+        derived.n_groups != w->n_groups || derived.blocks_per_group != w->blocks_per_group ||
+        derived.n_tiles != w->n_tiles || derived.n_act_blocks != w->n_act_blocks ||
+        derived.sum_size != w->sum_size || derived.n_sums != w->n_sums)
         return SAIL_EINVAL;
     if (!w->planes || !w->scales) return SAIL_EINVAL;
     return SAIL_OK;
 }
 
+/* Bytes of the per-token, per-sum-block int32 sums of xq and float scales. */
+static size_t per_sum_bytes(const sail_lut_weight *w, int rows) {
+    return round_up_64((size_t)rows * (size_t)w->n_sums * sizeof(int32_t));
+}
+
 size_t sail_lut_workspace_size(const sail_lut_weight *w, int rows) {
     if (sail_lut_check(w) != SAIL_OK || rows < 1) return 0;
-    return round_up_64(table_bytes(w, rows)) +
-           round_up_64((size_t)rows * (size_t)w->n_groups * sizeof(int32_t));
+    return round_up_64(table_bytes(w, rows)) + 2 * per_sum_bytes(w, rows);
 }
 
 /* ---- Activation quantization ----------------------------------------------------------------- */
 
-int sail_quantize_rows(const float *x, int rows, int k, int act_bits, int8_t *xq, float *sx) {
-    if (!x || !xq || !sx || rows < 0 || k < 1 || act_bits < 2 || act_bits > 8) return SAIL_EINVAL;
+int sail_quantize_rows(const float *x, int rows, int k, int act_bits, int act_group, int8_t *xq,
+                       float *sx) {
+    if (!x || !xq || !sx || rows < 0 || k < 1 || act_bits < 2 || act_bits > 8 || act_group < 1)
+        return SAIL_EINVAL;
     const float qmax = (float)((1 << (act_bits - 1)) - 1);
+    const int a = act_group < k ? act_group : k, n_blocks = (k + a - 1) / a;
     for (int t = 0; t < rows; ++t) {
         const float *xr = x + (size_t)t * (size_t)k;
         int8_t *qr = xq + (size_t)t * (size_t)k;
-        float amax = 0.0f;
-        for (int i = 0; i < k; ++i) {
-            float a = fabsf(xr[i]);
-            amax = a > amax ? a : amax;
-        }
-        float s = amax / qmax; /* IEEE division, as the reference */
-        if (s == 0.0f) s = 1.0f;
-        sx[t] = s;
-        for (int i = 0; i < k; ++i) {
-            float r = nearbyintf(xr[i] / s); /* round half to even (default rounding mode) */
-            r = r > qmax ? qmax : (r < -qmax ? -qmax : r);
-            qr[i] = (int8_t)r;
+        for (int blk = 0; blk < n_blocks; ++blk) {
+            const int i0 = blk * a, i1 = k - i0 < a ? k : i0 + a;
+            float amax = 0.0f;
+            for (int i = i0; i < i1; ++i) {
+                float v = fabsf(xr[i]);
+                amax = v > amax ? v : amax;
+            }
+            float s = amax / qmax; /* IEEE division, as the reference */
+            if (s == 0.0f) s = 1.0f;
+            sx[(size_t)t * (size_t)n_blocks + (size_t)blk] = s;
+            for (int i = i0; i < i1; ++i) {
+                float r = nearbyintf(xr[i] / s); /* round half to even (default rounding mode) */
+                r = r > qmax ? qmax : (r < -qmax ? -qmax : r);
+                qr[i] = (int8_t)r;
+            }
         }
     }
     return SAIL_OK;
@@ -74,9 +101,10 @@ void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int ro
                               int row_begin, int row_end, uint8_t *tables, int32_t *xsum) {
     for (int t = row_begin; t < row_end; ++t) {
         const int8_t *xr = xq + (size_t)t * (size_t)w->k;
-        for (int grp = 0; grp < w->n_groups; ++grp) {
+        for (sail_lut_sum s = sail_lut_sum_first(w); s.j < w->n_sums; sail_lut_sum_next(w, &s)) {
+            const int grp = s.grp;
             int32_t total = 0;
-            for (int blk = 0; blk < w->blocks_per_group; ++blk) {
+            for (int blk = s.blk0; blk < s.blk0 + s.nblk; ++blk) {
                 uint8_t *tab = tables + sail_lut_table_offset(w, rows, t, grp, blk);
                 if (sail_lut_codes_layout(w)) {
                     /* codes layout: the block's activations themselves, 0 past g or K */
@@ -107,7 +135,7 @@ void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int ro
                     }
                 }
             }
-            xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp] = total;
+            xsum[(size_t)t * (size_t)w->n_sums + (size_t)s.j] = total;
         }
     }
 }
@@ -133,12 +161,14 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
         const int ncols = w->n - col0 < SAIL_LUT_TILE_N ? w->n - col0 : SAIL_LUT_TILE_N;
         for (int t = 0; t < call->rows; ++t) {
             float yacc[SAIL_LUT_TILE_N] = {0};
-            for (int grp = 0; grp < w->n_groups; ++grp) {
+            for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < w->n_sums;
+                 sail_lut_sum_next(w, &sb)) {
+                const int grp = sb.grp;
                 const size_t tg = (size_t)tile * (size_t)w->n_groups + (size_t)grp;
                 const uint8_t *planes = w->planes + tg * (size_t)w->blocks_per_group * block_bytes;
                 /* int64: the partial sums before the zero point may exceed int32 for huge g. */
                 int64_t acc[SAIL_LUT_TILE_N] = {0};
-                for (int blk = 0; blk < w->blocks_per_group; ++blk) {
+                for (int blk = sb.blk0; blk < sb.blk0 + sb.nblk; ++blk) {
                     const uint8_t *tab =
                         call->tables + sail_lut_table_offset(w, call->rows, t, grp, blk);
                     const uint8_t *wb = planes + (size_t)blk * block_bytes;
@@ -180,17 +210,16 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
                         }
                     }
                 }
-                const int32_t xs = call->xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp];
-                const float ssx = call->sx[t];
+                const size_t tj = (size_t)t * (size_t)w->n_sums + (size_t)sb.j;
+                const int32_t xs = call->xsum[tj];
+                const float ssx = call->sx[tj];
                 for (int i = 0; i < SAIL_LUT_TILE_N; ++i) {
                     const int c = order[i];
                     if (c >= ncols) continue;
                     const int z = w->zeros ? w->zeros[tg * SAIL_LUT_TILE_N + (size_t)i] : zero_sym;
                     /* Wrap to int32 like the SIMD kernels: exact whenever the sum fits int32. */
                     const int32_t s = (int32_t)(uint32_t)(uint64_t)(acc[c] - (int64_t)z * xs);
-                    if (call->sums)
-                        call->sums[((size_t)t * (size_t)w->n_groups + (size_t)grp) * (size_t)w->n +
-                                   (size_t)(col0 + c)] = s;
+                    if (call->sums) call->sums[tj * (size_t)w->n + (size_t)(col0 + c)] = s;
                     const float scale = w->scales[tg * SAIL_LUT_TILE_N + (size_t)i] * ssx;
                     yacc[c] += scale * (float)s;
                 }
@@ -219,17 +248,26 @@ const char *sail_lut_isa(void) { return SAIL_LUT_ISA; }
 typedef struct table_task {
     const sail_lut_weight *w;
     const int8_t *xq;
+    const float *sx;
     int rows;
     uint8_t *tables;
     int32_t *xsum;
+    float *sum_sx;
 } table_task;
 
 static void run_tables(void *ctx, int thread, int n_threads) {
     const table_task *task = (const table_task *)ctx;
+    const sail_lut_weight *w = task->w;
     const int begin = (int)((long)task->rows * thread / n_threads);
     const int end = (int)((long)task->rows * (thread + 1) / n_threads);
-    if (begin < end)
-        SAIL_LUT_TABLES(task->w, task->xq, task->rows, begin, end, task->tables, task->xsum);
+    if (begin >= end) return;
+    SAIL_LUT_TABLES(w, task->xq, task->rows, begin, end, task->tables, task->xsum);
+    /* the activation scale of each sum block: sx[t][j B / A] */
+    for (int t = begin; t < end; ++t)
+        for (int j = 0; j < w->n_sums; ++j)
+            task->sum_sx[(size_t)t * (size_t)w->n_sums + (size_t)j] =
+                task->sx[(size_t)t * (size_t)w->n_act_blocks +
+                         (size_t)((long)j * w->sum_size / w->act_group)];
 }
 
 /* Tiles are split into contiguous ranges, one per thread, so each thread streams its part
@@ -256,12 +294,13 @@ int sail_lut_gemv(const sail_lut_weight *w, const int8_t *xq, const float *sx, i
     }
     uint8_t *tables = (uint8_t *)workspace;
     int32_t *xsum = (int32_t *)(tables + round_up_64(table_bytes(w, rows)));
-    table_task task = {w, xq, rows, tables, xsum};
+    float *sum_sx = (float *)((uint8_t *)xsum + per_sum_bytes(w, rows));
+    table_task task = {w, xq, sx, rows, tables, xsum, sum_sx};
     if (rows > 1)
         sail_pool_run(pool, run_tables, &task);
     else
         run_tables(&task, 0, 1);
-    sail_lut_call call = {w, tables, xsum, sx, rows, y, sums};
+    sail_lut_call call = {w, tables, xsum, sum_sx, rows, y, sums};
     sail_pool_run(pool, run_tiles, &call);
     free(owned);
     return SAIL_OK;

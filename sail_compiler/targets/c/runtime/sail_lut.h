@@ -1,13 +1,17 @@
 /* SAIL C runtime: LUT-GEMV over low-bit weights, CPU (T-MAC) form.
  *
  * Computes, for a weight W[K, N] quantized in groups of g consecutive k with b-bit unsigned
- * codes q (b = 1..8), scales s[grp, n] and zero points z[grp, n] (DESIGN.md section 3):
+ * codes q (b = 1..8), scales s[grp, n] and zero points z[grp, n], and int8 activations xq with
+ * one scale per token and block of A consecutive k (sail_quantize_rows; DESIGN.md section 3):
  *
- *   S[t, grp, n] = sum_{k in grp} (q[k, n] - z[grp, n]) * xq[t, k]        exact, int32
- *   y[t, n]      = sum_grp (s[grp, n] * sx[t]) * (float)S[t, grp, n]     float32, groups in order
+ *   S[t, j, n] = sum_{k in j} (q[k, n] - z[grp(j), n]) * xq[t, k]          exact, int32
+ *   y[t, n]    = sum_j (s[grp(j), n] * sx[t, blk(j)]) * (float)S[t, j, n]  float32, j in order
  *
- * with int8 activations xq (sail_quantize_rows). The integer sums equal the NumPy reference
- * (sail_compiler.quant.reference.group_sums) exactly; y is computed with the reference's
+ * over the sum blocks j of B rows: B = g when A is a multiple of g (or A = K: one scale per
+ * token), else B = A, a weight group split at activation-block boundaries (then B is a
+ * multiple of SAIL_LUT_BLOCK_K; the compiler regroups other weights, see kernels.relayout);
+ * grp(j) = j B / g, blk(j) = j B / A. The integer sums equal the NumPy reference
+ * (sail_compiler.quant.reference.block_sums) exactly; y is computed with the reference's
  * float operations in the reference's order (build without FP contraction: -ffp-contract=off).
  *
  * Method (bit planes: 1-3 and 5-7 bits; 4 and 8 bits use the codes layout below, no tables)
@@ -109,26 +113,40 @@ typedef struct sail_lut_weight {
     int n_groups;         /* ceil(K / g) */
     int blocks_per_group; /* ceil(g / SAIL_LUT_BLOCK_K) */
     int n_tiles;          /* ceil(N / SAIL_LUT_TILE_N) */
+    int act_group;        /* A, columns per activation scale, 1..K (K: one scale per token) */
+    int n_act_blocks;     /* ceil(K / A): activation scales per token */
+    int sum_size;         /* B, rows per sum block (see the contract above) */
+    int n_sums;           /* ceil(K / B): sums per token and column */
     const uint8_t *planes;  /* n_tiles * n_groups * blocks_per_group * bits * 64 bytes */
     const float *scales;    /* [n_tiles][n_groups][16] */
     const uint8_t *zeros;   /* [n_tiles][n_groups][16], or NULL: zero point 2^(bits-1) */
 } sail_lut_weight;
 
+/* Fill the derived fields of w (n_groups, blocks_per_group, n_tiles, n_act_blocks, sum_size,
+ * n_sums) from bits, k, n, group_size and act_group (above K: one scale per token, stored as K).
+ * SAIL_EINVAL if A and g do not nest (A a multiple or a divisor of g, or one block or one group
+ * covering K) or a sum block smaller than g is not a multiple of SAIL_LUT_BLOCK_K. */
+int sail_lut_derive(sail_lut_weight *w);
+
 /* SAIL_OK if w is consistent (fields in range, derived counts right, arrays present). */
 int sail_lut_check(const sail_lut_weight *w);
 
-/* Per-row symmetric quantization, exactly sail_compiler.quant.reference.quantize_activations:
- * sx[t] = max_k |x[t, k]| / (2^(act_bits-1) - 1) (1 where that is 0), xq = nearbyint(x / sx)
- * (IEEE division, round half to even in the default rounding mode) clamped to +-qmax.
- * x: [rows][k] finite float32; act_bits 2..8. Returns SAIL_OK or SAIL_EINVAL. */
-int sail_quantize_rows(const float *x, int rows, int k, int act_bits, int8_t *xq, float *sx);
+/* Symmetric quantization with one scale per row and block of act_group columns (the last block
+ * may be partial; act_group >= k: one per row), exactly
+ * sail_compiler.quant.reference.quantize_activations: sx[t][blk] = max |x[t, blk]| /
+ * (2^(act_bits-1) - 1) (1 where that is 0), xq = nearbyint(x / sx) (IEEE division, round half
+ * to even in the default rounding mode) clamped to +-qmax. x: [rows][k] finite float32;
+ * act_bits 2..8; sx: [rows][ceil(k / act_group)]. Returns SAIL_OK or SAIL_EINVAL. */
+int sail_quantize_rows(const float *x, int rows, int k, int act_bits, int act_group, int8_t *xq,
+                       float *sx);
 
-/* Bytes of workspace sail_lut_gemv needs for `rows` tokens (tables and group sums of xq). */
+/* Bytes of workspace sail_lut_gemv needs for `rows` tokens (tables, sums of xq and scales per
+ * sum block). */
 size_t sail_lut_workspace_size(const sail_lut_weight *w, int rows);
 
 /* y[rows][n] = xq[rows][k] times the weight, as in the contract at the top of this file.
- * sx: [rows] activation scales. sums: NULL, or [rows][n_groups][n] to receive the exact int32
- * group sums. workspace: NULL (allocated and freed per call) or sail_lut_workspace_size()
+ * sx: [rows][n_act_blocks] activation scales. sums: NULL, or [rows][n_sums][n] to receive the
+ * exact int32 sums. workspace: NULL (allocated and freed per call) or sail_lut_workspace_size()
  * bytes aligned to 64. pool: NULL runs on the calling thread; one call at a time per pool.
  * xq may hold any int8 value (-128 included). Returns SAIL_OK, SAIL_EINVAL or SAIL_ENOMEM. */
 int sail_lut_gemv(const sail_lut_weight *w, const int8_t *xq, const float *sx, int rows,
@@ -143,12 +161,47 @@ const char *sail_lut_isa(void);
 typedef struct sail_lut_call {
     const sail_lut_weight *w;
     const uint8_t *tables; /* see sail_lut_table_offset */
-    const int32_t *xsum;   /* [rows][n_groups]: sum of xq over each group */
-    const float *sx;       /* [rows] */
+    const int32_t *xsum;   /* [rows][n_sums]: sum of xq over each sum block */
+    const float *sx;       /* [rows][n_sums]: the activation scale of each sum block */
     int rows;
     float *y;              /* [rows][n] */
-    int32_t *sums;         /* [rows][n_groups][n] or NULL */
+    int32_t *sums;         /* [rows][n_sums][n] or NULL */
 } sail_lut_call;
+
+/* Sum block j of a weight: its group, its first block in the group and the blocks holding rows
+ * of W (the rest, past K, hold zero codes and meet zero activations: nobody reads them). */
+typedef struct sail_lut_sum {
+    int j, grp, blk0, nblk;
+} sail_lut_sum;
+
+static inline int sail_lut_blocks_per_sum(const sail_lut_weight *w) {
+    return w->sum_size == w->group_size ? w->blocks_per_group : w->sum_size / SAIL_LUT_BLOCK_K;
+}
+
+static inline void sail_lut_sum_live(const sail_lut_weight *w, sail_lut_sum *s) {
+    const long rows = (long)w->k - (long)s->j * w->sum_size;
+    const long live = (rows + SAIL_LUT_BLOCK_K - 1) / SAIL_LUT_BLOCK_K;
+    const int per_sum = sail_lut_blocks_per_sum(w);
+    s->nblk = live < per_sum ? (int)live : per_sum;
+}
+
+/* The sum blocks in order, without divisions (the kernels walk them per tile and token):
+ * for (sail_lut_sum s = sail_lut_sum_first(w); s.j < w->n_sums; sail_lut_sum_next(w, &s)) */
+static inline sail_lut_sum sail_lut_sum_first(const sail_lut_weight *w) {
+    sail_lut_sum s = {0, 0, 0, 0};
+    sail_lut_sum_live(w, &s);
+    return s;
+}
+
+static inline void sail_lut_sum_next(const sail_lut_weight *w, sail_lut_sum *s) {
+    s->j += 1;
+    s->blk0 += sail_lut_blocks_per_sum(w);
+    if (s->blk0 >= w->blocks_per_group) {
+        s->grp += 1;
+        s->blk0 = 0;
+    }
+    sail_lut_sum_live(w, s);
+}
 
 /* Weights of 4 and 8 bits use the codes layout; the kernels' workspace then holds each token's
  * activations per block (SAIL_LUT_ROWS_BYTES_PER_BLOCK bytes) instead of tables. */
@@ -173,7 +226,7 @@ static inline size_t sail_lut_table_offset(const sail_lut_weight *w, int rows, i
  * pair cp, 64 bytes at sail_lut_table_offset(w, rows, t, grp, blk) + cp * 64:
  * L of chunk 2cp (16 B), L of chunk 2cp + 1, H of chunk 2cp, H of chunk 2cp + 1 (entries as
  * uint8 / int8), where V[p] = 16 H[p] + L[p] (codes layout: the block's 32 activations); and
- * xsum[t][grp]. */
+ * xsum[t][j]. Only the blocks of the sum blocks are written (sail_lut_sum). */
 void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int rows,
                               int row_begin, int row_end, uint8_t *tables, int32_t *xsum);
 /* y and sums of the tiles [tile_begin, tile_end) for every token of the call. */

@@ -86,9 +86,10 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
     const int codes = use_codes(w, rows), nibbles = sail_lut_codes_layout(w);
     for (int t = row_begin; t < row_end; ++t) {
         const int8_t *xr = xq + (size_t)t * (size_t)w->k;
-        for (int grp = 0; grp < w->n_groups; ++grp) {
+        for (sail_lut_sum s = sail_lut_sum_first(w); s.j < w->n_sums; sail_lut_sum_next(w, &s)) {
+            const int grp = s.grp;
             __m256i sad = _mm256_setzero_si256();
-            for (int blk = 0; blk < w->blocks_per_group; ++blk) {
+            for (int blk = s.blk0; blk < s.blk0 + s.nblk; ++blk) {
                 const int8_t *x = block_rows(w, xr, grp, blk, scratch);
                 uint8_t *tab = tables + sail_lut_table_offset(w, rows, t, grp, blk);
                 /* sum of (x + 128) per 8 bytes; the bias is removed once per group */
@@ -137,8 +138,8 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
             const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad),
                                              _mm256_extracti128_si256(sad, 1));
             const int64_t total = _mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1);
-            xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp] =
-                (int32_t)(total - 128 * (int64_t)SAIL_LUT_BLOCK_K * w->blocks_per_group);
+            xsum[(size_t)t * (size_t)w->n_sums + (size_t)s.j] =
+                (int32_t)(total - 128 * (int64_t)SAIL_LUT_BLOCK_K * s.nblk);
         }
     }
 }
@@ -300,13 +301,14 @@ SAIL_INLINE void store_tile_ps(float *dst, __m256 p, __m256 q, int count) {
     store_ps(dst + 8, _mm256_permute2f128_ps(p, q, 0x31), count - 8);
 }
 
-/* Group epilogue of one token and tile: exact sums minus the zero point term, stored if asked
- * for, and (scale * sx) * S added to y (yacc in kernel column order). */
+/* Epilogue of one sum block, token and tile: exact sums minus the zero point term, stored if
+ * asked for, and (scale * sx) * S added to y (yacc in kernel column order). */
 SAIL_INLINE void finish_sums(const sail_lut_call *call, __m256i *sum, __m256 *yacc, int tile,
-                             int t, int grp, const int B) {
+                             int t, const sail_lut_sum *sb, const int B) {
     const sail_lut_weight *w = call->w;
-    const size_t tg = (size_t)tile * (size_t)w->n_groups + (size_t)grp;
-    const int32_t xs = call->xsum[(size_t)t * (size_t)w->n_groups + (size_t)grp];
+    const size_t tg = (size_t)tile * (size_t)w->n_groups + (size_t)sb->grp;
+    const size_t tj = (size_t)t * (size_t)w->n_sums + (size_t)sb->j;
+    const int32_t xs = call->xsum[tj];
     if (w->zeros) {
         const __m128i z = _mm_loadu_si128((const __m128i *)(w->zeros + tg * SAIL_LUT_TILE_N));
         const __m256i x = _mm256_set1_epi32(xs);
@@ -320,11 +322,10 @@ SAIL_INLINE void finish_sums(const sail_lut_call *call, __m256i *sum, __m256 *ya
     }
     if (call->sums) {
         const int col0 = tile * SAIL_LUT_TILE_N;
-        store_tile_epi32(call->sums + ((size_t)t * (size_t)w->n_groups + (size_t)grp) *
-                                          (size_t)w->n + (size_t)col0,
-                         sum[0], sum[1], w->n - col0);
+        store_tile_epi32(call->sums + tj * (size_t)w->n + (size_t)col0, sum[0], sum[1],
+                         w->n - col0);
     }
-    const __m256 ssx = _mm256_set1_ps(call->sx[t]);
+    const __m256 ssx = _mm256_set1_ps(call->sx[tj]);
     for (int h = 0; h < 2; ++h) {
         const __m256 scale =
             _mm256_mul_ps(_mm256_loadu_ps(w->scales + tg * SAIL_LUT_TILE_N + 8 * h), ssx);
@@ -334,18 +335,10 @@ SAIL_INLINE void finish_sums(const sail_lut_call *call, __m256i *sum, __m256 *ya
 
 /* The same from the four int32 sums of the bit-plane kernels (lanes not yet folded). */
 SAIL_INLINE void finish_group(const sail_lut_call *call, const __m256i *acc32, __m256 *yacc,
-                              int tile, int t, int grp, const int B) {
+                              int tile, int t, const sail_lut_sum *sb, const int B) {
     __m256i sum[2];
     fold_columns(acc32, &sum[0], &sum[1]);
-    finish_sums(call, sum, yacc, tile, t, grp, B);
-}
-
-/* Blocks of group grp holding at least one row of W: the rest of the group's blocks (past K in
- * the last group) hold zero codes and meet zero activations, so the passes skip them. */
-SAIL_INLINE int live_blocks(const sail_lut_weight *w, int grp) {
-    const long rows = (long)w->k - (long)grp * w->group_size;
-    const long live = (rows + SAIL_LUT_BLOCK_K - 1) / SAIL_LUT_BLOCK_K;
-    return live < w->blocks_per_group ? (int)live : w->blocks_per_group;
+    finish_sums(call, sum, yacc, tile, t, sb, B);
 }
 
 /* One pass over tiles tile0 .. tile0 + ntl - 1 (ntl <= TILES_PER_PASS) for tokens
@@ -368,14 +361,14 @@ SAIL_INLINE void tile_pass(const sail_lut_call *call, int tile0, int ntl, int t0
             yacc[t][j][0] = yacc[t][j][1] = _mm256_setzero_ps();
         }
 
-    for (int grp = 0; grp < n_groups; ++grp) {
+    for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < w->n_sums; sail_lut_sum_next(w, &sb)) {
+        const int grp = sb.grp, blk_end = sb.blk0 + sb.nblk;
         for (int t = 0; t < nt; ++t)
             for (int j = 0; j < ntl; ++j)
                 for (int i = 0; i < 4; ++i) acc32[t][j][i] = _mm256_setzero_si256();
         const uint8_t *planes = w->planes + ((size_t)tile0 * (size_t)n_groups + (size_t)grp) *
                                                 (size_t)bpg * block_bytes;
-        const int nblk = live_blocks(w, grp);
-        for (int blk = 0; blk < nblk; ++blk) {
+        for (int blk = sb.blk0; blk < blk_end; ++blk) {
             const uint8_t *wb = planes + (size_t)blk * block_bytes;
             const uint8_t *tab = call->tables + sail_lut_table_offset(w, call->rows, t0, grp, blk);
             for (int j = 0; j < ntl; ++j)
@@ -394,13 +387,13 @@ SAIL_INLINE void tile_pass(const sail_lut_call *call, int tile0, int ntl, int t0
                     for (int j = 0; j < ntl; ++j) block_indexed(idx[j], &tb, acc16[t][j], B);
                 }
             }
-            if (blk % BLOCKS_PER_FLUSH == BLOCKS_PER_FLUSH - 1 || blk == nblk - 1)
+            if ((blk - sb.blk0) % BLOCKS_PER_FLUSH == BLOCKS_PER_FLUSH - 1 || blk == blk_end - 1)
                 for (int t = 0; t < nt; ++t)
                     for (int j = 0; j < ntl; ++j) flush(acc16[t][j], acc32[t][j], B);
         }
         for (int t = 0; t < nt; ++t)
             for (int j = 0; j < ntl; ++j)
-                finish_group(call, acc32[t][j], yacc[t][j], tile0 + j, t0 + t, grp, B);
+                finish_group(call, acc32[t][j], yacc[t][j], tile0 + j, t0 + t, &sb, B);
     }
     for (int t = 0; t < nt; ++t)
         for (int j = 0; j < ntl; ++j) {
@@ -475,13 +468,13 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
     __m256 yacc[ROWS_PER_PASS][2];
     for (int t = 0; t < nt; ++t) yacc[t][0] = yacc[t][1] = _mm256_setzero_ps();
 
-    for (int grp = 0; grp < n_groups; ++grp) {
+    for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < w->n_sums; sail_lut_sum_next(w, &sb)) {
+        const int grp = sb.grp;
         for (int t = 0; t < nt; ++t)
             for (int i = 0; i < 4; ++i) acc32[t][i] = _mm256_setzero_si256();
         const uint8_t *planes = w->planes + ((size_t)tile * (size_t)n_groups + (size_t)grp) *
                                                 (size_t)bpg * block_bytes;
-        const int nblk = live_blocks(w, grp);
-        for (int blk = 0; blk < nblk; ++blk) {
+        for (int blk = sb.blk0; blk < sb.blk0 + sb.nblk; ++blk) {
             const uint8_t *wb = planes + (size_t)blk * block_bytes;
             const uint8_t *tab = call->tables + sail_lut_table_offset(w, call->rows, t0, grp, blk);
             for (size_t i = 0; i < block_bytes; i += 64)
@@ -529,7 +522,7 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
                                 &acc32[t][h], &acc32[t][2 + h]);
             }
         }
-        for (int t = 0; t < nt; ++t) finish_group(call, acc32[t], yacc[t], tile, t0 + t, grp, B);
+        for (int t = 0; t < nt; ++t) finish_group(call, acc32[t], yacc[t], tile, t0 + t, &sb, B);
     }
     for (int t = 0; t < nt; ++t) {
         const int col0 = tile * SAIL_LUT_TILE_N;
@@ -679,12 +672,12 @@ SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const 
     __m256 yacc[ROWS_PER_PASS][2];
     for (int t = 0; t < nt; ++t) yacc[t][0] = yacc[t][1] = _mm256_setzero_ps();
 
-    for (int grp = 0; grp < n_groups; ++grp) {
+    for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < w->n_sums; sail_lut_sum_next(w, &sb)) {
+        const int grp = sb.grp;
         for (int t = 0; t < nt; ++t) acc32[t][0] = acc32[t][1] = _mm256_setzero_si256();
         const uint8_t *planes = w->planes + ((size_t)tile * (size_t)n_groups + (size_t)grp) *
                                                 (size_t)bpg * block_bytes;
-        const int nblk = live_blocks(w, grp);
-        for (int blk = 0; blk < nblk; ++blk) {
+        for (int blk = sb.blk0; blk < sb.blk0 + sb.nblk; ++blk) {
             const uint8_t *wb = planes + (size_t)blk * block_bytes;
             const int8_t *x = (const int8_t *)(call->tables +
                                                sail_lut_table_offset(w, call->rows, t0, grp, blk));
@@ -706,7 +699,7 @@ SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const 
                     nibble_one8(wb, xt, acc32 + t);
             }
         }
-        for (int t = 0; t < nt; ++t) finish_sums(call, acc32[t], yacc[t], tile, t0 + t, grp, B);
+        for (int t = 0; t < nt; ++t) finish_sums(call, acc32[t], yacc[t], tile, t0 + t, &sb, B);
     }
     for (int t = 0; t < nt; ++t) {
         const int col0 = tile * SAIL_LUT_TILE_N;

@@ -525,8 +525,6 @@ static int64_t buffer_numel(const sail_buffer *buffer) {
   return n;
 }
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 /* Views of the LUT weights into the loaded weight file, checked against their specs. */
 static int load_luts(sail_model *model, const sail_lut_spec *specs, int32_t count, char *reason,
                      size_t reason_len) {
@@ -544,18 +542,17 @@ static int load_luts(sail_model *model, const sail_lut_spec *specs, int32_t coun
     sail_lut_weight *w = &model->luts[i];
     const int32_t tensors[3] = {spec->planes, spec->scales, spec->zeros};
     const sail_dtype dtypes[3] = {SAIL_UINT8, SAIL_FLOAT32, SAIL_UINT8};
-    if (spec->bits < 1 || spec->bits > 8 || spec->k < 1 || spec->n < 1 || spec->group_size < 1) {
-      snprintf(reason, reason_len, "LUT weight %s has bits %d, K %d, N %d, group %d", spec->layer,
-               (int)spec->bits, (int)spec->k, (int)spec->n, (int)spec->group_size);
-      return -1;
-    }
     w->bits = spec->bits;
     w->k = spec->k;
     w->n = spec->n;
     w->group_size = spec->group_size;
-    w->n_groups = (int)ceil_div(spec->k, spec->group_size);
-    w->blocks_per_group = (int)ceil_div(spec->group_size, SAIL_LUT_BLOCK_K);
-    w->n_tiles = (int)ceil_div(spec->n, SAIL_LUT_TILE_N);
+    w->act_group = spec->act_group;
+    if (spec->bits < 1 || spec->bits > 8 || sail_lut_derive(w) != SAIL_OK) {
+      snprintf(reason, reason_len, "LUT weight %s has bits %d, K %d, N %d, group %d, activation "
+               "group %d", spec->layer, (int)spec->bits, (int)spec->k, (int)spec->n,
+               (int)spec->group_size, (int)spec->act_group);
+      return -1;
+    }
     const int64_t per_tile = (int64_t)w->n_tiles * w->n_groups;
     const int64_t expected[3] = {per_tile * w->blocks_per_group * w->bits * 64, per_tile * 16,
                                  per_tile * 16};
@@ -610,7 +607,7 @@ int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, cons
   const int64_t rows = buffer_numel(y) / w->n;
   if (xq->t.dtype.code != kDLInt || xq->t.dtype.bits != 8 || xq->t.ndim < 1 ||
       xq->shape[xq->t.ndim - 1] != w->k || buffer_numel(xq) != rows * w->k ||
-      buffer_numel(sx) != rows || buffer_numel(y) != rows * w->n)
+      buffer_numel(sx) != rows * w->n_act_blocks || buffer_numel(y) != rows * w->n)
     return sail_rt_fail(model, "LUT-GEMV of layer %s: the activations do not fit the weight "
                         "(K %d, N %d)", layer, w->k, w->n);
   if (rows == 0)

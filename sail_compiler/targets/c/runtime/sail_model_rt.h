@@ -33,11 +33,12 @@ typedef struct sail_weight_spec {
   int64_t shape[SAIL_MAX_NDIM];
 } sail_weight_spec;
 
-/* A weight model.c computes with the runtime's LUT-GEMV kernels (sail_lut.h): its shape and the
- * weight-file tensors holding its bit-plane indices, scales and zero points (-1: symmetric). */
+/* A weight model.c computes with the runtime's LUT-GEMV kernels (sail_lut.h): its shape, the
+ * columns per activation scale and the weight-file tensors holding its bit-plane indices, scales
+ * and zero points (-1: symmetric). */
 typedef struct sail_lut_spec {
   const char *layer;
-  int32_t bits, k, n, group_size;
+  int32_t bits, k, n, group_size, act_group;
   int32_t planes, scales, zeros;
 } sail_lut_spec;
 
@@ -171,8 +172,8 @@ void sail_rt_release_all(sail_model *model, sail_buffer *buffers, size_t count);
 int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, TVMFFIAny *args,
                  int32_t num_args);
 
-/* y = xq times LUT weight `lut` (sail_lut_gemv): xq int8 [..., K], sx float32 [...], y float32
- * [..., N] with the same leading dims. */
+/* y = xq times LUT weight `lut` (sail_lut_gemv): xq int8 [..., K], sx float32 [..., ceil(K / A)]
+ * (A: the spec's act_group), y float32 [..., N] with the same leading dims. */
 int sail_rt_lut_gemv(sail_model *model, int32_t lut, const sail_buffer *xq, const sail_buffer *sx,
                      sail_buffer *y);
 
