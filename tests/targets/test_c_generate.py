@@ -179,8 +179,15 @@ def test_lut_runtime_under_address_and_ub_sanitizers(quant_kv: Path, tmp_path: P
     for command in ([str(copy / "sail_main"), str(copy / "weights.bin"), *args, "--threads",
                      "2", "--output-dir", str(out)],
                     [str(copy / "sail_generate"), str(copy / "weights.bin"), "--prompt-ids",
-                     "5,6,7", "-n", "3", "--threads", "2"]):
-        proc = subprocess.run(command, capture_output=True, text=True)
+                     "5,6,7", "-n", "3", "--threads", "2"],
+                    # the sampler's paths: the widening top-p window, penalties, eos, repeats
+                    [str(copy / "sail_generate"), str(copy / "weights.bin"), "--prompt-ids",
+                     "5,6,7,5", "-n", "6", "--temperature", "0.9", "--top-k", "0", "--top-p",
+                     "0.9", "--min-p", "0.01", "--repeat-penalty", "1.3", "--seed", "5",
+                     "--eos-ids", "1,2", "--repeat", "2", "--json"],
+                    [str(copy / "sail_generate"), str(copy / "weights.bin"), "--prompt-ids",
+                     "5", "-n", "50", "--temperature", "1.5", "--top-k", "7", "--stream"]):
+        proc = subprocess.run(command, capture_output=True, text=True, input="stop\n")
         assert proc.returncode == 0, proc.stderr
         assert "runtime error" not in proc.stderr and "Sanitizer" not in proc.stderr
     assert np.load(out / "logits.npy").shape == (2, 3, 1024)
