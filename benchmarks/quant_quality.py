@@ -384,18 +384,26 @@ def _key(*parts: str) -> str:
 
 
 def _cached(path: Path, redo: bool, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """The row saved at ``path``, else ``compute()`` saved there (a failure is saved as
-    ``{"failed": message}`` too, so a rerun skips it unless --redo)."""
+    """The row saved at ``path``, else ``compute()`` saved there. A failure is reported as
+    ``{"failed": message}`` and not saved: a rerun tries the row again."""
     if path.exists() and not redo:
         return json.loads(path.read_text())
     try:
         row = compute()
     except Exception as err:  # a row that fails is reported, the others go on
-        row = {"failed": str(err).strip().splitlines()[-1][:400] if str(err).strip()
-               else type(err).__name__}
+        return {"failed": " ".join(str(err).split())[-400:] or type(err).__name__}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1))
     return row
+
+
+def _stderr_tail(proc: subprocess.CompletedProcess) -> str:
+    """The end of a failed child's stderr without its log lines, and how it ended."""
+    lines = [line for line in proc.stderr.splitlines()
+             if "[INFO]" not in line and "Warning" not in line]
+    how = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 \
+        else f"exit {proc.returncode}"
+    return f"{how}: {' '.join(lines[-6:])[-400:]}"
 
 
 def _sail_setting_args(setting: str, calib: list[str]) -> tuple[list[str], str, str]:
@@ -496,7 +504,7 @@ def gemma3_main(args: argparse.Namespace) -> int:
                        "--max-tokens", str(gemma3.EVAL_TOKENS), *options, "--json"]
             proc = subprocess.run(command, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(proc.stderr.strip()[-400:] or f"exit {proc.returncode}")
+                raise RuntimeError(f"sail eval-ppl: {_stderr_tail(proc)}")
             report = json.loads(proc.stdout.strip().splitlines()[-1])
             compiled = report["compiled"]
             return {"ppl": compiled["ppl"], "float_ppl": report["float"]["ppl"],
@@ -524,7 +532,10 @@ def gemma3_main(args: argparse.Namespace) -> int:
             seconds = None
             if not out.exists():
                 seconds = _ort_quantize(model, out, algo, scheme, args.model_dir)
-            return {"ppl": _ort_ppl(out, ids, args.threads), "seconds": seconds}
+            data = out.with_name(out.stem + ".tmp.onnx.data")
+            return {"ppl": _ort_ppl(out, ids, args.threads), "seconds": seconds,
+                    "file_mib": (out.stat().st_size + (data.stat().st_size if data.exists()
+                                                        else 0)) / 2**20}
 
         add("onnxruntime", f"{algo} {scheme.name}", str(scheme.bits),
             "rtn" if algo == "default" else algo, ort_row)
@@ -569,8 +580,7 @@ def _ort_quantize(model: Path, out: Path, algo: str, scheme: QuantScheme,
                            "1" if scheme.symmetric else "0"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
-        raise RuntimeError(f"onnxruntime quantizer {algo} {scheme.name}: "
-                           f"{proc.stderr.strip()[-400:]}")
+        raise RuntimeError(f"onnxruntime quantizer {algo} {scheme.name}: {_stderr_tail(proc)}")
     # the data file keeps the name it was written with; the .onnx refers to it by that name
     tmp.replace(out)
     return float(proc.stdout.strip().splitlines()[-1])
@@ -581,8 +591,8 @@ def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n{_PROTOCOL}; calibration (sail search/gptq/avg-bits): {args.calib_text}, 8 windows "
           "of 128 tokens; sail: llvm target, 8-bit activations unless the setting says "
           "otherwise; onnxruntime: weights only (accuracy_level 0)\n")
-    print("| bits | engine | setting | method | perplexity | x float | seconds |")
-    print("|---|---|---|---|---:|---:|---:|")
+    print("| bits | engine | setting | method | perplexity | x float | seconds | file MiB |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
 
     def order(r: dict[str, Any]) -> tuple:
         try:
@@ -593,11 +603,12 @@ def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
     for r in sorted(rows, key=order):
         if "failed" in r:
-            cells = f"failed: {r['failed'][:120]} | - | -"
+            cells = f"failed: {r['failed'][:120]} | - | - | -"
         else:
             ratio = f"{r['ppl'] / base:.3f}" if base else "-"
             seconds = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-"
-            cells = f"{r['ppl']:.3f} | {ratio} | {seconds}"
+            size = f"{r['file_mib']:.0f}" if r.get("file_mib") is not None else "-"
+            cells = f"{r['ppl']:.3f} | {ratio} | {seconds} | {size}"
         print(f"| {r['bits']} | {r['engine']} | {r['setting']} | {r['method']} | {cells} |")
     warned = [r for r in rows if r.get("warnings")]
     for r in warned:
