@@ -110,16 +110,17 @@ def compile_model(model_path: str | Path, output: str | Path | None,
 
     started = time.perf_counter()
     prequantized: dict = {}
+    # a tokenizer that does not load fails before the long part
+    tokenizer = prepare_tokenizer(options.tokenizer) \
+        if options.tokenizer is not None and options.emit is None else None
     model = load_checked(model_path, prequantized=prequantized)
     notes = bind_shapes(model, options.shapes)
     mod, signature = import_onnx(model)
     context = context_length(model)
     seconds["import"] = time.perf_counter() - started
-    tokenizer = None
-    if options.tokenizer is not None and options.emit is None:  # checked before the long part
+    if tokenizer is not None:
         bound = next((s.index_bound for s in signature.inputs if s.name == "input_ids"), None)
-        tokenizer = prepare_tokenizer(options.tokenizer, bound)
-        notes.extend(tokenizer.notes)
+        notes.extend([*tokenizer.notes, *tokenizer.check_vocabulary(bound)])
     dumper.record_stage(0, "frontend", mod)
     quant = quantization if quantization is not None else \
         prepare_quantization(model, signature, options, prequantized)

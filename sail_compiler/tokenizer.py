@@ -96,6 +96,29 @@ class StoredTokenizer:
     chat_template: str | None
     notes: tuple[str, ...]
 
+    def check_vocabulary(self, vocab_bound: int | None) -> list[str]:
+        """Check the tokenizer against the model's embedding rows (``input_ids`` must lie below
+        ``vocab_bound``, if known); return notes for the user.
+
+        Raises
+        ------
+        OptionError
+            An end-of-sequence id is outside the model's vocabulary.
+        """
+        if vocab_bound is None:
+            return []
+        eos_ids, eos_source = self.entry["eos_ids"], self.entry["eos_source"]
+        bad = [i for i in eos_ids if i >= vocab_bound]
+        if bad:
+            raise OptionError(f"--tokenizer: end-of-sequence id {bad[0]} ({eos_source}) is not "
+                              f"a token id of the model (ids lie in [0, {vocab_bound}))")
+        size = self.entry["vocab_size"]
+        if size > vocab_bound:
+            return [f"the tokenizer has {size} tokens but the model's embedding {vocab_bound} "
+                    f"rows: prompts with ids >= {vocab_bound} will be refused; is it the model's "
+                    "tokenizer?"]
+        return []
+
     def write(self, out_dir: Path) -> dict[str, Any]:
         """Copy the files into the artifact directory ``out_dir``; return the manifest entry."""
         if self.chat_template is not None:
@@ -104,7 +127,7 @@ class StoredTokenizer:
         return dict(self.entry)
 
 
-def prepare_tokenizer(source: Path, vocab_bound: int | None) -> StoredTokenizer:
+def prepare_tokenizer(source: Path, vocab_bound: int | None = None) -> StoredTokenizer:
     """Load and check ``source`` (a ``tokenizer.json``) and the files beside it.
 
     Parameters
@@ -113,13 +136,14 @@ def prepare_tokenizer(source: Path, vocab_bound: int | None) -> StoredTokenizer:
         The ``tokenizer.json``; ``tokenizer_config.json``, ``chat_template.jinja`` and
         ``generation_config.json`` are read from its directory when present.
     vocab_bound
-        Rows of the model's embedding (``input_ids`` must lie below it), if known.
+        Rows of the model's embedding (``input_ids`` must lie below it), if known: then
+        :meth:`StoredTokenizer.check_vocabulary` runs too.
 
     Raises
     ------
     OptionError
         The tokenizer or a file beside it does not load, its chat template does not compile,
-        or an end-of-sequence id is outside the model's vocabulary.
+        or an end-of-sequence id is negative or outside the model's vocabulary.
     """
     source = Path(source)
     tokenizer = _load_tokenizer(source)
@@ -150,23 +174,19 @@ def prepare_tokenizer(source: Path, vocab_bound: int | None) -> StoredTokenizer:
         notes.append(f"the tokenizer {source} names no end-of-sequence token (no "
                      "generation_config.json or tokenizer_config.json beside it): generation "
                      "stops only at -n or --stop")
-    vocab_size = tokenizer.get_vocab_size()
-    if vocab_bound is not None and vocab_size > vocab_bound:
-        notes.append(f"the tokenizer has {vocab_size} tokens but the model's embedding "
-                     f"{vocab_bound} rows: prompts with ids >= {vocab_bound} will be refused; is "
-                     "it the model's tokenizer?")
-    bad_eos = [i for i in eos_ids if i < 0 or (vocab_bound is not None and i >= vocab_bound)]
+    bad_eos = [i for i in eos_ids if i < 0]
     if bad_eos:
-        raise OptionError(f"--tokenizer: end-of-sequence id {bad_eos[0]} ({eos_source}) is not "
-                          f"a token id of the model (ids lie in [0, {vocab_bound}))")
+        raise OptionError(f"--tokenizer: end-of-sequence id {bad_eos[0]} ({eos_source}) is "
+                          "negative; token ids are >= 0")
 
     template = _chat_template(config, beside)
     if template is not None:
         ChatTemplate(template, specials).render([{"role": "user", "content": "hello"}])
     entry = {"file": TOKENIZER_FILE, "chat_template": CHAT_TEMPLATE_FILE if template else None,
              "eos_ids": eos_ids, "eos_source": eos_source, "special_tokens": specials,
-             "vocab_size": vocab_size, "source": str(source.resolve())}
-    return StoredTokenizer(source, entry, template, tuple(notes))
+             "vocab_size": tokenizer.get_vocab_size(), "source": str(source.resolve())}
+    stored = StoredTokenizer(source, entry, template, tuple(notes))
+    return dataclasses.replace(stored, notes=(*notes, *stored.check_vocabulary(vocab_bound)))
 
 
 class ChatTemplate:

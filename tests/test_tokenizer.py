@@ -180,3 +180,15 @@ def test_stop_strings(tmp_path: Path) -> None:
     assert not stream.stopped and "".join(pieces) == " over the lazy dog"
     # " laz" and "y" could begin the stop: they came out only with " do"
     assert any(p.startswith("lazy d") for p in pieces)
+
+
+def test_compile_refuses_a_tokenizer_that_does_not_load(tiny_decoder_kv: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from sail_compiler.cli import main
+
+    (tmp_path / "tokenizer.json").write_text('{"model": 3}')
+    out = tmp_path / "out"
+    assert main(["compile", str(tiny_decoder_kv), "-o", str(out), "--tokenizer",
+                 str(tmp_path / "tokenizer.json")]) == 2
+    assert "--tokenizer: cannot load" in capsys.readouterr().err and not out.exists()
