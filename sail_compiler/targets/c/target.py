@@ -21,8 +21,9 @@ Artifact files, beside ``manifest.json``:
   (:func:`legalize_c_lut_gemv`; ``SAIL_NUM_THREADS`` or ``sail_model_set_threads`` sets the
   threads);
 * ``weights.bin`` (:mod:`.weight_file`); ``main.c`` and ``sail_npy.[ch]``: the ``sail_main``
-  runner; ``generate.c``: ``sail_generate``, greedy decoding for decoders with a KV cache
-  (:func:`generate`, ``sail generate``); a ``Makefile`` (``make``, ``make portable``).
+  runner; ``generate.c``: ``sail_generate``, the token loop and sampler of decoders with a KV
+  cache (:func:`generate`, ``sail generate``, ``sail bench``); a ``Makefile`` (``make``,
+  ``make portable``). ``libmodel.so`` also runs in Python through ctypes (:mod:`.library`).
 
 ``sail build OUT`` (or the first :meth:`Artifact.run`) runs ``make``; the runner then runs
 ``sail_main`` on ``.npy`` files.
