@@ -2,8 +2,9 @@
 
 * :mod:`.scheme`: :class:`QuantScheme` (bits, group size, symmetric) and its presets (``w4g128``).
 * :mod:`.packing`: the one bit layout of packed codes (little-endian bit streams along K).
-* :mod:`.reference`: RTN weight quantization, activation quantization, exact group sums and the
-  reference quantized matmul every target must reproduce (DESIGN.md section 3).
+* :mod:`.reference`: RTN weight quantization, activation quantization (per row or per block,
+  :class:`ActBlocks`), exact group sums and the reference quantized matmul every target must
+  reproduce (DESIGN.md section 3).
 * :mod:`.lut`: the two table forms of the same group sums (SAIL's weight tables indexed by
   activation bit planes; the CPU's activation tables indexed by weight bit planes).
 * :mod:`.patterns`: pattern reuse of SAIL's lookups and the deduplicated lookup schedule.
@@ -13,7 +14,9 @@
 
 from .packing import pack_bits, packed_length, unpack_bits
 from .reference import (
+    ActBlocks,
     QuantizedWeight,
+    block_sums,
     dequantize,
     group_sums,
     quantize_activations,
@@ -23,8 +26,10 @@ from .reference import (
 from .scheme import QuantScheme, preset_names, register_preset
 
 __all__ = [
+    "ActBlocks",
     "QuantScheme",
     "QuantizedWeight",
+    "block_sums",
     "dequantize",
     "group_sums",
     "pack_bits",
