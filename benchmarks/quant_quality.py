@@ -510,6 +510,8 @@ def gemma3_main(args: argparse.Namespace) -> int:
             return {"ppl": compiled["ppl"], "float_ppl": report["float"]["ppl"],
                     "seconds": compiled["compile_seconds"], "score_seconds": compiled["seconds"],
                     "description": compiled.get("description"), "warnings": report["warnings"],
+                    "activations": f"int{compiled.get('act_bits')}, groups "
+                                   f"{compiled.get('act_group_size', 'row')}",
                     "command": shlex.join(["sail", *command[3:]])}
 
         add("sail", setting + (f" {args.sail_extra}" if extra else ""), bits, method, sail_row)
@@ -591,8 +593,9 @@ def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n{_PROTOCOL}; calibration (sail search/gptq/avg-bits): {args.calib_text}, 8 windows "
           "of 128 tokens; sail: llvm target, 8-bit activations unless the setting says "
           "otherwise; onnxruntime: weights only (accuracy_level 0)\n")
-    print("| bits | engine | setting | method | perplexity | x float | seconds | file MiB |")
-    print("|---|---|---|---|---:|---:|---:|---:|")
+    print("| bits | engine | setting | method | activations | perplexity | x float | seconds | "
+          "file MiB |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|")
 
     def order(r: dict[str, Any]) -> tuple:
         try:
@@ -609,7 +612,10 @@ def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             seconds = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-"
             size = f"{r['file_mib']:.0f}" if r.get("file_mib") is not None else "-"
             cells = f"{r['ppl']:.3f} | {ratio} | {seconds} | {size}"
-        print(f"| {r['bits']} | {r['engine']} | {r['setting']} | {r['method']} | {cells} |")
+        acts = r.get("activations") or ("float" if r["engine"] in ("float", "onnxruntime")
+                                        else "q8 blocks of 32 (k-quants: q8_K)")
+        print(f"| {r['bits']} | {r['engine']} | {r['setting']} | {r['method']} | {acts} | "
+              f"{cells} |")
     warned = [r for r in rows if r.get("warnings")]
     for r in warned:
         print(f"warning ({r['setting']}): {'; '.join(r['warnings'])}")

@@ -58,7 +58,7 @@ RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 _PROGRESS_LINES = 10
 #: Quantization settings copied from the artifact's manifest into the result, when recorded.
-_MANIFEST_QUANT_FIELDS = ("method", "act_bits", "avg_bits")
+_MANIFEST_QUANT_FIELDS = ("method", "act_bits", "act_group_size", "avg_bits")
 
 
 def load_tokens(text_path: str | Path, tokenizer_path: str | Path,
@@ -422,7 +422,8 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
         :func:`calibration_overlap`, also issued as ``UserWarning``), "float":
         {perplexity(...), "seconds", "runtime": "onnxruntime"},
         "compiled": {perplexity(...), "seconds", "compile_seconds", "target", "quant" (scheme
-        name or None) and the manifest's "method", "act_bits", "avg_bits" where recorded}}``.
+        name or None) and the manifest's "method", "act_bits", "act_group_size",
+        "avg_bits" where recorded}}``.
     """
     from .artifact import Artifact
     from .driver import compile_model
