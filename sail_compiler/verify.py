@@ -169,13 +169,21 @@ class OnnxRuntimeReference:
     def __init__(self, model_path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        from .frontend.genai import EXTERNAL_DATA_FOLDER, reference_model
+
         self.model_path = model_path
+        model: str | bytes = str(model_path)
         options = ort.SessionOptions()
+        changed = reference_model(model_path)
+        if changed is not None:  # a genai sliding-window cache: see reference_model
+            model = changed
+            options.add_session_config_entry(EXTERNAL_DATA_FOLDER,
+                                             str(Path(model_path).resolve().parent))
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(model_path), options,
+            self.session = ort.InferenceSession(model, options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
             raise self._error(err) from err

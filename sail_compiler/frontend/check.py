@@ -21,12 +21,15 @@ import onnx
 from onnx import external_data_helper
 
 from ..errors import ModelCheckError
+from .genai import GENAI_OPS, is_genai_model, rewrite_genai
 from .prequantized import REWRITTEN_OPS, PrequantizedLayer, rewrite_or_report
 
 # The default ONNX domain, under both of its spellings.
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # Ops the TVM importer handles outside its converter table.
 _DIRECTLY_HANDLED = {"If", "Constant"}
+
+_CHECKER_MAX_BYTES = 1 << 30  # onnx.checker serializes an in-memory model (protobuf: < 2 GB)
 
 _FIX_UNSUPPORTED = (
     "export the model with standard ai.onnx ops (e.g. torch.onnx.export without onnxruntime's "
@@ -196,14 +199,18 @@ def load_checked(path: str | os.PathLike[str],
         problems.append("the graph has no nodes (is this an ONNX model? re-export it)")
     problems += _external_data_problems(model, p.parent)
     handled: Collection[tuple[str, str]] = ()
+    genai_rewritten = False
     claimed: Collection[str] = ()
     layers: dict[str, PrequantizedLayer] = {}
     if not problems:
         # The rewrite reads the quantized tensors, so their data must be in memory.
         external_data_helper.load_external_data_for_model(model, str(p.parent))
+        genai = rewrite_genai(model)
+        problems += genai.problems
+        genai_rewritten = is_genai_model(model) or bool(genai.layers) or genai.rewrote
         rewrite = rewrite_or_report(model)
         problems += rewrite.problems
-        handled, layers = REWRITTEN_OPS, rewrite.layers
+        handled, layers = REWRITTEN_OPS | GENAI_OPS, {**genai.layers, **rewrite.layers}
         if rewrite.problems:  # the quantized tensors are still there, already reported
             claimed = rewrite.claimed
     problems += dtype_problems(model, skip=claimed)
@@ -213,8 +220,14 @@ def load_checked(path: str | os.PathLike[str],
         problems.append(f"fix for unsupported ops: {_FIX_UNSUPPORTED}")
     if not problems:
         try:
-            # The path form handles external data and models over 2 GB.
-            onnx.checker.check_model(str(p))
+            if genai_rewritten:
+                # the builder writes ai.onnx ops the checker does not know: check the rewritten
+                # model instead when it can be serialized (under 2 GB)
+                if sum(len(t.raw_data) for t in model.graph.initializer) < _CHECKER_MAX_BYTES:
+                    onnx.checker.check_model(model)
+            else:
+                # The path form handles external data and models over 2 GB.
+                onnx.checker.check_model(str(p))
         except Exception as err:
             problems.append(f"onnx.checker rejects the model: {str(err).strip().splitlines()[0]}")
     if problems:

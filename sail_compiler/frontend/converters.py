@@ -112,6 +112,8 @@ import tvm
 from tvm import relax, sym, tirx
 from tvm.relax.frontend.onnx import onnx_frontend as _frontend
 
+from .genai import GroupQueryAttentionConverter
+
 __all__ = ["EXPECTED_TVM_VERSION", "patched_converters", "preprocess"]
 
 #: The TVM release whose frontend internals these overrides were written against.
@@ -779,6 +781,10 @@ def _make_walker(stock_walk: Callable[[Any, Any], None]) -> Callable[[Any, Any],
 # --------------------------------------------------------------------------------------
 
 
+#: Converters of ops stock TVM lacks (onnxruntime contrib ops, checked before import).
+_EXTRA_CONVERTERS = {"GroupQueryAttention": GroupQueryAttentionConverter}
+
+
 def _check_version() -> None:
     """Refuse to patch a TVM whose frontend internals may differ."""
     if tvm.__version__ != EXPECTED_TVM_VERSION:
@@ -815,6 +821,8 @@ def _install() -> list[tuple[type, str, Any]]:
             replace(cls, method_name, classmethod(impl))
     importer = _frontend.ONNXGraphImporter
     replace(importer, "_construct_nodes", _make_walker(importer._construct_nodes))
+    stock_map = _frontend._get_convert_map
+    replace(_frontend, "_get_convert_map", lambda: {**stock_map(), **_EXTRA_CONVERTERS})
     return undo
 
 
@@ -909,12 +917,13 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
             )
             return inferred
         optimized = onnx.load(options.optimized_model_filepath)
-    if any(node.domain not in ("", "ai.onnx") for node in optimized.graph.node):
+    kept_domains = {"", "ai.onnx"} | {node.domain for node in model.graph.node}
+    if any(node.domain not in kept_domains for node in optimized.graph.node):
         warnings.warn(
             "onnxruntime introduced non-ai.onnx nodes; optimization skipped", stacklevel=2
         )
         return inferred
-    used = {opset.domain for opset in optimized.opset_import if opset.domain in ("", "ai.onnx")}
+    used = {opset.domain for opset in optimized.opset_import if opset.domain in kept_domains}
     kept = [opset for opset in optimized.opset_import if opset.domain in used]
     del optimized.opset_import[:]
     optimized.opset_import.extend(kept)
