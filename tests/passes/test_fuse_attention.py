@@ -355,3 +355,22 @@ def test_fires_on_the_generated_decoders(fixture: str, request: pytest.FixtureRe
     layers = 1 if fixture == "micro_decoder" else 4
     assert len(fuse.fused) == layers and len(_fused_calls(mod)) == layers
     assert _left_over(mod) == []
+
+
+GEMMA3 = Path.home() / ".cache" / "sail-models" / "gemma3_270m"
+
+
+@pytest.mark.skipif(not (GEMMA3 / "gemma3_270m_kv.onnx").exists(),
+                    reason="Gemma 3 270M not built (bash ../shared/models/gemma3_270m/build.sh)")
+@pytest.mark.parametrize("name", ["gemma3_270m_kv", "gemma3_270m"])
+def test_fires_on_every_layer_of_gemma3(name: str) -> None:
+    """The real export (multi-query: 4 query heads, 1 KV head of 256; sliding-window and full
+    layers share the graph's masks): all 18 layers fused, no head repeat left."""
+    path = GEMMA3 / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} not built")
+    mod, _ = import_onnx(onnx.load(str(path), load_external_data=False))
+    fuse = FuseAttention()
+    mod = fuse(mod)
+    assert fuse.fused == ["4 query heads, 1 KV heads, scale 0.0625"] * 18
+    assert _left_over(mod) == []
