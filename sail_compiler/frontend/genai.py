@@ -128,6 +128,7 @@ class _Builder:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           17)
         self.constants: dict[tuple, str] = {}
+        self.new_initializers: list[onnx.TensorProto] = []  # added once nothing was wrong
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.producer = {o: n for n in self.graph.node for o in n.output}
 
@@ -140,7 +141,7 @@ class _Builder:
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self.constants:
             name = self.name(f"genai_const_{len(self.constants)}")
-            self.graph.initializer.append(numpy_helper.from_array(array, name))
+            self.new_initializers.append(numpy_helper.from_array(array, name))
             self.constants[key] = name
         return self.constants[key]
 
@@ -258,7 +259,7 @@ def _gather_block_quantized(b: _Builder, node: onnx.NodeProto, rewrite: GenaiRew
     qw = QuantizedWeight(q, np.ascontiguousarray(scales.reshape(vocab, groups).T), None, 4,
                          block, dim)
     table = b.name(f"{node.name or node.output[0]}/table")
-    b.graph.initializer.append(
+    b.new_initializers.append(
         numpy_helper.from_array(np.ascontiguousarray(dequantize(qw).T, np.float32), table))
     rewrite.layers[table] = PrequantizedLayer(node.name or node.output[0], table, qw,
                                               "GatherBlockQuantized")
@@ -408,6 +409,7 @@ def rewrite_genai(model: onnx.ModelProto) -> GenaiRewrite:
         nodes += replaced.get(index, [node])
     del graph.node[:]
     graph.node.extend(nodes)
+    graph.initializer.extend(b.new_initializers)
     # the Reshapes that fed GatherBlockQuantized are read by nobody now
     used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
     keep = [n for n in graph.node if n.op_type != "Reshape" or n.output[0] in used]
