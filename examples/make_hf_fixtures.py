@@ -173,9 +173,42 @@ def build_model(family: str) -> transformers.PreTrainedModel:
             attn_implementation="eager",
         )
         model = transformers.BertModel(config)
+    elif family in _CORPUS_FAMILIES:
+        config_cls, model_cls, extra = _CORPUS_FAMILIES[family]
+        config = getattr(transformers, config_cls)(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=KV_HEADS,
+            max_position_embeddings=256,
+            attn_implementation="eager",
+            **extra,
+        )
+        model = getattr(transformers, model_cls)(config)
     else:
         raise ValueError(f"unknown model family {family!r}")
     return model.eval()
+
+
+# Decoders of the corpus report (benchmarks/frontend_corpus.py), not committed as fixtures:
+# family -> (config class, model class, config arguments beyond the shared sizes).
+_CORPUS_FAMILIES: dict[str, tuple[str, str, dict]] = {
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": HIDDEN // HEADS}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": HIDDEN // HEADS}),
+}
+
+#: Every export of the corpus report: the fixtures' families and the ones above.
+CORPUS_SPECS: tuple[FixtureSpec, ...] = ALL_SPECS + tuple(
+    FixtureSpec(family, exporter, kv)
+    for family in _CORPUS_FAMILIES
+    for exporter in ("legacy", "dynamo")
+    for kv in (False, True)
+)
 
 
 def kv_shape_info(model: transformers.PreTrainedModel) -> tuple[int, int, int]:
@@ -183,7 +216,8 @@ def kv_shape_info(model: transformers.PreTrainedModel) -> tuple[int, int, int]:
     cfg = model.config
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    return cfg.num_hidden_layers, kv_heads, cfg.hidden_size // heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return cfg.num_hidden_layers, kv_heads, head_dim
 
 
 class LogitsOnly(nn.Module):
@@ -446,11 +480,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--only", nargs="*", default=None, help="fixture names to export (default: all)"
     )
+    parser.add_argument(
+        "--corpus", action="store_true",
+        help="export every family of the corpus report (more families; failures recorded in "
+             "NAME.export_error; files already there are kept)",
+    )
     ns = parser.parse_args(argv)
     torch.use_deterministic_algorithms(True)
-    specs = [s for s in ALL_SPECS if ns.only is None or s.name in ns.only]
+    pool = CORPUS_SPECS if ns.corpus else ALL_SPECS
+    specs = [s for s in pool if ns.only is None or s.name in ns.only]
+    failed = 0
     for spec in specs:
-        path = export_fixture(spec, ns.out_dir)
+        if ns.corpus and (ns.out_dir / f"{spec.name}.onnx").exists():
+            continue
+        try:
+            path = export_fixture(spec, ns.out_dir)
+        except Exception as err:
+            if not ns.corpus:
+                raise
+            # the corpus records an export that fails instead of stopping at it
+            failed += 1
+            line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            (ns.out_dir / f"{spec.name}.export_error").write_text(f"{type(err).__name__}: {line}")
+            print(f"{spec.name}: export failed: {type(err).__name__}: {line[:200]}", flush=True)
+            continue
         print(describe(path), flush=True)
 
 
