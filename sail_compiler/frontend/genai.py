@@ -33,10 +33,11 @@ the quantized-matmul rewrite (:mod:`.prequantized`, which handles the builder's
     as Hugging Face's ``sliding_window``; checked against onnxruntime).
     Scores are scaled by ``scale`` (0: ``1 / sqrt(D)``) and soft-capped by ``softcap``.
 
-With ``sliding_window_cache = 1`` onnxruntime keeps a sliding layer's present only ``W`` long
-(it evicts); the lowering keeps every key and masks, which equals onnxruntime's result while
-``past + seq <= W``: :func:`context_limit` gives that bound, and the driver's signature carries it
-so longer inputs are refused instead of computed differently.
+With ``sliding_window_cache = 1`` onnxruntime-genai keeps a sliding layer's past in a buffer of
+the window's capacity and evicts the oldest keys; the lowering keeps every key and masks those
+outside the window, which gives the same logits (checked to ~1e-6 against onnxruntime-genai
+over four windows; onnxruntime alone refuses growing pasts with the attribute, so
+:func:`reference_model` drops it for ``sail verify``).
 
 The builder writes the cache dims as ``kv_cache_dim`` (symbolic, for its quantized caches) and
 names the past of sliding layers ``past_sliding_length``; :func:`rewrite_genai` fixes
@@ -51,7 +52,6 @@ reported by node and attribute in one :class:`~sail_compiler.errors.ModelCheckEr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -94,12 +94,11 @@ _GQA_UNSUPPORTED_INPUTS = {9: "position_ids", 10: "attention_bias", 11: "head_si
 
 @dataclasses.dataclass
 class GenaiRewrite:
-    """What :func:`rewrite_genai` did: problems (one line each), embedding layers it made, and
-    the smallest ``past + seq`` bound of a sliding-window cache (None: no bound)."""
+    """What :func:`rewrite_genai` did: problems (one line each), the embedding layers it made
+    and whether the model had ops to rewrite."""
 
     problems: list[str] = dataclasses.field(default_factory=list)
     layers: dict[str, PrequantizedLayer] = dataclasses.field(default_factory=dict)
-    context_limit: int | None = None
     rewrote: bool = False
 
 
@@ -267,8 +266,8 @@ def _gather_block_quantized(b: _Builder, node: onnx.NodeProto, rewrite: GenaiRew
                              name=node.name)]
 
 
-def _check_gqa(b: _Builder, node: onnx.NodeProto) -> tuple[list[str], int | None]:
-    """Problems of one GroupQueryAttention node, and its window when its cache slides."""
+def _check_gqa(b: _Builder, node: onnx.NodeProto) -> list[str]:
+    """Problems of one GroupQueryAttention node."""
     attrs = _attrs(node)
     problems = []
     for key, value in attrs.items():
@@ -301,9 +300,7 @@ def _check_gqa(b: _Builder, node: onnx.NodeProto) -> tuple[list[str], int | None
             if table is None or table.ndim != 2 or table.dtype != np.float32:
                 problems.append(f"input {index} (cos/sin cache) must be a float32 2-D "
                                 "initializer")
-    window = int(attrs.get("local_window_size", -1))
-    sliding = window if attrs.get("sliding_window_cache", 0) and window > 0 else None
-    return [f"{_label(node)}: {p}" for p in problems], sliding
+    return [f"{_label(node)}: {p}" for p in problems]
 
 
 def _value_dims(value: onnx.ValueInfoProto) -> list:
@@ -368,8 +365,8 @@ def rewrite_genai(model: onnx.ModelProto) -> GenaiRewrite:
     -------
     GenaiRewrite
         Every problem (node and attribute), the embedding layers made from
-        ``GatherBlockQuantized`` (new initializer name -> layer) and the context bound of a
-        sliding-window cache. When there are problems the model is left as it was.
+        ``GatherBlockQuantized`` (new initializer name -> layer). When there are problems the
+        model is left as it was.
     """
     rewrite = GenaiRewrite()
     if not is_genai_model(model):
@@ -379,7 +376,6 @@ def rewrite_genai(model: onnx.ModelProto) -> GenaiRewrite:
     graph = model.graph
     used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
     head_sizes: set[int] = set()
-    limits: list[int] = []
     replaced: dict[int, list] = {}
     for index, node in enumerate(graph.node):
         key = (node.domain, node.op_type)
@@ -392,10 +388,8 @@ def rewrite_genai(model: onnx.ModelProto) -> GenaiRewrite:
         elif node.op_type == "GatherBlockQuantized":
             new = _gather_block_quantized(b, node, rewrite)
         else:
-            problems, window = _check_gqa(b, node)
+            problems = _check_gqa(b, node)
             rewrite.problems += problems
-            if window is not None:
-                limits.append(window)
             size = _head_size(b, node) if not problems else None
             if size is not None:
                 head_sizes.add(size)
@@ -418,12 +412,6 @@ def rewrite_genai(model: onnx.ModelProto) -> GenaiRewrite:
     used = {n for node in graph.node for n in node.input}
     remove_named(graph.initializer, {t.name for t in graph.initializer if t.name not in used})
     _rename_cache_dims(graph, head_sizes.pop() if len(head_sizes) == 1 else None)
-    rewrite.context_limit = min(limits) if limits else None
-    if rewrite.context_limit is not None:
-        # read back by signature.context_length: longer inputs are refused, not miscomputed
-        remove_named_props(model, "config")
-        model.metadata_props.append(onnx.StringStringEntryProto(
-            key="config", value=json.dumps({"max_position_embeddings": rewrite.context_limit})))
     return rewrite
 
 
@@ -447,13 +435,6 @@ def reference_model(model_path: str | Path) -> bytes | None:
 
 #: onnxruntime's session config key for the folder of a model given as bytes.
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
-
-
-def remove_named_props(model: onnx.ModelProto, key: str) -> None:
-    """Delete the metadata entries named ``key``."""
-    for i in reversed(range(len(model.metadata_props))):
-        if model.metadata_props[i].key == key:
-            del model.metadata_props[i]
 
 
 # ---------------------------------------------------------------------------------------------
