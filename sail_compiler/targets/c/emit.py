@@ -24,7 +24,13 @@ weights) and a tuple of outputs. :func:`emit_model` turns it into C that reads l
   call of the runtime's ``sail_rt_concat``, ``sail_rt_copy``, ``sail_rt_transpose`` or
   ``sail_rt_broadcast`` (``memcpy`` of contiguous runs);
 * ``R.call_dps_packed("sail_attention", (q, k, v[, mask], scale, softcap))`` (``sail.attention``)
-  becomes a ``sail_rt_attention`` call of the runtime's attention kernel (``sail_attention.h``).
+  becomes a ``sail_rt_attention`` call of the runtime's attention kernel (``sail_attention.h``);
+* a KV cache in place: when every ``present.<name>`` output is ``past_key_values.<name>`` with
+  the new positions concatenated, the past read by nothing else and the present only by the
+  attention, ``sail_model_run_cached`` (``sail_model_api.h``) appends the new positions to one
+  preallocated buffer per present (``sail_rt_cache_append``) instead of concatenating, and the
+  attention reads the cache there (a strided view); ``CACHE[]`` lists the pairs, or
+  ``CACHE_UNSUPPORTED`` says why there are none.
 
 Anything else in ``main`` is reported at once (every unsupported binding with its variable).
 The runtime these files are written against is ``runtime/sail_model_rt.h``.
@@ -67,7 +73,7 @@ _C_KEYWORDS = frozenset(
     "union unsigned void volatile while _Bool _Complex _Imaginary bool true false NULL".split())
 #: Names ``sail_model_run`` uses: no symbolic dim (a local there) may shadow them.
 _RUN_LOCALS = frozenset({"model", "inputs", "outputs", "b", "dims", "status", "fail", "buffers",
-                         "calloc", "free"})
+                         "calloc", "free", "cache", "model_run"})
 _LINE = 100
 
 
@@ -193,6 +199,18 @@ class _Lut:
     planes: int  # weight indices
     scales: int
     zeros: int  # -1: symmetric (implicit zero point 2**(bits-1))
+
+
+@dataclasses.dataclass
+class _CachePair:
+    """A present.* output model.c can keep in a KV cache: ``past`` (input ``input``)
+    concatenated with new positions along ``axis`` by ``step``, read only by the attention."""
+
+    name: str  # the past input's name
+    output: int
+    input: int
+    axis: int
+    step: _Call
 
 
 @dataclasses.dataclass
@@ -548,6 +566,41 @@ class _Graph:
                 raise SailError(f"output {spec.name}: the compiled model computes "
                                 f"{buffer.dtype}, the ONNX model declares {spec.dtype}")
 
+    def cache_pairs(self) -> tuple[list[_CachePair], str]:
+        """The past/present pairs ``sail_model_run_cached`` keeps in a KV cache: every
+        ``present.<name>`` must be ``concat(past_key_values.<name>, new)``, the past read by
+        nothing else and the present only by the attention (it becomes a strided view of the
+        cache). Returns the pairs, or none and the reason."""
+        inputs = {spec.name: i for i, spec in enumerate(self.signature.inputs)}
+        calls = [step for step in self.steps if isinstance(step, _Call)]
+        readers: dict[int, list[_Call]] = {}
+        for step in calls:
+            for arg in step.args:
+                if isinstance(arg, _Buffer) and arg not in step.outputs:
+                    readers.setdefault(id(arg), []).append(step)
+        producer = {id(out): step for step in calls for out in step.outputs}
+        pairs = []
+        for j, (spec, buffer) in enumerate(zip(self.signature.outputs, self.outputs,
+                                               strict=True)):
+            if not spec.name.startswith("present."):
+                continue
+            name = "past_key_values." + spec.name.removeprefix("present.")
+            step = producer.get(id(buffer))
+            if name not in inputs or step is None or step.kernel != CONCAT_SYMBOL \
+                    or len(step.args) != 4 or step.args[0] is not self.inputs[inputs[name]]:
+                return [], f"{spec.name} is not {name} with the new positions appended"
+            if [s.kernel for s in readers.get(id(step.args[0]), [])] != [CONCAT_SYMBOL]:
+                return [], f"{name} is read by more than the concatenation that appends to it"
+            others = [s.kernel for s in readers.get(id(buffer), [])
+                      if s.kernel != ATTENTION_SYMBOL or buffer not in s.args[1:3]]
+            if others or sum(o is buffer for o in self.outputs) != 1:
+                return [], (f"{spec.name} is read by {others[0]} (only the attention reads a "
+                            "cache in place)" if others else f"{spec.name} is returned twice")
+            pairs.append(_CachePair(name, j, inputs[name], int(step.args[2].arg), step))
+        if not pairs:
+            return [], "it has no present.* outputs (a decoder with a KV cache has)"
+        return pairs, ""
+
     def releases(self) -> dict[int, list[_Buffer]]:
         """Step index -> intermediates to free after it (liveness; outputs are kept)."""
         last_read: dict[_Buffer, int] = {}
@@ -567,16 +620,16 @@ class _Graph:
 # -- C text ----------------------------------------------------------------------------------
 
 
-def _statement(head: str, args: Sequence[str], end: str = ");") -> list[str]:
-    """``head(args...);`` indented in a function, wrapped after commas at ``_LINE`` columns."""
+def _statement(head: str, args: Sequence[str], end: str = ");", width: int = _LINE) -> list[str]:
+    """``head(args...);`` indented in a function, wrapped after commas at ``width`` columns."""
     line = f"  {head}({', '.join(args)}{end}"
-    if len(line) <= _LINE:
+    if len(line) <= width:
         return [line]
     lines, current = [], f"  {head}("
     pad = " " * len(current)
     for i, arg in enumerate(args):
         piece = arg + (", " if i + 1 < len(args) else end)
-        if len(current) + len(piece.rstrip()) > _LINE and current != f"  {head}(":
+        if len(current) + len(piece.rstrip()) > width and current != f"  {head}(":
             lines.append(current.rstrip())
             current = pad
         current += piece
@@ -584,9 +637,10 @@ def _statement(head: str, args: Sequence[str], end: str = ");") -> list[str]:
     return lines
 
 
-def _try(function: str, args: Sequence[str]) -> list[str]:
-    """``SAIL_TRY(function(args...));``: a runtime call that leaves ``sail_model_run`` on error."""
-    return _statement(f"SAIL_TRY({function}", args, end="));")
+def _try(function: str, args: Sequence[str], width: int = _LINE) -> list[str]:
+    """``SAIL_TRY(function(args...));``: a runtime call that leaves ``sail_model_run`` on error
+    (``width``: the columns left, for a call nested one level deeper)."""
+    return _statement(f"SAIL_TRY({function}", args, end="));", width=width)
 
 
 def _comment(text: str, indent: str = "  ") -> list[str]:
@@ -637,7 +691,16 @@ def _tables(graph: _Graph) -> list[str]:
               for lut in graph.luts]
     if not graph.luts:
         lines.append("    {NULL, 0, 0, 0, 0, 0, -1, -1, -1},")
+    pairs, unsupported = graph.cache_pairs()
     lines += ["};", f"enum {{ NUM_LUTS = {len(graph.luts)} }};", "",
+              "/* The presents sail_model_run_cached keeps in a KV cache: past input, output "
+              "index, input", " * index and the axis new positions are appended along. */",
+              "static const sail_cache_spec CACHE[] = {"]
+    lines += [f"    {{{_c_string(p.name)}, {p.output}, {p.input}, {p.axis}}}," for p in pairs]
+    if not pairs:
+        lines.append("    {NULL, -1, -1, -1},")
+    lines += ["};", f"enum {{ NUM_CACHE = {len(pairs)} }};",
+              f"static const char CACHE_UNSUPPORTED[] = {_c_string(unsupported)};", "",
               f"const int sail_model_num_inputs = {len(graph.inputs)};",
               f"const int sail_model_num_outputs = {len(graph.outputs)};",
               "const sail_io_spec sail_model_inputs[] = {"]
@@ -667,8 +730,15 @@ def _tables(graph: _Graph) -> list[str]:
 
 def _run_function(graph: _Graph) -> list[str]:
     n_in, n_out = len(graph.inputs), len(graph.outputs)
-    lines = ["int sail_model_run(sail_model *model, const sail_tensor *inputs, "
-             "sail_tensor *outputs) {", f"  int64_t dims[{max(len(graph.input_dims), 1)}];"]
+    pairs = {id(p.step): index for index, p in enumerate(graph.cache_pairs()[0])}
+    cached_outputs = {p.output for p in graph.cache_pairs()[0]}
+    lines = ["/* One run; with a KV cache (sail_model_run_cached) the presents are appended to it "
+             "in place. */",
+             "static int model_run(sail_model *model, const sail_tensor *inputs, "
+             "sail_tensor *outputs,", "                     sail_kv_cache *cache) {",
+             f"  int64_t dims[{max(len(graph.input_dims), 1)}];"]
+    if not pairs:
+        lines.append("  (void)cache;")
     if graph.dims:
         lines.append("  int64_t " + ", ".join(f"{name} = 0" for name in graph.dims.values())
                      + ";")
@@ -698,11 +768,20 @@ def _run_function(graph: _Graph) -> list[str]:
         results = ", ".join(f"{o.name}: {o.dtype}[{_dims_text(o.shape)}]" for o in step.outputs)
         layers = f"layer {', '.join(step.layers)}: " if step.layers else ""
         lines += _comment(f"{layers}{step.kernel}({shown}) -> {results}")
+        if id(step) in pairs:  # args: past, new, axis, present
+            past, new, _, present = step.args
+            lines += ["  if (cache) {",
+                      *("  " + line for line in _try("sail_rt_cache_append", [
+                          "model", "cache", str(pairs[id(step)]), f"&{past.ref}", f"&{new.ref}",
+                          f"&{present.ref}"], width=_LINE - 2)), "  } else {"]
+        body_start = len(lines)
+        width = _LINE - 2 if id(step) in pairs else _LINE  # the else branch is indented
         for out in step.outputs:
             shape = ", ".join(graph.expr(d) for d in out.shape)
             lines += _try("sail_rt_alloc", [
                 "model", f"&b->{out.name}", _c_string(out.name), _C_DTYPES[out.dtype],
-                str(len(out.shape)), f"(int64_t[]){{{shape}}}" if out.shape else "NULL"])
+                str(len(out.shape)), f"(int64_t[]){{{shape}}}" if out.shape else "NULL"],
+                width=width)
         if step.lut is not None:
             lines += _try("sail_rt_lut_gemv", ["model", str(step.lut),
                                                *(f"&{a.ref}" for a in step.args)])
@@ -710,7 +789,7 @@ def _run_function(graph: _Graph) -> list[str]:
             parts = [f"&{a.ref}" for a in step.args[:-2]]
             lines += _try("sail_rt_concat", [
                 "model", f"(const sail_buffer *[]){{{', '.join(parts)}}}", str(len(parts)),
-                step.args[-2].arg, f"&{step.args[-1].ref}"])
+                step.args[-2].arg, f"&{step.args[-1].ref}"], width=width)
         elif step.kernel in (COPY_SYMBOL, BROADCAST_SYMBOL):  # args: x, output
             function = "sail_rt_copy" if step.kernel == COPY_SYMBOL else "sail_rt_broadcast"
             lines += _try(function, ["model", *(f"&{a.ref}" for a in step.args)])
@@ -725,6 +804,8 @@ def _run_function(graph: _Graph) -> list[str]:
                 f"&{step.args[2].ref}"])
         else:
             lines += _statement("SAIL_CALL", [step.kernel, *(a.arg for a in step.args)])
+        if id(step) in pairs:
+            lines[body_start:] = ["  " + line for line in lines[body_start:]] + ["  }"]
         lines += [f"  sail_rt_release(model, &b->{b.name});" for b in releases.get(position, [])]
     lines += ["", "  /* Outputs: intermediates move to the caller; inputs and weights are "
               "copied. */"]
@@ -734,14 +815,33 @@ def _run_function(graph: _Graph) -> list[str]:
         copy = buffer.kind == "temp" and any(o is buffer for o in graph.outputs[position + 1:])
         if copy:
             lines.append(f"  {buffer.ref}.owned = 0;")
-        lines += _try("sail_rt_set_output", ["model", f"&outputs[{position}]", f"&{buffer.ref}",
-                                             _C_DTYPES[spec.dtype]])
+        if position in cached_outputs:  # in the cache; the output stays empty
+            lines.append("  if (!cache)")
+            lines += ["  " + line for line in _try("sail_rt_set_output", [
+                "model", f"&outputs[{position}]", f"&{buffer.ref}", _C_DTYPES[spec.dtype]],
+                width=_LINE - 2)]
+        else:
+            lines += _try("sail_rt_set_output", ["model", f"&outputs[{position}]",
+                                                 f"&{buffer.ref}", _C_DTYPES[spec.dtype]])
         if copy:
             lines.append(f"  {buffer.ref}.owned = 1;")
     return [*lines, "  status = 0;", "", "fail:", "  if (status != 0)",
             f"    sail_rt_release_outputs(outputs, {n_out});",
             "  sail_rt_release_all(model, (sail_buffer *)b, sizeof *b / sizeof(sail_buffer));",
-            "  free(b);", "  return status;", "}"]
+            "  free(b);", "  return status;", "}", "",
+            "int sail_model_run(sail_model *model, const sail_tensor *inputs, "
+            "sail_tensor *outputs) {", "  return model_run(model, inputs, outputs, NULL);", "}", "",
+            "int sail_model_has_kv_cache(void) { return NUM_CACHE > 0; }", "",
+            "sail_kv_cache *sail_model_cache_create(sail_model *model, int64_t batch, "
+            "int64_t capacity) {",
+            "  return sail_rt_cache_create(model, CACHE, NUM_CACHE, CACHE_UNSUPPORTED, batch, "
+            "capacity);", "}", "",
+            "int sail_model_run_cached(sail_model *model, const sail_tensor *inputs, "
+            "sail_tensor *outputs,", "                          sail_kv_cache *cache) {",
+            "  if (model && !cache)",
+            '    return sail_rt_fail(model, "no KV cache (make one with '
+            'sail_model_cache_create)");',
+            "  return model_run(model, inputs, outputs, cache);", "}"]
 
 
 def _describe(spec: TensorSpec) -> str:

@@ -3,7 +3,8 @@
  *
  *   sail_generate WEIGHTS.bin --prompt-ids 1,2,3 [-n 64] [--threads T] [--json] [--stream]
  *       [--temperature 0] [--top-k 40] [--top-p 0.95] [--min-p 0.05] [--repeat-penalty 1]
- *       [--repeat-last-n 64] [--seed S] [--eos-ids 1,106] [--repeat R]
+ *       [--repeat-last-n 64] [--seed S] [--eos-ids 1,106] [--repeat R] [--ctx N] [--copy-kv]
+ *       [--profile]
  *
  * The model must have the inputs input_ids int64[batch, seq], attention_mask int64[batch,
  * past + seq] (optionally position_ids int64[batch, seq]) and past_key_values.<name> float32
@@ -18,12 +19,22 @@
  * current token (what `sail generate --stop STRING` uses). --repeat R runs the whole generation
  * R times (the same ids each time) and reports each run's timings (what `sail bench` uses).
  *
+ * The KV cache stays in place (sail_model_run_cached): one buffer per present with room for
+ * --ctx positions (default: the prompt and the new tokens, what this generation needs), to
+ * which each step appends its new keys and values; attention reads them there. A prompt and -n
+ * that need more than --ctx positions are refused before anything runs. Models whose cache
+ * cannot stay in place (a present read by more than the attention), and --copy-kv, feed the
+ * presents back as the next step's pasts instead (the whole cache copied every step).
+ * --profile prints the time of every kernel over the first run's decode steps (not the prefill)
+ * to standard error.
+ *
  * Output: the generated ids on one line (with --stream: one per line as they come), then the
  * prefill time and the decode speed; --json prints one JSON object instead (after the streamed
  * ids):
  *   {"prompt_ids": [...], "ids": [...], "stop_reason": "length" | "eos" | "stop",
  *    "seed": S, "sampling": {...}, "threads": T, "prefill_tokens": P, "prefill_seconds": s,
  *    "decode_steps": n - 1, "decode_seconds": s, "decode_tokens_per_second": r,
+ *    "kv_cache": "in place" | "copied", "ctx": C,
  *    "runs": [{"prefill_seconds": s, "decode_steps": k, "decode_seconds": s}, ...]}
  * (the top-level timings are the first run's). Exit status: 0 success, 1 the weight file failed
  * to load, 2 bad arguments or a model that is not such a decoder, 3 the model failed to run.
@@ -331,7 +342,8 @@ static void usage(FILE *to) {
               "[--json] [--stream]\n"
               "       [--temperature 0] [--top-k 40] [--top-p 0.95] [--min-p 0.05] "
               "[--repeat-penalty 1]\n"
-              "       [--repeat-last-n 64] [--seed S] [--eos-ids 1,2] [--repeat R]\n");
+              "       [--repeat-last-n 64] [--seed S] [--eos-ids 1,2] [--repeat R] [--ctx N] "
+              "[--copy-kv] [--profile]\n");
 }
 
 static double now_seconds(void) {
@@ -451,6 +463,7 @@ typedef struct sail_run {
   long n_generated;
   const char *stop_reason;
   double prefill_seconds, decode_seconds;
+  int kv_in_place; /* the run kept its KV cache in place (sail_model_run_cached) */
 } sail_run;
 
 /* Checks the model's interface; NULL, or the reason it is not a decoder with a KV cache. */
@@ -496,11 +509,13 @@ static const char *describe_decoder(sail_decoder *dec) {
   return NULL;
 }
 
-/* Runs one generation of up to n_new tokens into run (whose generated holds n_new ids); 0, or
- * -1 after printing the reason (a failed step, out of memory). */
+/* Runs one generation of up to n_new tokens into run (whose generated holds n_new ids), with
+ * the KV cache `kv` in place (NULL: the presents fed back as pasts); 0, or -1 after printing
+ * the reason (a failed step, out of memory). */
 static int generate_once(sail_model *model, const sail_decoder *dec, const int64_t *prompt,
                          int n_prompt, long n_new, const sail_sampling *sampling,
-                         const int64_t *eos, int n_eos, sail_stream *stream, sail_run *run) {
+                         const int64_t *eos, int n_eos, sail_stream *stream, sail_kv_cache *kv,
+                         int profile, sail_run *run) {
   const int n_in = dec->n_in, n_out = dec->n_out;
   int status = -1;
   const int64_t total = (int64_t)n_prompt + n_new;
@@ -522,6 +537,7 @@ static int generate_once(sail_model *model, const sail_decoder *dec, const int64
   run->n_generated = 0;
   run->stop_reason = "length";
   run->prefill_seconds = run->decode_seconds = 0.0;
+  run->kv_in_place = kv != NULL;
 
   int64_t past = 0, seq = n_prompt;
   for (long step = 0; step < n_new; ++step) {
@@ -549,22 +565,28 @@ static int generate_once(sail_model *model, const sail_decoder *dec, const int64
       const int p = dec->past_of_out[j];
       if (p < 0)
         continue;
-      if (step == 0) { /* an empty cache: batch 1, the fixed dims, past 0 */
+      if (step == 0 || kv) { /* batch 1, the fixed dims, the past's length; with the cache in
+                              * place the data is not read */
         const sail_io_spec *spec = &sail_model_inputs[p];
         inputs[p].data = empty_cache;
         for (int d = 0; d < spec->ndim; ++d)
-          inputs[p].shape[d] = d == 0 ? 1 : spec->shape[d] < 0 ? 0 : spec->shape[d];
+          inputs[p].shape[d] = d == 0 ? 1 : spec->shape[d] < 0 ? past : spec->shape[d];
       } else {
         inputs[p] = cache[j];
       }
     }
     const double start = now_seconds();
-    if (sail_model_run(model, inputs, outputs) != 0) {
+    if ((kv ? sail_model_run_cached(model, inputs, outputs, kv)
+            : sail_model_run(model, inputs, outputs)) != 0) {
       fprintf(stderr, "sail_generate: step %ld (past %lld, seq %lld): %s\n", step,
               (long long)past, (long long)seq, sail_model_error(model));
       goto done;
     }
     const double seconds = now_seconds() - start;
+    if (step == 0 && profile && sail_rt_profile(model) != 0) { /* time the decode steps */
+      fprintf(stderr, "sail_generate: %s\n", sail_model_error(model));
+      goto done;
+    }
     if (step == 0)
       run->prefill_seconds = seconds;
     else
@@ -595,7 +617,7 @@ static int generate_once(sail_model *model, const sail_decoder *dec, const int64
     stream_token(stream, next);
 
     for (int j = 0; j < n_out; ++j) {
-      if (dec->past_of_out[j] >= 0) { /* the presents become the next step's pasts */
+      if (dec->past_of_out[j] >= 0 && !kv) { /* the presents become the next step's pasts */
         sail_tensor_release(&cache[j]);
         cache[j] = outputs[j];
         memset(&outputs[j], 0, sizeof outputs[j]);
@@ -643,7 +665,7 @@ static void print_ids(const int64_t *ids, long n, const char *separator) {
 
 static void print_report(int json, const sail_model *model, const int64_t *prompt,
                          int n_prompt, const sail_sampling *sampling, const sail_run *runs,
-                         int n_runs, const sail_stream *stream) {
+                         int n_runs, const sail_stream *stream, int64_t ctx) {
   const sail_run *first = &runs[0];
   const long steps = first->n_generated - 1;
   const double rate = steps > 0 && first->decode_seconds > 0 ?
@@ -658,11 +680,13 @@ static void print_report(int json, const sail_model *model, const int64_t *promp
            "\"top_k\": %lld, \"top_p\": %.17g, \"min_p\": %.17g, \"repeat_penalty\": %.17g, "
            "\"repeat_last_n\": %lld}, \"threads\": %d, \"prefill_tokens\": %d, "
            "\"prefill_seconds\": %.9f, \"decode_steps\": %ld, \"decode_seconds\": %.9f, "
-           "\"decode_tokens_per_second\": %.6f, \"runs\": [",
+           "\"decode_tokens_per_second\": %.6f, \"kv_cache\": \"%s\", \"ctx\": %lld, "
+           "\"runs\": [",
            first->stop_reason, (unsigned long long)sampling->seed, sampling->temperature,
            (long long)sampling->top_k, sampling->top_p, sampling->min_p,
            sampling->repeat_penalty, (long long)sampling->repeat_last_n, threads, n_prompt,
-           first->prefill_seconds, steps, first->decode_seconds, rate);
+           first->prefill_seconds, steps, first->decode_seconds, rate,
+           first->kv_in_place ? "in place" : "copied", (long long)ctx);
     for (int r = 0; r < n_runs; ++r)
       printf("%s{\"prefill_seconds\": %.9f, \"decode_steps\": %ld, \"decode_seconds\": %.9f}",
              r ? ", " : "", runs[r].prefill_seconds, runs[r].n_generated - 1,
@@ -674,15 +698,16 @@ static void print_report(int json, const sail_model *model, const int64_t *promp
       printf("\n");
     }
     printf("prefill: %d tokens in %.2f ms; decode: %ld steps in %.2f ms, %.1f tokens/s "
-           "(%d thread%s)\n", n_prompt, 1e3 * first->prefill_seconds, steps,
-           1e3 * first->decode_seconds, rate, threads, threads == 1 ? "" : "s");
+           "(%d thread%s; KV cache %s)\n", n_prompt, 1e3 * first->prefill_seconds, steps,
+           1e3 * first->decode_seconds, rate, threads, threads == 1 ? "" : "s",
+           first->kv_in_place ? "in place" : "copied");
   }
 }
 
 int main(int argc, char **argv) {
   const char *weights = NULL, *prompt_text = NULL, *eos_text = NULL;
-  long n_new = 64, threads = 0, repeat = 1, top_k = 40, last_n = 64;
-  int json = 0;
+  long n_new = 64, threads = 0, repeat = 1, top_k = 40, last_n = 64, ctx = 0;
+  int json = 0, copy_kv = 0, profile = 0;
   sail_stream stream = {0};
   sail_sampling sampling = {.temperature = 0.0, .top_k = 40, .top_p = 0.95, .min_p = 0.05,
                             .repeat_penalty = 1.0, .repeat_last_n = 64, .seed = 0};
@@ -697,6 +722,14 @@ int main(int argc, char **argv) {
     }
     if (strcmp(arg, "--stream") == 0) {
       stream.on = 1;
+      continue;
+    }
+    if (strcmp(arg, "--copy-kv") == 0) {
+      copy_kv = 1;
+      continue;
+    }
+    if (strcmp(arg, "--profile") == 0) {
+      profile = 1;
       continue;
     }
     if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
@@ -723,6 +756,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(arg, "--threads") == 0) {
       if (parse_long(value, 1, SAIL_POOL_MAX_THREADS, &threads) != 0)
         bad = "1..256";
+    } else if (strcmp(arg, "--ctx") == 0) {
+      if (parse_long(value, 1, MAX_TOKENS, &ctx) != 0)
+        bad = "a positive integer up to 16777216";
     } else if (strcmp(arg, "--repeat") == 0) {
       if (parse_long(value, 1, MAX_REPEAT, &repeat) != 0)
         bad = "1..1000";
@@ -801,6 +837,17 @@ int main(int argc, char **argv) {
     }
   }
 
+  const int64_t needed = (int64_t)n_prompt + n_new - 1; /* the last token is not fed back */
+  if (ctx && needed > ctx) {
+    fprintf(stderr, "sail_generate: the prompt (%d tokens) and -n %ld need a KV cache of %lld "
+                    "positions, more than --ctx %ld\n", n_prompt, n_new, (long long)needed, ctx);
+    free(prompt);
+    free(eos);
+    return 2;
+  }
+  if (!ctx)
+    ctx = (long)needed;
+
   char *err = NULL;
   sail_model *model = sail_model_load(weights, &err);
   if (!model) {
@@ -811,6 +858,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   int status = 2;
+  sail_kv_cache *kv = NULL;
   sail_run *runs = calloc((size_t)repeat, sizeof *runs);
   int n_runs = 0;
   if (threads && sail_model_set_threads(model, (int)threads) != 0) {
@@ -830,18 +878,29 @@ int main(int argc, char **argv) {
       goto done;
     }
     sail_stream *streamed = n_runs == 0 ? &stream : &(sail_stream){0}; /* the first run's ids */
-    if (generate_once(model, &dec, prompt, n_prompt, n_new, &sampling, eos, n_eos, streamed,
-                      run) != 0)
+    sail_kv_cache_free(kv); /* each run starts from an empty cache */
+    kv = copy_kv || !sail_model_has_kv_cache() ? NULL : sail_model_cache_create(model, 1, ctx);
+    if (!kv && !copy_kv && sail_model_has_kv_cache()) {
+      fprintf(stderr, "sail_generate: %s\n", sail_model_error(model));
+      goto done;
+    }
+    if (generate_once(model, &dec, prompt, n_prompt, n_new, &sampling, eos, n_eos, streamed, kv,
+                      profile && n_runs == 0, run) != 0)
       goto done;
     if (strcmp(run->stop_reason, "stop") == 0) { /* asked to stop: no more repetitions */
       ++n_runs;
       break;
     }
   }
-  print_report(json, model, prompt, n_prompt, &sampling, runs, n_runs, &stream);
+  print_report(json, model, prompt, n_prompt, &sampling, runs, n_runs, &stream, ctx);
+  if (profile) {
+    fprintf(stderr, "kernels of the %ld decode steps:\n", runs[0].n_generated - 1);
+    sail_rt_print_profile(model, stderr);
+  }
   status = 0;
 
 done:
+  sail_kv_cache_free(kv);
   for (int r = 0; runs && r < (int)repeat; ++r)
     free(runs[r].generated);
   free(runs);

@@ -84,6 +84,25 @@ const char *sail_model_error(const sail_model *model);
 
 void sail_model_free(sail_model *model);
 
+/* A KV cache kept in place across runs (decoders whose past_key_values.* inputs come back as
+ * present.* outputs): sail_model_run_cached appends each step's new keys and values to one
+ * buffer per present instead of concatenating the whole cache, and attention reads them there.
+ * `capacity` positions (past + seq) at most, for `batch` sequences. NULL, with the reason in
+ * sail_model_error, if the model cannot keep its cache in place (the message says why; use
+ * sail_model_run) or memory runs out. */
+typedef struct sail_kv_cache sail_kv_cache;
+/* Whether this model can keep its KV cache in place (else sail_model_cache_create fails). */
+int sail_model_has_kv_cache(void);
+sail_kv_cache *sail_model_cache_create(sail_model *model, int64_t batch, int64_t capacity);
+/* sail_model_run with the past_key_values.* taken from `cache`: their inputs give only the past
+ * length (it must be the cache's length; their data is not read), the new positions are
+ * appended to the cache, and the present.* outputs are left empty (no data). */
+int sail_model_run_cached(sail_model *model, const sail_tensor *inputs, sail_tensor *outputs,
+                          sail_kv_cache *cache);
+/* Positions the cache holds (that of its first present; -1 for NULL). */
+int64_t sail_kv_cache_length(const sail_kv_cache *cache);
+void sail_kv_cache_free(sail_kv_cache *cache);
+
 /* Free an output's data (safe on a tensor without data). */
 void sail_tensor_release(sail_tensor *tensor);
 

@@ -751,6 +751,122 @@ int sail_rt_broadcast(sail_model *model, const sail_buffer *x, sail_buffer *y) {
   return 0;
 }
 
+sail_kv_cache *sail_rt_cache_create(sail_model *model, const sail_cache_spec *specs,
+                                    int32_t count, const char *unsupported, int64_t batch,
+                                    int64_t capacity) {
+  if (!model)
+    return NULL;
+  model->error[0] = '\0';
+  if (count < 1) {
+    sail_rt_fail(model, "this model cannot keep its KV cache in place: %s", unsupported);
+    return NULL;
+  }
+  if (batch < 1 || capacity < 1) {
+    sail_rt_fail(model, "a KV cache needs a batch and a capacity of at least 1, not %lld and "
+                 "%lld", (long long)batch, (long long)capacity);
+    return NULL;
+  }
+  sail_kv_cache *cache = calloc(1, sizeof *cache);
+  if (cache)
+    cache->slots = calloc((size_t)count, sizeof *cache->slots);
+  if (!cache || !cache->slots) {
+    free(cache);
+    sail_rt_fail(model, "out of memory");
+    return NULL;
+  }
+  cache->capacity = capacity;
+  for (int32_t i = 0; i < count; ++i) {
+    const sail_io_spec *spec = &sail_model_outputs[specs[i].output];
+    sail_cache_slot *slot = &cache->slots[i];
+    size_t nbytes = sail_dtype_size(spec->dtype);
+    slot->name = specs[i].name;
+    slot->dtype = sail_rt_dl_dtype(spec->dtype);
+    slot->ndim = spec->ndim;
+    slot->axis = specs[i].axis;
+    for (int32_t d = 0; d < spec->ndim; ++d) {
+      slot->shape[d] = d == specs[i].axis ? capacity : spec->shape[d] < 0 ? batch : spec->shape[d];
+      if (nbytes > SIZE_MAX / (size_t)slot->shape[d]) {
+        sail_kv_cache_free(cache);
+        sail_rt_fail(model, "a KV cache of %lld positions is too large", (long long)capacity);
+        return NULL;
+      }
+      nbytes *= (size_t)slot->shape[d];
+    }
+    if (posix_memalign(&slot->data, WEIGHT_ALIGN, nbytes ? nbytes : 1) != 0) {
+      slot->data = NULL;
+      sail_kv_cache_free(cache);
+      sail_rt_fail(model, "out of memory for a KV cache of %lld positions (%zu bytes for %s)",
+                   (long long)capacity, nbytes, specs[i].name);
+      return NULL;
+    }
+    cache->count = i + 1;
+  }
+  return cache;
+}
+
+void sail_kv_cache_free(sail_kv_cache *cache) {
+  if (!cache)
+    return;
+  for (int32_t i = 0; i < cache->count; ++i)
+    free(cache->slots[i].data);
+  free(cache->slots);
+  free(cache);
+}
+
+int64_t sail_kv_cache_length(const sail_kv_cache *cache) {
+  return cache && cache->count ? cache->slots[0].length : -1;
+}
+
+int sail_rt_cache_append(sail_model *model, sail_kv_cache *cache, int32_t slot_index,
+                         const sail_buffer *past, const sail_buffer *x, sail_buffer *present) {
+  if (!cache || slot_index < 0 || slot_index >= cache->count)
+    return sail_rt_fail(model, "no KV cache for this model's present %d", (int)slot_index);
+  sail_cache_slot *slot = &cache->slots[slot_index];
+  const int32_t ndim = slot->ndim, axis = slot->axis;
+  int fits = x->t.ndim == ndim && past->t.ndim == ndim && x->t.dtype.code == slot->dtype.code &&
+             x->t.dtype.bits == slot->dtype.bits && x->t.dtype.lanes == slot->dtype.lanes;
+  for (int32_t d = 0; fits && d < ndim; ++d)
+    fits = d == axis || (x->shape[d] == slot->shape[d] && past->shape[d] == slot->shape[d]);
+  if (!fits)
+    return sail_rt_fail(model, "%s: the new keys or values do not fit the KV cache (batch, "
+                        "heads, dims or dtype)", slot->name);
+  if (past->shape[axis] != slot->length)
+    return sail_rt_fail(model, "%s: a past of %lld positions, but the KV cache holds %lld",
+                        slot->name, (long long)past->shape[axis], (long long)slot->length);
+  const int64_t seq = x->shape[axis], total = slot->length + seq;
+  if (total > slot->shape[axis])
+    return sail_rt_fail(model, "%s: a context of %lld positions exceeds the KV cache's capacity "
+                        "of %lld", slot->name, (long long)total, (long long)slot->shape[axis]);
+  const double start = model->profile ? seconds_now() : 0.0;
+  const size_t elem = element_bytes(x);
+  int64_t outer = 1, inner = 1;
+  for (int32_t d = 0; d < axis; ++d)
+    outer *= slot->shape[d];
+  for (int32_t d = axis + 1; d < ndim; ++d)
+    inner *= slot->shape[d];
+  const size_t run = (size_t)(seq * inner) * elem, row = (size_t)inner * elem;
+  for (int64_t o = 0; o < outer && run; ++o)
+    memcpy((char *)slot->data + ((size_t)(o * slot->shape[axis] + slot->length)) * row,
+           (const char *)x->t.data + (size_t)o * run, run);
+  slot->length = total;
+  memset(present, 0, sizeof *present);
+  present->t.data = slot->data;
+  present->t.device.device_type = kDLCPU;
+  present->t.ndim = ndim;
+  present->t.dtype = slot->dtype;
+  present->t.shape = present->shape;
+  present->t.strides = present->strides;
+  int64_t stride = 1;
+  for (int32_t d = ndim - 1; d >= 0; --d) {
+    present->shape[d] = d == axis ? total : slot->shape[d];
+    present->strides[d] = stride;
+    stride *= slot->shape[d];
+  }
+  if (model->profile)
+    record_time(model, "sail_cache_append", seconds_now() - start);
+  return 0;
+}
+
 int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer *k,
                       const sail_buffer *v, const sail_buffer *mask, double scale,
                       double softcap, sail_buffer *y) {
@@ -762,13 +878,21 @@ int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer
   const int64_t *qs = q->shape, *ks = k->shape, *vs = v->shape, *out = y->shape;
   fits = fits && ks[0] == qs[0] && ks[1] >= 1 && qs[1] % ks[1] == 0 && ks[3] == qs[3] &&
          vs[0] == qs[0] && vs[1] == ks[1] && vs[2] == ks[2] && out[0] == qs[0] &&
-         out[1] == qs[1] && out[2] == qs[2] && out[3] == vs[3];
+         out[1] == qs[1] && out[2] == qs[2] && out[3] == vs[3] && !q->t.strides &&
+         !y->t.strides && (!k->t.strides || k->t.strides[3] == 1) &&
+         (!v->t.strides || v->t.strides[3] == 1);
   sail_attention_args args = {
       .q = q->t.data, .k = k->t.data, .v = v->t.data, .y = y->t.data, .batch = qs[0],
       .q_heads = qs[1], .kv_heads = ks[1], .q_len = qs[2], .kv_len = ks[2], .head_dim = qs[3],
       .value_dim = vs[3], .k_strides = {ks[1] * ks[2] * ks[3], ks[2] * ks[3], ks[3]},
       .v_strides = {vs[1] * vs[2] * vs[3], vs[2] * vs[3], vs[3]}, .scale = (float)scale,
       .softcap = (float)softcap};
+  for (int d = 0; d < 3; ++d) { /* views into a KV cache: rows read in place */
+    if (k->t.strides)
+      args.k_strides[d] = k->t.strides[d];
+    if (v->t.strides)
+      args.v_strides[d] = v->t.strides[d];
+  }
   if (mask && fits) {
     const int32_t rank = mask->t.ndim, lead = 4 - mask->t.ndim;
     const int64_t full[4] = {qs[0], qs[1], qs[2], ks[2]};

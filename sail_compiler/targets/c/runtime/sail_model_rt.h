@@ -21,9 +21,35 @@
 typedef struct sail_buffer {
   DLTensor t;
   int64_t shape[SAIL_MAX_NDIM];
+  int64_t strides[SAIL_MAX_NDIM]; /* elements; t.strides points here for a view into a KV
+                                   * cache (sail_rt_cache_append), else t.strides is NULL */
   int32_t owned; /* 1: t.data was allocated by sail_rt_alloc and is freed by sail_rt_release */
   size_t capacity; /* bytes of t.data when owned */
 } sail_buffer;
+
+/* A past/present pair that model.c can keep in a KV cache (sail_model_cache_create): output
+ * `output` (present.<name>) is input `input` (past_key_values.<name>, called `name`) with the
+ * new positions appended along `axis`, and only sail_rt_attention reads the present. */
+typedef struct sail_cache_spec {
+  const char *name;
+  int32_t output, input, axis;
+} sail_cache_spec;
+
+/* One present of a KV cache: room for `capacity` positions along `axis`, `length` filled. */
+typedef struct sail_cache_slot {
+  void *data;
+  DLDataType dtype;
+  int32_t ndim, axis;
+  int64_t shape[SAIL_MAX_NDIM]; /* the capacity along axis */
+  int64_t length;
+  const char *name;
+} sail_cache_slot;
+
+struct sail_kv_cache {
+  int32_t count;
+  int64_t capacity;
+  sail_cache_slot *slots;
+};
 
 /* What model.c expects of each tensor of the weight file, in file order. */
 typedef struct sail_weight_spec {
@@ -194,10 +220,25 @@ int sail_rt_broadcast(sail_model *model, const sail_buffer *x, sail_buffer *y);
 
 /* y = sail.attention(q, k, v, mask) (sail_attention.h) on the model's threads: q float32
  * [B, Hq, S, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv], mask NULL or float32 of rank 1..4
- * broadcast (right-aligned) to [B, Hq, S, T], y [B, Hq, S, Dv]. */
+ * broadcast (right-aligned) to [B, Hq, S, T], y [B, Hq, S, Dv]. k and v may be views into a
+ * KV cache (rows read in place, t.strides). */
 int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer *k,
                       const sail_buffer *v, const sail_buffer *mask, double scale,
                       double softcap, sail_buffer *y);
+
+/* A KV cache for the `count` past/present pairs of `specs` (NULL, with `unsupported` as the
+ * reason, when count is 0): each present's shape from sail_model_outputs, with `batch` for its
+ * other symbolic dims and room for `capacity` positions along its axis. NULL with the reason
+ * in the model's error on failure. */
+sail_kv_cache *sail_rt_cache_create(sail_model *model, const sail_cache_spec *specs,
+                                    int32_t count, const char *unsupported, int64_t batch,
+                                    int64_t capacity);
+
+/* Append x (the new positions of pair `slot`) to the cache in place and make `present` a view
+ * of everything the slot holds (not owned; strided when the cache has room left). `past` must
+ * have as many positions as the slot holds, and the positions must fit its capacity. */
+int sail_rt_cache_append(sail_model *model, sail_kv_cache *cache, int32_t slot,
+                         const sail_buffer *past, const sail_buffer *x, sail_buffer *present);
 
 /* y = x with its axes permuted (permute_dims): y.shape[i] = x.shape[perm[i]], same dtype. */
 int sail_rt_transpose(sail_model *model, const sail_buffer *x, const int32_t *perm,
