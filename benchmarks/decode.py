@@ -406,6 +406,7 @@ def profile_step(artifact: Path, layout: KVLayout, past: int, threads: int, repe
     for name in layout.past:
         feed[name] = rng.standard_normal((1, layout.heads_dim[0], past, layout.heads_dim[1]),
                                          dtype=np.float32)
+    (inputs / "out").mkdir(exist_ok=True)
     args = []
     for name, value in feed.items():
         path = inputs / f"{name}.npy"
