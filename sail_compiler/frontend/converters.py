@@ -653,7 +653,20 @@ def _constant_of_shape(stock: Converter, bb: relax.BlockBuilder, inputs, attr, p
 
 
 # Every _impl_vN of these converter classes is replaced.
+def _and(stock: Converter, bb: relax.BlockBuilder, inputs, attr, params) -> Any:
+    """``And`` of two bool tensors as a product of uint8 values: TVM's LLVM codegen emits an
+    ``and`` of an ``i1`` and an ``i8`` vector (an invalid module) when it vectorizes
+    ``logical_and`` over a bool constant at fixed shapes (the legacy exporter's causal mask)."""
+    lhs, rhs = inputs
+    if not all(isinstance(x, relax.Expr) and isinstance(x.ty, relax.TensorType)
+               and str(x.ty.dtype) == "bool" for x in (lhs, rhs)):
+        return stock(bb, inputs, attr, params)
+    product = relax.op.multiply(relax.op.astype(lhs, "uint8"), relax.op.astype(rhs, "uint8"))
+    return relax.op.astype(product, "bool")
+
+
 _OVERRIDES: dict[str, Converter] = {
+    "And": _and,
     "Add": _elementwise(lambda a, b: a + b),
     "Sub": _elementwise(lambda a, b: a - b),
     "Mul": _elementwise(lambda a, b: a * b),
