@@ -46,8 +46,10 @@ import tvm
 from tvm import relax, sym, te, tirx, topi
 
 from ..errors import OptionError, SailError
+from .quant_matmul import static_dim
 
-__all__ = ["OP_NAME", "attention", "attention_attrs", "is_attention", "reference_attention"]
+__all__ = ["OP_NAME", "attention", "attention_attrs", "dim_text", "is_attention",
+           "reference_attention"]
 
 #: The registered name; targets recognise the operator by it.
 OP_NAME = "sail.attention"
@@ -115,13 +117,9 @@ def is_attention(expr: relax.Expr) -> bool:
 # Type inference
 
 
-def _static(dim: tirx.PrimExpr) -> int | None:
-    return int(dim.value) if isinstance(dim, tirx.IntImm) else None
-
-
-def _shown(dim: tirx.PrimExpr) -> str:
+def dim_text(dim: tirx.PrimExpr) -> str:
     """A dim as a message shows it: ``4``, ``seq``, ``past + seq``."""
-    return str(_static(dim)) if _static(dim) is not None else str(dim)
+    return str(static_dim(dim)) if static_dim(dim) is not None else str(dim)
 
 
 def _infer_type(call: relax.Call, _bb: relax.BlockBuilder) -> relax.TensorType:
@@ -149,24 +147,25 @@ def _infer_type(call: relax.Call, _bb: relax.BlockBuilder) -> relax.TensorType:
     (b, hq, s, d), (bk, hkv, t, dk), (bv, hv, tv, dv) = (list(ty.shape) for ty in tys[:3])
 
     def differ(x: tirx.PrimExpr, y: tirx.PrimExpr) -> bool:
-        return not analyzer.can_prove_equal(x, y) and _static(x) is not None \
-            and _static(y) is not None
+        return not analyzer.can_prove_equal(x, y) and static_dim(x) is not None \
+            and static_dim(y) is not None
 
     for what, x, y in (("batch of k", bk, b), ("batch of v", bv, b), ("head dim of k", dk, d),
                        ("heads of v", hv, hkv), ("length of v", tv, t)):
         if differ(x, y):
-            problems.append(f"{what} is {_shown(x)}, expected {_shown(y)}")
-    if _static(hq) is not None and _static(hkv) is not None and \
-            (_static(hkv) < 1 or _static(hq) % _static(hkv)):
-        problems.append(f"k has {_shown(hkv)} heads, which must divide the {_shown(hq)} query "
+            problems.append(f"{what} is {dim_text(x)}, expected {dim_text(y)}")
+    if static_dim(hq) is not None and static_dim(hkv) is not None and \
+            (static_dim(hkv) < 1 or static_dim(hq) % static_dim(hkv)):
+        problems.append(f"k has {dim_text(hkv)} heads, which must divide the {dim_text(hq)} query "
                         "heads")
     if len(tys) == 4:
         full = [b, hq, s, t]
         mask_shape = list(tys[3].shape)
         for axis, dim in enumerate(mask_shape):
             want = full[4 - len(mask_shape) + axis]
-            if _static(dim) != 1 and not analyzer.can_prove_equal(dim, want):
-                problems.append(f"mask dim {axis} is {_shown(dim)}; it must be 1 or {_shown(want)}")
+            if static_dim(dim) != 1 and not analyzer.can_prove_equal(dim, want):
+                problems.append(f"mask dim {axis} is {dim_text(dim)}; it must be 1 or "
+                                f"{dim_text(want)}")
     if problems:
         raise SailError(f"{OP_NAME}: " + "; ".join(problems))
     return relax.TensorType([b, hq, s, dv], "float32")
@@ -203,7 +202,7 @@ def logits_te(scores: te.Tensor, mask: te.Tensor | None, *, scale: float,
             x = tirx.tanh(x / cap) * cap
         if mask is not None:
             lead = len(idx) - len(mask.shape)
-            at = [_zero() if _static(dim) == 1 else idx[lead + axis]
+            at = [_zero() if static_dim(dim) == 1 else idx[lead + axis]
                   for axis, dim in enumerate(mask.shape)]
             x = x + mask[tuple(at)]
         return x

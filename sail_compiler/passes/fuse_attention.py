@@ -43,7 +43,8 @@ import numpy as np
 import tvm
 from tvm import relax, sym, tirx
 
-from ..ops.attention import attention
+from ..ops.attention import attention, dim_text
+from ..ops.quant_matmul import static_dim
 from ._common import rewrite_relax_functions
 
 __all__ = ["FuseAttention"]
@@ -65,14 +66,6 @@ def _shape(expr: relax.Expr) -> list[tirx.PrimExpr] | None:
 
 def _is_one(dim: tirx.PrimExpr) -> bool:
     return isinstance(dim, tirx.IntImm) and int(dim.value) == 1
-
-
-def _static(dim: tirx.PrimExpr) -> int | None:
-    return int(dim.value) if isinstance(dim, tirx.IntImm) else None
-
-
-def _shown(dim: tirx.PrimExpr) -> str:
-    return str(_static(dim)) if _static(dim) is not None else str(dim)
 
 
 def _scalar_const(expr: relax.Expr) -> float | None:
@@ -190,9 +183,9 @@ class _Fuser(relax.PyExprMutator):
             x = call.args[0]
             shape = _shape(x)
             if shape is not None and len(shape) == 4 and _is_one(shape[1]) and \
-                    _static(out[1]) and self.same_dims([shape[0], *shape[2:]],
+                    static_dim(out[1]) and self.same_dims([shape[0], *shape[2:]],
                                                        [out[0], *out[2:]]):
-                return x, _static(out[1])
+                return x, static_dim(out[1])
             return None
         grouped = self.grouped_repeat(call.args[0])  # reshape of a 5-D repeat
         if grouped is None:
@@ -208,7 +201,7 @@ class _Fuser(relax.PyExprMutator):
         """``(x, R)`` for 5-D ``expr[b, g, r] = x[b, g]`` (``x`` 4-D; ``R`` static)."""
         out = _shape(expr)
         call = self.call(expr, "relax.broadcast_to", "relax.tile")
-        if out is None or len(out) != 5 or call is None or _static(out[2]) is None:
+        if out is None or len(out) != 5 or call is None or static_dim(out[2]) is None:
             return None
         if _op(call) == "relax.tile" and \
                 [int(r) for r in call.attrs.repeats][-5:-2] not in ([1, 1, out[2]], [1, out[2]]):
@@ -219,7 +212,7 @@ class _Fuser(relax.PyExprMutator):
         shape = _shape(unit)
         if shape is None or not self.same_dims([out[0], out[1], *out[3:]], shape):
             return None
-        return unit, _static(out[2])
+        return unit, static_dim(out[2])
 
     def unit_axis(self, expr: relax.Expr) -> relax.Expr | None:
         """``x`` for a 5-D ``expr`` that is 4-D ``x`` with a unit axis 2 inserted."""
@@ -389,7 +382,7 @@ class _Fuser(relax.PyExprMutator):
         want = [*out[:1], hq, *out[-2:]] if len(out) == 5 else out
         if not self.same_dims(list(fused.ty.shape), want):
             return None
-        self.fused.append(f"{_shown(hq)} query heads, {_shown(hkv)} KV heads, scale {scale:g}" +
+        self.fused.append(f"{dim_text(hq)} query heads, {dim_text(hkv)} KV heads, scale {scale:g}" +
                           (f", softcap {scores.softcap:g}" if scores.softcap else "") +
                           ("" if mask is not None else ", no mask"))
         if len(out) == 4:
