@@ -59,6 +59,23 @@ def group_errors(w: np.ndarray, qw: QuantizedWeight, importance: np.ndarray) -> 
     return errors
 
 
+def search_objective(w: np.ndarray, qw: QuantizedWeight, importance: np.ndarray) -> np.ndarray:
+    """The search's objective per group and column, by a loop over columns: the squared error
+    weighted by ``importance[k] * (sigma2[n] + w[k, n]**2)``, ``sigma2[n]`` the mean of
+    ``w[k, n]**2`` over the k of nonzero importance."""
+    w64 = w.astype(np.float64)
+    diff2 = (w64 - dequantize(qw).astype(np.float64)) ** 2
+    live = importance > 0
+    errors = np.zeros((qw.n_groups, qw.n))
+    for col in range(qw.n):
+        sigma2 = np.mean(w64[live, col] ** 2) if live.any() else 0.0
+        v = importance * (sigma2 + w64[:, col] ** 2)
+        for grp in range(qw.n_groups):
+            rows = slice(grp * qw.group_size, min((grp + 1) * qw.group_size, qw.k))
+            errors[grp, col] = v[rows] @ diff2[rows, col]
+    return errors
+
+
 def output_error(x: np.ndarray, w: np.ndarray, qw: QuantizedWeight) -> float:
     """``||x w - x dequantize(qw)||_F^2 / ||x w||_F^2``, directly."""
     exact = x @ w.astype(np.float64)
@@ -93,7 +110,8 @@ def test_search_is_never_worse_than_rtn_on_any_group(scheme: QuantScheme) -> Non
     rtn = quantize_weights_rtn(w, scheme)
     for hessian, importance in [(None, np.ones(40)), (x.T @ x, np.sum(x**2, axis=0))]:
         searched = quantize_weight(w, scheme, "search", hessian)
-        ours, theirs = group_errors(w, searched, importance), group_errors(w, rtn, importance)
+        ours = search_objective(w, searched, importance)
+        theirs = search_objective(w, rtn, importance)
         assert np.all(ours <= theirs * (1 + 1e-12))
         assert ours.sum() < theirs.sum()  # and it does find something better
 
@@ -113,8 +131,8 @@ def test_search_property(data: st.DataObject, bits: int, group: int | None, symm
     qw = quantize_weight(w, scheme, "search", hessian)
     check_representation(qw, w, scheme)
     rtn = quantize_weights_rtn(w, scheme)
-    assert np.all(group_errors(w, qw, importance)
-                  <= group_errors(w, rtn, importance) * (1 + 1e-12))
+    assert np.all(search_objective(w, qw, importance)
+                  <= search_objective(w, rtn, importance) * (1 + 1e-12))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -139,16 +157,60 @@ def test_search_uses_the_full_range_in_both_orientations(bits: int) -> None:
 
 
 def test_search_improves_on_rtn() -> None:
+    # The search lowers its own objective well below RTN's; weighting by sigma2 + w**2 (and,
+    # without calibration, not clipping) gives up the plain error's gain: the weight or output
+    # error is 0.84-1.02 x RTN's here.
     rng = np.random.default_rng(7)
     w = rng.standard_t(3, (512, 64)).astype(np.float32)
     x = correlated_inputs(rng, 1024, 512)
     for scheme in ("w2g128", "w3g128", "w4g128", "w3g32sym", "w4channel", "w4channelsym"):
         scheme = QuantScheme.parse(scheme)
         rtn = quantize_weights_rtn(w, scheme)
-        for hessian in (None, x.T @ x):
+        for hessian, importance in [(None, np.ones(512)), (x.T @ x, np.sum(x**2, axis=0))]:
             searched = quantize_weight(w, scheme, "search", hessian)
+            assert search_objective(w, searched, importance).sum() \
+                < 0.98 * search_objective(w, rtn, importance).sum()
             assert reconstruction_error(w, searched, hessian) \
-                < 0.95 * reconstruction_error(w, rtn, hessian)
+                < 1.03 * reconstruction_error(w, rtn, hessian)
+
+
+@pytest.mark.parametrize("scheme", [s for s in SCHEMES if s.bits <= 4], ids=str)
+def test_search_without_calibration_clips_nothing(scheme: QuantScheme) -> None:
+    # every group either keeps RTN's codes and scale, or holds every weight within half a step
+    # of its level (no weight clipped to the end of the grid)
+    rng = np.random.default_rng(200 + scheme.bits)
+    w = (rng.standard_t(2, (40, 64)) * 0.1).astype(np.float32)
+    qw, rtn = quantize_weight(w, scheme, "search"), quantize_weights_rtn(w, scheme)
+    error = np.abs(w.astype(np.float64) - dequantize(qw))
+    kept = 0
+    for grp in range(qw.n_groups):
+        rows = slice(grp * qw.group_size, min((grp + 1) * qw.group_size, qw.k))
+        same = (qw.scale[grp] == rtn.scale[grp]) & np.all(qw.q[rows] == rtn.q[rows], axis=0)
+        within = error[rows].max(axis=0) <= 0.5 * np.abs(qw.scale[grp]) * (1 + 1e-5)
+        assert np.all(same | within)
+        kept += int(np.sum(~same))
+    assert kept > 0  # the search does change some groups
+
+
+@pytest.mark.parametrize("scheme", ["w4g128sym", "w3g64sym", "w4g128", "w2g32"])
+def test_search_keeps_the_largest_weights(scheme: str) -> None:
+    # Heavy-tailed weights, no calibration. An unweighted search clips each group's largest
+    # weights: its mean squared error on the 0.1% largest |w| was 3.5-95x RTN's here (5-125x on
+    # Gemma 3's layers, and perplexity nearly doubled). Weighted by sigma2 + w**2 and not
+    # clipping it is 0.34-1.3x RTN's, and the error over all weights within 1.1% of RTN's.
+    rng = np.random.default_rng(0)
+    w = rng.standard_t(3, (512, 256)).astype(np.float32)
+    top = np.argsort(np.abs(w).ravel())[-w.size // 1000:]
+
+    def errors(qw: QuantizedWeight) -> tuple[float, float]:
+        diff2 = (w.astype(np.float64) - dequantize(qw)) ** 2
+        return float(diff2.ravel()[top].mean()), float(diff2.mean())
+
+    scheme = QuantScheme.parse(scheme)
+    rtn_top, rtn_all = errors(quantize_weights_rtn(w, scheme))
+    top_err, all_err = errors(quantize_weight(w, scheme, "search"))
+    assert top_err < 1.5 * rtn_top
+    assert all_err < 1.02 * rtn_all
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
