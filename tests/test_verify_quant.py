@@ -18,11 +18,18 @@ from sail_compiler.verify import InputPlan, verify_model
 PLANS = [InputPlan(seq_len=1), InputPlan(seq_len=5)]
 
 
-@pytest.mark.parametrize("symmetric", [False, True], ids=["zero-points", "symmetric"])
+@pytest.mark.parametrize(("symmetric", "target", "act_group"), [
+    (False, "llvm", "row"), (True, "llvm", "row"), (False, "llvm", 8), (True, "llvm", "group"),
+    (False, "c", 8), (False, "pim-sim", 8)],
+    ids=["zero-points", "symmetric", "blocks-of-8", "symmetric-group-blocks", "c-blocks-of-8",
+         "pim-sim-blocks-of-8"])
 def test_every_width_agrees_exactly_with_the_reference(micro_decoder: Path, tmp_path: Path,
-                                                       symmetric: bool) -> None:
+                                                       symmetric: bool, target: str,
+                                                       act_group: int | str) -> None:
     """One compile covers every width: the micro decoder's 8 layers get widths 1..8 (2..8 and
-    a channel group when symmetric) through a bits plan."""
+    a channel group when symmetric) through a bits plan; activations with one scale per row, per
+    block of 8 (inside every group: the sums are split) or per weight group, on every target
+    (c and pim-sim must also agree with the llvm build the reference check ran on)."""
     from sail_compiler.frontend import load_checked
     from sail_compiler.quant.plan import find_layers
 
@@ -34,9 +41,15 @@ def test_every_width_agrees_exactly_with_the_reference(micro_decoder: Path, tmp_
     plan.write_text(json.dumps({"layers": [
         {"match": n, "bits": b, "group_size": g, "symmetric": symmetric}
         for n, b, g in zip(names, widths, groups, strict=True)]}))
-    report = verify_model(micro_decoder, CompileOptions(bits_plan=plan), PLANS, per_layer=True)
+    extra = {"pim_config": "tiny", "nbw": 2} if target == "pim-sim" else {}
+    options = CompileOptions(bits_plan=plan, target=target, act_group_size=act_group, **extra)
+    report = verify_model(micro_decoder, options, PLANS, per_layer=True)
     ref = report["reference"]
     assert report["ref_exact"] and report["ok"]
+    if target == "c":  # every LUT-GEMV of the library on its own activations, exactly
+        assert ref["c_lut"]["exact"] and ref["c_lut"]["calls"] > 0
+    elif target == "pim-sim":
+        assert ref["probe_vs_artifact_rel_l2"] == 0.0
     assert ref["sums_checked"] > 0 and ref["sums_mismatched"] == 0
     assert ref["ref_max_rel_err"] <= 1e-5
     layers = {e["layer"]: e for e in report["quant"]["layers"]}

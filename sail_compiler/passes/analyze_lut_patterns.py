@@ -36,6 +36,7 @@ from ..errors import OptionError
 from ..ops.sail_ops import LUT_GEMV, is_sail_op, op_attrs, reference_quantize
 from ..quant.lut import activation_patterns
 from ..quant.patterns import LookupSchedule, ReuseConfig, analyze_layer, lookup_schedule
+from ..quant.reference import ActBlocks
 from ._common import rewrite_relax_functions
 
 DEFAULT_BATCHES = (1, 4, 16)
@@ -118,9 +119,10 @@ class AnalyzeLUTPatterns:
         if x.ndim != 3 or x.shape[-1] != attrs["k"]:
             raise OptionError(f"calibration activations for layer {name} have shape "
                               f"{list(x.shape)}; expected [samples, positions, {attrs['k']}]")
-        xq, _ = reference_quantize(x, attrs["act_bits"])
-        kw = {"group_size": attrs["group_size"], "nbw": attrs["nbw"],
-              "act_bits": attrs["act_bits"]}
+        blocks = ActBlocks(attrs["k"], attrs["group_size"], attrs.get("act_group", attrs["k"]))
+        xq, _ = reference_quantize(x, attrs["act_bits"], blocks.act_group)
+        # the tables are laid out per sum block (the weight groups, split at activation blocks)
+        kw = {"group_size": blocks.sum_size, "nbw": attrs["nbw"], "act_bits": attrs["act_bits"]}
         figures = analyze_layer(xq, batches=self.batches, config=self.config, **kw)
         self.results[name] = {"k": attrs["k"], "nbw": attrs["nbw"], "act_bits": attrs["act_bits"],
                               "group_size": attrs["group_size"], "batches": figures}
