@@ -217,6 +217,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="tokenize only the first N characters of --text; the project's protocol "
                         "is --chars 6000 --window 1024 --max-tokens 1024: one window, <bos> "
                         "first when the tokenizer adds it, exp(mean NLL of tokens 1..1023)")
+    p.add_argument("--chunk", type=int, metavar="N",
+                   help="run each window through the KV cache in pieces of N tokens (a model "
+                        "with past_key_values.* / present.*): the same scores, the peak memory "
+                        "of N tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("analyze-patterns", help="lookups SAIL's pattern reuse saves per layer "
@@ -517,7 +521,8 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
         warnings.showwarning = lambda message, *_: print(f"sail: warning: {message}",
                                                          file=sys.stderr, flush=True)
         report = evaluate(args.model, args.text, args.tokenizer, options, window=args.window,
-                          stride=stride, max_tokens=args.max_tokens, chars=args.chars)
+                          stride=stride, max_tokens=args.max_tokens, chars=args.chars,
+                          chunk=args.chunk)
     if args.json:
         print(json.dumps(report))
         return 0

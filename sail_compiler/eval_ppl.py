@@ -336,7 +336,43 @@ def logits_output(signature: ModelSignature) -> str:
     return "logits" if "logits" in names else names[0]
 
 
-def model_logits_fn(signature: ModelSignature, run: RunFn) -> LogitsFn:
+def kv_pairs(signature: ModelSignature) -> dict[str, str]:
+    """The model's KV cache: each ``past_key_values.<x>`` input and its ``present.<x>`` output.
+
+    Raises
+    ------
+    OptionError
+        The model has no such pairs, or a past input without its present output.
+    """
+    outputs = {s.name for s in signature.outputs}
+    pasts = [s.name for s in signature.inputs if s.name.startswith("past_key_values.")]
+    pairs = {p: "present." + p.removeprefix("past_key_values.") for p in pasts}
+    missing = [p for p, q in pairs.items() if q not in outputs]
+    if not pairs or missing:
+        raise OptionError("--chunk runs a window through the model's KV cache and needs inputs "
+                          "past_key_values.<x> with outputs present.<x>"
+                          + (f"; no present output for {', '.join(missing)}" if missing else
+                             "; this model has none: give its KV-cache export or drop --chunk"))
+    return pairs
+
+
+def check_chunk(signature: ModelSignature, chunk: int | None) -> dict[str, str]:
+    """:func:`kv_pairs` when ``chunk`` is given (empty when None).
+
+    Raises
+    ------
+    OptionError
+        ``chunk`` is not a positive integer, or the model has no KV cache to carry it.
+    """
+    if chunk is None:
+        return {}
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise OptionError(f"--chunk must be a positive integer, got {chunk!r}")
+    return kv_pairs(signature)
+
+
+def model_logits_fn(signature: ModelSignature, run: RunFn, chunk: int | None = None
+                    ) -> LogitsFn:
     """A ``logits_fn`` for :func:`perplexity` from a model's forward on named inputs.
 
     Parameters
@@ -345,22 +381,37 @@ def model_logits_fn(signature: ModelSignature, run: RunFn) -> LogitsFn:
         The model's inputs and outputs (``Artifact.signature``).
     run
         The forward: ``OnnxRuntimeReference(model).run`` (the float model) or ``Artifact.run``.
+    chunk
+        None: one forward pass per window. N: the window goes through the model's KV cache
+        (:func:`kv_pairs`) in pieces of N tokens, each piece's presents fed back as the next
+        one's pasts; causal attention makes the logits those of one pass (up to float
+        rounding), and the peak memory is that of N tokens.
 
     Returns
     -------
     LogitsFn
-        Feeds the ids as :func:`ids_input` (in its dtype), an attention mask of ones, position
-        ids ``0 .. L-1`` and past key/values of length 0 (past inputs of
-        :func:`~sail_compiler.verify.generate_inputs` with ``past_len=0``), and returns the
-        :func:`logits_output`.
+        Feeds the ids as :func:`ids_input` (in its dtype), an attention mask of ones over past
+        and new tokens, position ids counting from the past length and past key/values (of
+        length 0 first: :func:`~sail_compiler.verify.generate_inputs` with ``past_len=0``), and
+        returns the :func:`logits_output`, ``[1, L, V]``.
     """
     spec = ids_input(signature)
     output = logits_output(signature)
+    pairs = check_chunk(signature, chunk)
 
     def logits_fn(ids: np.ndarray) -> np.ndarray:
-        feeds = generate_inputs(signature, InputPlan(batch=1, seq_len=ids.shape[1], past_len=0))
-        feeds[spec.name] = ids.astype(spec.dtype)
-        return run(feeds)[output]
+        step = chunk or ids.shape[1]
+        parts, past = [], {}
+        for begin in range(0, ids.shape[1], step):
+            piece = ids[:, begin:begin + step]
+            feeds = generate_inputs(signature, InputPlan(batch=1, seq_len=piece.shape[1],
+                                                         past_len=begin))
+            feeds[spec.name] = piece.astype(spec.dtype)
+            feeds.update(past)
+            outputs = run(feeds)
+            parts.append(outputs[output])
+            past = {p: outputs[q] for p, q in pairs.items()}
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     return logits_fn
 
@@ -396,7 +447,7 @@ def check_model(signature: ModelSignature, ids: np.ndarray, window: int) -> None
 def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str | Path,
              options: CompileOptions | None = None, window: int = 256, stride: int = 128,
              max_tokens: int | None = None, progress: bool = True,
-             chars: int | None = None) -> dict[str, Any]:
+             chars: int | None = None, chunk: int | None = None) -> dict[str, Any]:
     """Perplexity of the float model (onnxruntime) and of the compiled model on a text.
 
     Parameters
@@ -413,6 +464,9 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
         See :func:`strided_windows`.
     progress
         Report compilation and running perplexities on stderr.
+    chunk
+        Run each window through the KV cache in pieces of this many tokens (both models; see
+        :func:`model_logits_fn`), for models whose one-pass window does not fit in memory.
 
     Returns
     -------
@@ -443,6 +497,7 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
     model = load_checked(model_path)  # fails early, before a compile, on a mismatched model
     bind_shapes(model, options.shapes)
     check_model(signature_of(model), ids, window)
+    check_chunk(signature_of(model), chunk)
     del model
 
     def say(message: str) -> None:
@@ -461,15 +516,15 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
 
         reference = OnnxRuntimeReference(model_path, threads=options.num_threads)
         started = time.perf_counter()
-        float_result = perplexity(model_logits_fn(artifact.signature, reference.run), ids,
-                                  window, stride, progress, "float (onnxruntime)")
+        float_result = perplexity(model_logits_fn(artifact.signature, reference.run, chunk),
+                                  ids, window, stride, progress, "float (onnxruntime)")
         float_result.update(seconds=round(time.perf_counter() - started, 3),
                             runtime="onnxruntime")
         del reference
 
         started = time.perf_counter()
-        compiled = perplexity(model_logits_fn(artifact.signature, artifact.run), ids, window,
-                              stride, progress, f"compiled ({options.describe_quant()})")
+        compiled = perplexity(model_logits_fn(artifact.signature, artifact.run, chunk), ids,
+                              window, stride, progress, f"compiled ({options.describe_quant()})")
         compiled.update(seconds=round(time.perf_counter() - started, 3),
                         compile_seconds=round(compile_seconds, 3), target=options.target,
                         quant=quant, description=options.describe_quant(),
@@ -477,5 +532,5 @@ def evaluate(model_path: str | Path, text_path: str | Path, tokenizer_path: str 
                            if k in artifact.manifest})
     return {"model": str(model_path), "text": str(text_path), "chars": chars,
             "tokenizer": str(tokenizer_path), "tokens": len(ids),
-            "first_ids": ids[:8].tolist(), "window": window, "stride": stride,
+            "first_ids": ids[:8].tolist(), "window": window, "stride": stride, "chunk": chunk,
             "warnings": notes, "float": float_result, "compiled": compiled}

@@ -82,3 +82,12 @@ def test_eval_ppl_protocol_options_and_calibration_warning(
     assert "is the evaluation text" in warning[0]
     assert f"(first {chars} characters): 32 tokens" in captured.out
     assert "1 window(s), 31 tokens scored" in captured.out
+
+
+def test_eval_ppl_chunk_needs_a_kv_cache(micro_decoder: Path, words: tuple[Path, Path],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    tokenizer, text = words
+    code = main(["eval-ppl", str(micro_decoder), "--text", str(text), "--tokenizer",
+                 str(tokenizer), "--window", "16", "--chunk", "4"])
+    assert code == 2
+    assert "--chunk runs a window through the model's KV cache" in capsys.readouterr().err

@@ -358,3 +358,24 @@ def test_calibrating_on_the_evaluation_text_warns(micro_decoder: Path, word_toke
         warnings.simplefilter("error")
         assert evaluate(micro_decoder, text, word_tokenizer, options, window=16, stride=8,
                         max_tokens=16, progress=False)["warnings"] == []
+
+
+def test_chunks_through_the_kv_cache_score_like_one_pass(micro_decoder: Path, word_tokenizer: Path,
+                                                         tmp_path: Path) -> None:
+    kv_path = tmp_path / "micro_kv.onnx"
+    save_model(make_decoder(PRESETS["micro"], kv_cache=True), kv_path)
+    text = _words_text(tmp_path / "t.txt", 60, seed=4)
+    options = CompileOptions(quant=QuantScheme.parse("w4g8"))
+    whole = evaluate(kv_path, text, word_tokenizer, options, window=32, stride=16,
+                     progress=False)
+    chunked = evaluate(kv_path, text, word_tokenizer, options, window=32, stride=16,
+                       progress=False, chunk=5)
+    assert chunked["chunk"] == 5 and whole["chunk"] is None
+    for side in ("float", "compiled"):
+        assert chunked[side]["tokens"] == whole[side]["tokens"] == 59
+        np.testing.assert_allclose(chunked[side]["nll"], whole[side]["nll"], rtol=1e-5)
+    with pytest.raises(OptionError, match="--chunk runs a window through the model's KV cache"):
+        evaluate(micro_decoder, text, word_tokenizer, window=16, stride=8, progress=False,
+                 chunk=4)
+    with pytest.raises(OptionError, match="--chunk must be a positive integer"):
+        evaluate(kv_path, text, word_tokenizer, window=16, stride=8, progress=False, chunk=0)
