@@ -372,6 +372,10 @@ def _gemma3_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--calib-text", type=Path, default=gemma3.CALIB_TEXT,
                        help=f"calibration text of sail's search, gptq and --avg-bits (default "
                             f"{gemma3.CALIB_TEXT}; never the evaluation text)")
+    group.add_argument("--sail-chunk", type=int, default=128,
+                       help="sail rows score the KV-cache export in pieces of this many tokens "
+                            "(eval-ppl --chunk: the same perplexity, bounded memory; 0: the "
+                            "no-cache export in one pass; default 128)")
     group.add_argument("--redo", action="store_true", help="recompute cached rows")
     group.add_argument("--threads", type=int, default=2,
                        help="onnxruntime / llama.cpp / sail threads (default 2)")
@@ -401,8 +405,9 @@ def _stderr_tail(proc: subprocess.CompletedProcess) -> str:
     """The end of a failed child's stderr without its log lines, and how it ended."""
     lines = [line for line in proc.stderr.splitlines()
              if "[INFO]" not in line and "Warning" not in line]
-    how = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 \
-        else f"exit {proc.returncode}"
+    how = f"exit {proc.returncode}" if proc.returncode >= 0 else \
+        f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9
+                                                  else "")
     return f"{how}: {' '.join(lines[-6:])[-400:]}"
 
 
@@ -457,7 +462,8 @@ def gemma3_main(args: argparse.Namespace) -> int:
 
     * float: onnxruntime fp32;
     * sail: ``sail eval-ppl MODEL --chars 6000 --window 1024 --max-tokens 1024`` with the
-      setting (llvm target, 8-bit activations unless ``--sail-extra`` says otherwise);
+      setting (llvm target, 8-bit activations unless ``--sail-extra`` says otherwise), on the
+      KV-cache export in chunks of ``--sail-chunk`` tokens (the same perplexity);
       calibration on ``--calib-text`` (8 windows of 128 tokens); seconds = the compile
       (quantization included);
     * llama.cpp: llama-cpp-python's logits of every position (``logits_all``) in one batch of
@@ -467,8 +473,12 @@ def gemma3_main(args: argparse.Namespace) -> int:
     """
     import gemma3
 
-    files = gemma3.require(args.model_dir, gemma3.NO_CACHE_MODEL, gemma3.TOKENIZER)
+    files = gemma3.require(args.model_dir, gemma3.NO_CACHE_MODEL, gemma3.KV_MODEL,
+                           gemma3.TOKENIZER)
     model, tokenizer = files[gemma3.NO_CACHE_MODEL], files[gemma3.TOKENIZER]
+    # one 1024-token pass of a compiled g32 model needs more than 20 GB: chunks of the KV export
+    sail_model, chunking = (files[gemma3.KV_MODEL], ["--chunk", str(args.sail_chunk)]) \
+        if args.sail_chunk else (model, [])
     if args.calib_text.resolve() == gemma3.EVAL_TEXT.resolve():
         raise SystemExit("--calib-text must not be the evaluation text")
     ids = gemma3.protocol_ids(args.model_dir)
@@ -495,10 +505,11 @@ def gemma3_main(args: argparse.Namespace) -> int:
     extra = shlex.split(args.sail_extra)
     for setting in [s for s in args.sail.split(",") if s]:
         options, bits, method = _sail_setting_args(setting, calib)
-        options += extra + ["--threads", str(args.threads)]
+        options += extra + chunking + ["--threads", str(args.threads)]
 
         def sail_row(options: list[str] = options) -> dict[str, Any]:
-            command = [sys.executable, "-m", "sail_compiler", "eval-ppl", str(model), "--text",
+            command = [sys.executable, "-m", "sail_compiler", "eval-ppl", str(sail_model),
+                       "--text",
                        str(gemma3.EVAL_TEXT), "--tokenizer", str(tokenizer), "--chars",
                        str(gemma3.EVAL_CHARS), "--window", str(gemma3.EVAL_TOKENS),
                        "--max-tokens", str(gemma3.EVAL_TOKENS), *options, "--json"]
@@ -612,8 +623,9 @@ def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             seconds = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-"
             size = f"{r['file_mib']:.0f}" if r.get("file_mib") is not None else "-"
             cells = f"{r['ppl']:.3f} | {ratio} | {seconds} | {size}"
-        acts = r.get("activations") or ("float" if r["engine"] in ("float", "onnxruntime")
-                                        else "q8 blocks of 32 (k-quants: q8_K)")
+        acts = r.get("activations") or {"float": "float", "onnxruntime": "float",
+                                         "llama.cpp": "q8 blocks of 32 (k-quants: q8_K)"
+                                         }.get(r["engine"], "-")
         print(f"| {r['bits']} | {r['engine']} | {r['setting']} | {r['method']} | {acts} | "
               f"{cells} |")
     warned = [r for r in rows if r.get("warnings")]
