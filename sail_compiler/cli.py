@@ -49,6 +49,10 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pim-config", metavar="PRESET|FILE.toml",
                    help="pim-sim target: the SAIL machine the program is mapped for (a preset: "
                         "sail-n1, tiny; or a TOML file of overrides; default sail-n1)")
+    p.add_argument("--logits", default="all", choices=("all", "last"),
+                   help="all: logits for every position; last: for the last position only "
+                        "([batch, 1, vocab]; what generation reads, and a prefill that skips "
+                        "the LM head for the rest)")
     q = p.add_argument_group("weight quantization (the quantize stage)")
     q.add_argument("--bits", type=int, help="quantize matmul weights to 1..8 bits")
     q.add_argument("--group-size", default="128",
@@ -272,7 +276,7 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
                           method=args.method, bits_plan=args.bits_plan, avg_bits=args.avg_bits,
                           calib=calib, embedding_bits=args.embedding_bits, sail=args.sail,
                           nbw=args.nbw, pim_types=args.pim_types, pim_config=args.pim_config,
-                          **extra)
+                          logits=args.logits, **extra)
 
 
 def _scheme(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -70,6 +70,26 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _last_logits_signature(signature: ModelSignature, mod: tvm.IRModule) -> ModelSignature:
+    """The signature after :class:`~.passes.KeepLastLogits`: outputs whose sequence dim it cut
+    to 1 say so (the Relax function keeps only positions; the names and dims live here)."""
+    ret = mod["main"].ret_ty
+    fields = list(ret.fields) if hasattr(ret, "fields") else [ret]
+    outputs = list(signature.outputs)
+    changed = False
+    for index, (spec, ty) in enumerate(zip(outputs, fields, strict=False)):
+        shape = getattr(ty, "shape", None)
+        if shape is None or len(spec.dims) != 3 or len(shape) != 3 or spec.dims[1] == 1:
+            continue
+        if isinstance(shape[1], tvm.tirx.IntImm) and int(shape[1]) == 1:
+            outputs[index] = dataclasses.replace(spec, dims=(spec.dims[0], 1, spec.dims[2]))
+            changed = True
+    if not changed:
+        raise OptionError("--logits last: no output is [batch, seq, vocab] logits computed by an "
+                          "LM-head matmul per position (KeepLastLogits did not fire)")
+    return dataclasses.replace(signature, outputs=tuple(outputs))
+
+
 def compile_model(model_path: str | Path, output: str | Path | None,
                   options: CompileOptions | None = None,
                   command: list[str] | None = None,
@@ -136,6 +156,8 @@ def compile_model(model_path: str | Path, output: str | Path | None,
             mod = stage_pass(stage, options, target, quant)(mod)
             seconds[stage.name] = seconds.get(stage.name, 0.0) + time.perf_counter() - started
             dumper.record_stage(position, stage.name, mod)
+            if stage.name == "import" and options.logits == "last":
+                signature = _last_logits_signature(signature, mod)
             if stage.name == options.emit:
                 break
 

@@ -4,7 +4,8 @@
 computed per layer (:mod:`.quant.prepare`) into ``sail.quant_matmul`` calls.
 ``import`` is the ONNX frontend (dumped as ``stage_0_frontend``) plus clean-up passes that make
 the imported graph safe to run (:class:`~.passes.WrapGatherIndices`) and fuse its attention
-(:class:`~.passes.FuseAttention`: one ``sail.attention`` per layer, for every target).
+(:class:`~.passes.FuseAttention`: one ``sail.attention`` per layer, for every target); with
+``--logits last`` also :class:`~.passes.KeepLastLogits`.
 ``quantize`` holds the quantization passes; ``sail`` the SAIL passes
 (:class:`~.passes.ConvertPIMTypes`, then :class:`~.passes.LowerToLUTGemv`), for quantized
 compiles unless ``--no-sail``. ``lower`` is the target's: legalization, fusion and scheduling
@@ -26,6 +27,7 @@ from .options import CompileOptions
 from .passes import (
     ConvertPIMTypes,
     FuseAttention,
+    KeepLastLogits,
     LowerToLUTGemv,
     QuantizeEmbedding,
     QuantizeWeights,
@@ -71,7 +73,8 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("import", "ONNX -> Relax (float), weights as constants",
-          lambda o, t, q: [WrapGatherIndices(), FuseAttention()]),
+          lambda o, t, q: [WrapGatherIndices(), FuseAttention(),
+                           *([KeepLastLogits()] if o.logits == "last" else [])]),
     Stage("quantize", "weights -> b-bit integers and sail.quant_matmul (--bits, --bits-plan, "
           "--avg-bits, pre-quantized models)",
           lambda o, t, q: _quantize_passes(o, q)),

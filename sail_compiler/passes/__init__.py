@@ -4,6 +4,7 @@ from .analyze_lut_patterns import AnalyzeLUTPatterns
 from .convert_pim_types import ConvertPIMTypes
 from .expose_group_sums import ExposeGroupSums
 from .fuse_attention import FuseAttention
+from .keep_last_logits import KeepLastLogits
 from .lift_weights_to_params import LiftWeightsToParams
 from .lower_to_lut_gemv import LowerToLUTGemv
 from .quantize_embedding import QuantizeEmbedding
@@ -11,5 +12,5 @@ from .quantize_weights import QuantizeWeights
 from .wrap_gather_indices import WrapGatherIndices
 
 __all__ = ["AnalyzeLUTPatterns", "ConvertPIMTypes", "ExposeGroupSums", "FuseAttention",
-           "LiftWeightsToParams", "LowerToLUTGemv", "QuantizeEmbedding", "QuantizeWeights",
-           "WrapGatherIndices"]
+           "KeepLastLogits", "LiftWeightsToParams", "LowerToLUTGemv", "QuantizeEmbedding",
+           "QuantizeWeights", "WrapGatherIndices"]

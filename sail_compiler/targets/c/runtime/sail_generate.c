@@ -8,8 +8,9 @@
  *
  * The model must have the inputs input_ids int64[batch, seq], attention_mask int64[batch,
  * past + seq] (optionally position_ids int64[batch, seq]) and past_key_values.<name> float32
- * [batch, ..., past, ...], and the outputs logits float32[batch, seq, vocab] and
- * present.<name> (the new cache of past_key_values.<name>, one position longer per token).
+ * [batch, ..., past, ...], and the outputs logits float32[batch, seq, vocab] (or [batch, 1,
+ * vocab]: the last position's only, `sail compile --logits last`) and present.<name> (the new
+ * cache of past_key_values.<name>, one position longer per token).
  *
  * It runs the prompt in one call (prefill, past = 0), picks the next token from the last
  * position's logits (the sampler below; greedy arg-max at --temperature 0, the default), and
@@ -594,9 +595,11 @@ static int generate_once(sail_model *model, const sail_decoder *dec, const int64
 
     const sail_tensor *logits = &outputs[dec->logits_out];
     const int64_t vocab = logits->shape[2];
-    if (logits->shape[0] != 1 || logits->shape[1] != seq || vocab < 1) {
+    /* every position's logits, or the last one's (--logits last) */
+    const int64_t rows = logits->shape[1];
+    if (logits->shape[0] != 1 || (rows != seq && rows != 1) || vocab < 1) {
       fprintf(stderr, "sail_generate: step %ld: logits of shape [%lld, %lld, %lld], expected "
-              "[1, %lld, vocab]\n", step, (long long)logits->shape[0],
+              "[1, %lld or 1, vocab]\n", step, (long long)logits->shape[0],
               (long long)logits->shape[1], (long long)vocab, (long long)seq);
       goto done;
     }
@@ -610,7 +613,7 @@ static int generate_once(sail_model *model, const sail_decoder *dec, const int64
               step, (long long)sampler.vocab, (long long)vocab);
       goto done;
     }
-    const float *row = (const float *)logits->data + (seq - 1) * vocab;
+    const float *row = (const float *)logits->data + (rows - 1) * vocab;
     const int64_t next = sail_sampler_next(&sampler, row, history, past + seq);
     history[past + seq] = next;
     run->generated[run->n_generated++] = next;
