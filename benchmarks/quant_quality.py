@@ -401,6 +401,18 @@ def _cached(path: Path, redo: bool, compute: Callable[[], dict[str, Any]]) -> di
     return row
 
 
+def _commit() -> str:
+    """The repository's HEAD (``+dirty`` with uncommitted changes in sail_compiler/): the
+    compiler a sail row was measured with."""
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "sail_compiler"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def _stderr_tail(proc: subprocess.CompletedProcess) -> str:
     """The end of a failed child's stderr without its log lines, and how it ended."""
     lines = [line for line in proc.stderr.splitlines()
@@ -519,6 +531,7 @@ def gemma3_main(args: argparse.Namespace) -> int:
             report = json.loads(proc.stdout.strip().splitlines()[-1])
             compiled = report["compiled"]
             return {"ppl": compiled["ppl"], "float_ppl": report["float"]["ppl"],
+                    "commit": _commit(),
                     "seconds": compiled["compile_seconds"], "score_seconds": compiled["seconds"],
                     "description": compiled.get("description"), "warnings": report["warnings"],
                     "activations": f"int{compiled.get('act_bits')}, groups "
@@ -628,6 +641,12 @@ def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                                          }.get(r["engine"], "-")
         print(f"| {r['bits']} | {r['engine']} | {r['setting']} | {r['method']} | {acts} | "
               f"{cells} |")
+    commits = sorted({r["commit"] for r in rows if r.get("commit")})
+    if commits:
+        now = _commit()
+        print(f"sail rows measured at commit(s) {', '.join(commits)}; now {now}"
+              + ("" if commits == [now] else ": cached rows may predate compiler changes "
+                 "(--redo, or delete their JSON in the workdir, to measure them again)"))
     warned = [r for r in rows if r.get("warnings")]
     for r in warned:
         print(f"warning ({r['setting']}): {'; '.join(r['warnings'])}")
