@@ -370,7 +370,8 @@ def c_generate(artifact: Path) -> Callable[[list[int], int, int], Generation]:
 
 def compile_c(model: Path, out: Path, bits: int, sail_args: list[str]) -> float:
     """``sail compile MODEL --target c --bits B *sail_args -o OUT`` and ``sail build OUT``;
-    returns the seconds both took (the command is kept in ``OUT.command``)."""
+    returns the seconds both took (the command, the commit and the seconds are kept in
+    ``OUT.command``)."""
     started = time.perf_counter()
     command = ["compile", str(model), "--target", "c", "--bits", str(bits), *sail_args, "-o",
                str(out)]
@@ -383,13 +384,25 @@ def compile_c(model: Path, out: Path, bits: int, sail_args: list[str]) -> float:
     if _sail("build", str(out)).returncode != 0:
         raise RuntimeError(f"sail build {out} failed")
     seconds = time.perf_counter() - started
-    out.with_suffix(".command").write_text(shlex.join(["sail", *command]) + "\n")
+    out.with_suffix(".command").write_text(json.dumps(
+        {"command": shlex.join(["sail", *command]), "commit": gemma3.repo_commit(),
+         "seconds": seconds}))
     log(f"  c w{bits}: {seconds:.0f} s")
     return seconds
 
 
-def c_built(out: Path) -> bool:
-    return (out / "manifest.json").exists() and (out / "sail_main").exists()
+def c_built(out: Path, notes: list[str]) -> bool:
+    """Whether ``out`` holds a built artifact; a note when it was built by another commit."""
+    if not ((out / "manifest.json").exists() and (out / "sail_main").exists()):
+        return False
+    record = out.with_suffix(".command")
+    built = json.loads(record.read_text()).get("commit") if record.exists() \
+        and record.read_text().startswith("{") else None
+    now = gemma3.repo_commit()
+    if built != now:
+        notes.append(f"{out.name} was built at commit {built or 'unknown'}, now {now}: "
+                     "--rebuild measures the current compiler")
+    return True
 
 
 def profile_step(artifact: Path, layout: KVLayout, past: int, threads: int, repeat: int,
@@ -717,7 +730,7 @@ def run_generated(args: argparse.Namespace, cfg: DecoderConfig, work: Path) -> d
     if "c" in args.arms:
         for bits in args.bits:
             out = work / f"c_w{bits}g{args.group_size}"
-            if args.rebuild or not c_built(out):
+            if args.rebuild or not c_built(out, notes):
                 compile_c(model, out, bits, ["--group-size", str(args.group_size)])
             arms.append(Arm("sail c", f"w{bits}g{args.group_size}",
                             _file_bytes(out / "weights.bin"), c_generate(out)))
@@ -858,7 +871,7 @@ def run_gemma3(args: argparse.Namespace, work: Path) -> dict:
         tag = hashlib.sha1(" ".join(sail_args).encode()).hexdigest()[:8]
         for bits in args.bits:
             out = work / f"c_w{bits}_{tag}"
-            if args.rebuild or not c_built(out):
+            if args.rebuild or not c_built(out, notes):
                 try:
                     compile_c(model, out, bits, sail_args)
                 except RuntimeError as err:

@@ -64,6 +64,17 @@ def log(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
+def repo_commit() -> str:
+    """This repository's HEAD (``+dirty`` with uncommitted changes in sail_compiler/): the
+    compiler a sail measurement was made with."""
+    git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "sail_compiler"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def require(model_dir: Path, *names: str) -> dict[str, Path]:
     """The model's files by name; SystemExit naming the build script when one is missing."""
     paths = {name: model_dir / name for name in names}

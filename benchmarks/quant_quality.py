@@ -401,18 +401,6 @@ def _cached(path: Path, redo: bool, compute: Callable[[], dict[str, Any]]) -> di
     return row
 
 
-def _commit() -> str:
-    """The repository's HEAD (``+dirty`` with uncommitted changes in sail_compiler/): the
-    compiler a sail row was measured with."""
-    root = Path(__file__).resolve().parents[1]
-    git = ["git", "-C", str(root)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "sail_compiler"],
-                           capture_output=True, text=True).stdout.strip()
-    return head + ("+dirty" if dirty else "")
-
-
 def _stderr_tail(proc: subprocess.CompletedProcess) -> str:
     """The end of a failed child's stderr without its log lines, and how it ended."""
     lines = [line for line in proc.stderr.splitlines()
@@ -531,7 +519,7 @@ def gemma3_main(args: argparse.Namespace) -> int:
             report = json.loads(proc.stdout.strip().splitlines()[-1])
             compiled = report["compiled"]
             return {"ppl": compiled["ppl"], "float_ppl": report["float"]["ppl"],
-                    "commit": _commit(),
+                    "commit": gemma3.repo_commit(),
                     "seconds": compiled["compile_seconds"], "score_seconds": compiled["seconds"],
                     "description": compiled.get("description"), "warnings": report["warnings"],
                     "activations": f"int{compiled.get('act_bits')}, groups "
@@ -613,6 +601,8 @@ def _ort_quantize(model: Path, out: Path, algo: str, scheme: QuantScheme,
 
 
 def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    import gemma3
+
     base = next((r["ppl"] for r in rows if r["engine"] == "float" and "ppl" in r), None)
     print(f"\n{_PROTOCOL}; calibration (sail search/gptq/avg-bits): {args.calib_text}, 8 windows "
           "of 128 tokens; sail: llvm target, 8-bit activations unless the setting says "
@@ -643,7 +633,7 @@ def _print_gemma3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
               f"{cells} |")
     commits = sorted({r["commit"] for r in rows if r.get("commit")})
     if commits:
-        now = _commit()
+        now = gemma3.repo_commit()
         print(f"sail rows measured at commit(s) {', '.join(commits)}; now {now}"
               + ("" if commits == [now] else ": cached rows may predate compiler changes "
                  "(--redo, or delete their JSON in the workdir, to measure them again)"))
