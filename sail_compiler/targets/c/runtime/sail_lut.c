@@ -101,7 +101,7 @@ void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int ro
                               int row_begin, int row_end, uint8_t *tables, int32_t *xsum) {
     for (int t = row_begin; t < row_end; ++t) {
         const int8_t *xr = xq + (size_t)t * (size_t)w->k;
-        for (sail_lut_sum s = sail_lut_sum_first(w); s.j < w->n_sums; sail_lut_sum_next(w, &s)) {
+        for (sail_lut_sum s = sail_lut_sum_first(w); s.j < s.n_sums; sail_lut_sum_next(&s, 1)) {
             const int grp = s.grp;
             int32_t total = 0;
             for (int blk = s.blk0; blk < s.blk0 + s.nblk; ++blk) {
@@ -161,8 +161,8 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
         const int ncols = w->n - col0 < SAIL_LUT_TILE_N ? w->n - col0 : SAIL_LUT_TILE_N;
         for (int t = 0; t < call->rows; ++t) {
             float yacc[SAIL_LUT_TILE_N] = {0};
-            for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < w->n_sums;
-                 sail_lut_sum_next(w, &sb)) {
+            for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < sb.n_sums;
+                 sail_lut_sum_next(&sb, 1)) {
                 const int grp = sb.grp;
                 const size_t tg = (size_t)tile * (size_t)w->n_groups + (size_t)grp;
                 const uint8_t *planes = w->planes + tg * (size_t)w->blocks_per_group * block_bytes;

@@ -169,38 +169,43 @@ typedef struct sail_lut_call {
 } sail_lut_call;
 
 /* Sum block j of a weight: its group, its first block in the group and the blocks holding rows
- * of W (the rest, past K, hold zero codes and meet zero activations: nobody reads them). */
+ * of W (the rest, past K, hold zero codes and meet zero activations: nobody reads them), with the
+ * walk's counts kept in the struct (the kernels walk the sums once per tile and token pass):
+ *   for (sail_lut_sum s = sail_lut_sum_first(w); s.j < s.n_sums; sail_lut_sum_next(&s, split))
+ * split = 1 walks any weight; split = 0 (a constant in the kernels) only weights whose sums are
+ * their groups (sum_size == group_size), with a plain step from group to group. */
 typedef struct sail_lut_sum {
     int j, grp, blk0, nblk;
+    int n_sums, blocks_per_sum, blocks_per_group, last_nblk;
 } sail_lut_sum;
 
-static inline int sail_lut_blocks_per_sum(const sail_lut_weight *w) {
-    return w->sum_size == w->group_size ? w->blocks_per_group : w->sum_size / SAIL_LUT_BLOCK_K;
-}
-
-static inline void sail_lut_sum_live(const sail_lut_weight *w, sail_lut_sum *s) {
-    const long rows = (long)w->k - (long)s->j * w->sum_size;
-    const long live = (rows + SAIL_LUT_BLOCK_K - 1) / SAIL_LUT_BLOCK_K;
-    const int per_sum = sail_lut_blocks_per_sum(w);
-    s->nblk = live < per_sum ? (int)live : per_sum;
-}
-
-/* The sum blocks in order, without divisions (the kernels walk them per tile and token):
- * for (sail_lut_sum s = sail_lut_sum_first(w); s.j < w->n_sums; sail_lut_sum_next(w, &s)) */
 static inline sail_lut_sum sail_lut_sum_first(const sail_lut_weight *w) {
-    sail_lut_sum s = {0, 0, 0, 0};
-    sail_lut_sum_live(w, &s);
+    sail_lut_sum s;
+    s.j = s.grp = s.blk0 = 0;
+    s.n_sums = w->n_sums;
+    s.blocks_per_group = w->blocks_per_group;
+    s.blocks_per_sum =
+        w->sum_size == w->group_size ? w->blocks_per_group : w->sum_size / SAIL_LUT_BLOCK_K;
+    /* only the last sum can end before its last block */
+    const long rows = (long)w->k - (long)(w->n_sums - 1) * w->sum_size;
+    const long live = (rows + SAIL_LUT_BLOCK_K - 1) / SAIL_LUT_BLOCK_K;
+    s.last_nblk = live < s.blocks_per_sum ? (int)live : s.blocks_per_sum;
+    s.nblk = s.n_sums == 1 ? s.last_nblk : s.blocks_per_sum;
     return s;
 }
 
-static inline void sail_lut_sum_next(const sail_lut_weight *w, sail_lut_sum *s) {
+static inline void sail_lut_sum_next(sail_lut_sum *s, const int split) {
     s->j += 1;
-    s->blk0 += sail_lut_blocks_per_sum(w);
-    if (s->blk0 >= w->blocks_per_group) {
+    if (split) {
+        s->blk0 += s->blocks_per_sum;
+        if (s->blk0 >= s->blocks_per_group) {
+            s->grp += 1;
+            s->blk0 = 0;
+        }
+    } else {
         s->grp += 1;
-        s->blk0 = 0;
     }
-    sail_lut_sum_live(w, s);
+    s->nblk = s->j == s->n_sums - 1 ? s->last_nblk : s->blocks_per_sum;
 }
 
 /* Weights of 4 and 8 bits use the codes layout; the kernels' workspace then holds each token's

@@ -36,6 +36,11 @@
 #define TILES_PER_PASS 4
 /* Blocks whose int16 sums may be added before they are widened (bound in the file comment). */
 #define BLOCKS_PER_FLUSH 4
+/* The sum blocks of a pass (sail_lut.h). S, a constant: 0 when they are the weight groups (the
+ * common case: a plain step from group to group), 1 when activation blocks split the groups (the
+ * general step, serving both, cost 1- and 2-bit batch-1 passes ~5% in cache). */
+#define FOR_EACH_SUM(w, sb, S)                                                                   \
+    for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < sb.n_sums; sail_lut_sum_next(&sb, (S)))
 /* Software prefetch distance in each weight stream: the hardware prefetcher alone left batch 1
  * well below the read bandwidth (measured on Zen 3: 7 GB/s without, 12-13 GB/s with). */
 #define PREFETCH_BYTES 2048
@@ -86,7 +91,7 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
     const int codes = use_codes(w, rows), nibbles = sail_lut_codes_layout(w);
     for (int t = row_begin; t < row_end; ++t) {
         const int8_t *xr = xq + (size_t)t * (size_t)w->k;
-        for (sail_lut_sum s = sail_lut_sum_first(w); s.j < w->n_sums; sail_lut_sum_next(w, &s)) {
+        for (sail_lut_sum s = sail_lut_sum_first(w); s.j < s.n_sums; sail_lut_sum_next(&s, 1)) {
             const int grp = s.grp;
             __m256i sad = _mm256_setzero_si256();
             for (int blk = s.blk0; blk < s.blk0 + s.nblk; ++blk) {
@@ -346,7 +351,7 @@ SAIL_INLINE void finish_group(const sail_lut_call *call, const __m256i *acc32, _
  * registers are loaded once and serve all tiles of the pass; with several tokens the index
  * vectors are extracted once and serve every token. */
 SAIL_INLINE void tile_pass(const sail_lut_call *call, int tile0, int ntl, int t0, const int nt,
-                           const int B) {
+                           const int B, const int S) {
     const sail_lut_weight *w = call->w;
     const int n_groups = w->n_groups, bpg = w->blocks_per_group, nslot = B + (B & 1);
     const size_t block_bytes = (size_t)B * 64;
@@ -361,7 +366,7 @@ SAIL_INLINE void tile_pass(const sail_lut_call *call, int tile0, int ntl, int t0
             yacc[t][j][0] = yacc[t][j][1] = _mm256_setzero_ps();
         }
 
-    for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < w->n_sums; sail_lut_sum_next(w, &sb)) {
+    FOR_EACH_SUM(w, sb, S) {
         const int grp = sb.grp, blk_end = sb.blk0 + sb.nblk;
         for (int t = 0; t < nt; ++t)
             for (int j = 0; j < ntl; ++j)
@@ -455,7 +460,7 @@ SAIL_INLINE void codes_token(const __m256i *codes, const uint8_t *act, __m256i *
  * saturation); each int16 sums 8 pairs per block (2 l x 2 s x 2 rh), |.| <= 30720 < 32767, and
  * is widened to int32 after every block. */
 SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const int nt,
-                            const int B) {
+                            const int B, const int S) {
     const sail_lut_weight *w = call->w;
     const int n_groups = w->n_groups, bpg = w->blocks_per_group;
     const size_t block_bytes = (size_t)B * 64;
@@ -468,7 +473,7 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
     __m256 yacc[ROWS_PER_PASS][2];
     for (int t = 0; t < nt; ++t) yacc[t][0] = yacc[t][1] = _mm256_setzero_ps();
 
-    for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < w->n_sums; sail_lut_sum_next(w, &sb)) {
+    FOR_EACH_SUM(w, sb, S) {
         const int grp = sb.grp;
         for (int t = 0; t < nt; ++t)
             for (int i = 0; i < 4; ++i) acc32[t][i] = _mm256_setzero_si256();
@@ -664,7 +669,7 @@ SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32
 /* One tile of 4- or 8-bit codes (B) for tokens t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS): four
  * tokens at a time share each unpacked vector, the rest go one by one. */
 SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const int nt,
-                             const int B) {
+                             const int B, const int S) {
     const sail_lut_weight *w = call->w;
     const int n_groups = w->n_groups, bpg = w->blocks_per_group;
     const size_t block_bytes = (size_t)B * 64;
@@ -672,7 +677,7 @@ SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const 
     __m256 yacc[ROWS_PER_PASS][2];
     for (int t = 0; t < nt; ++t) yacc[t][0] = yacc[t][1] = _mm256_setzero_ps();
 
-    for (sail_lut_sum sb = sail_lut_sum_first(w); sb.j < w->n_sums; sail_lut_sum_next(w, &sb)) {
+    FOR_EACH_SUM(w, sb, S) {
         const int grp = sb.grp;
         for (int t = 0; t < nt; ++t) acc32[t][0] = acc32[t][1] = _mm256_setzero_si256();
         const uint8_t *planes = w->planes + ((size_t)tile * (size_t)n_groups + (size_t)grp) *
@@ -708,52 +713,56 @@ SAIL_INLINE void nibble_pass(const sail_lut_call *call, int tile, int t0, const 
     }
 }
 
-/* Run PASS(call, tile, t0, nt, B) over every tile of [tile_begin, tile_end) and the tokens in
+/* Run PASS(call, tile, t0, nt, B, S) over every tile of [tile_begin, tile_end) and the tokens in
  * passes of up to ROWS_PER_PASS, each pass with its token count nt as a constant (the passes are
  * always inlined: constant counts keep their accumulators in registers). */
-#define TOKEN_PASSES(PASS, call, tile_begin, tile_end, B)                                          \
+#define TOKEN_PASSES(PASS, call, tile_begin, tile_end, B, S)                                       \
     for (int tile = (tile_begin); tile < (tile_end); ++tile)                                      \
         for (int t0 = 0; t0 < (call)->rows; t0 += ROWS_PER_PASS) {                                \
             switch ((call)->rows - t0 < ROWS_PER_PASS ? (call)->rows - t0 : ROWS_PER_PASS) {      \
-            case 1: PASS(call, tile, t0, 1, B); break;                                            \
-            case 2: PASS(call, tile, t0, 2, B); break;                                            \
-            case 3: PASS(call, tile, t0, 3, B); break;                                            \
-            case 4: PASS(call, tile, t0, 4, B); break;                                            \
-            case 5: PASS(call, tile, t0, 5, B); break;                                            \
-            case 6: PASS(call, tile, t0, 6, B); break;                                            \
-            case 7: PASS(call, tile, t0, 7, B); break;                                            \
-            default: PASS(call, tile, t0, 8, B); break;                                           \
+            case 1: PASS(call, tile, t0, 1, B, S); break;                                         \
+            case 2: PASS(call, tile, t0, 2, B, S); break;                                         \
+            case 3: PASS(call, tile, t0, 3, B, S); break;                                         \
+            case 4: PASS(call, tile, t0, 4, B, S); break;                                         \
+            case 5: PASS(call, tile, t0, 5, B, S); break;                                         \
+            case 6: PASS(call, tile, t0, 6, B, S); break;                                         \
+            case 7: PASS(call, tile, t0, 7, B, S); break;                                         \
+            default: PASS(call, tile, t0, 8, B, S); break;                                        \
             }                                                                                     \
         }
 
-SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, const int B) {
+SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, const int B,
+                       const int S) {
     if (B == 4 || B == 8) {
-        TOKEN_PASSES(nibble_pass, call, tile_begin, tile_end, B);
+        TOKEN_PASSES(nibble_pass, call, tile_begin, tile_end, B, S);
         return;
     }
     if (B >= CODES_MIN_BITS && B <= CODES_MAX_BITS && use_codes(call->w, call->rows)) {
         /* the clamp only bounds the instantiations: B is in range here */
         TOKEN_PASSES(codes_pass, call, tile_begin, tile_end,
-                     B < CODES_MAX_BITS ? B : CODES_MAX_BITS);
+                     B < CODES_MAX_BITS ? B : CODES_MAX_BITS, S);
         return;
     }
     if (call->rows == 1) {
         /* constant counts: gcc then unrolls the pass and keeps its accumulators in registers
          * (with run-time counts they lived on the stack: 1.4-2.5x slower, tables in cache) */
-        for (int tile = tile_begin; tile < tile_end; ++tile) tile_pass(call, tile, 1, 0, 1, B);
+        for (int tile = tile_begin; tile < tile_end; ++tile) tile_pass(call, tile, 1, 0, 1, B, S);
         return;
     }
     for (int tile = tile_begin; tile < tile_end; tile += TILES_PER_PASS) {
         const int ntl = tile_end - tile < TILES_PER_PASS ? tile_end - tile : TILES_PER_PASS;
         for (int t0 = 0; t0 < call->rows; t0 += ROWS_PER_PASS)
             tile_pass(call, tile, ntl, t0,
-                      call->rows - t0 < ROWS_PER_PASS ? call->rows - t0 : ROWS_PER_PASS, B);
+                      call->rows - t0 < ROWS_PER_PASS ? call->rows - t0 : ROWS_PER_PASS, B, S);
     }
 }
 
 #define SAIL_TILES_FOR(B)                                                                  \
     static void tiles_b##B(const sail_lut_call *call, int tile_begin, int tile_end) {      \
-        tiles(call, tile_begin, tile_end, B);                                              \
+        if (call->w->sum_size == call->w->group_size)                                      \
+            tiles(call, tile_begin, tile_end, B, 0);                                       \
+        else                                                                               \
+            tiles(call, tile_begin, tile_end, B, 1);                                       \
     }
 SAIL_TILES_FOR(1)
 SAIL_TILES_FOR(2)
