@@ -36,6 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from make_genai_fixtures import GENAI_BUILDER  # noqa: E402
+
 DEFAULT_DIR = Path(os.environ.get("SAIL_MODELS", Path.home() / ".cache" / "sail-models")) \
     / "gemma3_270m"
 KV_MODEL = "gemma3_270m_kv.onnx"
@@ -191,28 +194,6 @@ AutoTokenizer.from_pretrained(model_dir, gguf_file=export.GGUF).save_pretrained(
 """
 
 
-# The builder, with AutoConfig's result flattened as flatten_rope flattens config.json:
-# transformers 5 rebuilds the nested rope_parameters from rope_theta / rope_local_base_freq when
-# it reads the file, and the builder (0.18) then fails on rope_parameters["rope_type"].
-_GENAI_BUILD = r"""
-import runpy, sys
-from transformers import AutoConfig
-original = AutoConfig.from_pretrained
-def from_pretrained(*args, **kwargs):
-    config = original(*args, **kwargs)
-    params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict) and "full_attention" in params:
-        full = params["full_attention"]
-        config.rope_theta = full["rope_theta"]
-        config.rope_local_base_freq = params.get("sliding_attention", full)["rope_theta"]
-        config.rope_parameters = dict(full)
-    return config
-AutoConfig.from_pretrained = from_pretrained
-sys.argv = ["builder", *sys.argv[1:]]
-runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
-"""
-
-
 def flatten_rope(config: dict) -> dict:
     """A Gemma 3 config with ``rope_parameters`` (per layer type, transformers 5) flattened
     into what onnxruntime-genai's builder reads: ``rope_theta`` (full attention),
@@ -279,7 +260,7 @@ def genai_model(model_dir: Path, work: Path, precision: str = "int4") -> Path:
     log(f"  building {out} (onnxruntime_genai.models.builder -p {precision} -e cpu) ...")
     tmp = work / f"genai_{precision}_cpu.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    command = [str(python), "-c", _GENAI_BUILD, "-i", str(hf), "-o", str(tmp), "-p", precision,
+    command = [str(python), "-c", GENAI_BUILDER, "-i", str(hf), "-o", str(tmp), "-p", precision,
                "-e", "cpu", "-c", str(work / "genai_cache")]
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not (tmp / "genai_config.json").exists():

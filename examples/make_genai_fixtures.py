@@ -80,9 +80,11 @@ def save_checkpoint(family: str, out: Path) -> None:
     path.write_text(json.dumps(config, indent=1))
 
 
-# The builder reads its config through AutoConfig, which rebuilds transformers 5's nested
-# rope_parameters; flatten them again (as benchmarks/gemma3.py does).
-_BUILD = r"""
+#: onnxruntime-genai's builder (0.18) as a ``python -c`` script, with AutoConfig's result
+#: flattened: transformers 5 rebuilds the nested rope_parameters from rope_theta /
+#: rope_local_base_freq when it reads config.json, and the builder then fails on
+#: rope_parameters["rope_type"]. benchmarks/gemma3.py runs the same script.
+GENAI_BUILDER = r"""
 import runpy, sys
 from transformers import AutoConfig
 original = AutoConfig.from_pretrained
@@ -109,7 +111,7 @@ def build(hf: Path, out: Path, precision: str, genai_path: str | None) -> None:
         (shim / "onnxruntime_genai").symlink_to(Path(genai_path).resolve() / "onnxruntime_genai")
         env["PYTHONPATH"] = str(shim)
     with tempfile.TemporaryDirectory() as cache:
-        proc = subprocess.run([sys.executable, "-c", _BUILD, "-i", str(hf), "-o", str(out),
+        proc = subprocess.run([sys.executable, "-c", GENAI_BUILDER, "-i", str(hf), "-o", str(out),
                                "-p", precision, "-e", "cpu", "-c", cache],
                               capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not (out / "model.onnx").exists():
