@@ -162,6 +162,8 @@ def dim_sum(name: str, dims: list[str]) -> list[tuple[str, int]] | None:
             return True
         return False
 
+    # Each term split on the operators must be a bare name or integer, as TVM's importer
+    # (parse_shape_name, no parentheses) reads the same name: the check then agrees with it.
     if not isinstance(tree, ast.BinOp) or not walk(tree, 1) or not all(
             _TERM.match(t.strip()) for t in re.split(r"[+-]", name)):
         return None
