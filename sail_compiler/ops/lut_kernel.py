@@ -88,6 +88,7 @@ from typing import NamedTuple
 
 import tvm
 from tvm import s_tir, te, tirx
+from tvm.target import codegen
 
 from ..quant.reference import ActBlocks
 from .quant_matmul import scale_index, sx_index, unpack_code
@@ -103,6 +104,7 @@ __all__ = [
     "lut_gemv_te",
     "lut_layout",
     "schedule_lut_gemv",
+    "vector_lanes",
 ]
 
 #: Block names of the stages; :func:`is_lut_gemv_func` recognises the kernel by them.
@@ -303,6 +305,28 @@ def lut_gemv_te(xq: te.Tensor, packed: te.Tensor, zero: te.Tensor, *, bits: int,
     return te.compute([*lead, cols], dequantize, name=OUT_BLOCK)
 
 
+def _vector_bits(target: tvm.target.Target) -> int:
+    """Return the SIMD register width of ``target`` in bits.
+
+    ``codegen.llvm_get_vector_width`` answers 512 for every x86 CPU in TVM 0.27 (znver3 and
+    haswell included), so the width is derived from the CPU features instead.
+    """
+    try:
+        if codegen.llvm_cpu_has_features(["avx512f"], target):
+            return 512
+        if codegen.llvm_cpu_has_features(["avx"], target):
+            return 256
+    except Exception:  # noqa: BLE001 - feature query unsupported for this target
+        pass
+    return 128
+
+
+def vector_lanes(target: tvm.target.Target, dtype: str) -> int:
+    """Return the number of ``dtype`` lanes in one SIMD register of ``target``."""
+    bits = tvm.DataType(dtype).bits
+    return max(2, _vector_bits(target) // max(bits, 8))
+
+
 def _blocks_of(func: tirx.PrimFunc) -> set[str]:
     """Names of the LUT-GEMV stages present in ``func``."""
     try:
@@ -373,8 +397,6 @@ def schedule_lut_gemv(func: tirx.PrimFunc,
     """
     if not is_lut_gemv_func(func):
         return None
-    from ..targets.llvm.schedule import vector_lanes  # the llvm target imports this module
-
     sch = s_tir.Schedule(func)
     fused = OUT_BLOCK in _blocks_of(func)
     index, table = sch.get_sblock(INDEX_BLOCK), sch.get_sblock(TABLE_BLOCK)

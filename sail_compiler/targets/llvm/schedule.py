@@ -65,10 +65,9 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import codegen
 
 from ...errors import tvm_message
-from ...ops.lut_kernel import schedule_lut_gemv
+from ...ops.lut_kernel import schedule_lut_gemv, vector_lanes
 
-__all__ = ["MarkShapeFuncsNoalias", "build_pipeline", "host_target", "lowering_passes",
-           "vector_lanes"]
+__all__ = ["MarkShapeFuncsNoalias", "build_pipeline", "host_target", "lowering_passes"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,28 +131,6 @@ def host_target(num_threads: int | None = None) -> tvm.target.Target:
         config["mcpu"] = cpu
     config["num-cores"] = int(num_threads) if num_threads else max(1, os.cpu_count() or 1)
     return tvm.target.Target(config)
-
-
-def _vector_bits(target: tvm.target.Target) -> int:
-    """Return the SIMD register width of ``target`` in bits.
-
-    ``codegen.llvm_get_vector_width`` answers 512 for every x86 CPU in TVM 0.27 (znver3 and
-    haswell included), so the width is derived from the CPU features instead.
-    """
-    try:
-        if codegen.llvm_cpu_has_features(["avx512f"], target):
-            return 512
-        if codegen.llvm_cpu_has_features(["avx"], target):
-            return 256
-    except Exception:  # noqa: BLE001 - feature query unsupported for this target
-        pass
-    return 128
-
-
-def vector_lanes(target: tvm.target.Target, dtype: str) -> int:
-    """Return the number of ``dtype`` lanes in one SIMD register of ``target``."""
-    bits = tvm.DataType(dtype).bits
-    return max(2, _vector_bits(target) // max(bits, 8))
 
 
 # --------------------------------------------------------------------------------------------
