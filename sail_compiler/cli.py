@@ -341,7 +341,7 @@ def _load_npy(text: str) -> tuple[str, np.ndarray]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .artifact import Artifact
-    from .verify import load_inputs
+    from .inputs import load_inputs
 
     artifact = Artifact(args.artifact)
     inputs = load_inputs(args.inputs, artifact.signature) if args.inputs else {}

@@ -39,17 +39,10 @@ import numpy as np
 
 from .errors import InputError, OptionError
 from .frontend import bind_shapes, load_checked
-from .frontend.signature import ModelSignature, TensorSpec, signature_of
+from .frontend.signature import ModelSignature, signature_of
+from .inputs import InputPlan, generate_inputs, ids_input, load_tokens, read_text
 from .options import CompileOptions
-from .verify import (
-    InputPlan,
-    OnnxRuntimeReference,
-    _is_ids,
-    _is_mask,
-    _is_past,
-    _is_positions,
-    generate_inputs,
-)
+from .verify import OnnxRuntimeReference
 
 #: ``logits_fn(ids)``: token ids int64 ``[1, L]`` -> logits float ``[1, L, V]``.
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -59,81 +52,6 @@ RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 _PROGRESS_LINES = 10
 #: Quantization settings copied from the artifact's manifest into the result, when recorded.
 _MANIFEST_QUANT_FIELDS = ("method", "act_bits", "act_group_size", "avg_bits")
-
-
-def load_tokens(text_path: str | Path, tokenizer_path: str | Path,
-                max_tokens: int | None = None, chars: int | None = None) -> np.ndarray:
-    """Tokenize a UTF-8 text file (or its first ``chars`` characters) with a Hugging Face
-    ``tokenizer.json``.
-
-    Parameters
-    ----------
-    text_path
-        The text to score.
-    tokenizer_path
-        A ``tokenizer.json`` of the ``tokenizers`` library (what Hugging Face models ship). The
-        tokenizer's own post-processing applies (e.g. a leading BOS token for Llama tokenizers).
-    max_tokens
-        Keep only the first ``max_tokens`` ids (None: all).
-    chars
-        Tokenize only the first ``chars`` characters (Unicode code points) of the text (None:
-        all of it).
-
-    Returns
-    -------
-    np.ndarray
-        int64 ``[n]`` token ids, ``n >= 1``.
-
-    Raises
-    ------
-    InputError
-        The text or tokenizer is missing or unreadable, the tokenizer cannot be parsed, or the
-        text has no tokens.
-    OptionError
-        ``max_tokens < 2`` or ``chars < 1``.
-    """
-    from tokenizers import Tokenizer
-
-    if max_tokens is not None and max_tokens < 2:
-        raise OptionError(f"--max-tokens must be at least 2 (a token is scored from the ones "
-                          f"before it), got {max_tokens}")
-    text = read_text(text_path, chars)
-    text_path, tokenizer_path = Path(text_path), Path(tokenizer_path)
-    if not tokenizer_path.is_file():
-        raise InputError(f"tokenizer {tokenizer_path} does not exist or is not a file; give the "
-                         "tokenizer.json the model was trained with")
-    try:
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    except Exception as err:  # tokenizers raises plain Exception for unparsable files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot parse the tokenizer {tokenizer_path}: {first}; give a "
-                         "tokenizer.json in the Hugging Face tokenizers format") from err
-    ids = np.asarray(tokenizer.encode(text).ids, dtype=np.int64)
-    if ids.size == 0:
-        raise InputError(f"the text {text_path} is empty (no tokens); give a text to score")
-    return ids if max_tokens is None else ids[:max_tokens]
-
-
-def read_text(text_path: str | Path, chars: int | None = None) -> str:
-    """The UTF-8 text of a file, or its first ``chars`` characters.
-
-    Raises
-    ------
-    InputError
-        The file is missing or not UTF-8.
-    OptionError
-        ``chars < 1``.
-    """
-    if chars is not None and (isinstance(chars, bool) or not isinstance(chars, int)
-                              or chars < 1):
-        raise OptionError(f"--chars must be a positive integer, got {chars!r}")
-    text_path = Path(text_path)
-    try:
-        text = text_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read the text {text_path}: {err}; give a UTF-8 text "
-                         "file") from err
-    return text if chars is None else text[:chars]
 
 
 def calibration_overlap(calib_text: str | Path | None, text_path: str | Path,
@@ -302,34 +220,6 @@ def perplexity(logits_fn: LogitsFn, ids: np.ndarray, window: int, stride: int,
             "window": window, "stride": stride}
 
 
-def ids_input(signature: ModelSignature) -> TensorSpec:
-    """The token-ids input: ``input_ids`` or else the only input named like ids.
-
-    Raises
-    ------
-    OptionError
-        No such input, several candidates, or inputs with no role eval-ppl can fill (it fills
-        ids, attention masks, position ids and past key/values).
-    """
-    inputs = signature.inputs
-    candidates = [s for s in inputs if _is_ids(s.name)]
-    named = [s for s in candidates if s.name == "input_ids"]
-    spec = named[0] if named else candidates[0] if len(candidates) == 1 else None
-    if spec is None:
-        raise OptionError(f"cannot tell the token-ids input among: "
-                          f"{', '.join(s.describe() for s in inputs)}; eval-ppl expects one "
-                          "input named input_ids (or one name containing 'ids')")
-    other = [s.name for s in inputs if s is not spec and not (
-        _is_mask(s.name) or _is_positions(s.name) or _is_past(s.name))]
-    if other:
-        raise OptionError(f"eval-ppl cannot fill input(s) {', '.join(other)}: it feeds token ids "
-                          f"({spec.name}), attention masks, position ids and past key/values")
-    if len(spec.dims) != 2 or np.dtype(spec.dtype).kind not in "iu":
-        raise OptionError(f"token ids input {spec.describe()} is not an integer [batch, seq] "
-                          "tensor")
-    return spec
-
-
 def logits_output(signature: ModelSignature) -> str:
     """The name of the logits output: ``logits``, else the first output."""
     names = [s.name for s in signature.outputs]
@@ -392,7 +282,7 @@ def model_logits_fn(signature: ModelSignature, run: RunFn, chunk: int | None = N
     LogitsFn
         Feeds the ids as :func:`ids_input` (in its dtype), an attention mask of ones over past
         and new tokens, position ids counting from the past length and past key/values (of
-        length 0 first: :func:`~sail_compiler.verify.generate_inputs` with ``past_len=0``), and
+        length 0 first: :func:`~sail_compiler.inputs.generate_inputs` with ``past_len=0``), and
         returns the :func:`logits_output`, ``[1, L, V]``.
     """
     spec = ids_input(signature)

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .options import CompileOptions
+from .options import CalibrationSpec, CompileOptions
 from .passes.analyze_lut_patterns import DEFAULT_BATCHES, AnalyzeLUTPatterns
-from .quant.calibrate import CalibrationSpec, calibration_feeds, feed_for_ids, progress
+from .quant.calibrate import calibration_feeds, feed_for_ids, progress
 from .quant.patterns import ReuseConfig
 
 #: Zipf-Mandelbrot law of the generated ids: p(rank r) ~ 1 / (r + 2.7) ** 1.1
@@ -51,7 +51,7 @@ def text_like_ids(vocab: int, length: int, seed: int) -> np.ndarray:
 
 def generated_feeds(signature: Any, samples: int, seq_len: int) -> list[dict[str, np.ndarray]]:
     """``samples`` text-like feeds of ``seq_len`` tokens for a model with a token-id input."""
-    from .eval_ppl import ids_input
+    from .inputs import ids_input
 
     spec = ids_input(signature)
     vocab = spec.index_bound

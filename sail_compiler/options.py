@@ -8,7 +8,6 @@ from pathlib import Path
 from .errors import OptionError, valid_choices
 from .ops.sail_ops import check_nbw
 from .passes.convert_pim_types import resolve_placement
-from .quant.calibrate import CalibrationSpec
 from .quant.packing import check_bits
 from .quant.plan import check_method
 from .quant.reference import check_act_bits, check_act_group_size
@@ -22,6 +21,47 @@ DEFAULT_ACT_GROUP_SIZE: int | str = "group"
 
 #: What ``--logits`` accepts: every position's logits, or the last position's only.
 LOGITS_CHOICES: tuple[str, ...] = ("all", "last")
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationSpec:
+    """Where calibration inputs come from (see :mod:`.quant.calibrate`).
+
+    Parameters
+    ----------
+    files
+        ``.npz`` files, one model run each.
+    text, tokenizer
+        A text file and the ``tokenizer.json`` to cut it into token windows with.
+    samples
+        Windows (text) or generated runs.
+    seq_len
+        Tokens per window / generated sequence length.
+    """
+
+    files: tuple[Path, ...] = ()
+    text: Path | None = None
+    tokenizer: Path | None = None
+    samples: int = 8
+    seq_len: int = 128
+
+    def __post_init__(self) -> None:
+        if (self.text is None) != (self.tokenizer is None):
+            raise OptionError("--calib-text and --tokenizer go together: the text is tokenized "
+                              "with the tokenizer.json")
+        if self.files and self.text is not None:
+            raise OptionError("give calibration inputs as --calib FILE.npz or as --calib-text, "
+                              "not both")
+        if self.samples < 1 or self.seq_len < 1:
+            raise OptionError(f"calibration samples and seq_len must be >= 1, got "
+                              f"{self.samples} and {self.seq_len}")
+
+    def describe(self) -> str:
+        if self.files:
+            return f"{len(self.files)} input file(s)"
+        if self.text is not None:
+            return f"{self.samples} windows of {self.seq_len} tokens from {self.text}"
+        return f"{self.samples} generated inputs of {self.seq_len} tokens"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,139 +1,21 @@
-"""Verification against onnxruntime: generated inputs, per-output error metrics.
-
-Generated inputs are seeded and valid for language models: token ids inside the vocabulary (the
-rows of the embedding table they index, recorded in the signature), attention masks of ones whose
-length is past + seq, position ids counting from past, past key/values of a consistent length;
-other floats standard normal. Symbolic dims take values by the role of their input (ids:
-batch x seq; past tensors: batch x ... x past x ...; masks: batch x (past + seq)), then by their
-name (``batch``, ``past``, ``seq``/``len``, ``total``), else 1; ``InputPlan.dims`` overrides any.
-"""
+"""Verification against onnxruntime: per-output error metrics of a compiled model, on inputs
+generated or loaded by :mod:`.inputs`."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, SailError
-from .frontend.signature import ModelSignature, TensorSpec
+from .errors import SailError
+from .inputs import InputPlan, generate_inputs, load_inputs
 from .options import CompileOptions
 
 DEFAULT_TOLERANCE = 1e-4
 #: Largest rel_l2_err between a quantized artifact of another target and the llvm build the
 #: reference check records (DESIGN.md section 3: results within 1e-5 of the reference).
 TARGET_AGREEMENT = 1e-5
-
-
-@dataclasses.dataclass(frozen=True)
-class InputPlan:
-    """How to generate inputs: dim values by role plus explicit dims per symbol."""
-
-    batch: int = 1
-    seq_len: int = 8
-    past_len: int = 8
-    dims: dict[str, int] = dataclasses.field(default_factory=dict)
-    seed: int = 0
-
-
-def _is_ids(name: str) -> bool:
-    return "ids" in name.lower() and "position" not in name.lower()
-
-
-def _is_mask(name: str) -> bool:
-    return "mask" in name.lower()
-
-
-def _is_positions(name: str) -> bool:
-    return "position" in name.lower()
-
-
-def _is_past(name: str) -> bool:
-    return "past" in name.lower() or "cache" in name.lower()
-
-
-def _by_name(dim: str, plan: InputPlan, total: int) -> int:
-    """A value for a symbolic dim no input role fixed, from its name (1 if unknown)."""
-    low = dim.lower()
-    if "batch" in low:
-        return plan.batch
-    if "total" in low or "+" in low or "plus" in low:
-        return total
-    if "past" in low or "cache" in low:
-        return plan.past_len
-    if "seq" in low or "len" in low or "token" in low:
-        return plan.seq_len
-    return 1
-
-
-def _role_dims(signature: ModelSignature, plan: InputPlan) -> dict[str, int]:
-    """Assign a value to every symbolic dim of the inputs."""
-    values: dict[str, int] = {}
-    ids = [s for s in signature.inputs if _is_ids(s.name) and len(s.dims) == 2]
-    past = [s for s in signature.inputs if _is_past(s.name) and len(s.dims) >= 3]
-    for spec in ids:
-        for dim, value in zip(spec.dims, (plan.batch, plan.seq_len), strict=True):
-            if isinstance(dim, str):
-                values.setdefault(dim, value)
-    for spec in past:
-        if isinstance(spec.dims[0], str):
-            values.setdefault(spec.dims[0], plan.batch)
-        if isinstance(spec.dims[-2], str):
-            values.setdefault(spec.dims[-2], plan.past_len)
-    total = plan.seq_len + (plan.past_len if past else 0)
-    for spec in signature.inputs:
-        if (_is_mask(spec.name) or _is_positions(spec.name)) and len(spec.dims) == 2:
-            if isinstance(spec.dims[0], str):
-                values.setdefault(spec.dims[0], plan.batch)
-            if isinstance(spec.dims[1], str):
-                values.setdefault(spec.dims[1], total if _is_mask(spec.name) else plan.seq_len)
-    for name in signature.symbolic_dims():
-        values.setdefault(name, _by_name(name, plan, total))
-    values.update(plan.dims)
-    return values
-
-
-def _generate(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator,
-              bound: int | None, past_len: int) -> np.ndarray:
-    dtype = np.dtype(spec.dtype)
-    if dtype.kind in "iu":
-        if _is_mask(spec.name):
-            return np.ones(shape, dtype)
-        if _is_positions(spec.name):
-            return np.broadcast_to(np.arange(shape[-1]) + past_len, shape).astype(dtype)
-        return rng.integers(0, bound if bound is not None else 100, shape).astype(dtype)
-    if dtype.kind == "b":
-        return np.ones(shape, dtype) if _is_mask(spec.name) else rng.random(shape) < 0.5
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def generate_inputs(signature: ModelSignature, plan: InputPlan) -> dict[str, np.ndarray]:
-    """Seeded inputs valid for a model of ``signature``; see the module docstring."""
-    dims = _role_dims(signature, plan)
-    rng = np.random.default_rng(plan.seed)
-    past_len = plan.past_len if any(_is_past(s.name) for s in signature.inputs) else 0
-    inputs = {}
-    for spec in signature.inputs:
-        shape = tuple(d if isinstance(d, int) else dims[d] for d in spec.dims)
-        inputs[spec.name] = _generate(spec, shape, rng, spec.index_bound, past_len)
-    return inputs
-
-
-def load_inputs(path: str | Path, signature: ModelSignature) -> dict[str, np.ndarray]:
-    """Inputs from an ``.npz`` whose keys are the model's input names."""
-    try:
-        with np.load(path) as data:
-            inputs = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read inputs from {path}: {err}; give an .npz written by "
-                         "numpy.savez with one array per model input") from err
-    expected = [s.name for s in signature.inputs]
-    missing = [n for n in expected if n not in inputs]
-    if missing:
-        raise InputError(f"{path} lacks input(s) {', '.join(missing)}; its keys: "
-                         f"{', '.join(inputs) or 'none'}; the model takes {', '.join(expected)}")
-    return inputs
 
 
 def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:

@@ -7,7 +7,7 @@ Calibration inputs come from, in this order of preference:
 * ``--calib-text FILE --tokenizer tokenizer.json``: the text is tokenized and cut into
   ``samples`` windows of ``seq_len`` tokens, evenly spaced over the text; other inputs (attention
   mask, position ids, empty past) are generated to match;
-* otherwise generated inputs (:func:`~sail_compiler.verify.generate_inputs`, seeds 0, 1, ...).
+* otherwise generated inputs (:func:`~sail_compiler.inputs.generate_inputs`, seeds 0, 1, ...).
 
 The float model runs on onnxruntime with each layer's activation input (``A`` of the
 ``MatMul``/``Gemm``) added as an output. Per distinct activation the Gram matrix
@@ -36,52 +36,13 @@ import onnx
 
 from ..errors import InputError, OptionError, SailError
 from ..frontend.signature import ModelSignature
+from ..inputs import InputPlan, generate_inputs, ids_input, load_inputs, load_tokens
+from ..options import CalibrationSpec
 from .plan import Layer, layer_weight
 from .scheme import QuantScheme
 
 #: ORT loads models from bytes below this size; larger ones go through a file with external data.
 _INLINE_LIMIT = 1 << 30
-
-
-@dataclasses.dataclass(frozen=True)
-class CalibrationSpec:
-    """Where calibration inputs come from (see the module docstring).
-
-    Parameters
-    ----------
-    files
-        ``.npz`` files, one model run each.
-    text, tokenizer
-        A text file and the ``tokenizer.json`` to cut it into token windows with.
-    samples
-        Windows (text) or generated runs.
-    seq_len
-        Tokens per window / generated sequence length.
-    """
-
-    files: tuple[Path, ...] = ()
-    text: Path | None = None
-    tokenizer: Path | None = None
-    samples: int = 8
-    seq_len: int = 128
-
-    def __post_init__(self) -> None:
-        if (self.text is None) != (self.tokenizer is None):
-            raise OptionError("--calib-text and --tokenizer go together: the text is tokenized "
-                              "with the tokenizer.json")
-        if self.files and self.text is not None:
-            raise OptionError("give calibration inputs as --calib FILE.npz or as --calib-text, "
-                              "not both")
-        if self.samples < 1 or self.seq_len < 1:
-            raise OptionError(f"calibration samples and seq_len must be >= 1, got "
-                              f"{self.samples} and {self.seq_len}")
-
-    def describe(self) -> str:
-        if self.files:
-            return f"{len(self.files)} input file(s)"
-        if self.text is not None:
-            return f"{self.samples} windows of {self.seq_len} tokens from {self.text}"
-        return f"{self.samples} generated inputs of {self.seq_len} tokens"
 
 
 def progress(items: list[Any], desc: str) -> Iterator[Any]:
@@ -100,8 +61,6 @@ def calibration_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[
         A file is unreadable, lacks an input, or does not match the signature; the text yields
         no tokens or ids outside the model's vocabulary.
     """
-    from ..verify import InputPlan, generate_inputs, load_inputs
-
     feeds: list[dict[str, Any]] = []
     if spec.files:
         for path in spec.files:
@@ -118,8 +77,6 @@ def calibration_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[
         return feeds
     ids = None
     if spec.text is not None:
-        from ..eval_ppl import load_tokens
-
         ids = load_tokens(spec.text, spec.tokenizer)
         if len(ids) < spec.seq_len:
             raise InputError(f"{spec.text} has {len(ids)} tokens, fewer than the {spec.seq_len} "
@@ -139,11 +96,8 @@ def calibration_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[
 
 def feed_for_ids(signature: ModelSignature, ids: np.ndarray) -> dict[str, np.ndarray]:
     """Model inputs for one sequence of token ids (batch 1, no past): the ids (the input
-    :func:`~sail_compiler.eval_ppl.ids_input` finds), and the other inputs generated to match
+    :func:`~sail_compiler.inputs.ids_input` finds), and the other inputs generated to match
     (attention mask of ones, positions, empty past tensors)."""
-    from ..eval_ppl import ids_input
-    from ..verify import InputPlan, generate_inputs
-
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     feed = generate_inputs(signature, InputPlan(batch=1, seq_len=len(ids), past_len=0))
     name = ids_input(signature).name

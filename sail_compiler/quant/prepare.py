@@ -239,7 +239,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
     provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
     _check_act_groups(layers, provisional, fixed, options.act_group_size)
     if needs_calibration(options, provisional):
-        from .calibrate import CalibrationSpec
+        from ..options import CalibrationSpec
 
         spec = options.calib or CalibrationSpec()
         feeds = calibration_feeds(spec, signature)

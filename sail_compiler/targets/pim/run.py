@@ -39,7 +39,7 @@ from .program import check_config
 from .shapes import GemvOp, HostOp, Op, QuantizeOp
 from .simulate import OpRecord, StepResult, Workload
 
-__all__ = ["HOST_FLOPS_PER_ELEMENT", "RunResult", "simulate_run"]
+__all__ = ["HOST_FLOPS_PER_ELEMENT", "RunResult", "load_artifact", "simulate_run"]
 
 #: Flops a host kernel is charged per element of its largest operand (assumption: the model's
 #: host ops are elementwise or small reductions; attention at a short context is close).
@@ -73,6 +73,18 @@ class RunResult:
                 "instructions": self.instructions}
 
 
+def load_artifact(artifact_dir: str | Path) -> Any:
+    """The :class:`~sail_compiler.artifact.Artifact` of a pim-sim output (:class:`OptionError`
+    if it was compiled for another target)."""
+    from ...artifact import Artifact
+
+    artifact = Artifact(artifact_dir)
+    if artifact.manifest.get("target") != "pim-sim":
+        raise OptionError(f"{artifact_dir} was compiled for the {artifact.manifest.get('target')}"
+                          " target; sail simulate needs: sail compile MODEL --target pim-sim")
+    return artifact
+
+
 def _role(name: str) -> str:
     return name.replace("/", ".").rsplit(".", 1)[-1]
 
@@ -87,7 +99,8 @@ def _record(op: Op, sail: Cost, *, bits: int, act_bits: int, group_size: int, to
 
 
 def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig | None = None,
-                 past_len: int = 7, seed: int = 0) -> RunResult:
+                 past_len: int = 7, seed: int = 0, functional: bool = True,
+                 keep_outputs: bool = True, artifact: Any = None) -> RunResult:
     """Run and cost one step of a pim-sim artifact (module docstring).
 
     Parameters
@@ -102,6 +115,17 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
         Positions already in the KV cache (models with past inputs only).
     seed
         Seed of the generated inputs.
+    functional
+        False: timing only. The offload commands are not computed (zeros of the right shapes;
+        the host code still runs, so every call's shapes and the patterns of the activations
+        that reach it are still costed, but activations after the first LUT-GEMV are not the
+        model's, so the reuse figures are those of made-up activations and ``outputs`` is
+        empty).
+    keep_outputs
+        Keep the model's outputs in the result (``sail simulate`` does not need them).
+    artifact
+        The loaded :class:`~sail_compiler.artifact.Artifact` of ``artifact_dir``, to simulate
+        several batches without loading the weights again.
 
     Raises
     ------
@@ -112,15 +136,11 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     ArtifactError
         The artifact or its program is missing or damaged.
     """
-    from ...artifact import Artifact
     from ...verify import InputPlan, generate_inputs
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise OptionError(f"batch sizes must be positive integers, got {batch!r}")
-    artifact = Artifact(artifact_dir)
-    if artifact.manifest.get("target") != "pim-sim":
-        raise OptionError(f"{artifact_dir} was compiled for the {artifact.manifest.get('target')}"
-                          " target; sail simulate needs: sail compile MODEL --target pim-sim")
+    artifact = load_artifact(artifact_dir) if artifact is None else artifact
     runner = artifact.runner
     program = runner.program
     config = program.config if config is None else config
@@ -131,11 +151,16 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     executor = runner.executor
     executor.calls = []
     executor.record = True
+    executor.functional = functional
     try:
         outputs = artifact.run(inputs)
     finally:
         executor.record = False
+        executor.functional = True
     calls, executor.calls = executor.calls, []
+    if not (keep_outputs and functional):
+        outputs = {}
+    del inputs
 
     luts = [c.instr for c in calls if c.instr.opcode == LUTGEMV]
     bits = Counter(i.attrs["bits"] for i in luts).most_common(1)[0][0] if luts else 8
@@ -158,11 +183,8 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
                                    group_size=group_size, tokens=call.tokens, config=config,
                                    no_reuse_ns=base_ns))
         elif instr.opcode == LUTGEMV:
-            from ...quant.patterns import lookup_schedule
-
             op = GemvOp(instr.name, _role(instr.name), a["k"], a["n"])
-            pattern_reuse = lookup_schedule(call.patterns) if a["schedule"] == "dedup" \
-                else call.patterns
+            pattern_reuse = call.reuse_saved
             kw = {"bits": a["bits"], "act_bits": a["act_bits"], "group_size": a["group_size"],
                   "nbw": a["nbw"], "batch": call.tokens, "config": config,
                   "placement": a["dequant_placement"], "act_group": a.get("act_group"),
@@ -208,6 +230,8 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     cs = config.csram
     source = (f"this run's activations ({cs.reuse_table_entries}-entry reuse tables, "
               f"{cs.chunks_per_stream} chunks per feeder)")
+    if not functional:
+        source = "timing only: made-up activations after the first LUT-GEMV; " + source
     step = StepResult(Path(artifact_dir).name, workload, past_len + 1 if has_past else 1,
                       config, source, tuple(records), totals["sail"], totals["n1"],
                       totals["gpu"], fits)
