@@ -13,6 +13,12 @@ Layout, all integers little-endian (``runtime/sail_model_rt.c`` reads and checks
 
 The CRC-32 is zlib's. Unlike the llvm target's JSON-headed file (:mod:`sail_compiler.weights_file`)
 everything here has a fixed width, so the C loader needs no parser.
+
+:func:`read_weight_file` checks a file as strictly as the C loader: magic, version, both table
+checksums, the file size, reserved fields zero, dims past the rank zero, known dtypes, byte
+counts equal to the shape's, 64-byte aligned tensors inside the data area, no two tensors sharing
+a byte, and each tensor's CRC-32. (The C loader also checks names, dtypes and shapes against what
+``model.c`` expects; Python has no such list and returns what the file holds.)
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ...errors import ArtifactError
 
 MAGIC = b"SAILCWT\0"
 #: 2: 4-bit LUT-GEMV weights hold nibble-packed codes, not bit planes (``sail_lut.h``).
@@ -33,6 +41,7 @@ DTYPE_CODES = {"bool": 1, "int8": 2, "int16": 3, "int32": 4, "int64": 5, "uint8"
                "uint16": 7, "uint32": 8, "uint64": 9, "float16": 10, "float32": 11,
                "float64": 12}
 
+_DTYPES = {code: np.dtype(name) for name, code in DTYPE_CODES.items()}
 _HEADER = struct.Struct("<8sIIQQQQII")  # up to the header CRC; 8 reserved bytes follow
 _HEADER_BYTES = 64
 _ENTRY = struct.Struct(f"<IIII{MAX_NDIM}QQQII")
@@ -80,3 +89,82 @@ def write_weight_file(path: Path, tensors: list[tuple[str, np.ndarray]]) -> int:
             f.write(memoryview(array).cast("B"))
         f.truncate(end)
     return end
+
+
+def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
+    """The named tensors of a weight file, in file order, as read-only views of its mapping.
+
+    Raises
+    ------
+    ArtifactError
+        The file is missing, truncated, corrupted or breaks the layout in any way (the message
+        names the file and the problem); never a partly checked array.
+    """
+    try:
+        size = path.stat().st_size
+        data = np.memmap(path, mode="r", dtype=np.uint8) if size else np.zeros(0, np.uint8)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"cannot read weights {path}: {err}; recompile the model") from err
+
+    def bad(problem: str) -> ArtifactError:
+        return ArtifactError(f"{path} is corrupted: {problem}; recompile the model")
+
+    if size < _HEADER_BYTES:
+        raise ArtifactError(f"{path} is truncated ({size} bytes, shorter than the 64-byte "
+                            "header); recompile the model")
+    head = bytes(data[:_HEADER_BYTES])
+    (magic, version, count, table_offset, table_bytes, data_offset, file_bytes, table_crc,
+     head_crc) = _HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise ArtifactError(f"{path} is not a sail weight file for the c target (bad magic)")
+    if version != VERSION:
+        raise ArtifactError(f"{path} has weight format {version}, this sail reads {VERSION}; "
+                            "recompile the model")
+    if zlib.crc32(head[:52]) != head_crc:
+        raise bad("the header checksum does not match")
+    if head[56:] != bytes(8):
+        raise bad("reserved header bytes 56..63 are not zero")
+    if file_bytes != size:
+        raise ArtifactError(f"{path} is {'truncated' if size < file_bytes else 'damaged'}: the "
+                            f"header says {file_bytes} bytes, the file has {size}; recompile "
+                            "the model")
+    table_end = table_offset + table_bytes
+    if (table_offset < _HEADER_BYTES or table_end > size or count * _ENTRY.size > table_bytes
+            or not table_end <= data_offset <= size):
+        raise bad("the tensor table lies outside the file")
+    table = bytes(data[table_offset:table_end])
+    if zlib.crc32(table) != table_crc:
+        raise bad("the tensor table checksum does not match")
+    names = table[count * _ENTRY.size:]
+    tensors, extents = [], []
+    for i in range(count):
+        (name_offset, name_bytes, dtype_code, ndim, *fields) = _ENTRY.unpack_from(table,
+                                                                                  i * _ENTRY.size)
+        dims, (offset, nbytes, crc, reserved) = fields[:MAX_NDIM], fields[MAX_NDIM:]
+        if name_offset + name_bytes > len(names):
+            raise bad(f"the name of tensor {i} lies outside the table")
+        try:
+            name = names[name_offset:name_offset + name_bytes].decode()
+        except UnicodeDecodeError:
+            raise bad(f"the name of tensor {i} is not UTF-8") from None
+        if ndim > MAX_NDIM or reserved != 0:
+            raise bad(f"tensor {i} has rank {ndim} or a nonzero reserved field")
+        if any(dims[ndim:]):
+            raise bad(f"tensor {i} has nonzero dims past its rank")
+        if dtype_code not in _DTYPES:
+            raise bad(f"tensor {name!r} has unknown dtype code {dtype_code}")
+        dtype, shape = _DTYPES[dtype_code], tuple(dims[:ndim])
+        if (offset % ALIGN or offset < data_offset or offset + nbytes > size
+                or nbytes != int(np.prod(shape, dtype=object)) * dtype.itemsize):
+            raise bad(f"tensor {name!r} lies outside the data area or has the wrong size")
+        raw = data[offset:offset + nbytes]
+        if zlib.crc32(raw) != crc:
+            raise bad(f"the checksum of tensor {name!r} does not match")
+        tensors.append((name, raw.view(dtype).reshape(shape)))
+        if nbytes:
+            extents.append((offset, nbytes, name))
+    extents.sort()
+    for (a_offset, a_bytes, a), (b_offset, _, b) in zip(extents, extents[1:], strict=False):
+        if b_offset < a_offset + a_bytes:
+            raise bad(f"tensors {a!r} and {b!r} overlap")
+    return tensors

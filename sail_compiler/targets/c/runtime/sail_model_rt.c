@@ -461,11 +461,17 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
       matches = read_u64(entry + 16 + 8 * (uint64_t)d) == (uint64_t)spec->shape[d];
       numel *= (uint64_t)spec->shape[d];
     }
-    if (!matches)
-      return load_failed(model, err, "%s does not match this model: tensor %d is '%.*s', the "
+    if (!matches) {
+      char shown[201]; /* the file's name, printable ASCII only (the file is untrusted) */
+      const uint32_t n = name_nbytes < 200 ? name_nbytes : 200;
+      for (uint32_t c = 0; c < n; ++c)
+        shown[c] = name[c] >= 0x20 && name[c] < 0x7f ? name[c] : '?';
+      shown[n] = '\0';
+      return load_failed(model, err, "%s does not match this model: tensor %d is '%s', the "
                          "model expects '%s' (%s, rank %d); use the weights.bin compiled with "
-                         "this model.c", path, (int)i, (int)(name_nbytes < 200 ? name_nbytes : 200),
-                         name, spec->name, sail_dtype_name(spec->dtype), (int)spec->ndim);
+                         "this model.c", path, (int)i, shown, spec->name,
+                         sail_dtype_name(spec->dtype), (int)spec->ndim);
+    }
     if (numel > UINT64_MAX / 16 || offset % WEIGHT_ALIGN != 0 || offset < data_offset ||
         offset > size ||
         nbytes > size - offset || nbytes != numel * sail_dtype_size(spec->dtype))
@@ -487,13 +493,16 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
     extent *extents = calloc((size_t)count, sizeof *extents);
     if (!extents)
       return load_failed(model, err, "out of memory loading %s", path);
+    int32_t nonempty = 0; /* a tensor of 0 bytes shares none (the writer puts it at the next
+                             tensor's offset) */
     for (int32_t i = 0; i < count; ++i) {
       const uint8_t *entry = file + table_offset + (uint64_t)i * ENTRY_BYTES;
-      extents[i] = (extent){read_u64(entry + 80), read_u64(entry + 88), i};
+      if (read_u64(entry + 88) > 0)
+        extents[nonempty++] = (extent){read_u64(entry + 80), read_u64(entry + 88), i};
     }
-    qsort(extents, (size_t)count, sizeof *extents, by_offset);
+    qsort(extents, (size_t)nonempty, sizeof *extents, by_offset);
     int32_t overlap = -1;
-    for (int32_t i = 1; i < count && overlap < 0; ++i)
+    for (int32_t i = 1; i < nonempty && overlap < 0; ++i)
       if (extents[i].offset < extents[i - 1].offset + extents[i - 1].nbytes)
         overlap = i;
     const sail_weight_spec *a = overlap >= 0 ? &specs[extents[overlap - 1].index] : NULL;

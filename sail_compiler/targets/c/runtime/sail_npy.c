@@ -10,10 +10,13 @@
 
 #include "sail_npy.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char NPY_MAGIC[6] = {'\x93', 'N', 'U', 'M', 'P', 'Y'};
 
@@ -32,73 +35,177 @@ static int fail(char *err, size_t err_len, const char *path, const char *what) {
   return -1;
 }
 
-/* The value after 'key': in the header dict, or NULL. */
-static const char *dict_value(const char *header, const char *key) {
-  char quoted[32];
-  snprintf(quoted, sizeof quoted, "'%s'", key);
-  const char *at = strstr(header, quoted);
-  if (!at)
-    return NULL;
-  at = strchr(at + strlen(quoted), ':');
-  if (!at)
-    return NULL;
-  ++at;
-  while (*at == ' ')
-    ++at;
-  return at;
+/* A cursor over the header dict: [at, end). The header is not NUL-terminated for the parser:
+ * a NUL byte inside it is just a character no rule accepts. */
+typedef struct cursor {
+  const char *at, *end;
+} cursor;
+
+static void skip_space(cursor *c) {
+  while (c->at < c->end && (*c->at == ' ' || *c->at == '\t' || *c->at == '\n' || *c->at == '\r'))
+    ++c->at;
 }
 
-static int parse_header(const char *header, sail_tensor *out, const char *path, char *err,
-                        size_t err_len) {
-  const char *descr = dict_value(header, "descr");
-  if (!descr || *descr != '\'')
-    return fail(err, err_len, path, "no 'descr' in the .npy header");
-  ++descr;
-  if (strnlen(descr, 4) < 4) /* a byte order, two code characters and the closing quote */
-    return fail(err, err_len, path, "bad 'descr' in the .npy header");
-  const char order = descr[0];
-  const char *code = descr + 1;
-  int found = 0;
-  for (size_t i = 0; i < sizeof DESCRS / sizeof DESCRS[0]; ++i) {
-    if (strncmp(code, DESCRS[i].descr, 2) == 0 && code[2] == '\'') {
-      const int one_byte = sail_dtype_size(DESCRS[i].dtype) == 1;
-      if (order == '>' && !one_byte)
-        return fail(err, err_len, path, "big-endian arrays are not supported; save the array "
-                    "with numpy on a little-endian machine");
-      if (order != '<' && order != '|' && order != '=' && order != '>')
-        break;
-      out->dtype = DESCRS[i].dtype;
-      found = 1;
+/* Consume `ch` after optional spaces; 1 if it was there. */
+static int take(cursor *c, char ch) {
+  skip_space(c);
+  if (c->at < c->end && *c->at == ch) {
+    ++c->at;
+    return 1;
+  }
+  return 0;
+}
+
+/* A quoted string without escapes (' or "): its text in [*text, *text + *len). */
+static int take_string(cursor *c, const char **text, size_t *len) {
+  skip_space(c);
+  if (c->at >= c->end || (*c->at != '\'' && *c->at != '"'))
+    return 0;
+  const char quote = *c->at++;
+  const char *start = c->at;
+  while (c->at < c->end && *c->at != quote) {
+    if (*c->at == '\\' || *c->at == '\n' || *c->at == '\0')
+      return 0;
+    ++c->at;
+  }
+  if (c->at >= c->end)
+    return 0;
+  *text = start;
+  *len = (size_t)(c->at - start);
+  ++c->at;
+  return 1;
+}
+
+/* A Python identifier-like word (True, False). */
+static int take_word(cursor *c, const char *word) {
+  skip_space(c);
+  const size_t n = strlen(word);
+  if ((size_t)(c->end - c->at) < n || memcmp(c->at, word, n) != 0)
+    return 0;
+  const char *after = c->at + n;
+  if (after < c->end && (isalnum((unsigned char)*after) || *after == '_'))
+    return 0;
+  c->at = after;
+  return 1;
+}
+
+/* A non-negative decimal integer as Python writes it (no sign, no leading zeros, no '_'). */
+static int take_dim(cursor *c, int64_t *value) {
+  skip_space(c);
+  if (c->at >= c->end || !isdigit((unsigned char)*c->at))
+    return 0;
+  if (*c->at == '0' && c->at + 1 < c->end && isdigit((unsigned char)c->at[1]))
+    return 0;
+  int64_t v = 0;
+  while (c->at < c->end && isdigit((unsigned char)*c->at)) {
+    const int digit = *c->at++ - '0';
+    if (v > (INT64_MAX - digit) / 10)
+      return 0;
+    v = v * 10 + digit;
+  }
+  if (c->at < c->end && (isalnum((unsigned char)*c->at) || *c->at == '_' || *c->at == '.'))
+    return 0;
+  *value = v;
+  return 1;
+}
+
+/* The descr string (a byte order and two code characters) -> out->dtype. */
+static int parse_descr(const char *text, size_t len, sail_tensor *out, const char *path,
+                       char *err, size_t err_len) {
+  for (size_t i = 0; len == 3 && i < sizeof DESCRS / sizeof DESCRS[0]; ++i) {
+    if (memcmp(text + 1, DESCRS[i].descr, 2) != 0)
+      continue;
+    const char order = text[0];
+    const int one_byte = sail_dtype_size(DESCRS[i].dtype) == 1;
+    if (order == '>' && !one_byte)
+      return fail(err, err_len, path, "big-endian arrays are not supported; save the array "
+                  "with numpy on a little-endian machine");
+    if (order != '<' && order != '|' && order != '=' && order != '>')
+      break;
+    out->dtype = DESCRS[i].dtype;
+    return 0;
+  }
+  return fail(err, err_len, path, "unsupported dtype in the .npy header (bool, int8-64, "
+              "uint8-64 and float16-64 are supported)");
+}
+
+/* The shape tuple after 'shape': -> out->shape, out->ndim. */
+static int parse_shape(cursor *c, sail_tensor *out, const char *path, char *err,
+                       size_t err_len) {
+  if (!take(c, '('))
+    return fail(err, err_len, path, "bad 'shape' in the .npy header (not a tuple)");
+  out->ndim = 0;
+  if (take(c, ')'))
+    return 0;
+  for (;;) {
+    int64_t dim = 0;
+    if (!take_dim(c, &dim))
+      return fail(err, err_len, path, "bad 'shape' in the .npy header (dims are whole "
+                  "numbers below 2^63)");
+    if (out->ndim == SAIL_MAX_NDIM)
+      return fail(err, err_len, path, "more than 8 dims");
+    out->shape[out->ndim++] = dim;
+    if (take(c, ')')) {
+      if (out->ndim == 1) /* (3) is a number in Python, not a tuple */
+        return fail(err, err_len, path, "bad 'shape' in the .npy header (not a tuple)");
+      return 0;
+    }
+    if (!take(c, ','))
+      return fail(err, err_len, path, "bad 'shape' in the .npy header");
+    if (take(c, ')'))
+      return 0;
+  }
+}
+
+/* The header dict, exactly as numpy.lib.format reads it: the keys 'descr', 'fortran_order' and
+ * 'shape', each once, and nothing else but spaces after it. */
+static int parse_header(const char *header, size_t header_len, sail_tensor *out,
+                        const char *path, char *err, size_t err_len) {
+  cursor c = {header, header + header_len};
+  int have_descr = 0, have_fortran = 0, have_shape = 0;
+  if (!take(&c, '{'))
+    return fail(err, err_len, path, "the .npy header is not a dict");
+  while (!take(&c, '}')) {
+    const char *key = NULL;
+    size_t key_len = 0;
+    if (!take_string(&c, &key, &key_len) || !take(&c, ':'))
+      return fail(err, err_len, path, "malformed .npy header dict");
+    if (key_len == 5 && memcmp(key, "descr", 5) == 0 && !have_descr) {
+      const char *descr = NULL;
+      size_t descr_len = 0;
+      if (!take_string(&c, &descr, &descr_len))
+        return fail(err, err_len, path, "bad 'descr' in the .npy header");
+      if (parse_descr(descr, descr_len, out, path, err, err_len) != 0)
+        return -1;
+      have_descr = 1;
+    } else if (key_len == 13 && memcmp(key, "fortran_order", 13) == 0 && !have_fortran) {
+      if (take_word(&c, "True"))
+        return fail(err, err_len, path, "Fortran-order arrays are not supported; save a C-order "
+                    "array (numpy.ascontiguousarray)");
+      if (!take_word(&c, "False"))
+        return fail(err, err_len, path, "bad 'fortran_order' in the .npy header");
+      have_fortran = 1;
+    } else if (key_len == 5 && memcmp(key, "shape", 5) == 0 && !have_shape) {
+      if (parse_shape(&c, out, path, err, err_len) != 0)
+        return -1;
+      have_shape = 1;
+    } else {
+      return fail(err, err_len, path, "the .npy header has a repeated or unknown key (it holds "
+                  "'descr', 'fortran_order' and 'shape')");
+    }
+    if (!take(&c, ',')) {
+      if (!take(&c, '}'))
+        return fail(err, err_len, path, "malformed .npy header dict");
       break;
     }
   }
-  if (!found)
-    return fail(err, err_len, path, "unsupported dtype in the .npy header (bool, int8-64, "
-                "uint8-64 and float16-64 are supported)");
-  const char *fortran = dict_value(header, "fortran_order");
-  if (!fortran || strncmp(fortran, "False", 5) != 0)
-    return fail(err, err_len, path, "Fortran-order arrays are not supported; save a C-order "
-                "array (numpy.ascontiguousarray)");
-  const char *shape = dict_value(header, "shape");
-  if (!shape || *shape != '(')
-    return fail(err, err_len, path, "no 'shape' in the .npy header");
-  ++shape;
-  out->ndim = 0;
-  for (;;) {
-    while (*shape == ' ' || *shape == ',')
-      ++shape;
-    if (*shape == ')')
-      break;
-    char *end = NULL;
-    errno = 0;
-    long long size = strtoll(shape, &end, 10);
-    if (end == shape || errno != 0 || size < 0)
-      return fail(err, err_len, path, "bad shape in the .npy header");
-    if (out->ndim == SAIL_MAX_NDIM)
-      return fail(err, err_len, path, "more than 8 dims");
-    out->shape[out->ndim++] = size;
-    shape = end;
-  }
+  skip_space(&c);
+  if (c.at != c.end)
+    return fail(err, err_len, path, "characters after the .npy header dict");
+  if (!have_descr)
+    return fail(err, err_len, path, "no 'descr' in the .npy header");
+  if (!have_fortran || !have_shape)
+    return fail(err, err_len, path, "the .npy header lacks 'fortran_order' or 'shape'");
   return 0;
 }
 
@@ -134,15 +241,14 @@ int sail_npy_read(const char *path, sail_tensor *out, char *err, size_t err_len)
     fail(err, err_len, path, "the .npy header is implausibly long");
     goto done;
   }
-  header = malloc(header_len + 1);
+  header = malloc(header_len ? header_len : 1);
   if (!header) {
     fail(err, err_len, path, "out of memory");
     goto done;
   }
   if (fread(header, 1, header_len, f) != header_len)
     goto truncated;
-  header[header_len] = '\0';
-  if (parse_header(header, out, path, err, err_len) != 0)
+  if (parse_header(header, header_len, out, path, err, err_len) != 0)
     goto done;
   size_t nbytes = sail_dtype_size(out->dtype);
   for (int32_t d = 0; d < out->ndim; ++d) {
@@ -151,6 +257,18 @@ int sail_npy_read(const char *path, sail_tensor *out, char *err, size_t err_len)
       goto done;
     }
     nbytes *= (size_t)out->shape[d];
+  }
+  /* The data must be in the file before memory is taken for it. */
+  struct stat st = {0};
+  const long data_start = ftell(f);
+  const uint64_t held = fstat(fileno(f), &st) == 0 && data_start >= 0 &&
+                                st.st_size > data_start
+                            ? (uint64_t)st.st_size - (uint64_t)data_start
+                            : 0;
+  if (held < (uint64_t)nbytes) {
+    snprintf(err, err_len, "%s: truncated .npy file: its header says %zu bytes of data, the file "
+             "holds %llu", path, nbytes, (unsigned long long)held);
+    goto done;
   }
   out->data = malloc(nbytes ? nbytes : 1);
   if (!out->data) {
