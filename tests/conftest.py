@@ -1,11 +1,75 @@
-"""Shared fixtures: generated example models written once per session."""
+"""Shared fixtures (generated example models, written once per session) and the test tiers.
+
+Tiers (markers registered in pyproject.toml, assigned here at collection so test files need no
+edits):
+
+* ``cbuild``: builds C with ``cc``/``make``: a test (or its module) skipped when no C compiler is
+  found, or one parametrized with ``target="c"``;
+* ``realmodel``: needs a real model's files (Gemma 3 270M under ``~/.cache/sail-models``): a test
+  skipped when they are not built;
+* ``slow``: every ``cbuild`` and ``realmodel`` test, and the tests listed in
+  ``tests/slow_tests.txt`` (measured; the file says how).
+
+``python -m pytest -q -m "not slow"`` is the fast tier for the edit-test loop;
+``python -m pytest -q`` runs every tier (the README's and CI's command).
+``SAIL_TEST_TIMES=FILE`` appends ``nodeid<TAB>seconds`` (setup + call + teardown) per test to
+FILE as the run goes, for refreshing ``slow_tests.txt``.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
 from make_decoder import PRESETS, make_decoder, save_model
+
+TESTS = Path(__file__).resolve().parent
+#: Node ids measured slow, one a line (``#`` comments).
+SLOW_LIST = TESTS / "slow_tests.txt"
+#: skipif reasons that say a test builds C, or needs a real model's files.
+_CBUILD_REASON = re.compile(r"\bcc\b|\bmake\b|C compiler")
+_REALMODEL_REASON = re.compile(r"Gemma|sail-models|real model")
+
+
+def _slow_ids() -> set[str]:
+    if not SLOW_LIST.exists():
+        return set()
+    lines = (line.split("#", 1)[0].strip() for line in SLOW_LIST.read_text().splitlines())
+    return {line for line in lines if line}
+
+
+def _skip_reasons(item: pytest.Item) -> list[str]:
+    return [str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif")]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = _slow_ids()
+    for item in items:
+        reasons = _skip_reasons(item)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        cbuild = any(_CBUILD_REASON.search(r) for r in reasons) or params.get("target") == "c"
+        realmodel = any(_REALMODEL_REASON.search(r) for r in reasons)
+        if cbuild:
+            item.add_marker(pytest.mark.cbuild)
+        if realmodel:
+            item.add_marker(pytest.mark.realmodel)
+        if cbuild or realmodel or item.nodeid in slow:
+            item.add_marker(pytest.mark.slow)
+
+
+_times: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = os.environ.get("SAIL_TEST_TIMES")
+    if not path:
+        return
+    _times[report.nodeid] = _times.get(report.nodeid, 0.0) + report.duration
+    if report.when == "teardown":
+        with open(path, "a") as f:
+            f.write(f"{report.nodeid}\t{_times.pop(report.nodeid):.2f}\n")
 
 
 @pytest.fixture(scope="session")
