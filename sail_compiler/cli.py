@@ -19,8 +19,7 @@ from . import __version__
 from .artifact import check_output_path
 from .errors import InputError, OptionError, SailError
 from .ir_dump import file_safe
-from .options import DEFAULT_ACT_GROUP_SIZE
-from .pipeline import STAGE_NAMES
+from .options import DEFAULT_ACT_GROUP_SIZE, STAGE_NAMES
 from .quant.plan import PLAN_METHODS
 from .sampling import DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_TOP_K, DEFAULT_TOP_P
 from .targets.pim import simulate_cli

@@ -6,8 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from .errors import OptionError, valid_choices
-from .ops.sail_ops import check_nbw
-from .passes.convert_pim_types import resolve_placement
+from .quant.lut import check_nbw
 from .quant.packing import check_bits
 from .quant.plan import check_method
 from .quant.reference import check_act_bits, check_act_group_size
@@ -21,6 +20,26 @@ DEFAULT_ACT_GROUP_SIZE: int | str = "group"
 
 #: What ``--logits`` accepts: every position's logits, or the last position's only.
 LOGITS_CHOICES: tuple[str, ...] = ("all", "last")
+
+#: The compile stages in order (:data:`~.pipeline.STAGES` holds their passes); ``--emit`` stops
+#: after one.
+STAGE_NAMES: tuple[str, ...] = ("import", "quantize", "sail", "lower")
+
+#: Where a step runs on SAIL: inside the C-SRAM arrays or on the core.
+PLACEMENTS = ("pim", "host")
+
+#: Largest activation width converted in memory under ``placement="auto"``.
+PIM_MAX_ACT_BITS = 8
+
+
+def resolve_placement(placement: str, act_bits: int) -> str:
+    """``pim``/``host`` for ``placement`` (``auto``, ``pim`` or ``host``) at ``act_bits``."""
+    if placement == "auto":
+        return "pim" if act_bits <= PIM_MAX_ACT_BITS else "host"
+    if placement not in PLACEMENTS:
+        raise OptionError(f"unknown type-conversion placement {placement!r}; "
+                          f"{valid_choices(('auto', *PLACEMENTS))}")
+    return placement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,11 +198,8 @@ class CompileOptions:
         return " ".join([", ".join(parts), self.method])
 
     def __post_init__(self) -> None:
-        from .pipeline import STAGE_NAMES
-        from .targets import target_names
-
-        if self.target not in target_names():
-            raise OptionError(f"unknown target '{self.target}'; {valid_choices(target_names())}")
+        # the target name is checked against the registry by compile_model (get_target), which
+        # loads TVM; the command line offers the registered names only
         if self.emit is not None and self.emit not in STAGE_NAMES:
             raise OptionError(f"unknown stage '{self.emit}' for --emit; "
                               f"valid stages in order: {', '.join(STAGE_NAMES)}")

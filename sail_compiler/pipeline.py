@@ -23,7 +23,7 @@ import tvm
 from tvm import relax
 
 from .ir_dump import STAGE_PASS_PREFIX
-from .options import CompileOptions
+from .options import STAGE_NAMES, CompileOptions
 from .passes import (
     ConvertPIMTypes,
     FuseAttention,
@@ -83,7 +83,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("lower", "target lowering: legalize, fuse, schedule",
           lambda o, t, q: t.lowering_passes(o)),
 )
-STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+assert tuple(s.name for s in STAGES) == STAGE_NAMES, "options.STAGE_NAMES lists the stages"
 
 
 def stage_pass(stage: Stage, options: CompileOptions, target: TargetBackend,

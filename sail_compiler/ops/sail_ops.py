@@ -53,6 +53,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from ..errors import OptionError, valid_choices
+from ..options import PLACEMENTS
 from ..quant.lut import check_nbw
 from ..quant.packing import check_bits
 from ..quant.reference import (
@@ -99,8 +100,6 @@ GROUP_SUMS = "sail.group_sums"
 LUT_GEMV = "sail.lut_gemv"
 DEQUANTIZE = "sail.dequantize"
 
-#: Where a step runs on SAIL: inside the C-SRAM arrays or on the core.
-PLACEMENTS = ("pim", "host")
 #: ``sail.lut_gemv`` outputs: int32 group sums, or float32 with the dequantization fused.
 OUTPUTS = ("sums", "float")
 

@@ -32,23 +32,10 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from ..errors import OptionError, valid_choices
 from ..ops.quant_matmul import attrs_dict, is_quant_matmul, layer_name
-from ..ops.sail_ops import PLACEMENTS, dequantize, group_sums_op, quantize
+from ..ops.sail_ops import dequantize, group_sums_op, quantize
+from ..options import resolve_placement
 from ._common import rewrite_relax_functions
-
-#: Largest activation width converted in memory under ``placement="auto"``.
-PIM_MAX_ACT_BITS = 8
-
-
-def resolve_placement(placement: str, act_bits: int) -> str:
-    """``pim``/``host`` for ``placement`` (``auto``, ``pim`` or ``host``) at ``act_bits``."""
-    if placement == "auto":
-        return "pim" if act_bits <= PIM_MAX_ACT_BITS else "host"
-    if placement not in PLACEMENTS:
-        raise OptionError(f"unknown type-conversion placement {placement!r}; "
-                          f"{valid_choices(('auto', *PLACEMENTS))}")
-    return placement
 
 
 @relax.expr_functor.mutator
