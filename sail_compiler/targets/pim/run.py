@@ -1,6 +1,6 @@
 """Functional + timing simulation of one step of a pim-sim artifact.
 
-:func:`simulate_run` runs the artifact's model on generated inputs (:func:`~sail_compiler.verify.
+:func:`simulate_run` runs the artifact's model on generated inputs (:func:`~sail_compiler.inputs.
 generate_inputs`: token ids inside the vocabulary, masks of ones) with one new token per
 sequence: ``input_ids [batch, 1]``, and for models with a KV cache a past of ``past_len``
 positions (generated, standard normal). The executor (:mod:`.target`) records every command and
@@ -136,7 +136,7 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     ArtifactError
         The artifact or its program is missing or damaged.
     """
-    from ...verify import InputPlan, generate_inputs
+    from ...inputs import InputPlan, generate_inputs
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise OptionError(f"batch sizes must be positive integers, got {batch!r}")
