@@ -47,7 +47,7 @@ ENTRY = struct.Struct("<IIII8QQQII")  # 104 bytes
 OFFSET, NBYTES, CRC, RESERVED = 12, 13, 14, 15
 DTYPES = {code: np.dtype(name) for name, code in DTYPE_CODES.items()}
 DEFAULT_COUNT = 1200
-SLOW_COUNT = 20000
+SLOW_COUNT = 10000
 
 HARNESS = r"""/* Loads each file named on stdin ("w PATH": a weight file through model.c's
  * sail_model_load; "n PATH": a .npy file through sail_npy_read) in this one process and prints
@@ -358,3 +358,124 @@ def test_weight_file_mutations(fuzz: Fixture, tmp_path: Path) -> None:
 def test_weight_file_mutations_many(fuzz: Fixture, tmp_path: Path) -> None:
     verdicts = check_weights(fuzz, tmp_path, SLOW_COUNT, seed=2021)
     assert verdicts["c_refused"] > SLOW_COUNT // 2, verdicts
+
+
+# ----------------------------------------------------------------------------------------------
+# .npy headers
+
+NPY_ARRAYS = [np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(-3, 2, dtype=np.int8),
+              np.array(True), np.linspace(0, 1, 6, dtype=np.float16).reshape(2, 1, 3),
+              np.zeros((0, 4), np.uint64), np.arange(3, dtype=np.int64)]
+NPY_TOKENS = [b"'", b'"', b"{", b"}", b"(", b")", b",", b":", b" ", b"\n", b"\x00", b"-", b"+",
+              b"0", b"1", b"9", b"L", b"True", b"False", b"'descr'", b"'shape'", b"'<f4'",
+              b"'|b1'", b"'>i8'", b"'<c8'", b"'f4'", b"99999999999999999999", b"4294967296",
+              b"9223372036854775807", b"1e3", b"0x10", b"\\", b"\xff", b"#"]
+
+
+def npy_keys(array: np.ndarray) -> list[bytes]:
+    """The entries of numpy's header dict for `array`."""
+    descr = np.lib.format.dtype_to_descr(array.dtype)
+    return [f"'descr': '{descr}'".encode(), b"'fortran_order': False",
+            f"'shape': {array.shape}".encode()]
+
+
+def npy_file(header: bytes, data: bytes, version: int = 1, length: int | None = None) -> bytes:
+    pad = b" " * (-(len(header) + 11) % 64) + b"\n"
+    header = header + pad
+    size = struct.pack("<H" if version == 1 else "<I", len(header) if length is None else length)
+    return b"\x93NUMPY" + bytes([version, 0]) + size + header + data
+
+
+def mutate_npy(rng: np.random.Generator) -> tuple[bytes, bool]:
+    """A mutated .npy file and whether the mutation keeps it the same array (respaced keys,
+    reordered keys, a version-2 prefix)."""
+    array = NPY_ARRAYS[int(rng.integers(len(NPY_ARRAYS)))]
+    keys, data = npy_keys(array), array.tobytes()
+    header = b"{" + b", ".join(keys) + b", }"
+    kind = int(rng.integers(8))
+    if kind == 0:  # a token replaces a span of the header
+        at = int(rng.integers(len(header)))
+        token = NPY_TOKENS[int(rng.integers(len(NPY_TOKENS)))]
+        return npy_file(header[:at] + token + header[at + int(rng.integers(0, 4)):], data), False
+    if kind == 1:  # a random byte
+        at = int(rng.integers(len(header)))
+        header = header[:at] + bytes([int(rng.integers(256))]) + header[at + 1:]
+        return npy_file(header, data), False
+    if kind == 2:  # a shape of other dims, the data left as it is
+        dims = [int(d) for d in rng.choice([0, 1, 3, 7, 1 << 31, 1 << 40, (1 << 63) - 1,
+                                            1 << 63, 1 << 64], int(rng.integers(0, 10)))]
+        header = header.replace(str(array.shape).encode(),
+                                ("(" + "".join(f"{d}, " for d in dims) + ")").encode())
+        return npy_file(header, data), False
+    if kind == 3:  # the header length field
+        length = interesting(rng, len(header), len(header) + len(data), 16)
+        return npy_file(header, data, length=length), False
+    if kind == 4:  # the file cut anywhere
+        whole = npy_file(header, data)
+        return whole[:int(rng.integers(len(whole)))], False
+    if kind == 5:  # version byte
+        whole = bytearray(npy_file(header, data))
+        whole[6] = int(rng.integers(0, 5))
+        return bytes(whole), False
+    if kind == 6:  # a key dropped, doubled or added
+        k = int(rng.integers(len(keys)))
+        choice = int(rng.integers(3))
+        keys = (keys[:k] + keys[k + 1:] if choice == 0 else keys + [keys[k]] if choice == 1
+                else keys + [b"'extra': 1"])
+        return npy_file(b"{" + b", ".join(keys) + b"}", data), False
+    # intact: keys reordered, spaces and newlines between tokens, a version-2 prefix
+    order = rng.permutation(len(keys))
+    space = [b"", b" ", b"  ", b"\t", b"\n"][int(rng.integers(5))]
+    body = (b"," + space).join(keys[i].replace(b": ", b":" + space) for i in order)
+    return npy_file(b"{" + space + body + space + b"}", data, version=int(rng.integers(1, 3))), True
+
+
+def numpy_reads(path: Path) -> np.ndarray | None:
+    """What numpy loads from `path`, or None if it refuses (checked for size first, so that a
+    header asking for terabytes is not handed to numpy)."""
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)  # 3.0 differs in encoding only
+            shape, fortran, dtype = read(f)
+            held = path.stat().st_size - f.tell()
+        if int(np.prod(shape, dtype=object)) * dtype.itemsize > held or fortran:
+            return None
+        return np.load(path, allow_pickle=False)
+    except Exception:  # noqa: BLE001 - numpy refuses in many ways (ValueError, TokenError...)
+        return None
+
+
+def check_npy(fix: Fixture, tmp: Path, count: int, seed: int) -> dict[str, int]:
+    rng = np.random.default_rng(seed)
+    jobs, intact = [], []
+    for k in range(count):
+        data, same = mutate_npy(rng)
+        jobs.append(("n", _write(tmp / f"n{k}.npy", data)))
+        intact.append(same)
+    verdicts = {"loaded": 0, "refused": 0}
+    for (_, path), same, line in zip(jobs, intact, run_harness(fix.harness, jobs), strict=True):
+        reference = numpy_reads(path)
+        if line.startswith("REFUSED"):
+            verdicts["refused"] += 1
+            assert str(path) in line and not same, (path, line)
+            continue
+        verdicts["loaded"] += 1
+        assert reference is not None, (path, line, "numpy refuses what C loaded")
+        words = line.split()
+        assert words[1] == reference.dtype.name and \
+            tuple(int(d) for d in words[2:-1]) == reference.shape, (path, line)
+        assert int(words[-1][1:], 16) == fnv1a(reference.tobytes()), path
+    return verdicts
+
+
+def test_npy_header_mutations(fuzz: Fixture, tmp_path: Path) -> None:
+    verdicts = check_npy(fuzz, tmp_path, DEFAULT_COUNT, seed=21)
+    assert verdicts["refused"] > DEFAULT_COUNT // 2 and verdicts["loaded"] > 100, verdicts
+
+
+@pytest.mark.slow
+def test_npy_header_mutations_many(fuzz: Fixture, tmp_path: Path) -> None:
+    verdicts = check_npy(fuzz, tmp_path, SLOW_COUNT, seed=2021)
+    assert verdicts["refused"] > SLOW_COUNT // 2, verdicts

@@ -250,14 +250,23 @@ int sail_npy_read(const char *path, sail_tensor *out, char *err, size_t err_len)
     goto truncated;
   if (parse_header(header, header_len, out, path, err, err_len) != 0)
     goto done;
-  size_t nbytes = sail_dtype_size(out->dtype);
+  /* As numpy: the nonzero dims times the item size must fit in an int64 even when a zero dim
+   * makes the array empty, so no later product of dims can overflow. */
+  uint64_t nonzero = sail_dtype_size(out->dtype);
+  int empty = 0;
   for (int32_t d = 0; d < out->ndim; ++d) {
-    if (out->shape[d] > 0 && nbytes > SIZE_MAX / (size_t)out->shape[d]) {
-      fail(err, err_len, path, "array too large");
+    empty |= out->shape[d] == 0;
+    if (out->shape[d] > 0 && nonzero > (uint64_t)INT64_MAX / (uint64_t)out->shape[d]) {
+      fail(err, err_len, path, "array too large (its dims multiply past 2^63)");
       goto done;
     }
-    nbytes *= (size_t)out->shape[d];
+    nonzero *= out->shape[d] > 0 ? (uint64_t)out->shape[d] : 1;
   }
+  if (nonzero > SIZE_MAX) {
+    fail(err, err_len, path, "array too large for this machine");
+    goto done;
+  }
+  const size_t nbytes = empty ? 0 : (size_t)nonzero;
   /* The data must be in the file before memory is taken for it. */
   struct stat st = {0};
   const long data_start = ftell(f);
