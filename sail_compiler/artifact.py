@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .errors import ArtifactError, InputError, tvm_message
 from .frontend.signature import ModelSignature
 from .targets import Runner, get_target
+from .version import __version__
 
 FORMAT = "sail-artifact"
 FORMAT_VERSION = 1

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .artifact import check_output_path
 from .errors import InputError, OptionError, SailError
 from .ir_dump import file_safe
@@ -23,6 +22,7 @@ from .options import DEFAULT_ACT_GROUP_SIZE, STAGE_NAMES
 from .quant.plan import PLAN_METHODS
 from .sampling import DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_TOP_K, DEFAULT_TOP_P
 from .targets.pim import simulate_cli
+from .version import __version__
 
 
 def _int_list(text: str) -> list[int]:

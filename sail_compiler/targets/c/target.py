@@ -45,7 +45,6 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ... import __version__
 from ...errors import ArtifactError, InputError, OptionError
 from ...frontend.signature import ModelSignature
 from ...ops.attention import OP_NAME as ATTENTION
@@ -58,6 +57,7 @@ from ...ops.sail_ops import (
     op_attrs,
 )
 from ...passes.lower_to_lut_gemv import LowerToLUTGemv
+from ...version import __version__
 from ..base import Runner, TargetBackend, register_target
 from ..llvm.schedule import host_target, lowering_passes
 from .emit import RecordWeightNames, emit_model
