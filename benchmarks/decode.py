@@ -74,7 +74,7 @@ from gemv import busy_seconds, other_cpu_share, session  # noqa: E402
 from gguf_export import tensor_types, type_summary, write_gguf  # noqa: E402
 from make_decoder import PRESETS, DecoderConfig, make_decoder, save_model  # noqa: E402
 
-from sail_compiler.driver import export_onnx_model  # noqa: E402
+from sail_compiler.export_onnx import export_onnx_model  # noqa: E402
 from sail_compiler.options import CompileOptions  # noqa: E402
 from sail_compiler.quant.scheme import QuantScheme  # noqa: E402
 

@@ -499,7 +499,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .driver import export_onnx_model
+    from .export_onnx import export_onnx_model
 
     written = export_onnx_model(args.model, args.output, _compile_options(args))
     for note in written["notes"]:

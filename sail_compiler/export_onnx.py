@@ -37,6 +37,7 @@ import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
 from .errors import OptionError
+from .frontend import load_checked
 from .frontend.prequantized import (
     MATMULNBITS_BITS,
     MIN_BLOCK_SIZE,
@@ -44,7 +45,10 @@ from .frontend.prequantized import (
     fresh_name,
     remove_named,
 )
+from .frontend.signature import signature_of
+from .options import CompileOptions
 from .quant.packing import pack_bits
+from .quant.prepare import prepare_quantization
 from .quant.reference import QuantizedWeight
 
 #: Protobuf cannot serialize 2 GB; models whose tensors reach this size use external data.
@@ -217,3 +221,42 @@ def export_matmulnbits(model: onnx.ModelProto | str | os.PathLike[str],
                         size_threshold=1024)
     else:
         onnx.save_model(exported, str(out))
+
+
+def export_onnx_model(model_path: str | Path, output: str | Path,
+                      options: CompileOptions) -> dict:
+    """Quantize ``model_path``'s layers as a compile would and write them as onnxruntime
+    ``com.microsoft.MatMulNBits`` nodes to ``output`` (:mod:`.export_onnx`).
+
+    Only ``MatMul`` layers are written as MatMulNBits; quantized ``Gemm`` layers stay float in
+    the exported file (noted). Returns ``{"layers", "schemes", "notes"}``.
+
+    Raises
+    ------
+    OptionError
+        Nothing is quantized, a width onnxruntime cannot run (not 2, 4 or 8) or a group size it
+        cannot take, or ``output`` is the input model.
+    """
+    model_path, output = Path(model_path), Path(output)
+    if output.resolve() == model_path.resolve():
+        raise OptionError(f"-o {output} is the input model; write the export to a new file")
+    prequantized: dict = {}
+    model = load_checked(model_path, prequantized=prequantized)
+    quant = prepare_quantization(model, signature_of(model), options, prequantized)
+    if quant is None or not any(q.qw is not None for q in quant.layers):
+        raise OptionError("nothing to export: no layer is quantized; add --bits 2, 4 or 8 (or "
+                          "--bits-plan)")
+    notes = list(quant.notes)
+    layers = {}
+    for q in quant.layers:
+        if q.qw is None:
+            continue
+        if q.layer.op_type != "MatMul":
+            notes.append(f"{q.layer.name} is a {q.layer.op_type}, kept float in the export")
+            continue
+        model.graph.node[q.layer.node_index].name = q.layer.name  # unnamed nodes get theirs
+        layers[q.layer.name] = q.qw
+    export_matmulnbits(model, layers, output, source_path=model_path)
+    schemes = sorted({f"w{qw.bits}g{qw.group_size}{'sym' if qw.symmetric else ''}"
+                      for qw in layers.values()})
+    return {"layers": len(layers), "schemes": schemes, "notes": notes}
