@@ -123,6 +123,12 @@ def dtype_problems(model: onnx.ModelProto, skip: Collection[str] = ()) -> list[s
     return problems
 
 
+#: Element types stored several to a byte (their data is not dims x itemsize bytes).
+_PACKED_TYPES = frozenset(getattr(onnx.TensorProto, name) for name in
+                          ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                          if hasattr(onnx.TensorProto, name))
+
+
 def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Tensors stored as external data: initializers and Constant values, subgraphs included."""
     graphs = [model.graph] + [a.g for n in _nodes(model.graph) for a in n.attribute
@@ -149,12 +155,32 @@ def _external_data_problems(model: onnx.ModelProto, base_dir: Path) -> list[str]
                             f"not found next to the model (looked in {base_dir}); copy it there")
             continue
         offset = info.offset or 0
-        length = info.length if info.length is not None else size - offset
-        if offset + length > size:
+        need = _data_bytes(tensor)
+        length = info.length if info.length is not None else need
+        if need is not None and length != need:
+            problems.append(f"external data of tensor '{tensor.name}' in '{info.location}' has "
+                            f"length {length}, its shape and type need {need} bytes; re-export "
+                            "the model")
+        elif offset + (length or 0) > size:
             problems.append(f"external data file '{info.location}' is truncated: tensor "
-                            f"'{tensor.name}' needs bytes {offset}..{offset + length}, the file "
-                            f"has {size}; re-copy or re-export it")
+                            f"'{tensor.name}' needs bytes {offset}..{offset + (length or 0)}, "
+                            f"the file has {size}; re-copy or re-export it")
     return problems
+
+
+def _data_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The bytes of a tensor's data from its dims and type (None for strings and sub-byte
+    types, which the type check refuses anyway)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    if tensor.data_type in _PACKED_TYPES or tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * itemsize
 
 
 def load_checked(path: str | os.PathLike[str],

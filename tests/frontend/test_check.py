@@ -96,6 +96,27 @@ def test_missing_and_truncated_external_data(tmp_path: Path) -> None:
     assert all(len(t.raw_data) or t.float_data or t.int64_data for t in model.graph.initializer)
 
 
+
+def test_external_data_location_that_lies(tmp_path: Path) -> None:
+    """Offsets past the end without a length, and lengths that are not what the tensor's
+    shape and type need, are refused before anything is read, naming the file and sizes."""
+    path = tmp_path / "ext.onnx"
+    save_model(make_decoder(SMALL), path, external_data=True)
+    size = (tmp_path / "ext.onnx.data").stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    tensor = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    need = int(np.prod(tensor.dims)) * 4  # float32
+    entries = {e.key: e for e in tensor.external_data}
+    entries["length"].value = str(need - 4)
+    onnx.save(model, str(path))
+    with pytest.raises(ModelCheckError, match=f"has length {need - 4}.*need {need} bytes"):
+        load_checked(path)
+    tensor.external_data.remove(entries["length"])
+    entries["offset"].value = str(size + 64)
+    onnx.save(model, str(path))
+    with pytest.raises(ModelCheckError, match=f"ext.onnx.data' is truncated.*the file has {size}"):
+        load_checked(path)
+
 def test_all_problems_in_one_error(tmp_path: Path) -> None:
     path = _unsupported_model(tmp_path / "bad.onnx")
     with pytest.raises(ModelCheckError) as info:
