@@ -1,0 +1,29 @@
+"""The low layers of docs/layers.md load no TVM when imported (the import-linter contracts in
+pyproject.toml check the static imports; this checks what Python actually loads)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import sail_compiler
+
+LOW_LAYERS = ["sail_compiler.errors", "sail_compiler.version", "sail_compiler.options",
+              "sail_compiler.quant", "sail_compiler.quant.methods", "sail_compiler.quant.plan",
+              "sail_compiler.quant.patterns", "sail_compiler.quant.lut"]
+
+
+def test_options_and_the_quantization_core_load_no_tvm() -> None:
+    code = (f"import sys\nfor m in {LOW_LAYERS!r}: __import__(m)\n"
+            "print(sorted(m for m in sys.modules if m == 'tvm' or m.startswith('tvm.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_public_api_resolves() -> None:
+    from sail_compiler.driver import compile_model
+    from sail_compiler.model import load
+
+    assert sail_compiler.compile_model is compile_model and sail_compiler.load is load
+    assert all(getattr(sail_compiler, name) is not None for name in sail_compiler.__all__)
