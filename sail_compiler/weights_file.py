@@ -1,23 +1,33 @@
-"""The weight file of an artifact: magic, version, tensor table, data, checksums.
+"""sail's one weight container, written by every target and memory-mapped by the C runtime
+(``targets/c/runtime/sail_model_rt.c``) and by Python.
 
-Layout (all integers little-endian)::
+Layout, all integers little-endian::
 
-    offset 0   8 bytes   magic b"SAILWGT\\0"
-           8   u32       format version (1)
-          12   u32       reserved (0)
-          16   u64       length H of the header
-          24   H bytes   header: UTF-8 JSON {"tensors": [{"name", "dtype", "shape", "offset",
-                         "nbytes", "crc32"}, ...]}; offsets count from the start of the file
-           ...           tensor data, each tensor 64-byte aligned, C order
+    header, 64 bytes   magic b"SAILCWT\\0" | u32 version (2) | u32 tensor count
+                       | u64 table offset | u64 table bytes | u64 data offset | u64 file bytes
+                       | u32 CRC-32 of the table | u32 CRC-32 of header bytes 0..51 | u64 0
+    table              one 104-byte entry per tensor: u32 name offset | u32 name bytes
+                       | u32 dtype (:data:`DTYPE_CODES`, ``enum sail_dtype``) | u32 ndim
+                       | u64 shape[8] | u64 data offset | u64 data bytes | u32 CRC-32 of the
+                       data | u32 0; then the UTF-8 names, offsets relative to their start
+    data               each tensor 64-byte aligned, C order
 
-Reading checks the magic, the version, that every tensor lies inside the file, and each
-tensor's CRC-32, so a truncated or corrupted file is an :class:`ArtifactError`, never garbage
-weights or a crash.
+The CRC-32 is zlib's. Everything has a fixed width, so the C loader needs no parser. The c target
+names its tensors after its constants (``model.c`` checks names, dtypes and shapes at load); the
+llvm and pim-sim targets store theirs as ``weight_<i>`` (:func:`write_weights`).
+
+:func:`read_weight_file` checks a file as strictly as the C loader: magic, version, both table
+checksums, the file size, reserved fields zero, dims past the rank zero, known dtypes, byte
+counts equal to the shape's, 64-byte aligned tensors inside the data area, no two tensors sharing
+a byte, and each tensor's CRC-32. (The C loader also checks names, dtypes and shapes against what
+``model.c`` expects; Python returns what the file holds.) Writing first checks that the disk has
+room for the whole file, so a full disk is reported with the size needed before anything is
+written.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -26,68 +36,174 @@ import numpy as np
 
 from .errors import ArtifactError
 
-MAGIC = b"SAILWGT\0"
-VERSION = 1
-_ALIGN = 64
-_PREFIX = struct.Struct("<8sIIQ")
+MAGIC = b"SAILCWT\0"
+#: The JSON-headed weight file of the llvm and pim-sim targets before the container was one.
+_OLD_MAGIC = b"SAILWGT\0"
+#: 2: 4-bit LUT-GEMV weights hold nibble-packed codes, not bit planes (``sail_lut.h``).
+VERSION = 2
+ALIGN = 64
+MAX_NDIM = 8
+#: NumPy dtype name -> ``enum sail_dtype`` value (``runtime/sail_model_api.h``).
+DTYPE_CODES = {"bool": 1, "int8": 2, "int16": 3, "int32": 4, "int64": 5, "uint8": 6,
+               "uint16": 7, "uint32": 8, "uint64": 9, "float16": 10, "float32": 11,
+               "float64": 12}
+
+_DTYPES = {code: np.dtype(name) for name, code in DTYPE_CODES.items()}
+_HEADER = struct.Struct("<8sIIQQQQII")  # up to the header CRC; 8 reserved bytes follow
+_HEADER_BYTES = 64
+_ENTRY = struct.Struct(f"<IIII{MAX_NDIM}QQQII")
 
 
-def _crc32(array: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
+def require_space(path: Path, nbytes: int) -> None:
+    """Refuse to start writing ``nbytes`` to ``path`` when its file system has less free.
+
+    Raises
+    ------
+    ArtifactError
+        Naming the size needed and the space free.
+    """
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return  # no figure to check against: the write itself reports a full disk
+    if free < nbytes:
+        raise ArtifactError(f"not enough disk space to write {path.name}: it needs {nbytes} bytes "
+                            f"({nbytes / 2**30:.2f} GiB), {free} bytes are free on the file "
+                            f"system of {path.parent}; free space or compile to another -o path")
 
 
-def write_weights(path: Path, arrays: list[np.ndarray]) -> None:
-    """Write ``arrays`` (named ``weight_<i>``) to ``path``."""
-    entries, offset = [], 0
-    for i, array in enumerate(arrays):
-        entries.append({"name": f"weight_{i}", "dtype": array.dtype.name,
-                        "shape": list(array.shape), "offset": offset,
-                        "nbytes": int(array.nbytes), "crc32": _crc32(array)})
-        offset += -(-array.nbytes // _ALIGN) * _ALIGN
-    # Offsets become absolute once the header length is known (fixed point: it only grows).
-    base = 0
-    while True:
-        header = json.dumps({"tensors": [{**e, "offset": e["offset"] + base}
-                                         for e in entries]}).encode()
-        new_base = -(-(_PREFIX.size + len(header)) // _ALIGN) * _ALIGN
-        if new_base == base:
-            break
-        base = new_base
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def write_weight_file(path: Path, tensors: list[tuple[str, np.ndarray]]) -> int:
+    """Write named arrays (in this order) to ``path``; return the file size in bytes.
+
+    Raises
+    ------
+    ValueError
+        An array of a dtype C cannot take (see :data:`DTYPE_CODES`) or with more than 8 dims;
+        the emitter checks both before, so this is an internal error.
+    """
+    # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
+    arrays = [np.array(a, order="C", copy=None) for _, a in tensors]
+    names = [name.encode() for name, _ in tensors]
+    table_bytes = _ENTRY.size * len(arrays) + sum(len(n) for n in names)
+    data_offset = _aligned(_HEADER_BYTES + table_bytes)
+    offsets, end = [], data_offset
+    for array in arrays:
+        offsets.append(_aligned(end))
+        end = offsets[-1] + array.nbytes
+    entries, name_offset = [], 0
+    for name, array, offset in zip(names, arrays, offsets, strict=True):
+        if array.dtype.name not in DTYPE_CODES or array.ndim > MAX_NDIM:
+            raise ValueError(f"cannot store {array.dtype}{list(array.shape)} for C")
+        shape = [*array.shape, *[0] * (MAX_NDIM - array.ndim)]
+        crc = zlib.crc32(memoryview(array).cast("B"))
+        entries.append(_ENTRY.pack(name_offset, len(name), DTYPE_CODES[array.dtype.name],
+                                   array.ndim, *shape, offset, array.nbytes, crc, 0))
+        name_offset += len(name)
+    table = b"".join(entries) + b"".join(names)
+    require_space(path, end)
+    head = _HEADER.pack(MAGIC, VERSION, len(arrays), _HEADER_BYTES, len(table), data_offset,
+                        end, zlib.crc32(table), 0)[:52]
     with path.open("wb") as f:
-        f.write(_PREFIX.pack(MAGIC, VERSION, 0, len(header)))
-        f.write(header)
-        for entry, array in zip(entries, arrays, strict=True):
-            f.seek(entry["offset"] + base)
-            f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        f.write(head + struct.pack("<IQ", zlib.crc32(head), 0))
+        f.write(table)
+        for array, offset in zip(arrays, offsets, strict=True):
+            f.seek(offset)
+            f.write(memoryview(array).cast("B"))
+        f.truncate(end)
+    return end
+
+
+def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
+    """The named tensors of a weight file, in file order, as read-only views of its mapping.
+
+    Raises
+    ------
+    ArtifactError
+        The file is missing, truncated, corrupted or breaks the layout in any way (the message
+        names the file and the problem); never a partly checked array.
+    """
+    try:
+        size = path.stat().st_size
+        data = np.memmap(path, mode="r", dtype=np.uint8) if size else np.zeros(0, np.uint8)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"cannot read weights {path}: {err}; recompile the model") from err
+
+    def bad(problem: str) -> ArtifactError:
+        return ArtifactError(f"{path} is corrupted: {problem}; recompile the model")
+
+    if size < _HEADER_BYTES:
+        raise ArtifactError(f"{path} is truncated ({size} bytes, shorter than the 64-byte "
+                            "header); recompile the model")
+    head = bytes(data[:_HEADER_BYTES])
+    (magic, version, count, table_offset, table_bytes, data_offset, file_bytes, table_crc,
+     head_crc) = _HEADER.unpack_from(head)
+    if magic == _OLD_MAGIC:
+        raise ArtifactError(f"{path} was written by an older sail (a JSON-headed weight file); "
+                            "recompile the model")
+    if magic != MAGIC:
+        raise ArtifactError(f"{path} is not a sail weight file (bad magic); recompile the model")
+    if version != VERSION:
+        raise ArtifactError(f"{path} has weight format {version}, this sail reads {VERSION}; "
+                            "recompile the model")
+    if zlib.crc32(head[:52]) != head_crc:
+        raise bad("the header checksum does not match")
+    if head[56:] != bytes(8):
+        raise bad("reserved header bytes 56..63 are not zero")
+    if file_bytes != size:
+        raise ArtifactError(f"{path} is {'truncated' if size < file_bytes else 'damaged'}: the "
+                            f"header says {file_bytes} bytes, the file has {size}; recompile "
+                            "the model")
+    table_end = table_offset + table_bytes
+    if (table_offset < _HEADER_BYTES or table_end > size or count * _ENTRY.size > table_bytes
+            or not table_end <= data_offset <= size):
+        raise bad("the tensor table lies outside the file")
+    table = bytes(data[table_offset:table_end])
+    if zlib.crc32(table) != table_crc:
+        raise bad("the tensor table checksum does not match")
+    names = table[count * _ENTRY.size:]
+    tensors, extents = [], []
+    for i in range(count):
+        (name_offset, name_bytes, dtype_code, ndim, *fields) = _ENTRY.unpack_from(table,
+                                                                                  i * _ENTRY.size)
+        dims, (offset, nbytes, crc, reserved) = fields[:MAX_NDIM], fields[MAX_NDIM:]
+        if name_offset + name_bytes > len(names):
+            raise bad(f"the name of tensor {i} lies outside the table")
+        try:
+            name = names[name_offset:name_offset + name_bytes].decode()
+        except UnicodeDecodeError:
+            raise bad(f"the name of tensor {i} is not UTF-8") from None
+        if ndim > MAX_NDIM or reserved != 0:
+            raise bad(f"tensor {i} has rank {ndim} or a nonzero reserved field")
+        if any(dims[ndim:]):
+            raise bad(f"tensor {i} has nonzero dims past its rank")
+        if dtype_code not in _DTYPES:
+            raise bad(f"tensor {name!r} has unknown dtype code {dtype_code}")
+        dtype, shape = _DTYPES[dtype_code], tuple(dims[:ndim])
+        if (offset % ALIGN or offset < data_offset or offset + nbytes > size
+                or nbytes != int(np.prod(shape, dtype=object)) * dtype.itemsize):
+            raise bad(f"tensor {name!r} lies outside the data area or has the wrong size")
+        raw = data[offset:offset + nbytes]
+        if zlib.crc32(raw) != crc:
+            raise bad(f"the checksum of tensor {name!r} does not match")
+        tensors.append((name, raw.view(dtype).reshape(shape)))
+        if nbytes:
+            extents.append((offset, nbytes, name))
+    extents.sort()
+    for (a_offset, a_bytes, a), (b_offset, _, b) in zip(extents, extents[1:], strict=False):
+        if b_offset < a_offset + a_bytes:
+            raise bad(f"tensors {a!r} and {b!r} overlap")
+    return tensors
+
+
+def write_weights(path: Path, arrays: list[np.ndarray]) -> int:
+    """Write unnamed arrays (stored as ``weight_<i>``); return the file size in bytes."""
+    return write_weight_file(path, [(f"weight_{i}", a) for i, a in enumerate(arrays)])
 
 
 def read_weights(path: Path) -> list[np.ndarray]:
-    """Read and check a weight file; the arrays come back in the order written."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            prefix = f.read(_PREFIX.size)
-            if len(prefix) < _PREFIX.size:
-                raise ArtifactError(f"{path} is truncated ({size} bytes); recompile the model")
-            magic, version, _, header_len = _PREFIX.unpack(prefix)
-            if magic != MAGIC:
-                raise ArtifactError(f"{path} is not a sail weight file (bad magic); recompile")
-            if version != VERSION:
-                raise ArtifactError(f"{path} has weight format {version}, this sail reads "
-                                    f"{VERSION}; recompile the model")
-            header = json.loads(f.read(header_len))
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"cannot read weights {path}: {err}; recompile the model") from err
-    data = np.memmap(path, mode="r", dtype=np.uint8)
-    arrays = []
-    for t in header["tensors"]:
-        end = t["offset"] + t["nbytes"]
-        if end > size:
-            raise ArtifactError(f"{path} is truncated: {t['name']} needs bytes up to {end}, "
-                                f"the file has {size}; recompile the model")
-        raw = data[t["offset"]:end]
-        if zlib.crc32(raw) != t["crc32"]:
-            raise ArtifactError(f"{path} is corrupted: checksum of {t['name']} does not match; "
-                                "recompile the model")
-        arrays.append(raw.view(t["dtype"]).reshape(t["shape"]))
-    return arrays
+    """The arrays of a weight file in the order written (see :func:`read_weight_file`)."""
+    return [array for _, array in read_weight_file(path)]

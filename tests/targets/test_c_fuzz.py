@@ -35,7 +35,7 @@ import pytest
 from sail_compiler import CompileOptions, compile_model
 from sail_compiler.errors import ArtifactError
 from sail_compiler.quant.scheme import QuantScheme
-from sail_compiler.targets.c.weight_file import DTYPE_CODES, read_weight_file
+from sail_compiler.weights_file import DTYPE_CODES, read_weight_file
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the harness builds with cc")
 
