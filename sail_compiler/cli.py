@@ -133,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", type=Path)
     p.add_argument("--portable", action="store_true",
                    help="no -march=native: the build runs on any CPU of this architecture")
+    p.add_argument("--cross", choices=["aarch64", "aarch64-dotprod"],
+                   help="build for 64-bit ARM with aarch64-linux-gnu-gcc (NEON kernels; "
+                        "aarch64-dotprod: armv8.2-a+dotprod, sdot); the runners then run under "
+                        "qemu-aarch64")
 
     p = sub.add_parser("generate", help="generate with a decoder with a KV cache (any target): "
                        "text streamed as it comes, greedy or sampled; speed on stderr")
@@ -201,6 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--per-layer", action="store_true",
                    help="quantized compiles: each layer's bits, size and errors")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cross", choices=["aarch64", "aarch64-dotprod"],
+                   help="--target c: build the artifact for 64-bit ARM and run it under "
+                        "qemu-aarch64 (sail build --cross)")
 
     p = sub.add_parser("export-onnx", help="write the quantized model as onnxruntime "
                        "MatMulNBits (2, 4 or 8 bits)")
@@ -370,8 +377,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from .targets.c.target import LIBRARIES, build_library
 
     artifact = _c_artifact(args.artifact, "build builds")
-    binary = build_library(artifact.path, portable=args.portable)
-    flavor = "portable" if args.portable else "native (-march=native)"
+    binary = build_library(artifact.path, portable=args.portable, cross=args.cross)
+    flavor = f"cross {args.cross}" if args.cross else \
+        "portable" if args.portable else "native (-march=native)"
     print(f"built {', '.join(str(artifact.path / lib) for lib in LIBRARIES)} and {binary} "
           f"({flavor})")
     return 0
@@ -448,7 +456,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     plans = [InputPlan(batch=b, seq_len=s, past_len=p, seed=args.seed)
              for b, s, p in itertools.product(args.batch, args.seq_len, args.past_len)]
     report = verify_model(args.model, _compile_options(args), plans, args.inputs, args.tolerance,
-                          args.output, per_layer=args.per_layer)
+                          args.output, per_layer=args.per_layer, cross=args.cross)
     tolerance = report["tolerance"]
     if args.json:
         print(json.dumps(report))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SailError
+from .errors import OptionError, SailError
 from .inputs import InputPlan, generate_inputs, load_inputs
 from .options import CompileOptions
 
@@ -110,7 +110,7 @@ def _float_weights(model_path: Path, names: set[str]) -> dict[str, np.ndarray]:
 def verify_model(model_path: str | Path, options: CompileOptions, plans: list[InputPlan],
                  inputs_file: str | Path | None = None, tolerance: float | None = None,
                  artifact_dir: str | Path | None = None, per_layer: bool = False,
-                 check_reference: bool = True) -> dict[str, Any]:
+                 check_reference: bool = True, cross: str | None = None) -> dict[str, Any]:
     """Compile once, run every input plan (or the given inputs) and compare with onnxruntime.
 
     A quantized compile is also checked against the NumPy reference on a probe build
@@ -118,7 +118,9 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
     given, outputs within it of the float model); the errors against onnxruntime on the float
     model are the quantization error, reported, not judged. A float compile is ``ok`` when every
     output is within ``tolerance`` (default :data:`DEFAULT_TOLERANCE`). ``check_reference=False``
-    skips the probe build (half the compile time) and ``ref_exact`` is then None.
+    skips the probe build (half the compile time) and ``ref_exact`` is then None. ``cross``
+    (target c): build the artifact for that cross target (``sail build --cross``) and run it
+    under qemu; the ``--dump-lut`` check then checks the cross build's kernels.
 
     Returns
     -------
@@ -137,6 +139,9 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
     from .driver import compile_model
 
     model_path = Path(model_path)
+    if cross is not None and options.target != "c":
+        raise OptionError(f"--cross builds c artifacts; this compile is for target "
+                          f"{options.target} (use --target c)")
     with tempfile.TemporaryDirectory(prefix="sail-verify-") as tmp:
         out = Path(artifact_dir) if artifact_dir is not None else Path(tmp) / "artifact"
         started = time.perf_counter()
@@ -146,6 +151,10 @@ def verify_model(model_path: str | Path, options: CompileOptions, plans: list[In
         if tolerance is None and quant is None:
             tolerance = DEFAULT_TOLERANCE
         artifact = Artifact(out)
+        if cross is not None:
+            from .targets.c.target import build_library
+
+            build_library(out, cross=cross)
         if inputs_file is not None:
             runs = [load_inputs(inputs_file, artifact.signature)]
         else:

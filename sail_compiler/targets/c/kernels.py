@@ -41,7 +41,7 @@ from ...quant.reference import (
 
 #: The C sources of the runtime (package data).
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
-RUNTIME_SOURCES = ("sail_lut.c", "sail_lut_avx2.c", "sail_threads.c")
+RUNTIME_SOURCES = ("sail_lut.c", "sail_lut_avx2.c", "sail_lut_neon.c", "sail_threads.c")
 RUNTIME_HEADERS = ("sail_lut.h", "sail_threads.h")
 
 #: Columns per tile, rows per block and weights per table (NBW): sail_lut.h.

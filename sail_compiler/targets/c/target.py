@@ -16,17 +16,18 @@ Artifact files, beside ``manifest.json``:
   kernels, :mod:`.tir_codegen`), the runtime ``sail_model_rt.[ch]`` and ``sail_tvm_shim.h``;
 * the runtime's attention kernel ``sail_attention.[ch]`` (``sail.attention``,
   :func:`legalize_c_attention`);
-* the runtime's LUT-GEMV kernels ``sail_lut.[ch]``, ``sail_lut_avx2.c`` and their thread pool
-  ``sail_threads.[ch]``, which compute every quantized matmul with int8 activations
-  (:func:`legalize_c_lut_gemv`; ``SAIL_NUM_THREADS`` or ``sail_model_set_threads`` sets the
-  threads);
+* the runtime's LUT-GEMV kernels ``sail_lut.[ch]``, ``sail_lut_avx2.c``, ``sail_lut_neon.c``
+  and their thread pool ``sail_threads.[ch]``, which compute every quantized matmul with int8
+  activations (:func:`legalize_c_lut_gemv`; ``SAIL_NUM_THREADS`` or ``sail_model_set_threads``
+  sets the threads);
 * ``weights.bin`` (:mod:`.weight_file`); ``main.c`` and ``sail_npy.[ch]``: the ``sail_main``
   runner; ``generate.c``: ``sail_generate``, the token loop and sampler of decoders with a KV
   cache (:func:`generate`, ``sail generate``, ``sail bench``); a ``Makefile`` (``make``,
   ``make portable``). ``libmodel.so`` also runs in Python through ctypes (:mod:`.library`).
 
 ``sail build OUT`` (or the first :meth:`Artifact.run`) runs ``make``; the runner then runs
-``sail_main`` on ``.npy`` files.
+``sail_main`` on ``.npy`` files. ``sail build OUT --cross aarch64`` builds for 64-bit ARM
+(:mod:`.cross`); the runners then run the binaries under qemu-user.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from ...passes.lower_to_lut_gemv import LowerToLUTGemv
 from ...version import __version__
 from ..base import Runner, TargetBackend, register_target
 from ..llvm.schedule import host_target, lowering_passes
+from .cross import cross_target, run_prefix
 from .emit import RecordWeightNames, emit_model
 from .kernels import (
     ATTENTION_SYMBOL,
@@ -88,6 +90,7 @@ RUNTIME_FILES = {
     "sail_lut.h": "sail_lut.h",
     "sail_lut.c": "sail_lut.c",
     "sail_lut_avx2.c": "sail_lut_avx2.c",
+    "sail_lut_neon.c": "sail_lut_neon.c",
     "sail_threads.h": "sail_threads.h",
     "sail_threads.c": "sail_threads.c",
     "sail_attention.h": "sail_attention.h",
@@ -272,7 +275,7 @@ def legalize_c_attention(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr
 
 
 def build_library(out_dir: Path, portable: bool = False,
-                  make_args: tuple[str, ...] = ()) -> Path:
+                  make_args: tuple[str, ...] = (), cross: str | None = None) -> Path:
     """Run ``make`` in a c artifact; return the path of ``sail_main``.
 
     Parameters
@@ -283,13 +286,27 @@ def build_library(out_dir: Path, portable: bool = False,
         ``make portable`` (no ``-march=native``) instead of ``make``.
     make_args
         Extra ``make`` arguments, e.g. ``("CFLAGS=-O1 -g",)``.
+    cross
+        A cross build (:data:`.cross.CROSS_TARGETS`: ``aarch64``, ``aarch64-dotprod``) with its
+        toolchain's compiler and ``-march`` instead of ``-march=native``.
 
     Raises
     ------
+    OptionError
+        An unknown cross target, or ``portable`` with ``cross``.
+    SailError
+        The cross compiler is missing (the message names the Debian packages).
     ArtifactError
         ``make`` or the C compiler is missing, or the build failed (with the compiler's
         messages).
     """
+    if cross is not None:
+        if portable:
+            raise OptionError("--portable and --cross do not go together: a cross build is for "
+                              "the --cross target's CPUs")
+        target = cross_target(cross)
+        target.check_compiler()
+        make_args = (*target.make_args, *make_args)
     make = shutil.which("make")
     if make is None:
         raise ArtifactError("building a c artifact needs make and a C compiler (cc); install "
@@ -321,7 +338,8 @@ class MainRunner(Runner):
         self.weights = out_dir / manifest["weights"]
         binary = out_dir / manifest["binary"]
         self.binary = binary if binary.is_file() else build_library(out_dir)
-        proc = subprocess.run([str(self.binary), str(self.weights), "--check"],
+        self.prefix = run_prefix(self.binary)  # qemu for a cross build
+        proc = subprocess.run([*self.prefix, str(self.binary), str(self.weights), "--check"],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise ArtifactError(_message(proc))
@@ -330,7 +348,7 @@ class MainRunner(Runner):
             ) -> list[np.ndarray]:
         """Run ``sail_main`` once; ``extra_args`` are more of its arguments (``--dump-lut``)."""
         with tempfile.TemporaryDirectory(prefix="sail-c-run-") as tmp:
-            command = [str(self.binary), str(self.weights), *extra_args]
+            command = [*self.prefix, str(self.binary), str(self.weights), *extra_args]
             for i, (spec, value) in enumerate(zip(self.signature.inputs, inputs, strict=True)):
                 path = Path(tmp) / f"input_{i}.npy"
                 np.save(path, np.asarray(value, order="C"))  # 0-d stays 0-d
@@ -443,7 +461,8 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
     binary = out_dir / GENERATE
     if not binary.is_file():
         build_library(out_dir)
-    command = [str(binary), str(out_dir / manifest["weights"]), "--prompt-ids",
+    command = [*run_prefix(binary), str(binary), str(out_dir / manifest["weights"]),
+               "--prompt-ids",
                ",".join(map(str, prompt_ids)), "-n", str(tokens), "--json", "--stream",
                "--temperature", repr(float(sampling.temperature)),
                "--top-k", str(min(sampling.top_k, _MAX_TOP_K)),

@@ -236,6 +236,14 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
 #define SAIL_LUT_TABLES sail_lut_tables_avx2
 #define SAIL_LUT_TILES sail_lut_tiles_avx2
 #define SAIL_LUT_ISA "avx2"
+#elif defined(SAIL_LUT_HAVE_NEON)
+#define SAIL_LUT_TABLES sail_lut_tables_neon
+#define SAIL_LUT_TILES sail_lut_tiles_neon
+#ifdef __ARM_FEATURE_DOTPROD
+#define SAIL_LUT_ISA "neon-dotprod"
+#else
+#define SAIL_LUT_ISA "neon"
+#endif
 #else
 #define SAIL_LUT_TABLES sail_lut_tables_portable
 #define SAIL_LUT_TILES sail_lut_tiles_portable

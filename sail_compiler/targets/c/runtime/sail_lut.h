@@ -72,10 +72,10 @@
  * state: calls on different pools and workspaces may run at once.
  *
  * Kernels: sail_lut.c holds the portable C kernels and chooses at build time; sail_lut_avx2.c
- * holds the x86-64 AVX2 ones (compiled when __AVX2__ is defined and SAIL_NO_SIMD is not).
- * A NEON variant implements the two kernel entry points declared at the end of this file over
- * the same layouts (tbl for vpshufb, 128-bit halves for the two lanes; for the codes layout,
- * widening multiply-adds or sdot).
+ * holds the x86-64 AVX2 ones (compiled when __AVX2__ is defined and SAIL_NO_SIMD is not),
+ * sail_lut_neon.c the AArch64 NEON ones (when __ARM_NEON is; tbl for vpshufb, 128-bit halves
+ * for the two lanes; for the codes layout sdot with __ARM_FEATURE_DOTPROD, else widening
+ * multiply-adds), both over the same layouts through the two entry points declared at the end.
  */
 #ifndef SAIL_LUT_H
 #define SAIL_LUT_H
@@ -152,7 +152,8 @@ size_t sail_lut_workspace_size(const sail_lut_weight *w, int rows);
 int sail_lut_gemv(const sail_lut_weight *w, const int8_t *xq, const float *sx, int rows,
                   float *y, int32_t *sums, void *workspace, sail_pool *pool);
 
-/* The kernel family this library was built with: "avx2" or "portable". */
+/* The kernel family this library was built with: "avx2", "neon-dotprod", "neon" or
+ * "portable". */
 const char *sail_lut_isa(void);
 
 /* ---- Kernel interface (one implementation per instruction set) ---------------------------- */
@@ -242,6 +243,15 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
 void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, int row_begin,
                           int row_end, uint8_t *tables, int32_t *xsum);
 void sail_lut_tiles_avx2(const sail_lut_call *call, int tile_begin, int tile_end);
+#endif
+
+/* AArch64 NEON (sail_lut_neon.c): tbl lookups, and sdot for the codes layout where the build
+ * targets a CPU with the dot product extension (__ARM_FEATURE_DOTPROD). */
+#if defined(__aarch64__) && defined(__ARM_NEON) && !defined(SAIL_NO_SIMD)
+#define SAIL_LUT_HAVE_NEON 1
+void sail_lut_tables_neon(const sail_lut_weight *w, const int8_t *xq, int rows, int row_begin,
+                          int row_end, uint8_t *tables, int32_t *xsum);
+void sail_lut_tiles_neon(const sail_lut_call *call, int tile_begin, int tile_end);
 #endif
 
 #ifdef __cplusplus
