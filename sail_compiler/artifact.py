@@ -8,6 +8,7 @@ each symbolic dim has one value across inputs) before anything reaches the runti
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import tempfile
@@ -54,15 +55,30 @@ def write_artifact(out: Path, build: Callable[[Path], dict[str, Any]],
                    manifest: dict[str, Any]) -> None:
     """Build into a temporary sibling directory, then move it to ``out`` in one step.
 
-    A failed build leaves any earlier ``out`` untouched.
+    A failed build leaves any earlier ``out`` untouched and no partial directory behind; a disk
+    that fills up is an :class:`ArtifactError` saying how much was needed (the weight writers
+    check the whole file's size before writing, :func:`~.weights_file.require_space`) or, for
+    any other file, how much had been written when it filled.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        extra = build(staging)
-        full = {"format": FORMAT, "format_version": FORMAT_VERSION, "sail_version": __version__,
-                **manifest, **extra}
-        (staging / MANIFEST).write_text(json.dumps(full, indent=1) + "\n")
+        try:
+            extra = build(staging)
+            full = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                    "sail_version": __version__, **manifest, **extra}
+            (staging / MANIFEST).write_text(json.dumps(full, indent=1) + "\n")
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            written = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+            kept = " and the earlier artifact is kept" if out.exists() else ""
+            raise ArtifactError(
+                f"the disk filled while writing the artifact {out}: it needs more than the "
+                f"{written} bytes ({written / 2**30:.2f} GiB) written by then, "
+                f"{shutil.disk_usage(out.parent).free} bytes are free on the file system of "
+                f"{out.parent}; nothing was left behind{kept}. Free space or compile to another "
+                "-o path") from err
         staging.chmod(0o755)  # mkdtemp made it private
         if out.is_dir():
             shutil.rmtree(out)

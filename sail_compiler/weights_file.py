@@ -135,15 +135,15 @@ def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
     def bad(problem: str) -> ArtifactError:
         return ArtifactError(f"{path} is corrupted: {problem}; recompile the model")
 
+    if bytes(data[:len(_OLD_MAGIC)]) == _OLD_MAGIC:
+        raise ArtifactError(f"{path} was written by an older sail (a JSON-headed weight file); "
+                            "recompile the model")
     if size < _HEADER_BYTES:
         raise ArtifactError(f"{path} is truncated ({size} bytes, shorter than the 64-byte "
                             "header); recompile the model")
     head = bytes(data[:_HEADER_BYTES])
     (magic, version, count, table_offset, table_bytes, data_offset, file_bytes, table_crc,
      head_crc) = _HEADER.unpack_from(head)
-    if magic == _OLD_MAGIC:
-        raise ArtifactError(f"{path} was written by an older sail (a JSON-headed weight file); "
-                            "recompile the model")
     if magic != MAGIC:
         raise ArtifactError(f"{path} is not a sail weight file (bad magic); recompile the model")
     if version != VERSION:

@@ -1,7 +1,13 @@
-"""The artifact weight file: exact round trip; truncation and corruption are clear errors."""
+"""The weight container: exact round trip; truncation, corruption and layout lies behind valid
+checksums are clear errors; a full disk leaves no partial artifact and says what is needed."""
 
 from __future__ import annotations
 
+import errno
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +75,96 @@ def test_artifact_with_corrupt_weights_is_rejected(tiny_decoder: Path, tmp_path:
     ids = np.array([[1, 2, 3]], np.int64)
     with pytest.raises(ArtifactError, match="checksum"):
         artifact.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+
+
+def _rewrite(data: bytes, edit: Callable[[list[list[int]]], None]) -> bytes:
+    """`data` with its table entries edited and every checksum recomputed (the layout
+    checks, not the checksums, must then catch a lie)."""
+    head = struct.Struct("<8sIIQQQQII")
+    entry = struct.Struct("<IIII8QQQII")
+    out = bytearray(data)
+    _, _, count, table, table_bytes, *_ = head.unpack_from(out, 0)
+    entries = [list(entry.unpack_from(out, table + i * entry.size)) for i in range(count)]
+    edit(entries)
+    for i, e in enumerate(entries):
+        e[14] = zlib.crc32(out[e[12]:e[12] + e[13]])
+        entry.pack_into(out, table + i * entry.size, *e)
+    struct.pack_into("<I", out, 48, zlib.crc32(out[table:table + table_bytes]))
+    struct.pack_into("<I", out, 52, zlib.crc32(out[:52]))
+    return bytes(out)
+
+
+def _set(i: int, field: int, value: Callable[[list[list[int]]], int]) -> Callable:
+    def edit(entries: list[list[int]]) -> None:
+        entries[i][field] = value(entries)
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_set(1, 12, lambda e: e[0][12]), "overlap"),  # tensor 1 inside tensor 0
+    (_set(0, 12, lambda e: e[0][12] + 4), "lies outside the data area"),  # unaligned
+    (_set(0, 13, lambda e: e[0][13] - 4), "wrong size"),  # bytes short of the shape
+    (_set(0, 15, lambda e: 1), "reserved"),
+    (_set(0, 2, lambda e: 99), "unknown dtype"),
+    (_set(0, 11, lambda e: 3), "dims past its rank"),
+    (_set(0, 12, lambda e: 0), "lies outside the data area"),  # on top of the header
+])
+def test_layout_lies_behind_valid_checksums(tmp_path: Path, edit: Callable,
+                                            message: str) -> None:
+    path = tmp_path / "w.bin"
+    write_weights(path, _arrays())
+    path.write_bytes(_rewrite(path.read_bytes(), edit))
+    with pytest.raises(ArtifactError, match=message) as info:
+        read_weights(path)
+    assert str(path) in str(info.value)
+
+
+def test_old_json_weight_file_says_recompile(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"SAILWGT\0" + struct.pack("<IIQ", 1, 0, 2) + b"{}")
+    with pytest.raises(ArtifactError, match="older sail.*recompile"):
+        read_weights(path)
+
+
+def _staging_left(parent: Path) -> list[Path]:
+    return [p for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_disk_too_small_is_refused_before_writing(micro_decoder: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weight file's whole size is checked against the free space first; the error names
+    the size, which is what a compile with room writes."""
+    from sail_compiler import CompileOptions, compile_model, weights_file
+
+    compile_model(micro_decoder, tmp_path / "roomy", CompileOptions(target="c"))
+    need = (tmp_path / "roomy" / "weights.bin").stat().st_size
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(weights_file.shutil, "disk_usage",
+                        lambda _: usage._replace(free=need - 1))
+    with pytest.raises(ArtifactError, match=f"needs {need} bytes.*{need - 1} bytes are free"):
+        compile_model(micro_decoder, tmp_path / "full", CompileOptions(target="c"))
+    assert not (tmp_path / "full").exists() and not _staging_left(tmp_path)
+
+
+def test_disk_filling_mid_write_leaves_earlier_artifact(micro_decoder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC in the middle of the weights: the earlier artifact stays whole, no partial
+    directory is left, and the error says how much had been written."""
+    from sail_compiler import CompileOptions, compile_model
+    from sail_compiler.targets.c import target as c_target
+
+    out = tmp_path / "model"
+    compile_model(micro_decoder, out, CompileOptions(target="c"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fill_up(path: Path, tensors: list) -> int:
+        with path.open("wb") as f:
+            f.write(bytes(3000))
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(c_target, "write_weight_file", fill_up)
+    with pytest.raises(ArtifactError, match=r"disk filled .*more than the \d+ bytes") as info:
+        compile_model(micro_decoder, out, CompileOptions(target="c", force=True))
+    assert "earlier artifact is kept" in str(info.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not _staging_left(tmp_path)
