@@ -73,7 +73,8 @@ typedef struct job {
   int64_t chunks;     /* key chunks per unit; 1: each unit takes every key */
   int64_t chunk_len;
   int phase;          /* chunked: 0 scores, 1 weights and partial sums */
-  float *scores;      /* unchunked: [threads][ROWS][kv_len]; chunked: [units][ROWS][kv_len] */
+  int parts;          /* of each pool job (sail_pool_run_parts) */
+  float *scores;      /* unchunked: [parts][ROWS][kv_len]; chunked: [units][ROWS][kv_len] */
   float *partial;     /* chunked: [units][chunks][ROWS][value_dim + 2] (partial_of) */
 } job;
 
@@ -270,12 +271,12 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
   }
 }
 
-/* One unit over every key, on thread `thread`'s scratch rows. */
-static void whole_unit(const job *j, int64_t u, int thread) {
+/* One unit over every key, on part `part`'s scratch rows. */
+static void whole_unit(const job *j, int64_t u, int part) {
   const sail_attention_args *a = j->a;
   unit_rows r;
   unit_rows_of(j, u, &r);
-  float *x = j->scores + (size_t)thread * ROWS * (size_t)a->kv_len;
+  float *x = j->scores + (size_t)part * ROWS * (size_t)a->kv_len;
   float top[ROWS] = {0}, sums[ROWS];
   score_keys(a, &r, 0, a->kv_len, x, a->kv_len);
   row_max(&r, 0, a->kv_len, x, a->kv_len, top);
@@ -323,12 +324,12 @@ static void chunk_of_unit(const job *j, int64_t u, int64_t c) {
     out[i][dv] = sums[i];
 }
 
-static void run_thread(void *ctx, int thread, int threads) {
+static void run_part(void *ctx, int part, int parts) {
   const job *j = ctx;
   const int64_t items = j->units * j->chunks;
-  for (int64_t w = thread; w < items; w += threads) {
+  for (int64_t w = part; w < items; w += parts) {
     if (j->chunks == 1)
-      whole_unit(j, w, thread);
+      whole_unit(j, w, part);
     else
       chunk_of_unit(j, w / j->chunks, w % j->chunks);
   }
@@ -389,9 +390,10 @@ int sail_attention(const sail_attention_args *a, sail_pool *pool) {
   if (work < SAIL_ATTENTION_SERIAL_WORK)
     pool = NULL;
   const int threads = sail_pool_threads(pool);
+  const int64_t enough = sail_pool_parts(pool, INT32_MAX, 1); /* items to keep all busy */
   j.chunks = 1;
-  if (threads > 1 && j.units < 2 * threads) {
-    const int64_t want = (2 * threads + j.units - 1) / j.units;
+  if (threads > 1 && j.units < enough) {
+    const int64_t want = (enough + j.units - 1) / j.units;
     const int64_t most = a->kv_len / MIN_CHUNK;
     j.chunks = want < most ? want : most;
     if (j.chunks < 1)
@@ -400,7 +402,8 @@ int sail_attention(const sail_attention_args *a, sail_pool *pool) {
   j.chunk_len = (a->kv_len + j.chunks - 1) / j.chunks;
   j.chunks = (a->kv_len + j.chunk_len - 1) / j.chunk_len;
   const size_t row_floats = (size_t)ROWS * (size_t)a->kv_len;
-  const size_t score_floats = row_floats * (size_t)(j.chunks == 1 ? threads : j.units);
+  j.parts = sail_pool_parts(pool, j.units * j.chunks, 1);
+  const size_t score_floats = row_floats * (size_t)(j.chunks == 1 ? j.parts : j.units);
   const size_t partial_floats = j.chunks == 1 ? 0
       : (size_t)j.units * (size_t)j.chunks * ROWS * (size_t)(a->value_dim + 2);
   float *scratch = malloc((score_floats + partial_floats) * sizeof(float));
@@ -409,11 +412,11 @@ int sail_attention(const sail_attention_args *a, sail_pool *pool) {
   j.scores = scratch;
   j.partial = scratch + score_floats;
   if (j.chunks == 1) {
-    sail_pool_run(pool, run_thread, &j);
+    sail_pool_run_parts(pool, run_part, &j, j.parts);
   } else {
-    sail_pool_run(pool, run_thread, &j);
+    sail_pool_run_parts(pool, run_part, &j, j.parts);
     j.phase = 1;
-    sail_pool_run(pool, run_thread, &j);
+    sail_pool_run_parts(pool, run_part, &j, j.parts);
     combine(&j);
   }
   free(scratch);

@@ -252,7 +252,7 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
 
 const char *sail_lut_isa(void) { return SAIL_LUT_ISA; }
 
-/* Tables of a batch are split over the threads by token. */
+/* Tables of a batch are split into parts by token. */
 typedef struct table_task {
     const sail_lut_weight *w;
     const int8_t *xq;
@@ -263,11 +263,11 @@ typedef struct table_task {
     float *sum_sx;
 } table_task;
 
-static void run_tables(void *ctx, int thread, int n_threads) {
+static void run_tables(void *ctx, int part, int n_parts) {
     const table_task *task = (const table_task *)ctx;
     const sail_lut_weight *w = task->w;
-    const int begin = (int)((long)task->rows * thread / n_threads);
-    const int end = (int)((long)task->rows * (thread + 1) / n_threads);
+    const int begin = (int)((long)task->rows * part / n_parts);
+    const int end = (int)((long)task->rows * (part + 1) / n_parts);
     if (begin >= end) return;
     SAIL_LUT_TABLES(w, task->xq, task->rows, begin, end, task->tables, task->xsum);
     /* the activation scale of each sum block: sx[t][j B / A] */
@@ -278,15 +278,20 @@ static void run_tables(void *ctx, int thread, int n_threads) {
                          (size_t)((long)j * w->sum_size / w->act_group)];
 }
 
-/* Tiles are split into contiguous ranges, one per thread, so each thread streams its part
- * of the weights front to back. */
-static void run_tiles(void *ctx, int thread, int n_threads) {
+/* Tiles are split into contiguous ranges, a few per thread (sail_pool_parts), so each part
+ * streams its stretch of the weights front to back and a thread the machine deschedules holds
+ * up one part, not a thread's share. */
+static void run_tiles(void *ctx, int part, int n_parts) {
     const sail_lut_call *call = (const sail_lut_call *)ctx;
     const long n_tiles = call->w->n_tiles;
-    int begin = (int)(n_tiles * thread / n_threads);
-    int end = (int)(n_tiles * (thread + 1) / n_threads);
+    int begin = (int)(n_tiles * part / n_parts);
+    int end = (int)(n_tiles * (part + 1) / n_parts);
     if (begin < end) SAIL_LUT_TILES(call, begin, end);
 }
+
+/* Tiles per part at least: a part's weights (16 columns x K codes per tile) stay well above the
+ * cost of claiming it. */
+#define SAIL_LUT_MIN_TILES_PER_PART 2
 
 int sail_lut_gemv(const sail_lut_weight *w, const int8_t *xq, const float *sx, int rows,
                   float *y, int32_t *sums, void *workspace, sail_pool *pool) {
@@ -304,12 +309,10 @@ int sail_lut_gemv(const sail_lut_weight *w, const int8_t *xq, const float *sx, i
     int32_t *xsum = (int32_t *)(tables + round_up_64(table_bytes(w, rows)));
     float *sum_sx = (float *)((uint8_t *)xsum + per_sum_bytes(w, rows));
     table_task task = {w, xq, sx, rows, tables, xsum, sum_sx};
-    if (rows > 1)
-        sail_pool_run(pool, run_tables, &task);
-    else
-        run_tables(&task, 0, 1);
+    sail_pool_run_parts(pool, run_tables, &task, sail_pool_parts(pool, rows, 1));
     sail_lut_call call = {w, tables, xsum, sum_sx, rows, y, sums};
-    sail_pool_run(pool, run_tiles, &call);
+    sail_pool_run_parts(pool, run_tiles, &call,
+                        sail_pool_parts(pool, w->n_tiles, SAIL_LUT_MIN_TILES_PER_PART));
     free(owned);
     return SAIL_OK;
 }
