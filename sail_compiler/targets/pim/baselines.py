@@ -17,12 +17,21 @@ op), then for every weight vector of ``l = simd_bits / 8`` codes (16 on NEON) an
 * ``overhead``: 0.5 ops per vector (activation loads, address updates, loop; assumption).
 
 The batch runs as B GEMVs over weight tiles that stay in L1/L2, so weights come from DRAM once per
-step but are unpacked once per token, as llama.cpp's CPU kernels do (every dot product of a
-quantized weight block with a token's quantized activations unpacks the block again);
-``amortize_dequant=True`` unpacks once per step instead, as a GEMM kernel with an int8 weight
-buffer would. Time is ``sync + max(weights from DRAM, SIMD ops / (cores * clock * pipes *
-efficiency))``: bandwidth- and SIMD-throughput bound. Host ops cost what they cost on SAIL
-(:func:`.cost.host_op_cost`).
+step. How often they are unpacked is the software model, a named choice
+(``config.baseline.n1_dequant``, overridden per call by ``amortize_dequant``):
+
+* ``per_token`` (default): once per token, as llama.cpp's CPU ``vec_dot`` kernels do (every dot
+  product of a quantized weight block with a token's quantized activations unpacks the block
+  again). Chosen by measurement: llama.cpp's batched decode of Gemma 3 270M on this project's
+  machine (``docs/reproduction/cpu_calibration.json``) slows per step with the batch as this
+  model predicts for that machine.
+* ``per_step``: once per step, as a GEMM kernel with an int8 weight tile reused for the whole
+  batch would.
+
+The weights stream at ``dram.peak * baseline.n1_dram_efficiency``, the cores' own sustained
+fraction (SAIL's weight stream uses ``dram.efficiency``). Time is ``sync + max(weights from
+DRAM, SIMD ops / (cores * clock * pipes * efficiency))``: bandwidth- and SIMD-throughput bound.
+Host ops cost what they cost on SAIL (:func:`.cost.host_op_cost`).
 
 V100: roofline
 --------------
@@ -64,9 +73,12 @@ def dequantize_ops(bits: int) -> int:
 
 
 def n1_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int, batch: int,
-                 config: MachineConfig, amortize_dequant: bool = False) -> Cost:
-    """A quantized ``[B, K] @ [K, N]`` on the N1 cores (module docstring)."""
+                 config: MachineConfig, amortize_dequant: bool | None = None) -> Cost:
+    """A quantized ``[B, K] @ [K, N]`` on the N1 cores (module docstring); ``amortize_dequant``
+    None follows ``config.baseline.n1_dequant``."""
     host, dram = config.host, config.dram
+    if amortize_dequant is None:
+        amortize_dequant = config.baseline.n1_dequant == "per_step"
     lanes = host.simd_bits // 8
     k_pad = -(-k // group_size) * group_size
     vectors = k_pad * n / lanes
@@ -75,7 +87,8 @@ def n1_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int, b
     dot_ns = vectors * batch * (-(-act_bits // 8) + _OVERHEAD_OPS) / ops_per_ns
     scale_ns = vectors * batch * 3 * lanes / group_size / ops_per_ns
     fetch_bytes = weight_bytes(k, n, bits=bits, group_size=group_size, config=config)
-    fetch_ns = dram.latency_ns + fetch_bytes / dram.effective_gbps
+    fetch_ns = dram.latency_ns + fetch_bytes / (dram.peak_gbps
+                                                * config.baseline.n1_dram_efficiency)
     total = host.sync_ns + max(fetch_ns, dequant_ns + dot_ns + scale_ns)
     energy = (host.cores * config.energy.core_active_w * total * _PJ_PER_W_NS
               + fetch_bytes * config.energy.dram_pj_per_byte)
@@ -87,7 +100,7 @@ def n1_gemv_cost(k: int, n: int, *, bits: int, act_bits: int, group_size: int, b
 
 
 def n1_op_cost(op: Op, *, bits: int, act_bits: int, group_size: int, batch: int,
-               config: MachineConfig, amortize_dequant: bool = False) -> Cost:
+               config: MachineConfig, amortize_dequant: bool | None = None) -> Cost:
     """Any op of a decode step on the N1 baseline."""
     if isinstance(op, GemvOp):
         return n1_gemv_cost(op.k, op.n, bits=bits, act_bits=act_bits, group_size=group_size,

@@ -4,7 +4,8 @@ A :class:`MachineConfig` is a tree of frozen dataclasses, one per part of the ma
 ``host`` (the CPU cores), ``llc`` (the last-level-cache slices), ``csram`` (the compute-capable
 SRAM arrays beside each slice and their data-feeding modules), ``noc`` (the on-chip network),
 ``dram``, ``energy`` (energy per event), ``gpu`` (the V100 baseline), ``price`` ($/hour for
-tokens per dollar) and ``data`` (storage formats of scales and the KV cache).
+tokens per dollar), ``data`` (storage formats of scales and the KV cache) and ``baseline`` (the
+N1 baseline's software model: unpack per token or per step, its own DRAM efficiency).
 
 Every field carries its unit and its source in its metadata (``unit``, ``source``); a source
 that starts with "assumption" is a value the SAIL paper (arXiv 2509.25853) does not publish, with
@@ -37,6 +38,8 @@ from ...errors import OptionError, valid_choices
 
 __all__ = [
     "PRESETS",
+    "N1_DEQUANT",
+    "BaselineConfig",
     "ConfigError",
     "CsramConfig",
     "DataConfig",
@@ -364,10 +367,34 @@ class DataConfig(_Section):
                                   "activations", lo=16, hi=32, integer=True)
 
 
+#: The N1 baseline's software models (:func:`.baselines.n1_gemv_cost`).
+N1_DEQUANT = ("per_token", "per_step")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig(_Section):
+    """The N1 baseline's software: how CPU-only decoding runs the quantized model. Only the
+    baseline reads it, so it is not part of a program's fingerprint (a pim-sim artifact can be
+    simulated against another baseline model without recompiling)."""
+
+    SECTION: ClassVar[str] = "baseline"
+    n1_dequant: str = _param(
+        "per_token", "", "measured (docs/reproduction/cpu_calibration.json): llama.cpp's "
+        "batched decode of Gemma 3 270M Q4_0 on this project's 2-core machine, whose step time "
+        "grows with the batch as unpacking every weight block again for every token predicts; "
+        "per_step: a GEMM kernel that unpacks a weight tile once and reuses it for the batch",
+        choices=N1_DEQUANT)
+    n1_dram_efficiency: float = _param(
+        0.8, "fraction of DRAM peak", "the cores' streaming weight reads in the N1 baseline, "
+        "separate from dram.efficiency (SAIL's weight stream); default equal, see "
+        "docs/reproduction/cpu_calibration.json for what this machine measures", lo=0, hi=1,
+        lo_open=True)
+
+
 _SECTIONS: dict[str, type[_Section]] = {
     "host": HostConfig, "llc": LlcConfig, "csram": CsramConfig, "noc": NocConfig,
     "dram": DramConfig, "energy": EnergyConfig, "gpu": GpuConfig, "price": PriceConfig,
-    "data": DataConfig,
+    "data": DataConfig, "baseline": BaselineConfig,
 }
 
 
@@ -385,6 +412,7 @@ class MachineConfig:
     gpu: GpuConfig = dataclasses.field(default_factory=GpuConfig)
     price: PriceConfig = dataclasses.field(default_factory=PriceConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    baseline: BaselineConfig = dataclasses.field(default_factory=BaselineConfig)
 
     def __post_init__(self) -> None:
         problems = _machine_problems(self)

@@ -64,10 +64,14 @@ PROGRAM_TXT = "program.txt"
 _SHOWN_FIELDS = 6
 
 
+#: Parts of a configuration a program's mapping does not depend on: the name (the same hardware
+#: under another name has the same fingerprint) and the N1 baseline's software model.
+_NOT_FINGERPRINTED = ("name", "baseline")
+
+
 def config_fingerprint(config: MachineConfig) -> str:
-    """A short hash of every field of ``config`` but its name (the same hardware under another
-    name has the same fingerprint)."""
-    values = {k: v for k, v in config.to_dict().items() if k != "name"}
+    """A short hash of every field of ``config`` but its name and its ``baseline`` section."""
+    values = {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -15,6 +15,7 @@ from .cost import COMPONENTS
 from .simulate import StepResult
 
 __all__ = [
+    "READINGS",
     "headline",
     "markdown_table",
     "plot_cycle_breakdown",
@@ -22,18 +23,49 @@ __all__ = [
     "plot_speedup",
     "plots_available",
     "stats_dict",
+    "vs_batch1",
     "write_stats",
 ]
 
 
+#: The two readings of tokens per dollar (and of speedup) every report gives.
+READINGS = {
+    "same_batch": "SAIL and the baseline at the same batch",
+    "vs_batch1": "SAIL at this batch (headline: its best batch) against the baseline at batch 1",
+}
+
+
+def _batch1(results: Sequence[StepResult]) -> dict[tuple[str, int], StepResult]:
+    """The batch-1 point of every (model, bits) series."""
+    return {(r.model, r.workload.bits): r for r in results if r.batch == 1}
+
+
+def vs_batch1(r: StepResult, base: StepResult | None) -> dict[str, float | None]:
+    """SAIL's ratios at ``r`` against each baseline at batch 1 (``base``, the batch-1 point of the
+    same model and bits); None when there is no such point (or the model does not fit the GPU)."""
+    if base is None:
+        return {"speedup_vs_n1": None, "tokens_per_usd_vs_n1": None,
+                "tokens_per_usd_vs_gpu": None}
+    gpu = base.tokens_per_usd("gpu")
+    return {"speedup_vs_n1": r.tokens_per_s("sail") / base.tokens_per_s("n1"),
+            "tokens_per_usd_vs_n1": r.tokens_per_usd("sail") / base.tokens_per_usd("n1"),
+            "tokens_per_usd_vs_gpu": r.tokens_per_usd("sail") / gpu if gpu else None}
+
+
 def stats_dict(results: Sequence[StepResult], *, per_layer: bool = False,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything about a sweep as one JSON-able dict: the machine, every point, the headline."""
+    """Everything about a sweep as one JSON-able dict: the machine, every point (with both
+    readings of its ratios), the headline."""
     if not results:
         raise ValueError("no results to report")
-    return {"machine": results[0].config.to_dict(), **(extra or {}),
-            "headline": headline(results),
-            "points": [r.to_dict(per_layer=per_layer) for r in results]}
+    firsts = _batch1(results)
+    points = []
+    for r in results:
+        point = r.to_dict(per_layer=per_layer)
+        point["vs_batch1"] = vs_batch1(r, firsts.get((r.model, r.workload.bits)))
+        points.append(point)
+    return {"machine": results[0].config.to_dict(), **(extra or {}), "readings": READINGS,
+            "headline": headline(results), "points": points}
 
 
 def write_stats(path: str | Path, results: Sequence[StepResult], *, per_layer: bool = False,
@@ -48,19 +80,26 @@ def _where(r: StepResult) -> dict[str, Any]:
     return {"model": r.model, "bits": r.workload.bits, "batch": r.batch}
 
 
+_RATIOS = ("speedup_vs_n1", "tokens_per_usd_vs_n1", "tokens_per_usd_vs_gpu")
+
+
 def headline(results: Sequence[StepResult]) -> dict[str, Any]:
     """The sweep's maxima (speedup and tokens/$ against each baseline, with where they occur)
-    and the PIM compute time the reuse tables save, over all points and per batch size."""
-    best = {}
-    for key, value in (("speedup_vs_n1", lambda r: r.speedup_vs_n1),
-                       ("tokens_per_usd_vs_n1", lambda r: r.tokens_per_usd_vs_n1),
-                       ("tokens_per_usd_vs_gpu", lambda r: r.tokens_per_usd_vs_gpu)):
-        scored = [(value(r), r) for r in results if value(r) is not None]
-        if scored:
-            top, where = max(scored, key=lambda s: s[0])
-            best[key] = {"value": top, **_where(where)}
-        else:
-            best[key] = None
+    under both readings (:data:`READINGS`: ``key`` at the same batch, ``key + "_vs_batch1"``
+    SAIL at any batch against the baseline at batch 1, where a batch-1 point exists) and the
+    PIM compute time the reuse tables save, over all points and per batch size."""
+    best: dict[str, Any] = {}
+    firsts = _batch1(results)
+    for key in _RATIOS:
+        for name, value in ((key, lambda r, key=key: getattr(r, key)),
+                            (f"{key}_vs_batch1", lambda r, key=key: vs_batch1(
+                                r, firsts.get((r.model, r.workload.bits)))[key])):
+            scored = [(value(r), r) for r in results if value(r) is not None]
+            if scored:
+                top, where = max(scored, key=lambda s: s[0])
+                best[name] = {"value": top, **_where(where)}
+            else:
+                best[name] = None
     base = sum(r.pim_compute_no_reuse_ns for r in results)
     saved = sum(r.pim_compute_no_reuse_ns - r.pim_compute_ns for r in results)
     per_batch: dict[int, list[float]] = {}
@@ -72,18 +111,26 @@ def headline(results: Sequence[StepResult]) -> dict[str, Any]:
     return best
 
 
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def markdown_table(results: Sequence[StepResult]) -> str:
-    """One row per point: tokens/s of each machine, SAIL's ratios and its reuse saving."""
+    """One row per point: tokens/s of each machine, SAIL's ratios under both readings
+    (:data:`READINGS`; "n/a" without a batch-1 point of the series) and its reuse saving."""
     lines = ["| model | bits | batch | SAIL tok/s | N1 tok/s | V100 tok/s | speedup vs N1 | "
-             "tok/$ vs N1 | tok/$ vs V100 | reuse saves |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "tok/$ vs N1 | tok/$ vs V100 | tok/$ vs N1 at B=1 | tok/$ vs V100 at B=1 | "
+             "reuse saves |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    firsts = _batch1(results)
     for r in results:
-        gpu = r.tokens_per_usd_vs_gpu
+        cross = vs_batch1(r, firsts.get((r.model, r.workload.bits)))
         v100 = f"{r.tokens_per_s('gpu'):.1f}" if r.gpu_fits else "does not fit"
         lines.append(
             f"| {r.model} | {r.workload.bits} | {r.batch} | {r.tokens_per_s('sail'):.1f} | "
             f"{r.tokens_per_s('n1'):.1f} | {v100} | {r.speedup_vs_n1:.2f}x | "
-            f"{r.tokens_per_usd_vs_n1:.2f}x | {'n/a' if gpu is None else f'{gpu:.2f}x'} | "
+            f"{r.tokens_per_usd_vs_n1:.2f}x | {_x(r.tokens_per_usd_vs_gpu)} | "
+            f"{_x(cross['tokens_per_usd_vs_n1'])} | {_x(cross['tokens_per_usd_vs_gpu'])} | "
             f"{100 * r.reuse_saved_compute_fraction:.1f}% |")
     return "\n".join(lines)
 

@@ -67,7 +67,8 @@ class Workload:
     placement
         Where the type conversions run: ``"pim"`` or ``"host"``.
     amortize_dequant
-        The N1 baseline dequantizes each weight once per step instead of once per token.
+        The N1 baseline dequantizes each weight once per step (True) or once per token
+        (False); None follows the machine's ``baseline.n1_dequant``.
     act_group
         Columns per activation scale (None: one per row; larger than a layer's K: the same).
     """
@@ -78,7 +79,7 @@ class Workload:
     group_size: int = 128
     nbw: int | None = None
     placement: str = "pim"
-    amortize_dequant: bool = False
+    amortize_dequant: bool | None = None
     act_group: int | None = None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from ...errors import OptionError
 from .config import load_config, preset
 from .report import (
+    READINGS,
     markdown_table,
     plot_cycle_breakdown,
     plot_reuse_per_layer,
@@ -26,7 +27,7 @@ from .report import (
     plots_available,
     stats_dict,
 )
-from .run import RunResult, simulate_run
+from .run import RunResult, load_artifact, simulate_run
 
 __all__ = ["add_parser", "parse_batches", "run", "write_report"]
 
@@ -57,6 +58,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     p.add_argument("--report", type=Path, help="write stats.json, report.md and plots here")
     p.add_argument("--json", action="store_true", help="print stats as JSON")
+    p.add_argument("--timing-only", action="store_true", help="do not compute the offload "
+                   "commands (zeros of the right shapes): for programs too large to execute "
+                   "functionally; the reuse figures then come from made-up activations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -75,7 +79,11 @@ def write_report(results: list[RunResult], out: Path,
     rates = {layer: {r.step.batch: r.layer_reuse[layer]["hit_rate"] for r in results
                      if layer in r.layer_reuse} for layer in results[0].layer_reuse}
     lines = [f"# SAIL simulation of `{steps[0].model}` on machine `{steps[0].config.name}`", "",
-             markdown_table(steps), "", f"Pattern reuse from {steps[0].reuse_source}.", "",
+             markdown_table(steps), "",
+             "Tokens per dollar two ways: " + "; ".join(
+                 f"{'tok/$ vs X' if k == 'same_batch' else 'tok/$ vs X at B=1'}: {v}"
+                 for k, v in READINGS.items()) + " (n/a without --batch 1).", "",
+             f"Pattern reuse from {steps[0].reuse_source}.", "",
              "| layer | " + " | ".join(f"hit rate B={r.step.batch}" for r in results) + " |",
              "|---|" + "---:|" * len(results)]
     for layer, by_batch in rates.items():
@@ -100,11 +108,14 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.preset or "sail-n1", args.config)
     elif args.preset is not None:
         config = preset(args.preset)
+    artifact = load_artifact(args.artifact)  # loaded once for every batch
     results = []
     for batch in tqdm(batches, desc="simulating", file=sys.stderr, leave=False,
                       disable=args.no_progress or len(batches) < 2):
         results.append(simulate_run(args.artifact, batch, config=config,
-                                    past_len=args.past_len, seed=args.seed))
+                                    past_len=args.past_len, seed=args.seed,
+                                    functional=not args.timing_only, keep_outputs=False,
+                                    artifact=artifact))
     extra = {"artifact": str(args.artifact)}
     if args.report is not None:
         for path in write_report(results, args.report, extra):

@@ -48,9 +48,9 @@ from ...errors import ArtifactError, OptionError
 from ...frontend.signature import ModelSignature
 from ...ops.sail_ops import reference_dequantize, reference_quantize
 from ...passes import LiftWeightsToParams
-from ...quant.lut import activation_patterns, chunk_layout, sail_tables
+from ...quant.lut import activation_patterns, chunk_layout
 from ...quant.packing import unpack_bits
-from ...quant.patterns import lookup_schedule
+from ...quant.patterns import ReuseConfig, count_reuse, lookup_schedule
 from ...quant.reference import ActBlocks, QuantizedWeight, split_groups
 from ...weights_file import read_weights, write_weights
 from ..base import Runner, TargetBackend, register_target
@@ -70,7 +70,8 @@ from .program import (
 if TYPE_CHECKING:
     from ...options import CompileOptions
 
-__all__ = ["Executor", "HostCall", "OffloadCall", "PIMSimTarget", "resolve_config"]
+__all__ = ["Executor", "HostCall", "OffloadCall", "PIMSimTarget", "build_tables",
+           "resolve_config"]
 
 LIBRARY = "model.so"
 WEIGHTS = "weights.bin"
@@ -135,11 +136,15 @@ class PIMSimTarget(TargetBackend):
 @dataclasses.dataclass
 class OffloadCall:
     """One executed offload command: its instruction, the tokens it processed and, for a
-    LUTGEMV, the pattern of every lookup (int32 ``[T, C, b_a]``)."""
+    LUTGEMV, what the statistics need of its lookups: their count and the fraction the reuse
+    tables (or the deduplicated schedule, for ``schedule="dedup"``) serve without a row read.
+    The patterns themselves are not kept (the simulator's memory must not grow with the
+    program times the batch)."""
 
     instr: Instruction
     tokens: int
-    patterns: np.ndarray | None = None
+    lookups: int = 0
+    reuse_saved: float | None = None
 
 
 @dataclasses.dataclass
@@ -162,16 +167,85 @@ class HostCall:
         return max((int(np.prod(s)) for s in self.shapes), default=0)
 
 
-class Executor:
-    """Runs a program's offload commands in NumPy (module docstring) and records what ran."""
+def build_tables(q: np.ndarray, zero: np.ndarray, *, group_size: int, nbw: int) -> np.ndarray:
+    """:func:`~sail_compiler.quant.lut.sail_tables` (equal to it), built the way the arrays do:
+    entry ``p`` is entry ``p`` without its highest bit plus that bit's weight ``q - z`` (one add
+    per entry), in int32 instead of an int64 product with the subset matrix."""
+    k_pad, n = q.shape
+    layout = chunk_layout(k_pad, group_size, nbw)
+    w = np.zeros((layout.n_groups, layout.chunks_per_group * nbw, n), np.int32)
+    w[:, :group_size] = (q.astype(np.int32) - np.repeat(zero.astype(np.int32), group_size,
+                                                         axis=0)).reshape(layout.n_groups,
+                                                                          group_size, n)
+    w = w.reshape(layout.n_chunks, nbw, n)
+    tables = np.zeros((layout.n_chunks, 1 << nbw, n), np.int32)
+    for j in range(nbw):
+        half = 1 << j
+        np.add(tables[:, :half], w[:, j][:, None], out=tables[:, half:2 * half])
+    return tables
 
-    def __init__(self, program: Program) -> None:
+
+class _FanOut:
+    """The group sums of one call from its deduplicated reads (as ``LookupSchedule.apply``):
+    every read fetches one table row once; lookup ``(t, c, i)`` adds its read's row times
+    ``2**i`` (the sign plane subtracted). The per-token weight of every read is gathered once
+    (``coef[t, r]``), then each sum block's reads meet their rows in one float64 matrix product:
+    exact, as every product and partial sum is an integer below 2**53 (checked; otherwise the
+    schedule's own integer fan-out)."""
+
+    def __init__(self, schedule: Any, act_bits: int, nbw: int, bits: int) -> None:
+        self.schedule = schedule
+        b, c_total, b_a = schedule.source.shape
+        weight = (1 << np.arange(b_a)).astype(np.float64)
+        weight[-1] = -weight[-1]
+        coef = np.zeros((b, schedule.reads), np.float64)
+        tokens = np.repeat(np.arange(b), c_total)
+        for i in range(b_a):
+            np.add.at(coef, (tokens, schedule.source[:, :, i].ravel()), weight[i])
+        self.coef = coef
+        self.bound = float(2 ** act_bits) * nbw * (2 ** bits) * max(1, schedule.reads)
+
+    def __call__(self, tables: np.ndarray, chunks_per_group: int) -> np.ndarray:
+        s = self.schedule
+        b, c_total, _ = s.source.shape
+        if self.bound >= 2.0 ** 53:
+            return s.apply(tables, chunks_per_group=chunks_per_group)
+        groups = c_total // chunks_per_group
+        rows = tables[s.read_chunk, s.read_pattern].astype(np.float64)  # [R, N], one read each
+        edges = np.searchsorted(s.read_chunk, np.arange(groups + 1) * chunks_per_group)
+        out = np.empty((b, groups, tables.shape[2]), np.float64)
+        for g in range(groups):
+            lo, hi = edges[g], edges[g + 1]
+            out[:, g] = self.coef[:, lo:hi] @ rows[lo:hi]
+        return out
+
+
+class Executor:
+    """Runs a program's offload commands in NumPy (module docstring) and records what ran.
+
+    Memory: a LUTGEMV's tables are built for one block of output columns at a time, read with
+    the call's lookup schedule and dropped (nothing is cached between calls), so the executor
+    holds at most about ``block_bytes`` of tables and partial sums whatever the model's size and
+    the batch. ``functional=False`` (timing only) skips the tables and returns zeros of the
+    right shapes: the host code still runs, the patterns of each call are still counted, but
+    outputs after the first LUTGEMV are meaningless.
+    """
+
+    #: Bytes of tables and int64 partial sums one column block may take.
+    BLOCK_BYTES = 64 * 2**20
+
+    def __init__(self, program: Program, *, functional: bool = True,
+                 block_bytes: int | None = None) -> None:
         self.program = program
         self.by_slot = {int(i.attrs["slot"]): i for i in program.offload()}
         self.host_kernels = {i.name: i for i in program.instructions if i.opcode == HOST}
         self.record = False
+        self.functional = functional
+        self.block_bytes = self.BLOCK_BYTES if block_bytes is None else int(block_bytes)
         self.calls: list[OffloadCall | HostCall] = []
-        self._tables: dict[int, np.ndarray] = {}
+        cs = program.config.csram
+        self._reuse = ReuseConfig(size=cs.reuse_table_entries,
+                                  chunks_per_stream=cs.chunks_per_stream)
 
     def __call__(self, slot: int, *args: Any) -> Any:
         instr = self.by_slot[int(slot)]
@@ -180,7 +254,7 @@ class Executor:
         act_group = a.get("act_group", a["k"])  # programs without it: one scale per row
         if instr.opcode == QUANT:
             xq, sx = reference_quantize(arrays[0], a["act_bits"], act_group)
-            self._note(instr, int(np.prod(arrays[0].shape[:-1])))
+            self._note(OffloadCall(instr, int(np.prod(arrays[0].shape[:-1]))))
             return [tvm.runtime.tensor(xq), tvm.runtime.tensor(sx)]
         blocks = ActBlocks(a["k"], a["group_size"], act_group)
         if instr.opcode == DEQUANT:
@@ -193,31 +267,43 @@ class Executor:
             return tvm.runtime.tensor(reference_dequantize(sums, arrays[3], arrays[4], blocks))
         return tvm.runtime.tensor(sums)
 
-    def _note(self, instr: Instruction, tokens: int, patterns: np.ndarray | None = None) -> None:
+    def _note(self, call: OffloadCall) -> None:
         if self.record:
-            self.calls.append(OffloadCall(instr, tokens, patterns))
+            self.calls.append(call)
 
     def _lut_gemv(self, instr: Instruction, blocks: ActBlocks, xq: np.ndarray,
                   packed: np.ndarray, zero: np.ndarray) -> np.ndarray:
         a = instr.attrs
         size = blocks.sum_size  # the tables are laid out per sum block
         layout = chunk_layout(a["k"], size, a["nbw"])
-        if instr.id not in self._tables:  # weights are constant: tables are built once
-            k_pad = zero.shape[0] * a["group_size"]
-            q = unpack_bits(packed, a["bits"], k_pad, axis=0)
-            qw = split_groups(QuantizedWeight(q, np.ones(zero.shape, np.float32),
-                                              zero.astype(np.uint8), a["bits"],
-                                              a["group_size"], a["k"]), blocks)
-            self._tables[instr.id] = sail_tables(qw.q, qw.zero_points(), group_size=size,
-                                                 nbw=a["nbw"])
-        tables = self._tables[instr.id]
+        n = zero.shape[1]
         if xq.shape[0] == 0:
-            return np.zeros((0, blocks.n_sums, zero.shape[1]), np.int32)
+            return np.zeros((0, blocks.n_sums, n), np.int32)
         patterns = activation_patterns(xq, group_size=size, nbw=a["nbw"],
                                        act_bits=a["act_bits"])
-        self._note(instr, xq.shape[0], patterns)
-        sums = lookup_schedule(patterns).apply(tables, chunks_per_group=layout.chunks_per_group)
-        return sums.astype(np.int32)
+        schedule = lookup_schedule(patterns)
+        if self.record:
+            saved = (1.0 - schedule.reads / schedule.lookups if a["schedule"] == "dedup"
+                     else count_reuse(patterns, a["nbw"], self._reuse).table_saved_fraction)
+            self._note(OffloadCall(instr, xq.shape[0], int(patterns.size), saved))
+        del patterns
+        if not self.functional:
+            return np.zeros((xq.shape[0], blocks.n_sums, n), np.int32)
+        fan_out = _FanOut(schedule, a["act_bits"], a["nbw"], a["bits"])
+        # Per column: the tables (int32 [C, 2**NBW]) and their float64 read rows [R].
+        per_column = layout.n_chunks * (1 << a["nbw"]) * (4 + 8) + 8 * xq.shape[0] * 2
+        step = max(1, min(n, self.block_bytes // per_column))
+        k_pad = zero.shape[0] * a["group_size"]
+        out = np.empty((xq.shape[0], blocks.n_sums, n), np.int32)
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            q = unpack_bits(packed[:, lo:hi], a["bits"], k_pad, axis=0)
+            qw = split_groups(QuantizedWeight(q, np.ones((zero.shape[0], hi - lo), np.float32),
+                                              zero[:, lo:hi].astype(np.uint8), a["bits"],
+                                              a["group_size"], a["k"]), blocks)
+            tables = build_tables(qw.q, qw.zero_points(), group_size=size, nbw=a["nbw"])
+            out[:, :, lo:hi] = fan_out(tables, layout.chunks_per_group)
+        return out
 
     def instrument(self, _func: Any, symbol: str, before: bool, _ret: Any, *args: Any) -> int:
         """The VM's instrument hook: records host kernel calls (before they run)."""
