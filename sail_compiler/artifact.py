@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -58,9 +59,10 @@ def write_artifact(out: Path, build: Callable[[Path], dict[str, Any]],
     A failed build leaves any earlier ``out`` untouched and no partial directory behind; a disk
     that fills up is an :class:`ArtifactError` saying how much was needed (the weight writers
     check the whole file's size before writing, :func:`~.weights_file.require_space`) or, for
-    any other file, how much had been written when it filled.
+    any other file, how much was free when writing started (a lower bound on what is needed).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out.parent).free
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         try:
@@ -68,15 +70,16 @@ def write_artifact(out: Path, build: Callable[[Path], dict[str, Any]],
             full = {"format": FORMAT, "format_version": FORMAT_VERSION,
                     "sail_version": __version__, **manifest, **extra}
             (staging / MANIFEST).write_text(json.dumps(full, indent=1) + "\n")
-        except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except Exception as err:
+            # Python's writes raise OSError; the linker TVM runs for a shared library reports a
+            # full disk only in the text of the RuntimeError it becomes.
+            if not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+                    or os.strerror(errno.ENOSPC) in str(err)):
                 raise
-            written = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
             kept = " and the earlier artifact is kept" if out.exists() else ""
             raise ArtifactError(
                 f"the disk filled while writing the artifact {out}: it needs more than the "
-                f"{written} bytes ({written / 2**30:.2f} GiB) written by then, "
-                f"{shutil.disk_usage(out.parent).free} bytes are free on the file system of "
+                f"{free} bytes ({free / 2**30:.2f} GiB) that were free on the file system of "
                 f"{out.parent}; nothing was left behind{kept}. Free space or compile to another "
                 "-o path") from err
         staging.chmod(0o755)  # mkdtemp made it private
