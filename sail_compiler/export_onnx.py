@@ -247,6 +247,10 @@ def export_onnx_model(model_path: str | Path, output: str | Path,
         raise OptionError("nothing to export: no layer is quantized; add --bits 2, 4 or 8 (or "
                           "--bits-plan)")
     notes = list(quant.notes)
+    if quant.folding is not None:
+        from .quant.awq import apply_constants
+
+        apply_constants(model, quant.folding)
     layers = {}
     for q in quant.layers:
         if q.qw is None:

@@ -116,6 +116,9 @@ class CompileOptions:
         or ``"row"`` (``0``: one scale per token row). Default :data:`DEFAULT_ACT_GROUP_SIZE`.
     method
         How weights are quantized: ``rtn``, ``search`` or ``gptq`` (:mod:`.quant.methods`).
+    awq
+        Activation-aware per-input-channel scales folded into the preceding norm weight or
+        matmul before quantizing (:mod:`.quant.awq`); needs calibration (generated without it).
     bits_plan
         A JSON plan mapping layer-name patterns to schemes (:mod:`.quant.plan`).
     avg_bits
@@ -163,6 +166,7 @@ class CompileOptions:
     act_bits: int = 8
     act_group_size: int | str = DEFAULT_ACT_GROUP_SIZE
     method: str = "rtn"
+    awq: bool = False
     bits_plan: Path | None = None
     avg_bits: float | None = None
     calib: CalibrationSpec | None = None
@@ -195,7 +199,7 @@ class CompileOptions:
             parts.append(f"embeddings {self.embedding_bits}-bit")
         if not parts:
             return "float"
-        return " ".join([", ".join(parts), self.method])
+        return " ".join([", ".join(parts), ("awq+" if self.awq else "") + self.method])
 
     def __post_init__(self) -> None:
         # the target name is checked against the registry by compile_model (get_target), which
@@ -213,6 +217,8 @@ class CompileOptions:
         if self.method != "rtn" and not quantized:
             raise OptionError(f"--method {self.method} applies to quantized compiles; add --bits "
                               "(or --avg-bits, --bits-plan)")
+        if self.awq and not quantized:
+            raise OptionError("--awq applies to quantized compiles; add --bits")
         if self.avg_bits is not None:
             if self.quant is None:
                 raise OptionError("--avg-bits needs a scheme for group size and symmetry")

@@ -51,7 +51,7 @@ def _quantize_passes(options: CompileOptions,
     table = quant.table
     return [relax.transform.FoldConstant(),
             QuantizeWeights(None, (), options.act_bits, layers=table,
-                            act_group=options.act_group_size),
+                            act_group=options.act_group_size, constants=quant.constants),
             QuantizeEmbedding(None, layers=table)]
 
 

@@ -82,8 +82,11 @@ def _weight_of(call: relax.Call) -> np.ndarray | None:
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, scheme: QuantScheme | None, skip: tuple[str, ...],
                  act_bits: int, layers: LayerTable | None, method: str,
-                 act_group: int | str) -> None:
+                 act_group: int | str, constants: dict[str, np.ndarray]) -> None:
         super().__init__(mod)
+        self.constants = constants
+        self.constant_shapes = {key.split(":")[0] for key in constants}
+        self.replaced: dict[str, int] = {}
         self.scheme, self.skip, self.act_bits = scheme, skip, act_bits
         self.act_group = act_group
         self.layers, self.method = layers, method
@@ -91,6 +94,16 @@ class _Rewriter(relax.PyExprMutator):
         self.names: list[str] = []
         self.applied: list[dict[str, object]] = []
         self.problems: list[str] = []
+
+    def visit_generic_const_(self, const: tvm.ir.GenericConst) -> relax.Expr:
+        if not self.constants or str(const.value.dtype) != "float32" \
+                or "x".join(map(str, const.value.shape)) not in self.constant_shapes:
+            return const
+        key = weight_key(const.value.numpy())
+        if key not in self.constants:
+            return const
+        self.replaced[key] = self.replaced.get(key, 0) + 1
+        return relax.const(self.constants[key])
 
     def _skipped(self, *names: str) -> bool:
         return any(fnmatch.fnmatchcase(n, p) for p in self.skip for n in names)
@@ -163,6 +176,10 @@ class QuantizeWeights:
     method
         How ``scheme`` quantizes weights not in ``layers``: ``rtn`` or ``search`` (``gptq``
         needs calibration data, which only the driver has).
+    constants
+        ``{weight_key(constant): new value}``: constants to replace, each of which must occur
+        exactly once (``--awq`` folds its per-channel scales into norm weights this way, see
+        :mod:`sail_compiler.quant.awq`).
 
     Attributes
     ----------
@@ -182,7 +199,8 @@ class QuantizeWeights:
 
     def __init__(self, scheme: QuantScheme | None = None, skip: tuple[str, ...] = (),
                  act_bits: int = 8, layers: LayerTable | None = None,
-                 method: str = "rtn", act_group: int | str = ACT_GROUP_ROW) -> None:
+                 method: str = "rtn", act_group: int | str = ACT_GROUP_ROW,
+                 constants: dict[str, np.ndarray] | None = None) -> None:
         if scheme is None and layers is None:
             raise OptionError("QuantizeWeights needs a scheme (e.g. QuantScheme.parse('w4g128')) "
                               "or a table of quantized layers")
@@ -197,12 +215,20 @@ class QuantizeWeights:
         self.act_bits = check_act_bits(act_bits)
         self.act_group = check_act_group_size(act_group)
         self.applied: list[dict[str, object]] = []
+        self.constants = dict(constants or {})
 
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.scheme, self.skip, self.act_bits, self.layers,
-                             self.method, self.act_group)
+                             self.method, self.act_group, self.constants)
         rewritten = rewrite_relax_functions(rewriter, mod)
+        wrong = {key: rewriter.replaced.get(key, 0) for key in self.constants
+                 if rewriter.replaced.get(key, 0) != 1}
+        if wrong:
+            raise SailError(
+                f"{len(wrong)} rescaled constant(s) were found {sorted(set(wrong.values()))} "
+                "time(s) in the module instead of once, so the folded scales cannot be applied "
+                "exactly; compile without --awq")
         known = rewriter.labels + rewriter.names
         unmatched = [p for p in self.skip
                      if not any(fnmatch.fnmatchcase(label, p) for label in known)]

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import OptionError
+from .awq import Folding, fold_scales
 from .calibrate import (
     assign_bits,
     calibration_feeds,
@@ -93,6 +94,8 @@ class Quantization:
     sensitivity: dict[str, dict[int, float]] | None
     seconds: float
     notes: list[str]
+    #: ``--awq``: the scales folded into the model (None without it).
+    folding: Folding | None = None
 
     @property
     def table(self) -> dict[str, tuple[str, QuantizedWeight | None]]:
@@ -101,6 +104,12 @@ class Quantization:
         for q in self.layers:
             table.setdefault(q.key, (q.layer.name, q.qw))
         return table
+
+    @property
+    def constants(self) -> dict[str, np.ndarray]:
+        """``{weight_key(constant): new value}``: constants ``--awq`` rescaled (see
+        :mod:`.awq`), for :class:`QuantizeWeights`."""
+        return self.folding.constant_table() if self.folding is not None else {}
 
     def by_name(self) -> dict[str, QuantizedLayer]:
         return {q.layer.name: q for q in self.layers}
@@ -115,6 +124,7 @@ class Quantization:
                 "size_bytes": sum(q.size_bytes for q in self.layers),
                 "float_size_bytes": 4 * total,
                 "seconds": round(self.seconds, 3),
+                "awq": self.folding.report() if self.folding is not None else None,
                 "layers": [q.report() for q in self.layers]}
 
 
@@ -157,8 +167,8 @@ def _check_act_groups(layers: list[Layer], choices: list[LayerChoice],
 
 
 def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bool:
-    """GPTQ and ``--avg-bits`` need activations; the search uses them when given."""
-    return options.avg_bits is not None or options.calib is not None \
+    """GPTQ, ``--awq`` and ``--avg-bits`` need activations; the search uses them when given."""
+    return options.avg_bits is not None or options.calib is not None or options.awq \
         or any(c.scheme is not None and c.method == "gptq" for c in choices)
 
 
@@ -236,6 +246,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             choices.append(LayerChoice(None, source="default"))
 
     calibration = hessians = sensitivity = None
+    folding: Folding | None = None
     provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
     _check_act_groups(layers, provisional, fixed, options.act_group_size)
     if needs_calibration(options, provisional):
@@ -248,6 +259,10 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                   if c.scheme is not None and layer.name not in fixed
                   and layer.op_type != "Gather"]
         hessians = collect_hessians(model, wanted, feeds) if wanted else {}
+        if options.awq:
+            assert options.quant is not None or plan is not None
+            folding = fold_scales(model, layers, provisional, hessians, set(fixed),
+                                  options.quant or QuantScheme(4))
         if options.avg_bits is not None:
             free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
             assert options.quant is not None, "CompileOptions checks --avg-bits has a scheme"
@@ -256,8 +271,12 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             probe_method = "search" if options.method == "gptq" else options.method
 
             def dequantized(layer: Layer, w: np.ndarray, scheme: QuantScheme) -> np.ndarray:
-                return dequantize(quantize_weight(w, scheme, probe_method,
-                                                  hessians.get(layer.name)))
+                if folding is None:
+                    return dequantize(quantize_weight(w, scheme, probe_method,
+                                                      hessians.get(layer.name)))
+                qw = quantize_weight(folding.weight(layer, w), scheme, probe_method,
+                                     folding.hessian(layer, hessians.get(layer.name)))
+                return folding.unfold(layer, dequantize(qw))
 
             sensitivity = measure_sensitivity(model, free, widths, options.quant, feeds,
                                               dequantized)
@@ -279,8 +298,11 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
     inits = {t.name: t for t in model.graph.initializer}
     results = []
     for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
-        w = layer_weight(model, layer, inits)
+        original = layer_weight(model, layer, inits)
         h = hessians.get(layer.name) if hessians else None
+        w = original
+        if folding is not None:
+            w, h = folding.weight(layer, w), folding.hessian(layer, h)
         if layer.name in fixed:
             qw = fixed[layer.name]
         elif choice.scheme is None:
@@ -291,10 +313,13 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             qw = quantize_weight(w, choice.scheme, method, h)
         err = reconstruction_error(w, qw, h) if qw is not None else None
         # the IR holds an embedding table as T[V, D] = W^T: key it as it appears there
-        key = weight_key(w.T if layer.op_type == "Gather" else w)
+        key = weight_key(original.T if layer.op_type == "Gather" else original)
         results.append(QuantizedLayer(layer, choice, qw, key, err))
     resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
     if prequantized:
         notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")
+    if folding is not None:
+        notes.append(f"--awq: {folding.report()['scaled_sites']} of {len(folding.alphas)} "
+                     "input(s) scaled per channel")
     return Quantization(resolved, results, calibration, sensitivity,
-                        time.perf_counter() - started, notes)
+                        time.perf_counter() - started, notes, folding)
