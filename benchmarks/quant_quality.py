@@ -359,7 +359,8 @@ def _gemma3_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "sail-bench",
                        help="built models and one JSON per row (default ~/.cache/sail-bench)")
     group.add_argument("--sail", default=",".join(GEMMA3_SAIL),
-                       help="sail settings <scheme>:<method> or avg<X>g<G>[sym]:<method>, "
+                       help="sail settings <scheme>:<method> or avg<X>g<G>[sym]:<method> "
+                            "(method rtn, search, gptq, or awq+ one of them for --awq), "
                             f"comma-separated ('' for none; default {','.join(GEMMA3_SAIL)})")
     group.add_argument("--sail-extra", default="",
                        help="more sail eval-ppl options for every sail row, e.g. "
@@ -417,6 +418,8 @@ def _sail_setting_args(setting: str, calib: list[str]) -> tuple[list[str], str, 
 
     scheme_text, _, method = setting.partition(":")
     method = method or "rtn"
+    awq = method.startswith("awq+")
+    base_method = method.removeprefix("awq+")
     if scheme_text.startswith("avg"):
         avg, _, rest = scheme_text[3:].partition("g")
         group = rest.removesuffix("sym")
@@ -436,7 +439,8 @@ def _sail_setting_args(setting: str, calib: list[str]) -> tuple[list[str], str, 
             args.append("--sym")
         label = str(scheme.bits)
         needs_calib = method != "rtn"
-    args += ["--method", method] + (calib if needs_calib else [])
+    args += ["--method", base_method] + (["--awq"] if awq else []) \
+        + (calib if needs_calib else [])
     return args, label, method
 
 
