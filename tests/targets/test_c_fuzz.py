@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,7 +443,9 @@ def numpy_reads(path: Path) -> np.ndarray | None:
             held = path.stat().st_size - f.tell()
         if int(np.prod(shape, dtype=object)) * dtype.itemsize > held or fortran:
             return None
-        return np.load(path, allow_pickle=False)
+        with warnings.catch_warnings():  # numpy warns about the dims it then refuses
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.load(path, allow_pickle=False)
     except Exception:  # noqa: BLE001 - numpy refuses in many ways (ValueError, TokenError...)
         return None
 

@@ -17,7 +17,8 @@
  * cache) and treats it as hostile: it checks the magic, the version, both checksums, the file
  * size, that the reserved fields are zero, that every tensor lies inside the data area without
  * overlapping the table or another tensor and matches what model.c expects, and each tensor's
- * CRC-32 (zlib's, computed 8 bytes at a time) before any pointer into the file is used.
+ * CRC-32 (zlib's; by carry-less multiplication on x86-64, else 8 bytes at a time) before any
+ * pointer into the file is used.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -265,11 +266,74 @@ static void crc_slices_init(void) {
   }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The same CRC with carry-less multiplication (PCLMULQDQ), several times faster than slicing by
+ * 8: four 128-bit lanes are folded forward 512 bits per step (multiplying by x^(512+-32) mod P),
+ * folded into one, and reduced to 32 bits by a Barrett step, after Gopal et al., "Fast CRC
+ * Computation for Generic Polynomials Using PCLMULQDQ Instruction" (Intel, 2009). The constants
+ * are x^n mod P for zlib's reflected polynomial P (0x1db710641) and its Barrett quotient.
+ * `crc` is the running register (before the final inversion); `nbytes` >= 64, a multiple of 16. */
+#include <immintrin.h>
+#define SAIL_CRC_CLMUL 1
+
+__attribute__((target("pclmul,sse4.1"))) static inline __m128i crc_fold(__m128i x, __m128i k,
+                                                                      __m128i next) {
+  return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00),
+                                     _mm_clmulepi64_si128(x, k, 0x11)),
+                       next);
+}
+
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc32_clmul(uint32_t crc,
+                                                                   const uint8_t *p,
+                                                                   size_t nbytes) {
+  const __m128i k512 = _mm_set_epi64x(0x1c6e41596, 0x154442bd4); /* fold by 4 x 128 bits */
+  const __m128i k128 = _mm_set_epi64x(0x0ccaa009e, 0x1751997d0); /* fold by 128 bits */
+  const __m128i k64 = _mm_set_epi64x(0, 0x163cd6124);            /* 64 -> 32 bits */
+  const __m128i barrett = _mm_set_epi64x(0x1f7011641, 0x1db710641);
+  const __m128i low32 = _mm_set_epi32(0, 0, 0, -1);
+  __m128i x0 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)p), _mm_cvtsi32_si128((int)crc));
+  __m128i x1 = _mm_loadu_si128((const __m128i *)(p + 16));
+  __m128i x2 = _mm_loadu_si128((const __m128i *)(p + 32));
+  __m128i x3 = _mm_loadu_si128((const __m128i *)(p + 48));
+  for (p += 64, nbytes -= 64; nbytes >= 64; p += 64, nbytes -= 64) {
+    x0 = crc_fold(x0, k512, _mm_loadu_si128((const __m128i *)p));
+    x1 = crc_fold(x1, k512, _mm_loadu_si128((const __m128i *)(p + 16)));
+    x2 = crc_fold(x2, k512, _mm_loadu_si128((const __m128i *)(p + 32)));
+    x3 = crc_fold(x3, k512, _mm_loadu_si128((const __m128i *)(p + 48)));
+  }
+  x0 = crc_fold(crc_fold(crc_fold(x0, k128, x1), k128, x2), k128, x3);
+  for (; nbytes >= 16; p += 16, nbytes -= 16)
+    x0 = crc_fold(x0, k128, _mm_loadu_si128((const __m128i *)p));
+  x0 = _mm_xor_si128(_mm_clmulepi64_si128(x0, k128, 0x10), _mm_srli_si128(x0, 8));
+  x0 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x0, low32), k64, 0x00),
+                     _mm_srli_si128(x0, 4));
+  __m128i q = _mm_clmulepi64_si128(_mm_and_si128(x0, low32), barrett, 0x10);
+  q = _mm_clmulepi64_si128(_mm_and_si128(q, low32), barrett, 0x00);
+  return (uint32_t)_mm_extract_epi32(_mm_xor_si128(q, x0), 1);
+}
+
+static int have_clmul;
+#endif
+
+static void crc_init(void) {
+  crc_slices_init();
+#if SAIL_CRC_CLMUL
+  __builtin_cpu_init();
+  have_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
+}
+
 static uint32_t crc32_bytes(const uint8_t *data, size_t nbytes) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, crc_slices_init);
+  pthread_once(&once, crc_init);
   uint32_t crc = 0xffffffffu;
   size_t i = 0;
+#if SAIL_CRC_CLMUL
+  if (have_clmul && nbytes >= 64) {
+    i = nbytes & ~(size_t)15;
+    crc = crc32_clmul(crc, data, i);
+  }
+#endif
   for (; i + 8 <= nbytes; i += 8) {
     const uint32_t lo = crc ^ ((uint32_t)data[i] | (uint32_t)data[i + 1] << 8 |
                                (uint32_t)data[i + 2] << 16 | (uint32_t)data[i + 3] << 24);
@@ -926,6 +990,25 @@ int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer
   if (status != SAIL_ATTENTION_OK)
     return sail_rt_fail(model, "attention failed (%s)", status == SAIL_ATTENTION_ENOMEM
                         ? "out of memory" : "invalid arguments");
+  return 0;
+}
+
+int sail_rt_check_indices(sail_model *model, const char *table, const sail_buffer *indices,
+                          int64_t low, int64_t high) {
+  const int64_t n = buffer_numel(indices);
+  if (indices->t.dtype.code != kDLInt || indices->t.strides ||
+      (indices->t.dtype.bits != 64 && indices->t.dtype.bits != 32))
+    return 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t value = indices->t.dtype.bits == 64 ? ((const int64_t *)indices->t.data)[i]
+                                                      : ((const int32_t *)indices->t.data)[i];
+    if (value < low || value >= high)
+      return sail_rt_fail(model, "index %lld (element %lld) is outside %s, which takes %lld .. "
+                          "%lld: a position or id beyond what the model was exported for (a "
+                          "context longer than its position table, or an id past its "
+                          "vocabulary); shorten the context", (long long)value, (long long)i,
+                          table, (long long)low, (long long)(high - 1));
+  }
   return 0;
 }
 
