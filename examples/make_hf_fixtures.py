@@ -173,6 +173,38 @@ def build_model(family: str) -> transformers.PreTrainedModel:
             attn_implementation="eager",
         )
         model = transformers.BertModel(config)
+    elif family == "t5":
+        config = transformers.T5Config(
+            vocab_size=VOCAB,
+            d_model=HIDDEN,
+            d_kv=HIDDEN // HEADS,
+            d_ff=2 * HIDDEN,
+            num_layers=LAYERS,
+            num_heads=HEADS,
+            relative_attention_num_buckets=8,
+            attn_implementation="eager",
+        )
+        model = transformers.T5EncoderModel(config)
+    elif family == "whisper":
+        config = transformers.WhisperConfig(
+            vocab_size=VOCAB,
+            num_mel_bins=WHISPER_MELS,
+            d_model=HIDDEN,
+            encoder_layers=LAYERS,
+            encoder_attention_heads=HEADS,
+            encoder_ffn_dim=2 * HIDDEN,
+            decoder_layers=1,
+            decoder_attention_heads=HEADS,
+            decoder_ffn_dim=2 * HIDDEN,
+            max_source_positions=WHISPER_FRAMES // 2,
+            max_target_positions=32,
+            pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+            decoder_start_token_id=0,
+            attn_implementation="eager",
+        )
+        model = transformers.WhisperModel(config).get_encoder()
     elif family in _CORPUS_FAMILIES:
         config_cls, model_cls, extra = _CORPUS_FAMILIES[family]
         config = getattr(transformers, config_cls)(
@@ -202,13 +234,20 @@ _CORPUS_FAMILIES: dict[str, tuple[str, str, dict]] = {
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": HIDDEN // HEADS}),
 }
 
+#: Encoders of the corpus report: T5's (``input_ids``, ``attention_mask``) and Whisper's
+#: (``input_features [batch, mels, frames]``; Whisper requires exactly ``2 *
+#: max_source_positions`` frames, so only the batch is dynamic).
+ENCODER_FAMILIES = ("t5", "whisper")
+WHISPER_MELS, WHISPER_FRAMES = 16, 32
+
 #: Every export of the corpus report: the fixtures' families and the ones above.
 CORPUS_SPECS: tuple[FixtureSpec, ...] = ALL_SPECS + tuple(
     FixtureSpec(family, exporter, kv)
     for family in _CORPUS_FAMILIES
     for exporter in ("legacy", "dynamo")
     for kv in (False, True)
-)
+) + tuple(FixtureSpec(family, exporter, False) for family in ENCODER_FAMILIES
+          for exporter in ("legacy", "dynamo"))
 
 
 def kv_shape_info(model: transformers.PreTrainedModel) -> tuple[int, int, int]:
@@ -248,6 +287,18 @@ class BertOutputs(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         )
         return out.last_hidden_state, out.pooler_output
+
+
+class EncoderOutput(nn.Module):
+    """``(*inputs) -> last_hidden_state`` of an encoder (T5's, Whisper's)."""
+
+    def __init__(self, model: transformers.PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Run the encoder on its positional inputs and return the last hidden state."""
+        return self.model(*inputs).last_hidden_state
 
 
 class FlatKVCache(nn.Module):
@@ -293,6 +344,10 @@ def io_names(num_layers: int, kv_cache: bool, family: str = "") -> tuple[list[st
             "last_hidden_state",
             "pooler_output",
         ]
+    if family == "t5":
+        return ["input_ids", "attention_mask"], ["last_hidden_state"]
+    if family == "whisper":
+        return ["input_features"], ["last_hidden_state"]
     inputs = ["input_ids", "attention_mask"]
     outputs = ["logits"]
     if kv_cache:
@@ -306,6 +361,12 @@ def example_inputs(model: transformers.PreTrainedModel, kv_cache: bool) -> tuple
     """Deterministic example inputs used for tracing."""
     gen = torch.Generator().manual_seed(SEED + 1)
     ids = torch.randint(0, model.config.vocab_size, (EX_BATCH, EX_SEQ), generator=gen)
+    if model.config.model_type == "whisper":
+        return (torch.randn(EX_BATCH, WHISPER_MELS, WHISPER_FRAMES, generator=gen),)
+    if model.config.model_type == "t5":
+        mask = torch.ones(EX_BATCH, EX_SEQ, dtype=torch.int64)
+        mask[-1, -2:] = 0  # right padding in the last row
+        return ids, mask
     if model.config.model_type == "bert":
         mask = torch.ones(EX_BATCH, EX_SEQ, dtype=torch.int64)
         mask[-1, -2:] = 0  # right padding in the last row
@@ -340,6 +401,10 @@ def export_legacy(
     if "token_type_ids" in inputs:  # BERT
         axes = {name: {0: "batch", 1: "seq"} for name in [*inputs, outputs[0]]}
         axes["pooler_output"] = {0: "batch"}
+    elif inputs == ["input_features"]:  # Whisper's encoder: a fixed number of frames
+        axes = {"input_features": {0: "batch"}, "last_hidden_state": {0: "batch"}}
+    elif outputs == ["last_hidden_state"]:  # T5's encoder
+        axes = {name: {0: "batch", 1: "seq"} for name in [*inputs, *outputs]}
     else:
         for name in inputs[2:]:
             axes[name] = {0: "batch", 2: "past"}
@@ -381,6 +446,10 @@ def export_dynamo(
             *([{0: batch, 2: past}] * (len(inputs) - 2)),
         )
         shapes = (shapes[0], shapes[1], shapes[2:])  # *past is one positional pytree
+    elif inputs == ["input_features"]:  # Whisper's encoder: a fixed number of frames
+        shapes = (({0: batch},),)  # the encoder's *inputs is one positional pytree
+    elif outputs == ["last_hidden_state"] and "token_type_ids" not in inputs:  # T5's encoder
+        shapes = (tuple({0: batch, 1: seq} for _ in inputs),)
     else:
         shapes = tuple({0: batch, 1: seq} for _ in inputs)
     program = torch.onnx.export(
@@ -417,6 +486,8 @@ def export_fixture(spec: FixtureSpec, out_dir: Path) -> Path:
     model = build_model(spec.family)
     if spec.family == "bert":
         module: nn.Module = BertOutputs(model)
+    elif spec.family in ENCODER_FAMILIES:
+        module = EncoderOutput(model)
     else:
         module = FlatKVCache(model) if spec.kv_cache else LogitsOnly(model)
     module.eval()

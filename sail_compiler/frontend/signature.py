@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import InputError
+from ..errors import ImportFailure, InputError
 
 Dim = int | str
 
@@ -176,8 +176,23 @@ def _evaluate(terms: list[tuple[str, int]], dims: dict[str, int]) -> int | None:
     return sum(dims[n] * sign if n else sign for n, sign in terms)
 
 
+def _tensor_type(value: onnx.ValueInfoProto) -> onnx.TypeProto.Tensor:
+    """The tensor type of a tensor or optional-tensor value (TVM imports an optional tensor
+    as the tensor); any other kind of value is refused."""
+    kind = value.type.WhichOneof("value")
+    if kind == "optional_type" and \
+            value.type.optional_type.elem_type.WhichOneof("value") == "tensor_type":
+        return value.type.optional_type.elem_type.tensor_type
+    if kind != "tensor_type" or not value.type.tensor_type.elem_type:
+        raise ImportFailure(
+            f"graph input or output '{value.name}' is a {kind or 'value of unknown type'}, not "
+            "a tensor with an element type: sail compiles models whose inputs and outputs are "
+            "tensors (or optional tensors); give it a tensor type or export without it")
+    return value.type.tensor_type
+
+
 def _spec(value: onnx.ValueInfoProto, bound: int | None = None) -> TensorSpec:
-    ttype = value.type.tensor_type
+    ttype = _tensor_type(value)
     dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
     dims: list[Dim] = []
     for i, dim in enumerate(ttype.shape.dim):

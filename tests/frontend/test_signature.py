@@ -36,3 +36,25 @@ def test_out_of_range_ids_are_rejected_before_running(micro_decoder: Path,
         ids = np.array([[1, bad, 2]], np.int64)
         with pytest.raises(InputError, match=r"values must lie in \[0, 50\)"):
             artifact.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+
+
+def test_optional_tensor_input_is_its_tensor_and_a_sequence_is_refused() -> None:
+    """An optional tensor is described by its tensor type (TVM imports it as the tensor); a
+    sequence input gets an ImportFailure naming it, not a KeyError from onnx's type tables."""
+    from onnx import TensorProto, helper
+
+    from sail_compiler.errors import ImportFailure
+
+    tensor = helper.make_tensor_type_proto(TensorProto.FLOAT, ["n", 3])
+    optional = helper.make_value_info("x", helper.make_optional_type_proto(tensor))
+    out = helper.make_tensor_value_info("y", TensorProto.BOOL, [])
+    graph = helper.make_graph([helper.make_node("OptionalHasElement", ["x"], ["y"])], "g",
+                              [optional], [out])
+    spec = signature_of(helper.make_model(graph)).inputs[0]
+    assert (spec.name, spec.dtype, spec.dims) == ("x", "float32", ("n", 3))
+
+    sequence = helper.make_value_info("s", helper.make_sequence_type_proto(tensor))
+    graph = helper.make_graph([helper.make_node("SequenceLength", ["s"], ["y"])], "g",
+                              [sequence], [out])
+    with pytest.raises(ImportFailure, match="'s' is a sequence_type, not a tensor"):
+        signature_of(helper.make_model(graph))

@@ -150,6 +150,8 @@ def test_node_case(case) -> None:  # type: ignore[no-untyped-def]
         if len(outputs) != len(expected):
             return f"{len(outputs)} outputs, expected {len(expected)}"
         for got, want in zip(outputs, expected, strict=True):
+            if not isinstance(want, np.ndarray):
+                return f"the reference output is a {type(want).__name__}, not a tensor"
             if got.shape != want.shape or got.dtype != want.dtype:
                 return f"{got.dtype}{list(got.shape)}, expected {want.dtype}{list(want.shape)}"
             try:
