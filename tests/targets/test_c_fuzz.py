@@ -484,45 +484,79 @@ def test_npy_header_mutations_many(fuzz: Fixture, tmp_path: Path) -> None:
     assert verdicts["refused"] > SLOW_COUNT // 2, verdicts
 
 
-def test_checksums_of_every_length(tmp_path: Path) -> None:
-    """The loader's CRC-32 (carry-less multiplication where the CPU has it, a table otherwise)
-    equals zlib's for tensors of every length 0..300 (all residues of 16, below and above the
-    64 bytes the fast path needs): a file of such tensors loads, and one flipped bit in any of
-    them is refused."""
-    lengths = list(range(301))
-    rng = np.random.default_rng(7)
-    tensors = [(f"t{n}", rng.integers(0, 256, n, dtype=np.uint8)) for n in lengths]
-    path = tmp_path / "weights.bin"
-    write_weight_file(path, tensors)
-    specs = ",\n".join(f'  {{"t{n}", SAIL_UINT8, 1, {{{n}}}}}' for n in lengths)
-    (tmp_path / "load.c").write_text(
+def build_loader(tmp: Path, tensors: list[tuple[str, np.ndarray]]) -> Path:
+    """A program loading each weight file named in argv with `tensors`' specs (the runtime under
+    ASan/UBSan); it prints LOADED or the loader's message per file."""
+    specs = ",\n".join(f'  {{"{name}", SAIL_UINT8, 1, {{{a.size}}}}}' for name, a in tensors)
+    (tmp / "load.c").write_text(
         '#include <stdio.h>\n#include <stdlib.h>\n#include "sail_model_rt.h"\n'
         "const int sail_model_num_inputs = 0;\nconst int sail_model_num_outputs = 0;\n"
         "const sail_io_spec sail_model_inputs[1];\nconst sail_io_spec sail_model_outputs[1];\n"
         f"static const sail_weight_spec SPECS[] = {{\n{specs}\n}};\n"
         "int main(int argc, char **argv) {\n"
         "  for (int i = 1; i < argc; ++i) {\n    char *err = NULL;\n"
-        f"    sail_model *m = sail_rt_load(argv[i], SPECS, {len(lengths)}, NULL, 0, &err);\n"
+        f"    sail_model *m = sail_rt_load(argv[i], SPECS, {len(tensors)}, NULL, 0, &err);\n"
         '    printf("%s\\n", m ? "LOADED" : err);\n    free(err);\n    sail_rt_free(m);\n'
         "  }\n  return 0;\n}\n")
-    cc = shutil.which("cc") or "cc"
     sources = [RUNTIME / f"{n}.c" for n in ("sail_model_rt", "sail_lut", "sail_lut_avx2",
                                             "sail_threads", "sail_attention")]
-    subprocess.run([cc, "-std=c11", "-O1", "-g", "-fsanitize=address,undefined",
-                    "-fno-sanitize-recover=all", f"-I{RUNTIME}", str(tmp_path / "load.c"),
-                    *map(str, sources), "-pthread", "-lm", "-o", str(tmp_path / "load")],
-                   check=True, capture_output=True)
+    subprocess.run([shutil.which("cc") or "cc", "-std=c11", "-O1", "-g",
+                    "-fsanitize=address,undefined", "-fno-sanitize-recover=all", f"-I{RUNTIME}",
+                    str(tmp / "load.c"), *map(str, sources), "-pthread", "-lm", "-o",
+                    str(tmp / "load")], check=True, capture_output=True)
+    return tmp / "load"
+
+
+def load_each(loader: Path, files: list[Path]) -> list[str]:
+    proc = subprocess.run([str(loader), *map(str, files)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout.splitlines()
+
+
+def flip_bits(path: Path, tmp: Path, which: list[list[int]], rng: np.random.Generator,
+              ) -> list[Path]:
+    """Copies of `path`, each with one bit flipped in every tensor of one list of `which`
+    (checksums left as written)."""
     original = path.read_bytes()
     entries = Layout.parse(original).entries
-    files = [path]
-    for n in lengths[1:]:  # one flipped bit inside tensor n, checksums left as written
+    files = []
+    for k, indices in enumerate(which):
         data = bytearray(original)
-        data[entries[n][OFFSET] + int(rng.integers(n))] ^= 1 << int(rng.integers(8))
-        files.append(_write(tmp_path / f"flip{n}.bin", bytes(data)))
-    proc = subprocess.run([str(tmp_path / "load"), *map(str, files)], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.splitlines()
+        for i in indices:
+            data[entries[i][OFFSET] + int(rng.integers(entries[i][NBYTES]))] ^= \
+                1 << int(rng.integers(8))
+        files.append(_write(tmp / f"flip{k}.bin", bytes(data)))
+    return files
+
+
+def test_checksums_of_every_length(tmp_path: Path) -> None:
+    """The loader's CRC-32 (carry-less multiplication where the CPU has it, a table otherwise)
+    equals zlib's for tensors of every length 0..300 (all residues of 16, below and above the
+    64 bytes the fast path needs): a file of such tensors loads, and one flipped bit in any of
+    them is refused."""
+    rng = np.random.default_rng(7)
+    tensors = [(f"t{n}", rng.integers(0, 256, n, dtype=np.uint8)) for n in range(301)]
+    path = tmp_path / "weights.bin"
+    write_weight_file(path, tensors)
+    lines = load_each(build_loader(tmp_path, tensors),
+                      [path, *flip_bits(path, tmp_path, [[n] for n in range(1, 301)], rng)])
     assert lines[0] == "LOADED", lines[0]
-    for n, line in zip(lengths[1:], lines[1:], strict=True):
+    for n, line in zip(range(1, 301), lines[1:], strict=True):
         assert f"checksum of tensor 't{n}' does not match" in line, (n, line)
+
+
+def test_checksums_checked_by_several_threads(tmp_path: Path) -> None:
+    """Past 64 MiB the tensors' CRCs are checked by several threads: a clean file loads, and the
+    first damaged tensor is the one named whichever thread finds which."""
+    rng = np.random.default_rng(8)
+    tensors = [(f"t{i}", rng.integers(0, 256, (2 << 20) + 8 * i, dtype=np.uint8))
+               for i in range(36)]
+    path = tmp_path / "weights.bin"
+    assert write_weight_file(path, tensors) > 64 << 20
+    which = [[5, 30], [35], [0, 1, 2, 3], [17, 12]]
+    lines = load_each(build_loader(tmp_path, tensors),
+                      [path, *flip_bits(path, tmp_path, which, rng)])
+    assert lines[0] == "LOADED", lines[0]
+    for indices, line in zip(which, lines[1:], strict=True):
+        assert f"checksum of tensor 't{min(indices)}' does not match" in line, (indices, line)

@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -437,6 +438,52 @@ static int by_offset(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* The index of the first tensor whose CRC does not match, or -1. Up to 8 threads (one per online
+ * CPU, the calling thread one of them) take tensors in turn when there are 64 MiB or more to
+ * check; a thread that cannot be started leaves its share to the others. */
+typedef struct crc_work {
+  const uint8_t *file;
+  uint64_t table_offset;
+  int32_t count;
+  _Atomic int32_t next;
+  _Atomic int32_t first_bad; /* the lowest index whose CRC does not match, or count */
+} crc_work;
+
+static void *crc_worker(void *arg) {
+  crc_work *work = arg;
+  for (int32_t i; (i = atomic_fetch_add(&work->next, 1)) < work->count;) {
+    const uint8_t *entry = work->file + work->table_offset + (uint64_t)i * ENTRY_BYTES;
+    if (crc32_bytes(work->file + read_u64(entry + 80), (size_t)read_u64(entry + 88)) !=
+        read_u32(entry + 96)) {
+      int32_t bad = atomic_load(&work->first_bad);
+      while (i < bad && !atomic_compare_exchange_weak(&work->first_bad, &bad, i)) {
+      }
+    }
+  }
+  return NULL;
+}
+
+static int32_t first_bad_crc(const uint8_t *file, uint64_t table_offset, int32_t count) {
+  enum { MAX_CRC_THREADS = 8 };
+  crc_work work = {file, table_offset, count, 0, count};
+  uint64_t total = 0;
+  for (int32_t i = 0; i < count; ++i)
+    total += read_u64(file + table_offset + (uint64_t)i * ENTRY_BYTES + 88);
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  int32_t helpers = total < ((uint64_t)64 << 20) || cpus < 2 ? 0
+                    : cpus > MAX_CRC_THREADS      ? MAX_CRC_THREADS - 1
+                                                  : (int32_t)cpus - 1;
+  pthread_t threads[MAX_CRC_THREADS];
+  int32_t started = 0;
+  while (started < helpers && pthread_create(&threads[started], NULL, crc_worker, &work) == 0)
+    ++started;
+  crc_worker(&work);
+  for (int32_t t = 0; t < started; ++t)
+    pthread_join(threads[t], NULL);
+  const int32_t bad = atomic_load(&work.first_bad);
+  return bad < count ? bad : -1;
+}
+
 sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_t count,
                          const sail_lut_spec *luts, int32_t num_luts, char **err) {
   if (err)
@@ -541,9 +588,6 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
         nbytes > size - offset || nbytes != numel * sail_dtype_size(spec->dtype))
       return load_failed(model, err, "%s is corrupted: tensor '%s' lies outside the data area "
                          "or has the wrong size", path, spec->name);
-    if (crc32_bytes(file + offset, (size_t)nbytes) != read_u32(entry + 96))
-      return load_failed(model, err, "%s is corrupted: the checksum of tensor '%s' does not "
-                         "match; recompile the model", path, spec->name);
     sail_buffer *w = &model->weights[i];
     w->t.data = (void *)(file + offset);
     w->t.device.device_type = kDLCPU;
@@ -576,6 +620,11 @@ sail_model *sail_rt_load(const char *path, const sail_weight_spec *specs, int32_
       return load_failed(model, err, "%s is corrupted: tensors '%s' and '%s' overlap", path,
                          a->name, b->name);
   }
+  /* Every tensor now lies inside the file: its checksum, before any pointer is handed out. */
+  const int32_t bad_crc = first_bad_crc(file, table_offset, count);
+  if (bad_crc >= 0)
+    return load_failed(model, err, "%s is corrupted: the checksum of tensor '%s' does not "
+                       "match; recompile the model", path, specs[bad_crc].name);
   if (load_luts(model, luts, num_luts, reason, sizeof reason) != 0)
     return load_failed(model, err, "%s does not match this model: %s; use the weights.bin "
                        "compiled with this model.c", path, reason);
