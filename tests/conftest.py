@@ -7,11 +7,12 @@ edits):
   found, or one parametrized with ``target="c"``;
 * ``realmodel``: needs a real model's files (Gemma 3 270M under ``~/.cache/sail-models``): a test
   skipped when they are not built;
-* ``slow``: every ``cbuild`` and ``realmodel`` test, and the tests listed in
-  ``tests/slow_tests.txt`` (measured; the file says how).
+* ``slow``: every ``cbuild`` and ``realmodel`` test; every test that uses a module-scoped
+  fixture of its own file (they build a model once for the file's tests: a compile, a C build);
+  and the tests listed in ``tests/slow_tests.txt`` (measured; the file says how).
 
 ``python -m pytest -q -m "not slow"`` is the fast tier for the edit-test loop;
-``python -m pytest -q`` runs every tier (the README's and CI's command).
+``python -m pytest -q -n 2 --dist loadfile`` runs every tier (the README's and CI's command).
 ``SAIL_TEST_TIMES=FILE`` appends ``nodeid<TAB>seconds`` (setup + call + teardown) per test to
 FILE as the run goes, for refreshing ``slow_tests.txt``.
 """
@@ -44,6 +45,17 @@ def _skip_reasons(item: pytest.Item) -> list[str]:
     return [str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif")]
 
 
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    """Whether ``item`` requests a fixture of broader than function scope defined in its own
+    test file (pytest's fixture table: ``_fixtureinfo`` has no public accessor)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    module = item.nodeid.split("::", 1)[0]
+    return any(d.scope != "function" and d.baseid == module
+               for defs in info.name2fixturedefs.values() for d in defs)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     slow = _slow_ids()
     for item in items:
@@ -55,7 +67,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.cbuild)
         if realmodel:
             item.add_marker(pytest.mark.realmodel)
-        if cbuild or realmodel or item.nodeid in slow:
+        if cbuild or realmodel or item.nodeid in slow or _uses_module_fixture(item):
             item.add_marker(pytest.mark.slow)
 
 
