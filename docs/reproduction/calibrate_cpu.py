@@ -69,13 +69,13 @@ class BatchedDecoder:
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         self.batch = lc.llama_batch_init(512, 0, n_seq)
 
-    def _decode(self, entries: list[tuple[int, int, int]]) -> None:
+    def _decode(self, entries: list[tuple[int, int, int]], last_only: bool = False) -> None:
         b = self.batch
         b.n_tokens = len(entries)
         for i, (token, pos, seq) in enumerate(entries):
             b.token[i], b.pos[i], b.n_seq_id[i] = token, pos, 1
             b.seq_id[i][0] = seq
-            b.logits[i] = 1
+            b.logits[i] = 0 if last_only and i < len(entries) - 1 else 1
         if self.lc.llama_decode(self.ctx, b) != 0:
             raise RuntimeError("llama_decode failed")
 
@@ -83,7 +83,7 @@ class BatchedDecoder:
         """Median time of one decode step of ``batch`` sequences (after a prefix each)."""
         self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
         for seq in range(batch):
-            self._decode([(2 + t + seq, t, seq) for t in range(PREFIX)])
+            self._decode([(2 + t + seq, t, seq) for t in range(PREFIX)], last_only=True)
         times = []
         for step in range(STEPS):
             entries = [(1000 + 37 * seq + step, PREFIX + step, seq) for seq in range(batch)]
@@ -96,7 +96,7 @@ class BatchedDecoder:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gguf", type=Path, default=GGUF)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name(
         "cpu_calibration.json"))

@@ -217,7 +217,10 @@ def test_reproduce_paper_script(tmp_path, capsys) -> None:
                  "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| max speedup vs N1 | 10.7x |" in printed
-    assert "default: sail analyze-patterns" in printed
-    assert json.loads((out / "stats.json").read_text())["paper"]["speedup_vs_n1"] == 10.7
+    assert "| Gemma 3 270M |" in printed and "| stdlib LM (5M) |" in printed  # both sources
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["paper"]["speedup_vs_n1"] == 10.7
+    assert stats["headline"]["tokens_per_usd_vs_n1_vs_batch1"]["batch"] == 32
+    assert (out / "headline.md").read_text().count("| max tokens/$ vs") == 2
     assert main(["--preset", "huge", "--out", str(out)]) == 2
     assert "unknown machine preset 'huge'" in capsys.readouterr().err
