@@ -178,6 +178,20 @@ def test_cli_simulate_writes_the_report(artifacts, tmp_path, capsys):
     if plots_available():
         for name in ("cycle_breakdown.png", "speedup.png", "reuse_per_layer.png"):
             assert (report / name).stat().st_size > 0
+    # both readings of tokens/$: with batch 1 in the run, the cross-batch columns are filled
+    assert stats["points"][1]["vs_batch1"]["tokens_per_usd_vs_n1"] > 0
+    assert "tok/$ vs N1 at B=1" in (report / "report.md").read_text()
+    # timing only: the same instructions costed, no offload arithmetic, no outputs kept
+    args = parser.parse_args(["simulate", str(artifacts[4][1]), "--batch", "1,4",
+                              "--timing-only", "--json", "--no-progress"])
+    assert run(args) == 0
+    timing = json.loads(capsys.readouterr().out)
+    assert "timing only" in timing["points"][0]["reuse_source"]
+    assert [p["batch"] for p in timing["points"]] == [1, 4]
+    assert [p["sail"]["events"]["lookups"] for p in timing["points"]] \
+        == [p["sail"]["events"]["lookups"] for p in stats["points"]]
+    full = simulate_run(artifacts[4][1], 1, functional=False)
+    assert full.outputs == {} and full.step.sail.total_ns > 0
 
 
 @pytest.mark.parametrize("act_group", ["row", 8], ids=["per-row", "blocks-of-8"])
