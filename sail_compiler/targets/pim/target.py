@@ -10,12 +10,15 @@ preset name or a TOML file (:func:`resolve_config`; default ``sail-n1``).
 
 Execution (:class:`Executor`): ``sail.pim.exec`` runs each command in NumPy, exactly as the
 hardware computes it. QUANT is :func:`~sail_compiler.ops.sail_ops.reference_quantize` (one
-scale per row and activation block). LUTGEMV builds the SAIL weight tables of its layer once
-(:func:`~sail_compiler.quant.lut.sail_tables`, per sum block: the weight groups, split at
-activation-block boundaries by :func:`~sail_compiler.quant.reference.split_groups`) and reads
-them with the deduplicated lookup schedule of the call's activations
-(:func:`~sail_compiler.quant.patterns.lookup_schedule`), shift-accumulating the bit planes: the
-int32 sums equal :func:`~sail_compiler.ops.sail_ops.reference_group_sums`. DEQUANT (and the
+scale per row and activation block). LUTGEMV builds the SAIL weight tables of its layer
+(:func:`build_tables`, equal to :func:`~sail_compiler.quant.lut.sail_tables`, per sum block: the
+weight groups, split at activation-block boundaries by
+:func:`~sail_compiler.quant.reference.split_groups`) one block of output columns at a time, and
+reads them with the deduplicated lookup schedule of the call's activations
+(:func:`~sail_compiler.quant.patterns.lookup_schedule`), shift-accumulating the bit planes (the
+fan-out of the reads as one exact float64 product per sum block, :class:`_FanOut`): the int32
+sums equal :func:`~sail_compiler.ops.sail_ops.reference_group_sums`. Tables are not kept between
+calls, so the simulator's memory does not grow with the weights times the batch. DEQUANT (and the
 fused dequantization of ``output="float"``) is
 :func:`~sail_compiler.ops.sail_ops.reference_dequantize`: ``sum_j (s * sx) * float32(S)`` in
 float32, sum block by sum block from 0, each product rounded before the add (the in-memory,
@@ -24,8 +27,9 @@ compute
 exactly that (``llvm.arithmetic.fence`` keeps LLVM from contracting them into FMAs), so outputs
 are bit-identical to the llvm target's.
 With recording on, the executor also keeps every command's token count
-and activation patterns and, through the VM's instrument hook, every host kernel call's operand
-shapes, for :mod:`.run` to cost.
+and, for a LUTGEMV, its lookup count and the fraction its reuse tables (or its deduplicated
+schedule) save, and through the VM's instrument hook every host kernel call's operand shapes,
+for :mod:`.run` to cost.
 
 Artifact files, beside ``manifest.json``: ``model.so`` and ``weights.bin`` (as the llvm target),
 ``program.json`` and ``program.txt`` (:mod:`.program`). Manifest fields: ``pim_config`` (the
