@@ -3,7 +3,7 @@ values to one buffer per present and the attention reads them there. The cached 
 same logits, bit for bit, as feeding the presents back; ``sail_generate`` keeps its cache in
 place (the same ids as with ``--copy-kv``) and falls back to copies for a model whose presents
 are read by more than the attention; a context beyond the capacity, a past that does not match
-the cache and a ``--ctx`` too small are clear errors."""
+the cache, a ``--ctx`` too small and positions past the rotary table are clear errors."""
 
 from __future__ import annotations
 
@@ -150,6 +150,36 @@ def test_cache_refuses_what_does_not_fit(artifact: Path, tmp_path: Path) -> None
         assert "a capacity of at least 1" in lib.error()
         for cache_ in (small, cache):
             lib.lib.sail_kv_cache_free(cache_)
+    finally:
+        lib.close()
+
+
+def test_positions_past_the_rotary_table_are_an_error(artifact: Path, tiny_decoder_kv: Path,
+                                                      tmp_path: Path) -> None:
+    """The tiny decoder gathers its rotary tables with Range(past, past + seq): the last
+    position runs (logits equal to onnxruntime's), the next is an error naming the table's rows,
+    not a wrap-around to row 0 (what WrapGatherIndices' take would compute)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(tiny_decoder_kv))
+    rows = next(int(t.dims[0]) for t in model.graph.initializer if t.name == "rope_cos")
+    lib = _Library(artifact, tmp_path)
+    try:
+        rng = np.random.default_rng(3)
+        pasts = {s.name: rng.standard_normal((1, s.dims[1], rows - 1, s.dims[3]))
+                 .astype(np.float32) for s in lib.signature.inputs
+                 if s.name.startswith("past_key_values.")}
+        feeds = _feeds(lib.signature, [7], rows - 1, pasts)
+        status, last = lib.run(feeds)
+        assert status == 0, lib.error()
+        want = ort.InferenceSession(str(tiny_decoder_kv)).run(["logits"], feeds)[0]
+        np.testing.assert_allclose(last["logits"], want, rtol=1e-3, atol=1e-3)
+        pasts = {k: np.concatenate([v, v[:, :, :1]], axis=2) for k, v in pasts.items()}
+        status, _ = lib.run(_feeds(lib.signature, [7], rows, pasts))
+        assert status != 0
+        assert f"index {rows} (element 0) is outside the {rows} rows of" in lib.error()
+        assert "shorten the context" in lib.error()
     finally:
         lib.close()
 

@@ -221,6 +221,63 @@ class _Check:
     lines: list[str]
 
 
+# Fields through which _gathers walks a PrimFunc (statements and expressions of tvm.tirx, which
+# has no visitor in Python).
+_TIR_FIELDS = ("body", "seq", "block", "init", "then_case", "else_case", "condition", "value",
+               "indices", "a", "b", "args", "true_value", "false_value", "iter_values")
+
+
+_LOAD = tvm.ir.expr.TensorLoad  # what tirx.BufferLoad(...) builds in apache-tvm 0.27
+
+
+def _gathers(func: tirx.PrimFunc) -> list[tuple[int, int, int, bool]]:
+    """The table lookups of a kernel: (parameter index of the integer tensor that indexes a
+    table, parameter index of the table, its rows, whether the kernel wraps negative indices)
+    for every load of a
+    tensor parameter whose index along a static axis reads another tensor parameter (a
+    legalized ``take``: an embedding, a position table indexed by ``Range(past, past + seq)``).
+    TVM's ``take`` wraps or does not check such indices at all (docs/tvm_notes.md)."""
+    def param(buffer: object) -> int | None:  # tensor params are the loads' sources in 0.27
+        return next((i for i, p in enumerate(func.params) if p.same_as(buffer)), None)
+
+    found: dict[int, tuple[int, int, bool]] = {}
+
+    def loads(node: object, out: list) -> None:
+        if node is None or isinstance(node, (int, float, str)):
+            return
+        if isinstance(node, (list, tuple, tvm.ir.Array)):
+            for item in node:
+                loads(item, out)
+            return
+        if isinstance(node, _LOAD):
+            out.append(node)
+        for name in _TIR_FIELDS:
+            child = getattr(node, name, None)
+            if child is not None and child is not node:
+                loads(child, out)
+
+    every: list = []
+    loads(func.body, every)
+    for load in every:
+        table = param(load.source)
+        if table is None:
+            continue
+        for axis, index in enumerate(load.indices):
+            inner: list = []
+            loads(index, inner)
+            rows = load.source.shape[axis]
+            for source in inner:
+                i = param(source.source)
+                if i is None or i == table or not hasattr(rows, "value") or \
+                        not str(source.source.dtype).startswith("int"):
+                    continue
+                wraps = any(op in str(index) for op in ("floormod", "truncmod", "%"))
+                known = found.get(i)
+                if known is None or int(rows) < known[1]:
+                    found[i] = (table, int(rows), wraps and (known[2] if known else True))
+    return [(i, table, rows, wraps) for i, (table, rows, wraps) in sorted(found.items())]
+
+
 class _Names:
     """Unique C identifiers made from arbitrary names."""
 
@@ -423,6 +480,19 @@ class _Graph:
                                     if isinstance(a, _Buffer) and a.kind == "weight"
                                     and self.weights[a.index].layer))
         self.kernels[gvar.name_hint] = func
+        for index, table_index, rows, wraps in _gathers(func):
+            source = args[index] if index < len(args) else None
+            if not isinstance(source, _Buffer) or source.kind == "weight":
+                continue
+            held = args[table_index] if table_index < len(args) else None
+            named = self.weights[held.index].name if isinstance(held, _Buffer) \
+                and held.kind == "weight" else "a table"
+            table = f"the {rows} rows of {named} (kernel {gvar.name_hint})"
+            self.steps.append(_Check(
+                f"{source.name}: indices into {rows} rows ({gvar.name_hint})",
+                _try("sail_rt_check_indices", [
+                    "model", _c_string(table), f"&{source.ref}",
+                    f"{-rows if wraps else 0}LL", f"{rows}LL"])))
         self.steps.append(_Call(gvar.name_hint, [*args, *outputs, *tir_vars], outputs, layers))
 
     def lut_call(self, var: relax.Var, call: relax.Call) -> None:

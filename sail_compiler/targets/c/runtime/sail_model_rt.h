@@ -240,6 +240,12 @@ sail_kv_cache *sail_rt_cache_create(sail_model *model, const sail_cache_spec *sp
 int sail_rt_cache_append(sail_model *model, sail_kv_cache *cache, int32_t slot,
                          const sail_buffer *past, const sail_buffer *x, sail_buffer *present);
 
+/* Check that every value of the integer tensor `indices` lies in [low, high): the indices a
+ * kernel gathers rows of a table with (TVM's take wraps them or reads out of bounds). The
+ * message names `table` and the value. Other dtypes pass. */
+int sail_rt_check_indices(sail_model *model, const char *table, const sail_buffer *indices,
+                          int64_t low, int64_t high);
+
 /* y = x with its axes permuted (permute_dims): y.shape[i] = x.shape[perm[i]], same dtype. */
 int sail_rt_transpose(sail_model *model, const sail_buffer *x, const int32_t *perm,
                       sail_buffer *y);
