@@ -433,18 +433,18 @@ def mutate_npy(rng: np.random.Generator) -> tuple[bytes, bool]:
 
 def numpy_reads(path: Path) -> np.ndarray | None:
     """What numpy loads from `path`, or None if it refuses (checked for size first, so that a
-    header asking for terabytes is not handed to numpy)."""
+    header asking for terabytes is not handed to numpy). numpy's warnings about the headers it
+    then refuses, or reads as Python 2 wrote them, are silenced."""
     try:
-        with path.open("rb") as f:
+        with warnings.catch_warnings(), path.open("rb") as f:
+            warnings.simplefilter("ignore")
             version = np.lib.format.read_magic(f)
             read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                     else np.lib.format.read_array_header_2_0)  # 3.0 differs in encoding only
             shape, fortran, dtype = read(f)
             held = path.stat().st_size - f.tell()
-        if int(np.prod(shape, dtype=object)) * dtype.itemsize > held or fortran:
-            return None
-        with warnings.catch_warnings():  # numpy warns about the dims it then refuses
-            warnings.simplefilter("ignore", RuntimeWarning)
+            if int(np.prod(shape, dtype=object)) * dtype.itemsize > held or fortran:
+                return None
             return np.load(path, allow_pickle=False)
     except Exception:  # noqa: BLE001 - numpy refuses in many ways (ValueError, TokenError...)
         return None
