@@ -4,7 +4,7 @@ Tiers (markers registered in pyproject.toml, assigned here at collection so test
 edits):
 
 * ``cbuild``: builds C with ``cc``/``make``: a test (or its module) skipped when no C compiler is
-  found, or one parametrized with ``target="c"``;
+  found, one parametrized with ``target="c"``, or one of the c target's files (``test_c_*.py``);
 * ``realmodel``: needs a real model's files (Gemma 3 270M under ``~/.cache/sail-models``): a test
   skipped when they are not built;
 * ``slow``: every ``cbuild`` and ``realmodel`` test; every test that uses a module-scoped
@@ -61,7 +61,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         reasons = _skip_reasons(item)
         params = getattr(getattr(item, "callspec", None), "params", {})
-        cbuild = any(_CBUILD_REASON.search(r) for r in reasons) or params.get("target") == "c"
+        cbuild = (any(_CBUILD_REASON.search(r) for r in reasons) or params.get("target") == "c"
+                  or item.path.name.startswith("test_c_"))
         realmodel = any(_REALMODEL_REASON.search(r) for r in reasons)
         if cbuild:
             item.add_marker(pytest.mark.cbuild)
