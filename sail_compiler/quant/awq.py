@@ -79,12 +79,13 @@ class Folding:
         s, c = self.row_scales.get(layer.name), self.column_scales.get(layer.name)
         if s is None and c is None:
             return w
-        out = w.astype(np.float64)
+        # float32 in place: the LM head of a large vocabulary is big
+        out = np.array(w, np.float32)
         if s is not None:
-            out = out * s[:, None]
+            out *= s.astype(np.float32)[:, None]
         if c is not None:
-            out = out / c[None, :]
-        return out.astype(np.float32)
+            out /= c.astype(np.float32)[None, :]
+        return out
 
     def hessian(self, layer: Layer, h: np.ndarray | None) -> np.ndarray | None:
         """The Hessian of the layer's folded input ``x / s``."""

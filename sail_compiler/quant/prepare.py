@@ -298,9 +298,10 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
     inits = {t.name: t for t in model.graph.initializer}
     results = []
     for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
-        original = layer_weight(model, layer, inits)
+        w = layer_weight(model, layer, inits)
+        # the IR holds an embedding table as T[V, D] = W^T: key it as it appears there
+        key = weight_key(w.T if layer.op_type == "Gather" else w)
         h = hessians.get(layer.name) if hessians else None
-        w = original
         if folding is not None:
             w, h = folding.weight(layer, w), folding.hessian(layer, h)
         if layer.name in fixed:
@@ -312,8 +313,6 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             method = "search" if h is None and choice.method == "gptq" else choice.method
             qw = quantize_weight(w, choice.scheme, method, h)
         err = reconstruction_error(w, qw, h) if qw is not None else None
-        # the IR holds an embedding table as T[V, D] = W^T: key it as it appears there
-        key = weight_key(original.T if layer.op_type == "Gather" else original)
         results.append(QuantizedLayer(layer, choice, qw, key, err))
     resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
     if prequantized:
