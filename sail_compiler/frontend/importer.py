@@ -54,10 +54,11 @@ def bind_shapes(model: onnx.ModelProto, bindings: dict[str, tuple[int, ...]]) ->
             raise OptionError(f"--shape {name}: the input has rank {len(shape.dim)}, "
                               f"got {len(dims)} dims")
         for i, (dim, value) in enumerate(zip(shape.dim, dims, strict=True)):
-            if dim.HasField("dim_value") and dim.dim_value != value:
+            known = dim.HasField("dim_value") and dim.dim_value >= 0  # -1: unknown (paddle2onnx)
+            if known and dim.dim_value != value:
                 raise OptionError(f"--shape {name}: dim {i} is fixed to {dim.dim_value} by the "
                                   f"model, got {value}")
-            if not dim.HasField("dim_value"):
+            if not known:
                 notes.append(f"input {name}: dim {i} ('{dim.dim_param or '?'}') bound to "
                              f"{value}; the artifact accepts only that size there")
             dim.Clear()

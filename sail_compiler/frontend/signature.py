@@ -196,7 +196,7 @@ def _spec(value: onnx.ValueInfoProto, bound: int | None = None) -> TensorSpec:
     dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
     dims: list[Dim] = []
     for i, dim in enumerate(ttype.shape.dim):
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:  # -1 means unknown to some exporters
             dims.append(int(dim.dim_value))
         elif dim.dim_param:
             dims.append(dim.dim_param)

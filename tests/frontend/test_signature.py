@@ -58,3 +58,23 @@ def test_optional_tensor_input_is_its_tensor_and_a_sequence_is_refused() -> None
                               [sequence], [out])
     with pytest.raises(ImportFailure, match="'s' is a sequence_type, not a tensor"):
         signature_of(helper.make_model(graph))
+
+
+def test_dim_value_minus_one_is_unknown() -> None:
+    """paddle2onnx writes ``dim_value: -1`` for an unknown dim (e.g. rapidocr's classifier):
+    the signature names it and ``--shape`` may bind it; a real fixed dim still may not change."""
+    from onnx import TensorProto, helper
+
+    from sail_compiler.errors import OptionError
+    from sail_compiler.frontend.importer import bind_shapes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [x], [y]))
+    assert signature_of(model).inputs[0].dims == ("x_dim0", 3)
+    notes = bind_shapes(model, {"x": (2, 3)})
+    assert len(notes) == 1 and "dim 0" in notes[0]
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 3]
+    with pytest.raises(OptionError, match="dim 1 is fixed to 3 by the model, got 4"):
+        bind_shapes(model, {"x": (2, 4)})
