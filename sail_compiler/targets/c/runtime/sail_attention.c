@@ -272,15 +272,44 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
 }
 
 /* One unit over every key, on part `part`'s scratch rows. */
+/* The keys [*lo, *hi) outside which every key is dead for every row of the unit (a causal
+ * prefill's later keys, a sliding window's earlier ones), when every row has a live key; else
+ * all keys. Dropping the others changes nothing: their weights are exactly 0 (exp of at most
+ * -FLT_MAX minus a finite maximum) and weigh_values skips keys whose weights are all 0. */
+static void live_keys(const sail_attention_args *a, const unit_rows *r, int64_t *lo,
+                      int64_t *hi) {
+  const int64_t n = a->kv_len, mt = a->mask_strides[3];
+  *lo = 0;
+  *hi = n;
+  if (!r->mask[0])
+    return;
+  int64_t first = n, last = -1;
+  for (int64_t i = 0; i < r->count; ++i) {
+    int64_t t0 = 0, t1 = n - 1;
+    while (t0 < n && dead(r->mask[i][t0 * mt]))
+      ++t0;
+    if (t0 == n)
+      return; /* a row with every key masked weighs them all equally */
+    while (dead(r->mask[i][t1 * mt]))
+      --t1;
+    first = t0 < first ? t0 : first;
+    last = t1 > last ? t1 : last;
+  }
+  *lo = first;
+  *hi = last + 1;
+}
+
 static void whole_unit(const job *j, int64_t u, int part) {
   const sail_attention_args *a = j->a;
   unit_rows r;
   unit_rows_of(j, u, &r);
   float *x = j->scores + (size_t)part * ROWS * (size_t)a->kv_len;
   float top[ROWS] = {0}, sums[ROWS];
-  score_keys(a, &r, 0, a->kv_len, x, a->kv_len);
-  row_max(&r, 0, a->kv_len, x, a->kv_len, top);
-  weigh_values(a, &r, 0, a->kv_len, x, a->kv_len, top, r.y, sums);
+  int64_t lo, hi;
+  live_keys(a, &r, &lo, &hi);
+  score_keys(a, &r, lo, hi, x, a->kv_len);
+  row_max(&r, lo, hi, x, a->kv_len, top);
+  weigh_values(a, &r, lo, hi, x, a->kv_len, top, r.y, sums);
   for (int64_t i = 0; i < r.count; ++i)
     for (int64_t e = 0; e < a->value_dim; ++e)
       r.y[i][e] /= sums[i];
