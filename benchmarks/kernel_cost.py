@@ -67,6 +67,7 @@ DRIVER = textwrap.dedent(r"""
         return 0;
     }
 """)
+CONTINUED = re.compile(r"^0x[0-9a-f]+:\s+(?:[0-9a-f]{2}\s*)+$")
 TRACE = re.compile(r"^Trace \d+: 0x[0-9a-f]+ \[[0-9a-f]+/([0-9a-f]+)/")
 # one instruction a line: address, encoding (aarch64: one word; x86: its bytes), mnemonic
 INSN = re.compile(r"^0x([0-9a-f]+):\s+(?:[0-9a-f]{8}\s+|(?:[0-9a-f]{2} )+\s*)(\S+)")
@@ -115,6 +116,8 @@ def count(binary: Path, name: str, args: list[str], tmp: Path) -> dict[str, obje
                 symbol, current, start = kind_of(line[3:].strip()), [], None
                 continue
             if current is not None:
+                if CONTINUED.match(line):  # the rest of a long x86 instruction's bytes
+                    continue
                 m = INSN.match(line)
                 if m:
                     start = int(m.group(1), 16) if start is None else start
