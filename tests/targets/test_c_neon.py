@@ -309,16 +309,16 @@ def _dump(out: Path, manifest: dict, inputs: dict[str, np.ndarray], where: Path
 
 
 @needs_toolchain
-def test_cross_built_decoder_matches_reference_and_x86(tiny_decoder_kv: Path,
+def test_cross_built_decoder_matches_reference_and_x86(micro_decoder: Path,
                                                        tmp_path: Path) -> None:
     """A quantized decoder built for aarch64-dotprod: under qemu every LUT-GEMV equals the
     reference (the --dump-lut check of sail verify), each one whose activations equal the x86
     build's gives its result bit for bit, and the logits agree to float rounding."""
     out = tmp_path / "c"
-    result = compile_model(tiny_decoder_kv, out, CompileOptions(
-        target="c", quant=QuantScheme(3, 64, symmetric=False), act_group_size=32))
+    result = compile_model(micro_decoder, out, CompileOptions(
+        target="c", quant=QuantScheme(3, 128, symmetric=False), act_group_size=8))
     manifest = Artifact(out).manifest
-    inputs = generate_inputs(Artifact(out).signature, InputPlan(batch=2, seq_len=3, past_len=2))
+    inputs = generate_inputs(Artifact(out).signature, InputPlan(batch=2, seq_len=5))
     build_library(out)
     x86 = _dump(out, manifest, inputs, tmp_path / "x86")
     build_library(out, cross="aarch64-dotprod")
