@@ -308,7 +308,14 @@ def _value_dims(value: onnx.ValueInfoProto) -> list:
 
 
 def _rename_cache_dims(graph: onnx.GraphProto, head_size: int | None) -> None:
-    """Name the builder's cache and mask dims as the runtimes expect (module docstring)."""
+    """Name the builder's cache and mask dims as the runtimes expect (module docstring).
+
+    A graph without a past (e.g. onnxruntime's transformers optimizer output, whose only contrib
+    op is SkipSimplifiedLayerNormalization) keeps its names: its mask is as long as its ids, and
+    a total named ``past + seq`` would use a past no input defines.
+    """
+    if not any(v.name.startswith("past_key_values.") for v in graph.input):
+        return
     for value in [*graph.input, *graph.output]:
         dims = _value_dims(value)
         if value.name == "attention_mask" and len(dims) == 2 \

@@ -136,3 +136,26 @@ def test_decode_loop_matches_onnxruntime_genai(tmp_path: Path) -> None:
         feed = [got_ids[-1]]
         past = {name: out[name.replace("past_key_values", "present")] for name in past}
     assert got_ids == want_ids
+
+
+def test_contrib_ops_without_a_past_keep_their_dim_names(tmp_path: Path) -> None:
+    """onnxruntime's transformers optimizer on a Llama export without a cache writes
+    SkipSimplifiedLayerNormalization and no past: the rewrite must not name the mask's dim
+    ``past + seq`` (no input defines that past; the llvm build failed with a TVM error), and
+    the model verifies against onnxruntime with symbolic dims."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    source = FIXTURES.parent / "hf" / "llama_legacy.onnx"
+    optimized = optimize_model(str(source), model_type="bert", num_heads=4, hidden_size=64,
+                               optimization_options=FusionOptions("bert"), opt_level=0)
+    path = tmp_path / "llama_ortopt.onnx"
+    optimized.save_model_to_file(str(path))
+    assert any(n.op_type == "SkipSimplifiedLayerNormalization"
+               for n in onnx.load(str(path)).graph.node)
+    mask = {s.name: s for s in signature_of(load_checked(path)).inputs}["attention_mask"]
+    assert "past" not in str(mask.dims[1])
+    report = verify_model(path, CompileOptions(target="llvm"),
+                          [InputPlan(1, 5, 0), InputPlan(2, 3, 0)], tolerance=1e-4,
+                          check_reference=False)
+    assert report["ok"], report["outputs"]
