@@ -131,7 +131,7 @@ def test_written_file_reads_back(tmp_path, tensor_type: str) -> None:
 @pytest.mark.parametrize("preset", ["micro", "tiny"])
 def test_llama_cpp_logits_equal_onnxruntime(tmp_path, preset: str) -> None:
     pytest.importorskip("llama_cpp")
-    from benchmarks.decode import LlamaCppModel, OrtModel, _empty_past, _forward
+    from benchmarks.decode import KVLayout, LlamaCppModel, OrtModel, _forward
 
     cfg = PRESETS[preset]
     model_path = tmp_path / "decoder.onnx"
@@ -140,7 +140,8 @@ def test_llama_cpp_logits_equal_onnxruntime(tmp_path, preset: str) -> None:
     write_gguf({t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}, cfg,
                tmp_path / "m.gguf")
     prompt = [int(i) for i in np.random.default_rng(0).integers(3, cfg.vocab_size, 12)]
-    expected, _ = _forward(OrtModel(model_path).run_fn(1), prompt, _empty_past(cfg), cfg)
+    layout = KVLayout.of_config(cfg)
+    expected, _ = _forward(OrtModel(model_path).run_fn(1), prompt, layout.empty(), layout)
     llm = LlamaCppModel(tmp_path / "m.gguf", 16, f32_kv=True, logits_all=True)
     logits = llm.prompt_logits(prompt, 1)
     rel = np.linalg.norm(logits - expected) / np.linalg.norm(expected)
