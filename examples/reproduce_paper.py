@@ -15,7 +15,7 @@ the paper's 19.9x tokens/$ beside its 10.7x speedup cannot both be same-batch fi
 
 Reuse on real activations: ``--reuse-json`` takes the output of ``sail analyze-patterns
 --json``; the default is :data:`GEMMA_REUSE`, committed beside the table, measured on Gemma 3
-270M (a real trained LLM, ``docs/reproduction/reuse_gemma3_270m.command`` has the command).
+270M (a real trained LLM; the file's ``command`` and ``inputs`` fields say how it was made).
 Beside it the script reports :data:`DEFAULT_REUSE`, the lookup-weighted totals measured by that
 command on the model of ``examples/train_stdlib_lm.py`` (a 5M-parameter Llama-style decoder
 trained on the Python standard library) over its held-out text::
@@ -68,7 +68,8 @@ from sail_compiler.targets.pim.report import (
 )
 
 REPRODUCTION = Path(__file__).resolve().parent.parent / "docs" / "reproduction"
-#: Reuse measured on Gemma 3 270M (``sail analyze-patterns --json``; the command beside it).
+#: Reuse measured on Gemma 3 270M (the layout of ``sail analyze-patterns --json``; its
+#: ``command`` field has the command).
 GEMMA_REUSE = REPRODUCTION / "reuse_gemma3_270m.json"
 #: llama.cpp batched decode on this machine (``docs/reproduction/calibrate_cpu.py``).
 CALIBRATION = REPRODUCTION / "cpu_calibration.json"

@@ -665,6 +665,32 @@ def _and(stock: Converter, bb: relax.BlockBuilder, inputs, attr, params) -> Any:
     return relax.op.astype(product, "bool")
 
 
+def _non_max_suppression(stock: Converter, bb: relax.BlockBuilder, inputs, attr,
+                         params) -> Any:
+    """``NonMaxSuppression`` only where TVM 0.27's converter is safe and right: it segfaults the
+    process (the struct info of ``all_class_non_max_suppression``) when boxes or scores have a
+    symbolic dim, and it replaces a ``max_output_boxes_per_class``, ``iou_threshold`` or
+    ``score_threshold`` that is not a constant with a default (0, 0.5, 0.0): a wrong answer.
+    Both are refused with what to fix."""
+    boxes, scores = inputs[0], inputs[1]
+    for name, value in (("boxes", boxes), ("scores", scores)):
+        shape = _known_shape(value)
+        if shape is None or not all(isinstance(d, tirx.IntImm) for d in shape):
+            raise ValueError(f"NonMaxSuppression needs fixed {name} dims (TVM's converter "
+                             f"crashes on symbolic ones); {name} has shape "
+                             f"{'unknown' if shape is None else [str(d) for d in shape]}")
+    for index, name in ((2, "max_output_boxes_per_class"), (3, "iou_threshold"),
+                        (4, "score_threshold")):
+        value = inputs[index] if len(inputs) > index else None
+        if value is None or isinstance(value, tvm.ir.GenericConst):
+            continue
+        if isinstance(value, relax.Var) and value.name in params[1]:
+            continue
+        raise ValueError(f"NonMaxSuppression's {name} is not a constant (TVM's converter "
+                         f"would use a default in its place); make it an initializer")
+    return stock(bb, inputs, attr, params)
+
+
 _OVERRIDES: dict[str, Converter] = {
     "And": _and,
     "Add": _elementwise(lambda a, b: a + b),
@@ -685,6 +711,7 @@ _OVERRIDES: dict[str, Converter] = {
     "Slice": _slice,
     "ConstantOfShape": _constant_of_shape,
     "Concat": _concat,
+    "NonMaxSuppression": _non_max_suppression,
 }
 
 

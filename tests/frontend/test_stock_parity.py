@@ -43,6 +43,7 @@ from onnx.backend.test.case.node import collect_testcases
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
+from sail_compiler.errors import SailError
 from sail_compiler.frontend.importer import bind_shapes, import_onnx
 from sail_compiler.frontend.signature import signature_of
 from sail_compiler.verify import InputPlan, generate_inputs
@@ -55,10 +56,16 @@ CORPUS = Path("/root/.cache/sail-frontend/corpus")
 #: genai exports depend on.
 FAST_OPS = ("add", "sub", "mul", "div", "max", "min", "equal", "where", "reshape", "range",
             "expand", "gather", "unsqueeze", "cast", "shape", "slice", "concat",
-            "constantofshape", "and", "matmul", "softmax", "transpose", "pow", "sqrt")
+            "constantofshape", "and", "matmul", "softmax", "transpose", "pow", "sqrt",
+            "nonmaxsuppression")
 FAST_PER_OP = 1
 #: Relative L2 error allowed against onnxruntime for the float models.
 MODEL_TOLERANCE = 1e-4
+#: Ops whose stock import kills the process (a segfault in TVM 0.27's C++) when their inputs'
+#: dims are symbolic: stock TVM is not run on those cases; sail's import must refuse them with
+#: a SailError instead (measured: every NonMaxSuppression case, in all_class_non_max_suppression's
+#: struct info inference).
+STOCK_SEGFAULTS_SYMBOLIC = ("nonmaxsuppression",)
 
 
 def _tvm_run(mod: tvm.IRModule, args: list[np.ndarray]) -> list[np.ndarray]:
@@ -178,6 +185,10 @@ def test_node_case(case, dims: str) -> None:  # type: ignore[no-untyped-def]
         return None
 
     model = case.model if dims == "static" else _symbolic(case.model)
+    if dims == "symbolic" and _op_of(case.name) in STOCK_SEGFAULTS_SYMBOLIC:
+        with pytest.raises(SailError, match="--shape"):
+            _sail_import(model, None)
+        return
     _check_parity(model, [_array(x) for x in inputs], None, matches)
 
 
