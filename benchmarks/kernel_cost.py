@@ -87,7 +87,7 @@ def build(name: str, out: Path) -> Path:
 
 def kind_of(symbol: str) -> str | None:
     """tiles / tables for the kernels' functions (qemu names each block's function)."""
-    if re.fullmatch(r"tiles_b\d|sail_lut_tiles_(neon|avx2)", symbol):
+    if re.fullmatch(r"sail_tiles_b\d|sail_lut_tiles_(neon|avx2)", symbol):
         return "tiles"
     if re.fullmatch(r"sail_lut_tables_(neon|avx2)|block_rows", symbol):
         return "tables"

@@ -238,6 +238,28 @@ void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int ro
 /* y and sums of the tiles [tile_begin, tile_end) for every token of the call. */
 void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile_end);
 
+/* For a SIMD kernel file: defines `void NAME(const sail_lut_call *, int, int)` (the tiles entry
+ * point) from the file's `static void tiles(call, tile_begin, tile_end, bits, split_sums)`,
+ * called with constant bits (1-8) and split_sums (sum blocks smaller than the weight group) so
+ * that the compiler specialises one copy per width. */
+#define SAIL_LUT_TILES_FOR_(B)                                                             \
+    static void sail_tiles_b##B(const sail_lut_call *call, int tile_begin, int tile_end) { \
+        if (call->w->sum_size == call->w->group_size)                                      \
+            tiles(call, tile_begin, tile_end, B, 0);                                       \
+        else                                                                               \
+            tiles(call, tile_begin, tile_end, B, 1);                                       \
+    }
+#define SAIL_LUT_DEFINE_TILES(NAME)                                                        \
+    SAIL_LUT_TILES_FOR_(1) SAIL_LUT_TILES_FOR_(2) SAIL_LUT_TILES_FOR_(3)                   \
+    SAIL_LUT_TILES_FOR_(4) SAIL_LUT_TILES_FOR_(5) SAIL_LUT_TILES_FOR_(6)                   \
+    SAIL_LUT_TILES_FOR_(7) SAIL_LUT_TILES_FOR_(8)                                          \
+    void NAME(const sail_lut_call *call, int tile_begin, int tile_end) {                   \
+        static void (*const by_bits[9])(const sail_lut_call *, int, int) = {               \
+            NULL,            sail_tiles_b1, sail_tiles_b2, sail_tiles_b3, sail_tiles_b4,   \
+            sail_tiles_b5, sail_tiles_b6, sail_tiles_b7, sail_tiles_b8};                   \
+        by_bits[call->w->bits](call, tile_begin, tile_end);                                \
+    }
+
 #if defined(__AVX2__) && !defined(SAIL_NO_SIMD)
 #define SAIL_LUT_HAVE_AVX2 1
 void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, int row_begin,

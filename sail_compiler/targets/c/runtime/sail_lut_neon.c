@@ -493,27 +493,7 @@ SAIL_INLINE void tiles(const sail_lut_call *call, int tile_begin, int tile_end, 
     }
 }
 
-#define SAIL_TILES_FOR(B)                                                                  \
-    static void tiles_b##B(const sail_lut_call *call, int tile_begin, int tile_end) {      \
-        if (call->w->sum_size == call->w->group_size)                                      \
-            tiles(call, tile_begin, tile_end, B, 0);                                       \
-        else                                                                               \
-            tiles(call, tile_begin, tile_end, B, 1);                                       \
-    }
-SAIL_TILES_FOR(1)
-SAIL_TILES_FOR(2)
-SAIL_TILES_FOR(3)
-SAIL_TILES_FOR(4)
-SAIL_TILES_FOR(5)
-SAIL_TILES_FOR(6)
-SAIL_TILES_FOR(7)
-SAIL_TILES_FOR(8)
-
-void sail_lut_tiles_neon(const sail_lut_call *call, int tile_begin, int tile_end) {
-    static void (*const by_bits[9])(const sail_lut_call *, int, int) = {
-        NULL, tiles_b1, tiles_b2, tiles_b3, tiles_b4, tiles_b5, tiles_b6, tiles_b7, tiles_b8};
-    by_bits[call->w->bits](call, tile_begin, tile_end);
-}
+SAIL_LUT_DEFINE_TILES(sail_lut_tiles_neon)
 
 #else
 /* ISO C wants a declaration in every translation unit. */
