@@ -93,7 +93,10 @@ def find_lm_heads(func: relax.Function) -> dict[int, relax.Call]:
             if isinstance(binding, relax.VarBinding):
                 bound[binding.var] = binding.value
     result = func.body.body
-    while isinstance(result, relax.Var) and result in bound:
+    # follow renames (a dataflow output) to the returned tuple or to the var of the single
+    # output, not past it to the call that computes that output
+    while isinstance(result, relax.Var) and isinstance(bound.get(result),
+                                                         (relax.Var, relax.Tuple)):
         result = bound[result]
     fields = list(result.fields) if isinstance(result, relax.Tuple) else [result]
     heads = {}

@@ -114,6 +114,23 @@ def test_fires_on_the_decoder() -> None:
     assert "R.strided_slice" in after["main"].script()
 
 
+def test_fires_on_a_decoder_without_a_cache(tmp_path: Path) -> None:
+    """A model whose only output is the logits (Gemma 3's export without a KV cache was
+    refused: the returned var was followed to its matmul, which is no var)."""
+    model = make_decoder(PRESETS["micro"], kv_cache=False)
+    assert [o.name for o in model.graph.output] == ["logits"]
+    path = tmp_path / "nokv.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "out"
+    compile_model(path, out, CompileOptions(logits="last"))
+    artifact = Artifact(out)
+    inputs = generate_inputs(artifact.signature, InputPlan(batch=2, seq_len=5))
+    theirs = OnnxRuntimeReference(path).run(inputs)["logits"]
+    ours = artifact.run(inputs)["logits"]
+    assert ours.shape == (2, 1, theirs.shape[2])
+    assert compare(ours, theirs[:, -1:])["rel_l2_err"] < 1e-4
+
+
 def test_bad_option_value() -> None:
     with pytest.raises(OptionError, match="unknown --logits 'first'; valid choices are: all, last"):
         CompileOptions(logits="first")
