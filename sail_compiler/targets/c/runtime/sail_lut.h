@@ -238,6 +238,19 @@ void sail_lut_tables_portable(const sail_lut_weight *w, const int8_t *xq, int ro
 /* y and sums of the tiles [tile_begin, tile_end) for every token of the call. */
 void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile_end);
 
+/* For a SIMD kernel file: the 32 activations of block blk of group grp of one token row xr,
+ * direct from xr when the block lies inside the group and K, else copied into scratch with
+ * zeros for the rows past them. */
+static inline const int8_t *sail_lut_block_rows(const sail_lut_weight *w, const int8_t *xr,
+                                                int grp, int blk, int8_t *scratch) {
+    const int row0 = blk * SAIL_LUT_BLOCK_K;
+    const long k0 = (long)grp * w->group_size + row0;
+    if (row0 + SAIL_LUT_BLOCK_K <= w->group_size && k0 + SAIL_LUT_BLOCK_K <= w->k) return xr + k0;
+    for (int r = 0; r < SAIL_LUT_BLOCK_K; ++r)
+        scratch[r] = (row0 + r < w->group_size && k0 + r < w->k) ? xr[k0 + r] : 0;
+    return scratch;
+}
+
 /* For a SIMD kernel file: defines `void NAME(const sail_lut_call *, int, int)` (the tiles entry
  * point) from the file's `static void tiles(call, tile_begin, tile_end, bits, split_sums)`,
  * called with constant bits (1-8) and split_sums (sum blocks smaller than the weight group) so

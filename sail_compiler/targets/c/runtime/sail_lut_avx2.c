@@ -76,19 +76,6 @@ static int use_codes(const sail_lut_weight *w, int rows) {
 
 /* ---- Tables ---------------------------------------------------------------------------------- */
 
-/* 32 activations of one block: direct from xq when the block lies inside the group and K,
- * else copied with zeros for the rows past them. */
-static const int8_t *block_rows(const sail_lut_weight *w, const int8_t *xr, int grp, int blk,
-                                int8_t *scratch) {
-    const int row0 = blk * SAIL_LUT_BLOCK_K;
-    const long k0 = (long)grp * w->group_size + row0;
-    if (row0 + SAIL_LUT_BLOCK_K <= w->group_size && k0 + SAIL_LUT_BLOCK_K <= w->k) return xr + k0;
-    memset(scratch, 0, SAIL_LUT_BLOCK_K);
-    for (int r = 0; r < SAIL_LUT_BLOCK_K; ++r)
-        if (row0 + r < w->group_size && k0 + r < w->k) scratch[r] = xr[k0 + r];
-    return scratch;
-}
-
 void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, int row_begin,
                           int row_end, uint8_t *tables, int32_t *xsum) {
     /* int16 entry p (lane 0: p = 0..7, lane 1: p = 8..15) as byte pairs: bits 0,1 / 2,3 of p. */
@@ -108,7 +95,7 @@ void sail_lut_tables_avx2(const sail_lut_weight *w, const int8_t *xq, int rows, 
             const int grp = s.grp;
             __m256i sad = _mm256_setzero_si256();
             for (int blk = s.blk0; blk < s.blk0 + s.nblk; ++blk) {
-                const int8_t *x = block_rows(w, xr, grp, blk, scratch);
+                const int8_t *x = sail_lut_block_rows(w, xr, grp, blk, scratch);
                 uint8_t *tab = tables + sail_lut_table_offset(w, rows, t, grp, blk);
                 /* sum of (x + 128) per 8 bytes; the bias is removed once per group */
                 sad = _mm256_add_epi64(sad, _mm256_sad_epu8(_mm256_xor_si256(

@@ -54,18 +54,6 @@
 
 /* ---- Tables ---------------------------------------------------------------------------------- */
 
-/* 32 activations of one block: direct from xq inside the group and K, else copied with zeros. */
-static const int8_t *block_rows(const sail_lut_weight *w, const int8_t *xr, int grp, int blk,
-                                int8_t *scratch) {
-    const int row0 = blk * SAIL_LUT_BLOCK_K;
-    const long k0 = (long)grp * w->group_size + row0;
-    if (row0 + SAIL_LUT_BLOCK_K <= w->group_size && k0 + SAIL_LUT_BLOCK_K <= w->k) return xr + k0;
-    memset(scratch, 0, SAIL_LUT_BLOCK_K);
-    for (int r = 0; r < SAIL_LUT_BLOCK_K; ++r)
-        if (row0 + r < w->group_size && k0 + r < w->k) scratch[r] = xr[k0 + r];
-    return scratch;
-}
-
 /* The 16 subset sums V[p] of one chunk's 4 activations as L (V & 15) and H (V >> 4) bytes. */
 SAIL_INLINE void chunk_table(const int8_t *x, uint8_t *lo, uint8_t *hi) {
     static const int16_t bit0[8] = {0, 1, 0, 1, 0, 1, 0, 1};
@@ -93,7 +81,7 @@ void sail_lut_tables_neon(const sail_lut_weight *w, const int8_t *xq, int rows, 
         for (sail_lut_sum s = sail_lut_sum_first(w); s.j < s.n_sums; sail_lut_sum_next(&s, 1)) {
             int32_t total = 0;
             for (int blk = s.blk0; blk < s.blk0 + s.nblk; ++blk) {
-                const int8_t *x = block_rows(w, xr, s.grp, blk, scratch);
+                const int8_t *x = sail_lut_block_rows(w, xr, s.grp, blk, scratch);
                 uint8_t *tab = tables + sail_lut_table_offset(w, rows, t, s.grp, blk);
                 const int8x16_t x0 = vld1q_s8(x), x1 = vld1q_s8(x + 16);
                 /* sum of 32 int8: |.| <= 4096 (saddlv widens to int16) */
