@@ -194,7 +194,10 @@ def test_generate_keeps_the_cache_in_place(artifact: Path) -> None:
     assert in_place.returncode == 0, in_place.stderr
     report = json.loads(in_place.stdout)
     assert report["kv_cache"] == "in place" and report["ctx"] == len(PROMPT) + 9
-    assert "sail_cache_append" in in_place.stderr  # the decode steps append in place
+    prefill, _, decode = in_place.stderr.partition("kernels of the 9 decode steps:")
+    assert f"kernels of the prefill ({len(PROMPT)} tokens):" in prefill
+    assert "sail_cache_append" in prefill
+    assert "sail_cache_append" in decode  # the decode steps append in place
     copied = json.loads(_generate(artifact, "-n", "10", "--json", "--copy-kv").stdout)
     assert copied["kv_cache"] == "copied" and copied["ids"] == report["ids"]
     roomy = json.loads(_generate(artifact, "-n", "10", "--json", "--ctx", "64").stdout)

@@ -26,8 +26,8 @@
  * that need more than --ctx positions are refused before anything runs. Models whose cache
  * cannot stay in place (a present read by more than the attention), and --copy-kv, feed the
  * presents back as the next step's pasts instead (the whole cache copied every step).
- * --profile prints the time of every kernel over the first run's decode steps (not the prefill)
- * to standard error.
+ * --profile prints to standard error the time of every kernel in the first run's prefill, then
+ * over its decode steps.
  *
  * Output: the generated ids on one line (with --stream: one per line as they come), then the
  * prefill time and the decode speed; --json prints one JSON object instead (after the streamed
@@ -576,6 +576,10 @@ static int generate_once(sail_model *model, const sail_decoder *dec, const int64
         inputs[p] = cache[j];
       }
     }
+    if (step == 0 && profile && sail_rt_profile(model) != 0) { /* time the prefill */
+      fprintf(stderr, "sail_generate: %s\n", sail_model_error(model));
+      goto done;
+    }
     const double start = now_seconds();
     if ((kv ? sail_model_run_cached(model, inputs, outputs, kv)
             : sail_model_run(model, inputs, outputs)) != 0) {
@@ -584,9 +588,10 @@ static int generate_once(sail_model *model, const sail_decoder *dec, const int64
       goto done;
     }
     const double seconds = now_seconds() - start;
-    if (step == 0 && profile && sail_rt_profile(model) != 0) { /* time the decode steps */
-      fprintf(stderr, "sail_generate: %s\n", sail_model_error(model));
-      goto done;
+    if (step == 0 && profile) { /* the prefill's kernels; then time the decode steps */
+      fprintf(stderr, "kernels of the prefill (%lld tokens):\n", (long long)seq);
+      sail_rt_print_profile(model, stderr);
+      sail_rt_reset_profile(model);
     }
     if (step == 0)
       run->prefill_seconds = seconds;

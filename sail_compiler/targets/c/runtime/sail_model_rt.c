@@ -1343,6 +1343,10 @@ int sail_rt_profile(sail_model *model) {
   return 0;
 }
 
+void sail_rt_reset_profile(sail_model *model) {
+  model->profile_count = 0;
+}
+
 static int slower_first(const void *a, const void *b) {
   const double x = ((const sail_kernel_time *)a)->seconds;
   const double y = ((const sail_kernel_time *)b)->seconds;

@@ -258,6 +258,8 @@ void sail_rt_set_lut_hook(sail_model *model, sail_lut_hook hook, void *ctx);
  * slowest first, with each kernel's share of the total. */
 int sail_rt_profile(sail_model *model);
 void sail_rt_print_profile(const sail_model *model, void *file);
+/* Forgets the times recorded so far (profiling stays on). */
+void sail_rt_reset_profile(sail_model *model);
 
 /* Hand `buffer` to the caller as output `out`: its data moves if the buffer owns it, else it
  * is copied (an input or a weight returned as an output). */
