@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from make_decoder import PRESETS, make_decoder, save_model
 
 import sail_compiler
 from sail_compiler import CompileOptions, compile_model
 from sail_compiler.quant import QuantScheme
 from sail_compiler.targets.pim.report import markdown_table
 from sail_compiler.targets.pim.run import simulate_run
+from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 from sail_compiler.verify import InputPlan, verify_model
 
 PROMPT_TOKENS = 16

@@ -24,7 +24,8 @@ import re
 from pathlib import Path
 
 import pytest
-from make_decoder import PRESETS, make_decoder, save_model
+
+from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 
 TESTS = Path(__file__).resolve().parent
 #: Node ids measured slow, one a line (``#`` comments).

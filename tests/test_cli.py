@@ -151,7 +151,7 @@ def test_never_deletes_a_foreign_directory(micro_decoder: Path, tmp_path: Path) 
 def test_runtime_dim_check_is_an_input_error(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """The KV decoder's mask length must equal past + seq; only the runtime can check it."""
-    from make_decoder import PRESETS, make_decoder, save_model
+    from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 
     path = tmp_path / "kv.onnx"
     save_model(make_decoder(PRESETS["micro"], kv_cache=True), path)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from make_decoder import PRESETS
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from sail_compiler.cli import main
+from sail_compiler.testing.decoders import PRESETS
 
 WORDS = [f"w{i}" for i in range(PRESETS["micro"].vocab_size - 2)]
 

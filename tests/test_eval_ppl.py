@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from make_decoder import PRESETS, make_decoder, save_model
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from train_stdlib_lm import train_tokenizer
 
@@ -29,9 +28,13 @@ from sail_compiler.frontend import signature_of
 from sail_compiler.options import CompileOptions
 from sail_compiler.quant.calibrate import CalibrationSpec
 from sail_compiler.quant.scheme import QuantScheme
+from sail_compiler.testing import decoders
+from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 from sail_compiler.verify import OnnxRuntimeReference
 
 MICRO_VOCAB = PRESETS["micro"].vocab_size
+#: A long source text for tokenizer corpora.
+DECODERS_SOURCE = Path(decoders.__file__).read_text()
 WORDS = [f"w{i}" for i in range(MICRO_VOCAB - 2)]  # + [UNK] and [PAD]: the micro vocabulary
 
 
@@ -47,9 +50,10 @@ def _words_text(path: Path, n_words: int, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A byte-level BPE of 300 tokens trained on this repository's example sources."""
+    """A byte-level BPE of 300 tokens trained on this repository's example sources and the
+    example decoder's generator."""
     examples = Path(__file__).resolve().parents[1] / "examples"
-    texts = [p.read_text() for p in sorted(examples.glob("*.py"))]
+    texts = [p.read_text() for p in sorted(examples.glob("*.py"))] + [DECODERS_SOURCE]
     path = tmp_path_factory.mktemp("tok") / "bpe.json"
     train_tokenizer(texts, vocab_size=300).save(str(path))
     return path
@@ -185,8 +189,7 @@ def test_load_tokens_round_trips_text(bpe_tokenizer: Path, tmp_path: Path) -> No
 
 def test_evaluate_float_compile_matches_onnxruntime(tiny_decoder: Path, bpe_tokenizer: Path,
                                                     tmp_path: Path) -> None:
-    text = _write(tmp_path / "t.txt", (Path(__file__).parents[1] / "examples" /
-                                       "make_decoder.py").read_text())
+    text = _write(tmp_path / "t.txt", DECODERS_SOURCE)
     result = evaluate(tiny_decoder, text, bpe_tokenizer, window=64, stride=32, max_tokens=200,
                       progress=False)
     assert (result["tokens"], result["window"], result["stride"]) == (200, 64, 32)

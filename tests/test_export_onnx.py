@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from make_decoder import PRESETS, make_decoder
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.matmul_nbits_quantizer import (
     DefaultWeightOnlyQuantConfig,
@@ -20,6 +19,7 @@ from sail_compiler.errors import OptionError
 from sail_compiler.export_onnx import export_matmulnbits
 from sail_compiler.frontend.prequantized import rewrite_prequantized
 from sail_compiler.quant import QuantizedWeight, QuantScheme, dequantize, quantize_weights_rtn
+from sail_compiler.testing.decoders import PRESETS, make_decoder
 
 N = 24
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from make_decoder import PRESETS, DecoderConfig, make_decoder, save_model
+
+from sail_compiler.testing.decoders import PRESETS, DecoderConfig, make_decoder, save_model
 
 gguf = pytest.importorskip("gguf")
 

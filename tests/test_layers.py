@@ -10,10 +10,11 @@ import sail_compiler
 
 LOW_LAYERS = ["sail_compiler.errors", "sail_compiler.version", "sail_compiler.options",
               "sail_compiler.quant", "sail_compiler.quant.methods", "sail_compiler.quant.plan",
-              "sail_compiler.quant.patterns", "sail_compiler.quant.lut"]
+              "sail_compiler.quant.patterns", "sail_compiler.quant.lut",
+              "sail_compiler.testing.decoders"]
 
 
-def test_options_and_the_quantization_core_load_no_tvm() -> None:
+def test_options_the_quantization_core_and_the_generators_load_no_tvm() -> None:
     code = (f"import sys\nfor m in {LOW_LAYERS!r}: __import__(m)\n"
             "print(sorted(m for m in sys.modules if m == 'tvm' or m.startswith('tvm.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

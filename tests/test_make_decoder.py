@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
-from make_decoder import PRESETS, DecoderConfig, make_decoder, save_model
 
+from sail_compiler.testing.decoders import PRESETS, DecoderConfig, make_decoder, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
 CFG = DecoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     ffn_size=48, max_positions=64)
 
@@ -75,3 +81,16 @@ def test_external_data_round_trip(tmp_path) -> None:
     save_model(make_decoder(CFG), path, external_data=True)
     assert (tmp_path / "ext.onnx.data").stat().st_size > path.stat().st_size
     onnx.checker.check_model(str(path))
+
+
+def test_command_line_writes_the_generator_model(tmp_path) -> None:
+    """``examples/make_decoder.py`` (the README's command) writes what the package module
+    builds."""
+    out = tmp_path / "micro_kv.onnx"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "make_decoder.py"), "--preset",
+                           "micro", "--kv-cache", "--seed", "2", "-o", str(out)],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.startswith(f"wrote {out} (") and "with KV cache" in proc.stdout
+    expected = tmp_path / "expected.onnx"
+    save_model(make_decoder(PRESETS["micro"], kv_cache=True, seed=2), expected)
+    assert out.read_bytes() == expected.read_bytes()

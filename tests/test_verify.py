@@ -77,7 +77,7 @@ def test_compare_metrics_against_hand_computed_values() -> None:
 
 
 def test_external_data_model_verifies(tmp_path: Path) -> None:
-    from make_decoder import PRESETS, make_decoder, save_model
+    from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from make_decoder import PRESETS, make_decoder
 from onnx import numpy_helper
 from onnx.backend.test.case.node import collect_testcases
 
 from sail_compiler import Artifact, CompileOptions, compile_model
 from sail_compiler.errors import ModelCheckError
+from sail_compiler.testing.decoders import PRESETS, make_decoder
 
 
 def _decoder_ops() -> list[str]:

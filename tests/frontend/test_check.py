@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from make_decoder import DecoderConfig, make_decoder, save_model
 from onnx import TensorProto, helper, numpy_helper
 
 from sail_compiler.cli import main
 from sail_compiler.errors import ModelCheckError, OptionError
 from sail_compiler.frontend import bind_shapes, load_checked, parse_shape_binding
+from sail_compiler.testing.decoders import DecoderConfig, make_decoder, save_model
 
 SMALL = DecoderConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
                       ffn_size=24, max_positions=32)

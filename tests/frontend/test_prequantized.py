@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from make_decoder import PRESETS, make_decoder
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.matmul_nbits_quantizer import (
     DefaultWeightOnlyQuantConfig,
@@ -24,6 +23,7 @@ from sail_compiler.errors import ModelCheckError
 from sail_compiler.frontend import load_checked
 from sail_compiler.frontend.prequantized import rewrite_prequantized
 from sail_compiler.quant import dequantize
+from sail_compiler.testing.decoders import PRESETS, make_decoder
 
 QOP, QDQ = QuantFormat.QOperator, QuantFormat.QDQ
 N = 24

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import onnx
@@ -19,6 +18,7 @@ from sail_compiler.artifact import Artifact
 from sail_compiler.errors import OptionError
 from sail_compiler.frontend import import_onnx
 from sail_compiler.passes import KeepLastLogits
+from sail_compiler.testing.decoders import PRESETS, make_decoder
 from sail_compiler.verify import (
     InputPlan,
     OnnxRuntimeReference,
@@ -26,9 +26,6 @@ from sail_compiler.verify import (
     generate_inputs,
     verify_model,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-from make_decoder import PRESETS, make_decoder  # noqa: E402
 
 HAS_CC = shutil.which("cc") is not None and shutil.which("make") is not None
 PROMPT = [3, 17, 256, 9, 1000]

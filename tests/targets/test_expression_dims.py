@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from make_decoder import PRESETS, make_decoder, save_model
 
 from sail_compiler import CompileOptions, compile_model
 from sail_compiler.artifact import Artifact
 from sail_compiler.errors import InputError
 from sail_compiler.frontend.signature import dim_sum, signature_of
 from sail_compiler.targets.c.target import generate
+from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 from sail_compiler.verify import InputPlan, generate_inputs
 
 EXPRESSION = "past + seq"
