@@ -19,6 +19,7 @@ import tvm
 
 from .artifact import check_output_path, write_artifact
 from .errors import OptionError
+from .external_data import ExternalData, external_tensors
 from .frontend import ModelSignature, bind_shapes, import_onnx, load_checked
 from .frontend.signature import context_length
 from .ir_dump import IRDumper, prepare_dump_dir
@@ -90,6 +91,14 @@ def _last_logits_signature(signature: ModelSignature, mod: tvm.IRModule) -> Mode
     return dataclasses.replace(signature, outputs=tuple(outputs))
 
 
+def _weights_may_stay_in_files(options: CompileOptions) -> bool:
+    """Whether a large model's external data may stay in its files, memory-mapped, through
+    import and quantization (:mod:`.external_data`): nothing runs the float model (calibration
+    for GPTQ, ``--awq``, ``--avg-bits``, ``--calib``, or a plan that may name GPTQ)."""
+    return options.calib is None and not options.awq and options.avg_bits is None \
+        and options.method != "gptq" and options.bits_plan is None
+
+
 def compile_model(model_path: str | Path, output: str | Path | None,
                   options: CompileOptions | None = None,
                   command: list[str] | None = None,
@@ -133,9 +142,11 @@ def compile_model(model_path: str | Path, output: str | Path | None,
     # a tokenizer that does not load fails before the long part
     tokenizer = prepare_tokenizer(options.tokenizer) \
         if options.tokenizer is not None and options.emit is None else None
-    model = load_checked(model_path, prequantized=prequantized)
+    model = load_checked(model_path, prequantized=prequantized,
+                         map_external=_weights_may_stay_in_files(options))
+    external = ExternalData(model, model_path.parent) if external_tensors(model)[0] else None
     notes = bind_shapes(model, options.shapes)
-    mod, signature = import_onnx(model)
+    mod, signature = import_onnx(model, external)
     context = context_length(model)
     seconds["import"] = time.perf_counter() - started
     if tokenizer is not None:
@@ -143,7 +154,7 @@ def compile_model(model_path: str | Path, output: str | Path | None,
         notes.extend([*tokenizer.notes, *tokenizer.check_vocabulary(bound)])
     dumper.record_stage(0, "frontend", mod)
     quant = quantization if quantization is not None else \
-        prepare_quantization(model, signature, options, prequantized)
+        prepare_quantization(model, signature, options, prequantized, external)
     del model
     if quant is not None:
         seconds["prepare_quantization"] = quant.seconds

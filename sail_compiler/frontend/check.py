@@ -21,6 +21,8 @@ import onnx
 from onnx import external_data_helper
 
 from ..errors import ModelCheckError
+from ..external_data import external_tensors
+from .converters import skips_preprocessing
 from .genai import GENAI_OPS, is_genai_model, rewrite_genai
 from .prequantized import REWRITTEN_OPS, PrequantizedLayer, rewrite_or_report
 
@@ -183,13 +185,36 @@ def _data_bytes(tensor: onnx.TensorProto) -> int | None:
     return count * itemsize
 
 
+#: Ops whose rewrite before import reads their tensors (the model's data is then loaded).
+_REWRITE_READS_DATA = frozenset({"MatMulNBits", "DequantizeLinear", "GatherBlockQuantized"})
+
+
+def can_map_external(model: onnx.ModelProto) -> bool:
+    """Whether the model's external data can stay in its files through import
+    (:class:`~sail_compiler.external_data.ExternalData`).
+
+    True when the initializers are too large for the preprocessing (which serializes the model,
+    :func:`.converters.preprocess`) and nothing before import reads tensor data: no quantized
+    ops to rewrite, and every external tensor is an initializer of the main graph.
+    """
+    mapped, only_initializers = external_tensors(model)
+    return bool(mapped) and only_initializers and skips_preprocessing(model) \
+        and not is_genai_model(model) \
+        and not any(n.op_type in _REWRITE_READS_DATA for n in _nodes(model.graph))
+
+
 def load_checked(path: str | os.PathLike[str],
-                 prequantized: dict[str, PrequantizedLayer] | None = None) -> onnx.ModelProto:
+                 prequantized: dict[str, PrequantizedLayer] | None = None,
+                 map_external: bool = False) -> onnx.ModelProto:
     """Load an ONNX model with its external data after checking it.
 
     onnxruntime's quantized matmuls are rewritten into float MatMuls whose weights are the
     dequantized codes (:func:`.prequantized.rewrite_prequantized`), always: the rewritten model
     computes what onnxruntime computes with ``accuracy_level=0``.
+
+    With ``map_external`` and a model :func:`can_map_external` accepts, the external data is
+    checked (present, long enough) but not loaded: the initializers keep their external
+    references, for :class:`~sail_compiler.external_data.ExternalData`.
 
     Parameters
     ----------
@@ -198,11 +223,13 @@ def load_checked(path: str | os.PathLike[str],
     prequantized
         If given, filled with the rewritten layers: new float initializer name ->
         :class:`~.prequantized.PrequantizedLayer` (its node and :class:`QuantizedWeight`).
+    map_external
+        Leave large external data in its files when possible (see above).
 
     Returns
     -------
     onnx.ModelProto
-        The (rewritten) model with all tensor data in memory.
+        The (rewritten) model with all tensor data in memory, or with external references.
 
     Raises
     ------
@@ -228,7 +255,8 @@ def load_checked(path: str | os.PathLike[str],
     genai_rewritten = False
     claimed: Collection[str] = ()
     layers: dict[str, PrequantizedLayer] = {}
-    if not problems:
+    keep_external = map_external and not problems and can_map_external(model)
+    if not problems and not keep_external:
         # The rewrite reads the quantized tensors, so their data must be in memory.
         external_data_helper.load_external_data_for_model(model, str(p.parent))
         genai = rewrite_genai(model)

@@ -112,6 +112,7 @@ import tvm
 from tvm import relax, sym, tirx
 from tvm.relax.frontend.onnx import onnx_frontend as _frontend
 
+from ..external_data import initializer_bytes
 from .genai import GroupQueryAttentionConverter
 
 __all__ = ["EXPECTED_TVM_VERSION", "patched_converters", "preprocess"]
@@ -913,6 +914,13 @@ def patched_converters() -> Iterator[None]:
 _ORT_MAX_BYTES = 1 << 30  # stay well below protobuf's 2 GB serialization limit
 
 
+def skips_preprocessing(model: onnx.ModelProto) -> bool:
+    """Whether :func:`preprocess` returns the model as it is: its initializers (in memory or
+    external) pass 1 GB."""
+    # (ByteSize() itself fails above 2 GB; the initializers are nearly all of the size.)
+    return initializer_bytes(model) > _ORT_MAX_BYTES
+
+
 def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference plus onnxruntime's basic graph optimization, on a copy.
 
@@ -932,8 +940,7 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     onnx.ModelProto
         A new, equivalent model.
     """
-    # (ByteSize() itself fails above 2 GB; the initializers are nearly all of the size.)
-    if sum(len(t.raw_data) for t in model.graph.initializer) > _ORT_MAX_BYTES:
+    if skips_preprocessing(model):
         # Both steps serialize the model, which protobuf cannot do above 2 GB; the converter
         # overrides import such models without them.
         return model

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 
 import onnx
 import tvm
+from onnx import external_data_helper
 
 from ..errors import ImportFailure, OptionError, tvm_message, valid_choices
+from ..external_data import ExternalData
 from .converters import patched_converters, preprocess
 from .signature import ModelSignature, signature_of
 
@@ -87,13 +89,41 @@ def _node_tracker(failed: list[str]) -> Iterator[None]:
         ONNXGraphImporter._convert_operator = original
 
 
-def import_onnx(model: onnx.ModelProto) -> tuple[tvm.IRModule, ModelSignature]:
+@contextlib.contextmanager
+def _mapped_initializers(external: ExternalData) -> Iterator[None]:
+    """Make the importer's constants of external initializers views of the mapped files (no
+    copy; TVM takes a 64-byte aligned NumPy array as it is), or copies read from the file."""
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    original = ONNXGraphImporter._parse_array
+
+    def parse(self, tensor):  # type: ignore[no-untyped-def]
+        if tensor.name not in external or not external_data_helper.uses_external_data(tensor):
+            return original(self, tensor)
+        view = external.array(tensor.name)
+        if view is None:
+            return tvm.runtime.tensor(external.read(tensor.name))
+        return tvm.runtime.from_dlpack(view)
+
+    ONNXGraphImporter._parse_array = parse
+    try:
+        yield
+    finally:
+        ONNXGraphImporter._parse_array = original
+
+
+def import_onnx(model: onnx.ModelProto, external: ExternalData | None = None,
+                ) -> tuple[tvm.IRModule, ModelSignature]:
     """Convert a checked model (see :func:`~.check.load_checked`) to a Relax IRModule.
 
     Parameters
     ----------
     model
-        The ONNX model with its weights in memory. It is not modified.
+        The ONNX model with its weights in memory, or with the external references of
+        ``external``'s initializers. It is not modified.
+    external
+        The model's mapped external data: its initializers become constants that view the
+        mapped files instead of copies.
 
     Returns
     -------
@@ -112,6 +142,8 @@ def import_onnx(model: onnx.ModelProto) -> tuple[tvm.IRModule, ModelSignature]:
             stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
             stack.enter_context(patched_converters())
             stack.enter_context(_node_tracker(failed))
+            if external is not None:
+                stack.enter_context(_mapped_initializers(external))
             mod = from_onnx(prepared, keep_params_in_input=False)
     except Exception as err:
         raise _import_failure(failed, err) from err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -23,3 +24,13 @@ def applied_entry(name: str, qw: QuantizedWeight) -> dict[str, Any]:
     """What a quantizing pass records in ``applied`` for one rewritten layer."""
     return {"layer": name, "bits": qw.bits, "group_size": qw.group_size,
             "symmetric": qw.symmetric, "k": qw.k, "n": qw.n}
+
+
+def constant_array(const: tvm.ir.GenericConst) -> np.ndarray:
+    """A NumPy view of a constant's data, not a copy (callers must not write to it).
+
+    A constant that views a memory-mapped weight file (:mod:`sail_compiler.external_data`) is
+    read only where its values are used, and :func:`~sail_compiler.quant.plan.weight_key` names
+    it by its place in the file without reading it.
+    """
+    return np.from_dlpack(const.value)

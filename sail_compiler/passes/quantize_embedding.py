@@ -43,7 +43,7 @@ from ..quant.methods import quantize_weight
 from ..quant.plan import weight_key
 from ..quant.reference import QuantizedWeight
 from ..quant.scheme import QuantScheme
-from ._common import applied_entry, rewrite_relax_functions
+from ._common import applied_entry, constant_array, rewrite_relax_functions
 
 #: ``{weight_key of T[V, D]: (table name, quantized T^T or None to keep the table float)}``
 LayerTable = dict[str, tuple[str, QuantizedWeight | None]]
@@ -67,7 +67,7 @@ def _table_of(call: relax.Call) -> np.ndarray | None:
             or str(table.ty.dtype) != "float32" or str(call.ty.dtype) != "float32" \
             or str(indices.ty.dtype) not in _INDEX_DTYPES or table.ty.ndim != 2:
         return None
-    values = table.value.numpy()
+    values = constant_array(table)
     return values if values.shape[0] >= 1 and values.shape[1] >= 1 else None
 
 

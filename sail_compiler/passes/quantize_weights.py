@@ -50,7 +50,7 @@ from ..quant.reference import (
     check_act_group_size,
 )
 from ..quant.scheme import QuantScheme
-from ._common import applied_entry, rewrite_relax_functions
+from ._common import applied_entry, constant_array, rewrite_relax_functions
 
 #: ``{weight_key: (layer name, quantized weight or None to keep the layer float)}``
 LayerTable = dict[str, tuple[str, QuantizedWeight | None]]
@@ -72,7 +72,7 @@ def _weight_of(call: relax.Call) -> np.ndarray | None:
         return None
     if w.ty.ndim != 2 or x.ty.ndim < 1:
         return None
-    weights = w.value.numpy()
+    weights = constant_array(w)
     if weights.shape[0] < 1 or weights.shape[1] < 1:
         return None
     return weights
@@ -99,7 +99,7 @@ class _Rewriter(relax.PyExprMutator):
         if not self.constants or str(const.value.dtype) != "float32" \
                 or "x".join(map(str, const.value.shape)) not in self.constant_shapes:
             return const
-        key = weight_key(const.value.numpy())
+        key = weight_key(constant_array(const))
         if key not in self.constants:
             return const
         self.replaced[key] = self.replaced.get(key, 0) + 1

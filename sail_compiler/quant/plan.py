@@ -48,6 +48,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OptionError
+from ..external_data import ExternalData, location_key
 from .scheme import QuantScheme
 
 PLAN_FORMAT = "sail-quant-plan"
@@ -94,7 +95,12 @@ class Layer:
 
 
 def weight_key(w: np.ndarray) -> str:
-    """A content key for a float32 ``[K, N]`` weight: ``KxN:<sha1 of its C-order bytes>``."""
+    """A content key for a float32 ``[K, N]`` weight: ``KxN:<sha1 of its C-order bytes>``; for
+    a view of a memory-mapped external-data file, its place in the file instead
+    (:func:`~sail_compiler.external_data.location_key`: the bytes are not read)."""
+    located = location_key(w) if w.dtype == np.float32 else None
+    if located is not None:
+        return located
     w = np.ascontiguousarray(w, dtype=np.float32)
     return f"{'x'.join(map(str, w.shape))}:{hashlib.sha1(w.data).hexdigest()}"
 
@@ -183,8 +189,13 @@ def find_embeddings(model: onnx.ModelProto) -> list[Layer]:
 
 
 def layer_weight(model: onnx.ModelProto, layer: Layer,
-                 initializers: dict[str, onnx.TensorProto] | None = None) -> np.ndarray:
-    """The float32 ``W[K, N]`` of ``layer`` (C-contiguous)."""
+                 initializers: dict[str, onnx.TensorProto] | None = None,
+                 external: ExternalData | None = None) -> np.ndarray:
+    """The float32 ``W[K, N]`` of ``layer`` (C-contiguous), read from ``external``'s file when
+    the initializer is one of its (a fresh copy either way)."""
+    if external is not None and layer.weight_name in external:
+        w = external.read(layer.weight_name).astype(np.float32, copy=False)
+        return np.ascontiguousarray(w.T if layer.transposed else w)
     if initializers is None:
         initializers = {t.name: t for t in model.graph.initializer}
     w = numpy_helper.to_array(initializers[layer.weight_name]).astype(np.float32, copy=False)

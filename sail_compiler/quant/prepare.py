@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import OptionError
+from ..external_data import ExternalData
 from .awq import Folding, fold_scales
 from .calibrate import (
     assign_bits,
@@ -172,9 +173,22 @@ def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bo
         or any(c.scheme is not None and c.method == "gptq" for c in choices)
 
 
+def _layer_key(layer: Layer, w: np.ndarray, external: ExternalData | None) -> str:
+    """The :func:`~.plan.weight_key` of ``layer``'s weight as the IR holds it: the initializer
+    itself (a view of its mapped file when it has one), an embedding table as ``T = W^T``, a
+    ``Gemm(transB=1)`` weight as the new constant ``FoldConstant`` makes of its transpose."""
+    gather = layer.op_type == "Gather"
+    if external is not None and layer.weight_name in external and (gather or not layer.transposed):
+        view = external.array(layer.weight_name)
+        if view is not None:
+            return weight_key(view)
+    return weight_key(w.T if gather else w)
+
+
 def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                          options: CompileOptions,
-                         prequantized: dict[str, Any] | None = None) -> Quantization | None:
+                         prequantized: dict[str, Any] | None = None,
+                         external: ExternalData | None = None) -> Quantization | None:
     """Resolve and compute every layer's quantization (module docstring).
 
     Parameters
@@ -187,6 +201,10 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         ``quant``, ``method``, ``skip``, ``bits_plan``, ``avg_bits``, ``calib``, ``act_bits``.
     prequantized
         ``{weight initializer name: PrequantizedLayer}`` from the frontend's rewrite.
+    external
+        The model's mapped external data (its initializers are not in ``model``): each weight
+        is read from its file while it is quantized, one at a time. Calibration needs the
+        weights in ``model``.
 
     Returns
     -------
@@ -252,6 +270,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
     if needs_calibration(options, provisional):
         from ..options import CalibrationSpec
 
+        assert external is None, "calibration runs the model: load its weights"
         spec = options.calib or CalibrationSpec()
         feeds = calibration_feeds(spec, signature)
         calibration = spec.describe()
@@ -298,9 +317,8 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
     inits = {t.name: t for t in model.graph.initializer}
     results = []
     for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
-        w = layer_weight(model, layer, inits)
-        # the IR holds an embedding table as T[V, D] = W^T: key it as it appears there
-        key = weight_key(w.T if layer.op_type == "Gather" else w)
+        w = layer_weight(model, layer, inits, external)
+        key = _layer_key(layer, w, external)
         h = hessians.get(layer.name) if hessians else None
         if folding is not None:
             w, h = folding.weight(layer, w), folding.hessian(layer, h)

@@ -1,0 +1,184 @@
+"""ONNX external data read in place: memory-mapped weights, never loaded whole.
+
+A model whose weights live in external-data files (beside the ``.onnx``) can be compiled without
+a float copy of the whole model in memory: :class:`ExternalData` maps each file once,
+copy-on-write (``MAP_PRIVATE``: pages come from the page cache when touched, nothing is written
+back), and hands out each initializer as a NumPy view of its bytes (:meth:`~ExternalData.array`),
+which the importer turns into a TVM constant without copying. Quantization reads a weight with
+:meth:`~ExternalData.read` (``pread`` into a fresh array) so the mapping's pages stay untouched
+and the float copy lives only while that one weight is quantized.
+
+Weights are matched to their IR constants by :func:`location_key`: a view of a mapped file is
+named by its file and offset, so the constant's bytes need not be read (hashing them would fault
+the whole model into memory). The files are checked (present, long enough) by the frontend's
+checks before any of this runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+#: TVM takes a tensor without copying only at this alignment (``FromDLPack``).
+_TVM_ALIGN = 64
+
+#: Mapped address ranges of live :class:`ExternalData` objects: start -> (end, file name).
+_REGIONS: dict[int, tuple[int, str]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Location:
+    path: Path
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def _np_dtype(tensor: onnx.TensorProto) -> np.dtype | None:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the main graph's initializer data, in memory or external (without reading it)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if external_data_helper.uses_external_data(tensor):
+            dtype = _np_dtype(tensor)
+            info = external_data_helper.ExternalDataInfo(tensor)
+            if info.length is not None:
+                total += info.length
+            elif dtype is not None:
+                total += int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+        else:
+            total += len(tensor.raw_data)
+    return total
+
+
+def external_tensors(model: onnx.ModelProto) -> tuple[list[onnx.TensorProto], bool]:
+    """The main graph's initializers stored as external data, and whether they are all of the
+    model's external tensors (none in subgraphs or ``Constant`` nodes)."""
+    mapped = [t for t in model.graph.initializer if external_data_helper.uses_external_data(t)]
+    inner = sum(1 for t in _inner_tensors(model.graph)
+                if external_data_helper.uses_external_data(t))
+    return mapped, inner == 0
+
+
+def _inner_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Tensors of ``Constant``-style attributes and of subgraphs (initializers included)."""
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
+                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            for sub in subgraphs:
+                yield from sub.initializer
+                yield from _inner_tensors(sub)
+
+
+class ExternalData:
+    """The external-data initializers of a model, each file mapped once.
+
+    Parameters
+    ----------
+    model
+        The model as loaded with ``load_external_data=False``; it is not modified.
+    base_dir
+        The folder of the ``.onnx`` file (external-data locations are relative to it).
+
+    The mappings stay open while this object or any array handed out lives; :func:`location_key`
+    recognises views only while this object is open.
+    """
+
+    def __init__(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str]) -> None:
+        base = Path(base_dir)
+        self._locations: dict[str, _Location] = {}
+        for tensor in external_tensors(model)[0]:
+            info = external_data_helper.ExternalDataInfo(tensor)
+            dtype = _np_dtype(tensor)
+            assert dtype is not None, f"{tensor.name}: the checks refuse this element type"
+            self._locations[tensor.name] = _Location(
+                (base / info.location).resolve(), info.offset or 0, dtype,
+                tuple(int(d) for d in tensor.dims))
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._starts: list[int] = []
+        self._finalizer = weakref.finalize(self, _unregister, self._starts)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._locations
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all mapped initializers."""
+        return sum(loc.nbytes for loc in self._locations.values())
+
+    def _map(self, path: Path) -> mmap.mmap:
+        if path not in self._maps:
+            with path.open("rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._maps[path] = mapped
+            if len(mapped):
+                start = np.frombuffer(mapped, np.uint8, count=1).ctypes.data
+                _REGIONS[start] = (start + len(mapped), str(path))
+                self._starts.append(start)
+        return self._maps[path]
+
+    def array(self, name: str) -> np.ndarray | None:
+        """A view of ``name``'s bytes in the mapped file (writable copy-on-write: writes stay in
+        this process), or None when its offset is not 64-byte aligned (TVM would copy it)."""
+        loc = self._locations[name]
+        if loc.offset % _TVM_ALIGN or loc.nbytes == 0:
+            return None
+        count = loc.nbytes // loc.dtype.itemsize
+        flat = np.frombuffer(self._map(loc.path), loc.dtype, count=count, offset=loc.offset)
+        return flat.reshape(loc.shape)
+
+    def read(self, name: str) -> np.ndarray:
+        """A fresh copy of ``name`` read from its file (the mapping's pages are not touched)."""
+        loc = self._locations[name]
+        count = loc.nbytes // loc.dtype.itemsize
+        with loc.path.open("rb") as f:
+            return np.fromfile(f, loc.dtype, count=count, offset=loc.offset).reshape(loc.shape)
+
+    def close(self) -> None:
+        """Forget the mapped ranges (views handed out keep their mapping alive)."""
+        self._finalizer()
+        self._maps.clear()
+
+
+def _unregister(starts: list[int]) -> None:
+    for start in starts:
+        _REGIONS.pop(start, None)
+
+
+def location_key(array: np.ndarray) -> str | None:
+    """``<dtype>:<shape>@<file>:<offset>`` for a C-contiguous view of an open
+    :class:`ExternalData` mapping (read without touching its bytes), else None."""
+    if not array.flags.c_contiguous or array.nbytes == 0:
+        return None
+    address = array.ctypes.data
+    for start, (end, name) in _REGIONS.items():
+        if start <= address and address + array.nbytes <= end:
+            shape = "x".join(map(str, array.shape))
+            return f"{array.dtype}:{shape}@{name}:{address - start}"
+    return None

@@ -1,0 +1,137 @@
+"""Streaming compile: external data stays memory-mapped through import and quantization.
+
+A model counts as large above the preprocessing limit (1 GB); the tests lower that limit to 0
+so that the tiny decoder takes the streaming path, and compare with the in-memory path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import external_data_helper
+
+from sail_compiler import driver
+from sail_compiler.driver import compile_model
+from sail_compiler.errors import ModelCheckError
+from sail_compiler.external_data import ExternalData, location_key
+from sail_compiler.frontend import converters, import_onnx, load_checked
+from sail_compiler.frontend.check import can_map_external
+from sail_compiler.options import CompileOptions
+from sail_compiler.quant.plan import weight_key
+from sail_compiler.quant.scheme import QuantScheme
+from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
+
+
+@pytest.fixture
+def external_model(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.onnx"
+    save_model(make_decoder(PRESETS["tiny"], kv_cache=True), path, external_data=True)
+    return path
+
+
+@pytest.fixture
+def large(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model is 'large': the preprocessing is skipped and external data may stay mapped."""
+    monkeypatch.setattr(converters, "_ORT_MAX_BYTES", 0)
+
+
+def _artifact(path: Path) -> dict[str, bytes]:
+    files = {f.name: f.read_bytes() for f in path.iterdir()}
+    report = json.loads(files.pop("quant_report.json"))
+    report.pop("seconds")  # wall time
+    files["quant_report.json"] = json.dumps(report).encode()
+    return files
+
+
+def test_streaming_compile_equals_in_memory(external_model: Path, large: None, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The c artifact of the mapped path equals the in-memory path's byte for byte, and the
+    mapped path read every quantized weight from its file, one at a time."""
+    options = CompileOptions(target="c", quant=QuantScheme.parse("w4g128"))
+    reads: list[str] = []
+    original_read = ExternalData.read
+
+    def read(self: ExternalData, name: str) -> np.ndarray:
+        reads.append(name)
+        return original_read(self, name)
+
+    monkeypatch.setattr(ExternalData, "read", read)
+    streamed = compile_model(external_model, tmp_path / "streamed", options)
+    assert streamed.quantization is not None
+    quantized = [q.layer.weight_name for q in streamed.quantization.layers if q.qw is not None]
+    assert len(quantized) == 29 and sorted(reads) == sorted(quantized)
+
+    monkeypatch.setattr(driver, "_weights_may_stay_in_files", lambda options: False)
+    reads.clear()
+    in_memory = compile_model(external_model, tmp_path / "in_memory", options)
+    assert reads == []
+    assert _artifact(tmp_path / "streamed") == _artifact(tmp_path / "in_memory")
+    assert [q.key for q in in_memory.quantization.layers] != \
+        [q.key for q in streamed.quantization.layers]  # content keys vs file locations
+
+
+def test_import_views_the_file(external_model: Path, large: None) -> None:
+    """The imported constants of external initializers are the mapped bytes (no copy) and the
+    loaded model holds no weight data."""
+    model = load_checked(external_model, map_external=True)
+    assert can_map_external(model)
+    external = ExternalData(model, external_model.parent)
+    assert len(external) > 0
+    assert not any(t.raw_data for t in model.graph.initializer
+                   if external_data_helper.uses_external_data(t))
+    mod, _ = import_onnx(model, external)
+    views = []
+
+    def visit(expr: object) -> None:
+        if hasattr(expr, "value") and hasattr(expr.value, "shape"):
+            views.append(np.from_dlpack(expr.value))
+
+    from tvm import relax
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    large_views = [v for v in views if v.nbytes >= 4096]
+    assert len(large_views) >= len(external) - 4  # the few unaligned ones are copies
+    assert all(location_key(v) is not None for v in large_views)
+
+
+def test_small_or_rewritten_models_load_in_memory(external_model: Path) -> None:
+    """Below the preprocessing limit the model is loaded as before (the preprocessing
+    serializes it)."""
+    model = load_checked(external_model, map_external=True)
+    assert not any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+
+
+def test_location_and_content_keys(external_model: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(external_model), load_external_data=False)
+    external = ExternalData(model, external_model.parent)
+    name = "model.layers.0.mlp.down_proj.weight"
+    view, copy = external.array(name), external.read(name)
+    assert view is not None and np.array_equal(view, copy)
+    key = weight_key(view)
+    assert key.startswith("float32:352x128@") and key.endswith(str(external_model) + ".data:"
+                                                                + key.rsplit(":", 1)[1])
+    assert weight_key(copy) == weight_key(np.array(view)) != key
+    assert location_key(view[1:]) is not None and location_key(view.T) is None
+    external.close()
+    assert location_key(view) is None  # the view still works, it is no longer named
+    assert float(view[0, 0]) == float(copy[0, 0])
+
+
+def test_bad_external_data_refused_before_work(external_model: Path, large: None,
+                                               tmp_path: Path) -> None:
+    """Missing or truncated external data is refused by the checks, before a weight is read or
+    an artifact directory made."""
+    data = external_model.parent / (external_model.name + ".data")
+    payload = data.read_bytes()
+    options = CompileOptions(target="c", quant=QuantScheme.parse("w4g128"))
+    data.write_bytes(payload[: len(payload) - 1])
+    with pytest.raises(ModelCheckError, match="is truncated"):
+        compile_model(external_model, tmp_path / "out", options)
+    data.unlink()
+    with pytest.raises(ModelCheckError, match="not found next to the model"):
+        compile_model(external_model, tmp_path / "out", options)
+    assert not (tmp_path / "out").exists()
