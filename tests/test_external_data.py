@@ -22,6 +22,7 @@ from sail_compiler.frontend import converters, import_onnx, load_checked
 from sail_compiler.frontend.check import can_map_external
 from sail_compiler.options import CompileOptions
 from sail_compiler.quant.plan import weight_key
+from sail_compiler.quant.reference import PackedWeight
 from sail_compiler.quant.scheme import QuantScheme
 from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 
@@ -49,8 +50,8 @@ def _artifact(path: Path) -> dict[str, bytes]:
 
 def test_streaming_compile_equals_in_memory(external_model: Path, large: None, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The c artifact of the mapped path equals the in-memory path's byte for byte, and the
-    mapped path read every quantized weight from its file, one at a time."""
+    """The c artifact of the mapped path equals the in-memory path's byte for byte; the mapped
+    path read every quantized weight from its file, one at a time, and kept it packed."""
     options = CompileOptions(target="c", quant=QuantScheme.parse("w4g128"))
     reads: list[str] = []
     original_read = ExternalData.read
@@ -64,6 +65,7 @@ def test_streaming_compile_equals_in_memory(external_model: Path, large: None, t
     assert streamed.quantization is not None
     quantized = [q.layer.weight_name for q in streamed.quantization.layers if q.qw is not None]
     assert len(quantized) == 29 and sorted(reads) == sorted(quantized)
+    assert all(isinstance(q.qw, PackedWeight) for q in streamed.quantization.layers if q.qw)
 
     monkeypatch.setattr(driver, "_weights_may_stay_in_files", lambda options: False)
     reads.clear()

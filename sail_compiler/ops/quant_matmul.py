@@ -41,7 +41,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from ..quant.packing import check_bits, packed_length
-from ..quant.reference import ActBlocks, QuantizedWeight, check_act_bits
+from ..quant.reference import ActBlocks, PackedWeight, QuantizedWeight, check_act_bits
 
 __all__ = [
     "OP_NAME",
@@ -449,11 +449,17 @@ def _register() -> None:
     tvm.ir.register_op_attr(OP_NAME, "FLegalize", _legalize)
 
 
-def weight_constants(qw: QuantizedWeight) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
+def weight_constants(qw: QuantizedWeight | PackedWeight,
+                     ) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
     """``(packed, scale, zero)`` of ``qw`` as constants, in the operand layout of every sail
-    operator that takes a quantized weight (module docstring)."""
-    return (relax.const(qw.packed()), relax.const(qw.scale),
-            relax.const(qw.zero_points(), "int32"))
+    operator that takes a quantized weight (module docstring). A :class:`PackedWeight`'s packed
+    codes and scales become constants without a copy (the IR shares its 64-byte aligned arrays,
+    so a large model's codes are held once)."""
+    if isinstance(qw, PackedWeight):
+        packed, scale = (tvm.runtime.from_dlpack(a) for a in (qw.packed(), qw.scale))
+    else:
+        packed, scale = tvm.runtime.tensor(qw.packed()), tvm.runtime.tensor(qw.scale)
+    return relax.const(packed), relax.const(scale), relax.const(qw.zero_points(), "int32")
 
 
 def layer_name(call: relax.Call) -> str:

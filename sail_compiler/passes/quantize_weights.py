@@ -45,6 +45,7 @@ from ..quant.plan import weight_key
 from ..quant.reference import (
     ACT_GROUP_ROW,
     ActBlocks,
+    PackedWeight,
     QuantizedWeight,
     check_act_bits,
     check_act_group_size,
@@ -53,7 +54,7 @@ from ..quant.scheme import QuantScheme
 from ._common import applied_entry, constant_array, rewrite_relax_functions
 
 #: ``{weight_key: (layer name, quantized weight or None to keep the layer float)}``
-LayerTable = dict[str, tuple[str, QuantizedWeight | None]]
+LayerTable = dict[str, tuple[str, QuantizedWeight | PackedWeight | None]]
 
 _MATMUL = tvm.ir.Op.get("relax.matmul")
 

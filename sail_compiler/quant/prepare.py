@@ -41,7 +41,7 @@ from .plan import (
     unmatched_error,
     weight_key,
 )
-from .reference import ActBlocks, QuantizedWeight, dequantize
+from .reference import ActBlocks, PackedWeight, QuantizedWeight, dequantize
 from .scheme import QuantScheme
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 class QuantizedLayer:
     """One layer's outcome: its choice, weights (None: float) and weight-space error.
 
+    A compile whose weights stay in their files (a large model) keeps ``qw`` packed
+    (:class:`~.reference.PackedWeight`).
+
     ``weight_error`` is :func:`~.methods.reconstruction_error`: the relative output error
     ``||X (W - W_q)||^2 / ||X W||^2`` over the calibration activations when there are some,
     else the relative Frobenius error of the weights.
@@ -60,7 +63,7 @@ class QuantizedLayer:
 
     layer: Layer
     choice: LayerChoice
-    qw: QuantizedWeight | None
+    qw: QuantizedWeight | PackedWeight | None
     key: str
     weight_error: float | None = None
 
@@ -99,9 +102,9 @@ class Quantization:
     folding: Folding | None = None
 
     @property
-    def table(self) -> dict[str, tuple[str, QuantizedWeight | None]]:
+    def table(self) -> dict[str, tuple[str, QuantizedWeight | PackedWeight | None]]:
         """``{weight_key: (name, qw or None)}`` for :class:`QuantizeWeights`."""
-        table: dict[str, tuple[str, QuantizedWeight | None]] = {}
+        table: dict[str, tuple[str, QuantizedWeight | PackedWeight | None]] = {}
         for q in self.layers:
             table.setdefault(q.key, (q.layer.name, q.qw))
         return table
@@ -331,6 +334,9 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             method = "search" if h is None and choice.method == "gptq" else choice.method
             qw = quantize_weight(w, choice.scheme, method, h)
         err = reconstruction_error(w, qw, h) if qw is not None else None
+        del w
+        if external is not None and qw is not None:
+            qw = PackedWeight.of(qw)  # a large model: hold bits / 8 bytes a weight, not 1
         results.append(QuantizedLayer(layer, choice, qw, key, err))
     resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
     if prequantized:

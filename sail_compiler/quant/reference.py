@@ -56,7 +56,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import OptionError
-from .packing import check_bits, pack_bits
+from .packing import check_bits, pack_bits, unpack_bits
 from .scheme import QuantScheme
 
 #: Valid activation widths: 1 bit has no symmetric range (its scale divides by 2**0 - 1 = 0).
@@ -173,6 +173,78 @@ class QuantizedWeight:
     def packed(self) -> np.ndarray:
         """uint8 ``[ceil(K_pad * bits / 8), N]``: :attr:`q` packed along K (see ``packing``)."""
         return pack_bits(self.q, self.bits, axis=0)
+
+
+#: Alignment of :class:`PackedWeight`'s arrays (TVM takes 64-byte aligned arrays without a copy).
+_ALIGN = 64
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data starts on a :data:`_ALIGN`-byte boundary."""
+    raw = np.empty(a.nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedWeight:
+    """A :class:`QuantizedWeight` kept as its packed codes: ``bits / 8`` bytes a weight instead
+    of one, for compiles that hold every layer's weights at once (a large model).
+
+    It answers what the passes and reports ask of a :class:`QuantizedWeight` (:meth:`packed`,
+    :meth:`zero_points`, ``scale``, ``zero``, ``bits``, ``group_size``, ``k``, ``n``,
+    ``symmetric``, ``n_groups``); :attr:`q` and :meth:`unpack` unpack the codes on demand. The
+    arrays are 64-byte aligned, so the IR's constants can share them.
+    """
+
+    packed_codes: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray | None
+    bits: int
+    group_size: int
+    k: int
+
+    @classmethod
+    def of(cls, qw: QuantizedWeight) -> PackedWeight:
+        zero = None if qw.zero is None else _aligned_copy(qw.zero)
+        return cls(_aligned_copy(qw.packed()), _aligned_copy(qw.scale), zero, qw.bits,
+                   qw.group_size, qw.k)
+
+    @property
+    def n(self) -> int:
+        return self.scale.shape[1]
+
+    @property
+    def n_groups(self) -> int:
+        return self.scale.shape[0]
+
+    @property
+    def k_padded(self) -> int:
+        return self.n_groups * self.group_size
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero is None
+
+    @property
+    def q(self) -> np.ndarray:
+        """The unpacked codes (a new array on every access)."""
+        return unpack_bits(self.packed_codes, self.bits, self.k_padded, axis=0)
+
+    def unpack(self) -> QuantizedWeight:
+        return QuantizedWeight(self.q, self.scale, self.zero, self.bits, self.group_size, self.k)
+
+    def zero_points(self) -> np.ndarray:
+        """int32 ``[n_groups, N]``, as :meth:`QuantizedWeight.zero_points`."""
+        if self.zero is None:
+            return np.full(self.scale.shape, 1 << (self.bits - 1), dtype=np.int32)
+        return self.zero.astype(np.int32)
+
+    def packed(self) -> np.ndarray:
+        """The packed codes themselves (not a copy)."""
+        return self.packed_codes
 
 
 def _as_float32(a: np.ndarray, name: str, ndim: int | None = None) -> np.ndarray:

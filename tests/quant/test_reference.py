@@ -14,6 +14,7 @@ from sail_compiler.errors import OptionError
 from sail_compiler.quant.packing import unpack_bits
 from sail_compiler.quant.reference import (
     ActBlocks,
+    PackedWeight,
     QuantizedWeight,
     block_sums,
     check_act_group_size,
@@ -489,3 +490,20 @@ def test_weight_errors_and_packed_view() -> None:
     np.testing.assert_array_equal(unpack_bits(packed, 5, 96), qw.q)
     with pytest.raises(ValueError, match=r"\[\.\.\., 70\]"):
         quantized_matmul(np.ones((2, 69), np.float32), qw)
+
+
+@pytest.mark.parametrize("scheme", ["w4g128", "w3g64sym", "w2g32", "w8g32", "w4channel"])
+def test_packed_weight_holds_the_same_weight(scheme: str) -> None:
+    """A PackedWeight keeps the packed codes (64-byte aligned) and gives back the codes, zero
+    points and sizes of the QuantizedWeight it was made of."""
+    w = np.random.default_rng(1).standard_normal((300, 70)).astype(np.float32)
+    qw = quantize_weights_rtn(w, QuantScheme.parse(scheme))
+    packed = PackedWeight.of(qw)
+    assert packed.packed().ctypes.data % 64 == 0 and packed.scale.ctypes.data % 64 == 0
+    assert np.array_equal(packed.packed(), qw.packed())
+    assert np.array_equal(packed.zero_points(), qw.zero_points())
+    assert (packed.k, packed.n, packed.n_groups, packed.symmetric, packed.k_padded) == \
+        (qw.k, qw.n, qw.n_groups, qw.symmetric, qw.k_padded)
+    again = packed.unpack()
+    assert np.array_equal(again.q, qw.q) and np.array_equal(again.scale, qw.scale)
+    assert np.array_equal(dequantize(again), dequantize(qw))
