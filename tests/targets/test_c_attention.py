@@ -137,6 +137,24 @@ def test_kernel_reads_rows_in_place_and_soft_caps(kernel: ctypes.CDLL, threads: 
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefill_reads_rows_in_place_and_soft_caps(kernel: ctypes.CDLL, threads: int) -> None:
+    """A prefill (20 query rows per kv head: the transposed-key tiles) over the first 300 rows
+    of a cache with room for 512, whose unused rows hold NaN (never read), causal over a past of
+    280, soft-capped; head dim 40 and value dim 24 (not whole tiles of 16)."""
+    q = RNG.standard_normal((2, 4, 20, 40)).astype(np.float32) * 4
+    cache_k = np.full((2, 2, 512, 40), np.nan, np.float32)
+    cache_v = np.full((2, 2, 512, 24), np.nan, np.float32)
+    cache_k[:, :, :300] = RNG.standard_normal((2, 2, 300, 40))
+    cache_v[:, :, :300] = RNG.standard_normal((2, 2, 300, 24))
+    mask = _mask("causal", 2, 20, 300)
+    want = reference_attention(q, cache_k[:, :, :300], cache_v[:, :, :300], mask, scale=0.5,
+                               softcap=20.0)
+    got = _run(kernel, q, cache_k, cache_v, mask, scale=0.5, softcap=20.0, threads=threads,
+               kv_len=300)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
 def test_kernel_edge_cases(kernel: ctypes.CDLL) -> None:
     q = RNG.standard_normal((1, 2, 3, 8)).astype(np.float32)
     empty = np.zeros((1, 1, 0, 8), np.float32)

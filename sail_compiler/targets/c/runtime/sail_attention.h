@@ -11,15 +11,17 @@
  * Keys and values are read where they are, never repeated per query head: the keys and values
  * of one kv head are read once for all its query heads (4 rows at a time), which is what makes
  * grouped and multi-query attention cheap. The softmax subtracts each row's maximum (numerically
- * stable; expf of non-positive arguments). A key whose mask value is -inf or at most -FLT_MAX
+ * stable; exp of non-positive arguments). A key whose mask value is -inf or at most -FLT_MAX
  * for every row of a block is not multiplied: adding such a mask gives the mask value itself
  * for every score below 2^103 in magnitude, so the scores are exactly what computing them would
  * give; its exp is then 0 unless every key of the row is masked, and a key whose weight is 0 in
  * every row is not read from v. Causal and sliding-window masks thus cost what they keep.
  *
  * Differences from the graph's float operations: the dot products are summed in 8 interleaved
- * partial sums (vectorizable), and the weighted values are divided by the sum at the end
- * instead of normalizing the weights first: rounding-level differences (~1e-7 relative).
+ * partial sums (decode), or in order over d with fused multiply-adds (prefills: at least
+ * SAIL_ATTENTION_ROWS query rows per kv head, on keys copied once into transposed tiles); exp is
+ * a polynomial within 1 ulp, 0 below -87.3; the weighted values are divided by the sum at the
+ * end instead of normalizing the weights first: rounding-level differences (~1e-6 relative).
  *
  * Threads: units of up to SAIL_ATTENTION_ROWS query rows of one (batch, kv head) run on the
  * pool's threads; when there are fewer such units than threads (a decode step), the context
