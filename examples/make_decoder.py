@@ -14,7 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sail_compiler.testing.decoders import PRESETS, DecoderConfig, make_decoder, save_model
+from sail_compiler.testing.decoders import (
+    IN_MEMORY_LIMIT_BYTES,
+    PRESETS,
+    DecoderConfig,
+    make_decoder,
+    save_model,
+    write_decoder,
+)
 
 __all__ = ["PRESETS", "DecoderConfig", "main", "make_decoder", "save_model"]
 
@@ -30,8 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
-    model = make_decoder(cfg, kv_cache=args.kv_cache, seed=args.seed)
-    save_model(model, args.output, external_data=args.external_data or None)
+    if 4 * cfg.num_params() > IN_MEMORY_LIMIT_BYTES:
+        write_decoder(cfg, args.output, kv_cache=args.kv_cache, seed=args.seed)
+    else:
+        model = make_decoder(cfg, kv_cache=args.kv_cache, seed=args.seed)
+        save_model(model, args.output, external_data=args.external_data or None)
     print(f"wrote {args.output} ({cfg.num_params() / 1e6:.1f}M parameters, "
           f"{'with' if args.kv_cache else 'without'} KV cache)")
 

@@ -24,7 +24,7 @@ from sail_compiler.options import CompileOptions
 from sail_compiler.quant.plan import weight_key
 from sail_compiler.quant.reference import PackedWeight
 from sail_compiler.quant.scheme import QuantScheme
-from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
+from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model, write_decoder
 
 
 @pytest.fixture
@@ -137,3 +137,20 @@ def test_bad_external_data_refused_before_work(external_model: Path, large: None
     with pytest.raises(ModelCheckError, match="not found next to the model"):
         compile_model(external_model, tmp_path / "out", options)
     assert not (tmp_path / "out").exists()
+
+
+def test_write_decoder_streams_the_same_weights(tmp_path: Path) -> None:
+    """write_decoder (the 7b/13b presets' writer) writes make_decoder's tensors, one at a time,
+    64-byte aligned, and the model maps without a copy."""
+    path = tmp_path / "streamed.onnx"
+    write_decoder(PRESETS["tiny"], path, kv_cache=True, seed=3)
+    streamed = onnx.load(str(path))
+    built = make_decoder(PRESETS["tiny"], kv_cache=True, seed=3)
+    assert [t.name for t in streamed.graph.initializer] == [t.name for t in built.graph.initializer]
+    for a, b in zip(streamed.graph.initializer, built.graph.initializer, strict=True):
+        assert np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b)), a.name
+    external = ExternalData(onnx.load(str(path), load_external_data=False), tmp_path)
+    model = onnx.load(str(path), load_external_data=False)
+    names = [t.name for t in model.graph.initializer
+             if external_data_helper.uses_external_data(t)]
+    assert names and all(external.array(name) is not None for name in names)

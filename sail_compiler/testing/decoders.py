@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -103,19 +104,45 @@ PRESETS: dict[str, DecoderConfig] = {
     # ~1.1B parameters, the TinyLlama-1.1B shape (needs external data).
     "1b": DecoderConfig(vocab_size=32000, hidden_size=2048, num_layers=22, num_heads=32,
                         num_kv_heads=4, ffn_size=5632),
+    # ~6.7B and ~13B parameters, the Llama-2 7B and 13B shapes (27 and 52 GB of float32: written
+    # by write_decoder, one tensor at a time).
+    "7b": DecoderConfig(vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
+                        num_kv_heads=32, ffn_size=11008, max_positions=4096),
+    "13b": DecoderConfig(vocab_size=32000, hidden_size=5120, num_layers=40, num_heads=40,
+                         num_kv_heads=40, ffn_size=13824, max_positions=4096),
 }
+#: Presets whose float32 weights pass this are written by :func:`write_decoder` (streamed).
+IN_MEMORY_LIMIT_BYTES = 8_000_000_000
+#: Offsets of tensors in :func:`write_decoder`'s data file are multiples of this (TVM maps
+#: 64-byte aligned tensors without a copy).
+_DATA_ALIGN = 64
 
 
 class _GraphBuilder:
-    """Appends nodes with unique, readable names; holds the initializers."""
+    """Appends nodes with unique, readable names; holds the initializers (or, given an open
+    external-data file, writes tensors of 1 KiB or more to it and keeps only their references).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, data: tuple[BinaryIO, str] | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count: dict[str, int] = {}
+        self._data = data
 
     def const(self, name: str, value: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(value, name))
+        if self._data is None or value.nbytes < 1024:
+            self.initializers.append(numpy_helper.from_array(value, name))
+            return name
+        file, location = self._data
+        offset = -(-file.tell() // _DATA_ALIGN) * _DATA_ALIGN
+        file.write(bytes(offset - file.tell()))
+        file.write(np.ascontiguousarray(value).tobytes())
+        tensor = onnx.TensorProto(name=name, dims=value.shape,
+                                  data_type=helper.np_dtype_to_tensor_dtype(value.dtype))
+        for key, entry in (("location", location), ("offset", offset), ("length", value.nbytes)):
+            tensor.external_data.add(key=key, value=str(entry))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        self.initializers.append(tensor)
         return name
 
     def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, **attrs) -> str:
@@ -131,7 +158,8 @@ def _int64(values: list[int]) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
-def make_decoder(cfg: DecoderConfig, kv_cache: bool = False, seed: int = 0) -> onnx.ModelProto:
+def make_decoder(cfg: DecoderConfig, kv_cache: bool = False, seed: int = 0,
+                 data: tuple[BinaryIO, str] | None = None) -> onnx.ModelProto:
     """Build the decoder graph.
 
     Parameters
@@ -142,6 +170,10 @@ def make_decoder(cfg: DecoderConfig, kv_cache: bool = False, seed: int = 0) -> o
         Add past key/value inputs and present outputs.
     seed
         Seed of the random weights.
+    data
+        An external-data file open for writing and its location (its name relative to the
+        model): tensors of 1 KiB or more are written there as they are made (see
+        :func:`write_decoder`).
 
     Returns
     -------
@@ -149,7 +181,7 @@ def make_decoder(cfg: DecoderConfig, kv_cache: bool = False, seed: int = 0) -> o
         A checked model at opset 17 with symbolic ``batch``, ``seq`` (and ``past``) dims.
     """
     rng = np.random.default_rng(seed)
-    g = _GraphBuilder()
+    g = _GraphBuilder(data)
     h, nh, nkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     n_rep = nh // nkv
 
@@ -303,6 +335,16 @@ def make_decoder(cfg: DecoderConfig, kv_cache: bool = False, seed: int = 0) -> o
                               producer_name="sail_compiler.examples.make_decoder")
     model.ir_version = 8
     return model
+
+
+def write_decoder(cfg: DecoderConfig, path: Path, kv_cache: bool = False, seed: int = 0) -> None:
+    """Write the decoder to ``path`` and its weights to ``<path>.data`` one tensor at a time, for
+    models too large to build in memory (the same weights as :func:`make_decoder`'s)."""
+    location = path.name + ".data"
+    with (path.parent / location).open("wb") as file:
+        model = make_decoder(cfg, kv_cache, seed, data=(file, location))
+    onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path))
 
 
 def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = None) -> None:
