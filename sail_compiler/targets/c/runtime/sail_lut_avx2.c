@@ -549,7 +549,17 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
  * Exactness: a product pair is |c0 x0 + c1 x1| <= 2 * 15 * 128 = 3840 (no saturation); each
  * int16 sums the block's 8 row quads, |.| <= 30720 < 32767. Assembly, so that every product
  * sits next to its add and the sums stay in registers (gcc computed the products first and
- * spilled them). */
+ * spilled them).
+ * With VNNI (AVX512-VNNI with AVX512VL, or AVX-VNNI; chosen at build time), vpdpbusd adds each
+ * column's 4 products of a quad straight into int32 (exact: |sum| <= 8 * 4 * 15 * 128 per
+ * block): one instruction where vpmaddubsw, vpaddw and the block's vpmaddwd were three. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define SAIL_LUT_VNNI 1
+#define NQ_DP "vpdpbusd " /* EVEX, ymm0-15 */
+#elif defined(__AVXVNNI__)
+#define SAIL_LUT_VNNI 1
+#define NQ_DP "{vex} vpdpbusd "
+#endif
 typedef struct { __m256i v[4][2]; } nibble_quad_acc;
 typedef struct { __m256i v[2]; } nibble_one_acc;
 typedef struct { uint8_t b[4 * 64]; } nibble_block4;
@@ -562,6 +572,15 @@ typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
     "vpand %%ymm13, %%ymm9, %%ymm8\n\t"                                                          \
     "vpsrlw $4, %%ymm9, %%ymm9\n\t"                                                              \
     "vpand %%ymm13, %%ymm9, %%ymm9\n\t"
+#ifdef SAIL_LUT_VNNI
+#define NQ_TOKEN(q, t, a0, a1)                                                                    \
+    "vpbroadcastd 4*" #q "+32*" #t "(%[x]), %%ymm10\n\t"                                         \
+    NQ_DP "%%ymm10, %%ymm8, %%" #a0 "\n\t"                                                        \
+    NQ_DP "%%ymm10, %%ymm9, %%" #a1 "\n\t"
+#define NQ_FIRST(t, a0, a1)                                                                       \
+    "vpxor %%" #a0 ", %%" #a0 ", %%" #a0 "\n\t"                                                  \
+    "vpxor %%" #a1 ", %%" #a1 ", %%" #a1 "\n\t" NQ_TOKEN(0, t, a0, a1)
+#else
 #define NQ_TOKEN(q, t, a0, a1)                                                                    \
     "vpbroadcastd 4*" #q "+32*" #t "(%[x]), %%ymm10\n\t"                                         \
     "vpmaddubsw %%ymm10, %%ymm8, %%ymm11\n\t"                                                    \
@@ -573,6 +592,7 @@ typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
     "vpbroadcastd 32*" #t "(%[x]), %%ymm10\n\t"                                                  \
     "vpmaddubsw %%ymm10, %%ymm8, %%" #a0 "\n\t"                                                  \
     "vpmaddubsw %%ymm10, %%ymm9, %%" #a1 "\n\t"
+#endif
 #define NQ_ROW(q, stride)                                                                         \
     NQ_CODES(q, stride) NQ_TOKEN(q, 0, ymm0, ymm1) NQ_TOKEN(q, 1, ymm2, ymm3)                      \
         NQ_TOKEN(q, 2, ymm4, ymm5) NQ_TOKEN(q, 3, ymm6, ymm7)
@@ -587,6 +607,16 @@ typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
         NQ_FIRST(3, ymm6, ymm7) NQ_ROW(1, stride) NQ_ROW(2, stride) NQ_ROW(3, stride)              \
             NQ_ROW(4, stride) NQ_ROW(5, stride) NQ_ROW(6, stride) NQ_ROW(7, stride)
 /* 8 bits: token t's low (ymm13: ones) and high (ymm14: 16s) nibble sums into acc32[t][h] */
+#ifdef SAIL_LUT_VNNI
+#define NQ_WIDEN8(t, a0, a1)                                                                      \
+    "vpslld $4, %%" #a1 ", %%" #a1 "\n\t"                                                        \
+    "vpaddd %%" #a1 ", %%" #a0 ", %%" #a0 "\n\t"                                                 \
+    "vpaddd 64*" #t "(%[acc]), %%" #a0 ", %%" #a0 "\n\t"                                         \
+    "vmovdqu %%" #a0 ", 64*" #t "(%[acc])\n\t"
+#define NQ_WIDEN(i, a)                                                                            \
+    "vpaddd 32*" #i "(%[acc]), %%" #a ", %%" #a "\n\t"                                           \
+    "vmovdqu %%" #a ", 32*" #i "(%[acc])\n\t"
+#else
 #define NQ_WIDEN8(t, a0, a1)                                                                      \
     "vpmaddwd %%ymm13, %%" #a0 ", %%" #a0 "\n\t"                                                 \
     "vpmaddwd %%ymm14, %%" #a1 ", %%" #a1 "\n\t"                                                 \
@@ -597,6 +627,7 @@ typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
     "vpmaddwd %%ymm13, %%" #a ", %%" #a "\n\t"                                                   \
     "vpaddd 32*" #i "(%[acc]), %%" #a ", %%" #a "\n\t"                                           \
     "vmovdqu %%" #a ", 32*" #i "(%[acc])\n\t"
+#endif
 
 static const int16_t nq_nib[16] __attribute__((aligned(32))) = {
     0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F,
