@@ -1,12 +1,13 @@
 """ONNX external data read in place: memory-mapped weights, never loaded whole.
 
 A model whose weights live in external-data files (beside the ``.onnx``) can be compiled without
-a float copy of the whole model in memory: :class:`ExternalData` maps each file once,
-copy-on-write (``MAP_PRIVATE``: pages come from the page cache when touched, nothing is written
-back), and hands out each initializer as a NumPy view of its bytes (:meth:`~ExternalData.array`),
-which the importer turns into a TVM constant without copying. Quantization reads a weight with
-:meth:`~ExternalData.read` (``pread`` into a fresh array) so the mapping's pages stay untouched
-and the float copy lives only while that one weight is quantized.
+a float copy of the whole model in memory: :class:`ExternalData` maps each file once, read-only
+(pages come from the page cache when touched; a read-only mapping is not charged against the
+kernel's overcommit limit, which refused a 27 GB copy-on-write mapping on a 24 GB machine), and
+hands out each initializer as a read-only NumPy view of its bytes (:meth:`~ExternalData.array`),
+which the importer turns into a TVM constant without copying (:func:`tvm_dlpack`).
+Quantization reads a weight with :meth:`~ExternalData.read` (``pread`` into a fresh array) so the
+mapping's pages stay untouched and the float copy lives only while that one weight is quantized.
 
 Weights are matched to their IR constants by :func:`location_key`: a view of a mapped file is
 named by its file and offset, so the constant's bytes need not be read (hashing them would fault
@@ -135,7 +136,7 @@ class ExternalData:
     def _map(self, path: Path) -> mmap.mmap:
         if path not in self._maps:
             with path.open("rb") as f:
-                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._maps[path] = mapped
             if len(mapped):
                 start = np.frombuffer(mapped, np.uint8, count=1).ctypes.data
@@ -144,8 +145,8 @@ class ExternalData:
         return self._maps[path]
 
     def array(self, name: str) -> np.ndarray | None:
-        """A view of ``name``'s bytes in the mapped file (writable copy-on-write: writes stay in
-        this process), or None when its offset is not 64-byte aligned (TVM would copy it)."""
+        """A read-only view of ``name``'s bytes in the mapped file, or None when its offset is
+        not 64-byte aligned (TVM would copy it)."""
         loc = self._locations[name]
         if loc.offset % _TVM_ALIGN or loc.nbytes == 0:
             return None
@@ -164,6 +165,15 @@ class ExternalData:
         """Forget the mapped ranges (views handed out keep their mapping alive)."""
         self._finalizer()
         self._maps.clear()
+
+
+def tvm_dlpack(view: np.ndarray) -> object:
+    """A DLPack capsule of a read-only view for ``tvm.runtime.from_dlpack`` (no copy).
+
+    NumPy exports a read-only array only as a versioned (DLPack 1.0) capsule, which carries the
+    read-only flag; TVM takes it and never writes to a constant.
+    """
+    return view.__dlpack__(max_version=(1, 0))
 
 
 def _unregister(starts: list[int]) -> None:

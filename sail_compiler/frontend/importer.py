@@ -16,7 +16,7 @@ import tvm
 from onnx import external_data_helper
 
 from ..errors import ImportFailure, OptionError, tvm_message, valid_choices
-from ..external_data import ExternalData
+from ..external_data import ExternalData, tvm_dlpack
 from .converters import patched_converters, preprocess
 from .signature import ModelSignature, signature_of
 
@@ -103,7 +103,7 @@ def _mapped_initializers(external: ExternalData) -> Iterator[None]:
         view = external.array(tensor.name)
         if view is None:
             return tvm.runtime.tensor(external.read(tensor.name))
-        return tvm.runtime.from_dlpack(view)
+        return tvm.runtime.from_dlpack(tvm_dlpack(view))
 
     ONNXGraphImporter._parse_array = parse
     try:
