@@ -150,7 +150,8 @@ def compile_model(model_path: str | Path, output: str | Path | None,
     context = context_length(model)
     seconds["import"] = time.perf_counter() - started
     if tokenizer is not None:
-        bound = next((s.index_bound for s in signature.inputs if s.name == "input_ids"), None)
+        ids = signature.input_of("ids")
+        bound = None if ids is None else ids.index_bound
         notes.extend([*tokenizer.notes, *tokenizer.check_vocabulary(bound)])
     dumper.record_stage(0, "frontend", mod)
     quant = quantization if quantization is not None else \

@@ -227,17 +227,16 @@ def logits_output(signature: ModelSignature) -> str:
 
 
 def kv_pairs(signature: ModelSignature) -> dict[str, str]:
-    """The model's KV cache: each ``past_key_values.<x>`` input and its ``present.<x>`` output.
+    """The model's KV cache: each past input (``past_key_values.<x>``) and its present output
+    (``present.<x>``), as the signature pairs them.
 
     Raises
     ------
     OptionError
         The model has no such pairs, or a past input without its present output.
     """
-    outputs = {s.name for s in signature.outputs}
-    pasts = [s.name for s in signature.inputs if s.name.startswith("past_key_values.")]
-    pairs = {p: "present." + p.removeprefix("past_key_values.") for p in pasts}
-    missing = [p for p, q in pairs.items() if q not in outputs]
+    pairs = signature.kv_pairs()
+    missing = [s.name for s in signature.inputs_of("past") if s.present is None]
     if not pairs or missing:
         raise OptionError("--chunk runs a window through the model's KV cache and needs inputs "
                           "past_key_values.<x> with outputs present.<x>"

@@ -7,8 +7,8 @@ other floats standard normal. Symbolic dims take values by the role of their inp
 batch x seq; past tensors: batch x ... x past x ...; masks: batch x (past + seq)), then by their
 name (``batch``, ``past``, ``seq``/``len``, ``total``), else 1; ``InputPlan.dims`` overrides any.
 
-The role of an input (token ids, attention mask, position ids, past key/values) is read from its
-name (:func:`is_ids`, :func:`is_mask`, :func:`is_positions`, :func:`is_past`).
+The role of an input (token ids, attention mask, position ids, past key/values) is the one the
+signature records (:attr:`~sail_compiler.frontend.signature.TensorSpec.role`, decided at import).
 """
 
 from __future__ import annotations
@@ -33,22 +33,6 @@ class InputPlan:
     seed: int = 0
 
 
-def is_ids(name: str) -> bool:
-    return "ids" in name.lower() and "position" not in name.lower()
-
-
-def is_mask(name: str) -> bool:
-    return "mask" in name.lower()
-
-
-def is_positions(name: str) -> bool:
-    return "position" in name.lower()
-
-
-def is_past(name: str) -> bool:
-    return "past" in name.lower() or "cache" in name.lower()
-
-
 def _by_name(dim: str, plan: InputPlan, total: int) -> int:
     """A value for a symbolic dim no input role fixed, from its name (1 if unknown)."""
     low = dim.lower()
@@ -66,8 +50,8 @@ def _by_name(dim: str, plan: InputPlan, total: int) -> int:
 def _role_dims(signature: ModelSignature, plan: InputPlan) -> dict[str, int]:
     """Assign a value to every symbolic dim of the inputs."""
     values: dict[str, int] = {}
-    ids = [s for s in signature.inputs if is_ids(s.name) and len(s.dims) == 2]
-    past = [s for s in signature.inputs if is_past(s.name) and len(s.dims) >= 3]
+    ids = [s for s in signature.inputs_of("ids") if len(s.dims) == 2]
+    past = [s for s in signature.inputs_of("past") if len(s.dims) >= 3]
     for spec in ids:
         for dim, value in zip(spec.dims, (plan.batch, plan.seq_len), strict=True):
             if isinstance(dim, str):
@@ -79,11 +63,11 @@ def _role_dims(signature: ModelSignature, plan: InputPlan) -> dict[str, int]:
             values.setdefault(spec.dims[-2], plan.past_len)
     total = plan.seq_len + (plan.past_len if past else 0)
     for spec in signature.inputs:
-        if (is_mask(spec.name) or is_positions(spec.name)) and len(spec.dims) == 2:
+        if spec.role in ("mask", "positions") and len(spec.dims) == 2:
             if isinstance(spec.dims[0], str):
                 values.setdefault(spec.dims[0], plan.batch)
             if isinstance(spec.dims[1], str):
-                values.setdefault(spec.dims[1], total if is_mask(spec.name) else plan.seq_len)
+                values.setdefault(spec.dims[1], total if spec.role == "mask" else plan.seq_len)
     for name in signature.symbolic_dims():
         values.setdefault(name, _by_name(name, plan, total))
     values.update(plan.dims)
@@ -94,13 +78,13 @@ def _generate(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator
               bound: int | None, past_len: int) -> np.ndarray:
     dtype = np.dtype(spec.dtype)
     if dtype.kind in "iu":
-        if is_mask(spec.name):
+        if spec.role == "mask":
             return np.ones(shape, dtype)
-        if is_positions(spec.name):
+        if spec.role == "positions":
             return np.broadcast_to(np.arange(shape[-1]) + past_len, shape).astype(dtype)
         return rng.integers(0, bound if bound is not None else 100, shape).astype(dtype)
     if dtype.kind == "b":
-        return np.ones(shape, dtype) if is_mask(spec.name) else rng.random(shape) < 0.5
+        return np.ones(shape, dtype) if spec.role == "mask" else rng.random(shape) < 0.5
     return rng.standard_normal(shape).astype(dtype)
 
 
@@ -108,7 +92,7 @@ def generate_inputs(signature: ModelSignature, plan: InputPlan) -> dict[str, np.
     """Seeded inputs valid for a model of ``signature``; see the module docstring."""
     dims = _role_dims(signature, plan)
     rng = np.random.default_rng(plan.seed)
-    past_len = plan.past_len if any(is_past(s.name) for s in signature.inputs) else 0
+    past_len = plan.past_len if signature.inputs_of("past") else 0
     inputs = {}
     for spec in signature.inputs:
         shape = tuple(d if isinstance(d, int) else dims[d] for d in spec.dims)
@@ -208,7 +192,7 @@ def read_text(text_path: str | Path, chars: int | None = None) -> str:
 
 
 def ids_input(signature: ModelSignature) -> TensorSpec:
-    """The token-ids input: ``input_ids`` or else the only input named like ids.
+    """The token-ids input (role ``ids``: ``input_ids`` or else the only input named like ids).
 
     Raises
     ------
@@ -217,15 +201,12 @@ def ids_input(signature: ModelSignature) -> TensorSpec:
         ids, attention masks, position ids and past key/values).
     """
     inputs = signature.inputs
-    candidates = [s for s in inputs if is_ids(s.name)]
-    named = [s for s in candidates if s.name == "input_ids"]
-    spec = named[0] if named else candidates[0] if len(candidates) == 1 else None
+    spec = signature.input_of("ids")
     if spec is None:
         raise OptionError(f"cannot tell the token-ids input among: "
                           f"{', '.join(s.describe() for s in inputs)}; eval-ppl expects one "
                           "input named input_ids (or one name containing 'ids')")
-    other = [s.name for s in inputs if s is not spec and not (
-        is_mask(s.name) or is_positions(s.name) or is_past(s.name))]
+    other = [s.name for s in inputs if s.role == "other"]
     if other:
         raise OptionError(f"eval-ppl cannot fill input(s) {', '.join(other)}: it feeds token ids "
                           f"({spec.name}), attention masks, position ids and past key/values")

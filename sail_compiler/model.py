@@ -80,13 +80,12 @@ def decoder_cache_axes(signature: Any) -> dict[str, int]:
 
     check_decoder(signature)
     axes = {}
-    for spec in signature.inputs:
-        if spec.name.startswith("past_key_values."):
-            symbolic = [d for d, size in enumerate(spec.dims) if d > 0 and isinstance(size, str)]
-            if len(symbolic) != 1:
-                raise OptionError(f"sail generate runs decoders with a KV cache; {spec.name} has "
-                                  f"dims {list(spec.dims)}, not one symbolic past axis")
-            axes[spec.name] = symbolic[0]
+    for spec in signature.inputs_of("past"):
+        symbolic = [d for d, size in enumerate(spec.dims) if d > 0 and isinstance(size, str)]
+        if len(symbolic) != 1:
+            raise OptionError(f"sail generate runs decoders with a KV cache; {spec.name} has "
+                              f"dims {list(spec.dims)}, not one symbolic past axis")
+        axes[spec.name] = symbolic[0]
     return axes
 
 
@@ -146,8 +145,8 @@ class Model:
 
     @property
     def vocab_bound(self) -> int | None:
-        return next((s.index_bound for s in self.signature.inputs if s.name == "input_ids"),
-                    None)
+        ids = self.signature.input_of("ids")
+        return None if ids is None else ids.index_bound
 
     def prompt_ids(self, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
         """The ids of a prompt (text through the tokenizer, or ids), checked against the
@@ -313,6 +312,9 @@ def python_token_loop(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
     ``sail_generate --json`` that :meth:`Model.generate` reads.
     """
     specs = {s.name: s for s in signature.inputs}
+    ids, mask = signature.inputs_of("ids")[0].name, signature.inputs_of("mask")[0].name
+    positions = signature.inputs_of("positions")
+    presents = signature.kv_pairs()
     generator = None if sampling.greedy else SplitMix64(sampling.seed)
     pasts = {}
     for name, axis in axes.items():
@@ -326,10 +328,10 @@ def python_token_loop(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
     reason = "length"
     for step in range(tokens):
         past = len(history) - len(step_ids)
-        feeds = {"input_ids": np.array([step_ids], np.int64),
-                 "attention_mask": np.ones((1, len(history)), np.int64), **pasts}
-        if "position_ids" in specs:
-            feeds["position_ids"] = np.arange(past, len(history), dtype=np.int64)[None]
+        feeds = {ids: np.array([step_ids], np.int64),
+                 mask: np.ones((1, len(history)), np.int64), **pasts}
+        if positions:
+            feeds[positions[0].name] = np.arange(past, len(history), dtype=np.int64)[None]
         started = time.perf_counter()
         outputs = run(feeds)
         seconds = time.perf_counter() - started
@@ -341,8 +343,7 @@ def python_token_loop(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
         generated.append(token)
         history.append(token)
         step_ids = [token]
-        pasts = {name: outputs["present." + name.removeprefix("past_key_values.")]
-                 for name in pasts}
+        pasts = {name: outputs[presents[name]] for name in pasts}
         stopped = on_id(token)
         if token in eos_ids:
             reason = "eos"

@@ -1,7 +1,13 @@
-"""The input/output signature of a model: names, dtypes and (symbolic) dims.
+"""The input/output signature of a model: names, dtypes, (symbolic) dims and input roles.
 
 The Relax function keeps only positions, so the artifact records the ONNX names, dtypes and dims
 here; symbolic dims are strings (``"batch"``, ``"seq"``), fixed dims are ints.
+
+The role of every input (what a generator, a token loop or a target feeds there) is decided here,
+once, from the names exporters give (:func:`input_roles`), and travels with the signature (the
+manifest, ``model.c``'s io specs): ``ids`` (the token ids), ``mask`` (attention mask),
+``positions`` (position ids), ``past`` (a KV-cache input, with the index of its present output)
+or ``other``.
 """
 
 from __future__ import annotations
@@ -20,25 +26,38 @@ from ..errors import ImportFailure, InputError
 
 Dim = int | str
 
+#: The roles of inputs (:attr:`TensorSpec.role`); outputs have the role ``other``.
+ROLES = ("ids", "mask", "positions", "past", "other")
+#: A past input ``past_key_values.<x>`` has the present output ``present.<x>``.
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
     """One input or output: its ONNX name, NumPy dtype name, dims and, for index inputs, the
     exclusive upper bound of valid values (TVM's gather does not check it: out-of-range ids
-    would read out of bounds)."""
+    would read out of bounds); for inputs, the role (:data:`ROLES`) and, for a past, the index
+    of its present among the outputs."""
 
     name: str
     dtype: str
     dims: tuple[Dim, ...]
     index_bound: int | None = None  # integer inputs used as indices must lie in [0, bound)
+    role: str = "other"
+    present: int | None = None  # a past input: index of its present output (None: it has none)
+
+    def __post_init__(self) -> None:
+        assert self.role in ROLES, self.role
+        assert self.present is None or self.role == "past", (self.name, self.role)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims),
-                "index_bound": self.index_bound}
+                "index_bound": self.index_bound, "role": self.role, "present": self.present}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> TensorSpec:
-        return cls(obj["name"], obj["dtype"], tuple(obj["dims"]), obj.get("index_bound"))
+        return cls(obj["name"], obj["dtype"], tuple(obj["dims"]), obj.get("index_bound"),
+                   obj.get("role", "other"), obj.get("present"))
 
     def describe(self) -> str:
         dims = ", ".join(str(d) for d in self.dims)
@@ -58,8 +77,26 @@ class ModelSignature:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ModelSignature:
-        return cls(tuple(TensorSpec.from_json(t) for t in obj["inputs"]),
-                   tuple(TensorSpec.from_json(t) for t in obj["outputs"]))
+        inputs = tuple(TensorSpec.from_json(t) for t in obj["inputs"])
+        outputs = tuple(TensorSpec.from_json(t) for t in obj["outputs"])
+        if any("role" not in t for t in obj["inputs"]):  # an artifact written before roles
+            inputs = input_roles(inputs, outputs)
+        return cls(inputs, outputs)
+
+    def inputs_of(self, role: str) -> list[TensorSpec]:
+        """The inputs of ``role`` (:data:`ROLES`), in order."""
+        assert role in ROLES, role
+        return [s for s in self.inputs if s.role == role]
+
+    def input_of(self, role: str) -> TensorSpec | None:
+        """The input of ``role`` when there is exactly one, else None."""
+        specs = self.inputs_of(role)
+        return specs[0] if len(specs) == 1 else None
+
+    def kv_pairs(self) -> dict[str, str]:
+        """``{past input: its present output}`` of every past input that has one."""
+        return {s.name: self.outputs[s.present].name for s in self.inputs
+                if s.present is not None}
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, int]:
         """Validate named ``inputs`` against the signature; return the value of every symbolic dim.
@@ -206,11 +243,55 @@ def _spec(value: onnx.ValueInfoProto, bound: int | None = None) -> TensorSpec:
 
 
 def signature_of(model: onnx.ModelProto) -> ModelSignature:
-    """The graph inputs (initializers excluded) and outputs of ``model``."""
+    """The graph inputs (initializers excluded) and outputs of ``model``, with the inputs'
+    roles (:func:`input_roles`)."""
     initializers = {t.name for t in model.graph.initializer}
     inputs = tuple(_spec(v, index_bound(model, v.name)) for v in model.graph.input
                    if v.name not in initializers)
-    return ModelSignature(inputs, tuple(_spec(v) for v in model.graph.output))
+    outputs = tuple(_spec(v) for v in model.graph.output)
+    return ModelSignature(input_roles(inputs, outputs), outputs)
+
+
+def _name_role(name: str) -> str:
+    """The role a name says, the first that matches: ``mask``, ``position``, ``ids``,
+    ``past`` / ``cache``, else other."""
+    low = name.lower()
+    if "mask" in low:
+        return "mask"
+    if "position" in low:
+        return "positions"
+    if "ids" in low:
+        return "ids"
+    if "past" in low or "cache" in low:
+        return "past"
+    return "other"
+
+
+def input_roles(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+                ) -> tuple[TensorSpec, ...]:
+    """``inputs`` with their roles, from the names Hugging Face, optimum and onnxruntime-genai
+    exports give.
+
+    * ``mask``: a name containing ``mask``; ``positions``: ``position``;
+    * ``ids``: the token ids: ``input_ids``, else every name containing ``ids`` (several of them
+      and no ``input_ids``: the token ids are ambiguous, and the tools that need them say so);
+      with ``input_ids``, other ids (BERT's ``token_type_ids``) are ``other``;
+    * ``past``: a name containing ``past`` or ``cache``; ``past_key_values.<x>`` has the present
+      output ``present.<x>`` when the model has it;
+    * ``other``: anything else.
+    """
+    roles = [_name_role(s.name) for s in inputs]
+    has_input_ids = any(s.name == "input_ids" for s in inputs)
+    presents = {s.name: j for j, s in enumerate(outputs)}
+    specs = []
+    for spec, role in zip(inputs, roles, strict=True):
+        if role == "ids" and has_input_ids and spec.name != "input_ids":
+            role = "other"
+        present = None
+        if role == "past" and spec.name.startswith(PAST_PREFIX):
+            present = presents.get(PRESENT_PREFIX + spec.name.removeprefix(PAST_PREFIX))
+        specs.append(dataclasses.replace(spec, role=role, present=present))
+    return tuple(specs)
 
 
 # Ops that pass index values through unchanged (only their shape or dtype changes).

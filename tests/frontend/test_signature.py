@@ -78,3 +78,59 @@ def test_dim_value_minus_one_is_unknown() -> None:
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 3]
     with pytest.raises(OptionError, match="dim 1 is fixed to 3 by the model, got 4"):
         bind_shapes(model, {"x": (2, 4)})
+
+
+@pytest.mark.parametrize("name", ["llama_legacy_kv", "gpt2_dynamo_kv", "bert_legacy",
+                                  "whisper_legacy"])
+def test_input_roles_of_exports(name: str) -> None:
+    """Roles are decided at import: the token ids, the mask, each past with the index of its
+    present; BERT's token_type_ids and Whisper's features are other inputs."""
+    signature = signature_of(onnx.load(str(FIXTURES / f"{name}.onnx")))
+    roles = {s.name: s.role for s in signature.inputs}
+    outputs = [s.name for s in signature.outputs]
+    expected = {"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "other",
+                "input_features": "other"}
+    assert {n: r for n, r in roles.items() if n in expected} == \
+        {n: r for n, r in expected.items() if n in roles}
+    pasts = signature.inputs_of("past")
+    assert len(pasts) == (4 if name.endswith("_kv") else 0)
+    for spec in pasts:
+        assert outputs[spec.present] == "present." + spec.name.removeprefix("past_key_values.")
+    assert signature.kv_pairs() == {s.name: outputs[s.present] for s in pasts}
+    assert all(s.present is None for s in signature.inputs if s.role != "past")
+
+
+def test_roles_name_rules() -> None:
+    """The first matching rule wins (mask, position, ids, past/cache); with input_ids other ids
+    are other inputs; a past without its present output has none."""
+    from onnx import TensorProto, helper
+
+    from sail_compiler.frontend.signature import ModelSignature
+
+    def value(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.INT64, ["n"])
+
+    names = ["input_ids", "token_type_ids", "position_ids", "cache_position", "attention_mask",
+             "past_key_values.0.key", "past_key_values.1.key", "extra"]
+    nodes = [helper.make_node("Identity", [n], [f"{n}_out"]) for n in names]
+    outs = [value("logits"), value("present.0.key")]
+    nodes += [helper.make_node("Identity", ["input_ids"], ["logits"]),
+              helper.make_node("Identity", ["input_ids"], ["present.0.key"])]
+    graph = helper.make_graph(nodes, "g", [value(n) for n in names], outs)
+    signature = signature_of(helper.make_model(graph))
+    assert [(s.role, s.present) for s in signature.inputs] == [
+        ("ids", None), ("other", None), ("positions", None), ("positions", None),
+        ("mask", None), ("past", 1), ("past", None), ("other", None)]
+    # the manifest carries them; a manifest written before roles gets them from the names
+    assert ModelSignature.from_json(signature.to_json()) == signature
+    legacy = signature.to_json()
+    for spec in legacy["inputs"]:
+        del spec["role"], spec["present"]
+    assert ModelSignature.from_json(legacy) == signature
+    # without input_ids, every ids-like input is a candidate (the tools refuse to guess)
+    graph = helper.make_graph([helper.make_node("Add", ["token_type_ids", "decoder_ids"],
+                                                ["logits"])], "g",
+                              [value("token_type_ids"), value("decoder_ids")], outs[:1])
+    signature = signature_of(helper.make_model(graph))
+    assert [s.role for s in signature.inputs] == ["ids", "ids"]
+    assert signature.input_of("ids") is None

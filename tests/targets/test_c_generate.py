@@ -32,11 +32,12 @@ SANITIZE = "CFLAGS=-O0 -g -fsanitize=address,undefined -fno-sanitize-recover=all
 SANITIZE_RUNTIME = "RUNTIME_OPT=-O1"
 
 
-def _greedy(run, inputs: list[str], kv_shape: dict[str, tuple[int, ...]]) -> list[int]:
+def _greedy(run, inputs: list[str], kv_shape: dict[str, tuple[int, ...]],
+            prompt: list[int] = PROMPT) -> list[int]:
     """Greedy ids of a decoder given ``run(feeds) -> {name: array}`` (the independent loop)."""
     past = {name: np.zeros(shape, np.float32) for name, shape in kv_shape.items()}
-    ids, out = list(PROMPT), []
-    step_ids = np.array([PROMPT], np.int64)
+    ids, out = list(prompt), []
+    step_ids = np.array([prompt], np.int64)
     for _ in range(TOKENS):
         feeds = {"input_ids": step_ids,
                  "attention_mask": np.ones((1, len(ids)), np.int64), **past}
@@ -203,3 +204,40 @@ def test_no_sail_keeps_tvm_kernels(tiny_decoder: Path, tmp_path: Path) -> None:
     assert "sail_rt_lut_gemv(model" not in model_c and ".lut_planes" not in model_c
     assert '.packed", SAIL_UINT8' in model_c
     assert Artifact(out).manifest["lut_layers"] == []
+
+
+def test_the_token_loops_find_inputs_by_role(tmp_path: Path) -> None:
+    """``sail_generate`` and the Python token loop feed the inputs the signature gave the roles
+    ids, mask and past (model.c's io specs carry them), not inputs of fixed names: the micro
+    decoder with its ids and mask renamed generates what onnxruntime's greedy loop over the
+    original model does, on llvm and c."""
+    import onnx
+
+    from sail_compiler.model import load
+    from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
+
+    original = tmp_path / "micro_kv.onnx"
+    save_model(make_decoder(PRESETS["micro"], kv_cache=True), original)
+    model = make_decoder(PRESETS["micro"], kv_cache=True)
+    renames = {"input_ids": "decoder_input_ids", "attention_mask": "attn_mask"}
+    for node in model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    for value in model.graph.input:
+        value.name = renames.get(value.name, value.name)
+    onnx.checker.check_model(model)
+    renamed = tmp_path / "renamed.onnx"
+    save_model(model, renamed)
+    prompt = [3, 17, 25, 9]
+    session = ort.InferenceSession(str(original), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    names, shapes = _kv_shapes(original)
+    expected = _greedy(lambda feeds: dict(zip(outputs, session.run(None, feeds), strict=True)),
+                       names, shapes, prompt)
+    for target in ("llvm", "c"):
+        out = tmp_path / target
+        compile_model(renamed, out, CompileOptions(target=target))
+        assert [(s.name, s.role) for s in Artifact(out).signature.inputs[:2]] == [
+            ("decoder_input_ids", "ids"), ("attn_mask", "mask")]
+        assert load(out).generate(prompt, TOKENS).ids == expected, target
+    assert '"decoder_input_ids", SAIL_INT64, 2, {-1, -1}, {"batch", "seq"}, 50, SAIL_ROLE_IDS, ' \
+           "-1}" in (tmp_path / "c" / "model.c").read_text()

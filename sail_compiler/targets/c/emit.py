@@ -25,12 +25,13 @@ weights) and a tuple of outputs. :func:`emit_model` turns it into C that reads l
   ``sail_rt_broadcast`` (``memcpy`` of contiguous runs);
 * ``R.call_dps_packed("sail_attention", (q, k, v[, mask], scale, softcap))`` (``sail.attention``)
   becomes a ``sail_rt_attention`` call of the runtime's attention kernel (``sail_attention.h``);
-* a KV cache in place: when every ``present.<name>`` output is ``past_key_values.<name>`` with
-  the new positions concatenated, the past read by nothing else and the present only by the
-  attention, ``sail_model_run_cached`` (``sail_model_api.h``) appends the new positions to one
-  preallocated buffer per present (``sail_rt_cache_append``) instead of concatenating, and the
-  attention reads the cache there (a strided view); ``CACHE[]`` lists the pairs, or
-  ``CACHE_UNSUPPORTED`` says why there are none.
+* a KV cache in place: when every present output is its past input (the signature pairs them:
+  ``present.<name>``, ``past_key_values.<name>``) with the new positions concatenated, the past
+  read by nothing else and the present only by the attention, ``sail_model_run_cached``
+  (``sail_model_api.h``) appends the new positions to one preallocated buffer per present
+  (``sail_rt_cache_append``) instead of concatenating, and the attention reads the cache there
+  (a strided view); ``CACHE[]`` lists the pairs, or ``CACHE_UNSUPPORTED`` says why there are
+  none.
 
 Anything else in ``main`` is reported at once (every unsupported binding with its variable).
 The runtime these files are written against is ``runtime/sail_model_rt.h``.
@@ -637,11 +638,12 @@ class _Graph:
                                 f"{buffer.dtype}, the ONNX model declares {spec.dtype}")
 
     def cache_pairs(self) -> tuple[list[_CachePair], str]:
-        """The past/present pairs ``sail_model_run_cached`` keeps in a KV cache: every
-        ``present.<name>`` must be ``concat(past_key_values.<name>, new)``, the past read by
-        nothing else and the present only by the attention (it becomes a strided view of the
-        cache). Returns the pairs, or none and the reason."""
-        inputs = {spec.name: i for i, spec in enumerate(self.signature.inputs)}
+        """The past/present pairs ``sail_model_run_cached`` keeps in a KV cache: every present
+        (as the signature pairs them) must be ``concat(past, new)``, the past read by nothing
+        else and the present only by the attention (it becomes a strided view of the cache).
+        Returns the pairs, or none and the reason."""
+        past_of = {spec.present: i for i, spec in enumerate(self.signature.inputs)
+                   if spec.present is not None}
         calls = [step for step in self.steps if isinstance(step, _Call)]
         readers: dict[int, list[_Call]] = {}
         for step in calls:
@@ -652,12 +654,12 @@ class _Graph:
         pairs = []
         for j, (spec, buffer) in enumerate(zip(self.signature.outputs, self.outputs,
                                                strict=True)):
-            if not spec.name.startswith("present."):
+            if j not in past_of:
                 continue
-            name = "past_key_values." + spec.name.removeprefix("present.")
+            name = self.signature.inputs[past_of[j]].name
             step = producer.get(id(buffer))
-            if name not in inputs or step is None or step.kernel != CONCAT_SYMBOL \
-                    or len(step.args) != 4 or step.args[0] is not self.inputs[inputs[name]]:
+            if step is None or step.kernel != CONCAT_SYMBOL \
+                    or len(step.args) != 4 or step.args[0] is not self.inputs[past_of[j]]:
                 return [], f"{spec.name} is not {name} with the new positions appended"
             if [s.kernel for s in readers.get(id(step.args[0]), [])] != [CONCAT_SYMBOL]:
                 return [], f"{name} is read by more than the concatenation that appends to it"
@@ -666,7 +668,7 @@ class _Graph:
             if others or sum(o is buffer for o in self.outputs) != 1:
                 return [], (f"{spec.name} is read by {others[0]} (only the attention reads a "
                             "cache in place)" if others else f"{spec.name} is returned twice")
-            pairs.append(_CachePair(name, j, inputs[name], int(step.args[2].arg), step))
+            pairs.append(_CachePair(name, j, past_of[j], int(step.args[2].arg), step))
         if not pairs:
             return [], "it has no present.* outputs (a decoder with a KV cache has)"
         return pairs, ""
@@ -726,7 +728,8 @@ def _comment(text: str, indent: str = "  ") -> list[str]:
 
 
 def _spec_entry(spec: TensorSpec, compiled: Sequence[tirx.PrimExpr]) -> str:
-    """One ``sail_io_spec`` initializer: dims fixed by the compile count as fixed."""
+    """One ``sail_io_spec`` initializer: dims fixed by the compile count as fixed; the input's
+    role and its present (``sail_generate.c`` reads them)."""
     shape, names = [], []
     for dim, have in zip(spec.dims, compiled, strict=True):
         if isinstance(have, tirx.IntImm) or isinstance(dim, int):
@@ -736,8 +739,10 @@ def _spec_entry(spec: TensorSpec, compiled: Sequence[tirx.PrimExpr]) -> str:
             shape.append("-1")
             names.append(_c_string(str(dim)))
     bound = spec.index_bound or 0
+    present = -1 if spec.present is None else spec.present
     return (f"    {{{_c_string(spec.name)}, {_C_DTYPES[spec.dtype]}, {len(spec.dims)}, "
-            f"{{{', '.join(shape) or '0'}}}, {{{', '.join(names) or 'NULL'}}}, {bound}}},")
+            f"{{{', '.join(shape) or '0'}}}, {{{', '.join(names) or 'NULL'}}}, {bound}, "
+            f"SAIL_ROLE_{spec.role.upper()}, {present}}},")
 
 
 def _tables(graph: _Graph) -> list[str]:

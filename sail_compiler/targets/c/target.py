@@ -366,24 +366,24 @@ class MainRunner(Runner):
 def check_decoder(signature: ModelSignature) -> None:
     """Raise :class:`OptionError` unless the model is a decoder ``sail_generate`` can run.
 
-    It needs ``input_ids`` and ``attention_mask`` (``position_ids`` optional) and ``logits``,
-    and a KV cache: every other input is a ``past_key_values.<name>`` whose ``present.<name>``
-    is an output.
+    By the inputs' roles (the signature's): it needs one token-ids input (``input_ids``), one
+    attention mask (one position-ids input optional) and the output ``logits``, and a KV cache:
+    every other input is a past (``past_key_values.<name>``) whose present (``present.<name>``)
+    is an output. ``sail_generate.c`` checks the same on ``model.c``'s io specs.
     """
-    inputs = {spec.name for spec in signature.inputs}
-    outputs = {spec.name for spec in signature.outputs}
-    pasts = {name for name in inputs if name.startswith("past_key_values.")}
+    ids, masks, positions, pasts = (signature.inputs_of(role)
+                                    for role in ("ids", "mask", "positions", "past"))
     problems = []
-    if not {"input_ids", "attention_mask"} <= inputs or "logits" not in outputs:
+    if len(ids) != 1 or len(masks) != 1 or "logits" not in {s.name for s in signature.outputs}:
         problems.append("it needs the inputs input_ids and attention_mask and the output logits")
     if not pasts:
         problems.append("it has no KV cache (inputs past_key_values.* with outputs present.*); "
                         "compile the decoder exported with its cache")
-    others = sorted(inputs - pasts - {"input_ids", "attention_mask", "position_ids"})
+    others = sorted(s.name for s in (*signature.inputs_of("other"), *ids[1:], *masks[1:],
+                                     *positions[1:]))
     if others:
         problems.append(f"it has other inputs: {', '.join(others)}")
-    missing = sorted(p for p in pasts if "present." + p.removeprefix("past_key_values.")
-                     not in outputs)
+    missing = sorted(s.name for s in pasts if s.present is None)
     if missing:
         problems.append(f"no present.* output for {', '.join(missing)}")
     if problems:
@@ -447,7 +447,7 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
     check_decoder(signature)
     if not prompt_ids:
         raise OptionError("--prompt-ids: give at least one token id, e.g. --prompt-ids 1,2,3")
-    bound = next(s.index_bound for s in signature.inputs if s.name == "input_ids")
+    bound = signature.inputs_of("ids")[0].index_bound
     for option, ids in (("--prompt-ids", prompt_ids), ("end-of-sequence id", eos_ids)):
         bad = [i for i in ids if i < 0 or (bound and i >= bound)]
         if bad:

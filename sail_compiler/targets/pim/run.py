@@ -147,7 +147,7 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     check_config(program, config)
     inputs = generate_inputs(artifact.signature,
                              InputPlan(batch=batch, seq_len=1, past_len=past_len, seed=seed))
-    has_past = any("past" in s.name.lower() for s in artifact.signature.inputs)
+    has_past = bool(artifact.signature.inputs_of("past"))
     executor = runner.executor
     executor.calls = []
     executor.record = True

@@ -10,7 +10,8 @@
  * past + seq] (optionally position_ids int64[batch, seq]) and past_key_values.<name> float32
  * [batch, ..., past, ...], and the outputs logits float32[batch, seq, vocab] (or [batch, 1,
  * vocab]: the last position's only, `sail compile --logits last`) and present.<name> (the new
- * cache of past_key_values.<name>, one position longer per token).
+ * cache of past_key_values.<name>, one position longer per token). Inputs are found by the
+ * roles model.c's io specs carry (the compiler decided them at import), not by their names.
  *
  * It runs the prompt in one call (prefill, past = 0), picks the next token from the last
  * position's logits (the sampler below; greedy arg-max at --temperature 0, the default), and
@@ -360,6 +361,19 @@ static int find(const sail_io_spec *specs, int count, const char *name) {
   return -1;
 }
 
+/* The index of the one input of `role`: -1 if there is none, -2 if there are several. */
+static int input_of(sail_role role) {
+  int found = -1;
+  for (int i = 0; i < sail_model_num_inputs; ++i) {
+    if (sail_model_inputs[i].role == role) {
+      if (found >= 0)
+        return -2;
+      found = i;
+    }
+  }
+  return found;
+}
+
 /* The axis of a past/present spec that grows with the tokens: the symbolic dim that is not the
  * batch (axis 0); -1 if there is none or more than one. */
 static int cache_axis(const sail_io_spec *spec) {
@@ -472,22 +486,19 @@ static const char *describe_decoder(sail_decoder *dec) {
   const int n_in = sail_model_num_inputs, n_out = sail_model_num_outputs;
   dec->n_in = n_in;
   dec->n_out = n_out;
-  dec->ids_in = find(sail_model_inputs, n_in, "input_ids");
-  dec->mask_in = find(sail_model_inputs, n_in, "attention_mask");
-  dec->pos_in = find(sail_model_inputs, n_in, "position_ids");
+  dec->ids_in = input_of(SAIL_ROLE_IDS);
+  dec->mask_in = input_of(SAIL_ROLE_MASK);
+  dec->pos_in = input_of(SAIL_ROLE_POSITIONS); /* -2 (several) counts as unknown inputs */
   dec->logits_out = find(sail_model_outputs, n_out, "logits");
   int n_kv = 0, known = (dec->ids_in >= 0) + (dec->mask_in >= 0) + (dec->pos_in >= 0);
-  for (int j = 0; j < n_out && j < MAX_KV; ++j) {
+  for (int j = 0; j < n_out && j < MAX_KV; ++j)
     dec->past_of_out[j] = -1;
-    const char *name = sail_model_outputs[j].name;
-    if (strncmp(name, "present.", 8) == 0) {
-      char past_name[512];
-      snprintf(past_name, sizeof past_name, "past_key_values.%s", name + 8);
-      dec->past_of_out[j] = find(sail_model_inputs, n_in, past_name);
-      if (dec->past_of_out[j] >= 0) {
-        ++n_kv;
-        ++known;
-      }
+  for (int i = 0; i < n_in; ++i) {
+    const int j = sail_model_inputs[i].present;
+    if (sail_model_inputs[i].role == SAIL_ROLE_PAST && j >= 0 && j < n_out && j < MAX_KV) {
+      dec->past_of_out[j] = i;
+      ++n_kv;
+      ++known;
     }
   }
   if (dec->ids_in < 0 || dec->mask_in < 0 || dec->logits_out < 0)

@@ -50,6 +50,15 @@ typedef struct sail_tensor {
   int64_t shape[SAIL_MAX_NDIM];
 } sail_tensor;
 
+/* What an input is for, as the compiler decided at import (outputs are SAIL_ROLE_OTHER). */
+typedef enum sail_role {
+  SAIL_ROLE_OTHER = 0,
+  SAIL_ROLE_IDS,       /* the token ids */
+  SAIL_ROLE_MASK,      /* the attention mask */
+  SAIL_ROLE_POSITIONS, /* the position ids */
+  SAIL_ROLE_PAST,      /* a KV-cache input; `present` names its output */
+} sail_role;
+
 /* One input or output of the model. */
 typedef struct sail_io_spec {
   const char *name;
@@ -58,6 +67,8 @@ typedef struct sail_io_spec {
   int64_t shape[SAIL_MAX_NDIM];        /* -1 for a symbolic dim */
   const char *dim_names[SAIL_MAX_NDIM]; /* names of the symbolic dims; NULL for fixed dims */
   int64_t index_bound;                  /* > 0: values must lie in [0, index_bound) */
+  sail_role role;
+  int32_t present; /* a past input: index of its present in sail_model_outputs; else -1 */
 } sail_io_spec;
 
 typedef struct sail_model sail_model;
