@@ -33,8 +33,8 @@ numbers taken while it is well above 0 are preliminary.
 
 Built models are kept in ``--workdir`` (default: a temporary directory; keyed on the model, bits,
 options and type) and reused by later runs; ``--rebuild`` rebuilds them. ``--plot`` writes a bar
-chart of decode tokens/s per arm (matplotlib); ``--profile`` (gemma3) adds ``sail_main
---profile`` of one decode step at past 72 and past 1024 for each sail arm.
+chart of decode tokens/s per arm (matplotlib); ``--profile`` (gemma3) adds ``sail_generate
+--profile`` of each prompt for each sail arm: the prefill's kernels, then 16 decode steps'.
 
     python benchmarks/decode.py [--preset 135m] [--bits 2,3,4,8] [--tokens 64] [--threads 1,2]
     python benchmarks/decode.py --model gemma3 --bits 4,8 --threads 1,2 --prompt-lens 32,1024 \\
@@ -93,8 +93,6 @@ LOGITS_TOLERANCE = 1e-4
 ORT_ACCURACY_LEVEL = 4
 PROMPT_SEED = 0
 WARMUP_TOKENS = 4
-#: Past lengths of the per-kernel profiles of one decode step (issue 14's).
-PROFILE_PASTS = (72, 1024)
 
 log = gemma3.log
 
@@ -172,17 +170,6 @@ class KVLayout:
                    tuple(i.name.replace("past_key_values.", "present.") for i in past),
                    (int(shape[1]), int(shape[3])),
                    any(i.name == "position_ids" for i in sess.get_inputs()))
-
-    @classmethod
-    def of_manifest(cls, artifact: Path) -> KVLayout:
-        """From a sail artifact's manifest (its signature: names and dims of the inputs)."""
-        inputs = json.loads((artifact / "manifest.json").read_text())["signature"]["inputs"]
-        past = [i for i in inputs if i["name"].startswith("past_key_values.")]
-        dims = past[0]["dims"]
-        return cls(tuple(i["name"] for i in past),
-                   tuple(i["name"].replace("past_key_values.", "present.") for i in past),
-                   (int(dims[1]), int(dims[3])),
-                   any(i["name"] == "position_ids" for i in inputs))
 
     def empty(self) -> dict[str, np.ndarray]:
         shape = (1, self.heads_dim[0], 0, self.heads_dim[1])
@@ -405,35 +392,16 @@ def c_built(out: Path, notes: list[str]) -> bool:
     return True
 
 
-def profile_step(artifact: Path, layout: KVLayout, past: int, threads: int, repeat: int,
-                 work: Path) -> str:
-    """``sail_main --profile`` of one decode step at past length ``past`` (seeded random past
-    keys and values, position ``past``): its output, the per-kernel times."""
-    inputs = work / f"profile_p{past}"
-    inputs.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    feed = {"input_ids": np.array([[2]], np.int64),
-            "attention_mask": np.ones((1, past + 1), np.int64)}
-    if layout.positions:
-        feed["position_ids"] = np.array([[past]], np.int64)
-    for name in layout.past:
-        feed[name] = rng.standard_normal((1, layout.heads_dim[0], past, layout.heads_dim[1]),
-                                         dtype=np.float32)
-    (inputs / "out").mkdir(exist_ok=True)
-    args = []
-    for name, value in feed.items():
-        path = inputs / f"{name}.npy"
-        if not path.exists():
-            np.save(path, value)
-        args += ["--input", f"{name}={path}"]
-    proc = subprocess.run([str(artifact / "sail_main"), str(artifact / "weights.bin"), *args,
-                           "--output-dir", str(inputs / "out"), "--repeat", str(repeat),
-                           "--profile", "--threads", str(threads)], capture_output=True,
+def profile_generate(artifact: Path, prompt: list[int], threads: int, steps: int = 16) -> str:
+    """``sail_generate --profile`` of the benchmark's own prompt: the per-kernel times of its
+    prefill, then of ``steps`` decode steps after it (the KV cache in place, as timed)."""
+    proc = subprocess.run([str(artifact / "sail_generate"), str(artifact / "weights.bin"),
+                           "--prompt-ids", ",".join(map(str, prompt)), "-n", str(steps + 1),
+                           "--threads", str(threads), "--profile"], capture_output=True,
                           text=True)
-    shutil.rmtree(inputs / "out", ignore_errors=True)
     if proc.returncode != 0:
-        return f"sail_main --profile failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
-    return (proc.stdout + proc.stderr).strip()
+        return f"sail_generate --profile failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
+    return proc.stderr.strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,9 +527,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--group-size", type=int,
                         help="generated: group size of sail's and onnxruntime's weights "
                              "(default 128)")
-    parser.add_argument("--sail-args", default="--group-size 32 --sym",
+    parser.add_argument("--sail-args", action="append",
                         help="gemma3: options of sail compile besides --target and --bits "
-                             "(default '--group-size 32 --sym')")
+                             "(default '--group-size 32 --sym'); repeat for more sail arms in "
+                             "the same run; one that says --bits B is built at B only")
     parser.add_argument("--gguf-types", type=_names(GGUF_FILE_TYPES), default=["Q4_0", "Q8_0"],
                         help="llama.cpp file types to quantize to (default Q4_0,Q8_0)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens to generate (default 64)")
@@ -586,8 +555,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, help="write a bar chart of decode tokens/s here "
                         "(default: decode_<model>.png in --workdir, if given)")
     parser.add_argument("--profile", action="store_true",
-                        help="gemma3: sail_main --profile of one decode step at past "
-                             f"{' and '.join(map(str, PROFILE_PASTS))} per sail arm")
+                        help="gemma3: sail_generate --profile of each prompt per sail arm "
+                             "(1 thread; the prefill's kernels, then 16 decode steps')")
     return parser
 
 
@@ -866,10 +835,19 @@ def run_gemma3(args: argparse.Namespace, work: Path) -> dict:
                             genai.generate))
             notes.append(f"onnxruntime-genai {og.__version__}: builder -p int4 -e cpu of the "
                          f"same checkpoint ({summary}); its own KV cache")
-    sail_args = shlex.split(args.sail_args)
-    if "c" in args.arms:
+    for text in args.sail_args or ["--group-size 32 --sym"]:
+        if "c" not in args.arms:
+            break
+        sail_args = shlex.split(text)
+        only = None
+        if "--bits" in sail_args:  # this arm at its own width only
+            at = sail_args.index("--bits")
+            if at + 1 >= len(sail_args) or not sail_args[at + 1].isdigit():
+                raise SystemExit(f"--sail-args {text!r}: --bits needs a width")
+            only = int(sail_args[at + 1])
+            del sail_args[at:at + 2]
         tag = hashlib.sha1(" ".join(sail_args).encode()).hexdigest()[:8]
-        for bits in args.bits:
+        for bits in [only] if only else args.bits:
             out = work / f"c_w{bits}_{tag}"
             if args.rebuild or not c_built(out, notes):
                 try:
@@ -878,12 +856,11 @@ def run_gemma3(args: argparse.Namespace, work: Path) -> dict:
                     notes.append(f"sail c w{bits} skipped: {err}")
                     log("NOTE: " + notes[-1])
                     continue
-            arms.append(Arm("sail c", f"w{bits} {args.sail_args}".strip(),
-                            _file_bytes(out / "weights.bin"), c_generate(out)))
+            label = f"w{bits} {' '.join(sail_args)}".strip()
+            arms.append(Arm("sail c", label, _file_bytes(out / "weights.bin"), c_generate(out)))
             if args.profile:
-                layout = KVLayout.of_manifest(out)
-                extra.setdefault("profiles", {})[f"w{bits}"] = {
-                    past: profile_step(out, layout, past, 1, 10, work) for past in PROFILE_PASTS}
+                extra.setdefault("profiles", {})[label] = {
+                    len(prompt): profile_generate(out, prompt, 1) for prompt in prompts.values()}
     rows = time_all(args, arms, prompts, references)
     return {"model": "gemma3 270m", "model_dir": str(args.model_dir), "prompt_ids": prompts,
             "rows": rows, "reference_ids": references, "notes": notes,
@@ -919,10 +896,10 @@ def report(args: argparse.Namespace, result: dict) -> None:
     for name, check in result.get("checks", {}).items():
         print(f"\ncheck {name}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float)
                                                else f"{k} {v}" for k, v in check.items()))
-    for bits, profiles in result.get("profiles", {}).items():
-        for past, text in profiles.items():
-            print(f"\nsail c {bits}: sail_main --profile, one decode step at past {past}, "
-                  f"1 thread:\n{text}")
+    for label, profiles in result.get("profiles", {}).items():
+        for prompt_len, text in profiles.items():
+            print(f"\nsail c {label}: sail_generate --profile, prompt {prompt_len}, 1 thread "
+                  f"(the prefill, then 16 decode steps):\n{text}")
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"other processes used {other:.0%} of one CPU during the run (this machine has "
