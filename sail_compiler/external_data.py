@@ -71,12 +71,15 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
 
 
 def external_tensors(model: onnx.ModelProto) -> tuple[list[onnx.TensorProto], bool]:
-    """The main graph's initializers stored as external data, and whether they are all of the
-    model's external tensors (none in subgraphs or ``Constant`` nodes)."""
+    """The main graph's initializers stored as external data, and whether :class:`ExternalData`
+    can serve all of the model's external tensors: none in subgraphs or ``Constant`` nodes, and
+    each of a NumPy-native type (bfloat16 and the float8 types are not; TVM would not take them
+    from DLPack)."""
     mapped = [t for t in model.graph.initializer if external_data_helper.uses_external_data(t)]
     inner = sum(1 for t in _inner_tensors(model.graph)
                 if external_data_helper.uses_external_data(t))
-    return mapped, inner == 0
+    native = all(_np_dtype(t) is not None and _np_dtype(t).kind in "fiub" for t in mapped)
+    return mapped, inner == 0 and native
 
 
 def _inner_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

@@ -154,3 +154,17 @@ def test_write_decoder_streams_the_same_weights(tmp_path: Path) -> None:
     names = [t.name for t in model.graph.initializer
              if external_data_helper.uses_external_data(t)]
     assert names and all(external.array(name) is not None for name in names)
+
+
+def test_what_stays_in_memory(external_model: Path, large: None) -> None:
+    """Models whose rewrite reads tensors, or whose external tensors ExternalData cannot serve,
+    are loaded in memory as before."""
+    model = onnx.load(str(external_model), load_external_data=False)
+    assert can_map_external(model)
+    dq = onnx.load(str(external_model), load_external_data=False)
+    dq.graph.node.append(onnx.helper.make_node("DequantizeLinear", ["a", "b"], ["c"]))
+    assert not can_map_external(dq)
+    bf16 = onnx.load(str(external_model), load_external_data=False)
+    next(t for t in bf16.graph.initializer
+         if external_data_helper.uses_external_data(t)).data_type = onnx.TensorProto.BFLOAT16
+    assert not can_map_external(bf16)

@@ -11,7 +11,7 @@ import sail_compiler
 LOW_LAYERS = ["sail_compiler.errors", "sail_compiler.version", "sail_compiler.options",
               "sail_compiler.quant", "sail_compiler.quant.methods", "sail_compiler.quant.plan",
               "sail_compiler.quant.patterns", "sail_compiler.quant.lut",
-              "sail_compiler.testing.decoders"]
+              "sail_compiler.testing.decoders", "sail_compiler.external_data"]
 
 
 def test_options_the_quantization_core_and_the_generators_load_no_tvm() -> None:

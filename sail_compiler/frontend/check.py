@@ -195,10 +195,10 @@ def can_map_external(model: onnx.ModelProto) -> bool:
 
     True when the initializers are too large for the preprocessing (which serializes the model,
     :func:`.converters.preprocess`) and nothing before import reads tensor data: no quantized
-    ops to rewrite, and every external tensor is an initializer of the main graph.
+    ops to rewrite, and every external tensor is a main-graph initializer of a NumPy type.
     """
-    mapped, only_initializers = external_tensors(model)
-    return bool(mapped) and only_initializers and skips_preprocessing(model) \
+    mapped, servable = external_tensors(model)
+    return bool(mapped) and servable and skips_preprocessing(model) \
         and not is_genai_model(model) \
         and not any(n.op_type in _REWRITE_READS_DATA for n in _nodes(model.graph))
 
