@@ -27,8 +27,8 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
 
-from sail_compiler import CompileOptions, compile_model
-from sail_compiler.targets.llvm import schedule
+from sail_compiler import CompileOptions, compile_model, lowering
+from sail_compiler.lowering import fuse_ops_and_tir
 from sail_compiler.verify import InputPlan, verify_model
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hf"
@@ -137,7 +137,7 @@ def test_stock_fuse_tir_fails_on_a_redefined_scalar() -> None:
 def test_drop_redefined_scalar_params_fuses_and_computes() -> None:
     """One fused kernel, each variable one param, and ``x + t`` as NumPy computes it."""
     with _target():
-        mod = schedule.DropRedefinedScalarParams()(ScalarAndShapeParams)
+        mod = lowering.DropRedefinedScalarParams()(ScalarAndShapeParams)
         fused = relax.transform.FuseTIR()(mod)
     prims = {g.name_hint: f for g, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)}
     assert list(prims) == ["fused"]
@@ -156,7 +156,7 @@ def test_drop_redefined_scalar_params_does_not_fire_without_scalar_params() -> N
         expected = tvm.transform.Sequential([relax.transform.ExpandTupleArguments(),
                                              relax.transform.RemoveUnusedParameters()])(
             ShapeParamsOnly)
-        actual = schedule.DropRedefinedScalarParams()(ShapeParamsOnly)
+        actual = lowering.DropRedefinedScalarParams()(ShapeParamsOnly)
     tvm.ir.assert_structural_equal(actual, expected)
 
 
@@ -166,15 +166,15 @@ def test_hf_kv_export_fuses_without_fallback(name: str, caplog: pytest.LogCaptur
     fallback warning and no primitive Relax function left."""
     result = compile_model(FIXTURES / f"{name}.onnx", None,
                            CompileOptions(target="llvm", emit="sail"))
-    target = schedule.host_target(1)
-    passes = schedule.lowering_passes(target)
+    target = lowering.host_target(1)
+    passes = lowering.lowering_passes(target)
     fuse = [p.info.name for p in passes].index("FuseOpsAndTIR")
     before = tvm.transform.Sequential(passes[:fuse])(result.module)
     with target:
         groups = {g.name_hint for g, f in relax.transform.FuseOps()(before).functions_items()
                   if isinstance(f, relax.Function) and f.attrs is not None
                   and "Primitive" in f.attrs}
-    with caplog.at_level(logging.WARNING, logger=schedule.__name__):
+    with caplog.at_level(logging.WARNING, logger=fuse_ops_and_tir.__name__):
         after = passes[fuse](before)
     assert not [r for r in caplog.records if "fusion failed" in r.getMessage()]
     fused = {g.name_hint for g, f in after.functions_items() if isinstance(f, tirx.PrimFunc)}
@@ -192,7 +192,7 @@ def test_hf_kv_export_fused_build_matches_onnxruntime(name: str,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     """The fused llvm build: prefill and a one-token decode step within 1e-4 of onnxruntime."""
     plans = [InputPlan(1, 5, 3), InputPlan(2, 1, 7)]
-    with caplog.at_level(logging.WARNING, logger=schedule.__name__):
+    with caplog.at_level(logging.WARNING, logger=fuse_ops_and_tir.__name__):
         report = verify_model(FIXTURES / f"{name}.onnx", CompileOptions(target="llvm"), plans,
                               tolerance=1e-4, check_reference=False)
     assert not [r for r in caplog.records if "fusion failed" in r.getMessage()]

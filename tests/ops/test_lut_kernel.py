@@ -11,6 +11,7 @@ import pytest
 import tvm
 from tvm import te, tirx
 
+from sail_compiler.lowering import host_target
 from sail_compiler.ops.lut_kernel import (
     is_lut_gemv_func,
     lut_gemv_te,
@@ -28,7 +29,6 @@ from sail_compiler.quant.reference import (
     quantized_matmul,
 )
 from sail_compiler.quant.scheme import QuantScheme
-from sail_compiler.targets.llvm.schedule import host_target
 
 RNG = np.random.default_rng(11)
 TARGET = host_target()

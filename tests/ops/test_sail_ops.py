@@ -9,12 +9,12 @@ import tvm
 from tvm import relax, tirx
 
 from sail_compiler.errors import OptionError
+from sail_compiler.lowering import build_pipeline, host_target, lowering_passes
 from sail_compiler.ops import dequantize, group_sums_op, lut_gemv, quantize
 from sail_compiler.ops.quant_matmul import weight_constants
 from sail_compiler.ops.sail_ops import reference_dequantize, reference_quantize
 from sail_compiler.quant.reference import ActBlocks, quantize_weights_rtn, quantized_matmul
 from sail_compiler.quant.scheme import QuantScheme
-from sail_compiler.targets.llvm.schedule import build_pipeline, host_target, lowering_passes
 
 RNG = np.random.default_rng(11)
 K, N = 70, 32  # K is a multiple of neither the group sizes nor any NBW > 1 below

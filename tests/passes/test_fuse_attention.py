@@ -23,9 +23,9 @@ from tvm.script import relax as R
 from tvm.script import tirx as T
 
 from sail_compiler.frontend.importer import import_onnx
+from sail_compiler.lowering import build_pipeline, host_target, lowering_passes
 from sail_compiler.ops.attention import attention, is_attention
 from sail_compiler.passes import FuseAttention, WrapGatherIndices
-from sail_compiler.targets.llvm.schedule import build_pipeline, host_target, lowering_passes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Renaming name:UserWarning")
 

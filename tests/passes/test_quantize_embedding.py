@@ -12,6 +12,7 @@ import tvm
 from onnx import numpy_helper
 from tvm import relax, tirx
 
+from sail_compiler import lowering
 from sail_compiler.errors import OptionError, SailError
 from sail_compiler.frontend import import_onnx, load_checked
 from sail_compiler.ops.quant_take import quant_take
@@ -21,7 +22,6 @@ from sail_compiler.quant.methods import quantize_weight
 from sail_compiler.quant.plan import weight_key
 from sail_compiler.quant.reference import dequantize
 from sail_compiler.quant.scheme import QuantScheme
-from sail_compiler.targets.llvm import schedule
 
 RNG = np.random.default_rng(23)
 V, D = 50, 24
@@ -151,10 +151,10 @@ def test_decoder_logits_match_onnxruntime_with_dequantized_tables(tiny_decoder: 
     pass_ = QuantizeEmbedding(scheme)
     mod = pass_(relax.transform.FoldConstant()(WrapGatherIndices()(mod)))
     assert [(a["k"], a["n"]) for a in pass_.applied] == [(128, 1024), (16, 512), (16, 512)]
-    target = schedule.host_target()
-    for p in schedule.lowering_passes(target):
+    target = lowering.host_target()
+    for p in lowering.lowering_passes(target):
         mod = p(mod)
-    ex = relax.build(mod, target=target, relax_pipeline=schedule.build_pipeline(target))
+    ex = relax.build(mod, target=target, relax_pipeline=lowering.build_pipeline(target))
     vm = relax.VirtualMachine(ex, tvm.cpu())
 
     model = onnx.load(tiny_decoder)

@@ -10,12 +10,12 @@ import tvm
 from tvm import relax, tirx
 from tvm.script import relax as R
 
+from sail_compiler import lowering
 from sail_compiler.errors import OptionError, SailError
 from sail_compiler.ops import quant_matmul
 from sail_compiler.passes import QuantizeWeights
 from sail_compiler.quant.reference import quantize_weights_rtn, quantized_matmul
 from sail_compiler.quant.scheme import QuantScheme
-from sail_compiler.targets.llvm import schedule
 
 RNG = np.random.default_rng(11)
 K, N = 100, 32
@@ -196,16 +196,16 @@ def test_numerics_symbolic_batch(scheme: QuantScheme) -> None:
 
 @functools.cache
 def _host() -> tvm.target.Target:
-    return schedule.host_target()
+    return lowering.host_target()
 
 
 def test_numerics_through_llvm_lowering() -> None:
     weights = [_weight(), _weight(N, 16)]
     mod = QuantizeWeights(W4G32)(_matmul_module(*weights))
     target = _host()
-    for p in schedule.lowering_passes(target):
+    for p in lowering.lowering_passes(target):
         mod = p(mod)
-    ex = relax.build(mod, target=target, relax_pipeline=schedule.build_pipeline(target))
+    ex = relax.build(mod, target=target, relax_pipeline=lowering.build_pipeline(target))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     for lead in [(1, 1), (3, 7)]:
         x = RNG.standard_normal((*lead, K)).astype(np.float32)

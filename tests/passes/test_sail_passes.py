@@ -13,10 +13,10 @@ from tvm import relax
 
 from sail_compiler import CompileOptions, compile_model
 from sail_compiler.errors import OptionError
+from sail_compiler.lowering import build_pipeline, host_target, lowering_passes
 from sail_compiler.ops.sail_ops import op_attrs
 from sail_compiler.passes import ConvertPIMTypes, LowerToLUTGemv
 from sail_compiler.quant.scheme import QuantScheme
-from sail_compiler.targets.llvm.schedule import build_pipeline, host_target, lowering_passes
 from sail_compiler.verify import InputPlan, generate_inputs
 
 

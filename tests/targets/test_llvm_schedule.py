@@ -1,4 +1,4 @@
-"""Scheduled llvm builds (``sail_compiler.targets.llvm.schedule``) against NumPy.
+"""Scheduled llvm builds (the CPU lowering, ``sail_compiler.lowering``) against NumPy.
 
 Every model is built once with symbolic dims and run at several shapes, including row counts
 that are not multiples of the 4-row tile, ``M = 1`` (GEMV) and column counts that are not
@@ -20,7 +20,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
 
-from sail_compiler.targets.llvm import schedule
+from sail_compiler import lowering
 
 RNG = np.random.default_rng(1234)
 RTOL, ATOL = 1e-4, 1e-4
@@ -28,11 +28,11 @@ RTOL, ATOL = 1e-4, 1e-4
 
 @functools.cache
 def _target() -> tvm.target.Target:
-    return schedule.host_target()
+    return lowering.host_target()
 
 
 def _lower(mod: tvm.IRModule) -> tvm.IRModule:
-    for p in schedule.lowering_passes(_target()):
+    for p in lowering.lowering_passes(_target()):
         mod = p(mod)
     return mod
 
@@ -40,7 +40,7 @@ def _lower(mod: tvm.IRModule) -> tvm.IRModule:
 def _build(mod: tvm.IRModule) -> tuple[relax.VirtualMachine, tvm.IRModule]:
     lowered = _lower(mod)
     target = _target()
-    executable = relax.build(lowered, target=target, relax_pipeline=schedule.build_pipeline(target))
+    executable = relax.build(lowered, target=target, relax_pipeline=lowering.build_pipeline(target))
     return relax.VirtualMachine(executable, tvm.cpu()), lowered
 
 
@@ -81,12 +81,12 @@ def _rand(*shape: int) -> np.ndarray:
 def test_api_shapes() -> None:
     target = _target()
     assert target.kind.name == "llvm"
-    assert int(schedule.host_target(3).attrs["num-cores"]) == 3
-    passes = schedule.lowering_passes(target)
+    assert int(lowering.host_target(3).attrs["num-cores"]) == 3
+    passes = lowering.lowering_passes(target)
     assert all(isinstance(p, tvm.transform.Pass) for p in passes)
     names = [p.info.name for p in passes]
     assert "LegalizeOps" in names and "FuseOpsAndTIR" in names and names[-1] == "ScheduleLLVM"
-    assert isinstance(schedule.build_pipeline(target), tvm.transform.Pass)
+    assert isinstance(lowering.build_pipeline(target), tvm.transform.Pass)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_matmul_bias_relu_symbolic(k: int, n: int) -> None:
     assert matmul_funcs and all(f.attrs["tirx.is_scheduled"] for f in matmul_funcs)
     script = "\n".join(f.script() for f in matmul_funcs)
     assert "T.parallel" in script
-    if n % schedule.PANEL == 0:
+    if n % lowering.PANEL == 0:
         assert "T.vectorized" in script
     for batch, seq in SHAPES:
         x = _rand(batch, seq, k)

@@ -1,10 +1,10 @@
 """The c target: a standalone C library and command-line runner, built with ``cc``.
 
-Lowering is the llvm target's CPU lowering (:func:`~sail_compiler.targets.llvm.schedule.
-lowering_passes`: legalization, fusion, the default CPU schedules), with two differences that
-make the TIR printable as C: ``sail.lut_gemv`` is legalized without ``llvm.arithmetic.fence``
-(the library compiles with ``-ffp-contract=off``, which keeps the fused dequantization's
-rounding exact), and the weights stay constants (the emitter writes them to ``weights.bin``).
+Lowering is the shared CPU lowering (:func:`~sail_compiler.lowering.pipeline.lowering_passes`:
+legalization, fusion, the default CPU schedules), with two differences that make the TIR
+printable as C: ``sail.lut_gemv`` is legalized without ``llvm.arithmetic.fence`` (the library
+compiles with ``-ffp-contract=off``, which keeps the fused dequantization's rounding exact), and
+the weights stay constants (the emitter writes them to ``weights.bin``).
 The schedules' ``vectorized`` loops are emitted as scalar loops for the C compiler to vectorize
 and their ``parallel`` loops run serially: TVM's kernels use one thread.
 
@@ -48,6 +48,7 @@ from tvm import relax
 
 from ...errors import ArtifactError, InputError, OptionError
 from ...frontend.signature import ModelSignature
+from ...lowering import host_target, lowering_passes
 from ...ops.attention import OP_NAME as ATTENTION
 from ...ops.attention import attention_attrs
 from ...ops.sail_ops import (
@@ -60,7 +61,6 @@ from ...ops.sail_ops import (
 from ...passes.lower_to_lut_gemv import LowerToLUTGemv
 from ...version import __version__
 from ..base import Runner, TargetBackend, register_target
-from ..llvm.schedule import host_target, lowering_passes
 from .cross import cross_target, run_prefix
 from .emit import RecordWeightNames, emit_model
 from .kernels import (

@@ -1,4 +1,4 @@
-"""The llvm target: legalize + schedule (see :mod:`.schedule`), ``relax.build``, Relax VM.
+"""The llvm target: the CPU lowering (:mod:`sail_compiler.lowering`), ``relax.build``, Relax VM.
 
 Artifact files, beside the common ``manifest.json``: ``model.so`` (the VM executable, loadable by
 ``tvm.runtime.load_module``) and ``weights.bin`` (see :mod:`sail_compiler.weights_file`). The
@@ -18,10 +18,10 @@ from tvm import relax
 
 from ...errors import ArtifactError
 from ...frontend.signature import ModelSignature
+from ...lowering import build_pipeline, host_target, lowering_passes
 from ...passes import ExposeGroupSums, LiftWeightsToParams
 from ...weights_file import read_weights, write_weights
 from ..base import Runner, TargetBackend, register_target
-from .schedule import build_pipeline, host_target, lowering_passes
 
 if TYPE_CHECKING:
     from ...options import CompileOptions

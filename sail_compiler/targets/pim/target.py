@@ -2,8 +2,8 @@
 
 Lowering: :class:`~.program.LowerToSAILProgram` replaces every ``sail.quantize``,
 ``sail.lut_gemv`` and ``sail.dequantize`` by a call of the global function ``sail.pim.exec``
-(:data:`~.program.EXEC_FUNC`) with the command's slot and operands; the llvm target's CPU lowering
-(:func:`~sail_compiler.targets.llvm.schedule.lowering_passes`) builds everything else;
+(:data:`~.program.EXEC_FUNC`) with the command's slot and operands; the shared CPU lowering
+(:func:`~sail_compiler.lowering.pipeline.lowering_passes`) builds everything else;
 :class:`~sail_compiler.passes.LiftWeightsToParams` moves the weights to ``weights.bin``; and
 :class:`~.program.ListSAILProgram` lists the program. The machine is ``options.pim_config``: a
 preset name or a TOML file (:func:`resolve_config`; default ``sail-n1``).
@@ -50,6 +50,7 @@ from tvm import relax
 
 from ...errors import ArtifactError, OptionError
 from ...frontend.signature import ModelSignature
+from ...lowering import build_pipeline, host_target, lowering_passes
 from ...ops.sail_ops import reference_dequantize, reference_quantize
 from ...passes import LiftWeightsToParams
 from ...quant.lut import activation_patterns, chunk_layout
@@ -58,7 +59,6 @@ from ...quant.patterns import ReuseConfig, count_reuse, lookup_schedule
 from ...quant.reference import ActBlocks, QuantizedWeight, split_groups
 from ...weights_file import read_weights, write_weights
 from ..base import Runner, TargetBackend, register_target
-from ..llvm.schedule import build_pipeline, host_target, lowering_passes
 from .config import PRESETS, MachineConfig, load_config
 from .isa import DEQUANT, HOST, LUTGEMV, QUANT, Instruction
 from .program import (
