@@ -56,6 +56,19 @@ EVAL_CHARS = 6000
 EVAL_TOKENS = 1024
 #: A text that is not the evaluation text, to calibrate on.
 CALIB_TEXT = Path("/usr/share/common-licenses/Apache-2.0")
+#: More calibration text (91 KB, about 20k Gemma tokens): the licenses in /usr/share/common-licenses
+#: that are neither GPL-3 nor of its family (GPL-1/2, LGPL, whose texts share passages with it).
+CALIB_LICENSES = ("Apache-2.0", "Artistic", "BSD", "CC0-1.0", "GFDL-1.3", "MPL-1.1", "MPL-2.0")
+
+
+def calib_corpus(work: Path) -> Path:
+    """``CALIB_LICENSES`` concatenated into ``work/calib_licenses.txt`` (what ``--calib-text
+    licenses`` of the benchmarks means); never the evaluation text."""
+    texts = [(EVAL_TEXT.parent / name).read_text() for name in CALIB_LICENSES]
+    path = work / "calib_licenses.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(texts))  # as `cat` joins them
+    return path
 
 #: llama.cpp file types by name (llama_cpp.LLAMA_FTYPE_MOSTLY_<NAME>).
 LLAMA_FTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S", "Q3_K_M", "Q3_K_S",

@@ -372,7 +372,9 @@ def _gemma3_options(group: argparse._ArgumentGroup) -> None:
                             f"{','.join(GEMMA3_ORT)})")
     group.add_argument("--calib-text", type=Path, default=gemma3.CALIB_TEXT,
                        help=f"calibration text of sail's search, gptq and --avg-bits (default "
-                            f"{gemma3.CALIB_TEXT}; never the evaluation text)")
+                            f"{gemma3.CALIB_TEXT}; 'licenses': the licenses of "
+                            f"{', '.join(gemma3.CALIB_LICENSES)} in one file; never the "
+                            "evaluation text)")
     group.add_argument("--sail-chunk", type=int, default=128,
                        help="sail rows score the KV-cache export in pieces of this many tokens "
                             "(eval-ppl --chunk: the same perplexity, bounded memory; 0: the "
@@ -505,6 +507,8 @@ def gemma3_main(args: argparse.Namespace) -> int:
                 "seconds": time.perf_counter() - started}
 
     add("float", "onnxruntime fp32", "32", "-", float_row)
+    if str(args.calib_text) == "licenses":
+        args.calib_text = gemma3.calib_corpus(work)
     calib = ["--calib-text", str(args.calib_text), "--tokenizer", str(tokenizer)]
     extra = shlex.split(args.sail_extra)
     for setting in [s for s in args.sail.split(",") if s]:
