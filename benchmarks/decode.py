@@ -8,8 +8,12 @@ Two models (``--model``):
   reference), ``ort-q4`` (onnxruntime ``MatMulNBits`` 4-bit, ``accuracy_level=4``, as ``sail
   export-onnx --bits 4`` quantizes it), ``llama.cpp`` (an F32 GGUF of the same weights written
   by :mod:`gguf_export`, then llama.cpp's own quantization to ``--gguf-types``), ``c`` (sail's
-  C target at each of ``--bits``) and, not by default, ``llvm`` (sail's llvm target, Relax VM).
-  Ratios are against onnxruntime fp32.
+  C target at each of ``--bits``, ``--sail-args`` default ``--group-size G``) and, not by
+  default, ``llvm`` (sail's llvm target, Relax VM). Ratios are against onnxruntime fp32.
+  The ``7b`` and ``13b`` presets (Llama-2 shapes, 27 and 52 GB of float32: more than memory)
+  are written one tensor at a time; their arms are ``llama.cpp`` (GGUFs written by
+  :mod:`gguf_export` straight from the ONNX external data, ``--gguf-types`` default Q4_0) and
+  ``c`` only, the ratios are against llama.cpp Q4_0 and so are the ids (``ids = Q4_0``).
 * ``gemma3``: Gemma 3 270M, a real trained LLM (``--model-dir``, see :mod:`gemma3`), the prompt
   the first ``--prompt-lens`` ids (default 32 and 1024) of a real text (``<bos>`` first).
   Arms: ``c`` (``sail compile gemma3_270m_kv.onnx --target c --bits B`` + ``--sail-args``,
@@ -33,10 +37,12 @@ numbers taken while it is well above 0 are preliminary.
 
 Built models are kept in ``--workdir`` (default: a temporary directory; keyed on the model, bits,
 options and type) and reused by later runs; ``--rebuild`` rebuilds them. ``--plot`` writes a bar
-chart of decode tokens/s per arm (matplotlib); ``--profile`` (gemma3) adds ``sail_generate
+chart of decode tokens/s per arm (matplotlib); ``--profile`` adds ``sail_generate
 --profile`` of each prompt for each sail arm: the prefill's kernels, then 16 decode steps'.
 
     python benchmarks/decode.py [--preset 135m] [--bits 2,3,4,8] [--tokens 64] [--threads 1,2]
+    python benchmarks/decode.py --preset 7b --bits 4 --sail-args '--group-size 32 --sym' \\
+        --threads 1,2 --prompt-lens 32 --tokens 48 --workdir ~/.cache/sail-bench
     python benchmarks/decode.py --model gemma3 --bits 4,8 --threads 1,2 --prompt-lens 32,1024 \\
         --workdir ~/.cache/sail-bench [--rounds 3] [--json] [--plot decode.png] [--profile]
 """
@@ -71,8 +77,21 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 
 import gemma3  # noqa: E402
 from gemv import busy_seconds, other_cpu_share, session  # noqa: E402
-from gguf_export import tensor_types, type_summary, write_gguf  # noqa: E402
-from make_decoder import PRESETS, DecoderConfig, make_decoder, save_model  # noqa: E402
+from gguf_export import (  # noqa: E402
+    TENSOR_TYPES,
+    ExternalWeights,
+    tensor_types,
+    type_summary,
+    write_gguf,
+)
+from make_decoder import (  # noqa: E402
+    IN_MEMORY_LIMIT_BYTES,
+    PRESETS,
+    DecoderConfig,
+    make_decoder,
+    save_model,
+    write_decoder,
+)
 
 from sail_compiler.export_onnx import export_onnx_model  # noqa: E402
 from sail_compiler.options import CompileOptions  # noqa: E402
@@ -81,10 +100,14 @@ from sail_compiler.quant.scheme import QuantScheme  # noqa: E402
 MODELS = ("generated", "gemma3")
 ARMS = ("ort-fp32", "ort-q4", "llama.cpp", "c", "llvm", "ort-genai")
 DEFAULT_ARMS = {"generated": ("ort-fp32", "ort-q4", "llama.cpp", "c"),
+                "large": ("llama.cpp", "c"),
                 "gemma3": ("c", "llama.cpp", "ort-genai")}
+#: Arms that load the whole float model in memory: not run on a large preset.
+FLOAT_ARMS = ("ort-fp32", "ort-q4", "llvm")
 REFERENCE = "ort-fp32"
 #: Arms the ratios are taken against, per model: (arm, weights).
 BASELINES = {"generated": (("ort-fp32", "fp32"),),
+             "large": (("llama.cpp", "GGUF Q4_0"),),
              "gemma3": (("llama.cpp", "GGUF Q4_0"), ("ort-genai", "int4"))}
 #: llama.cpp file types accepted by --gguf-types (llama_cpp.LLAMA_FTYPE_MOSTLY_<NAME>).
 GGUF_FILE_TYPES = gemma3.LLAMA_FTYPES
@@ -404,6 +427,41 @@ def profile_generate(artifact: Path, prompt: list[int], threads: int, steps: int
     return proc.stderr.strip()
 
 
+def sail_c_arms(args: argparse.Namespace, model: Path, work: Path,
+                prompts: dict[int, list[int]], notes: list[str], extra: dict[str, object],
+                sail_args_list: list[str]) -> list[Arm]:
+    """sail's C target at each of ``args.bits`` per entry of ``sail_args_list`` (options of
+    ``sail compile`` besides ``--target`` and ``--bits``; one that says ``--bits B`` is built
+    at B only), built in ``work`` unless there; with ``args.profile``, ``sail_generate
+    --profile`` of each prompt goes to ``extra["profiles"]``."""
+    arms: list[Arm] = []
+    for text in sail_args_list:
+        sail_args = shlex.split(text)
+        only = None
+        if "--bits" in sail_args:  # this arm at its own width only
+            at = sail_args.index("--bits")
+            if at + 1 >= len(sail_args) or not sail_args[at + 1].isdigit():
+                raise SystemExit(f"--sail-args {text!r}: --bits needs a width")
+            only = int(sail_args[at + 1])
+            del sail_args[at:at + 2]
+        tag = hashlib.sha1(" ".join(sail_args).encode()).hexdigest()[:8]
+        for bits in [only] if only else args.bits:
+            out = work / f"c_w{bits}_{tag}"
+            if args.rebuild or not c_built(out, notes):
+                try:
+                    compile_c(model, out, bits, sail_args)
+                except RuntimeError as err:
+                    notes.append(f"sail c w{bits} skipped: {err}")
+                    log("NOTE: " + notes[-1])
+                    continue
+            label = f"w{bits} {' '.join(sail_args)}".strip()
+            arms.append(Arm("sail c", label, _file_bytes(out / "weights.bin"), c_generate(out)))
+            if args.profile:
+                extra.setdefault("profiles", {})[label] = {
+                    len(prompt): profile_generate(out, prompt, 1) for prompt in prompts.values()}
+    return arms
+
+
 # ---------------------------------------------------------------------------------------------
 # Timing
 
@@ -446,15 +504,16 @@ def make_row(arm: Arm, runs: list[Generation], threads: int, prompt_len: int,
                [g.decode_tokens_per_second for g in runs])
 
 
-def markdown_table(rows: list[Row], baselines: tuple[tuple[str, str], ...], agree_ids: int
-                   ) -> str:
+def markdown_table(rows: list[Row], baselines: tuple[tuple[str, str], ...], agree_ids: int,
+                   reference: str = "fp32") -> str:
     """One line per arm, prompt length and thread count; ``x NAME``: the arm's speed over the
-    baseline's in the same run (higher is faster)."""
+    baseline's in the same run (higher is faster); ``ids = REFERENCE``: leading greedy ids equal
+    to the reference arm's."""
     names = [w.removeprefix("GGUF ") if a == "llama.cpp" else a.removeprefix("ort-")
              + ("" if w in a else " " + w) for a, w in baselines]
     head = ["arm", "weights", "prompt", "threads", "weights MiB", "prefill tok/s",
             *[f"x {b}" for b in names], "decode tok/s", *[f"x {b}" for b in names],
-            f"ids = fp32 (of {agree_ids})"]
+            f"ids = {reference} (of {agree_ids})"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in rows:
         base = [next((b for b in rows if (b.arm, b.weights) == key and b.threads == r.threads
@@ -528,11 +587,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="generated: group size of sail's and onnxruntime's weights "
                              "(default 128)")
     parser.add_argument("--sail-args", action="append",
-                        help="gemma3: options of sail compile besides --target and --bits "
-                             "(default '--group-size 32 --sym'); repeat for more sail arms in "
-                             "the same run; one that says --bits B is built at B only")
-    parser.add_argument("--gguf-types", type=_names(GGUF_FILE_TYPES), default=["Q4_0", "Q8_0"],
-                        help="llama.cpp file types to quantize to (default Q4_0,Q8_0)")
+                        help="options of sail compile besides --target and --bits (default "
+                             "gemma3: '--group-size 32 --sym'; generated: '--group-size G' of "
+                             "--group-size); repeat for more sail arms in the same run; one "
+                             "that says --bits B is built at B only")
+    parser.add_argument("--gguf-types", type=_names(GGUF_FILE_TYPES),
+                        help="llama.cpp file types to quantize to (default Q4_0,Q8_0; the 7b "
+                             "and 13b presets: Q4_0, written by gguf_export)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens to generate (default 64)")
     parser.add_argument("--prompt-lens", type=_ints,
                         help="prompt lengths (default 16; gemma3: 32,1024)")
@@ -555,14 +616,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, help="write a bar chart of decode tokens/s here "
                         "(default: decode_<model>.png in --workdir, if given)")
     parser.add_argument("--profile", action="store_true",
-                        help="gemma3: sail_generate --profile of each prompt per sail arm "
+                        help="sail_generate --profile of each prompt per sail arm "
                              "(1 thread; the prefill's kernels, then 16 decode steps')")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    args.arms = args.arms or list(DEFAULT_ARMS[args.model])
+    large = args.model == "generated" and is_large(PRESETS[args.preset])
+    args.arms = args.arms or list(DEFAULT_ARMS["large" if large else args.model])
+    args.gguf_types = args.gguf_types or (["Q4_0"] if large else ["Q4_0", "Q8_0"])
+    if large:
+        refused = [a for a in args.arms if a in FLOAT_ARMS]
+        if refused:
+            raise SystemExit(f"--preset {args.preset}: arms {', '.join(refused)} load the whole "
+                             f"float model ({4 * PRESETS[args.preset].num_params() / 1e9:.0f} GB); "
+                             f"choose from {', '.join(DEFAULT_ARMS['large'])}")
+        unwritable = [t for t in args.gguf_types if t not in TENSOR_TYPES]
+        if unwritable:
+            raise SystemExit(f"--preset {args.preset}: GGUFs are written by gguf_export, which "
+                             f"writes {', '.join(TENSOR_TYPES)}, not {', '.join(unwritable)}")
     if args.model == "gemma3":
         args.bits = args.bits or [4, 8]
         args.prompt_lens = args.prompt_lens or [32, 1024]
@@ -608,11 +681,21 @@ def _file_bytes(*paths: Path) -> int:
     return sum(p.stat().st_size for p in paths if p.exists())
 
 
+def is_large(cfg: DecoderConfig) -> bool:
+    """Whether the preset's float32 weights pass ``IN_MEMORY_LIMIT_BYTES`` (the 7B and 13B
+    presets): it is written one tensor at a time, no arm loads the float model
+    (:data:`FLOAT_ARMS`) and llama.cpp's GGUFs are written straight from the ONNX weights."""
+    return 4 * cfg.num_params() > IN_MEMORY_LIMIT_BYTES
+
+
 def prepare_float(cfg: DecoderConfig, work: Path) -> Path:
     path = work / "decoder_kv.onnx"
     if not path.exists():
         log(f"  writing {path} ...")
-        save_model(make_decoder(cfg, kv_cache=True, seed=0), path)
+        if is_large(cfg):
+            write_decoder(cfg, path, kv_cache=True, seed=0)
+        else:
+            save_model(make_decoder(cfg, kv_cache=True, seed=0), path)
     return path
 
 
@@ -657,6 +740,22 @@ def prepare_ggufs(model: Path, cfg: DecoderConfig, work: Path, file_types: list[
     return paths
 
 
+def write_ggufs(model: Path, cfg: DecoderConfig, work: Path, file_types: list[str],
+                rebuild: bool) -> dict[str, Path]:
+    """GGUFs of each of ``file_types`` written by :mod:`gguf_export` straight from the model's
+    external data, one tensor at a time (a large preset: no F32 file, no copy of the floats)."""
+    paths = {t: work / "gguf" / f"{t.lower()}_gguf_export.gguf" for t in file_types}
+    for t, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not rebuild:
+            continue
+        log(f"  writing {path} (gguf package, {t}) ...")
+        partial = path.with_suffix(".partial")
+        write_gguf(ExternalWeights(model), cfg, partial, t)
+        partial.rename(path)
+    return paths
+
+
 def run_generated(args: argparse.Namespace, cfg: DecoderConfig, work: Path) -> dict:
     n = args.tokens
     if max(args.prompt_lens) + n > cfg.max_positions:
@@ -665,12 +764,15 @@ def run_generated(args: argparse.Namespace, cfg: DecoderConfig, work: Path) -> d
     rng = np.random.default_rng(PROMPT_SEED)
     prompts = {p: [int(i) for i in rng.integers(3, cfg.vocab_size, p)] for p in args.prompt_lens}
     notes: list[str] = []
+    large = is_large(cfg)
     log(f"preparing models in {work}")
     model = prepare_float(cfg, work)
     layout = KVLayout.of_config(cfg)
-    fp32 = OrtModel(model)
-    arms = [Arm(REFERENCE, "fp32", _file_bytes(model),
-                lambda p, k, t: onnx_generate(fp32.run_fn(t), layout, p, k))]
+    arms: list[Arm] = []
+    if not large:
+        fp32 = OrtModel(model)
+        arms.append(Arm(REFERENCE, "fp32", _file_bytes(model),
+                        lambda p, k, t: onnx_generate(fp32.run_fn(t), layout, p, k)))
     if "ort-q4" in args.arms:
         q4_path = prepare_ort_q4(model, work, args.group_size, args.rebuild)
         q4 = OrtModel(q4_path)
@@ -684,37 +786,46 @@ def run_generated(args: argparse.Namespace, cfg: DecoderConfig, work: Path) -> d
             notes.append("llama.cpp arm skipped: llama_cpp is not importable (pip install "
                          "llama-cpp-python)")
         else:
-            ggufs = prepare_ggufs(model, cfg, work, args.gguf_types, args.rebuild)
             n_ctx = max(args.prompt_lens) + n
-            first = prompts[args.prompt_lens[0]]
-            checks["llama.cpp F32 logits"] = check_f32_logits(ggufs["F32"], fp32, layout, first,
-                                                              n_ctx, args.threads[0])
+            if large:
+                ggufs = write_ggufs(model, cfg, work, args.gguf_types, args.rebuild)
+                notes.append("llama.cpp's GGUFs written straight from the ONNX weights by "
+                             f"gguf_export ({', '.join(args.gguf_types)} linear weights, "
+                             "float32 embedding and norms; no F32 file, no logits check)")
+            else:
+                ggufs = prepare_ggufs(model, cfg, work, args.gguf_types, args.rebuild)
+                first = prompts[args.prompt_lens[0]]
+                checks["llama.cpp F32 logits"] = check_f32_logits(ggufs["F32"], fp32, layout,
+                                                                  first, n_ctx, args.threads[0])
             for name, path in ggufs.items():
                 llm = LlamaCppModel(path, n_ctx)
                 gguf_types[name] = {"file": type_summary(tensor_types(path)),
                                     "load_log": load_log_types(llm.load_log)}
                 arms.append(Arm("llama.cpp", f"GGUF {name}", _file_bytes(path), llm.generate))
             notes.append(f"llama.cpp {llama_cpp.__version__}: f16 KV cache (its default) in "
-                         "the timed arms; float32 KV cache in the F32 logits check")
+                         "the timed arms" + ("" if large else
+                                             "; float32 KV cache in the F32 logits check"))
+    extra: dict[str, object] = {}
     if "c" in args.arms:
-        for bits in args.bits:
-            out = work / f"c_w{bits}g{args.group_size}"
-            if args.rebuild or not c_built(out, notes):
-                compile_c(model, out, bits, ["--group-size", str(args.group_size)])
-            arms.append(Arm("sail c", f"w{bits}g{args.group_size}",
-                            _file_bytes(out / "weights.bin"), c_generate(out)))
+        arms += sail_c_arms(args, model, work, prompts, notes, extra,
+                            args.sail_args or [f"--group-size {args.group_size}"])
     if "llvm" in args.arms:
         arms += llvm_arms(model, work, args, layout, notes)
-    # the reference arm is timed with the others; its ids are the reference of every arm
+    # onnxruntime fp32 (timed with the others) or, on a large preset, llama.cpp's first GGUF:
+    # its ids are the reference of every arm
+    reference = next((a for a in arms if a.name == (
+        "llama.cpp" if large else REFERENCE)), None)
     references = {}
     for p, prompt in prompts.items():
-        references[p] = onnx_generate(fp32.run_fn(args.threads[0]), layout, prompt,
-                                      args.agree_ids).ids
+        if reference is not None:
+            references[p] = reference.generate(prompt, args.agree_ids, args.threads[0]).ids
     rows = time_all(args, arms, prompts, references)
     return {"model": f"generated {args.preset}", "params": cfg.num_params(),
             "prompt_ids": prompts, "rows": rows, "reference_ids": references, "checks": checks,
-            "gguf_types": gguf_types, "notes": notes,
-            "baselines": BASELINES["generated"],
+            "gguf_types": gguf_types, "notes": notes, **extra,
+            "reference": "fp32" if not large else
+            reference.weights.removeprefix("GGUF ") if reference else "-",
+            "baselines": BASELINES["large" if large else "generated"],
             "title": f"example decoder '{args.preset}' ({cfg.num_params() / 1e6:.1f}M "
                      f"parameters), random prompt ids"}
 
@@ -835,32 +946,9 @@ def run_gemma3(args: argparse.Namespace, work: Path) -> dict:
                             genai.generate))
             notes.append(f"onnxruntime-genai {og.__version__}: builder -p int4 -e cpu of the "
                          f"same checkpoint ({summary}); its own KV cache")
-    for text in args.sail_args or ["--group-size 32 --sym"]:
-        if "c" not in args.arms:
-            break
-        sail_args = shlex.split(text)
-        only = None
-        if "--bits" in sail_args:  # this arm at its own width only
-            at = sail_args.index("--bits")
-            if at + 1 >= len(sail_args) or not sail_args[at + 1].isdigit():
-                raise SystemExit(f"--sail-args {text!r}: --bits needs a width")
-            only = int(sail_args[at + 1])
-            del sail_args[at:at + 2]
-        tag = hashlib.sha1(" ".join(sail_args).encode()).hexdigest()[:8]
-        for bits in [only] if only else args.bits:
-            out = work / f"c_w{bits}_{tag}"
-            if args.rebuild or not c_built(out, notes):
-                try:
-                    compile_c(model, out, bits, sail_args)
-                except RuntimeError as err:
-                    notes.append(f"sail c w{bits} skipped: {err}")
-                    log("NOTE: " + notes[-1])
-                    continue
-            label = f"w{bits} {' '.join(sail_args)}".strip()
-            arms.append(Arm("sail c", label, _file_bytes(out / "weights.bin"), c_generate(out)))
-            if args.profile:
-                extra.setdefault("profiles", {})[label] = {
-                    len(prompt): profile_generate(out, prompt, 1) for prompt in prompts.values()}
+    if "c" in args.arms:
+        arms += sail_c_arms(args, model, work, prompts, notes, extra,
+                            args.sail_args or ["--group-size 32 --sym"])
     rows = time_all(args, arms, prompts, references)
     return {"model": "gemma3 270m", "model_dir": str(args.model_dir), "prompt_ids": prompts,
             "rows": rows, "reference_ids": references, "notes": notes,
@@ -890,7 +978,7 @@ def report(args: argparse.Namespace, result: dict) -> None:
     print(f"\n{title}, {args.tokens} greedy tokens, onnxruntime {ort.__version__}; median of "
           f"{args.rounds} interleaved rounds; x NAME = the arm's speed over NAME's in this run "
           "(higher is faster)\n")
-    print(markdown_table(rows, baselines, args.agree_ids))
+    print(markdown_table(rows, baselines, args.agree_ids, result.get("reference", "fp32")))
     for name, t in result.get("gguf_types", {}).items():
         print(f"\nllama.cpp {name}: file {t['file']}\n  load log: {t['load_log']}")
     for name, check in result.get("checks", {}).items():

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Protocol
 
 import gguf
 import numpy as np
+import onnx
 
 ARCH = "llama"
 #: Quantization types the ``gguf`` package can write for the linear weights here.
@@ -81,9 +84,11 @@ def rotate_half_to_interleaved(w: np.ndarray, n_heads: int) -> np.ndarray:
     return (w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
 
 
-def decoder_tensors(weights: dict[str, np.ndarray], cfg: DecoderShape
-                    ) -> dict[str, np.ndarray]:
-    """The GGUF tensors (llama.cpp names, float32, ``[out, in]``) of the example decoder.
+def iter_decoder_tensors(weights: Mapping[str, np.ndarray], cfg: DecoderShape
+                         ) -> Iterator[tuple[str, np.ndarray]]:
+    """The GGUF tensors (llama.cpp names, float32, ``[out, in]``) of the example decoder, one at
+    a time: each is computed when the iteration reaches it, so a model larger than memory
+    (``weights`` a lazy mapping over its external data) is never held as a float copy.
 
     Parameters
     ----------
@@ -99,37 +104,44 @@ def decoder_tensors(weights: dict[str, np.ndarray], cfg: DecoderShape
     def vector(name: str) -> np.ndarray:
         return np.ascontiguousarray(weights[name], dtype=np.float32)
 
-    out = {"token_embd.weight": vector("model.embed_tokens.weight")}
+    yield "token_embd.weight", vector("model.embed_tokens.weight")
     for i in range(cfg.num_layers):
         p, b = f"model.layers.{i}", f"blk.{i}"
-        out[f"{b}.attn_norm.weight"] = vector(f"{p}.input_layernorm.weight")
-        out[f"{b}.attn_q.weight"] = rotate_half_to_interleaved(
+        yield f"{b}.attn_norm.weight", vector(f"{p}.input_layernorm.weight")
+        yield f"{b}.attn_q.weight", rotate_half_to_interleaved(
             linear(f"{p}.self_attn.q_proj.weight"), cfg.num_heads)
-        out[f"{b}.attn_k.weight"] = rotate_half_to_interleaved(
+        yield f"{b}.attn_k.weight", rotate_half_to_interleaved(
             linear(f"{p}.self_attn.k_proj.weight"), cfg.num_kv_heads)
-        out[f"{b}.attn_v.weight"] = linear(f"{p}.self_attn.v_proj.weight")
-        out[f"{b}.attn_output.weight"] = linear(f"{p}.self_attn.o_proj.weight")
-        out[f"{b}.ffn_norm.weight"] = vector(f"{p}.post_attention_layernorm.weight")
-        out[f"{b}.ffn_gate.weight"] = linear(f"{p}.mlp.gate_proj.weight")
-        out[f"{b}.ffn_up.weight"] = linear(f"{p}.mlp.up_proj.weight")
-        out[f"{b}.ffn_down.weight"] = linear(f"{p}.mlp.down_proj.weight")
-    out["output_norm.weight"] = vector("model.norm.weight")
-    out["output.weight"] = linear("lm_head.weight")
-    return out
+        yield f"{b}.attn_v.weight", linear(f"{p}.self_attn.v_proj.weight")
+        yield f"{b}.attn_output.weight", linear(f"{p}.self_attn.o_proj.weight")
+        yield f"{b}.ffn_norm.weight", vector(f"{p}.post_attention_layernorm.weight")
+        yield f"{b}.ffn_gate.weight", linear(f"{p}.mlp.gate_proj.weight")
+        yield f"{b}.ffn_up.weight", linear(f"{p}.mlp.up_proj.weight")
+        yield f"{b}.ffn_down.weight", linear(f"{p}.mlp.down_proj.weight")
+    yield "output_norm.weight", vector("model.norm.weight")
+    yield "output.weight", linear("lm_head.weight")
+
+
+def decoder_tensors(weights: Mapping[str, np.ndarray], cfg: DecoderShape
+                    ) -> dict[str, np.ndarray]:
+    """:func:`iter_decoder_tensors` as a dictionary (every tensor in memory at once)."""
+    return dict(iter_decoder_tensors(weights, cfg))
 
 
 def _is_linear(name: str) -> bool:
     return name != "token_embd.weight" and not name.endswith("norm.weight")
 
 
-def write_gguf(weights: dict[str, np.ndarray], cfg: DecoderShape, path: str | os.PathLike[str],
+def write_gguf(weights: Mapping[str, np.ndarray], cfg: DecoderShape, path: str | os.PathLike[str],
                tensor_type: str = "F32", name: str = "sail example decoder") -> dict[str, str]:
     """Write the decoder as a ``llama``-architecture GGUF file.
 
     Parameters
     ----------
     weights
-        The ONNX model's initializers by name (see :func:`decoder_tensors`).
+        The ONNX model's initializers by name (see :func:`iter_decoder_tensors`); a lazy
+        mapping (:class:`ExternalWeights`) keeps only the written tensors in memory: with a
+        quantized ``tensor_type``, about the size of the output file.
     cfg
         The model's shape.
     path
@@ -181,7 +193,7 @@ def write_gguf(weights: dict[str, np.ndarray], cfg: DecoderShape, path: str | os
     writer.add_add_bos_token(False)
 
     written = {}
-    for tensor_name, value in decoder_tensors(weights, cfg).items():
+    for tensor_name, value in iter_decoder_tensors(weights, cfg):
         if _is_linear(tensor_name) and tensor_type != "F32":
             # uint8 blocks: the writer derives the logical shape from the byte shape.
             writer.add_tensor(tensor_name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
@@ -194,6 +206,39 @@ def write_gguf(weights: dict[str, np.ndarray], cfg: DecoderShape, path: str | os
     writer.write_tensors_to_file()
     writer.close()
     return written
+
+
+class ExternalWeights(Mapping[str, np.ndarray]):
+    """An ONNX model's initializers by name, each read from its external-data file only when
+    asked for (:meth:`sail_compiler.external_data.ExternalData.read`: a fresh array, the
+    mapping's pages untouched); initializers stored in the ``.onnx`` itself come from it.
+
+    Parameters
+    ----------
+    path
+        The ``.onnx`` file, its external data beside it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from sail_compiler.external_data import ExternalData
+
+        path = Path(path)
+        model = onnx.load(str(path), load_external_data=False)
+        self._external = ExternalData(model, path.parent)
+        self._names = [t.name for t in model.graph.initializer]
+        self._inline = {t.name: t for t in model.graph.initializer
+                        if t.name not in self._external}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._external:
+            return self._external.read(name)
+        return onnx.numpy_helper.to_array(self._inline[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def tensor_types(path: str | os.PathLike[str]) -> dict[str, str]:

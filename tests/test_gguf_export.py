@@ -16,6 +16,7 @@ from sail_compiler.testing.decoders import PRESETS, DecoderConfig, make_decoder,
 gguf = pytest.importorskip("gguf")
 
 from benchmarks.gguf_export import (  # noqa: E402
+    ExternalWeights,
     decoder_tensors,
     rotate_half_to_interleaved,
     tensor_types,
@@ -127,6 +128,19 @@ def test_written_file_reads_back(tmp_path, tensor_type: str) -> None:
     if tensor_type == "F32":
         np.testing.assert_array_equal(
             np.asarray(tensor.data), decoder_tensors(_weights(CFG), CFG)["blk.0.ffn_up.weight"])
+
+
+def test_external_weights_write_the_same_file(tmp_path) -> None:
+    """A model's external data read lazily (the 7B preset's path) gives the bytes the
+    in-memory initializers give."""
+    model = make_decoder(CFG, seed=3)
+    save_model(model, tmp_path / "decoder.onnx", external_data=True)
+    lazy = ExternalWeights(tmp_path / "decoder.onnx")
+    assert set(lazy) == {t.name for t in model.graph.initializer} and len(lazy) == len(
+        model.graph.initializer)
+    write_gguf(_weights(CFG), CFG, tmp_path / "memory.gguf", "Q4_0")
+    write_gguf(lazy, CFG, tmp_path / "lazy.gguf", "Q4_0")
+    assert (tmp_path / "lazy.gguf").read_bytes() == (tmp_path / "memory.gguf").read_bytes()
 
 
 @pytest.mark.parametrize("preset", ["micro", "tiny"])
