@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-
-from make_decoder import PRESETS, make_decoder, save_model  # noqa: E402
-
 from sail_compiler import Artifact, CompileOptions, compile_model  # noqa: E402
 from sail_compiler.quant.scheme import QuantScheme  # noqa: E402
+from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model  # noqa: E402
 from sail_compiler.verify import InputPlan, OnnxRuntimeReference, generate_inputs  # noqa: E402
 
 

@@ -47,6 +47,11 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from sail_compiler.lowering import (
+    build_pipeline,
+    host_target,
+    lowering_passes,
+)
 from sail_compiler.ops.lut_kernel import lut_gemv_te, schedule_lut_gemv
 from sail_compiler.ops.quant_matmul import quant_matmul
 from sail_compiler.ops.sail_ops import act_dtype, lut_gemv, quantize
@@ -57,11 +62,6 @@ from sail_compiler.quant.reference import (
     quantized_matmul,
 )
 from sail_compiler.quant.scheme import QuantScheme
-from sail_compiler.targets.llvm.schedule import (
-    build_pipeline,
-    host_target,
-    lowering_passes,
-)
 
 #: Largest relative L2 error accepted before timing (DESIGN.md section 3 allows 1e-5).
 _MAX_REL_ERROR = 1e-5

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from make_decoder import PRESETS, make_decoder, save_model
+            from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 
             args.model = Path(tmp) / "tiny.onnx"
             save_model(make_decoder(PRESETS["tiny"]), args.model)

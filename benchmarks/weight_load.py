@@ -18,15 +18,12 @@ import argparse
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from make_decoder import PRESETS  # noqa: E402
-
+from sail_compiler.testing.decoders import PRESETS  # noqa: E402
 from sail_compiler.weights_file import write_weight_file  # noqa: E402
 
 RUNTIME = Path(__file__).resolve().parents[1] / "sail_compiler" / "targets" / "c" / "runtime"
