@@ -84,7 +84,11 @@ from gguf_export import (  # noqa: E402
     type_summary,
     write_gguf,
 )
-from make_decoder import (  # noqa: E402
+
+from sail_compiler.export_onnx import export_onnx_model  # noqa: E402
+from sail_compiler.options import CompileOptions  # noqa: E402
+from sail_compiler.quant.scheme import QuantScheme  # noqa: E402
+from sail_compiler.testing.decoders import (  # noqa: E402
     IN_MEMORY_LIMIT_BYTES,
     PRESETS,
     DecoderConfig,
@@ -92,10 +96,6 @@ from make_decoder import (  # noqa: E402
     save_model,
     write_decoder,
 )
-
-from sail_compiler.export_onnx import export_onnx_model  # noqa: E402
-from sail_compiler.options import CompileOptions  # noqa: E402
-from sail_compiler.quant.scheme import QuantScheme  # noqa: E402
 
 MODELS = ("generated", "gemma3")
 ARMS = ("ort-fp32", "ort-q4", "llama.cpp", "c", "llvm", "ort-genai")

@@ -4,9 +4,8 @@ Usage::
 
     python examples/make_decoder.py --preset tiny -o tiny.onnx [--kv-cache]
 
-The graph, its inputs and outputs are described in :mod:`sail_compiler.testing.decoders`;
-``PRESETS``, ``DecoderConfig``, ``make_decoder`` and ``save_model`` are importable from here too,
-for the scripts that put ``examples/`` on their path.
+The graph, its inputs and outputs are described in :mod:`sail_compiler.testing.decoders`, which
+scripts import.
 """
 
 from __future__ import annotations
@@ -17,13 +16,12 @@ from pathlib import Path
 from sail_compiler.testing.decoders import (
     IN_MEMORY_LIMIT_BYTES,
     PRESETS,
-    DecoderConfig,
     make_decoder,
     save_model,
     write_decoder,
 )
 
-__all__ = ["PRESETS", "DecoderConfig", "main", "make_decoder", "save_model"]
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
