@@ -198,6 +198,13 @@ def test_generate_keeps_the_cache_in_place(artifact: Path) -> None:
     assert f"kernels of the prefill ({len(PROMPT)} tokens):" in prefill
     assert "sail_cache_append" in prefill
     assert "sail_cache_append" in decode  # the decode steps append in place
+
+    def calls(table: str, kernel: str) -> int:
+        return sum(int(line.split()[2]) for line in table.splitlines()
+                   if line.split()[-1:] == [kernel])
+
+    # each table counts its own calls: 9 steps append 9 times what the prefill appended
+    assert calls(decode, "sail_cache_append") == 9 * calls(prefill, "sail_cache_append") > 0
     copied = json.loads(_generate(artifact, "-n", "10", "--json", "--copy-kv").stdout)
     assert copied["kv_cache"] == "copied" and copied["ids"] == report["ids"]
     roomy = json.loads(_generate(artifact, "-n", "10", "--json", "--ctx", "64").stdout)

@@ -1344,6 +1344,8 @@ int sail_rt_profile(sail_model *model) {
 }
 
 void sail_rt_reset_profile(sail_model *model) {
+  if (model->profile) /* record_time adds to an entry's totals when it reuses the slot */
+    memset(model->profile, 0, (size_t)model->profile_capacity * sizeof *model->profile);
   model->profile_count = 0;
 }
 
