@@ -12,7 +12,7 @@ The GGUF holds the same weights as the ONNX model, in llama.cpp's ``llama`` arch
   permuted order, and ``q . k`` (all attention needs of them) is unchanged; v, o_proj and the
   rest are not touched.
 * Hyper-parameters: heads, KV heads, RMSNorm epsilon, rotary base and context length from the
-  model's :class:`DecoderShape` (``make_decoder.DecoderConfig``).
+  model's :class:`~sail_compiler.testing.decoders.DecoderConfig`.
 * Tokenizer: llama.cpp needs a vocabulary even when it is fed token ids, so the file carries a
   ``llama`` (SentencePiece) vocabulary of ``vocab_size`` placeholder tokens: ``<unk>``, ``<s>``,
   ``</s>``, then ``<t3>``, ``<t4>``, ... . It has no byte tokens (llama.cpp warns that the
@@ -32,34 +32,18 @@ import collections
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
 
 import gguf
 import numpy as np
 import onnx
+
+from sail_compiler.testing.decoders import DecoderConfig
 
 ARCH = "llama"
 #: Quantization types the ``gguf`` package can write for the linear weights here.
 TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
 #: The placeholder vocabulary's special tokens (llama.cpp's SentencePiece defaults).
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
-
-
-class DecoderShape(Protocol):
-    """The hyper-parameters of ``make_decoder.DecoderConfig`` the export needs."""
-
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    ffn_size: int
-    max_positions: int
-    rms_eps: float
-    rope_theta: float
-
-    @property
-    def head_dim(self) -> int: ...
 
 
 def rotate_half_to_interleaved(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -84,7 +68,7 @@ def rotate_half_to_interleaved(w: np.ndarray, n_heads: int) -> np.ndarray:
     return (w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
 
 
-def iter_decoder_tensors(weights: Mapping[str, np.ndarray], cfg: DecoderShape
+def iter_decoder_tensors(weights: Mapping[str, np.ndarray], cfg: DecoderConfig
                          ) -> Iterator[tuple[str, np.ndarray]]:
     """The GGUF tensors (llama.cpp names, float32, ``[out, in]``) of the example decoder, one at
     a time: each is computed when the iteration reaches it, so a model larger than memory
@@ -122,7 +106,7 @@ def iter_decoder_tensors(weights: Mapping[str, np.ndarray], cfg: DecoderShape
     yield "output.weight", linear("lm_head.weight")
 
 
-def decoder_tensors(weights: Mapping[str, np.ndarray], cfg: DecoderShape
+def decoder_tensors(weights: Mapping[str, np.ndarray], cfg: DecoderConfig
                     ) -> dict[str, np.ndarray]:
     """:func:`iter_decoder_tensors` as a dictionary (every tensor in memory at once)."""
     return dict(iter_decoder_tensors(weights, cfg))
@@ -132,7 +116,7 @@ def _is_linear(name: str) -> bool:
     return name != "token_embd.weight" and not name.endswith("norm.weight")
 
 
-def write_gguf(weights: Mapping[str, np.ndarray], cfg: DecoderShape, path: str | os.PathLike[str],
+def write_gguf(weights: Mapping[str, np.ndarray], cfg: DecoderConfig, path: str | os.PathLike[str],
                tensor_type: str = "F32", name: str = "sail example decoder") -> dict[str, str]:
     """Write the decoder as a ``llama``-architecture GGUF file.
 
