@@ -124,30 +124,20 @@ def test_kernel_matches_reference(kernel: ctypes.CDLL, heads: tuple, threads: in
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_kernel_reads_rows_in_place_and_soft_caps(kernel: ctypes.CDLL, threads: int) -> None:
-    """Keys and values inside a cache with capacity 512, 300 rows used; soft-capping."""
-    q = RNG.standard_normal((2, 4, 1, 32)).astype(np.float32) * 4
-    cache_k = RNG.standard_normal((2, 2, 512, 32)).astype(np.float32)
-    cache_v = RNG.standard_normal((2, 2, 512, 32)).astype(np.float32)
-    mask = _mask("padding", 2, 1, 300)
-    want = reference_attention(q, cache_k[:, :, :300], cache_v[:, :, :300], mask, scale=0.5,
-                               softcap=20.0)
-    got = _run(kernel, q, cache_k, cache_v, mask, scale=0.5, softcap=20.0, threads=threads,
-               kv_len=300)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_prefill_reads_rows_in_place_and_soft_caps(kernel: ctypes.CDLL, threads: int) -> None:
-    """A prefill (20 query rows per kv head: the transposed-key tiles) over the first 300 rows
-    of a cache with room for 512, whose unused rows hold NaN (never read), causal over a past of
-    280, soft-capped; head dim 40 and value dim 24 (not whole tiles of 16)."""
-    q = RNG.standard_normal((2, 4, 20, 40)).astype(np.float32) * 4
-    cache_k = np.full((2, 2, 512, 40), np.nan, np.float32)
-    cache_v = np.full((2, 2, 512, 24), np.nan, np.float32)
-    cache_k[:, :, :300] = RNG.standard_normal((2, 2, 300, 40))
-    cache_v[:, :, :300] = RNG.standard_normal((2, 2, 300, 24))
-    mask = _mask("causal", 2, 20, 300)
+@pytest.mark.parametrize(("seq", "d", "dv", "kind"),
+                         [(1, 32, 32, "padding"), (20, 40, 24, "causal")],
+                         ids=["decode", "prefill"])
+def test_kernel_reads_rows_in_place_and_soft_caps(kernel: ctypes.CDLL, seq: int, d: int, dv: int,
+                                                  kind: str, threads: int) -> None:
+    """Keys and values of the first 300 rows of a cache with room for 512, whose unused rows
+    hold NaN (never read); soft-capping. A decode step, and a prefill (20 query rows per kv
+    head: the transposed-key tiles) with head dim 40 and value dim 24 (not whole tiles of 16)."""
+    q = RNG.standard_normal((2, 4, seq, d)).astype(np.float32) * 4
+    cache_k = np.full((2, 2, 512, d), np.nan, np.float32)
+    cache_v = np.full((2, 2, 512, dv), np.nan, np.float32)
+    cache_k[:, :, :300] = RNG.standard_normal((2, 2, 300, d))
+    cache_v[:, :, :300] = RNG.standard_normal((2, 2, 300, dv))
+    mask = _mask(kind, 2, seq, 300)
     want = reference_attention(q, cache_k[:, :, :300], cache_v[:, :, :300], mask, scale=0.5,
                                softcap=20.0)
     got = _run(kernel, q, cache_k, cache_v, mask, scale=0.5, softcap=20.0, threads=threads,

@@ -326,6 +326,18 @@ static int all_dead(const unit_rows *r, int64_t i, int64_t rows, int64_t t0, int
   return 1;
 }
 
+/* When every key t0 .. t0 + keys - 1 is dead for rows i .. i + rows - 1: their scores
+ * x[e * ld + t] are the mask values (no products), and 1; else 0 and nothing written. */
+static int dead_block(const unit_rows *r, int64_t i, int64_t rows, int64_t t0, int64_t keys,
+                      int64_t mt, float *x, int64_t ld) {
+  if (!all_dead(r, i, rows, t0, keys, mt))
+    return 0;
+  for (int64_t e = i; e < i + rows; ++e)
+    for (int64_t t = t0; t < t0 + keys; ++t)
+      x[e * ld + t] = r->mask[e][t * mt];
+  return 1;
+}
+
 /* The score of row e and key t from its dot product: scaled, capped, masked. */
 static float logit(const sail_attention_args *a, const unit_rows *r, int64_t e, int64_t t,
                    float dot) {
@@ -350,10 +362,8 @@ static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t
       for (int64_t t = tile; t < end;) {
         const int64_t keys = rows == 4 && end - t >= 4 ? 4 : 1;
         float dots[16];
-        if (all_dead(r, i, rows, t, keys, mt)) {
-          for (int64_t e = i; e < i + rows; ++e)
-            for (int64_t u = t; u < t + keys; ++u)
-              x[e * ld + u] = r->mask[e][u * mt];
+        if (dead_block(r, i, rows, t, keys, mt, x, ld)) {
+          /* the mask's values written */
         } else if (keys == 4) {
           const float *kt[4] = {k + t * ks, k + (t + 1) * ks, k + (t + 2) * ks, k + (t + 3) * ks};
           dot4x4(&r->q[i], kt, d, dots);
@@ -483,12 +493,8 @@ static void kt_score_keys(const job *j, const unit_rows *r, int64_t t0, int64_t 
     const float *ktile = kt + (size_t)tile * TK * (size_t)d;
     for (int64_t i = 0; i < r->count; i += TR) {
       const int rows = r->count - i < TR ? (int)(r->count - i) : TR;
-      if (all_dead(r, i, rows, lo, hi - lo, mt)) {
-        for (int64_t e = i; e < i + rows; ++e)
-          for (int64_t t = lo; t < hi; ++t)
-            x[e * ld + t] = r->mask[e][t * mt];
+      if (dead_block(r, i, rows, lo, hi - lo, mt, x, ld))
         continue;
-      }
       float dots[TR][TK];
       switch (rows) {
       case 1: kt_dots(&r->q[i], ktile, d, 1, dots); break;
