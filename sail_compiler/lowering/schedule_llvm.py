@@ -550,14 +550,55 @@ def _schedule_reduction_block(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
     return True
 
 
+def _block_size(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> tirx.PrimExpr:
+    """The number of points in ``block``'s iteration domain (product of its iter var extents)."""
+    size: tirx.PrimExpr = tirx.IntImm("int64", 1)
+    for iv in sch.get(block).iter_vars:
+        size = size * iv.dom.extent
+    return size
+
+
+def _inline_elementwise_chains(sch: s_tir.Schedule) -> bool:
+    """Inline every spatial block into its consumers when that recomputes nothing.
+
+    FuseTIR writes a fused elementwise chain (e.g. the tanh-GELU: ``x^3``, scale, add,
+    ``tanh``, ...) as one block per op with an intermediate buffer between each: one pass over
+    the activations per op. A producer is inlined only when every consumer's domain has as
+    many points as its own, so a per-row value (a norm's ``rsqrt``) is not recomputed for
+    every element of the row. Returns whether anything was inlined.
+    """
+    infos = normalize_prim_func(sch)
+    if not infos:
+        return False
+    analyzer = sym.Analyzer()
+    inlined = False
+    for info in infos:
+        block = info.block_rv
+        if not info.is_injective():
+            continue
+        consumers = sch.get_consumers(block)
+        if not consumers:
+            continue
+        size = _block_size(sch, block)
+        if not all(analyzer.can_prove_equal(_block_size(sch, c), size) for c in consumers):
+            continue
+        try:
+            sch.compute_inline(block)
+            inlined = True
+        except Exception:  # noqa: BLE001 - an output, or not a plain store: stays a block
+            continue
+    return inlined
+
+
 def _schedule_generic(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
-    """Fallback rule: parallel outer loops, vectorized inner loops, no tiling."""
+    """Fallback rule: elementwise chains inlined, parallel outer loops, vectorized inner loops,
+    no tiling."""
     sch = s_tir.Schedule(func)
+    changed = _inline_elementwise_chains(sch)
     infos = normalize_prim_func(sch)
     if not infos:
         return None
     lanes = vector_lanes(target, "float32")
-    changed = False
     for info in infos:
         try:
             if info.is_injective():

@@ -6,6 +6,7 @@ and undefined-behaviour sanitizers."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -139,6 +140,40 @@ def test_quantized_outputs_identical_across_threads(quant_kv: Path, tmp_path: Pa
         assert proc.returncode == 0, proc.stderr
         results.append(np.load(out / "logits.npy"))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_split_kernels_give_the_same_outputs_in_any_number_of_parts(quant_kv: Path,
+                                                                     tmp_path: Path) -> None:
+    """The kernels kernels.c splits over the thread pool (tir_codegen: a root block that is one
+    parallel loop) give bit-identical logits and presents in 1, 2 or 3 threads. The copy is built
+    with SAIL_PAR_MIN_ELEMENTS=1 so that even these small outputs take the pool path."""
+    split = re.findall(r"const int8_t sail_parallel_(\w+) = 1;", (quant_kv / "kernels.c").read_text())
+    assert len(split) >= 5 and any("mean" in name for name in split), split
+    pooled = tmp_path / "pooled"
+    shutil.copytree(quant_kv, pooled, ignore=shutil.ignore_patterns("build", "*.a", "*.so",
+                                                                   "sail_main", "sail_generate"))
+    build_library(pooled, make_args=("CFLAGS=-O2 -march=native -DSAIL_PAR_MIN_ELEMENTS=1",))
+    inputs = generate_inputs(Artifact(quant_kv).signature,
+                             InputPlan(batch=3, seq_len=7, past_len=4))
+    args = []
+    for name, value in inputs.items():
+        np.save(tmp_path / f"{name}.npy", value)
+        args += ["--input", f"{name}={tmp_path / name}.npy"]
+    results = {}
+    for artifact, threads in ((quant_kv, 1), (pooled, 1), (pooled, 2), (pooled, 3)):
+        out = tmp_path / f"out_{artifact.name}_{threads}"
+        out.mkdir()
+        proc = subprocess.run([str(artifact / "sail_main"), str(artifact / "weights.bin"),
+                               *args, "--threads", str(threads), "--output-dir", str(out)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        results[artifact.name, threads] = {p.stem: np.load(p) for p in out.glob("*.npy")}
+    reference = results[quant_kv.name, 1]
+    assert "logits" in reference and len(reference) > 1
+    for key, outputs in results.items():
+        assert outputs.keys() == reference.keys(), key
+        for name, value in outputs.items():
+            np.testing.assert_array_equal(value, reference[name], err_msg=f"{key} {name}")
 
 
 def test_generate_cli_and_bad_input(quant_kv: Path, tiny_decoder: Path, tmp_path: Path,

@@ -21,6 +21,16 @@ backend, so that a TVM upgrade touches one file:
 * The generated file includes four TVM headers; they are replaced by ``sail_tvm_shim.h``
   (:data:`TVM_INCLUDES`). An include not in that list is an error: a new TVM needs the shim
   checked.
+* **Threads.** TVM's C printer writes a ``parallel`` loop as a serial one. A kernel whose whole
+  body (under its root block) is one ``parallel`` loop, the shape the default CPU schedules give
+  elementwise, norm and softmax kernels (:func:`splittable`), is rewritten after TVM's lowering
+  to run the share ``[sail_par_begin(n), sail_par_end(n))`` of that loop's ``n`` iterations. The runtime
+  (``sail_rt_call``) runs such a kernel on the LUT-GEMV thread pool, one share per part, when
+  its output is large enough to pay for the wake-up (``SAIL_PAR_MIN_ELEMENTS``); called
+  directly, the share is the whole loop. ``kernels.c`` ends with one
+  ``const int8_t sail_parallel_<name>`` per kernel saying which ones were rewritten
+  (``SAIL_KERNEL`` / ``SAIL_CALL`` in ``sail_model_rt.h``). Iterations of a ``parallel`` loop are
+  independent by the schedule's construction, and each part allocates its own workspace.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from __future__ import annotations
 import functools
 
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
 from tvm.tirx.build import codegen_build
 
 #: The lines of TVM's generated C that pull in TVM's headers; ``sail_tvm_shim.h`` replaces them.
@@ -42,6 +52,10 @@ TVM_INCLUDES = (
 #: Standard headers the generated C may include (kept as they are).
 SYSTEM_INCLUDES = ("#include <math.h>", "#include <stdbool.h>")
 SHIM_HEADER = "sail_tvm_shim.h"
+#: The runtime functions that give a thread its share of a split parallel loop (sail_tvm_shim.h).
+PAR_BEGIN, PAR_END = "sail_par_begin", "sail_par_end"
+#: The flag kernels.c defines for every kernel: 1 if it was split (run on the thread pool).
+PARALLEL_FLAG = "sail_parallel_"
 
 _ALLOC_WORKSPACE = "tirx.TVMBackendAllocWorkspace"
 #: Math intrinsics TVM 0.27 cannot print as C -> the C library function (float64 name).
@@ -135,6 +149,69 @@ def _rewrite_includes(source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def splittable(func: tirx.PrimFunc) -> bool:
+    """Whether ``func``'s root block is one ``parallel`` loop from 0 and nothing else.
+
+    Only then may each part of a pool job run the kernel with a share of that loop: nothing
+    outside the loop runs in every part.
+    """
+    realize = func.body
+    if not isinstance(realize, s_tir.SBlockRealize):
+        return False
+    loop = realize.block.body
+    return (isinstance(loop, tirx.For) and loop.kind == tirx.ForKind.PARALLEL
+            and isinstance(loop.min, tirx.IntImm) and int(loop.min.value) == 0
+            and (loop.step is None or (isinstance(loop.step, tirx.IntImm)
+                                       and int(loop.step.value) == 1)))
+
+
+def _share(loop: tirx.For) -> list[tirx.Stmt]:
+    """``for i in parallel(n)`` -> ``b = sail_par_begin(n); e = sail_par_end(n); for i in [b, e)``.
+
+    Done on the lowered function, after TVM simplified the body's index arithmetic knowing
+    ``0 <= i < n``, which stays true of the share (on the block-level function the unknown
+    start made TVM write every index as a sign-checked floor division, 20x slower).
+    """
+    dtype = str(loop.loop_var.ty)
+    extent = loop.extent if str(loop.extent.ty) == dtype else tirx.Cast(dtype, loop.extent)
+    begin = tirx.Var(f"{loop.loop_var.name}_begin", dtype)
+    end = tirx.Var(f"{loop.loop_var.name}_end", dtype)
+    return [tirx.Bind(begin, tirx.call_extern(dtype, PAR_BEGIN, extent)),
+            tirx.Bind(end, tirx.call_extern(dtype, PAR_END, extent)),
+            tirx.For(loop.loop_var, begin, end - begin, tirx.ForKind.SERIAL, loop.body,
+                     loop.thread_binding, loop.annotations, None, loop.span)]
+
+
+def _share_parallel_loops(stmt: tirx.Stmt) -> tuple[tirx.Stmt, int]:
+    """Rebuild ``stmt`` with every ``parallel`` loop outside any other loop cut to this call's
+    share (:func:`_share`); returns the statement and how many loops were cut."""
+    if isinstance(stmt, tirx.For):
+        if stmt.kind != tirx.ForKind.PARALLEL:
+            return stmt, 0
+        return tirx.SeqStmt(_share(stmt)), 1
+    if isinstance(stmt, tirx.SeqStmt):
+        body: list[tirx.Stmt] = []
+        count = 0
+        for child in stmt.seq:
+            if isinstance(child, tirx.For) and child.kind == tirx.ForKind.PARALLEL:
+                body.extend(_share(child))
+                count += 1
+                continue
+            new, n = _share_parallel_loops(child)
+            body.append(new)
+            count += n
+        return tirx.SeqStmt(body), count
+    if isinstance(stmt, tirx.AttrStmt):
+        body_stmt, count = _share_parallel_loops(stmt.body)
+        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body_stmt, stmt.span), count
+    if isinstance(stmt, tirx.IfThenElse):
+        then, n1 = _share_parallel_loops(stmt.then_case)
+        otherwise, n2 = (None, 0) if stmt.else_case is None else _share_parallel_loops(
+            stmt.else_case)
+        return tirx.IfThenElse(stmt.condition, then, otherwise, stmt.span), n1 + n2
+    return stmt, 0
+
+
 def kernels_source(funcs: dict[str, tirx.PrimFunc]) -> str:
     """C source of the PrimFuncs, each exported as ``__tvm_ffi_<name>``.
 
@@ -150,6 +227,7 @@ def kernels_source(funcs: dict[str, tirx.PrimFunc]) -> str:
     """
     _register_c_intrinsics()
     target = tvm.target.Target({"kind": "c"})
+    split = {name for name, func in funcs.items() if splittable(func)}
     mod = tvm.IRModule({name: func.with_attr("global_symbol", name)
                         for name, func in funcs.items()})
     current = tvm.transform.PassContext.current()
@@ -159,7 +237,18 @@ def kernels_source(funcs: dict[str, tirx.PrimFunc]) -> str:
         mod = tirx.transform.BindTarget(target.with_host(target))(mod)
         pipeline, finalize_host, _ = tirx.get_tir_pipeline("default")
         mod = finalize_host()(pipeline(mod))
-        mod = tvm.IRModule({gvar: func.with_body(_hoist_workspace_sizes(func.body))
-                            for gvar, func in mod.functions_items()}, attrs=mod.attrs)
+        funcs_out = {}
+        for gvar, func in mod.functions_items():
+            body = _hoist_workspace_sizes(func.body)
+            if gvar.name_hint in split:
+                body, cut = _share_parallel_loops(body)
+                if cut != 1:  # not the one loop the check saw: run it whole
+                    body = _hoist_workspace_sizes(func.body)
+                    split.discard(gvar.name_hint)
+            funcs_out[gvar] = func.with_body(body)
+        mod = tvm.IRModule(funcs_out, attrs=mod.attrs)
         source = codegen_build(mod, target).inspect_source()
-    return _rewrite_includes(source)
+    flags = "".join(f"const int8_t {PARALLEL_FLAG}{name} = {int(name in split)};\n"
+                    for name in funcs)
+    return (_rewrite_includes(source)
+            + "\n/* 1: runs a share of its parallel loop per call (sail_rt_call) */\n" + flags)

@@ -1321,10 +1321,69 @@ static void record_time(sail_model *model, const char *name, double seconds) {
   model->profile[i].calls += 1;
 }
 
-int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, TVMFFIAny *args,
-                 int32_t num_args) {
+/* This thread's part of the kernel call sail_rt_call is running on the pool (0 of 1: all). */
+static _Thread_local int64_t par_part = 0, par_parts = 1;
+
+/* n p / P without overflow; shares of consecutive parts meet, part 0 starts at 0, the last
+ * ends at n. */
+static int64_t share_start(int64_t n, int64_t p) {
+  return n / par_parts * p + n % par_parts * p / par_parts;
+}
+int64_t sail_par_begin(int64_t n) { return share_start(n, par_part); }
+int64_t sail_par_end(int64_t n) { return share_start(n, par_part + 1); }
+
+typedef struct {
+  sail_kernel_fn kernel;
+  TVMFFIAny *args;
+  int32_t num_args;
+  atomic_int failed; /* the first failing part copies its message below */
+  char error[sizeof tvm_error];
+} par_call;
+
+static void run_share(void *ctx, int part, int n_parts) {
+  par_call *call = ctx;
+  par_part = part;
+  par_parts = n_parts;
+  const int32_t status = call->kernel(NULL, call->args, call->num_args, NULL);
+  par_part = 0;
+  par_parts = 1;
+  if (status != 0 && atomic_exchange(&call->failed, 1) == 0)
+    snprintf(call->error, sizeof call->error, "%s", tvm_error);
+}
+
+/* Elements of the last tensor argument (the kernel's last output), 0 if none. */
+static int64_t last_tensor_elements(const TVMFFIAny *args, int32_t num_args) {
+  for (int32_t i = num_args - 1; i >= 0; --i) {
+    if (args[i].type_index != kTVMFFIDLTensorPtr)
+      continue;
+    const DLTensor *t = args[i].v_ptr;
+    int64_t n = 1;
+    for (int32_t d = 0; d < t->ndim; ++d)
+      n *= t->shape[d];
+    return n;
+  }
+  return 0;
+}
+
+int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, int parallel,
+                 TVMFFIAny *args, int32_t num_args) {
   const double start = model->profile ? seconds_now() : 0.0;
-  const int32_t status = kernel(NULL, args, num_args, NULL);
+  int32_t status;
+  const char *message;
+  if (parallel && model->pool && last_tensor_elements(args, num_args) >= SAIL_PAR_MIN_ELEMENTS) {
+    par_call call = {.kernel = kernel, .args = args, .num_args = num_args};
+    atomic_init(&call.failed, 0);
+    sail_pool_run_parts(model->pool, run_share, &call,
+                        sail_pool_threads(model->pool) * SAIL_POOL_PARTS_PER_THREAD);
+    status = atomic_load(&call.failed) ? -1 : 0;
+    message = status ? call.error : "";
+    if (model->profile)
+      record_time(model, name, seconds_now() - start);
+    if (status == 0)
+      return 0;
+    return sail_rt_fail(model, "kernel %s failed: %s", name, message);
+  }
+  status = kernel(NULL, args, num_args, NULL);
   if (model->profile)
     record_time(model, name, seconds_now() - start);
   if (status == 0)

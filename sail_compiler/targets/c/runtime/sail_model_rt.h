@@ -109,8 +109,11 @@ struct sail_model {
   char error[1024];
 };
 
-/* A kernel of kernels.c, as TVM's C code generator declares it. */
-#define SAIL_KERNEL(name) \
+/* A kernel of kernels.c, as TVM's C code generator declares it, and its flag there: 1 if the
+ * kernel runs a share of its parallel loop per call (sail_par_begin / sail_par_end), so that
+ * sail_rt_call may run it on the thread pool. */
+#define SAIL_KERNEL(name)                    \
+  extern const int8_t sail_parallel_##name; \
   int32_t __tvm_ffi_##name(void *self_handle, void *args, int32_t num_args, void *result)
 typedef int32_t (*sail_kernel_fn)(void *self_handle, void *args, int32_t num_args, void *result);
 
@@ -123,7 +126,8 @@ typedef int32_t (*sail_kernel_fn)(void *self_handle, void *args, int32_t num_arg
 
 /* Call kernel `name` with the TVMFFIAny arguments that follow (SAIL_T, SAIL_W, SAIL_I64). */
 #define SAIL_CALL(name, ...)                                                             \
-  SAIL_TRY(sail_rt_call(model, #name, __tvm_ffi_##name, (TVMFFIAny[]){__VA_ARGS__},      \
+  SAIL_TRY(sail_rt_call(model, #name, __tvm_ffi_##name, sail_parallel_##name,             \
+                        (TVMFFIAny[]){__VA_ARGS__},                                          \
                         (int32_t)(sizeof((TVMFFIAny[]){__VA_ARGS__}) / sizeof(TVMFFIAny))))
 
 /* Kernel arguments: a buffer, weight i, an integer scalar, a float scalar. */
@@ -194,9 +198,17 @@ int sail_rt_alloc(sail_model *model, sail_buffer *buffer, const char *name, sail
 void sail_rt_release(sail_model *model, sail_buffer *buffer);
 void sail_rt_release_all(sail_model *model, sail_buffer *buffers, size_t count);
 
-/* Call a kernel; on failure the message names the kernel and repeats TVM's check. */
-int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, TVMFFIAny *args,
-                 int32_t num_args);
+/* Call a kernel; on failure the message names the kernel and repeats TVM's check. A
+ * `parallel` kernel (see SAIL_KERNEL) runs on the model's thread pool, a share of its loop per
+ * part, when the model has more than one thread and its last tensor argument (an output) has
+ * at least SAIL_PAR_MIN_ELEMENTS elements; else on the calling thread, whole. */
+int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, int parallel,
+                 TVMFFIAny *args, int32_t num_args);
+/* Smaller outputs run on one thread: a decode step's elementwise kernels take a few
+ * microseconds, about what waking the pool costs. */
+#ifndef SAIL_PAR_MIN_ELEMENTS
+#define SAIL_PAR_MIN_ELEMENTS 32768
+#endif
 
 /* y = xq times LUT weight `lut` (sail_lut_gemv): xq int8 [..., K], sx float32 [..., ceil(K / A)]
  * (A: the spec's act_group), y float32 [..., N] with the same leading dims. */
