@@ -147,7 +147,8 @@ def test_split_kernels_give_the_same_outputs_in_any_number_of_parts(quant_kv: Pa
     """The kernels kernels.c splits over the thread pool (tir_codegen: a root block that is one
     parallel loop) give bit-identical logits and presents in 1, 2 or 3 threads. The copy is built
     with SAIL_PAR_MIN_ELEMENTS=1 so that even these small outputs take the pool path."""
-    split = re.findall(r"const int8_t sail_parallel_(\w+) = 1;", (quant_kv / "kernels.c").read_text())
+    kernels = (quant_kv / "kernels.c").read_text()
+    split = re.findall(r"const int8_t sail_parallel_(\w+) = 1;", kernels)
     assert len(split) >= 5 and any("mean" in name for name in split), split
     pooled = tmp_path / "pooled"
     shutil.copytree(quant_kv, pooled, ignore=shutil.ignore_patterns("build", "*.a", "*.so",

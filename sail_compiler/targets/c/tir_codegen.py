@@ -23,14 +23,15 @@ backend, so that a TVM upgrade touches one file:
   checked.
 * **Threads.** TVM's C printer writes a ``parallel`` loop as a serial one. A kernel whose whole
   body (under its root block) is one ``parallel`` loop, the shape the default CPU schedules give
-  elementwise, norm and softmax kernels (:func:`splittable`), is rewritten after TVM's lowering
-  to run the share ``[sail_par_begin(n), sail_par_end(n))`` of that loop's ``n`` iterations. The runtime
-  (``sail_rt_call``) runs such a kernel on the LUT-GEMV thread pool, one share per part, when
-  its output is large enough to pay for the wake-up (``SAIL_PAR_MIN_ELEMENTS``); called
-  directly, the share is the whole loop. ``kernels.c`` ends with one
-  ``const int8_t sail_parallel_<name>`` per kernel saying which ones were rewritten
-  (``SAIL_KERNEL`` / ``SAIL_CALL`` in ``sail_model_rt.h``). Iterations of a ``parallel`` loop are
-  independent by the schedule's construction, and each part allocates its own workspace.
+  elementwise, norm and softmax kernels (:func:`splittable`), is rewritten after TVM's
+  lowering to run the share ``[sail_par_begin(n), sail_par_end(n))`` of that loop's ``n``
+  iterations. The runtime (``sail_rt_call``) runs such a kernel on the LUT-GEMV thread pool,
+  one share per part, when its output is large enough to pay for the wake-up
+  (``SAIL_PAR_MIN_ELEMENTS``); called directly, the share is the whole loop. ``kernels.c``
+  ends with one ``const int8_t sail_parallel_<name>`` per kernel saying which ones were
+  rewritten (``SAIL_KERNEL`` / ``SAIL_CALL`` in ``sail_model_rt.h``). Iterations of a
+  ``parallel`` loop are independent by the schedule's construction, and each part allocates
+  its own workspace.
 """
 
 from __future__ import annotations
