@@ -25,11 +25,16 @@ from tvm import relax
 PARAMS_ATTR = "params"
 
 
+def _has_params(func: relax.Function) -> bool:
+    return func.attrs is not None and PARAMS_ATTR in func.attrs
+
+
 @relax.expr_functor.mutator
 class _Lifter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, min_bytes: int) -> None:
+    def __init__(self, mod: tvm.IRModule, min_bytes: int, first: int) -> None:
         super().__init__(mod)
         self.min_bytes = min_bytes
+        self.first = first
         self.params: list[relax.Var] = []
         self.values: list[tvm.runtime.Tensor] = []
         self._lifted: dict[int, relax.Var] = {}
@@ -43,7 +48,7 @@ class _Lifter(relax.PyExprMutator):
         # become one parameter
         key = value.data_ptr()
         if key not in self._lifted:
-            var = relax.Var(f"weight_{len(self.params)}", const.ty)
+            var = relax.Var(f"weight_{self.first + len(self.params)}", const.ty)
             self._lifted[key] = var
             self.params.append(var)
             self.values.append(value)
@@ -65,14 +70,14 @@ class LiftWeightsToParams:
 
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        lifter = _Lifter(mod, self.min_bytes)
         gvar = mod.get_global_var("main")
         func = mod["main"]
+        earlier = list(func.attrs[PARAMS_ATTR]) if _has_params(func) else []
+        lifter = _Lifter(mod, self.min_bytes, len(earlier))
         body = lifter.visit_expr(func.body)
         new_func = relax.Function([*func.params, *lifter.params], body, func.ret_ty,
                                   func.is_pure, func.attrs, func.span)
         if lifter.values:  # after the values of an earlier run's parameters, if any
-            earlier = list(func.attrs[PARAMS_ATTR]) if PARAMS_ATTR in func.attrs else []
             new_func = new_func.with_attr(PARAMS_ATTR, [*earlier, *lifter.values])
         out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
         out[gvar] = new_func
@@ -86,7 +91,7 @@ def detach_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[np.ndarray]]:
     Unlike ``tvm.relax.frontend.detach_params``, keeps the module's attributes.
     """
     func = mod["main"]
-    if PARAMS_ATTR not in func.attrs:
+    if not _has_params(func):
         return mod, []
     weights = [np.asarray(value.numpy()) for value in func.attrs[PARAMS_ATTR]]
     out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
