@@ -40,6 +40,7 @@ from collections.abc import Callable
 import tvm
 from tvm import relax, te, tirx
 
+from ..errors import SailError
 from ..quant.packing import check_bits, packed_length
 from ..quant.reference import ActBlocks, PackedWeight, QuantizedWeight, check_act_bits
 
@@ -56,7 +57,16 @@ __all__ = [
     "quant_matmul",
     "quant_matmul_te",
     "quantize_activations_te",
+    "WEIGHT_OPERANDS",
+    "constant_name",
+    "name_constant",
+    "weight_constants",
 ]
+
+#: The operands :func:`weight_constants` makes, in its order: the names of the constants.
+WEIGHT_OPERANDS = ("packed", "scale", "zero")
+#: How a weight constant's span starts (:func:`name_constant`).
+_NAME_PREFIX = "sail.weight:"
 
 #: The registered name; targets recognise the operator by it.
 OP_NAME = "sail.quant_matmul"
@@ -449,17 +459,51 @@ def _register() -> None:
     tvm.ir.register_op_attr(OP_NAME, "FLegalize", _legalize)
 
 
-def weight_constants(qw: QuantizedWeight | PackedWeight,
+def weight_constants(qw: QuantizedWeight | PackedWeight, layer: str = "",
                      ) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
     """``(packed, scale, zero)`` of ``qw`` as constants, in the operand layout of every sail
-    operator that takes a quantized weight (module docstring). A :class:`PackedWeight`'s packed
-    codes and scales become constants without a copy (the IR shares its 64-byte aligned arrays,
-    so a large model's codes are held once)."""
+    operator that takes a quantized weight (module docstring), each named after ``layer`` and
+    its operand (:func:`name_constant`; unnamed for ``layer=""``). A :class:`PackedWeight`'s
+    packed codes and scales become constants without a copy (the IR shares its 64-byte aligned
+    arrays, so a large model's codes are held once)."""
     if isinstance(qw, PackedWeight):
         packed, scale = (tvm.runtime.from_dlpack(a) for a in (qw.packed(), qw.scale))
     else:
         packed, scale = tvm.runtime.tensor(qw.packed()), tvm.runtime.tensor(qw.scale)
-    return relax.const(packed), relax.const(scale), relax.const(qw.zero_points(), "int32")
+    consts = (relax.const(packed), relax.const(scale), relax.const(qw.zero_points(), "int32"))
+    if not layer:
+        return consts
+    named = (name_constant(c, layer, role) for c, role in zip(consts, WEIGHT_OPERANDS,
+                                                                strict=True))
+    return tuple(named)  # type: ignore[return-value]
+
+
+def name_constant(const: tvm.ir.GenericConst, layer: str, operand: str) -> tvm.ir.GenericConst:
+    """``const`` (the same data) named as ``operand`` of ``layer``, e.g. ``("model.layers.0.
+    self_attn.k_proj", "packed")``.
+
+    The name lives in the constant's span, whose source name is ``sail.weight:<layer>.<operand>``
+    (TVM's frontends name IR nodes after their source layers the same way). Spans ride along
+    with the constant through every pass that keeps it, are not printed by TVMScript and are
+    ignored by structural equality, so naming changes no dump and no comparison. Targets read
+    the name back with :func:`constant_name`: the IR itself says which layer a weight belongs
+    to, with no table kept beside it.
+    """
+    if not layer or not operand or "." in operand:
+        raise SailError(f"a weight constant needs a layer name and an operand name without "
+                        f"a dot, got layer {layer!r}, operand {operand!r}")
+    span = tvm.ir.Span(tvm.ir.SourceName(f"{_NAME_PREFIX}{layer}.{operand}"), 0, 0, 0, 0)
+    return tvm.ir.GenericConst(const.value, const.ty, span)
+
+
+def constant_name(const: tvm.ir.GenericConst) -> tuple[str, str] | None:
+    """``(layer, operand)`` of a constant :func:`name_constant` named, else None."""
+    span = const.span
+    source = str(span.source_name.name) if span is not None else ""
+    if not source.startswith(_NAME_PREFIX):
+        return None
+    layer, _, operand = source[len(_NAME_PREFIX):].rpartition(".")
+    return layer, operand
 
 
 def layer_name(call: relax.Call) -> str:

@@ -24,8 +24,9 @@ computed on the activations that really reach each layer in the compiled model, 
 
 A probe build only runs in the process that registered the function: ``sail verify`` builds one
 beside the artifact it reports on. Runs first in the ``lower`` stage, before ``LegalizeOps``
-(which would otherwise legalize the same calls without the recording). ``layers`` lists the
-recorded calls' ``layer`` attributes by index after the pass ran.
+(which would otherwise legalize the same calls without the recording). ``main``'s
+``"sail.probe_layers"`` attribute (:data:`PROBE_LAYERS_ATTR`) lists the recorded calls' ``layer``
+attributes by record index, for the build to write into the manifest (:func:`probe_layers`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from ._common import rewrite_relax_functions
 RECORD_FUNC = "sail.probe.record"
 #: ``kind`` argument values
 SUMS, RESULT = 0, 1
+#: The attribute of ``main`` listing the recorded layers by record index.
+PROBE_LAYERS_ATTR = "sail.probe_layers"
 
 _records: list[tuple[int, int, np.ndarray, np.ndarray]] | None = None
 
@@ -158,12 +161,24 @@ class _Splicer(relax.PyExprMutator):
 class ExposeGroupSums:
     """Splice recording calls around every quantized matmul's kernels (module docstring)."""
 
-    def __init__(self) -> None:
-        self.layers: list[str] = []
-
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         splicer = _Splicer(mod)
         rewritten = rewrite_relax_functions(splicer, mod)
-        self.layers = splicer.layers
+        gvar = rewritten.get_global_var("main")
+        rewritten[gvar] = rewritten[gvar].with_attr(PROBE_LAYERS_ATTR, splicer.layers)
         return rewritten
+
+
+def probe_layers(mod: tvm.IRModule) -> list[str]:
+    """The layer of each record index of a module :class:`ExposeGroupSums` rewrote.
+
+    Raises
+    ------
+    SailError
+        ``mod``'s ``main`` has no probe (the pass did not run on it).
+    """
+    attrs = mod["main"].attrs
+    if attrs is None or PROBE_LAYERS_ATTR not in attrs:
+        raise SailError("the module has no group-sum probe: ExposeGroupSums did not run on it")
+    return [str(name) for name in attrs[PROBE_LAYERS_ATTR]]

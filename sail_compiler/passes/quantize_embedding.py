@@ -109,7 +109,7 @@ class _Rewriter(relax.PyExprMutator):
                 self.problems.append(f"{name} (table [{vocab}, {dim}]): {err}")
                 return call
         self.applied.append(applied_entry(name, qw))
-        return quant_take(*weight_constants(qw), call.args[1], bits=qw.bits,
+        return quant_take(*weight_constants(qw, name), call.args[1], bits=qw.bits,
                           group_size=qw.group_size, k=qw.k, layer=name)
 
 

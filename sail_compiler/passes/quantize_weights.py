@@ -150,7 +150,7 @@ class _Rewriter(relax.PyExprMutator):
             self.problems.append(f"{name}: {err}")
             return call
         self.applied.append(applied_entry(name, qw))
-        return quant_matmul(call.args[0], *weight_constants(qw), bits=qw.bits,
+        return quant_matmul(call.args[0], *weight_constants(qw, name), bits=qw.bits,
                             group_size=qw.group_size, k=qw.k, act_bits=self.act_bits,
                             act_group=blocks.act_group, layer=name)
 

@@ -7,8 +7,15 @@ import pytest
 import tvm
 from tvm import relax, te, tirx
 
+from sail_compiler.errors import SailError
 from sail_compiler.ops import quant_matmul
-from sail_compiler.ops.quant_matmul import group_sums_te, quantize_activations_te
+from sail_compiler.ops.quant_matmul import (
+    constant_name,
+    group_sums_te,
+    name_constant,
+    quantize_activations_te,
+    weight_constants,
+)
 from sail_compiler.quant.reference import (
     ActBlocks,
     block_sums,
@@ -70,6 +77,27 @@ def test_prints_name_and_attributes() -> None:
     assert '"sail.quant_matmul"' in text
     assert 'attrs={"act_bits": 6, "act_group": 100, "bits": 3, "group_size": 32, "k": 100}' \
         in text
+
+
+def test_weight_constants_carry_their_layer_in_the_ir() -> None:
+    """The names ride on the constants (their spans): the same data, printed and compared as
+    before, read back exactly, also for layer names with dots; other constants have none."""
+    qw = quantize_weights_rtn(RNG.standard_normal((K, N)).astype(np.float32), QuantScheme(4, 32))
+    unnamed = weight_constants(qw)
+    named = weight_constants(qw, "model.layers.3.mlp.up_proj")
+    assert [constant_name(c) for c in named] == [
+        ("model.layers.3.mlp.up_proj", role) for role in ("packed", "scale", "zero")]
+    assert [constant_name(c) for c in unnamed] == [None] * 3
+    for a, b in zip(unnamed, named, strict=True):
+        np.testing.assert_array_equal(a.value.numpy(), b.value.numpy())
+        tvm.ir.assert_structural_equal(a, b)
+        assert a.script() == b.script()
+    foreign = tvm.ir.GenericConst(unnamed[0].value, unnamed[0].ty,
+                                  tvm.ir.Span(tvm.ir.SourceName("model.onnx"), 1, 1, 1, 1))
+    assert constant_name(foreign) is None
+    for layer, operand in (("", "packed"), ("fc", ""), ("fc", "lut.planes")):
+        with pytest.raises(SailError, match="needs a layer name and an operand name"):
+            name_constant(unnamed[0], layer, operand)
 
 
 @pytest.mark.parametrize(("zero_dtype", "group_size", "message"), [

@@ -15,6 +15,7 @@ from tvm import relax, tirx
 from sail_compiler import lowering
 from sail_compiler.errors import OptionError, SailError
 from sail_compiler.frontend import import_onnx, load_checked
+from sail_compiler.ops.quant_matmul import constant_name
 from sail_compiler.ops.quant_take import quant_take
 from sail_compiler.passes import WrapGatherIndices
 from sail_compiler.passes.quantize_embedding import QuantizeEmbedding
@@ -93,8 +94,15 @@ def test_layer_table_names_tables_supplies_codes_and_keeps_float() -> None:
     q0 = quantize_weight(t0.T, QuantScheme(3, 8), "rtn")
     layers = {weight_key(t0): ("model.embed_tokens", q0), weight_key(t1): ("rope_cos", None)}
     pass_ = QuantizeEmbedding(layers=layers)  # t2 is not in the table: stays float
-    text = pass_(_take_module(t0, t1, t2)).script()
+    mod = pass_(_take_module(t0, t1, t2))
+    text = mod.script()
     assert text.count('"sail.quant_take"') == 1 and text.count("R.take(") == 2
+    # the codes, scales and zero points are named after the table in the IR itself
+    names: list[tuple[str, str] | None] = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: names.append(constant_name(e)) if
+                                    isinstance(e, tvm.ir.GenericConst) else None)
+    assert sorted(n for n in names if n is not None) == [
+        ("model.embed_tokens", role) for role in ("packed", "scale", "zero")]
     assert '"bits": 3, "group_size": 8, "k": 24, "layer": "model.embed_tokens"' in text
     assert [a["layer"] for a in pass_.applied] == ["model.embed_tokens"]
     pass_ = QuantizeEmbedding(W4G16, layers=layers)  # now t2 falls back to the scheme

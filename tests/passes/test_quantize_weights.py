@@ -13,6 +13,7 @@ from tvm.script import relax as R
 from sail_compiler import lowering
 from sail_compiler.errors import OptionError, SailError
 from sail_compiler.ops import quant_matmul
+from sail_compiler.ops.quant_matmul import constant_name, is_quant_matmul
 from sail_compiler.passes import QuantizeWeights
 from sail_compiler.quant.reference import quantize_weights_rtn, quantized_matmul
 from sail_compiler.quant.scheme import QuantScheme
@@ -113,6 +114,13 @@ def test_layer_table_names_layers_supplies_weights_and_keeps_float() -> None:
     # with a scheme, the matmul outside the table is quantized under its label
     mod = QuantizeWeights(W4G32, layers=table)(_matmul_module(w0, w1, w2))
     assert _count_quant_matmuls(mod) == 2 and '"layer": "matmul.2"' in mod.script()
+    # every weight constant is named after its layer and operand in the IR itself
+    calls = [b.value for b in mod["main"].body.blocks[0].bindings
+             if is_quant_matmul(b.value)]
+    assert [[constant_name(a) for a in call.args[1:]] for call in calls] == [
+        [(layer, "packed"), (layer, "scale"), (layer, "zero")]
+        for layer in ("proj_in", "matmul.2")]
+    assert constant_name(calls[0].args[0]) is None  # not a constant
     # skip patterns match names from the table too
     mod = QuantizeWeights(W4G32, skip=("proj_*",), layers=table)(_matmul_module(w0, w1, w2))
     assert _count_quant_matmuls(mod) == 1

@@ -13,8 +13,10 @@ weights) and a tuple of outputs. :func:`emit_model` turns it into C that reads l
   freed blocks for the next allocations. Outputs are handed to the caller without a copy;
 * symbolic dims (``batch``, ``seq``, ``past + seq``) are ``int64_t`` locals taken from the
   inputs; every shape is a C expression over them, and each ``match_cast`` becomes a check;
-* every constant becomes a tensor of ``weights.bin`` (:mod:`.weight_file`), named after its
-  layer when :class:`RecordWeightNames` saw it as an operand of a SAIL operator;
+* every constant becomes a tensor of ``weights.bin`` (:mod:`.weight_file`), named after the
+  layer and operand the constant itself names (:func:`~sail_compiler.ops.quant_matmul.
+  constant_name`: the quantizing passes name the weights they make), else ``const_<i>``;
+  constants sharing one buffer are stored once;
 * a LUT-GEMV left as ``R.call_dps_packed("sail_lut_gemv", ...)`` by the c target's lowering
   becomes a ``sail_rt_lut_gemv`` call of the runtime's kernels (``sail_lut.h``); its weight is
   re-laid out here (:func:`.kernels.relayout`) into three tensors of ``weights.bin`` (bit-plane
@@ -50,6 +52,7 @@ from tvm import relax, sym, tirx
 
 from ...errors import SailError
 from ...frontend.signature import ModelSignature, TensorSpec
+from ...ops.quant_matmul import constant_name
 from ...quant.packing import unpack_bits
 from ...quant.reference import QuantizedWeight
 from .kernels import (
@@ -64,7 +67,7 @@ from .kernels import (
 )
 from .weight_file import DTYPE_CODES, MAX_NDIM
 
-__all__ = ["EmittedModel", "RecordWeightNames", "emit_model"]
+__all__ = ["EmittedModel", "emit_model"]
 
 #: NumPy dtype name -> ``enum sail_dtype`` constant of the runtime.
 _C_DTYPES = {name: f"SAIL_{name.upper()}" for name in DTYPE_CODES}
@@ -76,41 +79,6 @@ _C_KEYWORDS = frozenset(
 _RUN_LOCALS = frozenset({"model", "inputs", "outputs", "b", "dims", "status", "fail", "buffers",
                          "calloc", "free", "cache", "model_run"})
 _LINE = 100
-
-
-@tvm.transform.module_pass(opt_level=0, name="RecordWeightNames")
-class RecordWeightNames:
-    """Record which layer each constant operand of a SAIL operator belongs to.
-
-    Changes nothing. ``names`` maps a constant's data pointer to ``(layer, operand)``, e.g.
-    ``("model.layers.0.self_attn.k_proj", "packed")``; the constant keeps its data through the
-    lowering, so :func:`emit_model` can name the weight and comment the kernel calls that read
-    it. Runs first in the ``c`` target's ``lower`` stage.
-    """
-
-    def __init__(self) -> None:
-        self.names: dict[int, tuple[str, str]] = {}
-
-    def transform_module(self, mod: tvm.IRModule,
-                         _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        names: dict[int, tuple[str, str]] = {}
-
-        def visit(expr: relax.Expr) -> None:
-            if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
-                    and expr.op.name.startswith("sail.") and expr.attrs is not None
-                    and "layer" in expr.attrs):
-                return
-            operands = [a.name for a in expr.op.arguments]
-            for i, arg in enumerate(expr.args):
-                if isinstance(arg, tvm.ir.GenericConst):
-                    role = operands[i] if i < len(operands) else f"arg{i}"
-                    names.setdefault(arg.value.data_ptr(), (str(expr.attrs["layer"]), role))
-
-        for _, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                relax.analysis.post_order_visit(func, visit)
-        self.names = names
-        return mod
 
 
 @dataclasses.dataclass
@@ -322,12 +290,10 @@ def _dims_text(shape: Sequence[tirx.PrimExpr]) -> str:
 class _Graph:
     """``main`` read into buffers, kernel calls and checks (no C text yet)."""
 
-    def __init__(self, mod: tvm.IRModule, signature: ModelSignature,
-                 weight_names: dict[int, tuple[str, str]]) -> None:
+    def __init__(self, mod: tvm.IRModule, signature: ModelSignature) -> None:
         self.mod = mod
         self.main = mod["main"]
         self.signature = signature
-        self.weight_names = weight_names
         self.members = _Names()
         self.dim_names = _Names(_RUN_LOCALS)
         self.analyzer = sym.Analyzer()
@@ -384,10 +350,10 @@ class _Graph:
         return self.dims[var]
 
     def weight(self, const: tvm.ir.GenericConst) -> _Buffer:
-        key = const.value.data_ptr()
+        key = const.value.data_ptr()  # one buffer (e.g. a tied weight) is stored once
         if key in self.weight_buffers:
             return self.weight_buffers[key]
-        layer, operand = self.weight_names.get(key, (None, None))
+        layer, operand = constant_name(const) or (None, None)
         buffer = self.add_weight(const.value.numpy(), layer, operand)
         self.weight_buffers[key] = buffer
         return buffer
@@ -514,8 +480,7 @@ class _Graph:
         qw = QuantizedWeight(q, scale.value.numpy(), None if symmetric else
                              zeros.astype(np.uint8), bits, group_size, k)
         lut = relayout(qw, act_group)
-        layer = self.weight_names.get(packed.value.data_ptr(), (None, None))[0]
-        layer = layer or f"lut_{len(self.luts)}"
+        layer = (constant_name(packed) or (f"lut_{len(self.luts)}", ""))[0]
         planes = self.add_weight(lut.planes, layer, "lut_planes")
         scales = self.add_weight(lut.scales, layer, "lut_scales")
         zero_index = -1 if lut.zeros is None else \
@@ -941,18 +906,16 @@ def _model_h(graph: _Graph, title: str) -> str:
     return "\n".join(lines)
 
 
-def emit_model(mod: tvm.IRModule, signature: ModelSignature,
-               weight_names: dict[int, tuple[str, str]], title: str) -> EmittedModel:
+def emit_model(mod: tvm.IRModule, signature: ModelSignature, title: str) -> EmittedModel:
     """Emit ``model.c`` and ``model.h`` for the lowered ``mod`` (see the module docstring).
 
     Parameters
     ----------
     mod
-        The module after the ``c`` target's ``lower`` stage.
+        The module after the ``c`` target's ``lower`` stage; everything the C comes from,
+        the weights' names included, is read from it.
     signature
         The ONNX model's inputs and outputs (``main``'s parameters are the inputs, in order).
-    weight_names
-        :attr:`RecordWeightNames.names`.
     title
         What was compiled, for the header comments (one line, no trailing period).
 
@@ -962,7 +925,7 @@ def emit_model(mod: tvm.IRModule, signature: ModelSignature,
         ``main`` holds bindings the emitter does not support (all of them listed), or a shape
         that cannot be computed from the inputs.
     """
-    graph = _Graph(mod, signature, weight_names)
+    graph = _Graph(mod, signature)
     graph.read()
     lines = [f"/* model.c: {title}.", " *",
              " * The model as kernel calls over named buffers. The kernels are in kernels.c "

@@ -62,7 +62,7 @@ from ...passes.lower_to_lut_gemv import LowerToLUTGemv
 from ...version import __version__
 from ..base import Runner, TargetBackend, register_target
 from .cross import cross_target, run_prefix
-from .emit import RecordWeightNames, emit_model
+from .emit import emit_model
 from .kernels import (
     ATTENTION_SYMBOL,
     BROADCAST_SYMBOL,
@@ -114,9 +114,6 @@ _SHOWN_LINES = 30
 class CTarget(TargetBackend):
     description = "a standalone C library (TVM's C code for the kernels) built with cc"
 
-    def __init__(self) -> None:
-        self._names = RecordWeightNames()
-
     def lowering_passes(self, options: CompileOptions) -> list[tvm.transform.Pass]:
         if options.probe:
             raise OptionError("the c target cannot record group sums (the reference check "
@@ -126,7 +123,7 @@ class CTarget(TargetBackend):
         # TVM's kernels for it); one core for TVM's kernels, whose parallel loops the C code
         # runs serially.
         fuse = [LowerToLUTGemv(options.nbw, fuse="all")] if options.sail else []
-        return [self._names, *fuse,
+        return [*fuse,
                 *lowering_passes(host_target(1), {
                     LUT_GEMV: legalize_c_lut_gemv,
                     "relax.concat": legalize_c_concat,
@@ -143,7 +140,7 @@ class CTarget(TargetBackend):
               options: CompileOptions) -> dict[str, Any]:
         title = (f"compiled by sail {__version__} for the c target (apache-tvm "
                  f"{tvm.__version__}, weights {options.describe_quant()})")
-        emitted = emit_model(mod, signature, self._names.names, title)
+        emitted = emit_model(mod, signature, title)
         (out_dir / "model.c").write_text(emitted.model_c)
         (out_dir / "model.h").write_text(emitted.model_h)
         kernels = kernels_source(emitted.kernels)

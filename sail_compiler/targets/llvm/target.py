@@ -4,7 +4,9 @@ Artifact files, beside the common ``manifest.json``: ``model.so`` (the VM execut
 ``tvm.runtime.load_module``) and ``weights.bin`` (see :mod:`sail_compiler.weights_file`). The
 weights are lifted out of the executable by the last lowering pass,
 :class:`~sail_compiler.passes.LiftWeightsToParams`, because TVM truncates executables with more
-than 2 GB of constants; the runner passes them after the model inputs.
+than 2 GB of constants; the runner passes them after the model inputs. The build reads
+everything from the lowered module (the lifted weights and a probe's layers are attributes of
+``main``): the target object keeps nothing between lowering and build.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ...errors import ArtifactError
 from ...frontend.signature import ModelSignature
 from ...lowering import build_pipeline, host_target, lowering_passes
 from ...passes import ExposeGroupSums, LiftWeightsToParams
+from ...passes.expose_group_sums import probe_layers
+from ...passes.lift_weights_to_params import detach_weights
 from ...weights_file import read_weights, write_weights
 from ..base import Runner, TargetBackend, register_target
 
@@ -34,24 +38,23 @@ WEIGHTS = "weights.bin"
 class LLVMTarget(TargetBackend):
     description = "TVM's llvm codegen for this CPU, run on the Relax VM"
 
-    def __init__(self) -> None:
-        self._lift = LiftWeightsToParams()
-        self._probe = ExposeGroupSums()
-
     def lowering_passes(self, options: CompileOptions) -> list[tvm.transform.Pass]:
-        probe = [self._probe] if options.probe else []
-        return [*probe, *lowering_passes(host_target(options.num_threads)), self._lift]
+        probe = [ExposeGroupSums()] if options.probe else []
+        return [*probe, *lowering_passes(host_target(options.num_threads)),
+                LiftWeightsToParams()]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
               options: CompileOptions) -> dict[str, Any]:
         target = host_target(options.num_threads)
+        layers = probe_layers(mod) if options.probe else None
+        mod, weights = detach_weights(mod)
         executable = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
         executable.export_library(str(out_dir / LIBRARY))
-        write_weights(out_dir / WEIGHTS, self._lift.weights)
-        extra = {"library": LIBRARY, "weights": WEIGHTS, "num_weights": len(self._lift.weights),
+        write_weights(out_dir / WEIGHTS, weights)
+        extra = {"library": LIBRARY, "weights": WEIGHTS, "num_weights": len(weights),
                  "tvm_target": str(target)}
-        if options.probe:
-            extra["probe_layers"] = list(self._probe.layers)
+        if layers is not None:
+            extra["probe_layers"] = layers
         return extra
 
     def load(self, out_dir: Path, manifest: dict[str, Any]) -> Runner:

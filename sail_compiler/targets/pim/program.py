@@ -1,19 +1,20 @@
 """SAIL programs: the lowering of a compiled module's ``sail.*`` calls, and ``program.txt/json``.
 
-Two module passes of the pim-sim target (:mod:`.target`) make a :class:`Program`:
+A module pass and the build of the pim-sim target (:mod:`.target`) make a :class:`Program`:
 
 * :class:`LowerToSAILProgram` runs first in the ``lower`` stage. It replaces every
   ``sail.quantize``, ``sail.lut_gemv`` and ``sail.dequantize`` of ``main`` by
   ``R.call_pure_packed("sail.pim.exec", <slot>, <the call's operands>...)`` with the call's own
-  result type, and records each call's descriptor; a LUT-GEMV is mapped onto the machine with
-  :func:`.cost.plan_tiling`, with the lane width :func:`.cost.best_lane_bits` chooses for one
-  token without pattern reuse. Other ops are left alone for the host lowering. A layer that
-  does not fit the machine raises :class:`~sail_compiler.errors.OptionError` naming the layer
-  and the field.
-* :class:`ListSAILProgram` runs after the host lowering (and after the weights are lifted to
-  parameters). It walks ``main`` in execution order, numbers every offload call and every host
-  kernel call (``R.call_tir``), records each offload call's slot (``attrs["slot"]``), names the
-  operands and links every DEQUANT to the LUT-GEMV whose sums it reads.
+  result type, and records each call's descriptor and the machine in ``main``'s
+  ``"sail.pim.commands"`` attribute (:data:`COMMANDS_ATTR`, a :class:`Program` in JSON); a LUT-GEMV
+  is mapped onto the machine with :func:`.cost.plan_tiling`, with the lane width
+  :func:`.cost.best_lane_bits` chooses for one token without pattern reuse. Other ops are left alone
+  for the host lowering. A layer that does not fit the machine raises
+  :class:`~sail_compiler.errors.OptionError` naming the layer and the field.
+* :func:`list_program`, called by the build on the module after the host lowering (and after the
+  weights are lifted to parameters), walks ``main`` in execution order, numbers every offload call
+  and every host kernel call (``R.call_tir``), records each offload call's slot (``attrs["slot"]``),
+  names the operands and links every DEQUANT to the LUT-GEMV whose sums it reads.
 
 ``program.json`` holds ``format``, ``format_version``, the machine's name, its
 :func:`config_fingerprint` and its full configuration, and the instructions
@@ -33,7 +34,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from ...errors import ArtifactError, OptionError
+from ...errors import ArtifactError, OptionError, SailError
 from ...ops.quant_matmul import act_blocks
 from ...ops.sail_ops import DEQUANTIZE, LUT_GEMV, QUANTIZE, is_sail_op, op_attrs
 from .config import ConfigError, MachineConfig
@@ -41,21 +42,24 @@ from .cost import best_lane_bits, plan_tiling
 from .isa import DEQUANT, HOST, LUTGEMV, QUANT, Instruction, Mapping
 
 __all__ = [
+    "COMMANDS_ATTR",
     "EXEC_FUNC",
     "FORMAT",
     "FORMAT_VERSION",
     "PROGRAM_JSON",
     "PROGRAM_TXT",
-    "ListSAILProgram",
     "LowerToSAILProgram",
     "Program",
     "check_config",
     "config_fingerprint",
+    "list_program",
     "load_program",
 ]
 
 #: The global function the compiled host code calls for every offload command.
 EXEC_FUNC = "sail.pim.exec"
+#: The attribute of ``main`` holding the commands :class:`LowerToSAILProgram` mapped.
+COMMANDS_ATTR = "sail.pim.commands"
 FORMAT = "sail-pim-program"
 FORMAT_VERSION = 1
 PROGRAM_JSON = "program.json"
@@ -287,21 +291,26 @@ class _Offloader(relax.PyExprMutator):
 class LowerToSAILProgram:
     """Replace the ``sail.*`` calls of ``main`` by calls of the simulator (module docstring).
 
-    Runs after the ``sail`` stage and before the host lowering. ``entries`` holds the
-    descriptors by slot (the order of the calls in ``main``).
+    Runs after the ``sail`` stage and before the host lowering. The descriptors of the calls, by
+    slot (the order of the calls in ``main``), and the machine stay in the module: ``main``'s
+    :data:`COMMANDS_ATTR` attribute holds them as a :class:`Program` in JSON (instruction ids
+    are the slots), which :func:`list_program` completes.
     """
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
-        self.entries: list[Instruction] = []
 
     def transform_module(self, mod: tvm.IRModule,
                          _ctx: tvm.transform.PassContext) -> tvm.IRModule:  # noqa: D102
         mutator = _Offloader(mod, self.config)
         gv = mod.get_global_var("main")
         mutator.builder_.update_func(gv, mutator.visit_expr(mod[gv]))
-        self.entries = mutator.entries
-        return mutator.builder_.get()
+        out = mutator.builder_.get()
+        commands = [dataclasses.replace(entry, id=slot)
+                    for slot, entry in enumerate(mutator.entries)]
+        text = json.dumps(Program(self.config, commands).to_json())
+        out[gv] = out[gv].with_attr(COMMANDS_ATTR, text)
+        return out
 
 
 def _const_name(expr: relax.Expr) -> str:
@@ -369,31 +378,39 @@ class _Lister(relax.PyExprVisitor):
                                             [self._name(var)]))
 
 
-@tvm.transform.module_pass(opt_level=0, name="ListSAILProgram")
-class ListSAILProgram:
-    """Number the offload and host calls of ``main`` and build the :class:`Program` (module
-    docstring). Runs last, after :class:`LowerToSAILProgram`'s module went through the host
-    lowering."""
+def list_program(mod: tvm.IRModule) -> Program:
+    """The :class:`Program` of a module lowered for the pim-sim target: number the offload and
+    host calls of ``main`` (module docstring), with the descriptors and the machine
+    :class:`LowerToSAILProgram` left in ``main``'s :data:`COMMANDS_ATTR` attribute. Run it on the
+    module after the host lowering and the weights' lifting.
 
-    def __init__(self, lowering: LowerToSAILProgram) -> None:
-        self.lowering = lowering
-        self.program: Program | None = None
-
-    def transform_module(self, mod: tvm.IRModule,
-                         _ctx: tvm.transform.PassContext) -> tvm.IRModule:  # noqa: D102
-        lister = _Lister(self.lowering.entries)
-        lister.visit_expr(mod["main"])
-        instructions = lister.program
-        producers = {i.outputs[0]: i for i in instructions if i.opcode == LUTGEMV}
-        for instr in instructions:
-            if instr.opcode == DEQUANT and instr.inputs and instr.inputs[0] in producers:
-                lut = producers[instr.inputs[0]]
-                instr.attrs["fused_into"] = lut.id
-                lut.attrs["dequant_placement"] = instr.attrs["placement"]
-        for instr in instructions:
-            if instr.opcode == QUANT:
-                readers = [i.name for i in instructions if i.opcode == LUTGEMV
-                           and i.inputs and i.inputs[0] in instr.outputs]
-                instr.name = ",".join(readers) or "(no LUT-GEMV reader)"
-        self.program = Program(self.lowering.config, instructions)
-        return mod
+    Raises
+    ------
+    SailError
+        ``main`` has no SAIL commands (the module was not lowered for pim-sim) or they are
+        damaged.
+    """
+    attrs = mod["main"].attrs
+    if attrs is None or COMMANDS_ATTR not in attrs:
+        raise SailError("the module has no SAIL commands: LowerToSAILProgram did not run on it "
+                        "(compile with --target pim-sim)")
+    try:
+        lowered = Program.from_json(json.loads(str(attrs[COMMANDS_ATTR])),
+                                    source=f"main's {COMMANDS_ATTR} attribute")
+    except (ArtifactError, ValueError) as err:
+        raise SailError(f"the module's SAIL commands are damaged: {err}") from err
+    lister = _Lister(lowered.instructions)
+    lister.visit_expr(mod["main"])
+    instructions = lister.program
+    producers = {i.outputs[0]: i for i in instructions if i.opcode == LUTGEMV}
+    for instr in instructions:
+        if instr.opcode == DEQUANT and instr.inputs and instr.inputs[0] in producers:
+            lut = producers[instr.inputs[0]]
+            instr.attrs["fused_into"] = lut.id
+            lut.attrs["dequant_placement"] = instr.attrs["placement"]
+    for instr in instructions:
+        if instr.opcode == QUANT:
+            readers = [i.name for i in instructions if i.opcode == LUTGEMV
+                       and i.inputs and i.inputs[0] in instr.outputs]
+            instr.name = ",".join(readers) or "(no LUT-GEMV reader)"
+    return Program(lowered.config, instructions)

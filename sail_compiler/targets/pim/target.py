@@ -4,9 +4,11 @@ Lowering: :class:`~.program.LowerToSAILProgram` replaces every ``sail.quantize``
 ``sail.lut_gemv`` and ``sail.dequantize`` by a call of the global function ``sail.pim.exec``
 (:data:`~.program.EXEC_FUNC`) with the command's slot and operands; the shared CPU lowering
 (:func:`~sail_compiler.lowering.pipeline.lowering_passes`) builds everything else;
-:class:`~sail_compiler.passes.LiftWeightsToParams` moves the weights to ``weights.bin``; and
-:class:`~.program.ListSAILProgram` lists the program. The machine is ``options.pim_config``: a
-preset name or a TOML file (:func:`resolve_config`; default ``sail-n1``).
+:class:`~sail_compiler.passes.LiftWeightsToParams` lifts the weights out (into ``main``'s
+``"params"`` attribute, for ``weights.bin``); and the build lists the program
+(:func:`~.program.list_program`) from the commands the lowering left in ``main``: it reads
+nothing but the module. The machine is ``options.pim_config``: a preset name or a TOML file
+(:func:`resolve_config`; default ``sail-n1``).
 
 Execution (:class:`Executor`): ``sail.pim.exec`` runs each command in NumPy, exactly as the
 hardware computes it. QUANT is :func:`~sail_compiler.ops.sail_ops.reference_quantize` (one
@@ -53,6 +55,7 @@ from ...frontend.signature import ModelSignature
 from ...lowering import build_pipeline, host_target, lowering_passes
 from ...ops.sail_ops import reference_dequantize, reference_quantize
 from ...passes import LiftWeightsToParams
+from ...passes.lift_weights_to_params import detach_weights
 from ...quant.lut import activation_patterns, chunk_layout
 from ...quant.packing import unpack_bits
 from ...quant.patterns import ReuseConfig, count_reuse, lookup_schedule
@@ -65,9 +68,9 @@ from .program import (
     EXEC_FUNC,
     PROGRAM_JSON,
     PROGRAM_TXT,
-    ListSAILProgram,
     LowerToSAILProgram,
     Program,
+    list_program,
     load_program,
 )
 
@@ -103,32 +106,26 @@ def resolve_config(spec: str | None) -> MachineConfig:
 class PIMSimTarget(TargetBackend):
     description = "SAIL program on the functional PIM simulator; host ops on the Relax VM"
 
-    def __init__(self) -> None:
-        self._lift = LiftWeightsToParams()
-        self._lower: LowerToSAILProgram | None = None
-        self._list: ListSAILProgram | None = None
-
     def lowering_passes(self, options: CompileOptions) -> list[tvm.transform.Pass]:
         if options.probe:
             raise OptionError("the pim-sim target cannot record group sums (the reference "
                               "check builds its probe for llvm)")
-        self._lower = LowerToSAILProgram(resolve_config(getattr(options, "pim_config", None)))
-        self._list = ListSAILProgram(self._lower)
-        return [self._lower, *lowering_passes(host_target(options.num_threads)), self._lift,
-                self._list]
+        config = resolve_config(getattr(options, "pim_config", None))
+        return [LowerToSAILProgram(config), *lowering_passes(host_target(options.num_threads)),
+                LiftWeightsToParams()]
 
     def build(self, mod: tvm.IRModule, signature: ModelSignature, out_dir: Path,
               options: CompileOptions) -> dict[str, Any]:
-        assert self._list is not None and self._list.program is not None, "lowering not run"
-        program = self._list.program
+        program = list_program(mod)
         target = host_target(options.num_threads)
+        mod, weights = detach_weights(mod)
         executable = relax.build(mod, target=target, relax_pipeline=build_pipeline(target))
         executable.export_library(str(out_dir / LIBRARY))
-        write_weights(out_dir / WEIGHTS, self._lift.weights)
+        write_weights(out_dir / WEIGHTS, weights)
         program.write(out_dir)
         counts = {op: sum(i.opcode == op for i in program.instructions)
                   for op in (LUTGEMV, QUANT, DEQUANT, HOST)}
-        return {"library": LIBRARY, "weights": WEIGHTS, "num_weights": len(self._lift.weights),
+        return {"library": LIBRARY, "weights": WEIGHTS, "num_weights": len(weights),
                 "tvm_target": str(target), "program": PROGRAM_JSON,
                 "program_listing": PROGRAM_TXT, "pim_config": program.config.name,
                 "pim_config_fingerprint": program.fingerprint, "instructions": counts}
