@@ -20,6 +20,8 @@ applies rules to every PrimFunc, the first that succeeds wins:
 * dlight's CPU ``Reduction`` rule (softmax, RMSNorm), used only when all blocks share their
   leading spatial axes (with unit dims normalized away it recomputed a row reduction once per
   element), then dlight's CPU ``GEMV`` rule.
+* a row rule for blocks sharing leading spatial axes but not their last ones (the activation
+  quantizer: per-block absmax, scales, codes): every block computed at one parallel row loop;
 * a generic rule: the outer loops of each block fused into one parallel loop (when large
   enough), the innermost loop of injective blocks vectorized.
 
@@ -681,6 +683,68 @@ def _shared_leading_spatial(func: tirx.PrimFunc) -> bool:
     return all("R" not in k[:lead] for k in kinds)
 
 
+def _common_leading_spatial(infos: list[SBlockInfo]) -> int:
+    """How many leading spatial axes every block has, with the same extents in every block."""
+    kinds = [info.dom_kind() for info in infos]
+    lead = min(len(k) - len(k.lstrip("S")) for k in kinds)
+    analyzer = sym.Analyzer()
+    reference = infos[0].dom()
+    for count in range(lead):
+        a = reference[count]
+        for info in infos[1:]:
+            b = info.dom()[count]
+            same = a == b if isinstance(a, int) and isinstance(b, int) else (
+                not isinstance(a, int) and not isinstance(b, int)
+                and analyzer.can_prove_equal(a, b))
+            if not same:
+                return count
+    return lead
+
+
+def _schedule_rowwise(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    """Row rule: blocks that share leading spatial axes (rows) but not their last ones.
+
+    E.g. the activation quantizer: a per-block absmax (a reduction over ``[rows, blocks]``), the
+    scales (``[rows, blocks]``) and the codes (``[rows, K]``). The generic rule gives each block
+    its own parallel loop over its whole domain (three passes, three launches); here the shared
+    row axes are one parallel loop (the first block's) into which every later block is moved,
+    in order, with the innermost loop of spatial blocks vectorized: one pass, and a kernel whose
+    body is one parallel loop (which the c target can split over its thread pool).
+    """
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if not infos or len(infos) < 2:
+        return None
+    lead = _common_leading_spatial(infos)
+    if lead == 0:
+        return None
+    if all(len(info.dom()) == lead for info in infos):
+        return None  # the same domain everywhere: the generic rule's elementwise case
+    loops = sch.get_loops(infos[0].block_rv)
+    rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+    ext = _extent(sch, rows)
+    if isinstance(ext, int) and ext < _MIN_PARALLEL_EXTENT:
+        return None
+    # consumers follow the first block into its row loop (outputs may not be computed at)
+    for info in infos[1:]:
+        sch.reverse_compute_at(info.block_rv, rows, preserve_unit_loops=True)
+    sch.parallel(rows)
+    lanes = vector_lanes(target, "float32")
+    for info in infos:
+        if not info.is_injective():
+            continue
+        inner = sch.get_loops(info.block_rv)[-1]
+        inner_ext = _extent(sch, inner)
+        if not (isinstance(inner_ext, int) and _inner_lane_safe(sch, info.block_rv)):
+            continue
+        if inner_ext > lanes and inner_ext % lanes == 0:
+            _, vec = sch.split(inner, [None, lanes])
+            sch.vectorize(vec)
+        elif 2 <= inner_ext <= lanes:
+            sch.vectorize(inner)
+    return sch
+
+
 def _dlight_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
     """dlight's CPU ``Reduction`` rule (softmax, norms), guarded by the check above."""
     if not _shared_leading_spatial(func):
@@ -695,6 +759,7 @@ def _default_rules() -> list[tuple[str, _ScheduleFn]]:
         ("matmul", _schedule_matmul),
         ("dlight.cpu.Reduction", _dlight_reduction),
         ("dlight.cpu.GEMV", _dlight_rule(dlight.cpu.GEMV())),
+        ("rowwise", _schedule_rowwise),
         ("generic", _schedule_generic),
     ]
 

@@ -14,13 +14,15 @@ import onnx
 import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
-from tvm import relax, tirx
+from tvm import relax, te, tirx
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
 
 from sail_compiler import lowering
+from sail_compiler.ops.quant_matmul import quantize_activations_te
+from sail_compiler.quant.reference import quantize_activations
 
 RNG = np.random.default_rng(1234)
 RTOL, ATOL = 1e-4, 1e-4
@@ -253,6 +255,32 @@ def test_fused_elementwise_and_transpose() -> None:
         a = x + c
         ref = -(a / (1 + np.exp(-a))).transpose(0, 2, 1)
         np.testing.assert_allclose(_run(vm, x), ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("act_group", [32, 48])  # 48: a partial last block of K = 200
+def test_activation_quantizer_row_rule(act_group: int) -> None:
+    """The activation quantizer (absmax per block, scales, codes: three blocks sharing only
+    their row axes) gets the row rule, one parallel loop over rows with every block inside,
+    and stays exactly the reference's quantization (codes and scales equal)."""
+    batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+    x = te.placeholder((batch, seq, tirx.IntImm("int64", 200)), "float32", name="x")
+    xq, sx = quantize_activations_te(x, 208, 8, "int8", act_group)
+    func = te.create_prim_func([x, xq, sx])
+    schedule = lowering.ScheduleLLVM(_target())
+    mod = schedule(tvm.IRModule({"main": func}))
+    assert schedule.report == {"main": "rowwise"}
+    body = mod["main"].body.block.body
+    assert isinstance(body, tirx.For) and body.kind == tirx.ForKind.PARALLEL
+    lib = tvm.tirx.build(mod, target=_target())
+    for b, t in [(1, 1), (2, 7), (3, 33)]:
+        xs = (_rand(b, t, 200) * np.where(RNG.random(200) < 0.05, 30, 1)).astype(np.float32)
+        codes = tvm.runtime.tensor(np.zeros((b, t, 208), np.int8))
+        scales = tvm.runtime.tensor(np.zeros((b, t, -(-200 // act_group)), np.float32))
+        lib["main"](tvm.runtime.tensor(xs), codes, scales)
+        want_q, want_s = quantize_activations(xs.reshape(-1, 200), 8, act_group)
+        np.testing.assert_array_equal(codes.numpy()[..., :200].reshape(-1, 200), want_q)
+        np.testing.assert_array_equal(codes.numpy()[..., 200:], 0)
+        np.testing.assert_array_equal(scales.numpy().reshape(want_s.shape), want_s)
 
 
 # --------------------------------------------------------------------------------------------
