@@ -79,6 +79,19 @@ def test_every_width_matches_reference(build: str, bits: int) -> None:
                                        f"rows={rows} threads={threads}")
 
 
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_prefill_row_blocks_match_reference(bits: int) -> None:
+    """A prefill-sized call (K = 6000: the AVX2 kernels sweep the tiles in row blocks of
+    192 KiB / K = 32 tokens; 75 rows: two whole blocks and a partial one of 11) gives the
+    reference's exact sums and outputs."""
+    k = 6000
+    qw = _weight(bits, 32, True, k=k, n=21)
+    x = _activations(75, k)
+    for threads in (1, 2):
+        y, sums = lut_gemv(x, relayout(qw), threads)
+        _check(x, qw, y, sums, f"b={bits} rows=75 k={k} threads={threads}")
+
+
 # (group size, act_group): blocks equal to the groups, whole kernel blocks inside them (the
 # kernels finish a sum every act_group / 32 blocks), pieces of 16 rows (stored regrouped),
 # blocks spanning two groups, one group per column split by blocks that do not divide K.
