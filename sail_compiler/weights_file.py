@@ -27,6 +27,7 @@ written.
 
 from __future__ import annotations
 
+import mmap
 import shutil
 import struct
 import zlib
@@ -126,9 +127,13 @@ def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
         The file is missing, truncated, corrupted or breaks the layout in any way (the message
         names the file and the problem); never a partly checked array.
     """
+    mapped = None
     try:
         size = path.stat().st_size
-        data = np.memmap(path, mode="r", dtype=np.uint8) if size else np.zeros(0, np.uint8)
+        if size:
+            with path.open("rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        data = np.frombuffer(mapped, np.uint8) if size else np.zeros(0, np.uint8)
     except (OSError, ValueError) as err:
         raise ArtifactError(f"cannot read weights {path}: {err}; recompile the model") from err
 
@@ -189,6 +194,7 @@ def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
         raw = data[offset:offset + nbytes]
         if zlib.crc32(raw) != crc:
             raise bad(f"the checksum of tensor {name!r} does not match")
+        _unmap_pages(mapped, offset, nbytes)
         tensors.append((name, raw.view(dtype).reshape(shape)))
         if nbytes:
             extents.append((offset, nbytes, name))
@@ -197,6 +203,17 @@ def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
         if b_offset < a_offset + a_bytes:
             raise bad(f"tensors {a!r} and {b!r} overlap")
     return tensors
+
+
+def _unmap_pages(mapped: mmap.mmap | None, offset: int, nbytes: int) -> None:
+    """Drop the pages of ``[offset, offset + nbytes)`` from this process's page tables once
+    their checksum is read: the file stays in the page cache and a later access maps the page
+    again, but checking a 4 GB file does not leave 4 GB resident in the reader (a simulator
+    that never touches most weights then never holds them)."""
+    if mapped is None or nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = offset - offset % mmap.PAGESIZE
+    mapped.madvise(mmap.MADV_DONTNEED, start, offset + nbytes - start)
 
 
 def write_weights(path: Path, arrays: list[np.ndarray]) -> int:
