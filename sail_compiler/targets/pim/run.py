@@ -50,8 +50,8 @@ from .shapes import GemvOp, HostOp, Op, QuantizeOp
 from .simulate import OpRecord, StepResult, Workload
 from .target import HostCall
 
-__all__ = ["HOST_FLOPS_PER_ELEMENT", "PROBE_PAST_LENS", "RunResult", "load_artifact",
-           "simulate_run"]
+__all__ = ["HOST_FLOPS_PER_ELEMENT", "PROBE_PAST_LENS", "RunResult", "extrapolate_host_shapes",
+           "load_artifact", "simulate_run"]
 
 #: Past lengths a timing-only run of a model with a KV cache executes at (module docstring).
 PROBE_PAST_LENS = (1, 2, 3)
@@ -135,7 +135,8 @@ def _execute(artifact: Any, batch: int, past_len: int, seed: int, *, functional:
     return calls, outputs
 
 
-def _at_past_len(calls: list[Any], probes: list[list[Any]], past_len: int) -> list[Any]:
+def extrapolate_host_shapes(calls: list[Any], probes: list[list[Any]],
+                            past_len: int) -> list[Any]:
     """``calls`` (recorded at ``PROBE_PAST_LENS[0]``) with every host kernel's operand shapes
     at ``past_len``: each dim is ``d0 + (d1 - d0) / (p1 - p0) * (past_len - p0)`` from its
     values at the first two probe lengths, after checking that the third lies on that line.
@@ -234,7 +235,7 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
         calls, _ = _execute(artifact, batch, PROBE_PAST_LENS[0], seed, functional=False)
         probes = [_execute(artifact, batch, p, seed, functional=False, count_offload=False)[0]
                   for p in PROBE_PAST_LENS[1:]]
-        calls = _at_past_len(calls, probes, past_len)
+        calls = extrapolate_host_shapes(calls, probes, past_len)
         outputs = {}
     if not (keep_outputs and functional):
         outputs = {}
