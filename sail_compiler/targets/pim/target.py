@@ -221,6 +221,20 @@ class _FanOut:
         return out
 
 
+def _zeros(shape: tuple[int, ...], dtype: type) -> tvm.runtime.Tensor:
+    """A TVM tensor of zeros whose pages are never touched here: NumPy's zeroed allocation
+    (large ones are fresh pages of the OS), shared with TVM at a 64-byte aligned offset. A
+    timing-only LUTGEMV's int32 sums (tokens x groups x N) then cost address space, not RAM,
+    until something reads them."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = np.zeros(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    array = raw[start:start + nbytes].view(dtype).reshape(shape)
+    if array.size == 0 or array.ndim == 0:
+        return tvm.runtime.tensor(np.zeros(shape, dtype))
+    return tvm.runtime.from_dlpack(array)
+
+
 class Executor:
     """Runs a program's offload commands in NumPy (module docstring) and records what ran.
 
@@ -256,23 +270,25 @@ class Executor:
         instr = self.by_slot[int(slot)]
         a = instr.attrs
         act_group = a.get("act_group", a["k"])  # programs without it: one scale per row
-        x = args[0].numpy()  # the weights (args[1:] of a LUTGEMV) are read only when computed
         if instr.opcode == QUANT:
+            x = args[0].numpy()
             xq, sx = reference_quantize(x, a["act_bits"], act_group)
             self._note(OffloadCall(instr, int(np.prod(x.shape[:-1]))))
             return [tvm.runtime.tensor(xq), tvm.runtime.tensor(sx)]
         blocks = ActBlocks(a["k"], a["group_size"], act_group)
         if instr.opcode == DEQUANT:
-            return tvm.runtime.tensor(reference_dequantize(x, args[1].numpy(), args[2].numpy(),
-                                                           blocks))
+            if not self.functional:  # sums [..., S, N] -> zeros [..., N], nothing read
+                return _zeros((*args[0].shape[:-2], int(args[0].shape[-1])), np.float32)
+            return tvm.runtime.tensor(reference_dequantize(args[0].numpy(), args[1].numpy(),
+                                                           args[2].numpy(), blocks))
+        x = args[0].numpy()  # the weights (args[1:]) are read only when computed
         n = int(args[2].shape[1])
         if not self.functional:
             # the statistics of the call, then zeros: its weights are never touched
             self._lut_gemv_stats(instr, blocks, x.reshape(-1, x.shape[-1]))
-            shape = (*x.shape[:-1], n) if a["output"] == "float" \
-                else (*x.shape[:-1], blocks.n_sums, n)
-            return tvm.runtime.tensor(np.zeros(shape, np.float32 if a["output"] == "float"
-                                               else np.int32))
+            if a["output"] == "float":
+                return _zeros((*x.shape[:-1], n), np.float32)
+            return _zeros((*x.shape[:-1], blocks.n_sums, n), np.int32)
         sums = self._lut_gemv(instr, blocks, x.reshape(-1, x.shape[-1]), args[1].numpy(),
                               args[2].numpy())
         sums = sums.reshape(*x.shape[:-1], *sums.shape[1:])
