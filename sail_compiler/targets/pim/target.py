@@ -375,7 +375,9 @@ def _mapped_tensor(array: np.ndarray) -> tvm.runtime.Tensor:
 
 
 class PIMRunner(Runner):
-    """A loaded pim-sim artifact; :attr:`executor` holds the program and what ran."""
+    """A loaded pim-sim artifact; :attr:`executor` holds the program and what ran. The VM's
+    weights are TVM tensors over the memory-mapped ``weights.bin`` (checked, then mapped page
+    by page as the kernels read them), not a copy."""
 
     def __init__(self, out_dir: Path, manifest: dict[str, Any]) -> None:
         self.program = load_program(out_dir)
