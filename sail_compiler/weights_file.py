@@ -27,6 +27,10 @@ written.
 
 from __future__ import annotations
 
+import errno
+import io
+import mmap
+import os
 import shutil
 import struct
 import zlib
@@ -76,6 +80,38 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def _entry(name: bytes, array: np.ndarray, offset: int, crc: int) -> bytes:
+    """The table entry of ``array`` stored at ``offset`` (ValueError: a dtype C cannot take or
+    more than 8 dims; the emitter checks both before, so this is an internal error)."""
+    if array.dtype.name not in DTYPE_CODES or array.ndim > MAX_NDIM:
+        raise ValueError(f"cannot store {array.dtype}{list(array.shape)} for C")
+    shape = [*array.shape, *[0] * (MAX_NDIM - array.ndim)]
+    return _ENTRY.pack(0, len(name), DTYPE_CODES[array.dtype.name], array.ndim, *shape, offset,
+                       array.nbytes, crc, 0)
+
+
+def _head_and_table(names: list[bytes], entries: list[bytes], data_offset: int,
+                    end: int) -> bytes:
+    """Header and table of a file whose entries were packed (by :func:`_entry`) with data
+    offsets relative to ``data_offset``: the names' offsets and the absolute data offsets are
+    filled in here."""
+    packed, name_offset = [], 0
+    for name, entry in zip(names, entries, strict=True):
+        fields = list(_ENTRY.unpack(entry))
+        fields[0] = name_offset
+        fields[4 + MAX_NDIM] += data_offset
+        packed.append(_ENTRY.pack(*fields))
+        name_offset += len(name)
+    table = b"".join(packed) + b"".join(names)
+    head = _HEADER.pack(MAGIC, VERSION, len(entries), _HEADER_BYTES, len(table), data_offset,
+                        end, zlib.crc32(table), 0)[:52]
+    return head + struct.pack("<IQ", zlib.crc32(head), 0) + table
+
+
+def _data_offset(names: list[bytes]) -> int:
+    return _aligned(_HEADER_BYTES + _ENTRY.size * len(names) + sum(len(n) for n in names))
+
+
 def write_weight_file(path: Path, tensors: list[tuple[str, np.ndarray]]) -> int:
     """Write named arrays (in this order) to ``path``; return the file size in bytes.
 
@@ -88,33 +124,108 @@ def write_weight_file(path: Path, tensors: list[tuple[str, np.ndarray]]) -> int:
     # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
     arrays = [np.array(a, order="C", copy=None) for _, a in tensors]
     names = [name.encode() for name, _ in tensors]
-    table_bytes = _ENTRY.size * len(arrays) + sum(len(n) for n in names)
-    data_offset = _aligned(_HEADER_BYTES + table_bytes)
+    data_offset = _data_offset(names)
     offsets, end = [], data_offset
     for array in arrays:
         offsets.append(_aligned(end))
         end = offsets[-1] + array.nbytes
-    entries, name_offset = [], 0
-    for name, array, offset in zip(names, arrays, offsets, strict=True):
-        if array.dtype.name not in DTYPE_CODES or array.ndim > MAX_NDIM:
-            raise ValueError(f"cannot store {array.dtype}{list(array.shape)} for C")
-        shape = [*array.shape, *[0] * (MAX_NDIM - array.ndim)]
-        crc = zlib.crc32(memoryview(array).cast("B"))
-        entries.append(_ENTRY.pack(name_offset, len(name), DTYPE_CODES[array.dtype.name],
-                                   array.ndim, *shape, offset, array.nbytes, crc, 0))
-        name_offset += len(name)
-    table = b"".join(entries) + b"".join(names)
+    entries = [_entry(name, array, offset - data_offset, zlib.crc32(memoryview(array).cast("B")))
+               for name, array, offset in zip(names, arrays, offsets, strict=True)]
     require_space(path, end)
-    head = _HEADER.pack(MAGIC, VERSION, len(arrays), _HEADER_BYTES, len(table), data_offset,
-                        end, zlib.crc32(table), 0)[:52]
     with path.open("wb") as f:
-        f.write(head + struct.pack("<IQ", zlib.crc32(head), 0))
-        f.write(table)
+        f.write(_head_and_table(names, entries, data_offset, end))
         for array, offset in zip(arrays, offsets, strict=True):
             f.seek(offset)
             f.write(memoryview(array).cast("B"))
         f.truncate(end)
     return end
+
+
+class WeightFileWriter:
+    """A weight file written one tensor at a time, byte for byte what :func:`write_weight_file`
+    writes for the same tensors, without holding them: :meth:`add` appends a tensor's data to a
+    spool file beside ``path`` (``<name>.data``) and keeps only its table entry; :meth:`close`
+    writes the header and the table to ``path`` and moves the data behind them
+    (``os.copy_file_range``, in the kernel). Used as a context manager, an error before
+    :meth:`close` removes the spool and ``path``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._spool_path = self.path.with_name(self.path.name + ".data")
+        self._spool = self._spool_path.open("w+b")
+        self._names: list[bytes] = []
+        self._entries: list[bytes] = []
+        self._end = 0  # of the data in the spool
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, name: str, array: np.ndarray) -> int:
+        """Write ``array`` as tensor ``name``; return its index (ValueError as
+        :func:`write_weight_file`)."""
+        array = np.array(array, order="C", copy=None)
+        data = memoryview(array).cast("B")
+        offset = _aligned(self._end)
+        entry = _entry(name.encode(), array, offset, zlib.crc32(data))
+        self._spool.seek(offset)
+        self._spool.write(data)
+        self._names.append(name.encode())
+        self._entries.append(entry)
+        self._end = offset + array.nbytes
+        return len(self._entries) - 1
+
+    def close(self) -> int:
+        """Write ``path`` and remove the spool; return the file size in bytes."""
+        data_offset = _data_offset(self._names)
+        end = data_offset + self._end
+        require_space(self.path, end)
+        self._spool.flush()
+        with self.path.open("wb") as f:
+            f.write(_head_and_table(self._names, self._entries, data_offset, end))
+            f.truncate(end)
+            _copy_range(self._spool, f, self._end, data_offset)
+        self._discard()
+        return end
+
+    def _discard(self) -> None:
+        self._spool.close()
+        self._spool_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> WeightFileWriter:
+        return self
+
+    def __exit__(self, kind: type | None, *_: object) -> None:
+        if kind is not None:
+            self._discard()
+            self.path.unlink(missing_ok=True)
+
+
+def _copy_range(src: io.BufferedRandom, dst: io.BufferedWriter, nbytes: int,
+                dst_offset: int) -> None:
+    """Copy ``src``'s first ``nbytes`` to ``dst`` at ``dst_offset``: in the kernel when it can,
+    else through a 16 MiB buffer."""
+    done = 0
+    try:
+        while done < nbytes:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), nbytes - done, done,
+                                   dst_offset + done)
+            if n == 0:
+                raise OSError(errno.EIO, f"{src.name} ended after {done} of {nbytes} bytes")
+            done += n
+        return
+    except (AttributeError, OSError) as err:
+        if isinstance(err, OSError) and err.errno not in (errno.EXDEV, errno.ENOSYS,
+                                                          errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    src.seek(done)
+    dst.seek(dst_offset + done)
+    while done < nbytes:
+        chunk = src.read(min(16 << 20, nbytes - done))
+        if not chunk:
+            raise OSError(errno.EIO, f"{src.name} ended after {done} of {nbytes} bytes")
+        dst.write(chunk)
+        done += len(chunk)
 
 
 def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
@@ -126,9 +237,13 @@ def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
         The file is missing, truncated, corrupted or breaks the layout in any way (the message
         names the file and the problem); never a partly checked array.
     """
+    mapped = None
     try:
         size = path.stat().st_size
-        data = np.memmap(path, mode="r", dtype=np.uint8) if size else np.zeros(0, np.uint8)
+        if size:
+            with path.open("rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        data = np.frombuffer(mapped, np.uint8) if size else np.zeros(0, np.uint8)
     except (OSError, ValueError) as err:
         raise ArtifactError(f"cannot read weights {path}: {err}; recompile the model") from err
 
@@ -189,6 +304,7 @@ def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
         raw = data[offset:offset + nbytes]
         if zlib.crc32(raw) != crc:
             raise bad(f"the checksum of tensor {name!r} does not match")
+        _unmap_pages(mapped, offset, nbytes)
         tensors.append((name, raw.view(dtype).reshape(shape)))
         if nbytes:
             extents.append((offset, nbytes, name))
@@ -197,6 +313,17 @@ def read_weight_file(path: Path) -> list[tuple[str, np.ndarray]]:
         if b_offset < a_offset + a_bytes:
             raise bad(f"tensors {a!r} and {b!r} overlap")
     return tensors
+
+
+def _unmap_pages(mapped: mmap.mmap | None, offset: int, nbytes: int) -> None:
+    """Drop the pages of ``[offset, offset + nbytes)`` from this process's page tables once
+    their checksum is read: the file stays in the page cache and a later access maps the page
+    again, but checking a 4 GB file does not leave 4 GB resident in the reader (a simulator
+    that never touches most weights then never holds them)."""
+    if mapped is None or nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = offset - offset % mmap.PAGESIZE
+    mapped.madvise(mmap.MADV_DONTNEED, start, offset + nbytes - start)
 
 
 def write_weights(path: Path, arrays: list[np.ndarray]) -> int:

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from sail_compiler.errors import ArtifactError
-from sail_compiler.weights_file import read_weights, write_weights
+from sail_compiler.weights_file import (
+    WeightFileWriter,
+    read_weights,
+    write_weight_file,
+    write_weights,
+)
 
 
 def _arrays() -> list[np.ndarray]:
@@ -36,6 +41,27 @@ def test_round_trip_is_exact_and_aligned(tmp_path: Path) -> None:
         assert b.ctypes.data % 64 == 0
     write_weights(path, [])
     assert read_weights(path) == []
+
+
+def test_streamed_file_equals_the_one_written_at_once(tmp_path: Path) -> None:
+    """WeightFileWriter (one tensor at a time, through a spool) writes the same bytes as
+    write_weight_file; an error inside its block leaves neither file."""
+    tensors = [(f"t{i}", a) for i, a in enumerate(_arrays())] + [("s", np.array(3.5))]
+    whole = tmp_path / "whole.bin"
+    write_weight_file(whole, tensors)
+    with WeightFileWriter(tmp_path / "streamed.bin") as writer:
+        assert [writer.add(name, a) for name, a in tensors] == list(range(len(tensors)))
+        size = writer.close()
+    assert (tmp_path / "streamed.bin").read_bytes() == whole.read_bytes()
+    assert size == whole.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.bin", "whole.bin"]
+    with pytest.raises(RuntimeError), WeightFileWriter(tmp_path / "failed.bin") as writer:
+        writer.add("t", tensors[0][1])
+        raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.bin", "whole.bin"]
+    with WeightFileWriter(tmp_path / "empty.bin") as writer:
+        writer.close()
+    assert read_weights(tmp_path / "empty.bin") == []
 
 
 def test_truncated_corrupted_and_foreign_files(tmp_path: Path) -> None:
@@ -150,19 +176,17 @@ def test_disk_filling_mid_write_leaves_earlier_artifact(micro_decoder: Path, tmp
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC in the middle of the weights: the earlier artifact stays whole, no partial
     directory is left, and the error says how much had been written."""
-    from sail_compiler import CompileOptions, compile_model
-    from sail_compiler.targets.c import target as c_target
+    from sail_compiler import CompileOptions, compile_model, weights_file
 
     out = tmp_path / "model"
     compile_model(micro_decoder, out, CompileOptions(target="c"))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def fill_up(path: Path, tensors: list) -> int:
-        with path.open("wb") as f:
-            f.write(bytes(3000))
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def fill_up(self: weights_file.WeightFileWriter, name: str, array: np.ndarray) -> int:
+        self.path.write_bytes(bytes(3000))
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
 
-    monkeypatch.setattr(c_target, "write_weight_file", fill_up)
+    monkeypatch.setattr(weights_file.WeightFileWriter, "add", fill_up)
     with pytest.raises(ArtifactError,
                        match=r"disk filled .*more than the \d+ bytes .* that were free") as info:
         compile_model(micro_decoder, out, CompileOptions(target="c", force=True))

@@ -65,7 +65,7 @@ from .kernels import (
     TRANSPOSE_SYMBOL,
     relayout,
 )
-from .weight_file import DTYPE_CODES, MAX_NDIM
+from .weight_file import DTYPE_CODES, MAX_NDIM, WeightFileWriter
 
 __all__ = ["EmittedModel", "emit_model"]
 
@@ -92,7 +92,9 @@ class EmittedModel:
     kernels
         Kernel name -> PrimFunc, every kernel ``model.c`` calls (for :mod:`.tir_codegen`).
     weights
-        ``(name, array)`` of every tensor of ``weights.bin``, in file order.
+        ``(name, array)`` of every tensor of ``weights.bin``, in file order; when a
+        :class:`~sail_compiler.weights_file.WeightFileWriter` took them, ``array`` is a stand-in
+        of the tensor's dtype and shape (a broadcast of its first element).
     calls
         Kernel calls per run (TVM's kernels and the runtime's LUT-GEMVs).
     lut_calls
@@ -290,8 +292,10 @@ def _dims_text(shape: Sequence[tirx.PrimExpr]) -> str:
 class _Graph:
     """``main`` read into buffers, kernel calls and checks (no C text yet)."""
 
-    def __init__(self, mod: tvm.IRModule, signature: ModelSignature) -> None:
+    def __init__(self, mod: tvm.IRModule, signature: ModelSignature,
+                 writer: WeightFileWriter | None = None) -> None:
         self.mod = mod
+        self.writer = writer
         self.main = mod["main"]
         self.signature = signature
         self.members = _Names()
@@ -368,6 +372,10 @@ class _Graph:
         name = f"{layer}.{operand}" if layer else f"const_{index}"
         if any(w.name == name for w in self.weights):
             name = f"{name}.{index}"
+        if self.writer is not None:  # written now, not held until the end
+            self.writer.add(name, array)
+            array = array.copy() if array.size <= 1 else \
+                np.broadcast_to(array.reshape(-1)[:1].copy(), array.shape)
         self.weights.append(_Weight(name, array, layer))
         shape = [tirx.IntImm("int64", int(d)) for d in array.shape]
         return _Buffer(f"w{index}", array.dtype.name, shape, "weight", index)
@@ -906,7 +914,8 @@ def _model_h(graph: _Graph, title: str) -> str:
     return "\n".join(lines)
 
 
-def emit_model(mod: tvm.IRModule, signature: ModelSignature, title: str) -> EmittedModel:
+def emit_model(mod: tvm.IRModule, signature: ModelSignature, title: str,
+               weights: WeightFileWriter | None = None) -> EmittedModel:
     """Emit ``model.c`` and ``model.h`` for the lowered ``mod`` (see the module docstring).
 
     Parameters
@@ -918,6 +927,9 @@ def emit_model(mod: tvm.IRModule, signature: ModelSignature, title: str) -> Emit
         The ONNX model's inputs and outputs (``main``'s parameters are the inputs, in order).
     title
         What was compiled, for the header comments (one line, no trailing period).
+    weights
+        Where to write each tensor of ``weights.bin`` as soon as it is made (the re-laid-out
+        LUT-GEMV weights of a 7B model are 4 GB); None keeps them in the result.
 
     Raises
     ------
@@ -925,7 +937,7 @@ def emit_model(mod: tvm.IRModule, signature: ModelSignature, title: str) -> Emit
         ``main`` holds bindings the emitter does not support (all of them listed), or a shape
         that cannot be computed from the inputs.
     """
-    graph = _Graph(mod, signature)
+    graph = _Graph(mod, signature, weights)
     graph.read()
     lines = [f"/* model.c: {title}.", " *",
              " * The model as kernel calls over named buffers. The kernels are in kernels.c "

@@ -74,7 +74,7 @@ from .kernels import (
     TRANSPOSE_SYMBOL,
 )
 from .tir_codegen import kernels_source
-from .weight_file import write_weight_file
+from .weight_file import WeightFileWriter
 
 if TYPE_CHECKING:
     from ...options import CompileOptions
@@ -140,14 +140,15 @@ class CTarget(TargetBackend):
               options: CompileOptions) -> dict[str, Any]:
         title = (f"compiled by sail {__version__} for the c target (apache-tvm "
                  f"{tvm.__version__}, weights {options.describe_quant()})")
-        emitted = emit_model(mod, signature, title)
+        with WeightFileWriter(out_dir / WEIGHTS) as writer:
+            emitted = emit_model(mod, signature, title, writer)
+            weight_bytes = writer.close()
         (out_dir / "model.c").write_text(emitted.model_c)
         (out_dir / "model.h").write_text(emitted.model_h)
         kernels = kernels_source(emitted.kernels)
         (out_dir / "kernels.c").write_text(
             f"/* kernels.c: {len(emitted.kernels)} kernels {title}. Written by TVM's C code "
             "generator;\n * sail replaced TVM's includes by sail_tvm_shim.h. */\n" + kernels)
-        weight_bytes = write_weight_file(out_dir / WEIGHTS, emitted.weights)
         for source, target in RUNTIME_FILES.items():
             shutil.copyfile(RUNTIME_DIR / source, out_dir / target)
         return {"weights": WEIGHTS, "binary": BINARY, "libraries": list(LIBRARIES),

@@ -18,6 +18,16 @@ host kernel that ran; each is then costed on the machine:
   is not analysed): every operand moves through the LLC once and the kernel does 2 flops per
   element of its largest operand.
 
+Timing only (``functional=False``) keeps nothing that grows with the batch times the context
+times the layers: the LUT-GEMVs return zeros without reading their weights (mapped from
+``weights.bin``, so their pages are never touched), and a model with a KV cache is not run at
+``past_len``. It runs at the past lengths :data:`PROBE_PAST_LENS` instead (the first with the
+LUT-GEMVs' patterns counted, the other two recording only the host kernels' shapes), and every
+host kernel's operand shapes at ``past_len`` are extrapolated from them, each dim an affine
+function of the past length (checked on the third probe; an artifact where that fails is
+refused with the advice to simulate functionally). The offload commands' shapes do not depend
+on the past. The patterns of the made-up activations then come from the shortest past.
+
 The same ops run on the baselines (:mod:`.baselines`) at the same bits and batch: each LUTGEMV
 as a dequantize-GEMV on the N1 cores and a V100 kernel, host kernels as host ops. The result is
 a :class:`~.simulate.StepResult` (so :mod:`.report` draws it) plus per-layer reuse counts.
@@ -30,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ...errors import OptionError
+from ...errors import ArtifactError, OptionError
 from .baselines import n1_op_cost, v100_fits, v100_op_cost
 from .config import MachineConfig
 from .cost import PIM_COMPUTE, Cost, host_op_cost, lut_gemv_cost, quantize_cost
@@ -38,8 +48,13 @@ from .isa import DEQUANT, LUTGEMV, QUANT
 from .program import check_config
 from .shapes import GemvOp, HostOp, Op, QuantizeOp
 from .simulate import OpRecord, StepResult, Workload
+from .target import HostCall
 
-__all__ = ["HOST_FLOPS_PER_ELEMENT", "RunResult", "load_artifact", "simulate_run"]
+__all__ = ["HOST_FLOPS_PER_ELEMENT", "PROBE_PAST_LENS", "RunResult", "extrapolate_host_shapes",
+           "load_artifact", "simulate_run"]
+
+#: Past lengths a timing-only run of a model with a KV cache executes at (module docstring).
+PROBE_PAST_LENS = (1, 2, 3)
 
 #: Flops a host kernel is charged per element of its largest operand (assumption: the model's
 #: host ops are elementwise or small reductions; attention at a short context is close).
@@ -98,6 +113,72 @@ def _record(op: Op, sail: Cost, *, bits: int, act_bits: int, group_size: int, to
     return OpRecord(op, sail, n1, gpu, reuse, no_reuse_ns)
 
 
+def _execute(artifact: Any, batch: int, past_len: int, seed: int, *, functional: bool,
+             count_offload: bool = True) -> tuple[list[Any], dict[str, Any]]:
+    """Run the artifact once on generated inputs with recording on: (the calls, the outputs)."""
+    from ...inputs import InputPlan, generate_inputs
+
+    inputs = generate_inputs(artifact.signature,
+                             InputPlan(batch=batch, seq_len=1, past_len=past_len, seed=seed))
+    executor = artifact.runner.executor
+    executor.calls = []
+    executor.record = True
+    executor.functional = functional
+    executor.count_offload = count_offload
+    try:
+        outputs = artifact.run(inputs)
+    finally:
+        executor.record = False
+        executor.functional = True
+        executor.count_offload = True
+    calls, executor.calls = executor.calls, []
+    return calls, outputs
+
+
+def extrapolate_host_shapes(calls: list[Any], probes: list[list[Any]],
+                            past_len: int) -> list[Any]:
+    """``calls`` (recorded at ``PROBE_PAST_LENS[0]``) with every host kernel's operand shapes
+    at ``past_len``: each dim is ``d0 + (d1 - d0) / (p1 - p0) * (past_len - p0)`` from its
+    values at the first two probe lengths, after checking that the third lies on that line.
+
+    Raises
+    ------
+    ArtifactError
+        The probes ran different host kernels or operand ranks, or a dim is not affine in the
+        past length (the message says to simulate without ``--timing-only``).
+    """
+    p0, p1, p2 = PROBE_PAST_LENS
+    hosts = [c for c in calls if isinstance(c, HostCall)]
+    others = [[c for c in probe if isinstance(c, HostCall)] for probe in probes]
+    names = [c.instr.name for c in hosts]
+    if any([c.instr.name for c in other] != names for other in others):
+        raise ArtifactError("the program ran different host kernels at different past lengths; "
+                            "simulate it without --timing-only")
+    resized = []
+    for call, *at in zip(hosts, *others, strict=True):
+        def not_affine(c: HostCall = call, at: list[HostCall] = at) -> ArtifactError:
+            return ArtifactError(
+                f"host kernel {c.instr.name}: operand shapes {c.shapes}, {at[0].shapes}, "
+                f"{at[1].shapes} at past lengths {p0}, {p1}, {p2} are not affine in the past "
+                "length; simulate it without --timing-only")
+
+        if len({tuple(map(len, c.shapes)) for c in (call, *at)}) != 1:
+            raise not_affine()
+        shapes = []
+        for s0, s1, s2 in zip(call.shapes, *(c.shapes for c in at), strict=True):
+            dims = []
+            for d0, d1, d2 in zip(s0, s1, s2, strict=True):
+                step = (d1 - d0) // (p1 - p0)
+                dim = d0 + step * (past_len - p0)
+                if d0 + step * (p1 - p0) != d1 or d0 + step * (p2 - p0) != d2 or dim < 0:
+                    raise not_affine()
+                dims.append(dim)
+            shapes.append(tuple(dims))
+        resized.append(dataclasses.replace(call, shapes=shapes))
+    scaled = iter(resized)
+    return [next(scaled) if isinstance(c, HostCall) else c for c in calls]
+
+
 def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig | None = None,
                  past_len: int = 7, seed: int = 0, functional: bool = True,
                  keep_outputs: bool = True, artifact: Any = None) -> RunResult:
@@ -120,7 +201,8 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
         the host code still runs, so every call's shapes and the patterns of the activations
         that reach it are still costed, but activations after the first LUT-GEMV are not the
         model's, so the reuse figures are those of made-up activations and ``outputs`` is
-        empty).
+        empty). A model with a KV cache runs at :data:`PROBE_PAST_LENS`, not at ``past_len``
+        (module docstring).
     keep_outputs
         Keep the model's outputs in the result (``sail simulate`` does not need them).
     artifact
@@ -130,37 +212,33 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     Raises
     ------
     OptionError
-        Not a pim-sim artifact, or a batch that is not a positive integer.
+        Not a pim-sim artifact, a batch that is not a positive integer or a negative
+        ``past_len``.
     ConfigError
         ``config`` is not the machine the program was mapped for.
     ArtifactError
-        The artifact or its program is missing or damaged.
+        The artifact or its program is missing or damaged, or (timing only) a host kernel's
+        shapes are not affine in the past length.
     """
-    from ...inputs import InputPlan, generate_inputs
-
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise OptionError(f"batch sizes must be positive integers, got {batch!r}")
+    if isinstance(past_len, bool) or not isinstance(past_len, int) or past_len < 0:
+        raise OptionError(f"--past-len takes a non-negative integer, got {past_len!r}")
     artifact = load_artifact(artifact_dir) if artifact is None else artifact
-    runner = artifact.runner
-    program = runner.program
+    program = artifact.runner.program
     config = program.config if config is None else config
     check_config(program, config)
-    inputs = generate_inputs(artifact.signature,
-                             InputPlan(batch=batch, seq_len=1, past_len=past_len, seed=seed))
     has_past = bool(artifact.signature.inputs_of("past"))
-    executor = runner.executor
-    executor.calls = []
-    executor.record = True
-    executor.functional = functional
-    try:
-        outputs = artifact.run(inputs)
-    finally:
-        executor.record = False
-        executor.functional = True
-    calls, executor.calls = executor.calls, []
+    if functional or not has_past:
+        calls, outputs = _execute(artifact, batch, past_len, seed, functional=functional)
+    else:
+        calls, _ = _execute(artifact, batch, PROBE_PAST_LENS[0], seed, functional=False)
+        probes = [_execute(artifact, batch, p, seed, functional=False, count_offload=False)[0]
+                  for p in PROBE_PAST_LENS[1:]]
+        calls = extrapolate_host_shapes(calls, probes, past_len)
+        outputs = {}
     if not (keep_outputs and functional):
         outputs = {}
-    del inputs
 
     luts = [c.instr for c in calls if c.instr.opcode == LUTGEMV]
     bits = Counter(i.attrs["bits"] for i in luts).most_common(1)[0][0] if luts else 8
@@ -232,6 +310,9 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
               f"{cs.chunks_per_stream} chunks per feeder)")
     if not functional:
         source = "timing only: made-up activations after the first LUT-GEMV; " + source
+        if has_past:
+            source += (f"; patterns at a past of {PROBE_PAST_LENS[0]}, host kernels' shapes at "
+                       f"{past_len} from pasts of {', '.join(map(str, PROBE_PAST_LENS))}")
     step = StepResult(Path(artifact_dir).name, workload, past_len + 1 if has_past else 1,
                       config, source, tuple(records), totals["sail"], totals["n1"],
                       totals["gpu"], fits)

@@ -221,6 +221,20 @@ class _FanOut:
         return out
 
 
+def _zeros(shape: tuple[int, ...], dtype: type) -> tvm.runtime.Tensor:
+    """A TVM tensor of zeros whose pages are never touched here: NumPy's zeroed allocation
+    (large ones are fresh pages of the OS), shared with TVM at a 64-byte aligned offset. A
+    timing-only LUTGEMV's int32 sums (tokens x groups x N) then cost address space, not RAM,
+    until something reads them."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = np.zeros(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    array = raw[start:start + nbytes].view(dtype).reshape(shape)
+    if array.size == 0 or array.ndim == 0:
+        return tvm.runtime.tensor(np.zeros(shape, dtype))
+    return tvm.runtime.from_dlpack(array)
+
+
 class Executor:
     """Runs a program's offload commands in NumPy (module docstring) and records what ran.
 
@@ -229,7 +243,10 @@ class Executor:
     holds at most about ``block_bytes`` of tables and partial sums whatever the model's size and
     the batch. ``functional=False`` (timing only) skips the tables and returns zeros of the
     right shapes: the host code still runs, the patterns of each call are still counted, but
-    outputs after the first LUTGEMV are meaningless.
+    outputs after the first LUTGEMV are meaningless; a LUTGEMV's weights are then never read
+    (with the runner's weights mapped from ``weights.bin``, their pages are never touched).
+    ``count_offload = False`` also skips the patterns: only the host kernels' shapes are
+    recorded.
     """
 
     #: Bytes of tables and int64 partial sums one column block may take.
@@ -242,6 +259,7 @@ class Executor:
         self.host_kernels = {i.name: i for i in program.instructions if i.opcode == HOST}
         self.record = False
         self.functional = functional
+        self.count_offload = True
         self.block_bytes = self.BLOCK_BYTES if block_bytes is None else int(block_bytes)
         self.calls: list[OffloadCall | HostCall] = []
         cs = program.config.csram
@@ -250,27 +268,55 @@ class Executor:
 
     def __call__(self, slot: int, *args: Any) -> Any:
         instr = self.by_slot[int(slot)]
-        arrays = [a.numpy() for a in args]
         a = instr.attrs
         act_group = a.get("act_group", a["k"])  # programs without it: one scale per row
         if instr.opcode == QUANT:
-            xq, sx = reference_quantize(arrays[0], a["act_bits"], act_group)
-            self._note(OffloadCall(instr, int(np.prod(arrays[0].shape[:-1]))))
+            x = args[0].numpy()
+            xq, sx = reference_quantize(x, a["act_bits"], act_group)
+            self._note(OffloadCall(instr, int(np.prod(x.shape[:-1]))))
             return [tvm.runtime.tensor(xq), tvm.runtime.tensor(sx)]
         blocks = ActBlocks(a["k"], a["group_size"], act_group)
         if instr.opcode == DEQUANT:
-            return tvm.runtime.tensor(reference_dequantize(arrays[0], arrays[1], arrays[2],
-                                                           blocks))
-        xq = arrays[0]
-        sums = self._lut_gemv(instr, blocks, xq.reshape(-1, xq.shape[-1]), arrays[1], arrays[2])
-        sums = sums.reshape(*xq.shape[:-1], *sums.shape[1:])
+            if not self.functional:  # sums [..., S, N] -> zeros [..., N], nothing read
+                return _zeros((*args[0].shape[:-2], int(args[0].shape[-1])), np.float32)
+            return tvm.runtime.tensor(reference_dequantize(args[0].numpy(), args[1].numpy(),
+                                                           args[2].numpy(), blocks))
+        x = args[0].numpy()  # the weights (args[1:]) are read only when computed
+        n = int(args[2].shape[1])
+        if not self.functional:
+            # the statistics of the call, then zeros: its weights are never touched
+            self._lut_gemv_stats(instr, blocks, x.reshape(-1, x.shape[-1]))
+            if a["output"] == "float":
+                return _zeros((*x.shape[:-1], n), np.float32)
+            return _zeros((*x.shape[:-1], blocks.n_sums, n), np.int32)
+        sums = self._lut_gemv(instr, blocks, x.reshape(-1, x.shape[-1]), args[1].numpy(),
+                              args[2].numpy())
+        sums = sums.reshape(*x.shape[:-1], *sums.shape[1:])
         if a["output"] == "float":
-            return tvm.runtime.tensor(reference_dequantize(sums, arrays[3], arrays[4], blocks))
+            return tvm.runtime.tensor(reference_dequantize(sums, args[3].numpy(),
+                                                           args[4].numpy(), blocks))
         return tvm.runtime.tensor(sums)
 
     def _note(self, call: OffloadCall) -> None:
         if self.record:
             self.calls.append(call)
+
+    def _lut_gemv_stats(self, instr: Instruction, blocks: ActBlocks, xq: np.ndarray) -> Any:
+        """The lookup schedule of a LUTGEMV's activations ``xq [T, K]``; with recording on, the
+        call's lookups and the fraction its reuse tables (or schedule) save are noted. With
+        ``count_offload`` off (the timing-only context probes of :mod:`.run`) nothing is
+        computed and None returned."""
+        if not self.count_offload or xq.shape[0] == 0:
+            return None
+        a = instr.attrs
+        patterns = activation_patterns(xq, group_size=blocks.sum_size, nbw=a["nbw"],
+                                       act_bits=a["act_bits"])
+        schedule = lookup_schedule(patterns)
+        if self.record:
+            saved = (1.0 - schedule.reads / schedule.lookups if a["schedule"] == "dedup"
+                     else count_reuse(patterns, a["nbw"], self._reuse).table_saved_fraction)
+            self._note(OffloadCall(instr, xq.shape[0], int(patterns.size), saved))
+        return schedule
 
     def _lut_gemv(self, instr: Instruction, blocks: ActBlocks, xq: np.ndarray,
                   packed: np.ndarray, zero: np.ndarray) -> np.ndarray:
@@ -280,16 +326,7 @@ class Executor:
         n = zero.shape[1]
         if xq.shape[0] == 0:
             return np.zeros((0, blocks.n_sums, n), np.int32)
-        patterns = activation_patterns(xq, group_size=size, nbw=a["nbw"],
-                                       act_bits=a["act_bits"])
-        schedule = lookup_schedule(patterns)
-        if self.record:
-            saved = (1.0 - schedule.reads / schedule.lookups if a["schedule"] == "dedup"
-                     else count_reuse(patterns, a["nbw"], self._reuse).table_saved_fraction)
-            self._note(OffloadCall(instr, xq.shape[0], int(patterns.size), saved))
-        del patterns
-        if not self.functional:
-            return np.zeros((xq.shape[0], blocks.n_sums, n), np.int32)
+        schedule = self._lut_gemv_stats(instr, blocks, xq)
         fan_out = _FanOut(schedule, a["act_bits"], a["nbw"], a["bits"])
         # Per column: the tables (int32 [C, 2**NBW]) and their float64 read rows [R].
         per_column = layout.n_chunks * (1 << a["nbw"]) * (4 + 8) + 8 * xq.shape[0] * 2
@@ -328,8 +365,19 @@ def _exec(slot: int, *args: Any) -> Any:
 tvm.register_global_func(EXEC_FUNC, _exec, override=True)
 
 
+def _mapped_tensor(array: np.ndarray) -> tvm.runtime.Tensor:
+    """A TVM tensor over a read-only view of the mapped weight file, without a copy (DLPack
+    1.0 carries the read-only flag; the VM's kernels only read their weights). Empty, 0-d and
+    unaligned arrays (TVM takes 64-byte aligned data only) are copied."""
+    if array.size and array.ndim and array.flags.c_contiguous and array.ctypes.data % 64 == 0:
+        return tvm.runtime.from_dlpack(array.__dlpack__(max_version=(1, 0)))
+    return tvm.runtime.tensor(np.ascontiguousarray(array))
+
+
 class PIMRunner(Runner):
-    """A loaded pim-sim artifact; :attr:`executor` holds the program and what ran."""
+    """A loaded pim-sim artifact; :attr:`executor` holds the program and what ran. The VM's
+    weights are TVM tensors over the memory-mapped ``weights.bin`` (checked, then mapped page
+    by page as the kernels read them), not a copy."""
 
     def __init__(self, out_dir: Path, manifest: dict[str, Any]) -> None:
         self.program = load_program(out_dir)
@@ -341,7 +389,7 @@ class PIMRunner(Runner):
         if len(arrays) != manifest["num_weights"]:
             raise ArtifactError(f"{out_dir / manifest['weights']} holds {len(arrays)} tensors, "
                                 f"the model needs {manifest['num_weights']}; recompile the model")
-        self.weights = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+        self.weights = [_mapped_tensor(a) for a in arrays]
         self.vm = relax.VirtualMachine(
             tvm.runtime.load_module(str(out_dir / manifest["library"])), tvm.cpu())
         self.executor = Executor(self.program)

@@ -14,7 +14,7 @@ import tvm
 
 from sail_compiler.artifact import Artifact
 from sail_compiler.driver import compile_model
-from sail_compiler.errors import OptionError
+from sail_compiler.errors import ArtifactError, OptionError
 from sail_compiler.ops.sail_ops import reference_dequantize, reference_group_sums
 from sail_compiler.options import CompileOptions
 from sail_compiler.quant.reference import ActBlocks, quantize_weights_rtn
@@ -23,9 +23,11 @@ from sail_compiler.targets.pim import preset
 from sail_compiler.targets.pim.config import ConfigError
 from sail_compiler.targets.pim.isa import DEQUANT, LUTGEMV, Instruction
 from sail_compiler.targets.pim.program import Program
-from sail_compiler.targets.pim.run import simulate_run
+from sail_compiler.targets.pim.run import extrapolate_host_shapes, load_artifact, simulate_run
+from sail_compiler.targets.pim.shapes import HostOp
 from sail_compiler.targets.pim.simulate_cli import add_parser, run
-from sail_compiler.targets.pim.target import Executor
+from sail_compiler.targets.pim.target import Executor, HostCall
+from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 from sail_compiler.verify import TARGET_AGREEMENT, InputPlan, generate_inputs, verify_model
 
 BITS = (2, 3, 4, 8)
@@ -90,6 +92,12 @@ def test_executor_matches_the_numpy_reference(output, act_group):
     if output == "float":
         args += [sx, qw.scale]
     got = executor(0, *(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args)).numpy()
+    # timing only: zeros of the same shape and dtype, the call's lookups still counted
+    timing = Executor(executor.program, functional=False)
+    timing.record = True
+    zeros = timing(0, *(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args)).numpy()
+    assert zeros.shape == got.shape and zeros.dtype == got.dtype and not zeros.any()
+    assert timing.calls[0].lookups > 0
     sums = reference_group_sums(xq, qw, act_group)
     assert sums.shape == (2, 3, blocks.n_sums, n)
     if output == "sums":
@@ -202,3 +210,77 @@ def test_verify_pim_sim(micro_decoder, tmp_path, act_group):
                           artifact_dir=tmp_path / "pim")
     assert report["ok"] and report["ref_exact"] is True
     assert report["reference"]["probe_vs_artifact_rel_l2"] == 0.0 <= TARGET_AGREEMENT
+
+
+@pytest.fixture(scope="module")
+def kv_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny decoder with a KV cache (4 layers), compiled for pim-sim."""
+    root = tmp_path_factory.mktemp("pim_kv")
+    save_model(make_decoder(PRESETS["tiny"], kv_cache=True), root / "tiny_kv.onnx")
+    compile_model(root / "tiny_kv.onnx", root / "pim", CompileOptions(
+        target="pim-sim", quant=QuantScheme(4, group_size=32)))
+    return root / "pim"
+
+
+def _host_ops(result) -> list[tuple]:
+    return [(r.op.name, r.op.flops, r.op.llc_bytes, r.sail.total_ns) for r in result.step.records
+            if isinstance(r.op, HostOp)]
+
+
+@pytest.mark.parametrize("past_len", [0, 7, 40])
+def test_timing_only_costs_the_host_kernels_of_a_run_at_the_context(kv_artifact, past_len):
+    """Timing only runs at pasts 1-3 and extrapolates; a functional run materializes the past
+    at ``past_len``: every host kernel is costed alike, and the LUT-GEMVs' lookups agree."""
+    artifact = load_artifact(kv_artifact)
+    full = simulate_run(kv_artifact, 3, past_len=past_len, artifact=artifact)
+    timing = simulate_run(kv_artifact, 3, past_len=past_len, artifact=artifact,
+                          functional=False)
+    assert len(_host_ops(full)) > 20
+    assert _host_ops(timing) == _host_ops(full)
+    assert timing.step.sail.events["lookups"] == full.step.sail.events["lookups"]
+    assert timing.step.context_len == full.step.context_len == past_len + 1
+    assert "host kernels' shapes at" in timing.step.reuse_source
+    with pytest.raises(OptionError, match="--past-len"):
+        simulate_run(kv_artifact, 1, past_len=-1, artifact=artifact)
+
+
+def test_host_shapes_not_affine_in_the_past_are_refused():
+    kernel = Instruction(0, "HOST", "fused_concat", {})
+
+    def call(*dims):
+        return HostCall(kernel, [(4, d) for d in dims], ["float32"] * len(dims))
+
+    # dims P + 1 and 2P at pasts 1, 2, 3 -> at 10: 11 and 20
+    got = extrapolate_host_shapes([call(2, 2)], [[call(3, 4)], [call(4, 6)]], 10)
+    assert got[0].shapes == [(4, 11), (4, 20)]
+    # (P + 1)^2 is not affine: 4, 9, 16
+    with pytest.raises(ArtifactError, match="not affine.*without --timing-only"):
+        extrapolate_host_shapes([call(4)], [[call(9)], [call(16)]], 10)
+    with pytest.raises(ArtifactError, match="different host kernels"):
+        extrapolate_host_shapes([call(2)], [[call(3)], []], 10)
+
+
+def test_the_runner_maps_the_weights_instead_of_copying_them(kv_artifact, tmp_path):
+    """The VM's weight tensors are views of the file's pages: a byte written to weights.bin
+    after loading shows through (a copy would not see it)."""
+    import shutil
+
+    from sail_compiler.weights_file import read_weight_file
+
+    out = tmp_path / "pim"
+    shutil.copytree(kv_artifact, out)
+    runner = Artifact(out).runner
+    tensors = read_weight_file(out / "weights.bin")
+    index = max(range(len(tensors)), key=lambda i: tensors[i][1].nbytes)
+    view = tensors[index][1]
+    whole = view
+    while isinstance(whole.base, np.ndarray):
+        whole = whole.base
+    offset = view.ctypes.data - whole.ctypes.data  # the tensor's offset in the file
+    before = bytes(view.reshape(-1).view(np.uint8)[:1])[0]
+    loaded = runner.weights[index].numpy().reshape(-1).view(np.uint8)
+    assert loaded[0] == before
+    with (out / "weights.bin").open("r+b") as f:
+        f.seek(offset)
+        f.write(bytes([before ^ 0xFF]))
+    assert runner.weights[index].numpy().reshape(-1).view(np.uint8)[0] == before ^ 0xFF
