@@ -9,9 +9,9 @@ which the importer turns into a TVM constant without copying (:func:`tvm_dlpack`
 Quantization reads a weight with :meth:`~ExternalData.read` (``pread`` into a fresh array) so the
 mapping's pages stay untouched and the float copy lives only while that one weight is quantized.
 
-Weights are matched to their IR constants by :func:`location_key`: a view of a mapped file is
-named by its file and offset, so the constant's bytes need not be read (hashing them would fault
-the whole model into memory). The files are checked (present, long enough) by the frontend's
+The IR names each initializer's constant after the initializer (the frontend, see
+:func:`~sail_compiler.quant.plan.weight_ref`), so the ``quantize`` stage finds a mapped weight
+without reading its bytes. The files are checked (present, long enough) by the frontend's
 checks before any of this runs.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +29,6 @@ from onnx import external_data_helper
 
 #: TVM takes a tensor without copying only at this alignment (``FromDLPack``).
 _TVM_ALIGN = 64
-
-#: Mapped address ranges of live :class:`ExternalData` objects: start -> (end, file name).
-_REGIONS: dict[int, tuple[int, str]] = {}
-
 
 @dataclasses.dataclass(frozen=True)
 class _Location:
@@ -107,8 +102,7 @@ class ExternalData:
     base_dir
         The folder of the ``.onnx`` file (external-data locations are relative to it).
 
-    The mappings stay open while this object or any array handed out lives; :func:`location_key`
-    recognises views only while this object is open.
+    The mappings stay open while this object or any array handed out lives.
     """
 
     def __init__(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str]) -> None:
@@ -122,8 +116,6 @@ class ExternalData:
                 (base / info.location).resolve(), info.offset or 0, dtype,
                 tuple(int(d) for d in tensor.dims))
         self._maps: dict[Path, mmap.mmap] = {}
-        self._starts: list[int] = []
-        self._finalizer = weakref.finalize(self, _unregister, self._starts)
 
     def __contains__(self, name: object) -> bool:
         return name in self._locations
@@ -141,10 +133,6 @@ class ExternalData:
             with path.open("rb") as f:
                 mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._maps[path] = mapped
-            if len(mapped):
-                start = np.frombuffer(mapped, np.uint8, count=1).ctypes.data
-                _REGIONS[start] = (start + len(mapped), str(path))
-                self._starts.append(start)
         return self._maps[path]
 
     def array(self, name: str) -> np.ndarray | None:
@@ -165,8 +153,7 @@ class ExternalData:
             return np.fromfile(f, loc.dtype, count=count, offset=loc.offset).reshape(loc.shape)
 
     def close(self) -> None:
-        """Forget the mapped ranges (views handed out keep their mapping alive)."""
-        self._finalizer()
+        """Drop this object's mappings (views handed out keep theirs alive)."""
         self._maps.clear()
 
 
@@ -178,20 +165,3 @@ def tvm_dlpack(view: np.ndarray) -> object:
     """
     return view.__dlpack__(max_version=(1, 0))
 
-
-def _unregister(starts: list[int]) -> None:
-    for start in starts:
-        _REGIONS.pop(start, None)
-
-
-def location_key(array: np.ndarray) -> str | None:
-    """``<dtype>:<shape>@<file>:<offset>`` for a C-contiguous view of an open
-    :class:`ExternalData` mapping (read without touching its bytes), else None."""
-    if not array.flags.c_contiguous or array.nbytes == 0:
-        return None
-    address = array.ctypes.data
-    for start, (end, name) in _REGIONS.items():
-        if start <= address and address + array.nbytes <= end:
-            shape = "x".join(map(str, array.shape))
-            return f"{array.dtype}:{shape}@{name}:{address - start}"
-    return None

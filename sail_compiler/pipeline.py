@@ -26,6 +26,7 @@ from .ir_dump import STAGE_PASS_PREFIX
 from .options import STAGE_NAMES, CompileOptions
 from .passes import (
     ConvertPIMTypes,
+    FoldWeightTransposes,
     FuseAttention,
     KeepLastLogits,
     LowerToLUTGemv,
@@ -46,10 +47,11 @@ def _quantize_passes(options: CompileOptions,
                      quant: Quantization | None) -> list[tvm.transform.Pass]:
     if quant is None:
         return []
-    # FoldConstant first: Gemm(transB=1) weights sit behind a transpose until folded. The
-    # driver already applied --skip to the table; matmuls outside it stay float.
+    # Gemm(transB=1) weights sit behind a transpose: FoldWeightTransposes folds it into a
+    # constant named after the initializer, FoldConstant the rest (unnamed). The driver already
+    # applied --skip to the table; matmuls outside it stay float.
     table = quant.table
-    return [relax.transform.FoldConstant(),
+    return [FoldWeightTransposes(), relax.transform.FoldConstant(),
             QuantizeWeights(None, (), options.act_bits, layers=table,
                             act_group=options.act_group_size, constants=quant.constants),
             QuantizeEmbedding(None, layers=table)]

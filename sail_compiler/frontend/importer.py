@@ -1,7 +1,11 @@
 """ONNX -> Relax import: shape bindings, TVM's importer under our converter overrides.
 
 The result is an IRModule whose ``main`` takes the model inputs in ONNX graph order (weights are
-constants) and returns the outputs in ONNX order (a tuple when there are several).
+constants) and returns the outputs in ONNX order (a tuple when there are several). Every
+initializer's constant carries the initializer's name in its span
+(:func:`~sail_compiler.ops.quant_matmul.name_weight_ref`, ``sail.init:<name>``) when it holds
+that initializer of the given model as it is (the preprocessing may fold or change some): the
+``quantize`` stage finds each layer's weight by it.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from collections.abc import Iterator
 
 import onnx
 import tvm
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from ..errors import ImportFailure, OptionError, tvm_message, valid_choices
 from ..external_data import ExternalData, tvm_dlpack
+from ..ops.quant_matmul import name_weight_ref
+from ..quant.plan import weight_ref
 from .converters import patched_converters, preprocess
 from .signature import ModelSignature, signature_of
 
@@ -89,6 +95,57 @@ def _node_tracker(failed: list[str]) -> Iterator[None]:
         ONNXGraphImporter._convert_operator = original
 
 
+def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
+    if (a.data_type, list(a.dims)) != (b.data_type, list(b.dims)):
+        return False
+    external = external_data_helper.uses_external_data
+    if external(a) or external(b):
+        return external(a) and external(b) and list(a.external_data) == list(b.external_data)
+    if a.HasField("raw_data") and b.HasField("raw_data"):
+        return a.raw_data == b.raw_data
+    return numpy_helper.to_array(a).tobytes() == numpy_helper.to_array(b).tobytes()
+
+
+def _kept_initializers(model: onnx.ModelProto, prepared: onnx.ModelProto) -> set[str] | None:
+    """The initializers of ``prepared`` that are ``model``'s as they are (same name, type,
+    shape and bytes); None when ``prepared`` is ``model`` (a large model skips preprocessing).
+    Onnxruntime's optimization keeps the names of the initializers it does not touch; one it
+    folds into a new initializer gets a new name, but nothing else stops it from changing
+    one under its old name."""
+    if prepared is model:
+        return None
+    original = {t.name: t for t in model.graph.initializer}
+    return {t.name for t in prepared.graph.initializer
+            if t.name in original and _same_tensor(t, original[t.name])}
+
+
+@contextlib.contextmanager
+def _named_initializers(kept: set[str] | None) -> Iterator[None]:
+    """Name the constant of every initializer of the main graph after it (module docstring),
+    those in ``kept`` only unless it is None.
+
+    TVM's importer makes them in ``_parse_graph_initializers`` (``relax.const``, which takes no
+    span); the constants are renamed there, before any converter reads them. Left unnamed: an
+    initializer the preprocessing made or changed (not in ``kept``), the initializers of ``If``
+    branches (``_convert_subgraph``), and every constant a converter computes."""
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    original = ONNXGraphImporter._parse_graph_initializers
+
+    def parse(self, graph):  # type: ignore[no-untyped-def]
+        original(self, graph)
+        for tensor in graph.initializer:
+            const = self._nodes.get(tensor.name)
+            if isinstance(const, tvm.ir.GenericConst) and (kept is None or tensor.name in kept):
+                self._nodes[tensor.name] = name_weight_ref(const, weight_ref(tensor.name))
+
+    ONNXGraphImporter._parse_graph_initializers = parse
+    try:
+        yield
+    finally:
+        ONNXGraphImporter._parse_graph_initializers = original
+
+
 @contextlib.contextmanager
 def _mapped_initializers(external: ExternalData) -> Iterator[None]:
     """Make the importer's constants of external initializers views of the mapped files (no
@@ -142,6 +199,7 @@ def import_onnx(model: onnx.ModelProto, external: ExternalData | None = None,
             stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
             stack.enter_context(patched_converters())
             stack.enter_context(_node_tracker(failed))
+            stack.enter_context(_named_initializers(_kept_initializers(model, prepared)))
             if external is not None:
                 stack.enter_context(_mapped_initializers(external))
             mod = from_onnx(prepared, keep_params_in_input=False)

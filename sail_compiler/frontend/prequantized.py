@@ -6,8 +6,8 @@ float32 initializer ``[K, N]`` equal, bit for bit, to ``dequantize(qw)``
 (:func:`~sail_compiler.quant.dequantize`) of the :class:`~sail_compiler.quant.QuantizedWeight`
 ``qw`` it returns for the layer. The rewritten model computes what onnxruntime computes with
 ``accuracy_level=0`` (dequantize the weights, then a float matmul), so TVM imports it as any float
-model; the quantize stage recognises these weights by content and uses ``qw`` instead of
-re-quantizing them.
+model; the quantize stage recognises these weights by the new initializer's name (which the
+IR carries on its constant) and uses ``qw`` instead of re-quantizing them.
 
 ``com.microsoft.MatMulNBits`` (what ``MatMulNBitsQuantizer`` writes)
 --------------------------------------------------------------------

@@ -42,6 +42,7 @@ from tvm import relax, te, tirx
 
 from ..errors import SailError
 from ..quant.packing import check_bits, packed_length
+from ..quant.plan import INITIALIZER_PREFIX, TRANSPOSED_PREFIX
 from ..quant.reference import ActBlocks, PackedWeight, QuantizedWeight, check_act_bits
 
 __all__ = [
@@ -60,6 +61,8 @@ __all__ = [
     "WEIGHT_OPERANDS",
     "constant_name",
     "name_constant",
+    "name_weight_ref",
+    "weight_ref_of",
     "weight_constants",
 ]
 
@@ -504,6 +507,23 @@ def constant_name(const: tvm.ir.GenericConst) -> tuple[str, str] | None:
         return None
     layer, _, operand = source[len(_NAME_PREFIX):].rpartition(".")
     return layer, operand
+
+
+def name_weight_ref(const: tvm.ir.GenericConst, ref: str) -> tvm.ir.GenericConst:
+    """``const`` (the same data) carrying ``ref``, the name of the ONNX initializer it holds
+    (:func:`~sail_compiler.quant.plan.weight_ref`: ``sail.init:<name>``, or
+    ``sail.init.T:<name>`` for its transpose), in its span like :func:`name_constant`."""
+    if not ref.startswith((INITIALIZER_PREFIX, TRANSPOSED_PREFIX)):
+        raise SailError(f"not an initializer reference: {ref!r}")
+    return tvm.ir.GenericConst(const.value, const.ty,
+                               tvm.ir.Span(tvm.ir.SourceName(ref), 0, 0, 0, 0))
+
+
+def weight_ref_of(const: tvm.ir.GenericConst) -> str | None:
+    """The initializer reference :func:`name_weight_ref` gave ``const``, else None."""
+    span = const.span
+    source = str(span.source_name.name) if span is not None else ""
+    return source if source.startswith((INITIALIZER_PREFIX, TRANSPOSED_PREFIX)) else None
 
 
 def layer_name(call: relax.Call) -> str:

@@ -30,7 +30,6 @@ def constant_array(const: tvm.ir.GenericConst) -> np.ndarray:
     """A NumPy view of a constant's data, not a copy (callers must not write to it).
 
     A constant that views a memory-mapped weight file (:mod:`sail_compiler.external_data`) is
-    read only where its values are used, and :func:`~sail_compiler.quant.plan.weight_key` names
-    it by its place in the file without reading it.
+    read only where its values are used.
     """
     return np.from_dlpack(const.value)

@@ -19,10 +19,11 @@ the token embedding, but also e.g. the rotary cos/sin tables of a Llama-style ex
 ``scheme`` quantizes every one of them, labelled ``embedding.<i>`` with ``i`` counting from 0 in
 the order the pass meets them (functions by name, bindings in order), by round to nearest
 (:func:`~sail_compiler.quant.methods.quantize_weight` of ``T^T``, method ``rtn``). The compiler
-driver passes ``layers`` instead: a table from the content of ``T`` as the IR constant holds it
-(:func:`~sail_compiler.quant.plan.weight_key` of the ``[V, D]`` array) to the ONNX name and its
-quantized ``T^T`` (``None``: keep the table float); a table not in ``layers`` falls back to
-``scheme`` (None: stays float). Every rewritten call carries its name in the ``layer`` attribute.
+driver passes ``layers`` instead: a table from the name the frontend gave the table's constant
+(``sail.init:<initializer>``, :func:`~sail_compiler.quant.plan.layer_ref`) to the ONNX name and
+its quantized ``T^T`` (``None``: keep the table float); a table whose constant carries no name
+in ``layers`` (e.g. one the graph computed) falls back to ``scheme`` (None: stays float). Every
+rewritten call carries its name in the ``layer`` attribute.
 
 Runs in the ``quantize`` stage: after the import stage (``WrapGatherIndices``) and
 ``FoldConstant`` (so folded tables are constants), before any pass that lifts weights to
@@ -37,15 +38,14 @@ import tvm
 from tvm import relax
 
 from ..errors import OptionError, SailError
-from ..ops.quant_matmul import weight_constants
+from ..ops.quant_matmul import weight_constants, weight_ref_of
 from ..ops.quant_take import quant_take
 from ..quant.methods import quantize_weight
-from ..quant.plan import weight_key
 from ..quant.reference import QuantizedWeight
 from ..quant.scheme import QuantScheme
 from ._common import applied_entry, constant_array, rewrite_relax_functions
 
-#: ``{weight_key of T[V, D]: (table name, quantized T^T or None to keep the table float)}``
+#: ``{layer_ref of T[V, D]: (table name, quantized T^T or None to keep the table float)}``
 LayerTable = dict[str, tuple[str, QuantizedWeight | None]]
 
 _TAKE = tvm.ir.Op.get("relax.take")
@@ -88,7 +88,8 @@ class _Rewriter(relax.PyExprMutator):
             return call
         label = f"embedding.{self.count}"
         self.count += 1
-        entry = self.layers.get(weight_key(table)) if self.layers is not None else None
+        ref = weight_ref_of(call.args[0])
+        entry = self.layers.get(ref) if self.layers is not None and ref is not None else None
         name = entry[0] if entry is not None else label
         vocab, dim = table.shape
         if entry is not None:
@@ -123,7 +124,7 @@ class QuantizeEmbedding:
         Bits, group size along a row (D), symmetric or with zero points, for tables not in
         ``layers`` (None: leave those float). Quantized by round to nearest.
     layers
-        The driver's table of quantized lookup tables by content (module docstring); each value
+        The driver's table of quantized lookup tables by name (module docstring); each value
         is the quantized ``T^T`` (``k`` = D, ``n`` = V).
 
     Attributes

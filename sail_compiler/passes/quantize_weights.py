@@ -14,13 +14,19 @@ parameters), constants that are not 2-D float32, other dtypes of ``x`` or of the
 every other operator (``Gemm`` arrives here as ``matmul`` after ``FoldConstant`` has folded its
 transpose; a weight that is still behind a ``permute_dims`` is not a constant and is left alone).
 
-Layer names. Relax keeps no ONNX node or initializer names. Standalone, each rewritable matmul
-is labelled ``matmul.<i>``, ``i`` counting from 0 in the order the pass meets them (functions by
-name, bindings in order). The compiler driver passes ``layers``, a table from weight content
-(:func:`~sail_compiler.quant.plan.weight_key`) to the ONNX layer name and its already-quantized
+Layer names. The frontend names every initializer's constant after it, in its span
+(``sail.init:<name>``; ``sail.init.T:<name>`` for the transpose
+:class:`~sail_compiler.passes.FoldWeightTransposes` folds from one, see
+:func:`~sail_compiler.quant.plan.weight_ref`). Standalone, each rewritable matmul is labelled
+``matmul.<i>``, ``i`` counting from 0 in the order the pass meets them (functions by name,
+bindings in order). The compiler driver passes ``layers``, a table from that name
+(:func:`~sail_compiler.quant.plan.layer_ref`) to the ONNX layer name and its already-quantized
 weight (chosen by the plan, a calibrated method, or imported pre-quantized), so the IR and the
-reports carry ONNX names; a matmul whose weight is in the table uses that entry (``None``: keep
-it float), any other falls back to ``scheme`` under its ``matmul.<i>`` label. ``skip`` holds
+reports carry ONNX names; a matmul whose weight constant carries a name in the table uses that
+entry (``None``: keep it float). Any other (an unnamed constant: one the graph computed, e.g. a
+weight behind a ``Transpose`` node the importer evaluated, or a constant made by a pass other
+than ``FoldWeightTransposes``; such a weight is no layer of the plan either) falls back to
+``scheme`` under its ``matmul.<i>`` label. ``skip`` holds
 ``fnmatch`` patterns matched against the label and the name. A pattern that matches nothing is
 an error, so a typo fails loudly instead of silently quantizing the layer. Every rewritten call
 carries its name in the ``layer`` attribute.
@@ -39,9 +45,14 @@ import tvm
 from tvm import relax
 
 from ..errors import OptionError, SailError
-from ..ops.quant_matmul import max_abs_group_sum, quant_matmul, weight_constants
+from ..ops.quant_matmul import (
+    max_abs_group_sum,
+    name_weight_ref,
+    quant_matmul,
+    weight_constants,
+    weight_ref_of,
+)
 from ..quant.methods import quantize_weight
-from ..quant.plan import weight_key
 from ..quant.reference import (
     ACT_GROUP_ROW,
     ActBlocks,
@@ -53,7 +64,7 @@ from ..quant.reference import (
 from ..quant.scheme import QuantScheme
 from ._common import applied_entry, constant_array, rewrite_relax_functions
 
-#: ``{weight_key: (layer name, quantized weight or None to keep the layer float)}``
+#: ``{layer_ref: (layer name, quantized weight or None to keep the layer float)}``
 LayerTable = dict[str, tuple[str, QuantizedWeight | PackedWeight | None]]
 
 _MATMUL = tvm.ir.Op.get("relax.matmul")
@@ -86,7 +97,6 @@ class _Rewriter(relax.PyExprMutator):
                  act_group: int | str, constants: dict[str, np.ndarray]) -> None:
         super().__init__(mod)
         self.constants = constants
-        self.constant_shapes = {key.split(":")[0] for key in constants}
         self.replaced: dict[str, int] = {}
         self.scheme, self.skip, self.act_bits = scheme, skip, act_bits
         self.act_group = act_group
@@ -97,14 +107,11 @@ class _Rewriter(relax.PyExprMutator):
         self.problems: list[str] = []
 
     def visit_generic_const_(self, const: tvm.ir.GenericConst) -> relax.Expr:
-        if not self.constants or str(const.value.dtype) != "float32" \
-                or "x".join(map(str, const.value.shape)) not in self.constant_shapes:
-            return const
-        key = weight_key(constant_array(const))
-        if key not in self.constants:
+        key = weight_ref_of(const) if self.constants else None
+        if key is None or key not in self.constants:
             return const
         self.replaced[key] = self.replaced.get(key, 0) + 1
-        return relax.const(self.constants[key])
+        return name_weight_ref(relax.const(self.constants[key]), key)
 
     def _skipped(self, *names: str) -> bool:
         return any(fnmatch.fnmatchcase(n, p) for p in self.skip for n in names)
@@ -116,7 +123,8 @@ class _Rewriter(relax.PyExprMutator):
             return call
         label = f"matmul.{len(self.labels)}"
         self.labels.append(label)
-        entry = self.layers.get(weight_key(weights)) if self.layers is not None else None
+        ref = weight_ref_of(call.args[1])
+        entry = self.layers.get(ref) if self.layers is not None and ref is not None else None
         name = entry[0] if entry is not None else label
         self.names.append(name)
         if self._skipped(label, name) or (entry is not None and entry[1] is None):
@@ -173,14 +181,15 @@ class QuantizeWeights:
         Consecutive k per activation scale: a positive integer nested with each layer's weight
         group size, ``"group"`` or ``"row"`` (:class:`~sail_compiler.quant.reference.ActBlocks`).
     layers
-        The driver's table of ONNX layers by weight content (module docstring).
+        The driver's table of ONNX layers by the name their weight constant carries (module
+        docstring).
     method
         How ``scheme`` quantizes weights not in ``layers``: ``rtn`` or ``search`` (``gptq``
         needs calibration data, which only the driver has).
     constants
-        ``{weight_key(constant): new value}``: constants to replace, each of which must occur
-        exactly once (``--awq`` folds its per-channel scales into norm weights this way, see
-        :mod:`sail_compiler.quant.awq`).
+        ``{weight_ref(initializer): new value}``: named constants to replace (the new one keeps
+        the name), each of which must occur exactly once (``--awq`` folds its per-channel scales
+        into norm weights this way, see :mod:`sail_compiler.quant.awq`).
 
     Attributes
     ----------

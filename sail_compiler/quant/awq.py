@@ -24,8 +24,9 @@ site is scaled only when that error drops. The layers are then quantized (any me
 ``diag(s) W`` with the Hessian ``diag(1/s) H diag(1/s)`` of the scaled inputs.
 
 Sites are skipped, never folded wrongly, when anything else reads the constant, the input, the
-producer's output or a weight, when a layer is not quantized (or imported pre-quantized), or when
-the constant's content equals another constant's (the compiled IR finds it by content).
+producer's output or a weight, or when a layer is not quantized (or imported pre-quantized). The
+compiled IR finds a folded constant by the initializer name it carries
+(:func:`~.plan.weight_ref`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections import Counter
 import numpy as np
 import onnx
 
-from .plan import Layer, LayerChoice, layer_weight, weight_key
+from .plan import Layer, LayerChoice, layer_weight, weight_ref
 from .reference import dequantize, quantize_weights_rtn
 from .scheme import QuantScheme
 
@@ -71,7 +72,6 @@ class Folding:
     row_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     column_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     constants: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    originals: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     alphas: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def weight(self, layer: Layer, w: np.ndarray) -> np.ndarray:
@@ -106,9 +106,8 @@ class Folding:
         return out.astype(np.float32)
 
     def constant_table(self) -> dict[str, np.ndarray]:
-        """``{weight_key(original constant): new constant}`` for the compiled IR."""
-        return {weight_key(self.originals[name]): value
-                for name, value in self.constants.items()}
+        """``{weight_ref(initializer): new constant}`` for the compiled IR."""
+        return {weight_ref(name): value for name, value in self.constants.items()}
 
     def report(self) -> dict[str, object]:
         return {"sites": len(self.alphas),
@@ -131,8 +130,6 @@ def find_fold_sites(model: onnx.ModelProto, layers: list[Layer],
             by_input.setdefault(layer.input_name, []).append(layer)
     layer_by_output = {graph.node[layer.node_index].output[0]: layer for layer in layers
                        if layer.op_type == "MatMul"}
-    # content keys of every initializer, to refuse constants the IR could not tell apart
-    shapes = Counter()
     sites = []
     for name, group in by_input.items():
         k = group[0].k
@@ -151,7 +148,6 @@ def find_fold_sites(model: onnx.ModelProto, layers: list[Layer],
                     or any(d != 1 for d in dims[:-1]) \
                     or inits[const].data_type != onnx.TensorProto.FLOAT:
                 continue
-            shapes[tuple(dims)] += 1
             sites.append(FoldSite(group, constant=const))
             continue
         for operand in (a, b):
@@ -160,14 +156,6 @@ def find_fold_sites(model: onnx.ModelProto, layers: list[Layer],
                     and producer.name in quantized and uses[producer.weight_name] == 1:
                 sites.append(FoldSite(group, producer=producer))
                 break
-    if shapes:
-        # a folded constant must be unique by content among the model's constants of its shape
-        keys: Counter[str] = Counter()
-        for t in graph.initializer:
-            if tuple(t.dims) in shapes and t.data_type == onnx.TensorProto.FLOAT:
-                keys[weight_key(onnx.numpy_helper.to_array(t).reshape(1, -1))] += 1
-        sites = [s for s in sites if s.constant is None or keys[weight_key(
-            onnx.numpy_helper.to_array(inits[s.constant]).reshape(1, -1))] == 1]
     return sites
 
 
@@ -238,7 +226,6 @@ def fold_scales(model: onnx.ModelProto, layers: list[Layer], choices: list[Layer
             folding.row_scales[layer.name] = s
         if site.constant is not None:
             original = onnx.numpy_helper.to_array(inits[site.constant])
-            folding.originals[site.constant] = original
             folding.constants[site.constant] = (
                 original.astype(np.float64) / s.reshape(original.shape)).astype(np.float32)
         else:

@@ -3,8 +3,8 @@
 Layers. A *layer* is an ONNX ``MatMul`` or ``Gemm`` node whose weight input (B) is a 2-D float32
 initializer; its weight is ``W[K, N]`` with ``y = x @ W`` (``B`` itself, or ``B^T`` for
 ``Gemm(transB=1)``). Its name is the ONNX node name (``<op type>_<index>`` when the node has
-none). Relax keeps no ONNX names, so the ``quantize`` stage finds each layer's matmul in the IR
-by the content of its weight (:func:`weight_key`: shape and SHA-1 of the float32 bytes).
+none). The IR carries each initializer's name on its constant (:func:`weight_ref`), and the
+``quantize`` stage finds each layer's matmul in the IR by it (:func:`layer_ref`).
 
 Bits plans (``--bits-plan plan.json``) map layer-name patterns to schemes::
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import glob
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OptionError
-from ..external_data import ExternalData, location_key
+from ..external_data import ExternalData
 from .scheme import QuantScheme
 
 PLAN_FORMAT = "sail-quant-plan"
@@ -94,15 +93,28 @@ class Layer:
         return self.k * self.n
 
 
-def weight_key(w: np.ndarray) -> str:
-    """A content key for a float32 ``[K, N]`` weight: ``KxN:<sha1 of its C-order bytes>``; for
-    a view of a memory-mapped external-data file, its place in the file instead
-    (:func:`~sail_compiler.external_data.location_key`: the bytes are not read)."""
-    located = location_key(w) if w.dtype == np.float32 else None
-    if located is not None:
-        return located
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    return f"{'x'.join(map(str, w.shape))}:{hashlib.sha1(w.data).hexdigest()}"
+#: How the IR names an initializer's constant: its span's source name is this plus the
+#: initializer name (:func:`weight_ref`).
+INITIALIZER_PREFIX = "sail.init:"
+#: ... and the constant holding a 2-D initializer's transpose (a ``Gemm(transB=1)`` weight).
+TRANSPOSED_PREFIX = "sail.init.T:"
+
+
+def weight_ref(initializer: str, transposed: bool = False) -> str:
+    """The name the IR carries for the constant of ONNX initializer ``initializer`` (or of its
+    transpose): ``sail.init:<name>`` / ``sail.init.T:<name>``.
+
+    The frontend names every initializer's constant so at import, and
+    :class:`~sail_compiler.passes.FoldWeightTransposes` names the transposed constant it folds
+    from one; the ``quantize`` stage's tables are keyed by it (``layer_ref``)."""
+    return f"{TRANSPOSED_PREFIX if transposed else INITIALIZER_PREFIX}{initializer}"
+
+
+def layer_ref(layer: Layer) -> str:
+    """The :func:`weight_ref` of the IR constant that holds ``layer``'s weight: the initializer
+    itself for a ``MatMul``, a plain ``Gemm`` and a lookup table (``take`` reads ``T[V, D]`` as
+    stored), its transpose for a ``Gemm(transB=1)`` (the matmul reads ``W = B^T``)."""
+    return weight_ref(layer.weight_name, layer.transposed and layer.op_type != "Gather")
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:

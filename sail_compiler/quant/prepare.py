@@ -37,9 +37,9 @@ from .plan import (
     ResolvedPlan,
     find_embeddings,
     find_layers,
+    layer_ref,
     layer_weight,
     unmatched_error,
-    weight_key,
 )
 from .reference import ActBlocks, PackedWeight, QuantizedWeight, dequantize
 from .scheme import QuantScheme
@@ -64,8 +64,12 @@ class QuantizedLayer:
     layer: Layer
     choice: LayerChoice
     qw: QuantizedWeight | PackedWeight | None
-    key: str
     weight_error: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The name the IR carries on the layer's weight constant (:func:`~.plan.layer_ref`)."""
+        return layer_ref(self.layer)
 
     @property
     def size_bytes(self) -> int:
@@ -103,7 +107,10 @@ class Quantization:
 
     @property
     def table(self) -> dict[str, tuple[str, QuantizedWeight | PackedWeight | None]]:
-        """``{weight_key: (name, qw or None)}`` for :class:`QuantizeWeights`."""
+        """``{layer_ref: (name, qw or None)}`` for :class:`QuantizeWeights` and
+        :class:`QuantizeEmbedding`: the name the IR carries on each layer's weight constant
+        (:func:`~.plan.layer_ref`). Layers that share a weight constant share its entry (the
+        first layer's)."""
         table: dict[str, tuple[str, QuantizedWeight | PackedWeight | None]] = {}
         for q in self.layers:
             table.setdefault(q.key, (q.layer.name, q.qw))
@@ -111,7 +118,7 @@ class Quantization:
 
     @property
     def constants(self) -> dict[str, np.ndarray]:
-        """``{weight_key(constant): new value}``: constants ``--awq`` rescaled (see
+        """``{weight_ref(initializer): new value}``: constants ``--awq`` rescaled (see
         :mod:`.awq`), for :class:`QuantizeWeights`."""
         return self.folding.constant_table() if self.folding is not None else {}
 
@@ -174,18 +181,6 @@ def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bo
     """GPTQ, ``--awq`` and ``--avg-bits`` need activations; the search uses them when given."""
     return options.avg_bits is not None or options.calib is not None or options.awq \
         or any(c.scheme is not None and c.method == "gptq" for c in choices)
-
-
-def _layer_key(layer: Layer, w: np.ndarray, external: ExternalData | None) -> str:
-    """The :func:`~.plan.weight_key` of ``layer``'s weight as the IR holds it: the initializer
-    itself (a view of its mapped file when it has one), an embedding table as ``T = W^T``, a
-    ``Gemm(transB=1)`` weight as the new constant ``FoldConstant`` makes of its transpose."""
-    gather = layer.op_type == "Gather"
-    if external is not None and layer.weight_name in external and (gather or not layer.transposed):
-        view = external.array(layer.weight_name)
-        if view is not None:
-            return weight_key(view)
-    return weight_key(w.T if gather else w)
 
 
 def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
@@ -321,7 +316,6 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
     results = []
     for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
         w = layer_weight(model, layer, inits, external)
-        key = _layer_key(layer, w, external)
         h = hessians.get(layer.name) if hessians else None
         if folding is not None:
             w, h = folding.weight(layer, w), folding.hessian(layer, h)
@@ -337,7 +331,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         del w
         if external is not None and qw is not None:
             qw = PackedWeight.of(qw)  # a large model: hold bits / 8 bytes a weight, not 1
-        results.append(QuantizedLayer(layer, choice, qw, key, err))
+        results.append(QuantizedLayer(layer, choice, qw, err))
     resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
     if prequantized:
         notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")

@@ -15,12 +15,12 @@ from tvm import relax, tirx
 from sail_compiler import lowering
 from sail_compiler.errors import OptionError, SailError
 from sail_compiler.frontend import import_onnx, load_checked
-from sail_compiler.ops.quant_matmul import constant_name
+from sail_compiler.ops.quant_matmul import constant_name, name_weight_ref
 from sail_compiler.ops.quant_take import quant_take
 from sail_compiler.passes import WrapGatherIndices
 from sail_compiler.passes.quantize_embedding import QuantizeEmbedding
 from sail_compiler.quant.methods import quantize_weight
-from sail_compiler.quant.plan import weight_key
+from sail_compiler.quant.plan import weight_ref
 from sail_compiler.quant.reference import dequantize
 from sail_compiler.quant.scheme import QuantScheme
 
@@ -35,15 +35,18 @@ def _table(vocab: int = V, dim: int = D) -> np.ndarray:
 
 def _take_module(*tables: np.ndarray | relax.Var, axis: int = 0, mode: str = "wrap",
                  indices_dtype: str = "int64") -> tvm.IRModule:
-    """``main(ids: [b, s])`` (plus any table given as a Var): a tuple of ``take(table, ids)``."""
+    """``main(ids: [b, s])`` (plus any table given as a Var): a tuple of ``take(table, ids)``;
+    the i-th table constant is named as the initializer ``t<i>`` would be at import."""
     b, s = tirx.Var("b", "int64"), tirx.Var("s", "int64")
     ids = relax.Var("ids", relax.TensorType([b, s], indices_dtype))
     params = [ids, *(t for t in tables if isinstance(t, relax.Var))]
     bb = relax.BlockBuilder()
     with bb.function("main", params):
         with bb.dataflow():
-            outs = [bb.emit(relax.op.take(t if isinstance(t, relax.Var) else relax.const(t),
-                                          ids, axis=axis, mode=mode)) for t in tables]
+            outs = [bb.emit(relax.op.take(
+                t if isinstance(t, relax.Var) else name_weight_ref(relax.const(t),
+                                                                   weight_ref(f"t{i}")),
+                ids, axis=axis, mode=mode)) for i, t in enumerate(tables)]
             result = bb.emit_output(relax.Tuple(outs))
         bb.emit_func_output(result)
     return bb.get()
@@ -92,7 +95,7 @@ def test_does_not_fire(case: str) -> None:
 def test_layer_table_names_tables_supplies_codes_and_keeps_float() -> None:
     t0, t1, t2 = _table(), _table(), _table(V, 8)
     q0 = quantize_weight(t0.T, QuantScheme(3, 8), "rtn")
-    layers = {weight_key(t0): ("model.embed_tokens", q0), weight_key(t1): ("rope_cos", None)}
+    layers = {weight_ref("t0"): ("model.embed_tokens", q0), weight_ref("t1"): ("rope_cos", None)}
     pass_ = QuantizeEmbedding(layers=layers)  # t2 is not in the table: stays float
     mod = pass_(_take_module(t0, t1, t2))
     text = mod.script()
@@ -121,7 +124,7 @@ def test_bad_inputs_are_reported() -> None:
     with pytest.raises(SailError, match=r"2 lookup tables:\n.*embedding.0 \(table \[50, 24\]\)"
                                         r".*non-finite.*\n.*other \(table \[50, 24\]\).* is "
                                         r"\[24, 20\], expected its transpose \[24, 50\]"):
-        QuantizeEmbedding(W4G16, layers={weight_key(other): ("other", wrong)})(
+        QuantizeEmbedding(W4G16, layers={weight_ref("t1"): ("other", wrong)})(
             _take_module(bad, other))
 
 
@@ -138,8 +141,8 @@ def test_same_as_float_take_of_dequantized_table(indices_dtype: str) -> None:
     schemes = [QuantScheme(1, 16), QuantScheme(5, 16), QuantScheme(6, 8, True),
                QuantScheme(8, None)]
     tables = [_table() for _ in schemes]
-    layers = {weight_key(t): (str(s), quantize_weight(t.T, s, "rtn"))
-              for t, s in zip(tables, schemes, strict=True)}
+    layers = {weight_ref(f"t{i}"): (str(s), quantize_weight(t.T, s, "rtn"))
+              for i, (t, s) in enumerate(zip(tables, schemes, strict=True))}
     quantized = QuantizeEmbedding(layers=layers)(_take_module(*tables,
                                                               indices_dtype=indices_dtype))
     assert quantized.script().count('"sail.quant_take"') == len(schemes)

@@ -13,8 +13,9 @@ from tvm.script import relax as R
 from sail_compiler import lowering
 from sail_compiler.errors import OptionError, SailError
 from sail_compiler.ops import quant_matmul
-from sail_compiler.ops.quant_matmul import constant_name, is_quant_matmul
+from sail_compiler.ops.quant_matmul import constant_name, is_quant_matmul, name_weight_ref
 from sail_compiler.passes import QuantizeWeights
+from sail_compiler.quant.plan import weight_ref
 from sail_compiler.quant.reference import quantize_weights_rtn, quantized_matmul
 from sail_compiler.quant.scheme import QuantScheme
 
@@ -24,15 +25,17 @@ W4G32 = QuantScheme(4, 32)
 
 
 def _matmul_module(*weights: np.ndarray, dtype: str = "float32") -> tvm.IRModule:
-    """``main(x: [b, s, K])``: a chain ``x @ W0``, ``(x @ W0) @ W1``, ... of constant weights."""
+    """``main(x: [b, s, K])``: a chain ``x @ W0``, ``(x @ W0) @ W1``, ... of constant weights,
+    the i-th named as the initializer ``w<i>`` would be at import."""
     b, s = tirx.Var("b", "int64"), tirx.Var("s", "int64")
     x = relax.Var("x", relax.TensorType([b, s, weights[0].shape[0]], dtype))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
             y = x
-            for w in weights:
-                y = bb.emit(relax.op.matmul(y, relax.const(w)))
+            for i, w in enumerate(weights):
+                const = name_weight_ref(relax.const(w), weight_ref(f"w{i}"))
+                y = bb.emit(relax.op.matmul(y, const))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     return bb.get()
@@ -100,11 +103,9 @@ def test_skip_by_label() -> None:
 
 
 def test_layer_table_names_layers_supplies_weights_and_keeps_float() -> None:
-    from sail_compiler.quant.plan import weight_key
-
     w0, w1, w2 = _weight(), _weight(N, 16), _weight(16, 8)
     q0 = quantize_weights_rtn(w0, QuantScheme(3, 16))
-    table = {weight_key(w0): ("proj_in", q0), weight_key(w1): ("proj_mid", None)}
+    table = {weight_ref("w0"): ("proj_in", q0), weight_ref("w1"): ("proj_mid", None)}
     # w2 is not in the table: without a scheme it stays float
     pass_ = QuantizeWeights(None, layers=table)
     mod = pass_(_matmul_module(w0, w1, w2))

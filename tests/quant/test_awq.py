@@ -124,9 +124,10 @@ def test_a_rescaled_constant_missing_from_the_module_is_an_error(micro_decoder: 
     from sail_compiler.errors import SailError
     from sail_compiler.frontend import import_onnx
     from sail_compiler.passes.quantize_weights import QuantizeWeights
-    from sail_compiler.quant.plan import weight_key
+    from sail_compiler.quant.plan import weight_ref
 
     mod, _ = import_onnx(load_checked(micro_decoder))
     absent = np.arange(7, dtype=np.float32)
     with pytest.raises(SailError, match="rescaled constant"):
-        QuantizeWeights(QuantScheme.parse("w8g16"), constants={weight_key(absent): absent})(mod)
+        QuantizeWeights(QuantScheme.parse("w8g16"),
+                        constants={weight_ref("no such initializer"): absent})(mod)

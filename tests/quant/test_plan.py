@@ -15,9 +15,11 @@ from sail_compiler.quant.plan import (
     BitsPlan,
     LayerChoice,
     ResolvedPlan,
+    find_embeddings,
     find_layers,
+    layer_ref,
     layer_weight,
-    weight_key,
+    weight_ref,
 )
 from sail_compiler.quant.scheme import QuantScheme
 
@@ -56,16 +58,20 @@ def test_find_layers_names_shapes_and_weights() -> None:
         assert layer_weight(model, layer).flags.c_contiguous
 
 
-def test_weight_key_depends_on_content_and_shape() -> None:
-    w = RNG.standard_normal((4, 6)).astype(np.float32)
-    assert weight_key(w) == weight_key(w.copy())
-    assert weight_key(w) != weight_key(w.reshape(6, 4))
-    changed = w.copy()
-    changed[3, 5] = np.nextafter(changed[3, 5], np.float32(np.inf))
-    assert weight_key(w) != weight_key(changed)
-    # a transposed view hashes by its values in C order, as the IR constant does
-    assert weight_key(w.T) == weight_key(np.ascontiguousarray(w.T))
-
+def test_layer_refs_name_the_constant_the_ir_holds() -> None:
+    """A layer's weight is found in the IR by its initializer's name; a Gemm(transB=1) reads
+    the transposed constant, a lookup table the initializer as stored."""
+    model, _ = _model()
+    assert [layer_ref(x) for x in find_layers(model)] == [
+        "sail.init:w0", "sail.init.T:b1", "sail.init:w2"]
+    assert weight_ref("w0") == "sail.init:w0" and weight_ref("w0", True) == "sail.init.T:w0"
+    table = numpy_helper.from_array(RNG.standard_normal((9, 4)).astype(np.float32), "embed")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["embed", "ids"], ["y"], name="lookup")], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])], [table])
+    (lookup,) = find_embeddings(helper.make_model(graph))
+    assert lookup.transposed and layer_ref(lookup) == "sail.init:embed"
 
 def test_plan_first_matching_rule_decides_and_forms_agree() -> None:
     model, _ = _model()
