@@ -15,8 +15,19 @@ host kernel that ran; each is then costed on the machine:
   (its DEQUANT is fused into the command, at the DEQUANT's placement); the same call without
   reuse gives the compute time the reuse tables save.
 * HOST kernels: :func:`.cost.host_op_cost` on the CPU model. Assumption (a kernel's arithmetic
-  is not analysed): every operand moves through the LLC once and the kernel does 2 flops per
-  element of its largest operand.
+  is not analysed): every operand moves once and the kernel does 2 flops per element of its
+  largest operand. Where an operand moves (:func:`host_traffic`) follows its reuse distance:
+  the KV cache (the past inputs and present outputs, found by buffer identity at run time,
+  :meth:`.target.Executor.mark_state`) is step-to-step state, touched last in the previous step,
+  while the whole weight stream and every other layer's cache went through the LLC, so its
+  first access in the step (the past's read, the present's write-back) is DRAM traffic at the
+  machine's KV-cache width (``data.kv_cache_bits``, the width the analytic model reads it at;
+  the program's tensors are float32, the functional stand-in); a later access in the same
+  step (attention reading the present its concatenation just wrote) is LLC traffic when that
+  buffer fits in the LLC, DRAM traffic otherwise. Every other operand is LLC traffic at its
+  dtype's width. (Operand bytes alone would not do: a layer's past is far smaller than the
+  LLC at batch 1 yet comes from DRAM each step, and a gather's table operand, the embedding,
+  is far larger than the LLC although the kernel reads a few rows of it.)
 
 Timing only (``functional=False``) keeps nothing that grows with the batch times the context
 times the layers: the LUT-GEMVs return zeros without reading their weights (mapped from
@@ -40,6 +51,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...errors import ArtifactError, OptionError
 from .baselines import n1_op_cost, v100_fits, v100_op_cost
 from .config import MachineConfig
@@ -51,7 +64,7 @@ from .simulate import OpRecord, StepResult, Workload
 from .target import HostCall
 
 __all__ = ["HOST_FLOPS_PER_ELEMENT", "PROBE_PAST_LENS", "RunResult", "extrapolate_host_shapes",
-           "load_artifact", "simulate_run"]
+           "host_traffic", "load_artifact", "simulate_run"]
 
 #: Past lengths a timing-only run of a model with a KV cache executes at (module docstring).
 PROBE_PAST_LENS = (1, 2, 3)
@@ -179,6 +192,35 @@ def extrapolate_host_shapes(calls: list[Any], probes: list[list[Any]],
     return [next(scaled) if isinstance(c, HostCall) else c for c in calls]
 
 
+def host_traffic(calls: list[Any], config: MachineConfig) -> list[tuple[float, float]]:
+    """Per host kernel call of ``calls`` (one step, in order): its (DRAM bytes, LLC bytes)
+    (module docstring: the KV cache's first access in the step is DRAM traffic at
+    ``config.data.kv_cache_bits``, a later one LLC traffic if the buffer fits in the LLC;
+    every other operand LLC traffic at its dtype's width)."""
+    llc_capacity = config.llc.slices * config.llc.slice_kib * 1024
+    kv_bytes = config.data.kv_cache_bits / 8
+    seen: set[int] = set()
+    traffic = []
+    for call in calls:
+        if not isinstance(call, HostCall):
+            continue
+        dram = llc = 0.0
+        state = call.state or (False,) * len(call.shapes)
+        buffers = call.buffers or (None,) * len(call.shapes)
+        for shape, dtype, ptr, is_state in zip(call.shapes, call.dtypes, buffers, state,
+                                               strict=True):
+            elements = float(np.prod(shape, dtype=np.float64))
+            if not is_state:
+                llc += elements * np.dtype(dtype).itemsize
+            elif ptr in seen and elements * kv_bytes <= llc_capacity:
+                llc += elements * kv_bytes
+            else:
+                dram += elements * kv_bytes
+                seen.add(ptr)
+        traffic.append((dram, llc))
+    return traffic
+
+
 def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig | None = None,
                  past_len: int = 7, seed: int = 0, functional: bool = True,
                  keep_outputs: bool = True, artifact: Any = None) -> RunResult:
@@ -245,6 +287,7 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     act_bits = luts[0].attrs["act_bits"] if luts else 8
     group_size = luts[0].attrs["group_size"] if luts else 128
     tokens = batch
+    traffic = iter(host_traffic(calls, config))
     records: list[OpRecord] = []
     reuse: dict[str, dict[str, float]] = {}
     rows: list[dict[str, Any]] = []
@@ -282,9 +325,10 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
             continue  # costed with the LUTGEMV it is fused into
         else:
             flops = HOST_FLOPS_PER_ELEMENT * call.elements
-            op = HostOp(instr.name, instr.name, flops=flops / tokens,
-                        llc_bytes=call.bytes / tokens)
-            sail = host_op_cost(config, flops=flops, llc_bytes=float(call.bytes))
+            dram, llc = next(traffic)
+            op = HostOp(instr.name, instr.name, flops=flops / tokens, dram_bytes=dram / tokens,
+                        llc_bytes=llc / tokens)
+            sail = host_op_cost(config, flops=flops, dram_bytes=dram, llc_bytes=llc)
             records.append(_record(op, sail, bits=bits, act_bits=act_bits,
                                    group_size=group_size, tokens=tokens, config=config))
         row.update(tokens=getattr(call, "tokens", tokens), total_ns=sail.total_ns,
