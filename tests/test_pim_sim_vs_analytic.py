@@ -91,6 +91,12 @@ def test_the_kv_cache_is_dram_traffic_at_the_machines_width(tiny_pim: Path,
     assert analytic == cfg.num_layers * 2 * batch * kv_dim * (past + 1 + 1) * 2
     copy_less_new = cfg.num_layers * 2 * batch * kv_dim * (past - 1) * 2
     assert sum(r.sail.bytes["dram"] for r in host) == analytic + copy_less_new
+    # Costed as a cache updated in place (--kv-in-place), the step moves exactly the
+    # analytic model's attention bytes: the new position written, the context read.
+    in_place = simulate_run(tiny_pim, batch, past_len=past, functional=functional,
+                            kv_in_place=True).step
+    assert sum(r.sail.bytes["dram"] for r in in_place.records
+               if isinstance(r.op, HostOp)) == analytic
     # The host time includes that traffic at the DRAM's bandwidth.
     concat = max(host, key=lambda r: r.sail.bytes["dram"])
     dram_ns = (config.dram.latency_ns
@@ -99,7 +105,7 @@ def test_the_kv_cache_is_dram_traffic_at_the_machines_width(tiny_pim: Path,
 
 
 def _call(shapes: list[tuple[int, ...]], buffers: tuple[int, ...],
-          state: tuple[bool, ...]) -> HostCall:
+          state: tuple[str, ...]) -> HostCall:
     program_instr = dataclasses.make_dataclass("I", ["name", "outputs"])("k", ["out"])
     return HostCall(program_instr, shapes, ["float32"] * len(shapes), buffers, state)
 
@@ -111,8 +117,8 @@ def test_host_traffic_rereads_a_present_from_the_llc_only_when_it_fits() -> None
         # past [positions - 1, 1] + new [1, 1] -> present [positions, 1]; then a kernel reads
         # the present (and a small activation) and writes a small output.
         calls = [_call([(positions - 1, 1), (1, 1), (positions, 1)], (1, 2, 3),
-                       (True, False, True)),
-                 _call([(4, 1), (positions, 1), (4, 1)], (4, 3, 5), (False, True, False))]
+                       ("past", "", "present")),
+                 _call([(4, 1), (positions, 1), (4, 1)], (4, 3, 5), ("", "present", ""))]
         (concat_dram, concat_llc), (read_dram, read_llc) = host_traffic(calls, config)
         assert concat_dram == (2 * positions - 1) * 2  # the KV width, not float32's 4 bytes
         assert concat_llc == 4
@@ -120,6 +126,12 @@ def test_host_traffic_rereads_a_present_from_the_llc_only_when_it_fits() -> None
             assert (read_dram, read_llc) == (0, 8 * 4 + positions * 2)
         else:
             assert (read_dram, read_llc) == (positions * 2, 8 * 4)
+        # In place: the update writes one position and reads no past; the reader's first
+        # access to the present comes from DRAM.
+        (concat_dram, concat_llc), (read_dram, read_llc) = host_traffic(
+            calls, config, kv_in_place=True)
+        assert (concat_dram, concat_llc) == (2, 4)
+        assert (read_dram, read_llc) == (positions * 2, 8 * 4)
     # Without KV-cache operands everything is LLC traffic at the dtypes' widths.
     plain = [_call([(10, 3), (10, 3)], (1, 2), ())]
     assert host_traffic(plain, config) == [(0.0, 240.0)]

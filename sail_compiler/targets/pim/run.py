@@ -28,6 +28,11 @@ host kernel that ran; each is then costed on the machine:
   dtype's width. (Operand bytes alone would not do: a layer's past is far smaller than the
   LLC at batch 1 yet comes from DRAM each step, and a gather's table operand, the embedding,
   is far larger than the LLC although the kernel reads a few rows of it.)
+  ``kv_in_place=True`` costs the KV cache as a runtime that appends to it in place would move
+  it (the analytic model's assumption): a kernel that reads pasts and writes presents (the
+  concatenation) writes only the new positions to DRAM and reads nothing of the past, and
+  the present's first reader then reads it from DRAM; the program as compiled copies the
+  past into the present every step instead.
 
 Timing only (``functional=False``) keeps nothing that grows with the batch times the context
 times the layers: the LUT-GEMVs return zeros without reading their weights (mapped from
@@ -192,26 +197,34 @@ def extrapolate_host_shapes(calls: list[Any], probes: list[list[Any]],
     return [next(scaled) if isinstance(c, HostCall) else c for c in calls]
 
 
-def host_traffic(calls: list[Any], config: MachineConfig) -> list[tuple[float, float]]:
+def host_traffic(calls: list[Any], config: MachineConfig, *,
+                 kv_in_place: bool = False) -> list[tuple[float, float]]:
     """Per host kernel call of ``calls`` (one step, in order): its (DRAM bytes, LLC bytes)
     (module docstring: the KV cache's first access in the step is DRAM traffic at
     ``config.data.kv_cache_bits``, a later one LLC traffic if the buffer fits in the LLC;
-    every other operand LLC traffic at its dtype's width)."""
+    every other operand LLC traffic at its dtype's width; ``kv_in_place``: a cache update
+    writes only the new positions)."""
     llc_capacity = config.llc.slices * config.llc.slice_kib * 1024
     kv_bytes = config.data.kv_cache_bits / 8
-    seen: set[int] = set()
+    seen: set[int | None] = set()
     traffic = []
     for call in calls:
         if not isinstance(call, HostCall):
             continue
         dram = llc = 0.0
-        state = call.state or (False,) * len(call.shapes)
+        state = call.state or ("",) * len(call.shapes)
         buffers = call.buffers or (None,) * len(call.shapes)
-        for shape, dtype, ptr, is_state in zip(call.shapes, call.dtypes, buffers, state,
-                                               strict=True):
-            elements = float(np.prod(shape, dtype=np.float64))
-            if not is_state:
+        sizes = [float(np.prod(shape, dtype=np.float64)) for shape in call.shapes]
+        update = kv_in_place and "past" in state and "present" in state
+        if update:  # append in place: the new positions only, the past is not read
+            kv = [(n, role) for n, role in zip(sizes, state, strict=True) if role]
+            dram += (sum(n for n, role in kv if role == "present")
+                     - sum(n for n, role in kv if role == "past")) * kv_bytes
+        for elements, dtype, ptr, role in zip(sizes, call.dtypes, buffers, state, strict=True):
+            if not role:
                 llc += elements * np.dtype(dtype).itemsize
+            elif update:
+                continue
             elif ptr in seen and elements * kv_bytes <= llc_capacity:
                 llc += elements * kv_bytes
             else:
@@ -223,7 +236,8 @@ def host_traffic(calls: list[Any], config: MachineConfig) -> list[tuple[float, f
 
 def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig | None = None,
                  past_len: int = 7, seed: int = 0, functional: bool = True,
-                 keep_outputs: bool = True, artifact: Any = None) -> RunResult:
+                 keep_outputs: bool = True, artifact: Any = None,
+                 kv_in_place: bool = False) -> RunResult:
     """Run and cost one step of a pim-sim artifact (module docstring).
 
     Parameters
@@ -250,6 +264,8 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     artifact
         The loaded :class:`~sail_compiler.artifact.Artifact` of ``artifact_dir``, to simulate
         several batches without loading the weights again.
+    kv_in_place
+        Cost the KV cache as updated in place, not copied (module docstring).
 
     Raises
     ------
@@ -287,7 +303,7 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     act_bits = luts[0].attrs["act_bits"] if luts else 8
     group_size = luts[0].attrs["group_size"] if luts else 128
     tokens = batch
-    traffic = iter(host_traffic(calls, config))
+    traffic = iter(host_traffic(calls, config, kv_in_place=kv_in_place))
     records: list[OpRecord] = []
     reuse: dict[str, dict[str, float]] = {}
     rows: list[dict[str, Any]] = []
@@ -357,6 +373,8 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
         if has_past:
             source += (f"; patterns at a past of {PROBE_PAST_LENS[0]}, host kernels' shapes at "
                        f"{past_len} from pasts of {', '.join(map(str, PROBE_PAST_LENS))}")
+    if has_past and kv_in_place:
+        source += "; KV cache costed as updated in place (not the program's copy)"
     step = StepResult(Path(artifact_dir).name, workload, past_len + 1 if has_past else 1,
                       config, source, tuple(records), totals["sail"], totals["n1"],
                       totals["gpu"], fits)

@@ -157,9 +157,9 @@ class HostCall:
     dtypes: list[str]
     buffers: tuple[int, ...] = ()
     """Per operand, its buffer's address in this run (which operands are the same buffer)."""
-    state: tuple[bool, ...] = ()
-    """Per operand: True for the step's KV-cache state, a past input or a present output
-    (:meth:`Executor.mark_state`); empty: none is."""
+    state: tuple[str, ...] = ()
+    """Per operand: ``"past"`` (a past input's buffer), ``"present"`` (a present output's) or
+    ``""`` (:meth:`Executor.mark_state`); empty: no operand is KV-cache state."""
 
     @property
     def bytes(self) -> int:
@@ -373,7 +373,8 @@ class Executor:
                     since[ptr] = i
         past_set = set(pasts)
         for i, call in enumerate(hosts):
-            call.state = tuple(p in past_set or since.get(p, len(hosts)) <= i
+            call.state = tuple("past" if p in past_set
+                               else "present" if since.get(p, len(hosts)) <= i else ""
                                for p in call.buffers)
 
 
