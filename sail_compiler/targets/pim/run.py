@@ -15,8 +15,24 @@ host kernel that ran; each is then costed on the machine:
   (its DEQUANT is fused into the command, at the DEQUANT's placement); the same call without
   reuse gives the compute time the reuse tables save.
 * HOST kernels: :func:`.cost.host_op_cost` on the CPU model. Assumption (a kernel's arithmetic
-  is not analysed): every operand moves through the LLC once and the kernel does 2 flops per
-  element of its largest operand.
+  is not analysed): every operand moves once and the kernel does 2 flops per element of its
+  largest operand. Where an operand moves (:func:`host_traffic`) follows its reuse distance:
+  the KV cache (the past inputs and present outputs, found by buffer identity at run time,
+  :meth:`.target.Executor.mark_state`) is step-to-step state, touched last in the previous step,
+  while the whole weight stream and every other layer's cache went through the LLC, so its
+  first access in the step (the past's read, the present's write-back) is DRAM traffic at the
+  machine's KV-cache width (``data.kv_cache_bits``, the width the analytic model reads it at;
+  the program's tensors are float32, the functional stand-in); a later access in the same
+  step (attention reading the present its concatenation just wrote) is LLC traffic when that
+  buffer fits in the LLC, DRAM traffic otherwise. Every other operand is LLC traffic at its
+  dtype's width. (Operand bytes alone would not do: a layer's past is far smaller than the
+  LLC at batch 1 yet comes from DRAM each step, and a gather's table operand, the embedding,
+  is far larger than the LLC although the kernel reads a few rows of it.)
+  ``kv_in_place=True`` costs the KV cache as a runtime that appends to it in place would move
+  it (the analytic model's assumption): a kernel that reads pasts and writes presents (the
+  concatenation) writes only the new positions to DRAM and reads nothing of the past, and
+  the present's first reader then reads it from DRAM; the program as compiled copies the
+  past into the present every step instead.
 
 Timing only (``functional=False``) keeps nothing that grows with the batch times the context
 times the layers: the LUT-GEMVs return zeros without reading their weights (mapped from
@@ -40,6 +56,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...errors import ArtifactError, OptionError
 from .baselines import n1_op_cost, v100_fits, v100_op_cost
 from .config import MachineConfig
@@ -51,7 +69,7 @@ from .simulate import OpRecord, StepResult, Workload
 from .target import HostCall
 
 __all__ = ["HOST_FLOPS_PER_ELEMENT", "PROBE_PAST_LENS", "RunResult", "extrapolate_host_shapes",
-           "load_artifact", "simulate_run"]
+           "host_traffic", "load_artifact", "simulate_run"]
 
 #: Past lengths a timing-only run of a model with a KV cache executes at (module docstring).
 PROBE_PAST_LENS = (1, 2, 3)
@@ -179,9 +197,47 @@ def extrapolate_host_shapes(calls: list[Any], probes: list[list[Any]],
     return [next(scaled) if isinstance(c, HostCall) else c for c in calls]
 
 
+def host_traffic(calls: list[Any], config: MachineConfig, *,
+                 kv_in_place: bool = False) -> list[tuple[float, float]]:
+    """Per host kernel call of ``calls`` (one step, in order): its (DRAM bytes, LLC bytes)
+    (module docstring: the KV cache's first access in the step is DRAM traffic at
+    ``config.data.kv_cache_bits``, a later one LLC traffic if the buffer fits in the LLC;
+    every other operand LLC traffic at its dtype's width; ``kv_in_place``: a cache update
+    writes only the new positions)."""
+    llc_capacity = config.llc.slices * config.llc.slice_kib * 1024
+    kv_bytes = config.data.kv_cache_bits / 8
+    seen: set[int | None] = set()
+    traffic = []
+    for call in calls:
+        if not isinstance(call, HostCall):
+            continue
+        dram = llc = 0.0
+        state = call.state or ("",) * len(call.shapes)
+        buffers = call.buffers or (None,) * len(call.shapes)
+        sizes = [float(np.prod(shape, dtype=np.float64)) for shape in call.shapes]
+        update = kv_in_place and "past" in state and "present" in state
+        if update:  # append in place: the new positions only, the past is not read
+            kv = [(n, role) for n, role in zip(sizes, state, strict=True) if role]
+            dram += (sum(n for n, role in kv if role == "present")
+                     - sum(n for n, role in kv if role == "past")) * kv_bytes
+        for elements, dtype, ptr, role in zip(sizes, call.dtypes, buffers, state, strict=True):
+            if not role:
+                llc += elements * np.dtype(dtype).itemsize
+            elif update:
+                continue
+            elif ptr in seen and elements * kv_bytes <= llc_capacity:
+                llc += elements * kv_bytes
+            else:
+                dram += elements * kv_bytes
+                seen.add(ptr)
+        traffic.append((dram, llc))
+    return traffic
+
+
 def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig | None = None,
                  past_len: int = 7, seed: int = 0, functional: bool = True,
-                 keep_outputs: bool = True, artifact: Any = None) -> RunResult:
+                 keep_outputs: bool = True, artifact: Any = None,
+                 kv_in_place: bool = False) -> RunResult:
     """Run and cost one step of a pim-sim artifact (module docstring).
 
     Parameters
@@ -208,6 +264,8 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     artifact
         The loaded :class:`~sail_compiler.artifact.Artifact` of ``artifact_dir``, to simulate
         several batches without loading the weights again.
+    kv_in_place
+        Cost the KV cache as updated in place, not copied (module docstring).
 
     Raises
     ------
@@ -245,6 +303,7 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
     act_bits = luts[0].attrs["act_bits"] if luts else 8
     group_size = luts[0].attrs["group_size"] if luts else 128
     tokens = batch
+    traffic = iter(host_traffic(calls, config, kv_in_place=kv_in_place))
     records: list[OpRecord] = []
     reuse: dict[str, dict[str, float]] = {}
     rows: list[dict[str, Any]] = []
@@ -282,9 +341,10 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
             continue  # costed with the LUTGEMV it is fused into
         else:
             flops = HOST_FLOPS_PER_ELEMENT * call.elements
-            op = HostOp(instr.name, instr.name, flops=flops / tokens,
-                        llc_bytes=call.bytes / tokens)
-            sail = host_op_cost(config, flops=flops, llc_bytes=float(call.bytes))
+            dram, llc = next(traffic)
+            op = HostOp(instr.name, instr.name, flops=flops / tokens, dram_bytes=dram / tokens,
+                        llc_bytes=llc / tokens)
+            sail = host_op_cost(config, flops=flops, dram_bytes=dram, llc_bytes=llc)
             records.append(_record(op, sail, bits=bits, act_bits=act_bits,
                                    group_size=group_size, tokens=tokens, config=config))
         row.update(tokens=getattr(call, "tokens", tokens), total_ns=sail.total_ns,
@@ -313,6 +373,8 @@ def simulate_run(artifact_dir: str | Path, batch: int, *, config: MachineConfig 
         if has_past:
             source += (f"; patterns at a past of {PROBE_PAST_LENS[0]}, host kernels' shapes at "
                        f"{past_len} from pasts of {', '.join(map(str, PROBE_PAST_LENS))}")
+    if has_past and kv_in_place:
+        source += "; KV cache costed as updated in place (not the program's copy)"
     step = StepResult(Path(artifact_dir).name, workload, past_len + 1 if has_past else 1,
                       config, source, tuple(records), totals["sail"], totals["n1"],
                       totals["gpu"], fits)

@@ -61,6 +61,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--timing-only", action="store_true", help="do not compute the offload "
                    "commands (zeros of the right shapes): for programs too large to execute "
                    "functionally; the reuse figures then come from made-up activations")
+    p.add_argument("--kv-in-place", action="store_true", help="cost the KV cache as a "
+                   "runtime that appends to it in place would move it (as the analytic model "
+                   "does), not as the program's copy of the past into the present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         results.append(simulate_run(args.artifact, batch, config=config,
                                     past_len=args.past_len, seed=args.seed,
                                     functional=not args.timing_only, keep_outputs=False,
-                                    artifact=artifact))
+                                    artifact=artifact, kv_in_place=args.kv_in_place))
     extra = {"artifact": str(args.artifact)}
     if args.report is not None:
         for path in write_report(results, args.report, extra):

@@ -155,6 +155,11 @@ class HostCall:
     instr: Instruction
     shapes: list[tuple[int, ...]]
     dtypes: list[str]
+    buffers: tuple[int, ...] = ()
+    """Per operand, its buffer's address in this run (which operands are the same buffer)."""
+    state: tuple[str, ...] = ()
+    """Per operand: ``"past"`` (a past input's buffer), ``"present"`` (a present output's) or
+    ``""`` (:meth:`Executor.mark_state`); empty: no operand is KV-cache state."""
 
     @property
     def bytes(self) -> int:
@@ -349,8 +354,28 @@ class Executor:
             tensors = [a for a in args if hasattr(a, "shape") and hasattr(a, "dtype")]
             self.calls.append(HostCall(self.host_kernels[symbol],
                                        [tuple(int(d) for d in t.shape) for t in tensors],
-                                       [str(t.dtype) for t in tensors]))
+                                       [str(t.dtype) for t in tensors],
+                                       tuple(int(t.data_ptr()) for t in tensors)))
         return 0
+
+    def mark_state(self, pasts: list[int], presents: list[int]) -> None:
+        """Flag the recorded host calls' KV-cache operands (:attr:`HostCall.state`): those whose
+        buffer is one of ``pasts`` (the run's past inputs), and those whose buffer is one of
+        ``presents`` (its present outputs) from the last call that wrote that buffer on (a
+        buffer freed earlier in the run may have had the same address). A call's outputs are
+        its last ``len(instr.outputs)`` tensor operands (destination passing)."""
+        hosts = [c for c in self.calls if isinstance(c, HostCall)]
+        since = {}
+        for i, call in enumerate(hosts):
+            n_out = len(call.instr.outputs)
+            for ptr in call.buffers[len(call.buffers) - n_out:]:
+                if ptr in presents:
+                    since[ptr] = i
+        past_set = set(pasts)
+        for i, call in enumerate(hosts):
+            call.state = tuple("past" if p in past_set
+                               else "present" if since.get(p, len(hosts)) <= i else ""
+                               for p in call.buffers)
 
 
 _ACTIVE = threading.local()
@@ -394,6 +419,9 @@ class PIMRunner(Runner):
             tvm.runtime.load_module(str(out_dir / manifest["library"])), tvm.cpu())
         self.executor = Executor(self.program)
         self.vm.set_instrument(self.executor.instrument)
+        signature = ModelSignature.from_json(manifest["signature"])
+        self._pasts = [(i, s.present) for i, s in enumerate(signature.inputs)
+                       if s.role == "past"]
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         args = [tvm.runtime.tensor(np.asarray(x, order="C")) for x in inputs]
@@ -402,6 +430,9 @@ class PIMRunner(Runner):
             result = self.vm["main"](*args, *self.weights)
         finally:
             _ACTIVE.executor = None
-        if hasattr(result, "numpy"):
-            return [result.numpy()]
-        return [r.numpy() for r in result]
+        results = [result] if hasattr(result, "numpy") else list(result)
+        if self.executor.record and self._pasts:
+            self.executor.mark_state(
+                [int(args[i].data_ptr()) for i, _ in self._pasts],
+                [int(results[j].data_ptr()) for _, j in self._pasts if j is not None])
+        return [r.numpy() for r in results]
