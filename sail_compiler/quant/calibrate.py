@@ -14,11 +14,23 @@ The float model runs on onnxruntime with each layer's activation input (``A`` of
 ``H = sum over rows of x^T x`` (float64 ``[K, K]``) is accumulated; GPTQ and the weighted search
 use it, and :func:`~.methods.reconstruction_error` turns it into a layer's output error.
 
-``--avg-bits X`` (:func:`assign_bits`): each layer's *sensitivity* is measured end to end, as the
-squared relative error of the model's first output when that layer alone is quantized to each
-candidate width (weights swapped in one onnxruntime session whose weights are inputs); the errors
-are assumed additive across layers and the widths minimising their sum under
-``sum(bits * params) <= X * sum(params)`` are found greedily on each layer's convex hull.
+``--avg-bits X`` (:func:`measure_sensitivity`, :func:`assign_bits`): a layer's *sensitivity* at
+width b estimates the squared relative error of the model's first output when that layer alone is
+quantized to b. It is measured end to end at one width only, the *probe width* (the candidate
+nearest X), as the error with the layer's weights swapped in (one onnxruntime session whose
+weights are inputs, on :data:`SENSITIVITY_FEEDS` calibration windows), and carried to the other
+widths in proportion to the layer's own output error on all calibration rows,
+``trace(E_b^T H E_b)`` (:func:`layer_output_error`; ``E_b`` = the weights' RTN quantization error
+at b):
+
+    e[layer][b] = e2e[layer] * trace(E_b^T H E_b) / trace(E_probe^T H E_probe).
+
+The curve's shape comes from RTN whatever the compile's method, since GPTQ at every width of a
+large layer costs minutes; the level from the model itself. (Until this was written, every
+width of every layer ran end to end on every window: 127 layers x 7 widths x 8 windows on Gemma 3
+270M, which did not finish in 90 minutes.) The errors are assumed additive across layers and the
+widths minimising their sum under ``sum(bits * params) <= X * sum(params)`` are found greedily on
+each layer's convex hull.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from ..errors import InputError, OptionError, SailError
 from ..frontend.signature import ModelSignature
 from ..inputs import InputPlan, generate_inputs, ids_input, load_inputs, load_tokens
 from ..options import CalibrationSpec
-from .plan import Layer, layer_weight
+from .plan import Layer
 from .scheme import QuantScheme
 
 #: ORT loads models from bytes below this size; larger ones go through a file with external data.
@@ -216,30 +228,71 @@ def _squared_rel(actual: np.ndarray, expected: np.ndarray) -> float:
     return diff / denom if denom else diff
 
 
-Quantizer = Callable[[Layer, np.ndarray, QuantScheme], np.ndarray]
+#: Calibration windows each layer's end-to-end probe runs on (evenly spaced over the feeds): a
+#: model run per layer and window is the cost of ``--avg-bits``.
+SENSITIVITY_FEEDS = 2
+
+#: Columns of ``E`` multiplied by ``H`` at once in :func:`layer_output_error`.
+_ERROR_TILE_COLUMNS = 16384
+
+#: ``probe(layer, scheme)``: ``(W_hat, trace(E^T H E))`` for ``layer`` quantized with ``scheme``:
+#: the float32 ``[K, N]`` weights the quantized layer computes with (in the model's basis) and
+#: the layer's output error on the calibration rows.
+Probe = Callable[[Layer, QuantScheme], tuple[np.ndarray, float]]
+
+
+def layer_output_error(err: np.ndarray, hessian: np.ndarray) -> float:
+    """``trace(E^T H E) = ||X E||_F^2``: the squared output error of a layer whose weights are
+    off by ``E[K, N]``, over the calibration rows ``X`` whose Gram matrix is ``H[K, K]``.
+
+    The products run in float32 over tiles of columns (an LM head's ``H @ E`` is 10^11
+    multiply-adds), the sums in float64; a negative total (rounding; ``H`` is semidefinite)
+    is 0.
+    """
+    h = np.asarray(hessian, np.float32)
+    total = 0.0
+    for start in range(0, err.shape[1], _ERROR_TILE_COLUMNS):
+        tile = np.asarray(err[:, start:start + _ERROR_TILE_COLUMNS], np.float32)
+        total += float(np.sum(tile * (h @ tile), dtype=np.float64))
+    return max(total, 0.0)
+
+
+def probe_width(widths: list[int], avg_bits: float) -> int:
+    """The candidate width nearest ``avg_bits`` (the narrower one on a tie): where the
+    sensitivity is measured end to end."""
+    return min(widths, key=lambda b: (abs(b - avg_bits), b))
 
 
 def measure_sensitivity(model: onnx.ModelProto, layers: list[Layer], widths: list[int],
-                        scheme: QuantScheme, feeds: list[dict[str, Any]],
-                        dequantized: Quantizer) -> dict[str, dict[int, float]]:
-    """``{layer: {bits: e}}``: squared relative error of the first output with that layer alone
-    quantized to ``bits`` (``scheme``'s group size and symmetry), summed over ``feeds``.
+                        probe_bits: int, scheme: QuantScheme, feeds: list[dict[str, Any]],
+                        probe: Probe) -> dict[str, dict[int, float]]:
+    """``{layer: {bits: e}}``: the estimated squared relative error of the first output with
+    that layer alone quantized to ``bits`` (``scheme``'s group size and symmetry), summed over
+    the probe windows (module docstring).
 
-    ``dequantized(layer, W, scheme)`` returns the float32 ``[K, N]`` weights the quantized layer
-    computes with.
+    ``e[layer][probe_bits]`` is measured: the first output with the layer's ``probe`` weights
+    at ``probe_bits`` swapped in, on up to :data:`SENSITIVITY_FEEDS` of ``feeds`` (evenly
+    spaced), against the float model. The other widths scale it by the ratio of ``probe``'s
+    output errors; a layer whose output error at ``probe_bits`` is 0 gets that width's
+    measurement at every width.
     """
-    inits = {t.name: t for t in model.graph.initializer}
+    assert probe_bits in widths
+    step = max(1, len(feeds) // SENSITIVITY_FEEDS)
+    chosen = feeds[::step][:SENSITIVITY_FEEDS]
     errors: dict[str, dict[int, float]] = {}
     with WeightSwapper(model, layers) as swapper:
-        baseline = [swapper.run(feed) for feed in feeds]
+        baseline = [swapper.run(feed) for feed in chosen]
         for layer in progress(layers, "sensitivity"):
-            w = layer_weight(model, layer, inits)
-            errors[layer.name] = {}
+            curve = {}
             for bits in widths:
-                wq = dequantized(layer, w, dataclasses.replace(scheme, bits=bits))
-                errors[layer.name][bits] = sum(
-                    _squared_rel(swapper.run(feed, {layer.name: wq}), ref)
-                    for feed, ref in zip(feeds, baseline, strict=True))
+                w_hat, curve[bits] = probe(layer, dataclasses.replace(scheme, bits=bits))
+                if bits == probe_bits:
+                    measured = sum(_squared_rel(swapper.run(feed, {layer.name: w_hat}), ref)
+                                   for feed, ref in zip(chosen, baseline, strict=True))
+                del w_hat
+            ref_error = curve[probe_bits]
+            errors[layer.name] = {b: measured * (e / ref_error if ref_error > 0 else 1.0)
+                                  for b, e in curve.items()}
     return errors
 
 

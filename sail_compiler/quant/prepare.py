@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,9 @@ from .calibrate import (
     calibration_feeds,
     candidate_widths,
     collect_hessians,
+    layer_output_error,
     measure_sensitivity,
+    probe_width,
     progress,
 )
 from .methods import quantize_weight, reconstruction_error
@@ -289,19 +292,24 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
             assert options.quant is not None, "CompileOptions checks --avg-bits has a scheme"
             widths = candidate_widths(options.quant)
-            # Sensitivity with the cheap methods; GPTQ's weights are computed once, below.
-            probe_method = "search" if options.method == "gptq" else options.method
+            inits = {t.name: t for t in model.graph.initializer}
 
-            def dequantized(layer: Layer, w: np.ndarray, scheme: QuantScheme) -> np.ndarray:
-                if folding is None:
-                    return dequantize(quantize_weight(w, scheme, probe_method,
-                                                      hessians.get(layer.name)))
-                qw = quantize_weight(folding.weight(layer, w), scheme, probe_method,
-                                     folding.hessian(layer, hessians.get(layer.name)))
-                return folding.unfold(layer, dequantize(qw))
+            @functools.lru_cache(maxsize=1)  # the probe asks for every width of one layer
+            def folded(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+                w, h = layer_weight(model, layer, inits), hessians[layer.name]
+                return (w, h) if folding is None else \
+                    (folding.weight(layer, w), folding.hessian(layer, h))
 
-            sensitivity = measure_sensitivity(model, free, widths, options.quant, feeds,
-                                              dequantized)
+            # RTN at every width: GPTQ's weights are computed once, for the chosen widths, below.
+            def probe(layer: Layer, scheme: QuantScheme) -> tuple[np.ndarray, float]:
+                w, h = folded(layer)
+                w_hat = dequantize(quantize_weight(w, scheme, "rtn"))
+                error = layer_output_error(w - w_hat, h)
+                return (w_hat if folding is None else folding.unfold(layer, w_hat)), error
+
+            sensitivity = measure_sensitivity(model, free, widths,
+                                              probe_width(widths, options.avg_bits),
+                                              options.quant, feeds, probe)
             bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
                                options.avg_bits)
             for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):
