@@ -18,10 +18,10 @@ use it, and :func:`~.methods.reconstruction_error` turns it into a layer's outpu
 width b estimates the squared relative error of the model's first output when that layer alone is
 quantized to b. It is measured end to end at one width only, the *probe width* (the candidate
 nearest X), as the error with the layer's weights swapped in (one onnxruntime session whose
-weights are inputs, on :data:`SENSITIVITY_FEEDS` calibration windows), and carried to the other
+weights are inputs, on :data:`SENSITIVITY_FEEDS` calibration window), and carried to the other
 widths in proportion to the layer's own output error on all calibration rows,
 ``trace(E_b^T H E_b)`` (:func:`layer_output_error`; ``E_b`` = the weights' RTN quantization error
-at b):
+at b, on a sample of :data:`CURVE_COLUMNS` output columns for wider layers):
 
     e[layer][b] = e2e[layer] * trace(E_b^T H E_b) / trace(E_probe^T H E_probe).
 
@@ -228,17 +228,29 @@ def _squared_rel(actual: np.ndarray, expected: np.ndarray) -> float:
     return diff / denom if denom else diff
 
 
-#: Calibration windows each layer's end-to-end probe runs on (evenly spaced over the feeds): a
-#: model run per layer and window is the cost of ``--avg-bits``.
-SENSITIVITY_FEEDS = 2
+#: Calibration windows each layer's end-to-end probe runs on (the first): a model run per layer
+#: and window is most of the cost of ``--avg-bits``.
+SENSITIVITY_FEEDS = 1
+
+#: A layer's output-error curve is computed on at most about this many of its output columns
+#: (every ``ceil(N / CURVE_COLUMNS)``-th): quantization and the error are column by column, and
+#: only ratios between widths are used, so a sample of an LM head's 262144 columns serves.
+CURVE_COLUMNS = 16384
 
 #: Columns of ``E`` multiplied by ``H`` at once in :func:`layer_output_error`.
 _ERROR_TILE_COLUMNS = 16384
 
-#: ``probe(layer, scheme)``: ``(W_hat, trace(E^T H E))`` for ``layer`` quantized with ``scheme``:
-#: the float32 ``[K, N]`` weights the quantized layer computes with (in the model's basis) and
-#: the layer's output error on the calibration rows.
-Probe = Callable[[Layer, QuantScheme], tuple[np.ndarray, float]]
+#: ``quantized(layer, scheme)``: the float32 ``[K, N]`` weights ``layer`` computes with when
+#: quantized with ``scheme``, in the model's basis.
+Quantized = Callable[[Layer, QuantScheme], np.ndarray]
+#: ``output_error(layer, scheme)``: the layer's output error ``trace(E^T H E)`` on the
+#: calibration rows when quantized with ``scheme`` (on :func:`curve_columns` of it).
+OutputError = Callable[[Layer, QuantScheme], float]
+
+
+def curve_columns(n: int) -> slice:
+    """The output columns a layer's error curve is computed on (:data:`CURVE_COLUMNS`)."""
+    return slice(None, None, -(-n // CURVE_COLUMNS))
 
 
 def layer_output_error(err: np.ndarray, hessian: np.ndarray) -> float:
@@ -265,31 +277,29 @@ def probe_width(widths: list[int], avg_bits: float) -> int:
 
 def measure_sensitivity(model: onnx.ModelProto, layers: list[Layer], widths: list[int],
                         probe_bits: int, scheme: QuantScheme, feeds: list[dict[str, Any]],
-                        probe: Probe) -> dict[str, dict[int, float]]:
+                        quantized: Quantized, output_error: OutputError
+                        ) -> dict[str, dict[int, float]]:
     """``{layer: {bits: e}}``: the estimated squared relative error of the first output with
     that layer alone quantized to ``bits`` (``scheme``'s group size and symmetry), summed over
     the probe windows (module docstring).
 
-    ``e[layer][probe_bits]`` is measured: the first output with the layer's ``probe`` weights
-    at ``probe_bits`` swapped in, on up to :data:`SENSITIVITY_FEEDS` of ``feeds`` (evenly
-    spaced), against the float model. The other widths scale it by the ratio of ``probe``'s
-    output errors; a layer whose output error at ``probe_bits`` is 0 gets that width's
-    measurement at every width.
+    ``e[layer][probe_bits]`` is measured: the first output with the layer's ``quantized``
+    weights at ``probe_bits`` swapped in, on the first :data:`SENSITIVITY_FEEDS` of ``feeds``,
+    against the float model. The other widths scale it by the ratio of ``output_error``s; a
+    layer whose output error at ``probe_bits`` is 0 gets that width's measurement at every width.
     """
     assert probe_bits in widths
-    step = max(1, len(feeds) // SENSITIVITY_FEEDS)
-    chosen = feeds[::step][:SENSITIVITY_FEEDS]
+    chosen = feeds[:SENSITIVITY_FEEDS]
     errors: dict[str, dict[int, float]] = {}
     with WeightSwapper(model, layers) as swapper:
         baseline = [swapper.run(feed) for feed in chosen]
         for layer in progress(layers, "sensitivity"):
-            curve = {}
-            for bits in widths:
-                w_hat, curve[bits] = probe(layer, dataclasses.replace(scheme, bits=bits))
-                if bits == probe_bits:
-                    measured = sum(_squared_rel(swapper.run(feed, {layer.name: w_hat}), ref)
-                                   for feed, ref in zip(chosen, baseline, strict=True))
-                del w_hat
+            curve = {bits: output_error(layer, dataclasses.replace(scheme, bits=bits))
+                     for bits in widths}
+            w_hat = quantized(layer, dataclasses.replace(scheme, bits=probe_bits))
+            measured = sum(_squared_rel(swapper.run(feed, {layer.name: w_hat}), ref)
+                           for feed, ref in zip(chosen, baseline, strict=True))
+            del w_hat
             ref_error = curve[probe_bits]
             errors[layer.name] = {b: measured * (e / ref_error if ref_error > 0 else 1.0)
                                   for b, e in curve.items()}

@@ -517,10 +517,45 @@ def _gptq_blocks(k: int, g: int) -> list[tuple[int, int]]:
 ParamChoice = Callable[[np.ndarray, np.ndarray, int, bool], tuple[np.ndarray, np.ndarray]]
 
 
+def gptq_act_order(importance: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ's row order by importance with contiguous groups (act order, as GPTQ's
+    ``--act-order`` but group by group, so each group still has one scale and zero point chosen
+    from its compensated rows when the loop enters it).
+
+    Parameters
+    ----------
+    importance
+        float ``[K]``: the Hessian's diagonal.
+    g
+        Group size along K.
+
+    Returns
+    -------
+    rows : numpy.ndarray
+        int ``[K]``: the rows in the order GPTQ quantizes them. Whole groups are ordered by
+        their largest importance, descending (a group cut short by K stays last, so groups
+        keep their positions modulo g), and rows within a group by importance, descending;
+        ties keep the original order.
+    groups : numpy.ndarray
+        int ``[n_groups]``: the original group of each group position in that order.
+    """
+    k = len(importance)
+    starts = list(range(0, k, g))
+    full = k // g
+    groups = sorted(range(full), key=lambda i: -float(importance[starts[i]: starts[i] + g].max()))
+    groups += list(range(full, len(starts)))
+    rows = []
+    for i in groups:
+        members = np.arange(starts[i], min(starts[i] + g, k))
+        rows.append(members[np.argsort(-importance[members], kind="stable")])
+    return np.concatenate(rows), np.array(groups)
+
+
 def _quantize_gptq(w: np.ndarray, scheme: QuantScheme, hessian: np.ndarray,
-                   choose_params: ParamChoice) -> QuantizedWeight:
+                   choose_params: ParamChoice, act_order: bool = False) -> QuantizedWeight:
     """GPTQ with the group parameters from ``choose_params`` (signature of
-    :func:`_searched_params`), chosen when the row loop enters each group."""
+    :func:`_searched_params`), chosen when the row loop enters each group; rows in
+    :func:`gptq_act_order`'s order when ``act_order``."""
     k, n = w.shape
     g, n_groups, qmax = scheme.group_size_for(k), scheme.n_groups(k), (1 << scheme.bits) - 1
     weights = w.astype(np.float64)
@@ -529,6 +564,11 @@ def _quantize_gptq(w: np.ndarray, scheme: QuantScheme, hessian: np.ndarray,
     dead = importance == 0
     weights[dead] = 0  # no calibration input reaches them: quantize them to 0
     h[dead, dead] = 1
+    if act_order:
+        order, group_of = gptq_act_order(importance, g)
+        weights, h, importance = weights[order], h[np.ix_(order, order)], importance[order]
+    else:
+        order, group_of = np.arange(k), np.arange(n_groups)
     upper = _gptq_upper_factor(h)
 
     q = np.empty((n_groups * g, n), np.uint8)
@@ -540,13 +580,13 @@ def _quantize_gptq(w: np.ndarray, scheme: QuantScheme, hessian: np.ndarray,
         for i in range(stop - start):
             row = start + i
             if row % g == 0:
-                grp = row // g
+                grp = group_of[row // g]
                 scale[grp], zero[grp] = choose_params(weights[row: row + g],
                                                       importance[row: row + g],
                                                       scheme.bits, scheme.symmetric)
                 step, offset = scale[grp].astype(np.float64), zero[grp]
             codes = np.clip(np.rint(block[i] / step) + offset, 0, qmax)
-            q[row] = codes
+            q[order[row]] = codes
             errors[i] = (block[i] - step * (codes - offset)) / upper[row, row]
             block[i + 1:] -= np.outer(upper[row, row + 1: stop], errors[i])
         weights[stop:] -= upper[start:stop, stop:].T @ errors

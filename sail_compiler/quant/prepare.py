@@ -27,6 +27,7 @@ from .calibrate import (
     calibration_feeds,
     candidate_widths,
     collect_hessians,
+    curve_columns,
     layer_output_error,
     measure_sensitivity,
     probe_width,
@@ -294,22 +295,25 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             widths = candidate_widths(options.quant)
             inits = {t.name: t for t in model.graph.initializer}
 
-            @functools.lru_cache(maxsize=1)  # the probe asks for every width of one layer
+            @functools.lru_cache(maxsize=1)  # asked for once per width of one layer
             def folded(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
                 w, h = layer_weight(model, layer, inits), hessians[layer.name]
                 return (w, h) if folding is None else \
                     (folding.weight(layer, w), folding.hessian(layer, h))
 
-            # RTN at every width: GPTQ's weights are computed once, for the chosen widths, below.
-            def probe(layer: Layer, scheme: QuantScheme) -> tuple[np.ndarray, float]:
+            # RTN: GPTQ's weights are computed once, for the chosen widths, below.
+            def quantized(layer: Layer, scheme: QuantScheme) -> np.ndarray:
+                w_hat = dequantize(quantize_weight(folded(layer)[0], scheme, "rtn"))
+                return w_hat if folding is None else folding.unfold(layer, w_hat)
+
+            def output_error(layer: Layer, scheme: QuantScheme) -> float:
                 w, h = folded(layer)
-                w_hat = dequantize(quantize_weight(w, scheme, "rtn"))
-                error = layer_output_error(w - w_hat, h)
-                return (w_hat if folding is None else folding.unfold(layer, w_hat)), error
+                w = w[:, curve_columns(w.shape[1])]
+                return layer_output_error(w - dequantize(quantize_weight(w, scheme, "rtn")), h)
 
             sensitivity = measure_sensitivity(model, free, widths,
                                               probe_width(widths, options.avg_bits),
-                                              options.quant, feeds, probe)
+                                              options.quant, feeds, quantized, output_error)
             bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
                                options.avg_bits)
             for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):

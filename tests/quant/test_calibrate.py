@@ -11,12 +11,14 @@ from onnx import TensorProto, helper, numpy_helper
 from sail_compiler.errors import InputError, OptionError
 from sail_compiler.frontend.signature import signature_of
 from sail_compiler.quant.calibrate import (
+    CURVE_COLUMNS,
     SENSITIVITY_FEEDS,
     CalibrationSpec,
     WeightSwapper,
     assign_bits,
     calibration_feeds,
     collect_hessians,
+    curve_columns,
     layer_output_error,
     measure_sensitivity,
     probe_width,
@@ -80,27 +82,41 @@ def _numpy_mlp(x: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
     return np.maximum(x.astype(np.float64) @ w1, 0) @ w2
 
 
+def test_curve_columns_sample_at_most_the_limit_evenly() -> None:
+    for n in (1, 5, CURVE_COLUMNS, CURVE_COLUMNS + 1, 262144):
+        picked = np.arange(n)[curve_columns(n)]
+        assert picked[0] == 0 and 0 < len(picked) <= CURVE_COLUMNS
+        assert len(set(np.diff(picked).tolist())) <= 1  # evenly spaced
+        assert len(picked) == n or len(picked) > CURVE_COLUMNS // 2
+
+
+def _numpy_mlp(x: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    return np.maximum(x.astype(np.float64) @ w1, 0) @ w2
+
+
 def test_sensitivity_is_measured_end_to_end_at_the_probe_width_and_scaled_by_the_curve() -> None:
     model, w1, w2 = _mlp()
     layers = find_layers(model)
     feeds = [{"x": RNG.standard_normal((1, 4, 6)).astype(np.float32)} for _ in range(5)]
-    probed = feeds[::5 // SENSITIVITY_FEEDS][:SENSITIVITY_FEEDS]
     weights = {"fc1": w1, "fc2": w2}
-    # a made-up quantizer: noise that shrinks with the width, and a made-up output error
+    # a made-up quantizer (noise that shrinks with the width) and made-up output errors
     noise = {(name, b): RNG.standard_normal(w.shape).astype(np.float32) * 2.0 ** -b
              for name, w in weights.items() for b in (2, 3, 4)}
     curve = {("fc1", 2): 8.0, ("fc1", 3): 2.0, ("fc1", 4): 0.5,
              ("fc2", 2): 1.0, ("fc2", 3): 0.0, ("fc2", 4): 0.0}
 
-    def probe(layer, scheme):  # type: ignore[no-untyped-def]
-        key = (layer.name, scheme.bits)
-        return weights[layer.name] + noise[key], curve[key]
+    def quantized(layer, scheme):  # type: ignore[no-untyped-def]
+        return weights[layer.name] + noise[(layer.name, scheme.bits)]
 
-    errors = measure_sensitivity(model, layers, [2, 3, 4], 3, QuantScheme(4, 2), feeds, probe)
+    def output_error(layer, scheme):  # type: ignore[no-untyped-def]
+        return curve[(layer.name, scheme.bits)]
+
+    errors = measure_sensitivity(model, layers, [2, 3, 4], 3, QuantScheme(4, 2), feeds,
+                                 quantized, output_error)
 
     def end_to_end(name: str) -> float:
         total = 0.0
-        for feed in probed:
+        for feed in feeds[:SENSITIVITY_FEEDS]:
             ref = _numpy_mlp(feed["x"], w1, w2)
             swapped = dict(weights, **{name: weights[name] + noise[(name, 3)]})
             out = _numpy_mlp(feed["x"], swapped["fc1"], swapped["fc2"])
