@@ -18,10 +18,11 @@ use it, and :func:`~.methods.reconstruction_error` turns it into a layer's outpu
 width b estimates the squared relative error of the model's first output when that layer alone is
 quantized to b. It is measured end to end at one width only, the *probe width* (the candidate
 nearest X), as the error with the layer's weights swapped in (one onnxruntime session whose
-weights are inputs, on :data:`SENSITIVITY_FEEDS` calibration window), and carried to the other
-widths in proportion to the layer's own output error on all calibration rows,
-``trace(E_b^T H E_b)`` (:func:`layer_output_error`; ``E_b`` = the weights' RTN quantization error
-at b, on a sample of :data:`CURVE_COLUMNS` output columns for wider layers):
+weights are inputs, on the first :data:`SENSITIVITY_TOKENS` tokens of the calibration text:
+:func:`sensitivity_feeds`), and carried to the other widths in proportion to the layer's own
+output error on all calibration rows, ``trace(E_b^T H E_b)`` (:func:`layer_output_error`;
+``E_b`` = the weights' RTN quantization error at b, on a sample of :data:`CURVE_COLUMNS` output
+columns for wider layers):
 
     e[layer][b] = e2e[layer] * trace(E_b^T H E_b) / trace(E_probe^T H E_probe).
 
@@ -223,14 +224,18 @@ class WeightSwapper:
 
 
 def _squared_rel(actual: np.ndarray, expected: np.ndarray) -> float:
-    denom = float(np.sum(np.square(expected, dtype=np.float64)))
-    diff = float(np.sum(np.square(actual.astype(np.float64) - expected)))
-    return diff / denom if denom else diff
+    """``||actual - expected||^2 / ||expected||^2`` (float32 products and BLAS sums: logits of
+    a large vocabulary are 10^7-10^8 numbers, compared once per layer)."""
+    diff = (actual - expected).ravel()
+    ref = expected.ravel()
+    denom = float(np.dot(ref, ref))
+    num = float(np.dot(diff, diff))
+    return num / denom if denom else num
 
 
-#: Calibration windows each layer's end-to-end probe runs on (the first): a model run per layer
-#: and window is most of the cost of ``--avg-bits``.
-SENSITIVITY_FEEDS = 1
+#: Tokens of the one calibration window each layer's end-to-end probe runs on (the first window
+#: of the text, cut to this length): a model run per layer is most of the cost of ``--avg-bits``.
+SENSITIVITY_TOKENS = 128
 
 #: A layer's output-error curve is computed on at most about this many of its output columns
 #: (every ``ceil(N / CURVE_COLUMNS)``-th): quantization and the error are column by column, and
@@ -246,6 +251,15 @@ Quantized = Callable[[Layer, QuantScheme], np.ndarray]
 #: ``output_error(layer, scheme)``: the layer's output error ``trace(E^T H E)`` on the
 #: calibration rows when quantized with ``scheme`` (on :func:`curve_columns` of it).
 OutputError = Callable[[Layer, QuantScheme], float]
+
+
+def sensitivity_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[dict[str, Any]]:
+    """The model inputs of the end-to-end probes: the first calibration file, or the first
+    window of the text (or the first generated input) cut to :data:`SENSITIVITY_TOKENS`."""
+    if spec.files:
+        return calibration_feeds(dataclasses.replace(spec, files=spec.files[:1]), signature)
+    return calibration_feeds(dataclasses.replace(
+        spec, samples=1, seq_len=min(spec.seq_len, SENSITIVITY_TOKENS)), signature)
 
 
 def curve_columns(n: int) -> slice:
@@ -281,24 +295,23 @@ def measure_sensitivity(model: onnx.ModelProto, layers: list[Layer], widths: lis
                         ) -> dict[str, dict[int, float]]:
     """``{layer: {bits: e}}``: the estimated squared relative error of the first output with
     that layer alone quantized to ``bits`` (``scheme``'s group size and symmetry), summed over
-    the probe windows (module docstring).
+    ``feeds`` (module docstring).
 
     ``e[layer][probe_bits]`` is measured: the first output with the layer's ``quantized``
-    weights at ``probe_bits`` swapped in, on the first :data:`SENSITIVITY_FEEDS` of ``feeds``,
-    against the float model. The other widths scale it by the ratio of ``output_error``s; a
+    weights at ``probe_bits`` swapped in, on ``feeds`` (:func:`sensitivity_feeds`), against
+    the float model. The other widths scale it by the ratio of ``output_error``s; a
     layer whose output error at ``probe_bits`` is 0 gets that width's measurement at every width.
     """
     assert probe_bits in widths
-    chosen = feeds[:SENSITIVITY_FEEDS]
     errors: dict[str, dict[int, float]] = {}
     with WeightSwapper(model, layers) as swapper:
-        baseline = [swapper.run(feed) for feed in chosen]
+        baseline = [swapper.run(feed) for feed in feeds]
         for layer in progress(layers, "sensitivity"):
             curve = {bits: output_error(layer, dataclasses.replace(scheme, bits=bits))
                      for bits in widths}
             w_hat = quantized(layer, dataclasses.replace(scheme, bits=probe_bits))
             measured = sum(_squared_rel(swapper.run(feed, {layer.name: w_hat}), ref)
-                           for feed, ref in zip(chosen, baseline, strict=True))
+                           for feed, ref in zip(feeds, baseline, strict=True))
             del w_hat
             ref_error = curve[probe_bits]
             errors[layer.name] = {b: measured * (e / ref_error if ref_error > 0 else 1.0)

@@ -32,6 +32,7 @@ from .calibrate import (
     measure_sensitivity,
     probe_width,
     progress,
+    sensitivity_feeds,
 )
 from .methods import quantize_weight, reconstruction_error
 from .plan import (
@@ -313,7 +314,8 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
 
             sensitivity = measure_sensitivity(model, free, widths,
                                               probe_width(widths, options.avg_bits),
-                                              options.quant, feeds, quantized, output_error)
+                                              options.quant, sensitivity_feeds(spec, signature),
+                                              quantized, output_error)
             bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
                                options.avg_bits)
             for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):

@@ -12,7 +12,6 @@ from sail_compiler.errors import InputError, OptionError
 from sail_compiler.frontend.signature import signature_of
 from sail_compiler.quant.calibrate import (
     CURVE_COLUMNS,
-    SENSITIVITY_FEEDS,
     CalibrationSpec,
     WeightSwapper,
     assign_bits,
@@ -22,6 +21,7 @@ from sail_compiler.quant.calibrate import (
     layer_output_error,
     measure_sensitivity,
     probe_width,
+    sensitivity_feeds,
 )
 from sail_compiler.quant.plan import find_layers
 from sail_compiler.quant.scheme import QuantScheme
@@ -116,7 +116,7 @@ def test_sensitivity_is_measured_end_to_end_at_the_probe_width_and_scaled_by_the
 
     def end_to_end(name: str) -> float:
         total = 0.0
-        for feed in feeds[:SENSITIVITY_FEEDS]:
+        for feed in feeds:
             ref = _numpy_mlp(feed["x"], w1, w2)
             swapped = dict(weights, **{name: weights[name] + noise[(name, 3)]})
             out = _numpy_mlp(feed["x"], swapped["fc1"], swapped["fc2"])
@@ -143,6 +143,16 @@ def test_calibration_files_are_checked_against_the_signature(tmp_path) -> None: 
         calibration_feeds(CalibrationSpec(files=(wrong_name,)), sig)
     with pytest.raises(InputError, match="dim 1 is 5, expected 4"):
         calibration_feeds(CalibrationSpec(files=(wrong_shape,)), sig)
+
+
+def test_sensitivity_probes_run_on_the_first_calibration_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, _, _ = _mlp()
+    sig = signature_of(model)
+    paths = [tmp_path / f"{i}.npz" for i in range(3)]
+    for i, path in enumerate(paths):
+        np.savez(path, x=np.full((1, 4, 6), i, np.float32))
+    feeds = sensitivity_feeds(CalibrationSpec(files=tuple(paths)), sig)
+    assert len(feeds) == 1 and np.all(feeds[0]["x"] == 0)
 
 
 def test_calibration_spec_rejects_inconsistent_sources(tmp_path) -> None:  # type: ignore[no-untyped-def]
