@@ -37,10 +37,15 @@ only in *which* codes, scales and zero points they pick for a group:
     layers by 12-21% but clipped their largest weights (5-125x RTN's error on the top 0.1%).
 ``gptq``
     GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
-    Transformers", 2022): rows k of W are quantized in order and each row's rounding error is
-    spread over the rows not yet quantized through the inverse Hessian, minimising the output
+    Transformers", 2022): rows k of W are quantized one at a time and each row's rounding error
+    is spread over the rows not yet quantized through the inverse Hessian, minimising the output
     error ``||X W - X W_hat||``; lazy updates in blocks of 128 rows, 1% damping, dead inputs
-    (``H[k, k] = 0``) zeroed. A group's scale and zero point are chosen by the search above
+    (``H[k, k] = 0``) zeroed. Rows go in act order (:func:`gptq_act_order`: whole groups by
+    their largest ``H[k, k]``, then rows within a group, so the rows with the largest inputs
+    are quantized while the most rows remain to absorb their errors); on 21 layers of Gemma 3
+    270M it lowered the output error on held-out windows by 5.5% (w3g64) and 5.1% (w4g32sym),
+    geometric means, lower on 20 of 21 layers each. A group's scale and zero point are chosen by
+    the search above
     (its error weighted by the Hessian's diagonal only, not by ``|w|``) when the row loop enters
     the group, from the current, error-compensated rows. Choosing them by search rather than by
     RTN lowers GPTQ's output error
@@ -136,7 +141,7 @@ def quantize_weight(w: np.ndarray, scheme: QuantScheme, method: str = "rtn",
     if h is None:
         raise OptionError("gptq needs calibration data: pass the layer's Hessian (the sum of "
                           "x^T x over calibration rows), or use method 'search' or 'rtn'")
-    return _quantize_gptq(w, scheme, h, _searched_params)
+    return _quantize_gptq(w, scheme, h, _searched_params, act_order=True)
 
 
 def reconstruction_error(w: np.ndarray, qw: QuantizedWeight,

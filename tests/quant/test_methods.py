@@ -242,11 +242,12 @@ def rtn_params(rows: np.ndarray, importance: np.ndarray, bits: int,
 
 
 def sequential_gptq(w: np.ndarray, hessian: np.ndarray, scheme: QuantScheme,
-                    given: QuantizedWeight | None = None
+                    given: tuple[np.ndarray, np.ndarray] | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ as first written (optimal brain quantization one row at a time, without lazy blocks
     or a Cholesky factor): codes [K, N], scales and zero points [n_groups, N]. The parameters of
-    a group are ``given``'s, or :func:`rtn_params` of its rows when the loop enters it."""
+    a group are ``given``'s (scales and zero points [n_groups, N]), or :func:`rtn_params` of its
+    rows when the loop enters it."""
     k = w.shape[0]
     g, n_groups = scheme.group_size_for(k), scheme.n_groups(k)
     h = hessian.copy()
@@ -261,7 +262,7 @@ def sequential_gptq(w: np.ndarray, hessian: np.ndarray, scheme: QuantScheme,
     for i in range(k):
         grp = i // g
         if i % g == 0 and given is not None:
-            scale[grp], zero[grp] = given.scale[grp], given.zero_points()[grp]
+            scale[grp], zero[grp] = given[0][grp], given[1][grp]
         elif i % g == 0:
             scale[grp], zero[grp] = rtn_params(weights[i: i + g], np.diag(h)[i: i + g],
                                                scheme.bits, scheme.symmetric)
@@ -293,8 +294,11 @@ def test_gptq_codes_match_sequential_reference(scheme: str) -> None:
     scheme = QuantScheme.parse(scheme)
     w, hessian = gptq_problem(300)
     qw = quantize_weight(w, scheme, "gptq", hessian)
-    codes, _, _ = sequential_gptq(w, hessian, scheme, given=qw)
-    np.testing.assert_array_equal(qw.q[:300], codes)
+    # in act order: the reference runs on the rows and Hessian permuted into it
+    rows, groups = gptq_act_order(np.diag(hessian), scheme.group_size_for(300))
+    codes, _, _ = sequential_gptq(w[rows], hessian[np.ix_(rows, rows)], scheme,
+                                  given=(qw.scale[groups], qw.zero_points()[groups]))
+    np.testing.assert_array_equal(qw.q[rows], codes)
     np.testing.assert_array_equal(dequantize(qw)[[5, 140]], 0)  # dead inputs quantize to 0
 
 
