@@ -11,7 +11,6 @@ from sail_compiler.errors import OptionError, SailError
 from sail_compiler.quant.methods import (
     METHODS,
     _quantize_gptq,
-    gptq_act_order,
     quantize_weight,
     reconstruction_error,
 )
@@ -242,12 +241,11 @@ def rtn_params(rows: np.ndarray, importance: np.ndarray, bits: int,
 
 
 def sequential_gptq(w: np.ndarray, hessian: np.ndarray, scheme: QuantScheme,
-                    given: tuple[np.ndarray, np.ndarray] | None = None
+                    given: QuantizedWeight | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ as first written (optimal brain quantization one row at a time, without lazy blocks
     or a Cholesky factor): codes [K, N], scales and zero points [n_groups, N]. The parameters of
-    a group are ``given``'s (scales and zero points [n_groups, N]), or :func:`rtn_params` of its
-    rows when the loop enters it."""
+    a group are ``given``'s, or :func:`rtn_params` of its rows when the loop enters it."""
     k = w.shape[0]
     g, n_groups = scheme.group_size_for(k), scheme.n_groups(k)
     h = hessian.copy()
@@ -262,7 +260,7 @@ def sequential_gptq(w: np.ndarray, hessian: np.ndarray, scheme: QuantScheme,
     for i in range(k):
         grp = i // g
         if i % g == 0 and given is not None:
-            scale[grp], zero[grp] = given[0][grp], given[1][grp]
+            scale[grp], zero[grp] = given.scale[grp], given.zero_points()[grp]
         elif i % g == 0:
             scale[grp], zero[grp] = rtn_params(weights[i: i + g], np.diag(h)[i: i + g],
                                                scheme.bits, scheme.symmetric)
@@ -294,11 +292,8 @@ def test_gptq_codes_match_sequential_reference(scheme: str) -> None:
     scheme = QuantScheme.parse(scheme)
     w, hessian = gptq_problem(300)
     qw = quantize_weight(w, scheme, "gptq", hessian)
-    # in act order: the reference runs on the rows and Hessian permuted into it
-    rows, groups = gptq_act_order(np.diag(hessian), scheme.group_size_for(300))
-    codes, _, _ = sequential_gptq(w[rows], hessian[np.ix_(rows, rows)], scheme,
-                                  given=(qw.scale[groups], qw.zero_points()[groups]))
-    np.testing.assert_array_equal(qw.q[rows], codes)
+    codes, _, _ = sequential_gptq(w, hessian, scheme, given=qw)
+    np.testing.assert_array_equal(qw.q[:300], codes)
     np.testing.assert_array_equal(dequantize(qw)[[5, 140]], 0)  # dead inputs quantize to 0
 
 
@@ -313,33 +308,6 @@ def test_gptq_chooses_group_parameters_from_compensated_rows(scheme: str) -> Non
     np.testing.assert_array_equal(qw.q[:300], codes)
     np.testing.assert_array_equal(qw.scale, scale)
     np.testing.assert_array_equal(qw.zero_points(), zero)
-
-
-def test_act_order_sorts_whole_groups_then_rows_by_importance() -> None:
-    importance = np.array([1.0, 5, 2, 0, 9, 3, 4])
-    rows, groups = gptq_act_order(importance, 3)
-    # group 1 (max 9) before group 0 (max 5); the short group [6] stays last
-    assert rows.tolist() == [4, 5, 3, 1, 2, 0, 6] and groups.tolist() == [1, 0, 2]
-    rows, groups = gptq_act_order(np.array([2.0, 2, 7, 2]), 4)  # one group: rows, ties in order
-    assert rows.tolist() == [2, 0, 1, 3] and groups.tolist() == [0]
-
-
-@pytest.mark.parametrize("scheme", GPTQ_SCHEMES)
-def test_act_order_gptq_is_gptq_on_the_permuted_rows(scheme: str) -> None:
-    # the sequential reference run on the rows and Hessian permuted into act order, with RTN's
-    # parameters: the same codes (moved back to their rows) and the same group parameters
-    scheme = QuantScheme.parse(scheme)
-    w, hessian = gptq_problem(300)
-    hessian[np.arange(0, 300, 7), np.arange(0, 300, 7)] *= 50  # outlier inputs move groups
-    rows, groups = gptq_act_order(np.diag(hessian), scheme.group_size_for(300))
-    assert rows.tolist() != list(range(300))
-    qw = _quantize_gptq(w, scheme, hessian, rtn_params, act_order=True)
-    check_representation(qw, w, scheme)
-    codes, scale, zero = sequential_gptq(w[rows], hessian[np.ix_(rows, rows)], scheme)
-    np.testing.assert_array_equal(qw.q[rows], codes)
-    np.testing.assert_array_equal(qw.scale[groups], scale)
-    np.testing.assert_array_equal(qw.zero_points()[groups], zero)
-    np.testing.assert_array_equal(dequantize(qw)[[5, 140]], 0)
 
 
 def test_gptq_on_tiny_and_degenerate_inputs() -> None:
