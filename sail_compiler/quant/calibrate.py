@@ -14,11 +14,24 @@ The float model runs on onnxruntime with each layer's activation input (``A`` of
 ``H = sum over rows of x^T x`` (float64 ``[K, K]``) is accumulated; GPTQ and the weighted search
 use it, and :func:`~.methods.reconstruction_error` turns it into a layer's output error.
 
-``--avg-bits X`` (:func:`assign_bits`): each layer's *sensitivity* is measured end to end, as the
-squared relative error of the model's first output when that layer alone is quantized to each
-candidate width (weights swapped in one onnxruntime session whose weights are inputs); the errors
-are assumed additive across layers and the widths minimising their sum under
-``sum(bits * params) <= X * sum(params)`` are found greedily on each layer's convex hull.
+``--avg-bits X`` (:func:`measure_sensitivity`, :func:`assign_bits`): a layer's *sensitivity* at
+width b estimates the squared relative error of the model's first output when that layer alone is
+quantized to b. It is measured end to end at one width only, the *probe width* (the candidate
+nearest X), as the error with the layer's weights swapped in (one onnxruntime session whose
+weights are inputs, on the first :data:`SENSITIVITY_TOKENS` tokens of the calibration text:
+:func:`sensitivity_feeds`), and carried to the other widths in proportion to the layer's own
+output error on all calibration rows, ``trace(E_b^T H E_b)`` (:func:`layer_output_error`;
+``E_b`` = the weights' RTN quantization error at b, on a sample of :data:`CURVE_COLUMNS` output
+columns for wider layers):
+
+    e[layer][b] = e2e[layer] * trace(E_b^T H E_b) / trace(E_probe^T H E_probe).
+
+The curve's shape comes from RTN whatever the compile's method, since GPTQ at every width of a
+large layer costs minutes; the level from the model itself. (Until this was written, every
+width of every layer ran end to end on every window: 127 layers x 7 widths x 8 windows on Gemma 3
+270M, which did not finish in 90 minutes.) The errors are assumed additive across layers and the
+widths minimising their sum under ``sum(bits * params) <= X * sum(params)`` are found greedily on
+each layer's convex hull.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ from ..errors import InputError, OptionError, SailError
 from ..frontend.signature import ModelSignature
 from ..inputs import InputPlan, generate_inputs, ids_input, load_inputs, load_tokens
 from ..options import CalibrationSpec
-from .plan import Layer, layer_weight
+from .plan import Layer
 from .scheme import QuantScheme
 
 #: ORT loads models from bytes below this size; larger ones go through a file with external data.
@@ -211,35 +224,98 @@ class WeightSwapper:
 
 
 def _squared_rel(actual: np.ndarray, expected: np.ndarray) -> float:
-    denom = float(np.sum(np.square(expected, dtype=np.float64)))
-    diff = float(np.sum(np.square(actual.astype(np.float64) - expected)))
-    return diff / denom if denom else diff
+    """``||actual - expected||^2 / ||expected||^2`` (float32 products and BLAS sums: logits of
+    a large vocabulary are 10^7-10^8 numbers, compared once per layer)."""
+    diff = (actual - expected).ravel()
+    ref = expected.ravel()
+    denom = float(np.dot(ref, ref))
+    num = float(np.dot(diff, diff))
+    return num / denom if denom else num
 
 
-Quantizer = Callable[[Layer, np.ndarray, QuantScheme], np.ndarray]
+#: Tokens of the one calibration window each layer's end-to-end probe runs on (the first window
+#: of the text, cut to this length): a model run per layer is most of the cost of ``--avg-bits``.
+SENSITIVITY_TOKENS = 128
+
+#: A layer's output-error curve is computed on at most about this many of its output columns
+#: (every ``ceil(N / CURVE_COLUMNS)``-th): quantization and the error are column by column, and
+#: only ratios between widths are used, so a sample of an LM head's 262144 columns serves.
+CURVE_COLUMNS = 16384
+
+#: Columns of ``E`` multiplied by ``H`` at once in :func:`layer_output_error`.
+_ERROR_TILE_COLUMNS = 16384
+
+#: ``quantized(layer, scheme)``: the float32 ``[K, N]`` weights ``layer`` computes with when
+#: quantized with ``scheme``, in the model's basis.
+Quantized = Callable[[Layer, QuantScheme], np.ndarray]
+#: ``output_error(layer, scheme)``: the layer's output error ``trace(E^T H E)`` on the
+#: calibration rows when quantized with ``scheme`` (on :func:`curve_columns` of it).
+OutputError = Callable[[Layer, QuantScheme], float]
+
+
+def sensitivity_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[dict[str, Any]]:
+    """The model inputs of the end-to-end probes: the first calibration file, or the first
+    window of the text (or the first generated input) cut to :data:`SENSITIVITY_TOKENS`."""
+    if spec.files:
+        return calibration_feeds(dataclasses.replace(spec, files=spec.files[:1]), signature)
+    return calibration_feeds(dataclasses.replace(
+        spec, samples=1, seq_len=min(spec.seq_len, SENSITIVITY_TOKENS)), signature)
+
+
+def curve_columns(n: int) -> slice:
+    """The output columns a layer's error curve is computed on (:data:`CURVE_COLUMNS`)."""
+    return slice(None, None, -(-n // CURVE_COLUMNS))
+
+
+def layer_output_error(err: np.ndarray, hessian: np.ndarray) -> float:
+    """``trace(E^T H E) = ||X E||_F^2``: the squared output error of a layer whose weights are
+    off by ``E[K, N]``, over the calibration rows ``X`` whose Gram matrix is ``H[K, K]``.
+
+    The products run in float32 over tiles of columns (an LM head's ``H @ E`` is 10^11
+    multiply-adds), the sums in float64; a negative total (rounding; ``H`` is semidefinite)
+    is 0.
+    """
+    h = np.asarray(hessian, np.float32)
+    total = 0.0
+    for start in range(0, err.shape[1], _ERROR_TILE_COLUMNS):
+        tile = np.asarray(err[:, start:start + _ERROR_TILE_COLUMNS], np.float32)
+        total += float(np.sum(tile * (h @ tile), dtype=np.float64))
+    return max(total, 0.0)
+
+
+def probe_width(widths: list[int], avg_bits: float) -> int:
+    """The candidate width nearest ``avg_bits`` (the narrower one on a tie): where the
+    sensitivity is measured end to end."""
+    return min(widths, key=lambda b: (abs(b - avg_bits), b))
 
 
 def measure_sensitivity(model: onnx.ModelProto, layers: list[Layer], widths: list[int],
-                        scheme: QuantScheme, feeds: list[dict[str, Any]],
-                        dequantized: Quantizer) -> dict[str, dict[int, float]]:
-    """``{layer: {bits: e}}``: squared relative error of the first output with that layer alone
-    quantized to ``bits`` (``scheme``'s group size and symmetry), summed over ``feeds``.
+                        probe_bits: int, scheme: QuantScheme, feeds: list[dict[str, Any]],
+                        quantized: Quantized, output_error: OutputError
+                        ) -> dict[str, dict[int, float]]:
+    """``{layer: {bits: e}}``: the estimated squared relative error of the first output with
+    that layer alone quantized to ``bits`` (``scheme``'s group size and symmetry), summed over
+    ``feeds`` (module docstring).
 
-    ``dequantized(layer, W, scheme)`` returns the float32 ``[K, N]`` weights the quantized layer
-    computes with.
+    ``e[layer][probe_bits]`` is measured: the first output with the layer's ``quantized``
+    weights at ``probe_bits`` swapped in, on ``feeds`` (:func:`sensitivity_feeds`), against
+    the float model. The other widths scale it by the ratio of ``output_error``s; a
+    layer whose output error at ``probe_bits`` is 0 gets that width's measurement at every width.
     """
-    inits = {t.name: t for t in model.graph.initializer}
+    assert probe_bits in widths
     errors: dict[str, dict[int, float]] = {}
     with WeightSwapper(model, layers) as swapper:
         baseline = [swapper.run(feed) for feed in feeds]
         for layer in progress(layers, "sensitivity"):
-            w = layer_weight(model, layer, inits)
-            errors[layer.name] = {}
-            for bits in widths:
-                wq = dequantized(layer, w, dataclasses.replace(scheme, bits=bits))
-                errors[layer.name][bits] = sum(
-                    _squared_rel(swapper.run(feed, {layer.name: wq}), ref)
-                    for feed, ref in zip(feeds, baseline, strict=True))
+            curve = {bits: output_error(layer, dataclasses.replace(scheme, bits=bits))
+                     for bits in widths}
+            w_hat = quantized(layer, dataclasses.replace(scheme, bits=probe_bits))
+            measured = sum(_squared_rel(swapper.run(feed, {layer.name: w_hat}), ref)
+                           for feed, ref in zip(feeds, baseline, strict=True))
+            del w_hat
+            ref_error = curve[probe_bits]
+            errors[layer.name] = {b: measured * (e / ref_error if ref_error > 0 else 1.0)
+                                  for b, e in curve.items()}
     return errors
 
 

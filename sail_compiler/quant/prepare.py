@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +27,12 @@ from .calibrate import (
     calibration_feeds,
     candidate_widths,
     collect_hessians,
+    curve_columns,
+    layer_output_error,
     measure_sensitivity,
+    probe_width,
     progress,
+    sensitivity_feeds,
 )
 from .methods import quantize_weight, reconstruction_error
 from .plan import (
@@ -284,19 +289,28 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
             assert options.quant is not None, "CompileOptions checks --avg-bits has a scheme"
             widths = candidate_widths(options.quant)
-            # Sensitivity with the cheap methods; GPTQ's weights are computed once, below.
-            probe_method = "search" if options.method == "gptq" else options.method
+            inits = {t.name: t for t in model.graph.initializer}
 
-            def dequantized(layer: Layer, w: np.ndarray, scheme: QuantScheme) -> np.ndarray:
-                if folding is None:
-                    return dequantize(quantize_weight(w, scheme, probe_method,
-                                                      hessians.get(layer.name)))
-                qw = quantize_weight(folding.weight(layer, w), scheme, probe_method,
-                                     folding.hessian(layer, hessians.get(layer.name)))
-                return folding.unfold(layer, dequantize(qw))
+            @functools.lru_cache(maxsize=1)  # asked for once per width of one layer
+            def folded(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+                w, h = layer_weight(model, layer, inits), hessians[layer.name]
+                return (w, h) if folding is None else \
+                    (folding.weight(layer, w), folding.hessian(layer, h))
 
-            sensitivity = measure_sensitivity(model, free, widths, options.quant, feeds,
-                                              dequantized)
+            # RTN: GPTQ's weights are computed once, for the chosen widths, below.
+            def quantized(layer: Layer, scheme: QuantScheme) -> np.ndarray:
+                w_hat = dequantize(quantize_weight(folded(layer)[0], scheme, "rtn"))
+                return w_hat if folding is None else folding.unfold(layer, w_hat)
+
+            def output_error(layer: Layer, scheme: QuantScheme) -> float:
+                w, h = folded(layer)
+                w = w[:, curve_columns(w.shape[1])]
+                return layer_output_error(w - dequantize(quantize_weight(w, scheme, "rtn")), h)
+
+            sensitivity = measure_sensitivity(model, free, widths,
+                                              probe_width(widths, options.avg_bits),
+                                              options.quant, sensitivity_feeds(spec, signature),
+                                              quantized, output_error)
             bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
                                options.avg_bits)
             for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):

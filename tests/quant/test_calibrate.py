@@ -11,13 +11,20 @@ from onnx import TensorProto, helper, numpy_helper
 from sail_compiler.errors import InputError, OptionError
 from sail_compiler.frontend.signature import signature_of
 from sail_compiler.quant.calibrate import (
+    CURVE_COLUMNS,
     CalibrationSpec,
     WeightSwapper,
     assign_bits,
     calibration_feeds,
     collect_hessians,
+    curve_columns,
+    layer_output_error,
+    measure_sensitivity,
+    probe_width,
+    sensitivity_feeds,
 )
 from sail_compiler.quant.plan import find_layers
+from sail_compiler.quant.scheme import QuantScheme
 
 RNG = np.random.default_rng(5)
 
@@ -57,6 +64,72 @@ def test_weight_swapper_runs_the_model_with_substituted_weights() -> None:
     np.testing.assert_allclose(swapped, hidden @ other, rtol=1e-5, atol=1e-5)
 
 
+def test_layer_output_error_is_the_squared_error_of_the_layer_outputs() -> None:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((40, 24))
+    err = rng.standard_normal((24, 70000)).astype(np.float32)  # several column tiles
+    expected = float(np.sum(np.square(x @ err.astype(np.float64))))
+    assert layer_output_error(err, x.T @ x) == pytest.approx(expected, rel=1e-5)
+    assert layer_output_error(np.zeros((24, 3), np.float32), x.T @ x) == 0.0
+
+
+def test_probe_width_is_the_candidate_nearest_the_budget() -> None:
+    widths = list(range(2, 9))
+    assert [probe_width(widths, a) for a in (2.0, 2.6, 3.5, 4.49, 7.9, 8.0)] == [2, 3, 3, 4, 8, 8]
+
+
+def _numpy_mlp(x: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    return np.maximum(x.astype(np.float64) @ w1, 0) @ w2
+
+
+def test_curve_columns_sample_at_most_the_limit_evenly() -> None:
+    for n in (1, 5, CURVE_COLUMNS, CURVE_COLUMNS + 1, 262144):
+        picked = np.arange(n)[curve_columns(n)]
+        assert picked[0] == 0 and 0 < len(picked) <= CURVE_COLUMNS
+        assert len(set(np.diff(picked).tolist())) <= 1  # evenly spaced
+        assert len(picked) == n or len(picked) > CURVE_COLUMNS // 2
+
+
+def _numpy_mlp(x: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    return np.maximum(x.astype(np.float64) @ w1, 0) @ w2
+
+
+def test_sensitivity_is_measured_end_to_end_at_the_probe_width_and_scaled_by_the_curve() -> None:
+    model, w1, w2 = _mlp()
+    layers = find_layers(model)
+    feeds = [{"x": RNG.standard_normal((1, 4, 6)).astype(np.float32)} for _ in range(5)]
+    weights = {"fc1": w1, "fc2": w2}
+    # a made-up quantizer (noise that shrinks with the width) and made-up output errors
+    noise = {(name, b): RNG.standard_normal(w.shape).astype(np.float32) * 2.0 ** -b
+             for name, w in weights.items() for b in (2, 3, 4)}
+    curve = {("fc1", 2): 8.0, ("fc1", 3): 2.0, ("fc1", 4): 0.5,
+             ("fc2", 2): 1.0, ("fc2", 3): 0.0, ("fc2", 4): 0.0}
+
+    def quantized(layer, scheme):  # type: ignore[no-untyped-def]
+        return weights[layer.name] + noise[(layer.name, scheme.bits)]
+
+    def output_error(layer, scheme):  # type: ignore[no-untyped-def]
+        return curve[(layer.name, scheme.bits)]
+
+    errors = measure_sensitivity(model, layers, [2, 3, 4], 3, QuantScheme(4, 2), feeds,
+                                 quantized, output_error)
+
+    def end_to_end(name: str) -> float:
+        total = 0.0
+        for feed in feeds:
+            ref = _numpy_mlp(feed["x"], w1, w2)
+            swapped = dict(weights, **{name: weights[name] + noise[(name, 3)]})
+            out = _numpy_mlp(feed["x"], swapped["fc1"], swapped["fc2"])
+            total += float(np.sum((out - ref) ** 2) / np.sum(ref ** 2))
+        return total
+
+    e1, e2 = end_to_end("fc1"), end_to_end("fc2")
+    assert errors["fc1"] == pytest.approx({2: 4 * e1, 3: e1, 4: e1 / 4}, rel=1e-4)
+    # no output error at the probe width: the measurement stands for every width
+    assert errors["fc2"] == pytest.approx({2: e2, 3: e2, 4: e2}, rel=1e-4)
+    assert e1 > 0 and e2 > 0
+
+
 def test_calibration_files_are_checked_against_the_signature(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model, _, _ = _mlp()
     sig = signature_of(model)
@@ -70,6 +143,16 @@ def test_calibration_files_are_checked_against_the_signature(tmp_path) -> None: 
         calibration_feeds(CalibrationSpec(files=(wrong_name,)), sig)
     with pytest.raises(InputError, match="dim 1 is 5, expected 4"):
         calibration_feeds(CalibrationSpec(files=(wrong_shape,)), sig)
+
+
+def test_sensitivity_probes_run_on_the_first_calibration_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, _, _ = _mlp()
+    sig = signature_of(model)
+    paths = [tmp_path / f"{i}.npz" for i in range(3)]
+    for i, path in enumerate(paths):
+        np.savez(path, x=np.full((1, 4, 6), i, np.float32))
+    feeds = sensitivity_feeds(CalibrationSpec(files=tuple(paths)), sig)
+    assert len(feeds) == 1 and np.all(feeds[0]["x"] == 0)
 
 
 def test_calibration_spec_rejects_inconsistent_sources(tmp_path) -> None:  # type: ignore[no-untyped-def]
