@@ -81,9 +81,9 @@ def test_every_width_matches_reference(build: str, bits: int) -> None:
 
 @pytest.mark.parametrize("bits", [3, 4, 8])
 def test_prefill_row_blocks_match_reference(bits: int) -> None:
-    """A prefill-sized call (K = 6000: the AVX2 kernels sweep the tiles in row blocks of
-    192 KiB / K = 32 tokens; 75 rows: two whole blocks and a partial one of 11) gives the
-    reference's exact sums and outputs."""
+    """A prefill-sized call (K = 6000: the AVX2 kernels' 3- and 4-bit passes sweep the tiles in
+    row blocks of 192 KiB / K = 32 tokens; 75 rows: two whole blocks and a partial one of 11;
+    8 bits: the plain loop) gives the reference's exact sums and outputs."""
     k = 6000
     qw = _weight(bits, 32, True, k=k, n=21)
     x = _activations(75, k)
