@@ -19,7 +19,7 @@ from sail_compiler.targets.pim.run import host_traffic, simulate_run
 from sail_compiler.targets.pim.shapes import HostOp, decode_step
 from sail_compiler.targets.pim.simulate_cli import write_report
 from sail_compiler.targets.pim.target import HostCall
-from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
+from sail_compiler.testing.decoders import PRESETS
 
 #: SAIL components that the simulation and the analytic model cost with the same shapes alike.
 ARRAY_WORK = ("weight_fetch", "table_construction", "shift_accumulate", "type_conversion",
@@ -27,12 +27,11 @@ ARRAY_WORK = ("weight_fetch", "table_construction", "shift_accumulate", "type_co
 
 
 @pytest.fixture(scope="module")
-def tiny_pim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pim_vs_analytic")
-    save_model(make_decoder(PRESETS["tiny"], kv_cache=True), root / "tiny.onnx")
-    compile_model(root / "tiny.onnx", root / "pim", CompileOptions(
+def tiny_pim(tiny_decoder_kv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pim_vs_analytic") / "pim"
+    compile_model(tiny_decoder_kv, out, CompileOptions(
         target="pim-sim", quant=QuantScheme(4, group_size=32)))
-    return root / "pim"
+    return out
 
 
 @pytest.fixture(scope="module")

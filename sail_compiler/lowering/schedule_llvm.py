@@ -473,22 +473,12 @@ def _schedule_injective_block(
         return False
     if any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in loops):
         return False
-    changed = False
-    inner = loops[-1]
-    inner_ext = _extent(sch, inner)
-    vectorizable = _inner_lane_safe(sch, block)
+    inner_ext = _extent(sch, loops[-1])
     total: int | None = 1
     for loop in loops:
         ext = _extent(sch, loop)
         total = total * ext if isinstance(ext, int) and total is not None else None
-    if isinstance(inner_ext, int) and vectorizable:
-        if inner_ext > lanes and inner_ext % lanes == 0:
-            _, vec = sch.split(inner, [None, lanes])
-            sch.vectorize(vec)
-            changed = True
-        elif 2 <= inner_ext <= lanes:
-            sch.vectorize(inner)
-            changed = True
+    changed = _vectorize_innermost(sch, block, lanes)
     if total is not None and total < _MIN_PARALLEL_ELEMENTS:
         return changed
     loops = sch.get_loops(block)
@@ -503,6 +493,25 @@ def _schedule_injective_block(
     else:
         sch.parallel(loops[0])
     return True
+
+
+def _vectorize_innermost(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
+                         lanes: int) -> bool:
+    """Vectorize ``block``'s innermost loop when it is lane-safe and static: split by
+    ``lanes`` if it is a multiple of them, whole if it has 2..lanes iterations. Returns
+    whether it did."""
+    inner = sch.get_loops(block)[-1]
+    inner_ext = _extent(sch, inner)
+    if not (isinstance(inner_ext, int) and _inner_lane_safe(sch, block)):
+        return False
+    if inner_ext > lanes and inner_ext % lanes == 0:
+        _, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+        return True
+    if 2 <= inner_ext <= lanes:
+        sch.vectorize(inner)
+        return True
+    return False
 
 
 def _inner_lane_safe(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
@@ -653,6 +662,23 @@ def _dlight_rule(rule: dlight.ScheduleRule) -> _ScheduleFn:
     return apply
 
 
+def _common_leading_spatial(infos: list[SBlockInfo]) -> int:
+    """How many leading spatial axes every block has, with the same extents in every block."""
+    kinds = [info.dom_kind() for info in infos]
+    lead = min(len(k) - len(k.lstrip("S")) for k in kinds)
+    analyzer = sym.Analyzer()
+    reference = infos[0].dom()
+    for count in range(lead):
+        a = reference[count]
+        for info in infos[1:]:
+            b = info.dom()[count]
+            same = a == b if isinstance(a, int) and isinstance(b, int) else \
+                analyzer.can_prove_equal(a, b)
+            if not same:
+                return count
+    return lead
+
+
 def _shared_leading_spatial(func: tirx.PrimFunc) -> bool:
     """Whether all blocks of ``func`` share their leading spatial axes (extent by extent).
 
@@ -667,38 +693,10 @@ def _shared_leading_spatial(func: tirx.PrimFunc) -> bool:
         return False
     kinds = [info.dom_kind() for info in infos]
     lead = min(len(k) - len(k.lstrip("S")) for k in kinds)
-    if lead == 0:
+    if lead == 0 or _common_leading_spatial(infos) < lead:
         return False
-    analyzer = sym.Analyzer()
-    reference = infos[0].dom()[:lead]
-    for info in infos[1:]:
-        dom = info.dom()[:lead]
-        for a, b in zip(reference, dom, strict=True):
-            if isinstance(a, int) and isinstance(b, int):
-                if a != b:
-                    return False
-            elif not analyzer.can_prove_equal(a, b):
-                return False
     # The reductions must reduce over the remaining axes, not over the shared ones.
     return all("R" not in k[:lead] for k in kinds)
-
-
-def _common_leading_spatial(infos: list[SBlockInfo]) -> int:
-    """How many leading spatial axes every block has, with the same extents in every block."""
-    kinds = [info.dom_kind() for info in infos]
-    lead = min(len(k) - len(k.lstrip("S")) for k in kinds)
-    analyzer = sym.Analyzer()
-    reference = infos[0].dom()
-    for count in range(lead):
-        a = reference[count]
-        for info in infos[1:]:
-            b = info.dom()[count]
-            same = a == b if isinstance(a, int) and isinstance(b, int) else (
-                not isinstance(a, int) and not isinstance(b, int)
-                and analyzer.can_prove_equal(a, b))
-            if not same:
-                return count
-    return lead
 
 
 def _schedule_rowwise(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
@@ -736,17 +734,8 @@ def _schedule_rowwise(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.S
     sch.parallel(rows)
     lanes = vector_lanes(target, "float32")
     for info in infos:
-        if not info.is_injective():
-            continue
-        inner = sch.get_loops(info.block_rv)[-1]
-        inner_ext = _extent(sch, inner)
-        if not (isinstance(inner_ext, int) and _inner_lane_safe(sch, info.block_rv)):
-            continue
-        if inner_ext > lanes and inner_ext % lanes == 0:
-            _, vec = sch.split(inner, [None, lanes])
-            sch.vectorize(vec)
-        elif 2 <= inner_ext <= lanes:
-            sch.vectorize(inner)
+        if info.is_injective():
+            _vectorize_innermost(sch, info.block_rv, lanes)
     return sch
 
 

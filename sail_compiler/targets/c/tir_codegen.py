@@ -37,6 +37,7 @@ backend, so that a TVM upgrade touches one file:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import tvm
 from tvm import s_tir, tirx
@@ -102,33 +103,43 @@ def _hoisted_decl(decl: tirx.DeclBuffer) -> list[tirx.Stmt]:
     return [*bindings, tirx.DeclBuffer(decl.buffer, decl.span, data=data)]
 
 
+def _rebuild(stmt: tirx.Stmt,
+             replace: Callable[[tirx.Stmt], list[tirx.Stmt] | None]) -> tirx.Stmt:
+    """Rebuild ``stmt`` with every statement for which ``replace`` gives a list put in as those
+    statements (spliced into the enclosing sequence); statements for which it gives ``None``
+    are rebuilt around their rebuilt bodies (sequences, loops, conditions, attributes)."""
+
+    def parts(node: tirx.Stmt) -> list[tirx.Stmt]:
+        new = replace(node)
+        return [inner(node)] if new is None else new
+
+    def one(node: tirx.Stmt) -> tirx.Stmt:
+        nodes = parts(node)
+        return nodes[0] if len(nodes) == 1 else tirx.SeqStmt(nodes)
+
+    def inner(node: tirx.Stmt) -> tirx.Stmt:
+        if isinstance(node, tirx.SeqStmt):
+            return tirx.SeqStmt([new for child in node.seq for new in parts(child)])
+        if isinstance(node, tirx.For):
+            return tirx.For(node.loop_var, node.min, node.extent, node.kind, one(node.body),
+                            node.thread_binding, node.annotations, node.step, node.span)
+        if isinstance(node, tirx.IfThenElse):
+            otherwise = None if node.else_case is None else one(node.else_case)
+            return tirx.IfThenElse(node.condition, one(node.then_case), otherwise, node.span)
+        if isinstance(node, tirx.AttrStmt):
+            return tirx.AttrStmt(node.node, node.attr_key, node.value, one(node.body),
+                                 node.span)
+        if isinstance(node, tirx.While):
+            return tirx.While(node.condition, one(node.body), node.span)
+        return node
+
+    return one(stmt)
+
+
 def _hoist_workspace_sizes(stmt: tirx.Stmt) -> tirx.Stmt:
     """Rebuild ``stmt`` with every workspace size bound to a variable (module docstring)."""
-    if isinstance(stmt, tirx.SeqStmt):
-        body: list[tirx.Stmt] = []
-        for child in stmt.seq:
-            if isinstance(child, tirx.DeclBuffer) and child.data is not None:
-                body.extend(_hoisted_decl(child))
-            else:
-                body.append(_hoist_workspace_sizes(child))
-        return tirx.SeqStmt(body)
-    if isinstance(stmt, tirx.DeclBuffer) and stmt.data is not None:
-        parts = _hoisted_decl(stmt)
-        return parts[0] if len(parts) == 1 else tirx.SeqStmt(parts)
-    if isinstance(stmt, tirx.For):
-        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind,
-                        _hoist_workspace_sizes(stmt.body), stmt.thread_binding, stmt.annotations,
-                        stmt.step, stmt.span)
-    if isinstance(stmt, tirx.IfThenElse):
-        otherwise = None if stmt.else_case is None else _hoist_workspace_sizes(stmt.else_case)
-        return tirx.IfThenElse(stmt.condition, _hoist_workspace_sizes(stmt.then_case), otherwise,
-                               stmt.span)
-    if isinstance(stmt, tirx.AttrStmt):
-        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value,
-                             _hoist_workspace_sizes(stmt.body), stmt.span)
-    if isinstance(stmt, tirx.While):
-        return tirx.While(stmt.condition, _hoist_workspace_sizes(stmt.body), stmt.span)
-    return stmt
+    return _rebuild(stmt, lambda node: _hoisted_decl(node) if isinstance(node, tirx.DeclBuffer)
+                    and node.data is not None else None)
 
 
 def _rewrite_includes(source: str) -> str:
@@ -186,31 +197,18 @@ def _share(loop: tirx.For) -> list[tirx.Stmt]:
 def _share_parallel_loops(stmt: tirx.Stmt) -> tuple[tirx.Stmt, int]:
     """Rebuild ``stmt`` with every ``parallel`` loop outside any other loop cut to this call's
     share (:func:`_share`); returns the statement and how many loops were cut."""
-    if isinstance(stmt, tirx.For):
-        if stmt.kind != tirx.ForKind.PARALLEL:
-            return stmt, 0
-        return tirx.SeqStmt(_share(stmt)), 1
-    if isinstance(stmt, tirx.SeqStmt):
-        body: list[tirx.Stmt] = []
-        count = 0
-        for child in stmt.seq:
-            if isinstance(child, tirx.For) and child.kind == tirx.ForKind.PARALLEL:
-                body.extend(_share(child))
-                count += 1
-                continue
-            new, n = _share_parallel_loops(child)
-            body.append(new)
-            count += n
-        return tirx.SeqStmt(body), count
-    if isinstance(stmt, tirx.AttrStmt):
-        body_stmt, count = _share_parallel_loops(stmt.body)
-        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body_stmt, stmt.span), count
-    if isinstance(stmt, tirx.IfThenElse):
-        then, n1 = _share_parallel_loops(stmt.then_case)
-        otherwise, n2 = (None, 0) if stmt.else_case is None else _share_parallel_loops(
-            stmt.else_case)
-        return tirx.IfThenElse(stmt.condition, then, otherwise, stmt.span), n1 + n2
-    return stmt, 0
+    cut = 0
+
+    def replace(node: tirx.Stmt) -> list[tirx.Stmt] | None:
+        nonlocal cut
+        if isinstance(node, tirx.For) and node.kind == tirx.ForKind.PARALLEL:
+            cut += 1
+            return _share(node)
+        if isinstance(node, (tirx.For, tirx.While)):
+            return [node]  # loops inside other loops stay as they are
+        return None
+
+    return _rebuild(stmt, replace), cut
 
 
 def kernels_source(funcs: dict[str, tirx.PrimFunc]) -> str:
@@ -242,9 +240,10 @@ def kernels_source(funcs: dict[str, tirx.PrimFunc]) -> str:
         for gvar, func in mod.functions_items():
             body = _hoist_workspace_sizes(func.body)
             if gvar.name_hint in split:
-                body, cut = _share_parallel_loops(body)
-                if cut != 1:  # not the one loop the check saw: run it whole
-                    body = _hoist_workspace_sizes(func.body)
+                shared, cut = _share_parallel_loops(body)
+                if cut == 1:
+                    body = shared
+                else:  # not the one loop the check saw: run it whole
                     split.discard(gvar.name_hint)
             funcs_out[gvar] = func.with_body(body)
         mod = tvm.IRModule(funcs_out, attrs=mod.attrs)

@@ -27,7 +27,6 @@ from sail_compiler.targets.pim.run import extrapolate_host_shapes, load_artifact
 from sail_compiler.targets.pim.shapes import HostOp
 from sail_compiler.targets.pim.simulate_cli import add_parser, run
 from sail_compiler.targets.pim.target import Executor, HostCall
-from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 from sail_compiler.verify import TARGET_AGREEMENT, InputPlan, generate_inputs, verify_model
 
 BITS = (2, 3, 4, 8)
@@ -213,13 +212,12 @@ def test_verify_pim_sim(micro_decoder, tmp_path, act_group):
 
 
 @pytest.fixture(scope="module")
-def kv_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def kv_artifact(tiny_decoder_kv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny decoder with a KV cache (4 layers), compiled for pim-sim."""
-    root = tmp_path_factory.mktemp("pim_kv")
-    save_model(make_decoder(PRESETS["tiny"], kv_cache=True), root / "tiny_kv.onnx")
-    compile_model(root / "tiny_kv.onnx", root / "pim", CompileOptions(
+    out = tmp_path_factory.mktemp("pim_kv") / "pim"
+    compile_model(tiny_decoder_kv, out, CompileOptions(
         target="pim-sim", quant=QuantScheme(4, group_size=32)))
-    return root / "pim"
+    return out
 
 
 def _host_ops(result) -> list[tuple]:

@@ -1368,27 +1368,28 @@ static int64_t last_tensor_elements(const TVMFFIAny *args, int32_t num_args) {
 int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, int parallel,
                  TVMFFIAny *args, int32_t num_args) {
   const double start = model->profile ? seconds_now() : 0.0;
+  par_call call; /* set up only on the pool path: its message outlives the branch */
   int32_t status;
   const char *message;
   if (parallel && model->pool && last_tensor_elements(args, num_args) >= SAIL_PAR_MIN_ELEMENTS) {
-    par_call call = {.kernel = kernel, .args = args, .num_args = num_args};
+    call.kernel = kernel;
+    call.args = args;
+    call.num_args = num_args;
+    call.error[0] = '\0';
     atomic_init(&call.failed, 0);
     sail_pool_run_parts(model->pool, run_share, &call,
                         sail_pool_threads(model->pool) * SAIL_POOL_PARTS_PER_THREAD);
     status = atomic_load(&call.failed) ? -1 : 0;
-    message = status ? call.error : "";
-    if (model->profile)
-      record_time(model, name, seconds_now() - start);
-    if (status == 0)
-      return 0;
-    return sail_rt_fail(model, "kernel %s failed: %s", name, message);
+    message = call.error;
+  } else {
+    status = kernel(NULL, args, num_args, NULL);
+    message = sail_tvm_last_error();
   }
-  status = kernel(NULL, args, num_args, NULL);
   if (model->profile)
     record_time(model, name, seconds_now() - start);
   if (status == 0)
     return 0;
-  return sail_rt_fail(model, "kernel %s failed: %s", name, sail_tvm_last_error());
+  return sail_rt_fail(model, "kernel %s failed: %s", name, message);
 }
 
 int sail_rt_profile(sail_model *model) {
