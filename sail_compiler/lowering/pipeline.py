@@ -26,6 +26,7 @@ from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.target import codegen
 
+from .checked_take import legalize_checked_take
 from .fuse_ops_and_tir import FuseOpsAndTIR
 from .pack_matmul_weights import PANEL, PackMatmulWeights
 from .schedule_llvm import ScheduleLLVM
@@ -66,7 +67,8 @@ def _under_target(inner: tvm.transform.Pass, target: tvm.target.Target) -> tvm.t
 
 
 def lowering_passes(target: tvm.target.Target,
-                    legalize_map: dict[str, Callable] | None = None) -> list[tvm.transform.Pass]:
+                    legalize_map: dict[str, Callable] | None = None,
+                    check_indices: bool = True) -> list[tvm.transform.Pass]:
     """Passes that take a Relax IRModule of high-level ops (relax.op.matmul etc., possibly already
     containing R.call_tir to user TIR) to legalized, fused, SCHEDULED TIR ready for relax.build.
 
@@ -77,17 +79,23 @@ def lowering_passes(target: tvm.target.Target,
     legalize_map : dict, optional
         Operator name -> legalization replacing the registered ``FLegalize`` (the ``c`` target
         legalizes ``sail.lut_gemv`` without LLVM intrinsics).
+    check_indices : bool
+        Legalize ``relax.take`` with a kernel that checks its indices first
+        (:func:`~.checked_take.legalize_checked_take`; a ``legalize_map`` entry for
+        ``relax.take`` wins). The c target's runtime checks them itself.
 
     Returns
     -------
     list of tvm.transform.Pass
         Ordinary passes, to run in order; each can be dumped by its name.
     """
+    legalizations = {"relax.take": legalize_checked_take} if check_indices else {}
+    legalizations.update(legalize_map or {})
     passes = [
         relax.transform.FoldConstant(),
         PackMatmulWeights(PANEL),
         *cpu_pipeline.library_dispatch_passes(target),
-        relax.transform.LegalizeOps(legalize_map),
+        relax.transform.LegalizeOps(legalizations or None),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         FuseOpsAndTIR(),
