@@ -123,8 +123,22 @@ class Artifact:
         return self._runner
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, int]:
-        """Validate ``inputs``; return the value of every symbolic dim."""
-        return self.signature.check_inputs(inputs)
+        """Validate ``inputs``; return the value of every symbolic dim.
+
+        Beside the signature's checks, a decoder whose positions come from ``Range(past, past +
+        seq)`` into a table (``position_table_rows`` of the manifest) must not be given more
+        positions than the table has: :class:`InputError` naming the inputs and the limit (the
+        compiled model checks the indices too; this says which inputs to shorten)."""
+        dims = self.signature.check_inputs(inputs)
+        rows = self.manifest.get("position_table_rows")
+        context = self.signature.context_of(inputs) if rows is not None else None
+        if context is not None and context[0] > rows:
+            total, where = context
+            raise InputError(f"past + seq is {total} positions ({where}), but the model's "
+                             f"position table has {rows} rows: it was exported for at most "
+                             f"{rows} positions (past and new tokens together); shorten the "
+                             "context")
+        return dims
 
     def describe_inputs(self) -> str:
         return self.signature.describe_inputs()

@@ -21,7 +21,7 @@ from .artifact import check_output_path, write_artifact
 from .errors import OptionError
 from .external_data import ExternalData, external_tensors
 from .frontend import ModelSignature, bind_shapes, import_onnx, load_checked
-from .frontend.signature import context_length
+from .frontend.signature import context_length, position_table_rows
 from .ir_dump import IRDumper, prepare_dump_dir
 from .options import CompileOptions
 from .pipeline import STAGES, stage_pass
@@ -147,7 +147,7 @@ def compile_model(model_path: str | Path, output: str | Path | None,
     external = ExternalData(model, model_path.parent) if external_tensors(model)[0] else None
     notes = bind_shapes(model, options.shapes)
     mod, signature = import_onnx(model, external)
-    context = context_length(model)
+    context, position_rows = context_length(model), position_table_rows(model)
     seconds["import"] = time.perf_counter() - started
     if tokenizer is not None:
         ids = signature.input_of("ids")
@@ -209,6 +209,7 @@ def compile_model(model_path: str | Path, output: str | Path | None,
                      if quant is not None and options.sail else None),
             "signature": signature.to_json(),
             "context_length": context,
+            "position_table_rows": position_rows,
         })
         seconds["build"] = time.perf_counter() - started
     return CompileResult(out, mod, signature, notes, seconds, dumper.seen_passes, quant)

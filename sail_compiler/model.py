@@ -30,6 +30,7 @@ import numpy as np
 
 from .artifact import Artifact
 from .errors import InputError, OptionError
+from .frontend.signature import past_axis
 from .sampling import SamplingOptions, SplitMix64, sample
 from .tokenizer import TextTokenizer
 
@@ -81,11 +82,11 @@ def decoder_cache_axes(signature: Any) -> dict[str, int]:
     check_decoder(signature)
     axes = {}
     for spec in signature.inputs_of("past"):
-        symbolic = [d for d, size in enumerate(spec.dims) if d > 0 and isinstance(size, str)]
-        if len(symbolic) != 1:
+        axis = past_axis(spec)
+        if axis is None:
             raise OptionError(f"sail generate runs decoders with a KV cache; {spec.name} has "
                               f"dims {list(spec.dims)}, not one symbolic past axis")
-        axes[spec.name] = symbolic[0]
+        axes[spec.name] = axis
     return axes
 
 

@@ -98,6 +98,45 @@ class ModelSignature:
         return {s.name: self.outputs[s.present].name for s in self.inputs
                 if s.present is not None}
 
+    def context_of(self, inputs: dict[str, np.ndarray]) -> tuple[int, str] | None:
+        """``(past + seq, which inputs give it)`` for a decoder's ``inputs``: seq from the
+        token ids ``[batch, seq]``, past from the past inputs' past axis (:func:`past_axis`;
+        0 without past inputs). None without such ids, or with pasts of different lengths
+        (an encoder-decoder's encoder cache) or one whose past axis is not known."""
+        ids = self.input_of("ids")
+        x = inputs.get(ids.name) if ids is not None else None
+        if x is None or len(ids.dims) != 2 or x.ndim != 2:
+            return None
+        seq = int(x.shape[1])
+        pasts = [(s, past_axis(s)) for s in self.inputs_of("past")]
+        if not pasts:
+            return seq, f"{ids.name} has seq = {seq}"
+        if any(axis is None for _, axis in pasts) or \
+                len({s.dims[axis] for s, axis in pasts}) != 1:
+            return None
+        spec, axis = pasts[0]
+        given = inputs.get(spec.name)
+        if given is None or given.ndim != len(spec.dims):
+            return None
+        past = int(given.shape[axis])
+        return past + seq, f"{spec.name} has past = {past}, {ids.name} seq = {seq}"
+
+    def _mask_problem(self, inputs: dict[str, np.ndarray], checked: set[str]) -> str | None:
+        """The attention mask ``[batch, past + seq]`` of a decoder with a KV cache must cover
+        the past and the new tokens; its dim is often a name of its own (``past_plus_seq``,
+        ``total_sequence_length``) that the per-name check cannot relate to the others."""
+        mask = self.input_of("mask")
+        x = inputs.get(mask.name) if mask is not None else None
+        if x is None or x.ndim != 2 or len(mask.dims) != 2 or not self.inputs_of("past") or \
+                not isinstance(mask.dims[1], str) or mask.dims[1] in checked:
+            return None
+        context = self.context_of(inputs)
+        if context is None or context[0] == x.shape[1]:
+            return None
+        total, where = context
+        return (f"{mask.name}: dim 1 is {x.shape[1]}, but it must be past + seq = {total} "
+                f"({where})")
+
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, int]:
         """Validate named ``inputs`` against the signature; return the value of every symbolic dim.
 
@@ -153,6 +192,11 @@ class ModelSignature:
                     values = ", ".join(f"{n} = {dims[n]}" for n, _ in sums[dim] if n)
                     problems.append(f"{spec.name}: dim {axis} ('{dim}') is {size}, but the "
                                     f"other inputs give {values}, so it must be {value}")
+        if not problems:
+            # a dim another input shares, or an expression of others, is checked already
+            shared = {d for d in dims if sum(d in s.dims for s in self.inputs) > 1} | set(sums)
+            mask = self._mask_problem(inputs, shared)
+            problems += [mask] if mask else []
         if problems:
             raise InputError("inputs do not match the model: " + "; ".join(problems) +
                              f". The model takes: {self.describe_inputs()}")
@@ -168,6 +212,13 @@ class ModelSignature:
         for spec in self.inputs:
             names += [d for d in spec.dims if isinstance(d, str) and d not in names]
         return names
+
+
+def past_axis(spec: TensorSpec) -> int | None:
+    """The growing axis of a past input: its one symbolic dim besides the batch (dim 0), else
+    None."""
+    symbolic = [d for d, size in enumerate(spec.dims) if d > 0 and isinstance(size, str)]
+    return symbolic[0] if len(symbolic) == 1 else None
 
 
 #: A dim name that is a sum of other dims and integers: ``past + seq``, ``past_len + 1``.
@@ -325,21 +376,28 @@ def index_bound(model: onnx.ModelProto, name: str) -> int | None:
     return min(bounds) if bounds else None
 
 
+def position_table_rows(model: onnx.ModelProto) -> int | None:
+    """Rows of the smallest constant table a ``Gather`` indexes with the output of a ``Range``
+    (positions computed inside the graph, ``Range(past, past + seq)``, as rotary caches are
+    indexed): past + seq must not exceed them. None if the model has no such table."""
+    bounds = [bound for node in model.graph.node if node.op_type == "Range"
+              and (bound := index_bound(model, node.output[0])) is not None]
+    return min(bounds) if bounds else None
+
+
 def context_length(model: onnx.ModelProto) -> int | None:
     """The longest past + seq a decoder accepts, when the model says: the rows of its position
     tables (constant tables a ``Gather`` indexes with the ``position_ids`` input or with the
-    output of a ``Range``, as rotary caches are), else ``max_position_embeddings`` of a
+    output of a ``Range``, :func:`position_table_rows`), else ``max_position_embeddings`` of a
     ``config`` JSON in the model's metadata. None if neither is there."""
     bounds = []
     if any(i.name == "position_ids" for i in model.graph.input):
         bound = index_bound(model, "position_ids")
         if bound is not None:
             bounds.append(bound)
-    for node in model.graph.node:
-        if node.op_type == "Range":
-            bound = index_bound(model, node.output[0])
-            if bound is not None:
-                bounds.append(bound)
+    rows = position_table_rows(model)
+    if rows is not None:
+        bounds.append(rows)
     if bounds:
         return min(bounds)
     for prop in model.metadata_props:
