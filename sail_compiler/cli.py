@@ -156,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop when the text contains STRING (repeatable); the text ends before it")
     p.add_argument("--ignore-eos", action="store_true",
                    help="do not stop at the tokenizer's end-of-sequence tokens")
+    p.add_argument("--ctx", type=int, metavar="N", help="positions of the KV cache (default: "
+                   "what the prompt and -n need); a prompt and -n that need more are refused")
     p.add_argument("--threads", type=int, help="c artifacts: threads of the LUT-GEMV kernels "
                    "(default: SAIL_NUM_THREADS, else 1)")
     p.add_argument("--json", action="store_true",
@@ -412,8 +414,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             first[0] = False
     prompt = args.prompt if args.prompt is not None else args.prompt_ids
     result = model.generate(prompt, args.tokens, chat=args.chat, stop=args.stop,
-                            sampling=sampling, ignore_eos=args.ignore_eos, on_text=on_text,
-                            on_token=on_token)
+                            sampling=sampling, ignore_eos=args.ignore_eos, ctx=args.ctx,
+                            on_text=on_text, on_token=on_token)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0

@@ -185,7 +185,8 @@ class Model:
                  top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, repeat_penalty: float | None = None,
                  repeat_last_n: int | None = None, seed: int | None = None,
-                 ignore_eos: bool = False, on_text: Callable[[str], None] | None = None,
+                 ignore_eos: bool = False, ctx: int | None = None,
+                 on_text: Callable[[str], None] | None = None,
                  on_token: Callable[[int], None] | None = None) -> Generation:
         """Generate up to ``max_tokens`` tokens after ``prompt`` with the KV cache.
 
@@ -203,6 +204,12 @@ class Model:
             :class:`~.sampling.SamplingOptions`, or its fields one by one (greedy by default).
         ignore_eos
             Do not stop at the tokenizer's end-of-sequence ids.
+        ctx
+            Positions the KV cache holds (``sail_generate --ctx``; None: what the prompt and
+            ``max_tokens`` need). A prompt and ``max_tokens`` that need more (the prompt's
+            tokens plus ``max_tokens - 1``: the last token is not fed back) are refused before
+            anything runs, on every target: the c target's cache is a buffer of that size; the
+            llvm and pim-sim loops feed the presents back and check the same limit.
         on_text
             Called with each piece of text as soon as it is final (streaming).
         on_token
@@ -214,7 +221,8 @@ class Model:
             Out-of-range options (naming the option and its valid range), text without a
             tokenizer, or a model that is not a decoder with a KV cache.
         InputError
-            Ids outside the vocabulary, an empty prompt, or one longer than the context.
+            Ids outside the vocabulary, an empty prompt, one longer than the context, or a
+            prompt and ``max_tokens`` that need more positions than ``ctx``.
         """
         fields = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                   "repeat_penalty": repeat_penalty, "repeat_last_n": repeat_last_n,
@@ -233,6 +241,7 @@ class Model:
         tokens = max_tokens
         if self.context_length is not None:
             tokens = min(tokens, self.context_length - len(ids))
+        check_kv_capacity(len(ids), tokens, ctx)
         eos = () if ignore_eos or tokenizer is None else tokenizer.eos_ids
         stream = tokenizer.stream(ids, stop) if tokenizer is not None else None
 
@@ -251,7 +260,7 @@ class Model:
             from .targets.c.target import generate as c_generate
 
             report = c_generate(self.path, self.manifest, ids, tokens, self.threads, sampling,
-                                eos, on_id)
+                                eos, on_id, ctx=ctx)
         else:
             report = python_token_loop(self.artifact.run, self.signature, axes, ids, tokens,
                                        sampling, eos, on_id)
@@ -299,6 +308,23 @@ class Model:
             runs.append({k: report[k] for k in ("prefill_seconds", "decode_steps",
                                                 "decode_seconds")})
         return runs
+
+
+def check_kv_capacity(prompt_tokens: int, tokens: int, ctx: int | None) -> None:
+    """Refuse a generation whose prompt and ``tokens`` new tokens need more KV-cache positions
+    than ``ctx`` (``prompt_tokens + tokens - 1``: the last token is not fed back), as
+    ``sail_generate --ctx`` does; :class:`OptionError` for a ``ctx`` below 1."""
+    if ctx is None:
+        return
+    if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 1:
+        raise OptionError(f"--ctx (ctx) must be an integer >= 1, not {ctx}")
+    needed = prompt_tokens + tokens - 1
+    if needed > ctx:
+        fix = f"at most {ctx - prompt_tokens + 1} new tokens" if prompt_tokens <= ctx else \
+            f"a prompt of at most {ctx} tokens"
+        raise InputError(f"the prompt ({prompt_tokens} tokens) and {tokens} new tokens need a "
+                         f"KV cache of {needed} positions, more than --ctx {ctx}: raise --ctx "
+                         f"to {needed} or ask for {fix}")
 
 
 def python_token_loop(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],

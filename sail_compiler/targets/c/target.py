@@ -398,7 +398,7 @@ _MAX_TOP_K = 1 << 24
 def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tokens: int,
              threads: int | None = None, sampling: SamplingOptions | None = None,
              eos_ids: Sequence[int] = (), on_id: Callable[[int], bool] | None = None,
-             repeat: int = 1) -> dict[str, Any]:
+             repeat: int = 1, ctx: int | None = None) -> dict[str, Any]:
     """Generation with a c artifact's ``sail_generate`` (built on first use), streamed.
 
     Parameters
@@ -421,6 +421,8 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
         the token it is on (a line on its standard input).
     repeat
         Run the generation this many times (``runs`` of the report; ``sail bench``).
+    ctx
+        Positions of the KV cache (``--ctx``); None: what the prompt and ``tokens`` need.
 
     Returns
     -------
@@ -471,7 +473,8 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
                "--repeat-last-n", str(sampling.repeat_last_n), "--repeat", str(repeat),
                *(["--seed", str(sampling.seed)] if sampling.seed is not None else []),
                *(["--eos-ids", ",".join(map(str, eos_ids))] if eos_ids else []),
-               *(["--threads", str(threads)] if threads else [])]
+               *(["--threads", str(threads)] if threads else []),
+               *(["--ctx", str(ctx)] if ctx is not None else [])]
     report = None
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
