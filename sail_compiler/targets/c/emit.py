@@ -52,7 +52,7 @@ from tvm import relax, sym, tirx
 
 from ...errors import SailError
 from ...frontend.signature import ModelSignature, TensorSpec
-from ...ops.quant_matmul import constant_name
+from ...ops.quant_matmul import constant_name, weight_ref_of
 from ...quant.packing import unpack_bits
 from ...quant.reference import QuantizedWeight
 from .kernels import (
@@ -307,6 +307,8 @@ class _Graph:
         self.inputs: list[_Buffer] = []
         self.weights: list[_Weight] = []
         self.weight_buffers: dict[int, _Buffer] = {}
+        #: weight index -> the ONNX initializer it holds, when the importer named it (messages)
+        self.initializers: dict[int, str] = {}
         self.temps: list[_Buffer] = []
         self.steps: list[_Call | _Check] = []
         self.kernels: dict[str, tirx.PrimFunc] = {}
@@ -360,6 +362,9 @@ class _Graph:
         layer, operand = constant_name(const) or (None, None)
         buffer = self.add_weight(const.value.numpy(), layer, operand)
         self.weight_buffers[key] = buffer
+        ref = weight_ref_of(const)
+        if ref is not None:
+            self.initializers[buffer.index] = ref.partition(":")[2]
         return buffer
 
     def add_weight(self, array: np.ndarray, layer: str | None, operand: str | None) -> _Buffer:
@@ -460,8 +465,11 @@ class _Graph:
             if not isinstance(source, _Buffer) or source.kind == "weight":
                 continue
             held = args[table_index] if table_index < len(args) else None
-            named = self.weights[held.index].name if isinstance(held, _Buffer) \
-                and held.kind == "weight" else "a table"
+            named = "a table"
+            if isinstance(held, _Buffer) and held.kind == "weight":
+                named = self.weights[held.index].name
+                if held.index in self.initializers:
+                    named = f"{self.initializers[held.index]} ({named})"
             table = f"the {rows} rows of {named} (kernel {gvar.name_hint})"
             self.steps.append(_Check(
                 f"{source.name}: indices into {rows} rows ({gvar.name_hint})",

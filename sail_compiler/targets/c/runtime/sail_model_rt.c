@@ -1171,6 +1171,56 @@ static int64_t integer_at(const sail_tensor *x, int64_t k) {
   }
 }
 
+/* The attention mask [batch, past + seq] of a decoder with a KV cache must cover the past and
+ * the new tokens. Its dim often has a name of its own (past_plus_seq, total_sequence_length)
+ * that no other input shares, so the check by name cannot relate it to the others; this one
+ * does, by the inputs' roles (as ModelSignature.check_inputs does in Python). Models without
+ * one token-ids input [batch, seq], one mask [batch, n] and pasts sharing one past axis are
+ * left to the checks by name. */
+static int check_mask_length(sail_model *model, const sail_tensor *inputs,
+                             const sail_io_spec *specs, const int32_t (*dim_ids)[SAIL_MAX_NDIM],
+                             int32_t count) {
+  int32_t ids = -1, mask = -1, past = -1, past_axis = -1, past_id = -1;
+  for (int32_t i = 0; i < count; ++i) {
+    const sail_io_spec *spec = &specs[i];
+    if ((spec->role == SAIL_ROLE_IDS || spec->role == SAIL_ROLE_MASK) && spec->ndim == 2) {
+      int32_t *slot = spec->role == SAIL_ROLE_IDS ? &ids : &mask;
+      if (*slot >= 0)
+        return 0; /* several: not a decoder this check knows */
+      *slot = i;
+    } else if (spec->role == SAIL_ROLE_PAST) {
+      int32_t axis = -1;
+      for (int32_t d = 1; d < spec->ndim; ++d) {
+        if (spec->shape[d] < 0) {
+          if (axis >= 0)
+            return 0;
+          axis = d;
+        }
+      }
+      if (axis < 0 || dim_ids[i][axis] < 0 || (past >= 0 && dim_ids[i][axis] != past_id))
+        return 0; /* no past axis, or pasts of different lengths (an encoder's cache) */
+      if (past < 0) {
+        past = i;
+        past_axis = axis;
+        past_id = dim_ids[i][axis];
+      }
+    }
+  }
+  if (ids < 0 || mask < 0 || past < 0 || specs[mask].shape[1] >= 0 || dim_ids[mask][1] < 0)
+    return 0;
+  for (int32_t i = 0; i < count; ++i) /* a dim another input shares is checked by name */
+    for (int32_t d = 0; d < specs[i].ndim; ++d)
+      if ((i != mask || d != 1) && dim_ids[i][d] == dim_ids[mask][1])
+        return 0;
+  const int64_t p = inputs[past].shape[past_axis], seq = inputs[ids].shape[1];
+  if (inputs[mask].shape[1] == p + seq)
+    return 0;
+  return sail_rt_fail(model, "input %s: dim 1 is %lld, but it must be past + seq = %lld (%s has "
+                      "past = %lld, %s seq = %lld)", specs[mask].name,
+                      (long long)inputs[mask].shape[1], (long long)(p + seq), specs[past].name,
+                      (long long)p, specs[ids].name, (long long)seq);
+}
+
 int sail_rt_check_inputs(sail_model *model, const sail_tensor *inputs, const sail_io_spec *specs,
                          const int32_t (*dim_ids)[SAIL_MAX_NDIM], int32_t count,
                          sail_buffer *views, int64_t *dims, int32_t num_dims) {
@@ -1229,7 +1279,7 @@ int sail_rt_check_inputs(sail_model *model, const sail_tensor *inputs, const sai
       view->shape[axis] = x->shape[axis];
     view->t.shape = view->shape;
   }
-  return 0;
+  return check_mask_length(model, inputs, specs, dim_ids, count);
 }
 
 int sail_rt_check_dim(sail_model *model, const char *what, int32_t axis, int64_t actual,
