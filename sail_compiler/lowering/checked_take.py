@@ -30,13 +30,11 @@ from tvm import relax, s_tir, tirx
 
 from ..ops.quant_matmul import constant_name, weight_ref_of
 
-__all__ = ["INDEX_ERROR", "legalize_checked_take"]
+__all__ = ["legalize_checked_take"]
 
 _TAKE = tvm.ir.Op.get("relax.take")
 #: ``relay::OpPatternKind::kOpaque``: FuseOps fuses nothing into or out of the kernel.
 _OPAQUE = 8
-#: The start of the message of a failed index check (``Artifact.run`` recognises it).
-INDEX_ERROR = "index outside the table"
 
 
 def _table_name(table: relax.Expr) -> str:
@@ -108,12 +106,14 @@ def legalize_checked_take(bb: relax.BlockBuilder, call: relax.Call) -> relax.Exp
     dim = table_ty.shape[axis]
     rows = int(dim) if isinstance(dim, tirx.IntImm) else 0
     name = _table_name(table)
-    where = f"the {rows} rows of {name}" if rows else f"the rows of {name} (axis {axis})"
-    allowed = f"{-rows} .. {rows - 1}" if rows and mode == "wrap" else \
-        f"0 .. {rows - 1}" if rows else "its rows"
-    message = (f"{INDEX_ERROR}: a gather index is outside {where}, which takes {allowed}: a "
-               "position beyond what the model was exported for (a context longer than its "
-               "position table) or an id past its vocabulary; shorten the context")
+    if rows:
+        where = f"the {rows} rows of {name}, which takes " + \
+            (f"{-rows} .. {rows - 1}" if mode == "wrap" else f"0 .. {rows - 1}")
+    else:
+        where = f"the rows of {name} (its dim {axis})"
+    message = (f"a gather index is outside {where}: a position beyond what the model was "
+               "exported for (a context longer than its position table) or an id past its "
+               "vocabulary; shorten the context")
     kernel = _check_kernel(index_ty, None if rows else table_ty, rows, axis, mode == "wrap",
                            message)
     gvar = bb.add_func(kernel, "check_indices")

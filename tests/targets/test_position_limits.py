@@ -227,13 +227,21 @@ def test_computed_rotary_has_no_position_limit(tmp_path: Path) -> None:
                                rtol=1e-5, atol=1e-5)
 
 
-def _take_module(mode: str) -> tvm.IRModule:
-    """take(table [8, 2], indices) with ``indices`` an input (a computed index, as far as
-    the lowering can tell)."""
-    table = relax.const(np.arange(16, dtype=np.float32).reshape(8, 2))
+def _take_module(mode: str, rank: int = 1, table_input: bool = False) -> tvm.IRModule:
+    """take(table [8, 2], indices) with ``indices`` an input (a computed index, as far as the
+    lowering can tell) of ``rank`` dims; the table a constant, or an input [rows, 2] with
+    symbolic rows."""
+    shape = [tvm.tirx.Var(f"n{k}", "int64") for k in range(rank)]
+    indices = relax.Var("indices", relax.TensorType(shape, "int64"))
+    params = [indices]
+    if table_input:
+        table = relax.Var("table", relax.TensorType([tvm.tirx.Var("rows", "int64"), 2],
+                                                     "float32"))
+        params.append(table)
+    else:
+        table = relax.const(np.arange(16, dtype=np.float32).reshape(8, 2))
     bb = relax.BlockBuilder()
-    indices = relax.Var("indices", relax.TensorType([tvm.tirx.Var("n", "int64")], "int64"))
-    with bb.function("main", [indices]):
+    with bb.function("main", params):
         with bb.dataflow():
             out = bb.emit_output(bb.emit(relax.op.take(table, indices, axis=0, mode=mode)))
         bb.emit_func_output(out)
@@ -261,3 +269,26 @@ def test_checked_take_legalization(mode: str) -> None:
         _take_module(mode))
     assert not any(gv.name_hint.startswith("check_indices")
                    for gv in unchecked.get_global_vars())
+
+
+def test_checked_take_of_any_rank_and_symbolic_rows() -> None:
+    """Indices of rank 0 and 2, and a table whose rows are a symbolic dim (read from the
+    table's shape at run time)."""
+    target = host_target(1)
+    table = np.arange(16, dtype=np.float32).reshape(8, 2)
+    for rank, index in ((0, np.array(5)), (2, np.array([[1, -2], [7, 0]]))):
+        mod = tvm.transform.Sequential(lowering_passes(target))(_take_module("wrap", rank))
+        vm = relax.VirtualMachine(relax.build(mod, target=target), tvm.cpu())
+        np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(index)).numpy(),
+                                      table[index])
+        with pytest.raises(Exception, match="outside the 8 rows"):
+            vm["main"](tvm.runtime.tensor(index + 8))
+    mod = tvm.transform.Sequential(lowering_passes(target))(_take_module("wrap", 1, True))
+    vm = relax.VirtualMachine(relax.build(mod, target=target), tvm.cpu())
+    for rows in (8, 3):
+        data = tvm.runtime.tensor(table[:rows].copy())
+        index = np.array([0, rows - 1, -rows])
+        np.testing.assert_array_equal(
+            vm["main"](tvm.runtime.tensor(index), data).numpy(), table[:rows][index])
+        with pytest.raises(Exception, match=r"outside the rows of a table \(its dim 0\)"):
+            vm["main"](tvm.runtime.tensor(np.array([rows])), data)
