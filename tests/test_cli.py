@@ -150,7 +150,8 @@ def test_never_deletes_a_foreign_directory(micro_decoder: Path, tmp_path: Path) 
 
 def test_runtime_dim_check_is_an_input_error(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """The KV decoder's mask length must equal past + seq; only the runtime can check it."""
+    """The KV decoder's mask length must equal past + seq; its dim (past_plus_seq) is a name
+    of its own, related to the others by the inputs' roles before the run."""
     from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 
     path = tmp_path / "kv.onnx"
@@ -165,4 +166,4 @@ def test_runtime_dim_check_is_an_input_error(tmp_path: Path,
     code = main(["run", str(out), "--inputs", str(tmp_path / "in.npz"), "--output-dir",
                  str(tmp_path / "res")])
     assert code == 2
-    assert "the compiled model rejected the inputs" in capsys.readouterr().err
+    assert "attention_mask: dim 1 is 4, but it must be past + seq = 5" in capsys.readouterr().err
