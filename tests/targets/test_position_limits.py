@@ -29,7 +29,7 @@ from sail_compiler import CompileOptions, compile_model
 from sail_compiler.artifact import Artifact
 from sail_compiler.cli import main
 from sail_compiler.errors import InputError, OptionError
-from sail_compiler.frontend.signature import position_table_rows
+from sail_compiler.frontend.signature import position_table_rows, signature_of
 from sail_compiler.lowering import host_target, lowering_passes
 from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
 
@@ -292,3 +292,24 @@ def test_checked_take_of_any_rank_and_symbolic_rows() -> None:
             vm["main"](tvm.runtime.tensor(index), data).numpy(), table[:rows][index])
         with pytest.raises(Exception, match=r"outside the rows of a table \(its dim 0\)"):
             vm["main"](tvm.runtime.tensor(np.array([rows])), data)
+
+
+def test_signature_relates_the_mask_to_past_and_seq() -> None:
+    """By the inputs' roles, without compiling: the mask's own dim name (past_plus_seq) must
+    be past + seq; pasts of different lengths (an encoder-decoder's two caches) leave the
+    mask to the checks by name."""
+    model = make_decoder(PRESETS["micro"], kv_cache=True)
+    signature = signature_of(model)
+    assert signature.context_of(_feeds(4, 2)) == (6, "past_key_values.0.key has past = 4, "
+                                                     "input_ids seq = 2")
+    signature.check_inputs(_feeds(4, 2))
+    signature.check_inputs(_feeds(0, 3))
+    with pytest.raises(InputError, match=r"attention_mask: dim 1 is 7, but it must be past \+ "
+                                         r"seq = 6"):
+        signature.check_inputs(_feeds(4, 2, mask=7))
+    for value in model.graph.input:  # the value cache gets a length of its own
+        if value.name == "past_key_values.0.value":
+            value.type.tensor_type.shape.dim[2].dim_param = "encoder_seq"
+    encoder_decoder = signature_of(model)
+    assert encoder_decoder.context_of(_feeds(4, 2)) is None
+    encoder_decoder.check_inputs(_feeds(4, 2, mask=7))
