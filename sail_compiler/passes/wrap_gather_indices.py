@@ -5,8 +5,10 @@ memory at whatever index it is given: an out-of-range token id, or a position pa
 rotary table, reads out of bounds or crashes the process. This pass rewrites ``mode="fast"`` to
 ``mode="wrap"``, which is exact for every index ONNX allows (``[-n, n)``; negative indices count
 from the end) and stays inside the table for any other. ``sail run`` still rejects out-of-range
-token ids before they reach the model (see :mod:`sail_compiler.artifact`); this pass covers
-indices computed inside the graph.
+token ids before they reach the model (see :mod:`sail_compiler.artifact`); indices computed
+inside the graph (a position past the end of a rotary table) are refused at run time, not
+wrapped: by the checking kernel the llvm and pim-sim lowering put before every ``take``
+(:mod:`sail_compiler.lowering.checked_take`) and by the c runtime before each gather kernel.
 
 Leaves every other call, and ``take`` in another mode, alone. Runs in the ``import`` stage,
 before any legalization.
