@@ -205,7 +205,8 @@ class CompileOptions:
             parts.append(f"embeddings {self.embedding_bits}-bit")
         if not parts:
             return "float"
-        return " ".join([", ".join(parts), ("awq+" if self.awq else "") + self.method])
+        return " ".join([", ".join(parts), ("awq+" if self.awq else "") + self.method
+                         + (" sequential" if self.gptq_sequential else "")])
 
     def __post_init__(self) -> None:
         # the target name is checked against the registry by compile_model (get_target), which
