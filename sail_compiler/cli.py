@@ -70,6 +70,10 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--awq", action="store_true",
                    help="activation-aware per-input-channel weight scales, folded into the "
                         "preceding norm weight or matmul (uses calibration)")
+    q.add_argument("--gptq-sequential", action="store_true",
+                   help="quantize one transformer block at a time, each with calibration "
+                        "statistics from the model whose earlier layers are already quantized "
+                        "(GPTQ's true-sequential order; slower calibration)")
     q.add_argument("--embedding-bits", type=int, metavar="B",
                    help="also quantize the token embedding tables to B bits (default: float)")
     q.add_argument("--act-bits", type=int, default=8,
@@ -284,7 +288,8 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
                           quant=_scheme(args), skip=tuple(args.skip), act_bits=args.act_bits,
                           act_group_size=(DEFAULT_ACT_GROUP_SIZE if args.act_group_size is None
                                           else args.act_group_size),
-                          method=args.method, awq=args.awq, bits_plan=args.bits_plan,
+                          method=args.method, awq=args.awq,
+                          gptq_sequential=args.gptq_sequential, bits_plan=args.bits_plan,
                           avg_bits=args.avg_bits,
                           calib=calib, embedding_bits=args.embedding_bits, sail=args.sail,
                           nbw=args.nbw, pim_types=args.pim_types, pim_config=args.pim_config,

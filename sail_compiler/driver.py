@@ -94,8 +94,10 @@ def _last_logits_signature(signature: ModelSignature, mod: tvm.IRModule) -> Mode
 def _weights_may_stay_in_files(options: CompileOptions) -> bool:
     """Whether a large model's external data may stay in its files, memory-mapped, through
     import and quantization (:mod:`.external_data`): nothing runs the float model (calibration
-    for GPTQ, ``--awq``, ``--avg-bits``, ``--calib``, or a plan that may name GPTQ)."""
+    for GPTQ, ``--awq``, ``--gptq-sequential``, ``--avg-bits``, ``--calib``, or a plan that may
+    name GPTQ)."""
     return options.calib is None and not options.awq and options.avg_bits is None \
+        and not options.gptq_sequential \
         and options.method != "gptq" and options.bits_plan is None
 
 

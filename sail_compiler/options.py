@@ -119,6 +119,11 @@ class CompileOptions:
     awq
         Activation-aware per-input-channel scales folded into the preceding norm weight or
         matmul before quantizing (:mod:`.quant.awq`); needs calibration (generated without it).
+    gptq_sequential
+        Quantize the layers in graph order, each with the Hessian of its input taken with the
+        earlier layers already quantized (one transformer block at a time; GPTQ's "true
+        sequential" order), instead of every Hessian from the float model
+        (:func:`~.quant.calibrate.collect_hessians_sequential`). Needs calibration.
     bits_plan
         A JSON plan mapping layer-name patterns to schemes (:mod:`.quant.plan`).
     avg_bits
@@ -167,6 +172,7 @@ class CompileOptions:
     act_group_size: int | str = DEFAULT_ACT_GROUP_SIZE
     method: str = "rtn"
     awq: bool = False
+    gptq_sequential: bool = False
     bits_plan: Path | None = None
     avg_bits: float | None = None
     calib: CalibrationSpec | None = None
@@ -199,7 +205,8 @@ class CompileOptions:
             parts.append(f"embeddings {self.embedding_bits}-bit")
         if not parts:
             return "float"
-        return " ".join([", ".join(parts), ("awq+" if self.awq else "") + self.method])
+        return " ".join([", ".join(parts), ("awq+" if self.awq else "") + self.method
+                         + (" sequential" if self.gptq_sequential else "")])
 
     def __post_init__(self) -> None:
         # the target name is checked against the registry by compile_model (get_target), which
@@ -217,6 +224,8 @@ class CompileOptions:
         if self.method != "rtn" and not quantized:
             raise OptionError(f"--method {self.method} applies to quantized compiles; add --bits "
                               "(or --avg-bits, --bits-plan)")
+        if self.gptq_sequential and not quantized:
+            raise OptionError("--gptq-sequential applies to quantized compiles; add --bits")
         if self.awq and not quantized:
             raise OptionError("--awq applies to quantized compiles; add --bits")
         if self.avg_bits is not None:

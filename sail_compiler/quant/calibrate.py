@@ -39,8 +39,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,116 @@ def collect_hessians(model: onnx.ModelProto, layers: list[Layer],
                 gram = x.T @ x
                 sums[name] = sums[name] + gram if name in sums else gram
     return {layer.name: sums[layer.input_name] for layer in layers}
+
+
+#: ``quantize_layer(layer, H)``: quantize ``layer`` given its Hessian ``H`` (of its input in the
+#: partly quantized model) and return the float32 ``[K, N]`` weights it then computes with, in
+#: the model's basis.
+QuantizeLayer = Callable[[Layer, np.ndarray], np.ndarray]
+
+
+def _graph_inputs_of(node: onnx.NodeProto) -> set[str]:
+    """The names ``node`` reads, including outer-scope names its subgraphs read."""
+    names = set(node.input)
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else []
+        for graph in graphs + list(attr.graphs):
+            inner = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} \
+                | {t.name for t in graph.initializer}
+            for n in graph.node:
+                names |= _graph_inputs_of(n) - inner
+    return names
+
+
+def _pruned(model: onnx.ModelProto, outputs: list[str], swapped: set[str]) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``outputs`` (float tensors), with the initializers
+    named in ``swapped`` turned into graph inputs; unused inputs and initializers dropped."""
+    graph = model.graph
+    need = set(outputs)
+    kept = []
+    for node in reversed(graph.node):  # ONNX nodes are in topological order
+        if any(o in need for o in node.output):
+            kept.append(node)
+            need |= _graph_inputs_of(node)
+    pruned = onnx.ModelProto()
+    pruned.ir_version = model.ir_version
+    pruned.opset_import.extend(model.opset_import)
+    pruned.functions.extend(model.functions)
+    out = pruned.graph
+    out.name = graph.name
+    out.node.extend(reversed(kept))
+    inits = [t for t in graph.initializer if t.name in need]
+    out.initializer.extend(t for t in inits if t.name not in swapped)
+    out.input.extend(i for i in graph.input if i.name in need)
+    for t in inits:
+        if t.name in swapped:
+            out.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
+                                                                list(t.dims)))
+    for name in outputs:
+        out.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        out.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return pruned
+
+
+def collect_hessians_sequential(model: onnx.ModelProto, layers: list[Layer],
+                                feeds: list[dict[str, Any]], quantize_layer: QuantizeLayer,
+                                inputs_per_stage: int = 4) -> dict[str, np.ndarray]:
+    """Quantize ``layers`` in model order, each with the Hessian of its input taken with the
+    layers before it already quantized (GPTQ's "true sequential" order); ``{layer: H}``.
+
+    The distinct activation inputs of ``layers``, in graph order, are cut into stages of
+    ``inputs_per_stage`` (4: one transformer block of a Llama-style decoder, q/k/v, o,
+    gate/up, down). Per stage the part of the model that computes the stage's inputs runs on
+    ``feeds`` (onnxruntime), with every weight ``quantize_layer`` returned for an earlier stage
+    fed in place of the float one; then ``quantize_layer`` is called for each layer of the stage
+    with its Hessian. A weight initializer read by more than one node stays float in the runs
+    (swapping it would change the other readers too).
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        ``{layer name: H}`` (float64 ``[K, K]``, shared by layers reading the same input), as
+        :func:`collect_hessians` but from the partly quantized model.
+    """
+    if inputs_per_stage < 1:
+        raise OptionError(f"inputs per stage must be >= 1, got {inputs_per_stage}")
+    uses = Counter(i for n in model.graph.node for i in _graph_inputs_of(n))
+    first_use: dict[str, int] = {}
+    readers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        first_use[layer.input_name] = min(first_use.get(layer.input_name, layer.node_index),
+                                          layer.node_index)
+        readers.setdefault(layer.input_name, []).append(layer)
+    order = sorted(first_use, key=first_use.__getitem__)
+    stages = [order[i:i + inputs_per_stage] for i in range(0, len(order), inputs_per_stage)]
+    graph_inputs = {i.name for i in model.graph.input}
+    swapped: dict[str, np.ndarray] = {}  # initializer name -> its quantized value, as stored
+    hessians: dict[str, np.ndarray] = {}
+    for stage in progress(stages, "sequential calibration"):
+        fetch = [n for n in stage if n not in graph_inputs]
+        sums: dict[str, np.ndarray] = {}
+        pruned = _pruned(model, fetch, set(swapped)) if fetch else None
+        needed = {i.name for i in pruned.graph.input} if pruned is not None else set()
+        weights = {k: v for k, v in swapped.items() if k in needed}
+        with (_session(pruned) if pruned is not None else nullcontext()) as session:
+            for feed in feeds:
+                values = dict(zip(fetch, _run(session, fetch, {
+                    **{k: v for k, v in feed.items() if k in needed}, **weights}), strict=True)) \
+                    if fetch else {}
+                values.update({n: feed[n] for n in stage if n in graph_inputs})
+                for name in stage:
+                    x = np.asarray(values[name], dtype=np.float64)
+                    x = x.reshape(-1, x.shape[-1])
+                    gram = x.T @ x
+                    sums[name] = sums[name] + gram if name in sums else gram
+        for name in stage:
+            for layer in readers[name]:
+                hessians[layer.name] = sums[name]
+                w_hat = np.asarray(quantize_layer(layer, sums[name]), np.float32)
+                if uses[layer.weight_name] == 1:
+                    swapped[layer.weight_name] = np.ascontiguousarray(
+                        w_hat.T if layer.transposed else w_hat)
+    return hessians
 
 
 class WeightSwapper:

@@ -27,6 +27,7 @@ from .calibrate import (
     calibration_feeds,
     candidate_widths,
     collect_hessians,
+    collect_hessians_sequential,
     curve_columns,
     layer_output_error,
     measure_sensitivity,
@@ -183,8 +184,10 @@ def _check_act_groups(layers: list[Layer], choices: list[LayerChoice],
 
 
 def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bool:
-    """GPTQ, ``--awq`` and ``--avg-bits`` need activations; the search uses them when given."""
+    """GPTQ, ``--awq``, ``--avg-bits`` and ``--gptq-sequential`` need activations; the search
+    uses them when given."""
     return options.avg_bits is not None or options.calib is not None or options.awq \
+        or options.gptq_sequential \
         or any(c.scheme is not None and c.method == "gptq" for c in choices)
 
 
@@ -267,6 +270,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             choices.append(LayerChoice(None, source="default"))
 
     calibration = hessians = sensitivity = None
+    wanted: list[Layer] = []
     folding: Folding | None = None
     provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
     _check_act_groups(layers, provisional, fixed, options.act_group_size)
@@ -280,7 +284,10 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         wanted = [layer for layer, c in zip(layers, provisional, strict=True)
                   if c.scheme is not None and layer.name not in fixed
                   and layer.op_type != "Gather"]
-        hessians = collect_hessians(model, wanted, feeds) if wanted else {}
+        # the sequential order collects its own Hessians below; the float model's are for
+        # --awq and --avg-bits
+        float_needed = not options.gptq_sequential or options.awq or options.avg_bits is not None
+        hessians = collect_hessians(model, wanted, feeds) if wanted and float_needed else {}
         if options.awq:
             assert options.quant is not None or plan is not None
             folding = fold_scales(model, layers, provisional, hessians, set(fixed),
@@ -320,6 +327,23 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                                              options.method, "avg-bits")
     final = [c for c in choices if c is not None]
     assert len(final) == len(layers)
+    done: dict[str, QuantizedWeight] = {}  # quantized during the sequential calibration
+    if options.gptq_sequential and wanted:
+        inits = {t.name: t for t in model.graph.initializer}
+        choice_of = {layer.name: c for layer, c in zip(layers, final, strict=True)}
+
+        def quantize_layer(layer: Layer, h: np.ndarray) -> np.ndarray:
+            w = layer_weight(model, layer, inits)
+            if folding is not None:
+                w, h = folding.weight(layer, w), folding.hessian(layer, h)
+            choice = choice_of[layer.name]
+            done[layer.name] = qw = quantize_weight(w, choice.scheme, choice.method, h)
+            w_hat = dequantize(qw)
+            return w_hat if folding is None else folding.unfold(layer, w_hat)
+
+        hessians = collect_hessians_sequential(
+            model, [layer for layer in wanted if choice_of[layer.name].scheme is not None],
+            feeds, quantize_layer)
     # Embedding tables are layers only when asked for (--embedding-bits, a plan rule, --skip):
     # a float table left alone is not part of the plan or the reports.
     kept = [i for i, (layer, c) in enumerate(zip(layers, final, strict=True))
@@ -335,6 +359,8 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             w, h = folding.weight(layer, w), folding.hessian(layer, h)
         if layer.name in fixed:
             qw = fixed[layer.name]
+        elif layer.name in done:
+            qw = done[layer.name]
         elif choice.scheme is None:
             qw = None
         else:

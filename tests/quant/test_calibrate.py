@@ -17,6 +17,7 @@ from sail_compiler.quant.calibrate import (
     assign_bits,
     calibration_feeds,
     collect_hessians,
+    collect_hessians_sequential,
     curve_columns,
     layer_output_error,
     measure_sensitivity,
@@ -62,6 +63,51 @@ def test_weight_swapper_runs_the_model_with_substituted_weights() -> None:
     hidden = np.maximum(x @ w1, 0)
     np.testing.assert_allclose(base, hidden @ w2, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(swapped, hidden @ other, rtol=1e-5, atol=1e-5)
+
+
+def _deep_mlp():  # type: ignore[no-untyped-def]
+    """x -> fc1 -> relu -> fc2 (a Gemm with transB) -> relu -> fc3 and fc4 (one input)."""
+    w1, w2, w3, w4 = (RNG.standard_normal(shape).astype(np.float32)
+                      for shape in ((6, 5), (5, 4), (4, 3), (4, 2)))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Gemm", ["r", "w2t"], ["g"], name="fc2", transB=1),
+         helper.make_node("Relu", ["g"], ["s"], name="relu2"),
+         helper.make_node("MatMul", ["s", "w3"], ["y"], name="fc3"),
+         helper.make_node("MatMul", ["s", "w4"], ["z"], name="fc4")],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [8, 2])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2.T.copy(), "w2t"),
+         numpy_helper.from_array(w3, "w3"), numpy_helper.from_array(w4, "w4")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), (w1, w2)
+
+
+@pytest.mark.parametrize("per_stage", [1, 2])
+def test_sequential_hessians_come_from_the_model_with_earlier_layers_quantized(
+        per_stage: int) -> None:
+    model, (w1, w2) = _deep_mlp()
+    layers = find_layers(model)
+    feeds = [{"x": RNG.standard_normal((8, 6)).astype(np.float32)} for _ in range(3)]
+    calls = []
+
+    def quantize_layer(layer, h):  # type: ignore[no-untyped-def]
+        calls.append(layer.name)
+        w = {"fc1": w1, "fc2": w2}.get(layer.name)
+        return np.round(w * 2) / 2 if w is not None else np.zeros((layer.k, layer.n))
+
+    hessians = collect_hessians_sequential(model, layers, feeds, quantize_layer, per_stage)
+    assert calls == ["fc1", "fc2", "fc3", "fc4"]
+    q1, q2 = (np.round(w.astype(np.float64) * 2) / 2 for w in (w1, w2))
+    xs = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
+    # with two inputs a stage, fc1's and fc2's inputs are both taken from the float model
+    rs = np.maximum(xs @ (q1 if per_stage == 1 else w1), 0)
+    ss = np.maximum(np.maximum(xs @ q1, 0) @ q2, 0)
+    np.testing.assert_allclose(hessians["fc1"], xs.T @ xs, rtol=1e-6)
+    np.testing.assert_allclose(hessians["fc2"], rs.T @ rs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(hessians["fc3"], ss.T @ ss, rtol=1e-4, atol=1e-4)
+    assert hessians["fc4"] is hessians["fc3"]
 
 
 def test_layer_output_error_is_the_squared_error_of_the_layer_outputs() -> None:
@@ -205,3 +251,18 @@ def test_assign_bits_respects_the_budget_with_unequal_sizes(seed: int) -> None:
 def test_assign_bits_rejects_an_unreachable_budget() -> None:
     with pytest.raises(OptionError, match=r"\[2, 8\]"):
         assign_bits({"a": {b: 1.0 / b for b in range(2, 9)}}, {"a": 10}, 1.5)
+
+
+def test_compile_with_gptq_sequential_is_exact_and_close_to_float(micro_decoder) -> None:  # type: ignore[no-untyped-def]
+    """--gptq-sequential with --awq: the weights quantized during the sequential calibration
+    are the ones compiled (exact against the NumPy reference)."""
+    from sail_compiler.options import CompileOptions
+    from sail_compiler.verify import InputPlan, verify_model
+
+    options = CompileOptions(quant=QuantScheme.parse("w8g16"), method="gptq", awq=True,
+                             gptq_sequential=True, calib=CalibrationSpec(samples=2, seq_len=8))
+    report = verify_model(micro_decoder, options, [InputPlan(seq_len=5)])
+    assert report["ref_exact"]
+    assert report["outputs"][0]["cosine"] > 0.999, report["outputs"][0]
+    with pytest.raises(OptionError, match="--gptq-sequential"):
+        CompileOptions(gptq_sequential=True)
