@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from ..errors import OptionError
 from ..external_data import ExternalData
 from .awq import Folding, fold_scales
 from .calibrate import (
+    HessianStore,
     assign_bits,
     calibration_feeds,
     candidate_widths,
@@ -191,7 +194,8 @@ def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bo
 def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                          options: CompileOptions,
                          prequantized: dict[str, Any] | None = None,
-                         external: ExternalData | None = None) -> Quantization | None:
+                         external: ExternalData | None = None,
+                         work_dir: Path | None = None) -> Quantization | None:
     """Resolve and compute every layer's quantization (module docstring).
 
     Parameters
@@ -206,8 +210,12 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         ``{weight initializer name: PrequantizedLayer}`` from the frontend's rewrite.
     external
         The model's mapped external data (its initializers are not in ``model``): each weight
-        is read from its file while it is quantized, one at a time. Calibration needs the
-        weights in ``model``.
+        is read from its file while it is quantized, one at a time. Calibration runs the model
+        on onnxruntime, which maps the same files, and spills the layers' statistics to a
+        temporary folder (:class:`~.calibrate.HessianStore`), so that one layer's Hessian is in
+        memory at a time.
+    work_dir
+        Where that folder is made (None: the system's temporary directory).
 
     Returns
     -------
@@ -221,6 +229,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         ``--act-bits``; ``--avg-bits`` out of range.
     """
     prequantized = prequantized or {}
+    base_dir = external.base_dir if external is not None else None
     if options.quant is None and options.bits_plan is None and not prequantized \
             and options.embedding_bits is None:
         return None
@@ -266,91 +275,98 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         else:
             choices.append(LayerChoice(None, source="default"))
 
-    calibration = hessians = sensitivity = None
-    folding: Folding | None = None
-    provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
-    _check_act_groups(layers, provisional, fixed, options.act_group_size)
-    if needs_calibration(options, provisional):
-        from ..options import CalibrationSpec
+    hessians: HessianStore | dict[str, np.ndarray] | None = None
+    try:
+        calibration = sensitivity = None
+        folding: Folding | None = None
+        provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
+        _check_act_groups(layers, provisional, fixed, options.act_group_size)
+        if needs_calibration(options, provisional):
+            from ..options import CalibrationSpec
 
-        assert external is None, "calibration runs the model: load its weights"
-        spec = options.calib or CalibrationSpec()
-        feeds = calibration_feeds(spec, signature)
-        calibration = spec.describe()
-        wanted = [layer for layer, c in zip(layers, provisional, strict=True)
-                  if c.scheme is not None and layer.name not in fixed
-                  and layer.op_type != "Gather"]
-        hessians = collect_hessians(model, wanted, feeds) if wanted else {}
-        if options.awq:
-            assert options.quant is not None or plan is not None
-            folding = fold_scales(model, layers, provisional, hessians, set(fixed),
-                                  options.quant or QuantScheme(4))
-        if options.avg_bits is not None:
-            free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
-            assert options.quant is not None, "CompileOptions checks --avg-bits has a scheme"
-            widths = candidate_widths(options.quant)
-            inits = {t.name: t for t in model.graph.initializer}
+            spec = options.calib or CalibrationSpec()
+            feeds = calibration_feeds(spec, signature)
+            calibration = spec.describe()
+            wanted = [layer for layer, c in zip(layers, provisional, strict=True)
+                      if c.scheme is not None and layer.name not in fixed
+                      and layer.op_type != "Gather"]
+            spill = None
+            if external is not None:  # a large model: one layer's Hessian in memory at a time
+                spill = work_dir if work_dir is not None else Path(tempfile.gettempdir())
+            hessians = collect_hessians(model, wanted, feeds, base_dir, spill) if wanted else {}
+            if options.awq:
+                assert options.quant is not None or plan is not None
+                folding = fold_scales(model, layers, provisional, hessians, set(fixed),
+                                      options.quant or QuantScheme(4), external)
+            if options.avg_bits is not None:
+                free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
+                assert options.quant is not None, "CompileOptions checks --avg-bits has a scheme"
+                widths = candidate_widths(options.quant)
+                inits = {t.name: t for t in model.graph.initializer}
 
-            @functools.lru_cache(maxsize=1)  # asked for once per width of one layer
-            def folded(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-                w, h = layer_weight(model, layer, inits), hessians[layer.name]
-                return (w, h) if folding is None else \
-                    (folding.weight(layer, w), folding.hessian(layer, h))
+                @functools.lru_cache(maxsize=1)  # asked for once per width of one layer
+                def folded(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+                    w, h = layer_weight(model, layer, inits, external), hessians[layer.name]
+                    return (w, h) if folding is None else \
+                        (folding.weight(layer, w), folding.hessian(layer, h))
 
-            # RTN: GPTQ's weights are computed once, for the chosen widths, below.
-            def quantized(layer: Layer, scheme: QuantScheme) -> np.ndarray:
-                w_hat = dequantize(quantize_weight(folded(layer)[0], scheme, "rtn"))
-                return w_hat if folding is None else folding.unfold(layer, w_hat)
+                # RTN: GPTQ's weights are computed once, for the chosen widths, below.
+                def quantized(layer: Layer, scheme: QuantScheme) -> np.ndarray:
+                    w_hat = dequantize(quantize_weight(folded(layer)[0], scheme, "rtn"))
+                    return w_hat if folding is None else folding.unfold(layer, w_hat)
 
-            def output_error(layer: Layer, scheme: QuantScheme) -> float:
-                w, h = folded(layer)
-                w = w[:, curve_columns(w.shape[1])]
-                return layer_output_error(w - dequantize(quantize_weight(w, scheme, "rtn")), h)
+                def output_error(layer: Layer, scheme: QuantScheme) -> float:
+                    w, h = folded(layer)
+                    w = w[:, curve_columns(w.shape[1])]
+                    return layer_output_error(w - dequantize(quantize_weight(w, scheme, "rtn")), h)
 
-            sensitivity = measure_sensitivity(model, free, widths,
-                                              probe_width(widths, options.avg_bits),
-                                              options.quant, sensitivity_feeds(spec, signature),
-                                              quantized, output_error)
-            bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
-                               options.avg_bits)
-            for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):
-                if c is None:
-                    choices[i] = LayerChoice(dataclasses.replace(options.quant,
-                                                                 bits=bits[layer.name]),
-                                             options.method, "avg-bits")
-    final = [c for c in choices if c is not None]
-    assert len(final) == len(layers)
-    # Embedding tables are layers only when asked for (--embedding-bits, a plan rule, --skip):
-    # a float table left alone is not part of the plan or the reports.
-    kept = [i for i, (layer, c) in enumerate(zip(layers, final, strict=True))
-            if layer.op_type != "Gather" or c.source != "default"]
-    layers, final = [layers[i] for i in kept], [final[i] for i in kept]
+                sensitivity = measure_sensitivity(model, free, widths,
+                                                  probe_width(widths, options.avg_bits),
+                                                  options.quant, sensitivity_feeds(spec, signature),
+                                                  quantized, output_error, base_dir)
+                bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
+                                   options.avg_bits)
+                for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):
+                    if c is None:
+                        choices[i] = LayerChoice(dataclasses.replace(options.quant,
+                                                                     bits=bits[layer.name]),
+                                                 options.method, "avg-bits")
+        final = [c for c in choices if c is not None]
+        assert len(final) == len(layers)
+        # Embedding tables are layers only when asked for (--embedding-bits, a plan rule, --skip):
+        # a float table left alone is not part of the plan or the reports.
+        kept = [i for i, (layer, c) in enumerate(zip(layers, final, strict=True))
+                if layer.op_type != "Gather" or c.source != "default"]
+        layers, final = [layers[i] for i in kept], [final[i] for i in kept]
 
-    inits = {t.name: t for t in model.graph.initializer}
-    results = []
-    for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
-        w = layer_weight(model, layer, inits, external)
-        h = hessians.get(layer.name) if hessians else None
+        inits = {t.name: t for t in model.graph.initializer}
+        results = []
+        for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
+            w = layer_weight(model, layer, inits, external)
+            h = hessians.get(layer.name) if hessians else None
+            if folding is not None:
+                w, h = folding.weight(layer, w), folding.hessian(layer, h)
+            if layer.name in fixed:
+                qw = fixed[layer.name]
+            elif choice.scheme is None:
+                qw = None
+            else:
+                # a lookup has no activations to calibrate GPTQ with: it gets the search
+                method = "search" if h is None and choice.method == "gptq" else choice.method
+                qw = quantize_weight(w, choice.scheme, method, h)
+            err = reconstruction_error(w, qw, h) if qw is not None else None
+            del w
+            if external is not None and qw is not None:
+                qw = PackedWeight.of(qw)  # a large model: hold bits / 8 bytes a weight, not 1
+            results.append(QuantizedLayer(layer, choice, qw, err))
+        resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
+        if prequantized:
+            notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")
         if folding is not None:
-            w, h = folding.weight(layer, w), folding.hessian(layer, h)
-        if layer.name in fixed:
-            qw = fixed[layer.name]
-        elif choice.scheme is None:
-            qw = None
-        else:
-            # a lookup has no activations to calibrate GPTQ with: it gets the search
-            method = "search" if h is None and choice.method == "gptq" else choice.method
-            qw = quantize_weight(w, choice.scheme, method, h)
-        err = reconstruction_error(w, qw, h) if qw is not None else None
-        del w
-        if external is not None and qw is not None:
-            qw = PackedWeight.of(qw)  # a large model: hold bits / 8 bytes a weight, not 1
-        results.append(QuantizedLayer(layer, choice, qw, err))
-    resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
-    if prequantized:
-        notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")
-    if folding is not None:
-        notes.append(f"--awq: {folding.report()['scaled_sites']} of {len(folding.alphas)} "
-                     "input(s) scaled per channel")
-    return Quantization(resolved, results, calibration, sensitivity,
-                        time.perf_counter() - started, notes, folding)
+            notes.append(f"--awq: {folding.report()['scaled_sites']} of {len(folding.alphas)} "
+                         "input(s) scaled per channel")
+        return Quantization(resolved, results, calibration, sensitivity,
+                            time.perf_counter() - started, notes, folding)
+    finally:
+        if isinstance(hessians, HessianStore):
+            hessians.close()  # its spilled files
