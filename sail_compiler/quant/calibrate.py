@@ -138,19 +138,17 @@ def _session(model: onnx.ModelProto, base_dir: Path | None = None) -> Iterator[A
     options.add_session_config_entry("session.disable_prepacking", "1")
     with tempfile.TemporaryDirectory(prefix="sail-calib-") as tmp:
         try:
+            source: bytes | str
             if base_dir is not None:
                 options.add_session_config_entry(
                     "session.model_external_initializers_file_folder_path", str(base_dir))
-                session = ort.InferenceSession(model.SerializeToString(), options,
-                                               providers=["CPUExecutionProvider"])
+                source = model.SerializeToString()
             elif model.ByteSize() < _INLINE_LIMIT:
-                session = ort.InferenceSession(model.SerializeToString(), options,
-                                               providers=["CPUExecutionProvider"])
+                source = model.SerializeToString()
             else:
-                path = Path(tmp) / "model.onnx"
-                onnx.save(model, path, save_as_external_data=True, location="weights.bin")
-                session = ort.InferenceSession(str(path), options,
-                                               providers=["CPUExecutionProvider"])
+                source = str(Path(tmp) / "model.onnx")
+                onnx.save(model, source, save_as_external_data=True, location="weights.bin")
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
             raise SailError(f"onnxruntime could not load the model for calibration: "
                             f"{str(err).strip().splitlines()[0]}") from err
