@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 
 from ..external_data import ExternalData
+from .calibrate import progress
 from .plan import Layer, LayerChoice, layer_weight, weight_ref
 from .reference import dequantize, quantize_weights_rtn
 from .scheme import QuantScheme
@@ -218,7 +219,7 @@ def fold_scales(model: onnx.ModelProto, layers: list[Layer], choices: list[Layer
     scheme_of = {layer.name: (c.scheme if c is not None and c.scheme is not None else base)
                  for layer, c in zip(layers, choices, strict=True)}
     folding = Folding()
-    for site in find_fold_sites(model, layers, quantized):
+    for site in progress(find_fold_sites(model, layers, quantized), "awq scales"):
         first = site.layers[0]
         weights = [layer_weight(model, layer, inits, external) for layer in site.layers]
         alpha, s = search_scales(weights, hessians[first.name], scheme_of[first.name])

@@ -14,6 +14,14 @@ The float model runs on onnxruntime with each layer's activation input (``A`` of
 ``H = sum over rows of x^T x`` (float64 ``[K, K]``) is accumulated; GPTQ and the weighted search
 use it, and :func:`~.methods.reconstruction_error` turns it into a layer's output error.
 
+A large model (its weights memory-mapped, :mod:`sail_compiler.external_data`) is calibrated
+without loading it: onnxruntime is given the model's external references and the folder of its
+files and maps them itself (:func:`_session`; no float weights are copied into this process,
+prepacking is off), and the statistics spill to a temporary folder beside the artifact
+(:class:`HessianStore`): each input's activation rows or its running ``H``, whichever is smaller,
+so that one ``H`` is in memory at a time while the layers are quantized. The ``H`` are the same,
+bit for bit, as when held in memory.
+
 ``--avg-bits X`` (:func:`measure_sensitivity`, :func:`assign_bits`): a layer's *sensitivity* at
 width b estimates the squared relative error of the model's first output when that layer alone is
 quantized to b. It is measured end to end at one width only, the *probe width* (the candidate
