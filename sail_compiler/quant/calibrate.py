@@ -224,6 +224,12 @@ def collect_hessians(model: onnx.ModelProto, layers: list[Layer], feeds: list[di
     return store
 
 
+def _write(path: Path, array: np.ndarray, mode: str) -> None:
+    """Write (``"wb"``) or append (``"ab"``) ``array``'s bytes to ``path``."""
+    with path.open(mode) as f:
+        array.tofile(f)
+
+
 class HessianStore(Mapping[str, np.ndarray]):
     """The calibration Hessians ``{layer name: H}`` (float64 ``[K, K]``), gathered one model run
     (feed) at a time by :meth:`add_feed`.
@@ -279,8 +285,7 @@ class HessianStore(Mapping[str, np.ndarray]):
             x = x.reshape(-1, x.shape[-1])
             try:
                 if name in self._rows:
-                    with self._files[name].open("ab") as f:
-                        np.ascontiguousarray(x, dtype=np.float32).tofile(f)
+                    _write(self._files[name], np.ascontiguousarray(x, dtype=np.float32), "ab")
                     self._rows[name].append(x.shape[0])
                 else:
                     x = x.astype(np.float64)
@@ -288,7 +293,7 @@ class HessianStore(Mapping[str, np.ndarray]):
                     path = self._files[name]
                     if path.exists():
                         gram = np.fromfile(path, np.float64).reshape(gram.shape) + gram
-                    gram.tofile(path)
+                    _write(path, gram, "wb")
             except OSError as err:
                 if err.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise self._no_room(self.disk_bytes()) from None

@@ -95,6 +95,29 @@ def test_spilling_refuses_a_disk_without_room_and_leaves_nothing(tmp_path,  # ty
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_disk_filling_up_while_spilling_says_so_and_leaves_nothing(tmp_path,  # type: ignore[no-untyped-def]
+                                                                    monkeypatch) -> None:
+    """ENOSPC from a write after the room check (another process took the space) becomes the
+    same message, with the bytes written by then; the folder is removed."""
+    import errno
+
+    model, _, _ = _mlp()
+    feeds = [{"x": RNG.standard_normal((2, 4, 6)).astype(np.float32)} for _ in range(3)]
+    writes = []
+    original = calibrate._write
+
+    def write(path, array, mode):  # type: ignore[no-untyped-def]
+        writes.append(path.name)
+        if len(writes) > 2:  # the second run's first write
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(path, array, mode)
+
+    monkeypatch.setattr(calibrate, "_write", write)
+    with pytest.raises(SailError, match=r"needs about 488 bytes .* 488 bytes were written"):
+        collect_hessians(model, find_layers(model), feeds, work_dir=tmp_path)
+    assert len(writes) == 3 and list(tmp_path.iterdir()) == []
+
+
 def test_weight_swapper_runs_the_model_with_substituted_weights() -> None:
     model, w1, w2 = _mlp()
     x = RNG.standard_normal((1, 4, 6)).astype(np.float32)
