@@ -93,12 +93,10 @@ def _last_logits_signature(signature: ModelSignature, mod: tvm.IRModule) -> Mode
 
 def _weights_may_stay_in_files(options: CompileOptions) -> bool:
     """Whether a large model's external data may stay in its files, memory-mapped, through
-    import and quantization (:mod:`.external_data`): nothing runs the float model (calibration
-    for GPTQ, ``--awq``, ``--gptq-sequential``, ``--avg-bits``, ``--calib``, or a plan that may
-    name GPTQ)."""
-    return options.calib is None and not options.awq and options.avg_bits is None \
-        and not options.gptq_sequential \
-        and options.method != "gptq" and options.bits_plan is None
+    import and quantization (:mod:`.external_data`). Always: a calibrated compile (GPTQ,
+    ``--awq``, ``--avg-bits``, ``--calib``) runs the model on onnxruntime, which maps the same
+    files (:mod:`.quant.calibrate`)."""
+    return True
 
 
 def compile_model(model_path: str | Path, output: str | Path | None,
@@ -156,8 +154,10 @@ def compile_model(model_path: str | Path, output: str | Path | None,
         bound = None if ids is None else ids.index_bound
         notes.extend([*tokenizer.notes, *tokenizer.check_vocabulary(bound)])
     dumper.record_stage(0, "frontend", mod)
+    # calibration statistics of a large model spill beside the artifact (removed after)
     quant = quantization if quantization is not None else \
-        prepare_quantization(model, signature, options, prequantized, external)
+        prepare_quantization(model, signature, options, prequantized, external,
+                             out.resolve().parent if out is not None else None)
     del model
     if quant is not None:
         seconds["prepare_quantization"] = quant.seconds

@@ -107,6 +107,8 @@ class ExternalData:
 
     def __init__(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str]) -> None:
         base = Path(base_dir)
+        #: The folder external-data locations are relative to.
+        self.base_dir = base
         self._locations: dict[str, _Location] = {}
         for tensor in external_tensors(model)[0]:
             info = external_data_helper.ExternalDataInfo(tensor)

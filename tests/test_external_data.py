@@ -168,3 +168,50 @@ def test_what_stays_in_memory(external_model: Path, large: None) -> None:
     next(t for t in bf16.graph.initializer
          if external_data_helper.uses_external_data(t)).data_type = onnx.TensorProto.BFLOAT16
     assert not can_map_external(bf16)
+
+
+@pytest.mark.parametrize("calibrated", [
+    {"method": "gptq", "awq": True},
+    {"avg_bits": 3.5},
+], ids=["awq_gptq", "avg_bits"])
+def test_streaming_calibrated_compile_equals_in_memory(large: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       calibrated: dict) -> None:
+    """A calibrated compile of a mapped model runs onnxruntime on the external references (no
+    weight data in the model it is given), spills the Hessians beside the artifact and removes
+    them, and writes the artifact the in-memory path writes, byte for byte."""
+    from sail_compiler.options import CalibrationSpec
+    from sail_compiler.quant import calibrate
+
+    external_model = tmp_path / "micro.onnx"
+    save_model(make_decoder(PRESETS["micro"], kv_cache=True), external_model, external_data=True)
+    options = CompileOptions(target="c", quant=QuantScheme.parse("w4g8"),
+                             calib=CalibrationSpec(samples=2, seq_len=8), **calibrated)
+    sessions: list[tuple[bool, bool]] = []
+    spills: list[Path] = []
+    original_session, original_init = calibrate._session, calibrate.HessianStore.__init__
+
+    def session(model: onnx.ModelProto, base_dir: Path | None = None):  # type: ignore[no-untyped-def]
+        sessions.append((base_dir is not None, any(t.raw_data for t in model.graph.initializer
+                                                   if np.prod(t.dims) >= 256)))
+        return original_session(model, base_dir)
+
+    def init(self, inputs, feeds, work_dir=None):  # type: ignore[no-untyped-def]
+        original_init(self, inputs, feeds, work_dir)
+        spills.append(self._dir)
+
+    monkeypatch.setattr(calibrate, "_session", session)
+    monkeypatch.setattr(calibrate.HessianStore, "__init__", init)
+    compile_model(external_model, tmp_path / "streamed", options)
+    assert sessions and all(sessions_ == (True, False) for sessions_ in sessions)
+    (spill,) = spills
+    assert spill is not None and spill.parent == tmp_path and not spill.exists()
+
+    monkeypatch.setattr(driver, "_weights_may_stay_in_files", lambda options: False)
+    sessions.clear()
+    spills.clear()
+    compile_model(external_model, tmp_path / "in_memory", options)
+    assert sessions and all(s == (False, True) for s in sessions) and spills == [None]
+    assert _artifact(tmp_path / "streamed") == _artifact(tmp_path / "in_memory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in_memory", "micro.onnx",
+                                                          "micro.onnx.data", "streamed"]

@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 
+from ..external_data import ExternalData
+from .calibrate import progress
 from .plan import Layer, LayerChoice, layer_weight, weight_ref
 from .reference import dequantize, quantize_weights_rtn
 from .scheme import QuantScheme
@@ -204,10 +207,11 @@ def search_scales(weights: list[np.ndarray], hessian: np.ndarray, scheme: QuantS
 
 
 def fold_scales(model: onnx.ModelProto, layers: list[Layer], choices: list[LayerChoice],
-                hessians: dict[str, np.ndarray], fixed: set[str],
-                base: QuantScheme) -> Folding:
+                hessians: Mapping[str, np.ndarray], fixed: set[str],
+                base: QuantScheme, external: ExternalData | None = None) -> Folding:
     """Find the sites among the quantized ``layers`` and search each one's scales (the scheme
-    of its first layer, else ``base``)."""
+    of its first layer, else ``base``). ``external``: the model's mapped external data (weights
+    and constants are read from their files, one site at a time)."""
     inits = {t.name: t for t in model.graph.initializer}
     quantized = {layer.name for layer, c in zip(layers, choices, strict=True)
                  if c is not None and c.scheme is not None and layer.name not in fixed
@@ -215,9 +219,9 @@ def fold_scales(model: onnx.ModelProto, layers: list[Layer], choices: list[Layer
     scheme_of = {layer.name: (c.scheme if c is not None and c.scheme is not None else base)
                  for layer, c in zip(layers, choices, strict=True)}
     folding = Folding()
-    for site in find_fold_sites(model, layers, quantized):
+    for site in progress(find_fold_sites(model, layers, quantized), "awq scales"):
         first = site.layers[0]
-        weights = [layer_weight(model, layer, inits) for layer in site.layers]
+        weights = [layer_weight(model, layer, inits, external) for layer in site.layers]
         alpha, s = search_scales(weights, hessians[first.name], scheme_of[first.name])
         folding.alphas[first.name] = alpha
         if alpha == 0.0:
@@ -225,7 +229,9 @@ def fold_scales(model: onnx.ModelProto, layers: list[Layer], choices: list[Layer
         for layer in site.layers:
             folding.row_scales[layer.name] = s
         if site.constant is not None:
-            original = onnx.numpy_helper.to_array(inits[site.constant])
+            original = external.read(site.constant) \
+                if external is not None and site.constant in external \
+                else onnx.numpy_helper.to_array(inits[site.constant])
             folding.constants[site.constant] = (
                 original.astype(np.float64) / s.reshape(original.shape)).astype(np.float32)
         else:

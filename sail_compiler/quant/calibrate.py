@@ -14,6 +14,16 @@ The float model runs on onnxruntime with each layer's activation input (``A`` of
 ``H = sum over rows of x^T x`` (float64 ``[K, K]``) is accumulated; GPTQ and the weighted search
 use it, and :func:`~.methods.reconstruction_error` turns it into a layer's output error.
 
+A large model (its weights memory-mapped, :mod:`sail_compiler.external_data`) is calibrated
+without loading it: onnxruntime is given the model's external references and the folder of its
+files and maps them itself (:func:`_session`; no float weights are copied into this process),
+and the statistics spill to a temporary folder beside the artifact
+(:class:`HessianStore`): each input's activation rows or its running ``H``, whichever is smaller,
+so that one ``H`` is in memory at a time while the layers are quantized. From the same
+activations the spilled ``H`` equal the ones held in memory bit for bit; the activations of a
+mapped model equal those of the model in memory within float32 rounding (onnxruntime does not
+prepack mapped weights, see :func:`_session`).
+
 ``--avg-bits X`` (:func:`measure_sensitivity`, :func:`assign_bits`): a layer's *sensitivity* at
 width b estimates the squared relative error of the model's first output when that layer alone is
 quantized to b. It is measured end to end at one width only, the *probe width* (the candidate
@@ -37,10 +47,12 @@ each layer's convex hull.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -120,21 +132,35 @@ def feed_for_ids(signature: ModelSignature, ids: np.ndarray) -> dict[str, np.nda
 
 
 @contextmanager
-def _session(model: onnx.ModelProto) -> Iterator[Any]:
+def _session(model: onnx.ModelProto, base_dir: Path | None = None) -> Iterator[Any]:
+    """An onnxruntime session of ``model``.
+
+    With ``base_dir``, the model's initializers are external-data references relative to it
+    (a large model loaded without its weights): onnxruntime maps the files itself, so the
+    weights are never copied into this process (only the pages a run touches are read, as
+    page cache), and MLAS prepacking is off (it copies every matmul's weights into packed
+    buffers: 4.0 GB for the 1.1B example decoder). Prepacked and unpacked matmuls round
+    differently: on Gemma 3 270M the Hessians of 72 of 73 inputs differed, by at most 9.6e-7
+    of their largest entry; a model in memory keeps prepacking, so its results stay as they were.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     with tempfile.TemporaryDirectory(prefix="sail-calib-") as tmp:
         try:
-            if model.ByteSize() < _INLINE_LIMIT:
-                session = ort.InferenceSession(model.SerializeToString(), options,
-                                               providers=["CPUExecutionProvider"])
+            source: bytes | str
+            if base_dir is not None:
+                options.add_session_config_entry("session.disable_prepacking", "1")
+                options.add_session_config_entry(
+                    "session.model_external_initializers_file_folder_path", str(base_dir))
+                source = model.SerializeToString()
+            elif model.ByteSize() < _INLINE_LIMIT:
+                source = model.SerializeToString()
             else:
-                path = Path(tmp) / "model.onnx"
-                onnx.save(model, path, save_as_external_data=True, location="weights.bin")
-                session = ort.InferenceSession(str(path), options,
-                                               providers=["CPUExecutionProvider"])
+                source = str(Path(tmp) / "model.onnx")
+                onnx.save(model, source, save_as_external_data=True, location="weights.bin")
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
             raise SailError(f"onnxruntime could not load the model for calibration: "
                             f"{str(err).strip().splitlines()[0]}") from err
@@ -149,33 +175,217 @@ def _run(session: Any, names: list[str], feed: dict[str, Any]) -> list[np.ndarra
                         f"{str(err).strip().splitlines()[0]}") from err
 
 
-def collect_hessians(model: onnx.ModelProto, layers: list[Layer],
-                     feeds: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """``{layer name: H}``, ``H = sum of x^T x`` (float64 ``[K, K]``) over all calibration rows.
+def _probe_model(model: onnx.ModelProto, extra_outputs: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``extra_outputs`` (float tensors) added as graph outputs.
 
-    Layers reading the same activation share one (read-only) ``H``.
-    """
-    wanted = sorted({layer.input_name for layer in layers})
-    graph_inputs = {i.name for i in model.graph.input}
+    The copy shares nothing with ``model``; a model whose initializers are external references
+    copies only the references."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in existing and name not in graph_inputs:
+    for name in extra_outputs:
+        if name not in existing:
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
             probe.graph.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    sums: dict[str, np.ndarray] = {}
+    return probe
+
+
+def collect_hessians(model: onnx.ModelProto, layers: list[Layer], feeds: list[dict[str, Any]],
+                     base_dir: Path | None = None,
+                     work_dir: Path | None = None) -> HessianStore:
+    """``{layer name: H}``, ``H = sum of x^T x`` (float64 ``[K, K]``) over all calibration rows.
+
+    Layers reading the same activation share one (read-only) ``H``.
+
+    Parameters
+    ----------
+    model
+        The float model; with ``base_dir``, its initializers are external references relative
+        to that folder, which onnxruntime maps (:func:`_session`) instead of this process
+        loading them.
+    layers, feeds
+        The layers whose inputs are gathered; the model inputs to run.
+    work_dir
+        Spill the statistics to files in this folder (:class:`HessianStore`), so that only
+        one layer's ``H`` is in memory at a time; None keeps every ``H`` in memory.
+    """
+    wanted = sorted({layer.input_name for layer in layers})
+    graph_inputs = {i.name for i in model.graph.input}
     fetch = [n for n in wanted if n not in graph_inputs]
-    with _session(probe) as session:
-        for feed in progress(feeds, "calibration"):
-            values = dict(zip(fetch, _run(session, fetch, feed), strict=True))
-            values.update({n: feed[n] for n in wanted if n in graph_inputs})
-            for name in wanted:
+    probe = _probe_model(model, fetch)
+    store = HessianStore({layer.name: layer.input_name for layer in layers}, len(feeds),
+                         work_dir)
+    try:
+        with _session(probe, base_dir) as session:
+            del probe
+            for feed in progress(feeds, "calibration"):
+                values = dict(zip(fetch, _run(session, fetch, feed), strict=True))
+                values.update({n: feed[n] for n in wanted if n in graph_inputs})
+                store.add_feed(values)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _write(path: Path, array: np.ndarray, mode: str) -> None:
+    """Write (``"wb"``) or append (``"ab"``) ``array``'s bytes to ``path``."""
+    with path.open(mode) as f:
+        array.tofile(f)
+
+
+class HessianStore(Mapping[str, np.ndarray]):
+    """The calibration Hessians ``{layer name: H}`` (float64 ``[K, K]``), gathered one model run
+    (feed) at a time by :meth:`add_feed`.
+
+    In memory (``work_dir`` None) every distinct input's running sum is held. Spilled
+    (``work_dir`` given) each input's statistics go to a file in a private folder under
+    ``work_dir``, whichever is smaller: its activation rows (float32 as onnxruntime returns
+    them, ``rows x K x 4`` bytes) or its running sum ``H`` (``K x K x 8`` bytes, read, added to
+    and written back per feed). A lookup computes ``H`` from the file; the last one is kept, so
+    layers sharing an input (consecutive in a model) compute it once. Both ways sum the
+    per-feed ``x^T x`` (float64) in feed order, so they give the same ``H`` bit for bit.
+
+    :meth:`close` (or the end of a ``with`` block) deletes the files.
+
+    Raises
+    ------
+    SailError
+        The file system of ``work_dir`` lacks the room the statistics need (checked after the
+        first feed, from its row counts and the number of feeds; a write that still finds the
+        disk full says the same).
+    """
+
+    def __init__(self, inputs: dict[str, str], feeds: int, work_dir: Path | None = None) -> None:
+        #: ``{layer name: input name}``
+        self._inputs = inputs
+        self._feeds = feeds
+        self._sums: dict[str, np.ndarray] = {}
+        self._rows: dict[str, list[int]] = {}  # spilled as rows: rows per feed
+        self._files: dict[str, Path] = {}
+        self._dims: dict[str, int] = {}
+        self._dir: Path | None = None
+        self._work_dir = work_dir
+        self._cached: tuple[str, np.ndarray] | None = None
+        self._needed = 0
+        if work_dir is not None:
+            self._dir = Path(tempfile.mkdtemp(prefix=".sail-hessians-", dir=work_dir))
+
+    # -- gathering ---------------------------------------------------------------------------
+    def add_feed(self, values: dict[str, np.ndarray]) -> None:
+        """Add one model run's activations ``{input name: x[..., K]}``."""
+        if self._dir is None:
+            for name in sorted(set(self._inputs.values())):
                 x = np.asarray(values[name], dtype=np.float64)
                 x = x.reshape(-1, x.shape[-1])
                 gram = x.T @ x
-                sums[name] = sums[name] + gram if name in sums else gram
-    return {layer.name: sums[layer.input_name] for layer in layers}
+                self._sums[name] = self._sums[name] + gram if name in self._sums else gram
+            return
+        first = not self._files
+        if first:
+            self._plan(values)
+        for name in sorted(set(self._inputs.values())):
+            x = np.asarray(values[name])
+            x = x.reshape(-1, x.shape[-1])
+            try:
+                if name in self._rows:
+                    _write(self._files[name], np.ascontiguousarray(x, dtype=np.float32), "ab")
+                    self._rows[name].append(x.shape[0])
+                else:
+                    x = x.astype(np.float64)
+                    gram = x.T @ x
+                    path = self._files[name]
+                    if path.exists():
+                        gram = np.fromfile(path, np.float64).reshape(gram.shape) + gram
+                    _write(path, gram, "wb")
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._no_room(self.disk_bytes()) from None
+                raise
+
+    def _plan(self, values: dict[str, np.ndarray]) -> None:
+        """Choose each input's file (rows or sum) from the first feed and check the room."""
+        assert self._dir is not None
+        needed = 0
+        for i, name in enumerate(sorted(set(self._inputs.values()))):
+            x = np.asarray(values[name])
+            if x.dtype != np.float32:
+                raise SailError(f"calibration: the activation {name!r} is {x.dtype}; layers "
+                                "with float32 inputs only can be calibrated")
+            k = x.shape[-1]
+            rows = x.size // k if k else 0
+            self._dims[name] = k
+            as_rows = rows * self._feeds * 4 <= k * 8  # per K: rows x 4 bytes vs K x 8 bytes
+            if as_rows:
+                self._rows[name] = []
+                self._files[name] = self._dir / f"{i}.rows.f32"
+                needed += rows * self._feeds * k * 4
+            else:
+                self._files[name] = self._dir / f"{i}.sum.f64"
+                needed += k * k * 8
+        self._needed = needed
+        free = shutil.disk_usage(self._dir).free
+        if free < needed:
+            raise self._no_room(0)
+
+    def _no_room(self, written: int) -> SailError:
+        free = shutil.disk_usage(self._dir).free if self._dir is not None else 0
+        return SailError(
+            f"calibration needs about {self._needed} bytes ({self._needed / 2**30:.2f} GiB) "
+            f"of temporary space for the layers' statistics in {self._work_dir}; "
+            f"{written} bytes were written, {free} bytes ({free / 2**30:.2f} GiB) are free. "
+            "Free space there, compile to an -o path on a larger disk, or calibrate on fewer "
+            "rows (--calib-samples, --calib-seq-len)")
+
+    def disk_bytes(self) -> int:
+        """Bytes of the spilled files now."""
+        return sum(p.stat().st_size for p in self._files.values() if p.exists())
+
+    # -- lookups -----------------------------------------------------------------------------
+    def __getitem__(self, layer: str) -> np.ndarray:
+        name = self._inputs[layer]
+        if self._dir is None:
+            return self._sums[name]
+        if self._cached is not None and self._cached[0] == name:
+            return self._cached[1]
+        self._cached = None  # drop the last one before computing the next
+        k = self._dims[name]
+        path = self._files[name]
+        if name in self._rows:
+            total = None
+            with path.open("rb") as f:
+                for rows in self._rows[name]:
+                    x = np.fromfile(f, np.float32, count=rows * k).reshape(rows, k)
+                    x = x.astype(np.float64)
+                    gram = x.T @ x
+                    total = gram if total is None else total + gram
+            h = total if total is not None else np.zeros((k, k))
+        else:
+            h = np.fromfile(path, np.float64).reshape(k, k)
+        h.setflags(write=False)
+        self._cached = (name, h)
+        return h
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self._inputs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inputs)
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def close(self) -> None:
+        """Delete the spilled files (the store cannot be read after)."""
+        self._cached = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> HessianStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 #: ``quantize_layer(layer, H)``: quantize ``layer`` given its Hessian ``H`` (of its input in the
@@ -229,7 +439,8 @@ def _pruned(model: onnx.ModelProto, outputs: list[str], swapped: set[str]) -> on
 
 def collect_hessians_sequential(model: onnx.ModelProto, layers: list[Layer],
                                 feeds: list[dict[str, Any]], quantize_layer: QuantizeLayer,
-                                inputs_per_stage: int = 4) -> dict[str, np.ndarray]:
+                                inputs_per_stage: int = 4,
+                                base_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Quantize ``layers`` in model order, each with the Hessian of its input taken with the
     layers before it already quantized (GPTQ's "true sequential" order); ``{layer: H}``.
 
@@ -245,7 +456,9 @@ def collect_hessians_sequential(model: onnx.ModelProto, layers: list[Layer],
     -------
     dict[str, numpy.ndarray]
         ``{layer name: H}`` (float64 ``[K, K]``, shared by layers reading the same input), as
-        :func:`collect_hessians` but from the partly quantized model.
+        :func:`collect_hessians` but from the partly quantized model. They are all held in
+        memory (not spilled as :class:`HessianStore` does): with a large model's weights in
+        their files (``base_dir``) only the weights stay out of memory.
     """
     if inputs_per_stage < 1:
         raise OptionError(f"inputs per stage must be >= 1, got {inputs_per_stage}")
@@ -267,7 +480,7 @@ def collect_hessians_sequential(model: onnx.ModelProto, layers: list[Layer],
         pruned = _pruned(model, fetch, set(swapped)) if fetch else None
         needed = {i.name for i in pruned.graph.input} if pruned is not None else set()
         weights = {k: v for k, v in swapped.items() if k in needed}
-        with (_session(pruned) if pruned is not None else nullcontext()) as session:
+        with (_session(pruned, base_dir) if pruned is not None else nullcontext()) as session:
             for feed in feeds:
                 values = dict(zip(fetch, _run(session, fetch, {
                     **{k: v for k, v in feed.items() if k in needed}, **weights}), strict=True)) \
@@ -289,34 +502,36 @@ def collect_hessians_sequential(model: onnx.ModelProto, layers: list[Layer],
 
 
 class WeightSwapper:
-    """One onnxruntime session of ``model`` whose layer weights are inputs, so any subset of
-    layers can run with substituted (e.g. dequantized) weights.
+    """One onnxruntime session of ``model`` whose layer weights can be overridden per run, so
+    any subset of layers can run with substituted (e.g. dequantized) weights.
+
+    The weights stay initializers (in memory, or external references relative to ``base_dir``
+    that onnxruntime maps) and are also declared as graph inputs, which makes them overridable:
+    a run feeds only the substituted ones. No float copy of the model's weights is made here.
 
     Use as a context manager; :meth:`run` takes a model feed and ``{layer name: W[K, N]}``.
     """
 
-    def __init__(self, model: onnx.ModelProto, layers: list[Layer]) -> None:
+    def __init__(self, model: onnx.ModelProto, layers: list[Layer],
+                 base_dir: Path | None = None) -> None:
         self.layers = {layer.name: layer for layer in layers}
         inits = {t.name: t for t in model.graph.initializer}
-        self.float_weights = {}
         swap = onnx.ModelProto()
         swap.CopyFrom(model)
-        names = {layer.weight_name for layer in layers}
-        kept = [t for t in swap.graph.initializer if t.name not in names]
-        del swap.graph.initializer[:]
-        swap.graph.initializer.extend(kept)
-        for name in sorted(names):
-            dims = list(inits[name].dims)
+        declared = {i.name for i in swap.graph.input}
+        for name in sorted({layer.weight_name for layer in layers} - declared):
             swap.graph.input.append(onnx.helper.make_tensor_value_info(
-                name, onnx.TensorProto.FLOAT, dims))
-            self.float_weights[name] = onnx.numpy_helper.to_array(inits[name])
+                name, onnx.TensorProto.FLOAT, list(inits[name].dims)))
+        if swap.ir_version < 4:  # initializers are overridable inputs from IR version 4
+            swap.ir_version = 4
         self.model = swap
+        self.base_dir = base_dir
         self.output = model.graph.output[0].name
         self._context: Any = None
         self.session: Any = None
 
     def __enter__(self) -> WeightSwapper:
-        self._context = _session(self.model)
+        self._context = _session(self.model, self.base_dir)
         self.session = self._context.__enter__()
         return self
 
@@ -326,7 +541,7 @@ class WeightSwapper:
     def run(self, feed: dict[str, Any], weights: dict[str, np.ndarray] | None = None) \
             -> np.ndarray:
         """The first output with the given layers' ``W[K, N]`` swapped in."""
-        values = dict(self.float_weights)
+        values = {}
         for name, w in (weights or {}).items():
             layer = self.layers[name]
             values[layer.weight_name] = np.ascontiguousarray(w.T if layer.transposed else w,
@@ -402,8 +617,8 @@ def probe_width(widths: list[int], avg_bits: float) -> int:
 
 def measure_sensitivity(model: onnx.ModelProto, layers: list[Layer], widths: list[int],
                         probe_bits: int, scheme: QuantScheme, feeds: list[dict[str, Any]],
-                        quantized: Quantized, output_error: OutputError
-                        ) -> dict[str, dict[int, float]]:
+                        quantized: Quantized, output_error: OutputError,
+                        base_dir: Path | None = None) -> dict[str, dict[int, float]]:
     """``{layer: {bits: e}}``: the estimated squared relative error of the first output with
     that layer alone quantized to ``bits`` (``scheme``'s group size and symmetry), summed over
     ``feeds`` (module docstring).
@@ -412,10 +627,12 @@ def measure_sensitivity(model: onnx.ModelProto, layers: list[Layer], widths: lis
     weights at ``probe_bits`` swapped in, on ``feeds`` (:func:`sensitivity_feeds`), against
     the float model. The other widths scale it by the ratio of ``output_error``s; a
     layer whose output error at ``probe_bits`` is 0 gets that width's measurement at every width.
+    ``base_dir``: the model's initializers are external references relative to it
+    (:class:`WeightSwapper`).
     """
     assert probe_bits in widths
     errors: dict[str, dict[int, float]] = {}
-    with WeightSwapper(model, layers) as swapper:
+    with WeightSwapper(model, layers, base_dir) as swapper:
         baseline = [swapper.run(feed) for feed in feeds]
         for layer in progress(layers, "sensitivity"):
             curve = {bits: output_error(layer, dataclasses.replace(scheme, bits=bits))

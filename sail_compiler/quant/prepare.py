@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from ..errors import OptionError
 from ..external_data import ExternalData
 from .awq import Folding, fold_scales
 from .calibrate import (
+    HessianStore,
     assign_bits,
     calibration_feeds,
     candidate_widths,
@@ -194,7 +197,8 @@ def needs_calibration(options: CompileOptions, choices: list[LayerChoice]) -> bo
 def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                          options: CompileOptions,
                          prequantized: dict[str, Any] | None = None,
-                         external: ExternalData | None = None) -> Quantization | None:
+                         external: ExternalData | None = None,
+                         work_dir: Path | None = None) -> Quantization | None:
     """Resolve and compute every layer's quantization (module docstring).
 
     Parameters
@@ -209,8 +213,12 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         ``{weight initializer name: PrequantizedLayer}`` from the frontend's rewrite.
     external
         The model's mapped external data (its initializers are not in ``model``): each weight
-        is read from its file while it is quantized, one at a time. Calibration needs the
-        weights in ``model``.
+        is read from its file while it is quantized, one at a time. Calibration runs the model
+        on onnxruntime, which maps the same files, and spills the layers' statistics to a
+        temporary folder (:class:`~.calibrate.HessianStore`), so that one layer's Hessian is in
+        memory at a time.
+    work_dir
+        Where that folder is made (None: the system's temporary directory).
 
     Returns
     -------
@@ -224,6 +232,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         ``--act-bits``; ``--avg-bits`` out of range.
     """
     prequantized = prequantized or {}
+    base_dir = external.base_dir if external is not None else None
     if options.quant is None and options.bits_plan is None and not prequantized \
             and options.embedding_bits is None:
         return None
@@ -269,114 +278,123 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         else:
             choices.append(LayerChoice(None, source="default"))
 
-    calibration = hessians = sensitivity = None
+    hessians: HessianStore | dict[str, np.ndarray] | None = None
     wanted: list[Layer] = []
-    folding: Folding | None = None
-    provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
-    _check_act_groups(layers, provisional, fixed, options.act_group_size)
-    if needs_calibration(options, provisional):
-        from ..options import CalibrationSpec
+    try:
+        calibration = sensitivity = None
+        folding: Folding | None = None
+        provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
+        _check_act_groups(layers, provisional, fixed, options.act_group_size)
+        if needs_calibration(options, provisional):
+            from ..options import CalibrationSpec
 
-        assert external is None, "calibration runs the model: load its weights"
-        spec = options.calib or CalibrationSpec()
-        feeds = calibration_feeds(spec, signature)
-        calibration = spec.describe()
-        wanted = [layer for layer, c in zip(layers, provisional, strict=True)
-                  if c.scheme is not None and layer.name not in fixed
-                  and layer.op_type != "Gather"]
-        # the sequential order collects its own Hessians below; the float model's are for
-        # --awq and --avg-bits
-        float_needed = not options.gptq_sequential or options.awq or options.avg_bits is not None
-        hessians = collect_hessians(model, wanted, feeds) if wanted and float_needed else {}
-        if options.awq:
-            assert options.quant is not None or plan is not None
-            folding = fold_scales(model, layers, provisional, hessians, set(fixed),
-                                  options.quant or QuantScheme(4))
-        if options.avg_bits is not None:
-            free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
-            assert options.quant is not None, "CompileOptions checks --avg-bits has a scheme"
-            widths = candidate_widths(options.quant)
+            spec = options.calib or CalibrationSpec()
+            feeds = calibration_feeds(spec, signature)
+            calibration = spec.describe()
+            wanted = [layer for layer, c in zip(layers, provisional, strict=True)
+                      if c.scheme is not None and layer.name not in fixed
+                      and layer.op_type != "Gather"]
+            spill = None
+            if external is not None:  # a large model: one layer's Hessian in memory at a time
+                spill = work_dir if work_dir is not None else Path(tempfile.gettempdir())
+            # the sequential order collects its own Hessians below; the float model's are for
+            # --awq and --avg-bits
+            float_needed = not options.gptq_sequential or options.awq \
+                or options.avg_bits is not None
+            hessians = collect_hessians(model, wanted, feeds, base_dir, spill) \
+                if wanted and float_needed else {}
+            if options.awq:
+                assert options.quant is not None or plan is not None
+                folding = fold_scales(model, layers, provisional, hessians, set(fixed),
+                                      options.quant or QuantScheme(4), external)
+            if options.avg_bits is not None:
+                free = [layer for layer, c in zip(layers, choices, strict=True) if c is None]
+                assert options.quant is not None, "CompileOptions checks --avg-bits has a scheme"
+                widths = candidate_widths(options.quant)
+                inits = {t.name: t for t in model.graph.initializer}
+
+                @functools.lru_cache(maxsize=1)  # asked for once per width of one layer
+                def folded(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+                    w, h = layer_weight(model, layer, inits, external), hessians[layer.name]
+                    return (w, h) if folding is None else \
+                        (folding.weight(layer, w), folding.hessian(layer, h))
+
+                # RTN: GPTQ's weights are computed once, for the chosen widths, below.
+                def quantized(layer: Layer, scheme: QuantScheme) -> np.ndarray:
+                    w_hat = dequantize(quantize_weight(folded(layer)[0], scheme, "rtn"))
+                    return w_hat if folding is None else folding.unfold(layer, w_hat)
+
+                def output_error(layer: Layer, scheme: QuantScheme) -> float:
+                    w, h = folded(layer)
+                    w = w[:, curve_columns(w.shape[1])]
+                    return layer_output_error(w - dequantize(quantize_weight(w, scheme, "rtn")), h)
+
+                sensitivity = measure_sensitivity(model, free, widths,
+                                                  probe_width(widths, options.avg_bits),
+                                                  options.quant, sensitivity_feeds(spec, signature),
+                                                  quantized, output_error, base_dir)
+                bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
+                                   options.avg_bits)
+                for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):
+                    if c is None:
+                        choices[i] = LayerChoice(dataclasses.replace(options.quant,
+                                                                     bits=bits[layer.name]),
+                                                 options.method, "avg-bits")
+        final = [c for c in choices if c is not None]
+        assert len(final) == len(layers)
+        done: dict[str, QuantizedWeight] = {}  # quantized during the sequential calibration
+        if options.gptq_sequential and wanted:
             inits = {t.name: t for t in model.graph.initializer}
+            choice_of = {layer.name: c for layer, c in zip(layers, final, strict=True)}
 
-            @functools.lru_cache(maxsize=1)  # asked for once per width of one layer
-            def folded(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-                w, h = layer_weight(model, layer, inits), hessians[layer.name]
-                return (w, h) if folding is None else \
-                    (folding.weight(layer, w), folding.hessian(layer, h))
-
-            # RTN: GPTQ's weights are computed once, for the chosen widths, below.
-            def quantized(layer: Layer, scheme: QuantScheme) -> np.ndarray:
-                w_hat = dequantize(quantize_weight(folded(layer)[0], scheme, "rtn"))
+            def quantize_layer(layer: Layer, h: np.ndarray) -> np.ndarray:
+                w = layer_weight(model, layer, inits, external)
+                if folding is not None:
+                    w, h = folding.weight(layer, w), folding.hessian(layer, h)
+                choice = choice_of[layer.name]
+                done[layer.name] = qw = quantize_weight(w, choice.scheme, choice.method, h)
+                w_hat = dequantize(qw)
                 return w_hat if folding is None else folding.unfold(layer, w_hat)
 
-            def output_error(layer: Layer, scheme: QuantScheme) -> float:
-                w, h = folded(layer)
-                w = w[:, curve_columns(w.shape[1])]
-                return layer_output_error(w - dequantize(quantize_weight(w, scheme, "rtn")), h)
+            hessians = collect_hessians_sequential(
+                model, [layer for layer in wanted if choice_of[layer.name].scheme is not None],
+                feeds, quantize_layer, base_dir=base_dir)
+        # Embedding tables are layers only when asked for (--embedding-bits, a plan rule, --skip):
+        # a float table left alone is not part of the plan or the reports.
+        kept = [i for i, (layer, c) in enumerate(zip(layers, final, strict=True))
+                if layer.op_type != "Gather" or c.source != "default"]
+        layers, final = [layers[i] for i in kept], [final[i] for i in kept]
 
-            sensitivity = measure_sensitivity(model, free, widths,
-                                              probe_width(widths, options.avg_bits),
-                                              options.quant, sensitivity_feeds(spec, signature),
-                                              quantized, output_error)
-            bits = assign_bits(sensitivity, {layer.name: layer.params for layer in free},
-                               options.avg_bits)
-            for i, (layer, c) in enumerate(zip(layers, choices, strict=True)):
-                if c is None:
-                    choices[i] = LayerChoice(dataclasses.replace(options.quant,
-                                                                 bits=bits[layer.name]),
-                                             options.method, "avg-bits")
-    final = [c for c in choices if c is not None]
-    assert len(final) == len(layers)
-    done: dict[str, QuantizedWeight] = {}  # quantized during the sequential calibration
-    if options.gptq_sequential and wanted:
         inits = {t.name: t for t in model.graph.initializer}
-        choice_of = {layer.name: c for layer, c in zip(layers, final, strict=True)}
-
-        def quantize_layer(layer: Layer, h: np.ndarray) -> np.ndarray:
-            w = layer_weight(model, layer, inits)
+        results = []
+        for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
+            w = layer_weight(model, layer, inits, external)
+            h = hessians.get(layer.name) if hessians else None
             if folding is not None:
                 w, h = folding.weight(layer, w), folding.hessian(layer, h)
-            choice = choice_of[layer.name]
-            done[layer.name] = qw = quantize_weight(w, choice.scheme, choice.method, h)
-            w_hat = dequantize(qw)
-            return w_hat if folding is None else folding.unfold(layer, w_hat)
-
-        hessians = collect_hessians_sequential(
-            model, [layer for layer in wanted if choice_of[layer.name].scheme is not None],
-            feeds, quantize_layer)
-    # Embedding tables are layers only when asked for (--embedding-bits, a plan rule, --skip):
-    # a float table left alone is not part of the plan or the reports.
-    kept = [i for i, (layer, c) in enumerate(zip(layers, final, strict=True))
-            if layer.op_type != "Gather" or c.source != "default"]
-    layers, final = [layers[i] for i in kept], [final[i] for i in kept]
-
-    inits = {t.name: t for t in model.graph.initializer}
-    results = []
-    for layer, choice in progress(list(zip(layers, final, strict=True)), "quantize"):
-        w = layer_weight(model, layer, inits, external)
-        h = hessians.get(layer.name) if hessians else None
+            if layer.name in fixed:
+                qw = fixed[layer.name]
+            elif layer.name in done:
+                qw = done[layer.name]
+            elif choice.scheme is None:
+                qw = None
+            else:
+                # a lookup has no activations to calibrate GPTQ with: it gets the search
+                method = "search" if h is None and choice.method == "gptq" else choice.method
+                qw = quantize_weight(w, choice.scheme, method, h)
+            err = reconstruction_error(w, qw, h) if qw is not None else None
+            del w
+            if external is not None and qw is not None:
+                qw = PackedWeight.of(qw)  # a large model: hold bits / 8 bytes a weight, not 1
+            results.append(QuantizedLayer(layer, choice, qw, err))
+        resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
+        if prequantized:
+            notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")
         if folding is not None:
-            w, h = folding.weight(layer, w), folding.hessian(layer, h)
-        if layer.name in fixed:
-            qw = fixed[layer.name]
-        elif layer.name in done:
-            qw = done[layer.name]
-        elif choice.scheme is None:
-            qw = None
-        else:
-            # a lookup has no activations to calibrate GPTQ with: it gets the search
-            method = "search" if h is None and choice.method == "gptq" else choice.method
-            qw = quantize_weight(w, choice.scheme, method, h)
-        err = reconstruction_error(w, qw, h) if qw is not None else None
-        del w
-        if external is not None and qw is not None:
-            qw = PackedWeight.of(qw)  # a large model: hold bits / 8 bytes a weight, not 1
-        results.append(QuantizedLayer(layer, choice, qw, err))
-    resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
-    if prequantized:
-        notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")
-    if folding is not None:
-        notes.append(f"--awq: {folding.report()['scaled_sites']} of {len(folding.alphas)} "
-                     "input(s) scaled per channel")
-    return Quantization(resolved, results, calibration, sensitivity,
-                        time.perf_counter() - started, notes, folding)
+            notes.append(f"--awq: {folding.report()['scaled_sites']} of {len(folding.alphas)} "
+                         "input(s) scaled per channel")
+        return Quantization(resolved, results, calibration, sensitivity,
+                            time.perf_counter() - started, notes, folding)
+    finally:
+        if isinstance(hessians, HessianStore):
+            hessians.close()  # its spilled files

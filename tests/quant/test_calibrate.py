@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from sail_compiler.errors import InputError, OptionError
+from sail_compiler.errors import InputError, OptionError, SailError
 from sail_compiler.frontend.signature import signature_of
+from sail_compiler.quant import calibrate
 from sail_compiler.quant.calibrate import (
     CURVE_COLUMNS,
     CalibrationSpec,
@@ -51,6 +52,71 @@ def test_hessians_equal_gram_matrices_of_the_layer_inputs() -> None:
     rs = np.maximum(xs @ w1.astype(np.float64), 0)
     np.testing.assert_allclose(hessians["fc1"], xs.T @ xs, rtol=1e-6)
     np.testing.assert_allclose(hessians["fc2"], rs.T @ rs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch,runs", [(1, 1), (2, 3)])
+def test_spilled_hessians_equal_the_in_memory_ones_bit_for_bit(tmp_path, batch: int,  # type: ignore[no-untyped-def]
+                                                              runs: int) -> None:
+    """Spilled to files (as activation rows when they are smaller than the sums: 4 rows of
+    K = 6, 5; as running sums otherwise: 24 rows), the Hessians equal the in-memory ones
+    exactly; one is computed per input and kept until the next; close deletes the files."""
+    model, _, _ = _mlp()
+    feeds = [{"x": RNG.standard_normal((batch, 4, 6)).astype(np.float32)} for _ in range(runs)]
+    layers = find_layers(model)
+    in_memory = collect_hessians(model, layers, feeds)
+    spilled = collect_hessians(model, layers, feeds, work_dir=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    files = sorted(f.name for f in folder.iterdir())
+    assert files == (["0.rows.f32", "1.rows.f32"] if runs == 1 else ["0.sum.f64", "1.sum.f64"])
+    assert "fc1" in spilled and "nope" not in spilled and len(spilled) == 2
+    for name in ("fc1", "fc2"):
+        h = spilled[name]
+        assert h.dtype == np.float64 and not h.flags.writeable
+        assert np.array_equal(h, in_memory[name])
+        assert spilled[name] is h  # kept for the next layer of the same input
+    spilled.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spilling_refuses_a_disk_without_room_and_leaves_nothing(tmp_path,  # type: ignore[no-untyped-def]
+                                                                monkeypatch) -> None:
+    """After the first run the store knows what it needs (3 runs x 8 rows x 4 bytes x (6 + 5)
+    as rows would be more than the sums, 8 x (36 + 25) bytes): less free is refused with the
+    figure, and the folder is removed."""
+    model, _, _ = _mlp()
+    feeds = [{"x": RNG.standard_normal((2, 4, 6)).astype(np.float32)} for _ in range(3)]
+    real = calibrate.shutil.disk_usage
+
+    def small(path):  # type: ignore[no-untyped-def]
+        return real(path)._replace(free=100)
+
+    monkeypatch.setattr(calibrate.shutil, "disk_usage", small)
+    with pytest.raises(SailError, match=r"needs about 488 bytes .* 100 bytes .* are free"):
+        collect_hessians(model, find_layers(model), feeds, work_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_filling_up_while_spilling_says_so_and_leaves_nothing(tmp_path,  # type: ignore[no-untyped-def]
+                                                                    monkeypatch) -> None:
+    """ENOSPC from a write after the room check (another process took the space) becomes the
+    same message, with the bytes written by then; the folder is removed."""
+    import errno
+
+    model, _, _ = _mlp()
+    feeds = [{"x": RNG.standard_normal((2, 4, 6)).astype(np.float32)} for _ in range(3)]
+    writes = []
+    original = calibrate._write
+
+    def write(path, array, mode):  # type: ignore[no-untyped-def]
+        writes.append(path.name)
+        if len(writes) > 2:  # the second run's first write
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(path, array, mode)
+
+    monkeypatch.setattr(calibrate, "_write", write)
+    with pytest.raises(SailError, match=r"needs about 488 bytes .* 488 bytes were written"):
+        collect_hessians(model, find_layers(model), feeds, work_dir=tmp_path)
+    assert len(writes) == 3 and list(tmp_path.iterdir()) == []
 
 
 def test_weight_swapper_runs_the_model_with_substituted_weights() -> None:
