@@ -173,7 +173,8 @@ def test_what_stays_in_memory(external_model: Path, large: None) -> None:
 @pytest.mark.parametrize("calibrated", [
     {"method": "gptq", "awq": True},
     {"avg_bits": 3.5},
-], ids=["awq_gptq", "avg_bits"])
+    {"method": "gptq", "awq": True, "gptq_sequential": True},
+], ids=["awq_gptq", "avg_bits", "awq_gptq_sequential"])
 def test_streaming_calibrated_compile_equals_in_memory(large: None, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        calibrated: dict) -> None:

@@ -279,6 +279,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             choices.append(LayerChoice(None, source="default"))
 
     hessians: HessianStore | dict[str, np.ndarray] | None = None
+    store: HessianStore | None = None  # the float model's spilled Hessians, closed at the end
     wanted: list[Layer] = []
     try:
         calibration = sensitivity = None
@@ -303,6 +304,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                 or options.avg_bits is not None
             hessians = collect_hessians(model, wanted, feeds, base_dir, spill) \
                 if wanted and float_needed else {}
+            store = hessians if isinstance(hessians, HessianStore) else None
             if options.awq:
                 assert options.quant is not None or plan is not None
                 folding = fold_scales(model, layers, provisional, hessians, set(fixed),
@@ -396,5 +398,5 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         return Quantization(resolved, results, calibration, sensitivity,
                             time.perf_counter() - started, notes, folding)
     finally:
-        if isinstance(hessians, HessianStore):
-            hessians.close()  # its spilled files
+        if store is not None:
+            store.close()  # its spilled files
