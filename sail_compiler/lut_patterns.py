@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from .errors import InputError
+from .frontend.signature import context_length, position_table_rows
 from .options import CalibrationSpec, CompileOptions
 from .passes.analyze_lut_patterns import DEFAULT_BATCHES, AnalyzeLUTPatterns
 from .quant.calibrate import calibration_feeds, feed_for_ids, progress
@@ -90,6 +92,13 @@ def collect_activations(model_path: Path, options: CompileOptions, quant: Any,
     return {name: np.stack(runs) for name, runs in per_layer.items()}
 
 
+def generated_seq_len(model_path: str | Path, longest: int = 64) -> int:
+    """Tokens of the generated feeds: ``longest``, or fewer for a model whose positions end
+    before (a rotary table of 32 rows takes 32 tokens; more would be refused)."""
+    header = onnx.load(str(model_path), load_external_data=False)
+    return min([longest, *filter(None, (context_length(header), position_table_rows(header)))])
+
+
 def analyze_patterns(model_path: str | Path, options: CompileOptions,
                      calib: CalibrationSpec | None = None,
                      batches: tuple[int, ...] = DEFAULT_BATCHES,
@@ -112,8 +121,9 @@ def analyze_patterns(model_path: str | Path, options: CompileOptions,
     if result.quantization is None:
         raise InputError("nothing is quantized; add --bits (the analysis needs sail.lut_gemv)")
     if calib is None:
-        feeds = generated_feeds(result.signature, 16, 64)
-        described = "16 generated text-like sequences of 64 tokens"
+        seq = generated_seq_len(model_path)
+        feeds = generated_feeds(result.signature, 16, seq)
+        described = f"16 generated text-like sequences of {seq} tokens"
     else:
         feeds = calibration_feeds(calib, result.signature)
         described = calib.describe()

@@ -73,21 +73,22 @@ def test_every_layer_is_analysed_and_annotated(report: dict) -> None:
 
 def test_figures_match_an_independent_count(micro_decoder: Path, report: dict) -> None:
     from sail_compiler.driver import compile_model
-    from sail_compiler.lut_patterns import generated_feeds
+    from sail_compiler.lut_patterns import generated_feeds, generated_seq_len
 
     result = compile_model(micro_decoder, None, OPTIONS.__class__(**{
         **OPTIONS.__dict__, "emit": "sail"}))
-    feeds = generated_feeds(result.signature, 16, 64)
+    seq = generated_seq_len(micro_decoder)
+    feeds = generated_feeds(result.signature, 16, seq)
     acts = collect_activations(micro_decoder, OPTIONS, result.quantization, feeds)
     layer = report["layers"][0]
     xq, _ = reference_quantize(acts[layer["layer"]], 8)
-    assert xq.shape[:2] == (16, 64)
+    assert xq.shape[:2] == (16, seq)
     # batch 1: every token is its own call; batch 4: 4 samples at one position
     single = np.mean([_distinct_fraction(xq[s, p][None], 16, 4, 8)
-                      for s in range(16) for p in range(64)])
+                      for s in range(16) for p in range(seq)])
     assert layer["batches"][1]["ideal_saved_fraction"] == pytest.approx(single, abs=1e-9)
     four = np.mean([_distinct_fraction(xq[s:s + 4, p], 16, 4, 8)
-                    for s in range(0, 16, 4) for p in range(64)])
+                    for s in range(0, 16, 4) for p in range(seq)])
     assert layer["batches"][4]["ideal_saved_fraction"] == pytest.approx(four, abs=1e-9)
 
 

@@ -39,8 +39,8 @@ import numpy as np
 import onnx
 
 from ..external_data import ExternalData
-from .calibrate import progress
 from .plan import Layer, LayerChoice, layer_weight, weight_ref
+from .progress import progress
 from .reference import dequantize, quantize_weights_rtn
 from .scheme import QuantScheme
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -65,17 +64,11 @@ from ..frontend.signature import ModelSignature
 from ..inputs import InputPlan, generate_inputs, ids_input, load_inputs, load_tokens
 from ..options import CalibrationSpec
 from .plan import Layer
+from .progress import progress
 from .scheme import QuantScheme
 
 #: ORT loads models from bytes below this size; larger ones go through a file with external data.
 _INLINE_LIMIT = 1 << 30
-
-
-def progress(items: list[Any], desc: str) -> Iterator[Any]:
-    """``items`` with a progress bar on stderr (tqdm) when there are several."""
-    from tqdm import tqdm
-
-    yield from tqdm(items, desc=desc, file=sys.stderr, disable=len(items) < 2, leave=False)
 
 
 def calibration_feeds(spec: CalibrationSpec, signature: ModelSignature) -> list[dict[str, Any]]:
