@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError
-from .frontend.signature import context_length, position_table_rows
+from .frontend.signature import context_length
 from .options import CalibrationSpec, CompileOptions
 from .passes.analyze_lut_patterns import DEFAULT_BATCHES, AnalyzeLUTPatterns
 from .quant.calibrate import calibration_feeds, feed_for_ids, progress
@@ -95,8 +95,8 @@ def collect_activations(model_path: Path, options: CompileOptions, quant: Any,
 def generated_seq_len(model_path: str | Path, longest: int = 64) -> int:
     """Tokens of the generated feeds: ``longest``, or fewer for a model whose positions end
     before (a rotary table of 32 rows takes 32 tokens; more would be refused)."""
-    header = onnx.load(str(model_path), load_external_data=False)
-    return min([longest, *filter(None, (context_length(header), position_table_rows(header)))])
+    context = context_length(onnx.load(str(model_path), load_external_data=False))
+    return longest if context is None else min(longest, context)
 
 
 def analyze_patterns(model_path: str | Path, options: CompileOptions,

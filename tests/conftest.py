@@ -103,6 +103,14 @@ def tiny_decoder_kv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def micro_decoder_kv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The micro example decoder with past/present KV tensors (32-row rotary tables)."""
+    path = tmp_path_factory.mktemp("models") / "micro_kv.onnx"
+    save_model(make_decoder(PRESETS["micro"], kv_cache=True), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def micro_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-layer decoder: the fastest model that has every op of the example."""
     path = tmp_path_factory.mktemp("models") / "micro.onnx"

@@ -148,16 +148,14 @@ def test_never_deletes_a_foreign_directory(micro_decoder: Path, tmp_path: Path) 
         assert (foreign / "main.c").read_text().startswith("int main")
 
 
-def test_runtime_dim_check_is_an_input_error(tmp_path: Path,
+def test_runtime_dim_check_is_an_input_error(tmp_path: Path, micro_decoder_kv: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """The KV decoder's mask length must equal past + seq; its dim (past_plus_seq) is a name
     of its own, related to the others by the inputs' roles before the run."""
-    from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
+    from sail_compiler.testing.decoders import PRESETS
 
-    path = tmp_path / "kv.onnx"
-    save_model(make_decoder(PRESETS["micro"], kv_cache=True), path)
     out = tmp_path / "a"
-    assert main(["compile", str(path), "-o", str(out)]) == 0
+    assert main(["compile", str(micro_decoder_kv), "-o", str(out)]) == 0
     cfg = PRESETS["micro"]
     past = np.zeros((1, cfg.num_kv_heads, 3, cfg.head_dim), np.float32)
     np.savez(tmp_path / "in.npz", input_ids=np.array([[1, 2]], np.int64),

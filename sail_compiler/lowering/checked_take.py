@@ -28,7 +28,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax, s_tir, tirx
 
-from ..ops.quant_matmul import constant_name, weight_ref_of
+from ..ops.quant_matmul import constant_name, initializer_of
 
 __all__ = ["legalize_checked_take"]
 
@@ -40,9 +40,9 @@ _OPAQUE = 8
 def _table_name(table: relax.Expr) -> str:
     """The ONNX initializer (or layer operand) a constant table holds, else ``a table``."""
     if isinstance(table, tvm.ir.GenericConst):
-        ref = weight_ref_of(table)
-        if ref is not None:
-            return ref.partition(":")[2]
+        initializer = initializer_of(table)
+        if initializer is not None:
+            return initializer
         named = constant_name(table)
         if named is not None:
             return ".".join(named)

@@ -526,6 +526,13 @@ def weight_ref_of(const: tvm.ir.GenericConst) -> str | None:
     return source if source.startswith((INITIALIZER_PREFIX, TRANSPOSED_PREFIX)) else None
 
 
+def initializer_of(const: tvm.ir.GenericConst) -> str | None:
+    """The ONNX initializer ``const`` holds (or the transpose of), from its
+    :func:`weight_ref_of`, else None: the name messages give the user."""
+    ref = weight_ref_of(const)
+    return None if ref is None else ref.partition(":")[2]
+
+
 def layer_name(call: relax.Call) -> str:
     """The ``layer`` attribute of a ``sail.quant_matmul`` call ("" when unnamed)."""
     return str(call.attrs["layer"]) if "layer" in call.attrs else ""

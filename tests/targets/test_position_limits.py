@@ -31,7 +31,7 @@ from sail_compiler.cli import main
 from sail_compiler.errors import InputError, OptionError
 from sail_compiler.frontend.signature import position_table_rows, signature_of
 from sail_compiler.lowering import host_target, lowering_passes
-from sail_compiler.testing.decoders import PRESETS, make_decoder, save_model
+from sail_compiler.testing.decoders import PRESETS, make_decoder
 
 TARGETS = ["llvm", "c", "pim-sim"]
 ROWS = PRESETS["micro"].max_positions  # 32
@@ -39,21 +39,14 @@ _NO_CC = shutil.which("cc") is None or shutil.which("make") is None
 
 
 @pytest.fixture(scope="module")
-def micro_kv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("positions") / "micro_kv.onnx"
-    save_model(make_decoder(PRESETS["micro"], kv_cache=True), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def artifacts(micro_kv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def artifacts(micro_decoder_kv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("positions_art")
     out = {}
     for target in TARGETS:
         if target == "c" and _NO_CC:
             continue
         out[target] = tmp / target
-        compile_model(micro_kv, out[target], CompileOptions(target=target))
+        compile_model(micro_decoder_kv, out[target], CompileOptions(target=target))
     return out
 
 
@@ -74,16 +67,16 @@ def _feeds(past: int, seq: int, mask: int | None = None,
                 (1, 1, past if value_past is None else value_past, hd)).astype(np.float32)}
 
 
-def test_position_table_rows_of_the_generated_decoder(micro_kv: Path) -> None:
-    assert position_table_rows(onnx.load(micro_kv)) == ROWS
+def test_position_table_rows_of_the_generated_decoder(micro_decoder_kv: Path) -> None:
+    assert position_table_rows(onnx.load(micro_decoder_kv)) == ROWS
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_positions_in_range_match_onnxruntime(artifacts: dict[str, Path], micro_kv: Path,
+def test_positions_in_range_match_onnxruntime(artifacts: dict[str, Path], micro_decoder_kv: Path,
                                               target: str) -> None:
     model = sail_compiler.load(_artifact(artifacts, target))
     assert model.manifest["position_table_rows"] == ROWS
-    session = ort.InferenceSession(str(micro_kv), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(micro_decoder_kv), providers=["CPUExecutionProvider"])
     for past, seq in ((0, 5), (28, 4), (31, 1)):  # the last row of the table
         feeds = _feeds(past, seq)
         expected = session.run(["logits"], feeds)[0]
@@ -91,9 +84,9 @@ def test_positions_in_range_match_onnxruntime(artifacts: dict[str, Path], micro_
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_positions_beyond_the_table_are_refused(artifacts: dict[str, Path], micro_kv: Path,
+def test_positions_beyond_the_table_are_refused(artifacts: dict[str, Path], micro_decoder_kv: Path,
                                                 target: str) -> None:
-    session = ort.InferenceSession(str(micro_kv), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(micro_decoder_kv), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match="Gather"):  # the reference refuses them too
         session.run(["logits"], _feeds(30, 4))
     model = sail_compiler.load(_artifact(artifacts, target))
@@ -159,13 +152,13 @@ def _greedy_onnxruntime(model: Path, prompt: list[int], tokens: int) -> list[int
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_generation_within_the_kv_capacity(artifacts: dict[str, Path], micro_kv: Path,
+def test_generation_within_the_kv_capacity(artifacts: dict[str, Path], micro_decoder_kv: Path,
                                            target: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     path = _artifact(artifacts, target)
     model = sail_compiler.load(path)
     prompt = [3, 17, 9]
-    expected = _greedy_onnxruntime(micro_kv, prompt, 5)
+    expected = _greedy_onnxruntime(micro_decoder_kv, prompt, 5)
     # 3 + 5 - 1 = 7 positions: exactly the capacity
     assert model.generate(prompt, 5, ignore_eos=True, ctx=7).ids == expected
     with pytest.raises(InputError, match=r"the prompt \(3 tokens\) and 5 new tokens need a KV "

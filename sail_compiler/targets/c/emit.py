@@ -52,7 +52,7 @@ from tvm import relax, sym, tirx
 
 from ...errors import SailError
 from ...frontend.signature import ModelSignature, TensorSpec
-from ...ops.quant_matmul import constant_name, weight_ref_of
+from ...ops.quant_matmul import constant_name, initializer_of
 from ...quant.packing import unpack_bits
 from ...quant.reference import QuantizedWeight
 from .kernels import (
@@ -362,9 +362,9 @@ class _Graph:
         layer, operand = constant_name(const) or (None, None)
         buffer = self.add_weight(const.value.numpy(), layer, operand)
         self.weight_buffers[key] = buffer
-        ref = weight_ref_of(const)
-        if ref is not None:
-            self.initializers[buffer.index] = ref.partition(":")[2]
+        initializer = initializer_of(const)
+        if initializer is not None:
+            self.initializers[buffer.index] = initializer
         return buffer
 
     def add_weight(self, array: np.ndarray, layer: str | None, operand: str | None) -> _Buffer:
