@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 
 from ..external_data import ExternalData
-from .plan import Layer, LayerChoice, layer_weight, weight_ref
+from .plan import Layer, LayerChoice, initializer_array, layer_weight, weight_ref
 from .progress import progress
 from .reference import dequantize, quantize_weights_rtn
 from .scheme import QuantScheme
@@ -229,9 +229,7 @@ def fold_scales(model: onnx.ModelProto, layers: list[Layer], choices: list[Layer
         for layer in site.layers:
             folding.row_scales[layer.name] = s
         if site.constant is not None:
-            original = external.read(site.constant) \
-                if external is not None and site.constant in external \
-                else onnx.numpy_helper.to_array(inits[site.constant])
+            original = initializer_array(site.constant, inits, external)
             folding.constants[site.constant] = (
                 original.astype(np.float64) / s.reshape(original.shape)).astype(np.float32)
         else:

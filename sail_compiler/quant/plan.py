@@ -200,17 +200,24 @@ def find_embeddings(model: onnx.ModelProto) -> list[Layer]:
     return layers
 
 
+def initializer_array(name: str, initializers: dict[str, onnx.TensorProto],
+                      external: ExternalData | None = None) -> np.ndarray:
+    """Initializer ``name`` as an array, read from ``external``'s file when it is one of its,
+    else from its tensor in ``initializers`` (a fresh copy either way)."""
+    if external is not None and name in external:
+        return external.read(name)
+    return numpy_helper.to_array(initializers[name])
+
+
 def layer_weight(model: onnx.ModelProto, layer: Layer,
                  initializers: dict[str, onnx.TensorProto] | None = None,
                  external: ExternalData | None = None) -> np.ndarray:
     """The float32 ``W[K, N]`` of ``layer`` (C-contiguous), read from ``external``'s file when
     the initializer is one of its (a fresh copy either way)."""
-    if external is not None and layer.weight_name in external:
-        w = external.read(layer.weight_name).astype(np.float32, copy=False)
-        return np.ascontiguousarray(w.T if layer.transposed else w)
-    if initializers is None:
+    if initializers is None and (external is None or layer.weight_name not in external):
         initializers = {t.name: t for t in model.graph.initializer}
-    w = numpy_helper.to_array(initializers[layer.weight_name]).astype(np.float32, copy=False)
+    w = initializer_array(layer.weight_name, initializers or {}, external)
+    w = w.astype(np.float32, copy=False)
     return np.ascontiguousarray(w.T if layer.transposed else w)
 
 
