@@ -13,10 +13,17 @@ greedy decoding follows float's choices. For each arm this prints, over the qual
 * ``gap err``: median |change of fp32's top-2 logit gap| (a greedy choice flips when it exceeds
   the gap).
 
-Then the near-tie view of the decode benchmark's 32-token prompt (the first 32 ids of the
-evaluation text): fp32's greedy path is extended by 8 tokens, every arm is run teacher-forced
-along it, and fp32's top-2 gap at each of the 8 choices is printed beside the arm's gap for the
-same two tokens (negative: the arm prefers fp32's second choice there).
+Then greedy agreement over ``--prompts`` 32-token prompts (prompt i: ``<bos>`` and 31 ids of
+the evaluation text from id ``1 + 31 i``; prompt 0 is the decode benchmark's): fp32's greedy
+path is extended by 8 tokens and every arm is run teacher-forced along it. An arm's first 8
+greedy ids equal fp32's exactly when its arg-max equals fp32's next id at all 8 steps (until
+the first difference the contexts are the same), so this counts, without running 8 decode
+steps per arm, the prompts whose 8 greedy ids equal fp32's and the mean number of leading ids
+that do. One prompt decides a greedy comparison by the sign of an error at its closest choice;
+the count over prompts says how often a build's error does that.
+
+Last, the near-tie view of prompt 0: fp32's top-2 gap at each of the 8 choices beside the
+arm's gap for the same two tokens (negative: the arm prefers fp32's second choice there).
 
 Arms: ``--sail 'ARGS'`` (repeatable) compiles ``gemma3_270m_kv.onnx --target c ARGS --logits
 all`` into ``--workdir`` (kept and reused, keyed on ARGS) and runs it through the Python API;
@@ -25,7 +32,7 @@ all`` into ``--workdir`` (kept and reused, keyed on ARGS) and runs it through th
 
     python benchmarks/logit_fidelity.py --workdir ~/.cache/sail-bench \\
         --sail '--bits 8 --group-size 32 --sym' --sail '--bits 8 --group-size 128 --sym' \\
-        [--gguf-types Q8_0,Q4_0] [--threads 2] [--json]
+        [--gguf-types Q8_0,Q4_0] [--prompts 32] [--threads 2] [--json]
 """
 
 from __future__ import annotations
@@ -139,6 +146,29 @@ def near_ties(ref: np.ndarray, arm: np.ndarray, first: int) -> list[tuple[float,
     return pairs
 
 
+def prompt_paths(fp32: LogitsFn, ids: np.ndarray, count: int) -> list[np.ndarray]:
+    """fp32's greedy paths: prompt i (``<bos>`` and ``ids[1 + 31 i: 32 + 31 i]``) and the
+    ``PATH_STEPS`` ids fp32 chooses after it."""
+    body = PROMPT_TOKENS - 1
+    if count < 1 or 1 + body * count > len(ids):
+        raise SystemExit(f"--prompts must be 1..{(len(ids) - 1) // body}, got {count}")
+    paths = []
+    for i in range(count):
+        path = [int(ids[0]), *map(int, ids[1 + body * i: 1 + body * (i + 1)])]
+        for _ in range(PATH_STEPS):
+            path.append(int(fp32(np.array(path, np.int64))[-1].argmax()))
+        paths.append(np.array(path, np.int64))
+    return paths
+
+
+def leading_matches(path: np.ndarray, logits: np.ndarray) -> int:
+    """How many of the path's last ``PATH_STEPS`` ids the arm's teacher-forced arg-maxes give
+    before the first difference (= its first greedy ids equal to fp32's)."""
+    choices = logits[PROMPT_TOKENS - 1: PROMPT_TOKENS - 1 + PATH_STEPS].argmax(-1)
+    same = choices == path[PROMPT_TOKENS:]
+    return PATH_STEPS if same.all() else int(np.argmin(same))
+
+
 def sail_artifact(model: Path, work: Path, args: str) -> Path:
     key = hashlib.sha256(args.encode()).hexdigest()[:8]
     out = work / f"fidelity_c_{key}"
@@ -164,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                         "--sym' (repeatable)")
     parser.add_argument("--gguf-types", default="Q8_0,Q4_0",
                         help="llama.cpp arms, comma-separated ('' for none)")
+    parser.add_argument("--prompts", type=int, default=32,
+                        help="32-token prompts of the greedy-agreement count (default 32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON object per arm")
     args = parser.parse_args(argv)
@@ -175,10 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = gemma3.protocol_ids(args.model_dir)
         fp32 = ort_fp32(paths[gemma3.KV_MODEL], args.threads)
         ref = fp32(ids)
-        path = list(ids[:PROMPT_TOKENS])
-        for _ in range(PATH_STEPS):  # fp32's own greedy continuation of the short prompt
-            path.append(int(fp32(np.array(path, np.int64))[-1].argmax()))
-        path_ids = np.array(path, np.int64)
+        paths = prompt_paths(fp32, ids, args.prompts)
+        path_ids = paths[0]
         ref_path = fp32(path_ids)
         arms: list[tuple[str, Callable[[], LogitsFn]]] = [
             (f"sail c {a}", lambda a=a: sail_c(sail_artifact(paths[gemma3.KV_MODEL], work, a),
@@ -193,18 +223,23 @@ def main(argv: list[str] | None = None) -> int:
             row = {"arm": name, **fidelity(ref, run(ids)),
                    "near_ties": near_ties(ref_path[:-1], run(path_ids)[:-1], PROMPT_TOKENS - 1)}
             row["path_agree"] = sum(1 for _, g in row["near_ties"] if g > 0)
+            lead = [leading_matches(p, run(p)) for p in paths]
+            row["greedy_8_of_8"] = sum(n == PATH_STEPS for n in lead)
+            row["greedy_leading_mean"] = float(np.mean(lead))
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
     if not args.json:
         print(f"Gemma 3 270M, {len(ids)} ids of the quality protocol, against onnxruntime fp32 "
               f"(commit {gemma3.repo_commit()})\n")
-        print("| arm | KLD mean | KLD p99 | top-1 | RMS dlogit | gap err | path top-1 |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| arm | KLD mean | KLD p99 | top-1 | RMS dlogit | gap err | path top-1 | "
+              f"prompts with {PATH_STEPS} greedy ids = fp32 | mean leading ids = fp32 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['arm']} | {r['kld_mean']:.4f} | {r['kld_p99']:.4f} | "
                   f"{100 * r['top1']:.1f}% | {r['rms_dlogit']:.3f} | {r['gap_err_median']:.3f} "
-                  f"| {r['path_agree']}/{PATH_STEPS} |")
+                  f"| {r['path_agree']}/{PATH_STEPS} | {r['greedy_8_of_8']}/{len(paths)} | "
+                  f"{r['greedy_leading_mean']:.2f} |")
         print(f"\nfp32's top-2 gap at each greedy choice after the {PROMPT_TOKENS}-token prompt, "
               "and each arm's gap between the same two tokens (negative: a different choice):")
         print("| arm | " + " | ".join(str(i + 1) for i in range(PATH_STEPS)) + " |")
