@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = gemma3.protocol_ids(args.model_dir)
         fp32 = ort_fp32(paths[gemma3.KV_MODEL], args.threads)
         ref = fp32(ids)
-        paths = prompt_paths(fp32, ids, args.prompts)
-        path_ids = paths[0]
+        prompts = prompt_paths(fp32, ids, args.prompts)
+        path_ids = prompts[0]
         ref_path = fp32(path_ids)
         arms: list[tuple[str, Callable[[], LogitsFn]]] = [
             (f"sail c {a}", lambda a=a: sail_c(sail_artifact(paths[gemma3.KV_MODEL], work, a),
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"arm": name, **fidelity(ref, run(ids)),
                    "near_ties": near_ties(ref_path[:-1], run(path_ids)[:-1], PROMPT_TOKENS - 1)}
             row["path_agree"] = sum(1 for _, g in row["near_ties"] if g > 0)
-            lead = [leading_matches(p, run(p)) for p in paths]
+            lead = [leading_matches(p, run(p)) for p in prompts]
             row["greedy_8_of_8"] = sum(n == PATH_STEPS for n in lead)
             row["greedy_leading_mean"] = float(np.mean(lead))
             rows.append(row)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(f"| {r['arm']} | {r['kld_mean']:.4f} | {r['kld_p99']:.4f} | "
                   f"{100 * r['top1']:.1f}% | {r['rms_dlogit']:.3f} | {r['gap_err_median']:.3f} "
-                  f"| {r['path_agree']}/{PATH_STEPS} | {r['greedy_8_of_8']}/{len(paths)} | "
+                  f"| {r['path_agree']}/{PATH_STEPS} | {r['greedy_8_of_8']}/{len(prompts)} | "
                   f"{r['greedy_leading_mean']:.2f} |")
         print(f"\nfp32's top-2 gap at each greedy choice after the {PROMPT_TOKENS}-token prompt, "
               "and each arm's gap between the same two tokens (negative: a different choice):")

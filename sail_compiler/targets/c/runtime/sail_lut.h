@@ -50,7 +50,8 @@
  * --------------------------------------------------
  * At 4 and 8 bits the codes themselves are stored, in the same bits * 64 bytes per tile, group
  * and block as the bit planes; the kernels multiply them with the int8 activations directly
- * (vpmaddubsw on 4-bit nibbles), which takes far fewer instructions per token than tables,
+ * (vpmaddubsw on 4-bit nibbles;
+ * with VNNI, vpdpbusd on the nibbles, and on whole 8-bit codes), which takes far fewer instructions per token than tables,
  * and need no tables: the workspace holds each token's 32 activations per block (0 past g or
  * K) at sail_lut_table_offset. With order = SAIL_LUT_COLUMN_ORDER, row quad q = 0..7 (rows
  * 4 q .. 4 q + 3 of the block) and byte b = 0..31 of a 32-byte vector:

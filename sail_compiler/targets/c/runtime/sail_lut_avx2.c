@@ -552,7 +552,8 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
  * spilled them).
  * With VNNI (AVX512-VNNI with AVX512VL, or AVX-VNNI; chosen at build time), vpdpbusd adds each
  * column's 4 products of a quad straight into int32 (exact: |sum| <= 8 * 4 * 15 * 128 per
- * block): one instruction where vpmaddubsw, vpaddw and the block's vpmaddwd were three. */
+ * block): one instruction where vpmaddubsw, vpaddw and the block's vpmaddwd were three; 8-bit
+ * codes are then not split into nibbles at all (below). */
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define SAIL_LUT_VNNI 1
 #define NQ_DP "vpdpbusd " /* EVEX, ymm0-15 */
@@ -634,8 +635,6 @@ static const int16_t nq_nib[16] __attribute__((aligned(32))) = {
     0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F};
 static const int16_t nq_ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
                                                                 1, 1, 1, 1, 1, 1, 1, 1};
-static const int16_t nq_sixteens[16] __attribute__((aligned(32))) = {
-    16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16};
 
 SAIL_INLINE void nibble_quad4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones;
@@ -650,6 +649,67 @@ SAIL_INLINE void nibble_quad4(const uint8_t *wb, const int8_t *x, __m256i (*acc3
             : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
               "xmm10", "xmm11", "xmm12", "xmm13");
 }
+
+SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones;
+    __asm__("vmovdqa %[nib], %%ymm13\n\t"
+            NQ_BLOCK_ONE(32)
+            "vmovdqa %[ones], %%ymm13\n\t"
+            NQ_WIDEN(0, ymm0) NQ_WIDEN(1, ymm1)
+            : "+m"(*(nibble_one_acc *)acc32)
+            : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block4 *)wb),
+              "m"(*(const nibble_rows *)x), [nib] "m"(*nib), [ones] "m"(*ones)
+            : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13");
+}
+
+#ifdef SAIL_LUT_VNNI
+/* 8 bits with VNNI: vpdpbusd multiplies the unsigned codes with the int8 activations directly
+ * (4 products of |c x| <= 255 * 128 into int32 per column, no saturation: exact), so the codes
+ * need no nibble split. Vector 2q + h holds, in each 4 bytes i, rows 4q .. 4q + 3 of column
+ * order[8 h + i]: against the quad's 4 activations broadcast to every 4 bytes it adds column
+ * order[8 h + i]'s 4 products into lane i of acc32[t][h], the lanes the nibble form gives.
+ * The sums are exact in int32 for |sum| <= K * 255 * 128, any K up to 65793 rows. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#else
+#define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#endif
+
+SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    __m256i a[4][2];
+    for (int t = 0; t < 4; ++t) a[t][0] = a[t][1] = _mm256_setzero_si256();
+    for (int q = 0; q < 8; ++q) {
+        const __m256i c0 = _mm256_loadu_si256((const __m256i *)(wb + 64 * q));
+        const __m256i c1 = _mm256_loadu_si256((const __m256i *)(wb + 64 * q + 32));
+        for (int t = 0; t < 4; ++t) {
+            int32_t quad;
+            memcpy(&quad, x + SAIL_LUT_ROWS_BYTES_PER_BLOCK * t + 4 * q, 4);
+            const __m256i xq = _mm256_set1_epi32(quad);
+            a[t][0] = SAIL_DPBUSD(a[t][0], c0, xq);
+            a[t][1] = SAIL_DPBUSD(a[t][1], c1, xq);
+        }
+    }
+    for (int t = 0; t < 4; ++t) {
+        acc32[t][0] = _mm256_add_epi32(acc32[t][0], a[t][0]);
+        acc32[t][1] = _mm256_add_epi32(acc32[t][1], a[t][1]);
+    }
+}
+
+SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+    for (int q = 0; q < 8; ++q) {
+        int32_t quad;
+        memcpy(&quad, x + 4 * q, 4);
+        const __m256i xq = _mm256_set1_epi32(quad);
+        a0 = SAIL_DPBUSD(a0, _mm256_loadu_si256((const __m256i *)(wb + 64 * q)), xq);
+        a1 = SAIL_DPBUSD(a1, _mm256_loadu_si256((const __m256i *)(wb + 64 * q + 32)), xq);
+    }
+    acc32[0][0] = _mm256_add_epi32(acc32[0][0], a0);
+    acc32[0][1] = _mm256_add_epi32(acc32[0][1], a1);
+}
+#else
+static const int16_t nq_sixteens[16] __attribute__((aligned(32))) = {
+    16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16};
 
 SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones,
@@ -669,18 +729,6 @@ SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc3
                   "xmm10", "xmm11", "xmm12", "xmm13", "xmm14");
 }
 
-SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
-    const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones;
-    __asm__("vmovdqa %[nib], %%ymm13\n\t"
-            NQ_BLOCK_ONE(32)
-            "vmovdqa %[ones], %%ymm13\n\t"
-            NQ_WIDEN(0, ymm0) NQ_WIDEN(1, ymm1)
-            : "+m"(*(nibble_one_acc *)acc32)
-            : [w] "r"(wb), [x] "r"(x), [acc] "r"(acc32), "m"(*(const nibble_block4 *)wb),
-              "m"(*(const nibble_rows *)x), [nib] "m"(*nib), [ones] "m"(*ones)
-            : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13");
-}
-
 SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones,
                   *sixteens = (const __m256i *)nq_sixteens;
@@ -696,6 +744,7 @@ SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32
                   [ones] "m"(*ones), [sixteens] "m"(*sixteens)
                 : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14");
 }
+#endif /* SAIL_LUT_VNNI */
 
 /* One tile of 4- or 8-bit codes (B) for tokens t0 .. t0 + nt - 1 (nt <= ROWS_PER_PASS): four
  * tokens at a time share each unpacked vector, the rest go one by one. */
