@@ -546,7 +546,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         bars = ax.bar([x + i * width for x in range(len(groups))], values, width, label=arm)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks([x + width * (len(arms) - 1) / 2 for x in range(len(groups))],
-                  [f"prompt {p}, {t} thread{'s' if t > 1 else ''}" for p, t in groups])
+                  [f"prompt {p}\n{t} thread{'s' if t > 1 else ''}" for p, t in groups])
     ax.set_ylabel("decode tokens/s (median)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
