@@ -82,6 +82,84 @@ static inline vec vload(const float *p) {
   return v;
 }
 
+/* ---- IEEE binary16 <-> float32 (sail_attention.h) ----------------------------------------
+ * The portable conversions work on the bits: float32 -> half re-biases the exponent and rounds
+ * the 13 dropped mantissa bits to nearest even (a carry may move into the exponent, which is
+ * the correct next binade or 65504 -> inf only from 65520 up); below 2^-14 the 24-bit
+ * significand is shifted into half subnormal units of 2^-24 with the same rounding. */
+static uint16_t f16_of(float f) {
+  uint32_t x;
+  memcpy(&x, &f, sizeof x);
+  const uint32_t sign = (x >> 16) & 0x8000u, abs = x & 0x7fffffffu;
+  if (abs > 0x7f800000u) /* NaN: quiet, the payload's top bits */
+    return (uint16_t)(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));
+  if (abs >= 0x477ff000u) /* 65520 (halfway from 65504 to 2^16) and up, inf */
+    return (uint16_t)(sign | 0x7c00u);
+  if (abs >= 0x38800000u) { /* normal: 2^-14 and up */
+    const uint32_t m = abs - (112u << 23); /* exponent bias 127 -> 15 */
+    return (uint16_t)(sign | ((m + 0xfffu + ((m >> 13) & 1u)) >> 13));
+  }
+  const uint32_t e = abs >> 23;
+  if (e < 102) /* below 2^-25: rounds to 0 */
+    return (uint16_t)sign;
+  const uint32_t mant = (abs & 0x7fffffu) | 0x800000u, shift = 126u - e; /* 14 .. 24 */
+  const uint32_t rest = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  uint32_t q = mant >> shift;
+  q += rest > half || (rest == half && (q & 1u));
+  return (uint16_t)(sign | q);
+}
+
+static float f32_of(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  uint32_t x;
+  if (e == 0x1f) /* inf, NaN (quiet, as F16C's vcvtph2ps) */
+    x = sign | 0x7f800000u | (m ? 0x400000u | (m << 13) : 0u);
+  else if (e)
+    x = sign | ((e + 112u) << 23) | (m << 13);
+  else { /* zero, subnormal: m * 2^-24, exact */
+    const float f = (float)m * 0x1p-24f;
+    memcpy(&x, &f, sizeof x);
+    x |= sign;
+  }
+  float f;
+  memcpy(&f, &x, sizeof f);
+  return f;
+}
+
+#if defined(__F16C__) && defined(__AVX__) && !defined(SAIL_NO_SIMD)
+#include <immintrin.h>
+#define SAIL_F16C 1
+#endif
+
+void sail_f16_from_f32(uint16_t *dst, const float *src, int64_t n) {
+  int64_t i = 0;
+#ifdef SAIL_F16C
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i)
+    dst[i] = f16_of(src[i]);
+}
+
+void sail_f32_from_f16(float *dst, const uint16_t *src, int64_t n) {
+  int64_t i = 0;
+#ifdef SAIL_F16C
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+  for (; i < n; ++i)
+    dst[i] = f32_of(src[i]);
+}
+
+/* Rows first .. first + count - 1 of a half matrix with `stride` elements per row, as float32
+ * rows of `n` elements each in dst (one tile of keys or values). */
+static void f32_rows(float *dst, const uint16_t *src, int64_t first, int64_t count,
+                     int64_t stride, int64_t n) {
+  for (int64_t t = 0; t < count; ++t)
+    sail_f32_from_f16(dst + t * n, src + (first + t) * stride, n);
+}
+
 static inline float vsum(vec v) {
   float s = 0.0f;
   for (int l = 0; l < LANES; ++l)
@@ -156,6 +234,10 @@ typedef struct job {
   float *partial;     /* chunked: [units][chunks][ROWS][value_dim + 2] (partial_of) */
   float *kt;          /* NULL, or the keys in transposed tiles (kt_of) */
   int32_t *live;      /* with kt: [parts][kv_len], the keys a row block weighs */
+  float *rows;        /* NULL, or (half keys or values) [parts][rows_per_part]: a tile of
+                       * them as float32 (f32_rows), or one key row (transpose_keys) */
+  size_t rows_per_part; /* KEY_TILE * max(head_dim, value_dim) */
+  float *v32;         /* half values with kt: every value as float32 (v_of) */
 } job;
 
 /* The rows of unit u: pointers to their queries, masks (NULL: none) and outputs. */
@@ -250,13 +332,17 @@ static void transpose_keys(const job *j) {
   const int64_t d = a->head_dim, tiles = (a->kv_len + TK - 1) / TK;
   for (int64_t b = 0; b < a->batch; ++b)
     for (int64_t g = 0; g < a->kv_heads; ++g) {
-      const float *k = a->k + b * a->k_strides[0] + g * a->k_strides[1];
+      const int64_t at = b * a->k_strides[0] + g * a->k_strides[1];
       float *kt = (float *)kt_of(j, b, g);
       for (int64_t tile = 0; tile < tiles; ++tile) {
         float *dst = kt + (size_t)tile * TK * (size_t)d;
         for (int u = 0; u < TK; ++u) {
           const int64_t t = tile * TK + u;
-          const float *row = k + t * a->k_strides[2];
+          const float *row = j->rows;
+          if (a->k)
+            row = a->k + at + t * a->k_strides[2];
+          else if (t < a->kv_len) /* half keys: one row at a time through j->rows */
+            sail_f32_from_f16(j->rows, a->k16 + at + t * a->k_strides[2], d);
           if (t < a->kv_len)
             for (int64_t e = 0; e < d; ++e)
               dst[e * TK + u] = row[e];
@@ -350,13 +436,19 @@ static float logit(const sail_attention_args *a, const unit_rows *r, int64_t e, 
 }
 
 /* x[i * ld + t] for keys t in [t0, t1) of the unit's rows: scaled, capped and masked scores.
- * Keys that are dead for every row of a 4 x 4 block get the mask's value without a product. */
+ * Keys that are dead for every row of a 4 x 4 block get the mask's value without a product.
+ * Half keys are converted a tile at a time into `rows` (KEY_TILE * head_dim floats). */
 static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
-                       float *x, int64_t ld) {
-  const float *k = a->k + r->b * a->k_strides[0] + r->g * a->k_strides[1];
-  const int64_t mt = a->mask_strides[3], ks = a->k_strides[2], d = a->head_dim;
+                       float *x, int64_t ld, float *rows) {
+  const int64_t at = r->b * a->k_strides[0] + r->g * a->k_strides[1];
+  const int64_t mt = a->mask_strides[3], d = a->head_dim;
   for (int64_t tile = t0; tile < t1; tile += KEY_TILE) {
     const int64_t end = tile + KEY_TILE < t1 ? tile + KEY_TILE : t1;
+    /* key t at k + (t - kb) * ks: in place, or in `rows` from the tile's first key */
+    const float *k = a->k ? a->k + at : rows;
+    const int64_t ks = a->k ? a->k_strides[2] : d, kb = a->k ? 0 : tile;
+    if (!a->k)
+      f32_rows(rows, a->k16 + at, tile, end - tile, a->k_strides[2], d);
     for (int64_t i = 0; i < r->count; i += 4) {
       const int64_t rows = r->count - i < 4 ? r->count - i : 4;
       for (int64_t t = tile; t < end;) {
@@ -365,14 +457,15 @@ static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t
         if (dead_block(r, i, rows, t, keys, mt, x, ld)) {
           /* the mask's values written */
         } else if (keys == 4) {
-          const float *kt[4] = {k + t * ks, k + (t + 1) * ks, k + (t + 2) * ks, k + (t + 3) * ks};
+          const float *kr = k + (t - kb) * ks;
+          const float *kt[4] = {kr, kr + ks, kr + 2 * ks, kr + 3 * ks};
           dot4x4(&r->q[i], kt, d, dots);
           for (int64_t e = 0; e < 4; ++e)
             for (int64_t u = 0; u < 4; ++u)
               x[(i + e) * ld + t + u] = logit(a, r, i + e, t + u, dots[4 * e + u]);
         } else {
           for (int64_t e = i; e < i + rows; ++e)
-            x[e * ld + t] = logit(a, r, e, t, dot1(r->q[e], k + t * ks, d));
+            x[e * ld + t] = logit(a, r, e, t, dot1(r->q[e], k + (t - kb) * ks, d));
         }
         t += keys;
       }
@@ -392,16 +485,13 @@ static void row_max(const unit_rows *r, int64_t t0, int64_t t1, const float *x, 
   }
 }
 
-/* For each row i: x[i][t] = exp(x[i][t] - top[i]) for t in [t0, t1); sums[i] = their sum;
- * out[i][:] = sum_t x[i][t] * v[t, :]. Four rows at a time, 16 values of each in registers
- * while the keys pass; keys whose weight is 0 in all four rows are not read. */
-static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
-                         float *x, int64_t ld, const float *top, float *const *out,
-                         float *sums) {
-  const int64_t dv = a->value_dim, vs = a->v_strides[2];
-  for (int64_t i = 0; i < r->count; ++i)
-    sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
-  const float *v = a->v + r->b * a->v_strides[0] + r->g * a->v_strides[1];
+/* out[i][:] (+)= sum_t x[i][t] * v[t - vb, :] for t in [t0, t1), with v's rows vs elements
+ * apart: four rows at a time, 16 values of each in registers while the keys pass; keys whose
+ * weight is 0 in all four rows are not read. `first`: out is written, else added to (the sums
+ * continue in the same order, so a span split in tiles rounds as one pass). */
+SAIL_ALWAYS_INLINE void weigh_span(const unit_rows *r, const float *x, int64_t ld, const float *v,
+                                   int64_t vs, int64_t vb, int64_t dv, int64_t t0, int64_t t1,
+                                   float *const *out, const int first) {
   for (int64_t i = 0; i < r->count; i += 4) {
     const int64_t rows = r->count - i < 4 ? r->count - i : 4;
     const float *w[4];
@@ -412,13 +502,19 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
       vec acc[4][2];
       for (int e = 0; e < 4; ++e)
         acc[e][0] = acc[e][1] = vzero();
+      if (!first)
+        for (int64_t e = 0; e < rows; ++e) {
+          acc[e][0] = vload(out[i + e] + e0);
+          acc[e][1] = vload(out[i + e] + e0 + LANES);
+        }
       for (int64_t t = t0; t < t1; ++t) {
         float wt[4];
         for (int e = 0; e < 4; ++e)
           wt[e] = e < rows ? w[e][t] : 0.0f;
         if (wt[0] == 0.0f && wt[1] == 0.0f && wt[2] == 0.0f && wt[3] == 0.0f)
           continue;
-        const vec v0 = vload(v + t * vs + e0), v1 = vload(v + t * vs + e0 + LANES);
+        const float *vt = v + (t - vb) * vs + e0;
+        const vec v0 = vload(vt), v1 = vload(vt + LANES);
         for (int e = 0; e < 4; ++e) {
           const vec we = vsplat(wt[e]);
           acc[e][0] = vmuladd(acc[e][0], we, v0);
@@ -426,17 +522,38 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
         }
       }
       for (int64_t e = 0; e < rows; ++e) {
-        memcpy(out[i + e] + e0, &acc[e][0], sizeof(vec));
-        memcpy(out[i + e] + e0 + LANES, &acc[e][1], sizeof(vec));
+        vstore(out[i + e] + e0, acc[e][0]);
+        vstore(out[i + e] + e0 + LANES, acc[e][1]);
       }
     }
     for (; e0 < dv; ++e0) /* values past the last 16 */
       for (int64_t e = 0; e < rows; ++e) {
-        float sum = 0.0f;
+        float sum = first ? 0.0f : out[i + e][e0];
         for (int64_t t = t0; t < t1; ++t)
-          sum += w[e][t] * v[t * vs + e0];
+          sum += w[e][t] * v[(t - vb) * vs + e0];
         out[i + e][e0] = sum;
       }
+  }
+}
+
+/* For each row i: x[i][t] = exp(x[i][t] - top[i]) for t in [t0, t1); sums[i] = their sum;
+ * out[i][:] = sum_t x[i][t] * v[t, :] (weigh_span). Half values are converted a tile of keys
+ * at a time into `rows` (KEY_TILE * value_dim floats). */
+static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
+                         float *x, int64_t ld, const float *top, float *const *out,
+                         float *sums, float *rows) {
+  const int64_t dv = a->value_dim, vs = a->v_strides[2];
+  for (int64_t i = 0; i < r->count; ++i)
+    sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
+  const int64_t at = r->b * a->v_strides[0] + r->g * a->v_strides[1];
+  if (a->v) {
+    weigh_span(r, x, ld, a->v + at, vs, 0, dv, t0, t1, out, 1);
+    return;
+  }
+  for (int64_t tile = t0; tile < t1; tile += KEY_TILE) {
+    const int64_t end = tile + KEY_TILE < t1 ? tile + KEY_TILE : t1;
+    f32_rows(rows, a->v16 + at, tile, end - tile, vs, dv);
+    weigh_span(r, x, ld, rows, dv, tile, dv, tile, end, out, tile == t0);
   }
 }
 
@@ -511,16 +628,25 @@ static void kt_score_keys(const job *j, const unit_rows *r, int64_t t0, int64_t 
   }
 }
 
+/* The values of (batch b, kv head g) as float32: in place, or (half values) in j->v32, whose
+ * rows are value_dim floats, [batch][kv_heads][kv_len][value_dim]. */
+static const float *v_of(const job *j, int64_t b, int64_t g) {
+  const sail_attention_args *a = j->a;
+  if (a->v)
+    return a->v + b * a->v_strides[0] + g * a->v_strides[1];
+  return j->v32 + (size_t)(b * a->kv_heads + g) * (size_t)a->kv_len * (size_t)a->value_dim;
+}
+
 /* weigh_values for the transposed-key path: TR rows at a time over the keys that some row of
  * the block weighs (a list, so each value chunk's loop reads no weights it skips). */
 static void kt_weigh_values(const job *j, const unit_rows *r, int64_t t0, int64_t t1, float *x,
                             int64_t ld, const float *top, float *const *out, float *sums,
                             int32_t *live) {
   const sail_attention_args *a = j->a;
-  const int64_t dv = a->value_dim, vs = a->v_strides[2];
+  const int64_t dv = a->value_dim, vs = a->v ? a->v_strides[2] : dv;
   for (int64_t i = 0; i < r->count; ++i)
     sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
-  const float *v = a->v + r->b * a->v_strides[0] + r->g * a->v_strides[1];
+  const float *v = v_of(j, r->b, r->g);
   for (int64_t i = 0; i < r->count; i += TR) {
     const int rows = r->count - i < TR ? (int)(r->count - i) : TR;
     const float *w[TR];
@@ -569,9 +695,10 @@ static void whole_unit(const job *j, int64_t u, int part) {
     kt_weigh_values(j, &r, lo, hi, x, a->kv_len, top, r.y, sums,
                     j->live + (size_t)part * (size_t)a->kv_len);
   } else {
-    score_keys(a, &r, lo, hi, x, a->kv_len);
+    float *rows = j->rows ? j->rows + (size_t)part * j->rows_per_part : NULL;
+    score_keys(a, &r, lo, hi, x, a->kv_len, rows);
     row_max(&r, lo, hi, x, a->kv_len, top);
-    weigh_values(a, &r, lo, hi, x, a->kv_len, top, r.y, sums);
+    weigh_values(a, &r, lo, hi, x, a->kv_len, top, r.y, sums, rows);
   }
   for (int64_t i = 0; i < r.count; ++i)
     for (int64_t e = 0; e < a->value_dim; ++e)
@@ -586,7 +713,7 @@ static float *partial_of(const job *j, int64_t u, int64_t c, int64_t i) {
 
 /* Chunk c of unit u: its scores and their maxima (phase 0), or its weights and partial sums
  * (phase 1, after every chunk's phase 0). */
-static void chunk_of_unit(const job *j, int64_t u, int64_t c) {
+static void chunk_of_unit(const job *j, int64_t u, int64_t c, int part) {
   const sail_attention_args *a = j->a;
   unit_rows r;
   unit_rows_of(j, u, &r);
@@ -595,10 +722,11 @@ static void chunk_of_unit(const job *j, int64_t u, int64_t c) {
   float *x = j->scores + (size_t)u * ROWS * (size_t)a->kv_len;
   const int64_t dv = a->value_dim;
   float *out[ROWS] = {0}, top[ROWS] = {0}, sums[ROWS];
+  float *rows = j->rows ? j->rows + (size_t)part * j->rows_per_part : NULL;
   for (int64_t i = 0; i < r.count; ++i)
     out[i] = partial_of(j, u, c, i);
   if (j->phase == 0) {
-    score_keys(a, &r, t0, t1, x, a->kv_len);
+    score_keys(a, &r, t0, t1, x, a->kv_len, rows);
     row_max(&r, t0, t1, x, a->kv_len, top);
     for (int64_t i = 0; i < r.count; ++i)
       out[i][dv + 1] = top[i];
@@ -611,7 +739,7 @@ static void chunk_of_unit(const job *j, int64_t u, int64_t c) {
       top[i] = m > top[i] ? m : top[i];
     }
   }
-  weigh_values(a, &r, t0, t1, x, a->kv_len, top, out, sums);
+  weigh_values(a, &r, t0, t1, x, a->kv_len, top, out, sums, rows);
   for (int64_t i = 0; i < r.count; ++i)
     out[i][dv] = sums[i];
 }
@@ -623,7 +751,7 @@ static void run_part(void *ctx, int part, int parts) {
     if (j->chunks == 1)
       whole_unit(j, w, part);
     else
-      chunk_of_unit(j, w / j->chunks, w % j->chunks);
+      chunk_of_unit(j, w / j->chunks, w % j->chunks, part);
   }
 }
 
@@ -662,7 +790,8 @@ static int valid(const sail_attention_args *a) {
   const int64_t rows = a->batch * a->q_heads * a->q_len;
   if (rows && a->value_dim && !a->y)
     return 0;
-  return !rows || !a->kv_len || (a->q && a->k && a->v);
+  /* keys and values: float32 or half, one of the two pointers */
+  return !rows || !a->kv_len || (a->q && !a->k != !a->k16 && !a->v != !a->v16);
 }
 
 int sail_attention(const sail_attention_args *a, sail_pool *pool) {
@@ -704,15 +833,29 @@ int sail_attention(const sail_attention_args *a, sail_pool *pool) {
       : (size_t)(a->batch * a->kv_heads) * (size_t)((a->kv_len + TK - 1) / TK) * TK *
             (size_t)a->head_dim;
   const size_t live_ints = transposed ? (size_t)j.parts * (size_t)a->kv_len : 0;
-  float *scratch = malloc((score_floats + partial_floats + kt_floats) * sizeof(float) +
-                          live_ints * sizeof(int32_t));
+  /* half keys or values: a tile of rows per part; with transposed keys, every value */
+  const int64_t widest = a->head_dim > a->value_dim ? a->head_dim : a->value_dim;
+  j.rows_per_part = a->k16 || a->v16 ? (size_t)KEY_TILE * (size_t)widest : 0;
+  const size_t rows_floats = j.rows_per_part * (size_t)j.parts;
+  const size_t v32_floats = !transposed || !a->v16 ? 0
+      : (size_t)(a->batch * a->kv_heads) * (size_t)a->kv_len * (size_t)a->value_dim;
+  float *scratch = malloc((score_floats + partial_floats + kt_floats + rows_floats + v32_floats) *
+                              sizeof(float) + live_ints * sizeof(int32_t));
   if (!scratch)
     return SAIL_ATTENTION_ENOMEM;
   j.scores = scratch;
   j.partial = scratch + score_floats;
+  float *rest = j.partial + partial_floats + kt_floats;
+  j.rows = rows_floats ? rest : NULL;
+  j.v32 = v32_floats ? rest + rows_floats : NULL;
+  if (j.v32)
+    for (int64_t b = 0; b < a->batch; ++b)
+      for (int64_t g = 0; g < a->kv_heads; ++g)
+        f32_rows((float *)v_of(&j, b, g), a->v16 + b * a->v_strides[0] + g * a->v_strides[1], 0,
+                 a->kv_len, a->v_strides[2], a->value_dim);
   if (transposed) {
     j.kt = j.partial + partial_floats;
-    j.live = (int32_t *)(j.kt + kt_floats);
+    j.live = (int32_t *)(rest + rows_floats + v32_floats);
     transpose_keys(&j);
   }
   if (j.chunks == 1) {
