@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sail_compiler import CompileOptions, compile_model
+from sail_compiler import CompileOptions, compile_model, load
+from sail_compiler.errors import OptionError
 from sail_compiler.frontend.signature import ModelSignature
 from sail_compiler.passes import WrapGatherIndices
 from sail_compiler.pipeline import STAGES, Stage
@@ -328,6 +329,8 @@ def test_unfused_attention_copies_the_cache(tiny_decoder_kv: Path, tmp_path: Pat
     report = json.loads(_generate(out, "-n", "10", "--json").stdout)
     assert report["kv_cache"] == "copied"
     assert report["ids"] == json.loads(_generate(artifact, "-n", "10", "--json").stdout)["ids"]
+    with pytest.raises(OptionError, match="--kv-f16 needs the KV cache kept in place"):
+        load(out).generate(PROMPT, 4, kv_f16=True)
     half = _generate(out, "-n", "10", "--kv-f16")
     assert half.returncode == 2 and not half.stdout
     assert "--kv-f16 needs the KV cache kept in place, and this model cannot keep its KV " \
