@@ -126,7 +126,7 @@ static float f32_of(uint16_t h) {
   return f;
 }
 
-#if defined(__F16C__) && defined(__AVX__) && !defined(SAIL_NO_SIMD)
+#if defined(__GNUC__) && defined(__F16C__) && defined(__AVX__) && !defined(SAIL_NO_SIMD)
 #include <immintrin.h>
 #define SAIL_F16C 1
 #endif
@@ -152,12 +152,33 @@ void sail_f32_from_f16(float *dst, const uint16_t *src, int64_t n) {
     dst[i] = f32_of(src[i]);
 }
 
-/* Rows first .. first + count - 1 of a half matrix with `stride` elements per row, as float32
- * rows of `n` elements each in dst (one tile of keys or values). */
-static void f32_rows(float *dst, const uint16_t *src, int64_t first, int64_t count,
-                     int64_t stride, int64_t n) {
-  for (int64_t t = 0; t < count; ++t)
-    sail_f32_from_f16(dst + t * n, src + (first + t) * stride, n);
+#define SAIL_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* 8 elements from element d of a key or value row: float32, or halves converted (exact). The
+ * kernels below take `half` as a constant (one copy of each for float32 rows, one for halves):
+ * no per-element choice. */
+SAIL_ALWAYS_INLINE vec vload_row(const void *row, int64_t d, const int half) {
+  if (!half)
+    return vload((const float *)row + d);
+#ifdef SAIL_F16C
+  return (vec)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d)));
+#else
+  float f[LANES];
+  for (int l = 0; l < LANES; ++l)
+    f[l] = f32_of(((const uint16_t *)row)[d + l]);
+  return vload(f);
+#endif
+}
+
+SAIL_ALWAYS_INLINE float row_at(const void *row, int64_t e, const int half) {
+  return half ? f32_of(((const uint16_t *)row)[e]) : ((const float *)row)[e];
+}
+
+/* Row t of keys or values at `base` (float32, or halves), `stride` elements apart. */
+SAIL_ALWAYS_INLINE const void *row_of(const void *base, int64_t t, int64_t stride,
+                                      const int half) {
+  return half ? (const void *)((const uint16_t *)base + t * stride)
+              : (const void *)((const float *)base + t * stride);
 }
 
 static inline float vsum(vec v) {
@@ -234,9 +255,6 @@ typedef struct job {
   float *partial;     /* chunked: [units][chunks][ROWS][value_dim + 2] (partial_of) */
   float *kt;          /* NULL, or the keys in transposed tiles (kt_of) */
   int32_t *live;      /* with kt: [parts][kv_len], the keys a row block weighs */
-  float *rows;        /* NULL, or (half keys or values) [parts][rows_per_part]: a tile of
-                       * them as float32 (f32_rows), or one key row (transpose_keys) */
-  size_t rows_per_part; /* KEY_TILE * max(head_dim, value_dim) */
   float *v32;         /* half values with kt: every value as float32 (v_of) */
 } job;
 
@@ -270,15 +288,16 @@ static void unit_rows_of(const job *j, int64_t u, unit_rows *r) {
 
 /* out[4 * i + j] = q[i] . k[j] for 4 rows and 4 keys: 16 vector accumulators, each load of a
  * row or a key serving 4 multiply-adds. */
-static void dot4x4(const float *const *q, const float *const *k, int64_t n, float *out) {
+SAIL_ALWAYS_INLINE void dot4x4(const float *const *q, const void *const *k, int64_t n, float *out,
+                               const int half) {
   vec acc[4][4];
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j)
       acc[i][j] = vzero();
   int64_t d = 0;
   for (; d + LANES <= n; d += LANES) {
-    const vec k0 = vload(k[0] + d), k1 = vload(k[1] + d), k2 = vload(k[2] + d),
-              k3 = vload(k[3] + d);
+    const vec k0 = vload_row(k[0], d, half), k1 = vload_row(k[1], d, half),
+              k2 = vload_row(k[2], d, half), k3 = vload_row(k[3], d, half);
     for (int i = 0; i < 4; ++i) {
       const vec qi = vload(q[i] + d);
       acc[i][0] = vmuladd(acc[i][0], qi, k0);
@@ -291,19 +310,19 @@ static void dot4x4(const float *const *q, const float *const *k, int64_t n, floa
     for (int j = 0; j < 4; ++j) {
       float s = vsum(acc[i][j]);
       for (int64_t e = d; e < n; ++e)
-        s += q[i][e] * k[j][e];
+        s += q[i][e] * row_at(k[j], e, half);
       out[4 * i + j] = s;
     }
 }
 
-static float dot1(const float *q, const float *k, int64_t n) {
+SAIL_ALWAYS_INLINE float dot1(const float *q, const void *k, int64_t n, const int half) {
   vec acc = vzero();
   int64_t d = 0;
   for (; d + LANES <= n; d += LANES)
-    acc = vmuladd(acc, vload(q + d), vload(k + d));
+    acc = vmuladd(acc, vload(q + d), vload_row(k, d, half));
   float s = vsum(acc);
   for (; d < n; ++d)
-    s += q[d] * k[d];
+    s += q[d] * row_at(k, d, half);
   return s;
 }
 
@@ -319,7 +338,6 @@ static float dot1(const float *q, const float *k, int64_t n) {
  * sequential sum over d (fused multiply-adds where the machine has them). */
 enum { TK = 2 * LANES, TR = 6 };
 
-#define SAIL_ALWAYS_INLINE static inline __attribute__((always_inline))
 
 static const float *kt_of(const job *j, int64_t b, int64_t g) {
   const sail_attention_args *a = j->a;
@@ -338,14 +356,12 @@ static void transpose_keys(const job *j) {
         float *dst = kt + (size_t)tile * TK * (size_t)d;
         for (int u = 0; u < TK; ++u) {
           const int64_t t = tile * TK + u;
-          const float *row = j->rows;
-          if (a->k)
-            row = a->k + at + t * a->k_strides[2];
-          else if (t < a->kv_len) /* half keys: one row at a time through j->rows */
-            sail_f32_from_f16(j->rows, a->k16 + at + t * a->k_strides[2], d);
-          if (t < a->kv_len)
+          if (t < a->kv_len && a->k)
             for (int64_t e = 0; e < d; ++e)
-              dst[e * TK + u] = row[e];
+              dst[e * TK + u] = a->k[at + t * a->k_strides[2] + e];
+          else if (t < a->kv_len) /* half keys */
+            for (int64_t e = 0; e < d; ++e)
+              dst[e * TK + u] = f32_of(a->k16[at + t * a->k_strides[2] + e]);
           else
             for (int64_t e = 0; e < d; ++e)
               dst[e * TK + u] = 0.0f;
@@ -436,19 +452,14 @@ static float logit(const sail_attention_args *a, const unit_rows *r, int64_t e, 
 }
 
 /* x[i * ld + t] for keys t in [t0, t1) of the unit's rows: scaled, capped and masked scores.
- * Keys that are dead for every row of a 4 x 4 block get the mask's value without a product.
- * Half keys are converted a tile at a time into `rows` (KEY_TILE * head_dim floats). */
-static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
-                       float *x, int64_t ld, float *rows) {
+ * Keys that are dead for every row of a 4 x 4 block get the mask's value without a product. */
+SAIL_ALWAYS_INLINE void score_keys_of(const sail_attention_args *a, const unit_rows *r, int64_t t0,
+                                      int64_t t1, float *x, int64_t ld, const int half) {
   const int64_t at = r->b * a->k_strides[0] + r->g * a->k_strides[1];
-  const int64_t mt = a->mask_strides[3], d = a->head_dim;
+  const void *k = half ? (const void *)(a->k16 + at) : (const void *)(a->k + at);
+  const int64_t mt = a->mask_strides[3], ks = a->k_strides[2], d = a->head_dim;
   for (int64_t tile = t0; tile < t1; tile += KEY_TILE) {
     const int64_t end = tile + KEY_TILE < t1 ? tile + KEY_TILE : t1;
-    /* key t at k + (t - kb) * ks: in place, or in `rows` from the tile's first key */
-    const float *k = a->k ? a->k + at : rows;
-    const int64_t ks = a->k ? a->k_strides[2] : d, kb = a->k ? 0 : tile;
-    if (!a->k)
-      f32_rows(rows, a->k16 + at, tile, end - tile, a->k_strides[2], d);
     for (int64_t i = 0; i < r->count; i += 4) {
       const int64_t rows = r->count - i < 4 ? r->count - i : 4;
       for (int64_t t = tile; t < end;) {
@@ -457,20 +468,28 @@ static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t
         if (dead_block(r, i, rows, t, keys, mt, x, ld)) {
           /* the mask's values written */
         } else if (keys == 4) {
-          const float *kr = k + (t - kb) * ks;
-          const float *kt[4] = {kr, kr + ks, kr + 2 * ks, kr + 3 * ks};
-          dot4x4(&r->q[i], kt, d, dots);
+          const void *kt[4] = {row_of(k, t, ks, half), row_of(k, t + 1, ks, half),
+                               row_of(k, t + 2, ks, half), row_of(k, t + 3, ks, half)};
+          dot4x4(&r->q[i], kt, d, dots, half);
           for (int64_t e = 0; e < 4; ++e)
             for (int64_t u = 0; u < 4; ++u)
               x[(i + e) * ld + t + u] = logit(a, r, i + e, t + u, dots[4 * e + u]);
         } else {
           for (int64_t e = i; e < i + rows; ++e)
-            x[e * ld + t] = logit(a, r, e, t, dot1(r->q[e], k + (t - kb) * ks, d));
+            x[e * ld + t] = logit(a, r, e, t, dot1(r->q[e], row_of(k, t, ks, half), d, half));
         }
         t += keys;
       }
     }
   }
+}
+
+static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
+                       float *x, int64_t ld) {
+  if (a->k16)
+    score_keys_of(a, r, t0, t1, x, ld, 1);
+  else
+    score_keys_of(a, r, t0, t1, x, ld, 0);
 }
 
 /* Largest of x[i * ld + t] for t in [t0, t1), per row. */
@@ -485,13 +504,12 @@ static void row_max(const unit_rows *r, int64_t t0, int64_t t1, const float *x, 
   }
 }
 
-/* out[i][:] (+)= sum_t x[i][t] * v[t - vb, :] for t in [t0, t1), with v's rows vs elements
- * apart: four rows at a time, 16 values of each in registers while the keys pass; keys whose
- * weight is 0 in all four rows are not read. `first`: out is written, else added to (the sums
- * continue in the same order, so a span split in tiles rounds as one pass). */
-SAIL_ALWAYS_INLINE void weigh_span(const unit_rows *r, const float *x, int64_t ld, const float *v,
-                                   int64_t vs, int64_t vb, int64_t dv, int64_t t0, int64_t t1,
-                                   float *const *out, const int first) {
+/* out[i][:] = sum_t x[i][t] * v[t, :] for t in [t0, t1), with v's rows vs elements apart:
+ * four rows at a time, 16 values of each in registers while the keys pass; keys whose weight is
+ * 0 in all four rows are not read. */
+SAIL_ALWAYS_INLINE void weigh_span(const unit_rows *r, const float *x, int64_t ld, const void *v,
+                                   int64_t vs, int64_t dv, int64_t t0, int64_t t1,
+                                   float *const *out, const int half) {
   for (int64_t i = 0; i < r->count; i += 4) {
     const int64_t rows = r->count - i < 4 ? r->count - i : 4;
     const float *w[4];
@@ -502,19 +520,14 @@ SAIL_ALWAYS_INLINE void weigh_span(const unit_rows *r, const float *x, int64_t l
       vec acc[4][2];
       for (int e = 0; e < 4; ++e)
         acc[e][0] = acc[e][1] = vzero();
-      if (!first)
-        for (int64_t e = 0; e < rows; ++e) {
-          acc[e][0] = vload(out[i + e] + e0);
-          acc[e][1] = vload(out[i + e] + e0 + LANES);
-        }
       for (int64_t t = t0; t < t1; ++t) {
         float wt[4];
         for (int e = 0; e < 4; ++e)
           wt[e] = e < rows ? w[e][t] : 0.0f;
         if (wt[0] == 0.0f && wt[1] == 0.0f && wt[2] == 0.0f && wt[3] == 0.0f)
           continue;
-        const float *vt = v + (t - vb) * vs + e0;
-        const vec v0 = vload(vt), v1 = vload(vt + LANES);
+        const void *vt = row_of(v, t, vs, half);
+        const vec v0 = vload_row(vt, e0, half), v1 = vload_row(vt, e0 + LANES, half);
         for (int e = 0; e < 4; ++e) {
           const vec we = vsplat(wt[e]);
           acc[e][0] = vmuladd(acc[e][0], we, v0);
@@ -528,33 +541,27 @@ SAIL_ALWAYS_INLINE void weigh_span(const unit_rows *r, const float *x, int64_t l
     }
     for (; e0 < dv; ++e0) /* values past the last 16 */
       for (int64_t e = 0; e < rows; ++e) {
-        float sum = first ? 0.0f : out[i + e][e0];
+        float sum = 0.0f;
         for (int64_t t = t0; t < t1; ++t)
-          sum += w[e][t] * v[(t - vb) * vs + e0];
+          sum += w[e][t] * row_at(row_of(v, t, vs, half), e0, half);
         out[i + e][e0] = sum;
       }
   }
 }
 
 /* For each row i: x[i][t] = exp(x[i][t] - top[i]) for t in [t0, t1); sums[i] = their sum;
- * out[i][:] = sum_t x[i][t] * v[t, :] (weigh_span). Half values are converted a tile of keys
- * at a time into `rows` (KEY_TILE * value_dim floats). */
+ * out[i][:] = sum_t x[i][t] * v[t, :] (weigh_span). */
 static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
                          float *x, int64_t ld, const float *top, float *const *out,
-                         float *sums, float *rows) {
+                         float *sums) {
   const int64_t dv = a->value_dim, vs = a->v_strides[2];
   for (int64_t i = 0; i < r->count; ++i)
     sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
   const int64_t at = r->b * a->v_strides[0] + r->g * a->v_strides[1];
-  if (a->v) {
-    weigh_span(r, x, ld, a->v + at, vs, 0, dv, t0, t1, out, 1);
-    return;
-  }
-  for (int64_t tile = t0; tile < t1; tile += KEY_TILE) {
-    const int64_t end = tile + KEY_TILE < t1 ? tile + KEY_TILE : t1;
-    f32_rows(rows, a->v16 + at, tile, end - tile, vs, dv);
-    weigh_span(r, x, ld, rows, dv, tile, dv, tile, end, out, tile == t0);
-  }
+  if (a->v16)
+    weigh_span(r, x, ld, a->v16 + at, vs, dv, t0, t1, out, 1);
+  else
+    weigh_span(r, x, ld, a->v + at, vs, dv, t0, t1, out, 0);
 }
 
 /* One unit over every key, on part `part`'s scratch rows. */
@@ -695,10 +702,9 @@ static void whole_unit(const job *j, int64_t u, int part) {
     kt_weigh_values(j, &r, lo, hi, x, a->kv_len, top, r.y, sums,
                     j->live + (size_t)part * (size_t)a->kv_len);
   } else {
-    float *rows = j->rows ? j->rows + (size_t)part * j->rows_per_part : NULL;
-    score_keys(a, &r, lo, hi, x, a->kv_len, rows);
+    score_keys(a, &r, lo, hi, x, a->kv_len);
     row_max(&r, lo, hi, x, a->kv_len, top);
-    weigh_values(a, &r, lo, hi, x, a->kv_len, top, r.y, sums, rows);
+    weigh_values(a, &r, lo, hi, x, a->kv_len, top, r.y, sums);
   }
   for (int64_t i = 0; i < r.count; ++i)
     for (int64_t e = 0; e < a->value_dim; ++e)
@@ -713,7 +719,7 @@ static float *partial_of(const job *j, int64_t u, int64_t c, int64_t i) {
 
 /* Chunk c of unit u: its scores and their maxima (phase 0), or its weights and partial sums
  * (phase 1, after every chunk's phase 0). */
-static void chunk_of_unit(const job *j, int64_t u, int64_t c, int part) {
+static void chunk_of_unit(const job *j, int64_t u, int64_t c) {
   const sail_attention_args *a = j->a;
   unit_rows r;
   unit_rows_of(j, u, &r);
@@ -722,11 +728,10 @@ static void chunk_of_unit(const job *j, int64_t u, int64_t c, int part) {
   float *x = j->scores + (size_t)u * ROWS * (size_t)a->kv_len;
   const int64_t dv = a->value_dim;
   float *out[ROWS] = {0}, top[ROWS] = {0}, sums[ROWS];
-  float *rows = j->rows ? j->rows + (size_t)part * j->rows_per_part : NULL;
   for (int64_t i = 0; i < r.count; ++i)
     out[i] = partial_of(j, u, c, i);
   if (j->phase == 0) {
-    score_keys(a, &r, t0, t1, x, a->kv_len, rows);
+    score_keys(a, &r, t0, t1, x, a->kv_len);
     row_max(&r, t0, t1, x, a->kv_len, top);
     for (int64_t i = 0; i < r.count; ++i)
       out[i][dv + 1] = top[i];
@@ -739,7 +744,7 @@ static void chunk_of_unit(const job *j, int64_t u, int64_t c, int part) {
       top[i] = m > top[i] ? m : top[i];
     }
   }
-  weigh_values(a, &r, t0, t1, x, a->kv_len, top, out, sums, rows);
+  weigh_values(a, &r, t0, t1, x, a->kv_len, top, out, sums);
   for (int64_t i = 0; i < r.count; ++i)
     out[i][dv] = sums[i];
 }
@@ -751,7 +756,7 @@ static void run_part(void *ctx, int part, int parts) {
     if (j->chunks == 1)
       whole_unit(j, w, part);
     else
-      chunk_of_unit(j, w / j->chunks, w % j->chunks, part);
+      chunk_of_unit(j, w / j->chunks, w % j->chunks);
   }
 }
 
@@ -833,29 +838,27 @@ int sail_attention(const sail_attention_args *a, sail_pool *pool) {
       : (size_t)(a->batch * a->kv_heads) * (size_t)((a->kv_len + TK - 1) / TK) * TK *
             (size_t)a->head_dim;
   const size_t live_ints = transposed ? (size_t)j.parts * (size_t)a->kv_len : 0;
-  /* half keys or values: a tile of rows per part; with transposed keys, every value */
-  const int64_t widest = a->head_dim > a->value_dim ? a->head_dim : a->value_dim;
-  j.rows_per_part = a->k16 || a->v16 ? (size_t)KEY_TILE * (size_t)widest : 0;
-  const size_t rows_floats = j.rows_per_part * (size_t)j.parts;
+  /* half values with transposed keys: every value as float32 */
   const size_t v32_floats = !transposed || !a->v16 ? 0
       : (size_t)(a->batch * a->kv_heads) * (size_t)a->kv_len * (size_t)a->value_dim;
-  float *scratch = malloc((score_floats + partial_floats + kt_floats + rows_floats + v32_floats) *
+  float *scratch = malloc((score_floats + partial_floats + kt_floats + v32_floats) *
                               sizeof(float) + live_ints * sizeof(int32_t));
   if (!scratch)
     return SAIL_ATTENTION_ENOMEM;
   j.scores = scratch;
   j.partial = scratch + score_floats;
   float *rest = j.partial + partial_floats + kt_floats;
-  j.rows = rows_floats ? rest : NULL;
-  j.v32 = v32_floats ? rest + rows_floats : NULL;
+  j.v32 = v32_floats ? rest : NULL;
   if (j.v32)
     for (int64_t b = 0; b < a->batch; ++b)
       for (int64_t g = 0; g < a->kv_heads; ++g)
-        f32_rows((float *)v_of(&j, b, g), a->v16 + b * a->v_strides[0] + g * a->v_strides[1], 0,
-                 a->kv_len, a->v_strides[2], a->value_dim);
+        for (int64_t t = 0; t < a->kv_len; ++t)
+          sail_f32_from_f16((float *)v_of(&j, b, g) + t * a->value_dim,
+                            a->v16 + b * a->v_strides[0] + g * a->v_strides[1] +
+                                t * a->v_strides[2], a->value_dim);
   if (transposed) {
     j.kt = j.partial + partial_floats;
-    j.live = (int32_t *)(rest + rows_floats + v32_floats);
+    j.live = (int32_t *)(rest + v32_floats);
     transpose_keys(&j);
   }
   if (j.chunks == 1) {

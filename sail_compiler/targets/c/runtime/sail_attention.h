@@ -36,10 +36,11 @@
  * + t * mask_strides[3] (a stride of 0 broadcasts that axis).
  *
  * Half-precision keys and values (a KV cache stored as float16): k16 / v16 instead of k / v
- * (same strides, in elements). Rows are converted to float32 as they are read (exactly: every
- * half is a float), a tile of keys at a time into the caller's scratch, so the result equals
- * that of float32 keys and values holding the same numbers, bit for bit. The float32 path
- * chooses per tile of keys, never per element.
+ * (same strides, in elements). Each load of 8 keys or values converts them to float32 (F16C's
+ * vcvtph2ps, or portable C; exact: every half is a float), so the result equals that of
+ * float32 keys and values holding the same numbers, bit for bit; prefills copy the keys into
+ * their transposed tiles and the values into a float32 scratch once per call. The kernels are
+ * compiled once for float32 rows and once for halves, chosen per call (no per-element choice).
  */
 #ifndef SAIL_ATTENTION_H
 #define SAIL_ATTENTION_H
