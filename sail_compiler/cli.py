@@ -162,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not stop at the tokenizer's end-of-sequence tokens")
     p.add_argument("--ctx", type=int, metavar="N", help="positions of the KV cache (default: "
                    "what the prompt and -n need); a prompt and -n that need more are refused")
+    p.add_argument("--kv-f16", action="store_true", help="c artifacts: store the KV cache as "
+                   "float16 (half the memory; keys and values rounded to the nearest half)")
     p.add_argument("--threads", type=int, help="c artifacts: threads of the LUT-GEMV kernels "
                    "(default: SAIL_NUM_THREADS, else 1)")
     p.add_argument("--json", action="store_true",
@@ -420,6 +422,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.prompt is not None else args.prompt_ids
     result = model.generate(prompt, args.tokens, chat=args.chat, stop=args.stop,
                             sampling=sampling, ignore_eos=args.ignore_eos, ctx=args.ctx,
+                            kv_f16=args.kv_f16,
                             on_text=on_text, on_token=on_token)
     if args.json:
         print(json.dumps(result.to_json()))

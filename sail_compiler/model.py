@@ -185,7 +185,7 @@ class Model:
                  top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, repeat_penalty: float | None = None,
                  repeat_last_n: int | None = None, seed: int | None = None,
-                 ignore_eos: bool = False, ctx: int | None = None,
+                 ignore_eos: bool = False, ctx: int | None = None, kv_f16: bool = False,
                  on_text: Callable[[str], None] | None = None,
                  on_token: Callable[[int], None] | None = None) -> Generation:
         """Generate up to ``max_tokens`` tokens after ``prompt`` with the KV cache.
@@ -210,6 +210,10 @@ class Model:
             tokens plus ``max_tokens - 1``: the last token is not fed back) are refused before
             anything runs, on every target: the c target's cache is a buffer of that size; the
             llvm and pim-sim loops feed the presents back and check the same limit.
+        kv_f16
+            c artifacts: store the KV cache as float16 (``sail_generate --kv-f16``): half its
+            memory and the attention's reads, the keys and values rounded to the nearest half
+            as they are appended (the logits change by that rounding).
         on_text
             Called with each piece of text as soon as it is final (streaming).
         on_token
@@ -219,7 +223,8 @@ class Model:
         ------
         OptionError
             Out-of-range options (naming the option and its valid range), text without a
-            tokenizer, or a model that is not a decoder with a KV cache.
+            tokenizer, a model that is not a decoder with a KV cache, or ``kv_f16`` on
+            another target than c or for a model whose cache cannot stay in place.
         InputError
             Ids outside the vocabulary, an empty prompt, one longer than the context, or a
             prompt and ``max_tokens`` that need more positions than ``ctx``.
@@ -231,6 +236,10 @@ class Model:
         sampling = dataclasses.replace(sampling or SamplingOptions(), **given).with_seed()
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise OptionError(f"-n (max_tokens) must be an integer >= 1, not {max_tokens}")
+        if kv_f16 and self.target != "c":
+            raise OptionError(f"--kv-f16 (kv_f16) stores the c target's in-place KV cache as "
+                              f"float16; a {self.target} artifact's loop feeds its float32 "
+                              "presents back: compile with --target c, or drop --kv-f16")
         axes = decoder_cache_axes(self.signature)
         ids = self.prompt_ids(prompt, chat)
         tokenizer = self.tokenizer
@@ -260,7 +269,7 @@ class Model:
             from .targets.c.target import generate as c_generate
 
             report = c_generate(self.path, self.manifest, ids, tokens, self.threads, sampling,
-                                eos, on_id, ctx=ctx)
+                                eos, on_id, ctx=ctx, kv_f16=kv_f16)
         else:
             report = python_token_loop(self.artifact.run, self.signature, axes, ids, tokens,
                                        sampling, eos, on_id)

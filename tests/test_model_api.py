@@ -199,6 +199,19 @@ def test_context_limit(artifacts: dict[str, Path]) -> None:
         assert len(result.ids) == 3 and result.stop_reason == "context"
 
 
+def test_kv_f16(artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A float16 KV cache on c (here the same greedy ids as float32's; its logits are checked in
+    tests/targets/test_c_kv_cache.py), through the API and the CLI; other targets refuse it."""
+    c = sail_compiler.load(artifacts["c"])
+    assert c.generate(PROMPT, 8, kv_f16=True).ids == c.generate(PROMPT, 8).ids
+    assert main(["generate", str(artifacts["c"]), "--prompt-ids", "3,17", "-n", "4", "--json",
+                 "--kv-f16"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["ids"]) == 4
+    with pytest.raises(OptionError, match="a llvm artifact's loop feeds its float32 presents "
+                                          "back: compile with --target c, or drop --kv-f16"):
+        sail_compiler.load(artifacts["llvm"]).generate(PROMPT, 2, kv_f16=True)
+
+
 def test_bad_input_is_refused_before_running(artifacts: dict[str, Path]) -> None:
     model = sail_compiler.load(artifacts["c"])
     with pytest.raises(InputError, match=r"prompt id 1024 is not a token id of this model "

@@ -1,6 +1,7 @@
 """The c target's attention: the runtime kernel ``sail_attention.c`` against the NumPy reference
 of ``sail.attention`` (grouped, multi-query, multi-head; masks; decode and prefill; key/value
-rows read in place from a larger cache; one and two threads, so both work splits run), and
+rows read in place from a larger cache; float16 keys and values; one and two threads, so both
+work splits run), its float32 <-> float16 conversions bit for bit against NumPy, and
 compiled models against onnxruntime (a Hugging Face export and a generated decoder with a KV
 cache): no ``broadcast_to`` left in the generated code, the kernel called once per layer."""
 
@@ -40,7 +41,7 @@ class _Args(ctypes.Structure):
                                                       "kv_len", "head_dim", "value_dim")),
                 ("k_strides", ctypes.c_int64 * 3), ("v_strides", ctypes.c_int64 * 3),
                 ("mask_strides", ctypes.c_int64 * 4), ("scale", ctypes.c_float),
-                ("softcap", ctypes.c_float)]
+                ("softcap", ctypes.c_float), ("k16", ctypes.c_void_p), ("v16", ctypes.c_void_p)]
 
 
 @pytest.fixture(scope="module", params=["native", "portable"])
@@ -58,22 +59,32 @@ def kernel(request: pytest.FixtureRequest,
     lib.sail_pool_create.restype = ctypes.c_void_p
     lib.sail_pool_destroy.argtypes = [ctypes.c_void_p]
     lib.sail_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
+    for name in ("sail_f16_from_f32", "sail_f32_from_f16"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     return lib
 
 
 def _run(lib: ctypes.CDLL, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
          *, scale: float, softcap: float = 0.0, threads: int = 1, kv_len: int | None = None,
          dv: int | None = None) -> np.ndarray:
-    """Call the kernel; ``k``/``v`` may hold more rows than ``kv_len`` (a cache with room)."""
+    """Call the kernel; ``k``/``v`` may hold more rows than ``kv_len`` (a cache with room) and
+    be float16 (passed as ``k16``/``v16``)."""
     b, hq, s, d = q.shape
     kv_len = k.shape[2] if kv_len is None else kv_len
     dv = v.shape[3] if dv is None else dv
     y = np.full((b, hq, s, dv), np.nan, np.float32)
-    args = _Args(q.ctypes.data, k.ctypes.data, v.ctypes.data,
-                 None if mask is None else mask.ctypes.data, y.ctypes.data,
-                 b, hq, k.shape[1], s, kv_len, d, dv)
-    args.k_strides[:] = [x // 4 for x in k.strides[:3]]
-    args.v_strides[:] = [x // 4 for x in v.strides[:3]]
+    args = _Args(q.ctypes.data, None, None, None if mask is None else mask.ctypes.data,
+                 y.ctypes.data, b, hq, k.shape[1], s, kv_len, d, dv)
+    if k.dtype == np.float16:
+        args.k16 = k.ctypes.data
+    else:
+        args.k = k.ctypes.data
+    if v.dtype == np.float16:
+        args.v16 = v.ctypes.data
+    else:
+        args.v = v.ctypes.data
+    args.k_strides[:] = [x // k.itemsize for x in k.strides[:3]]
+    args.v_strides[:] = [x // v.itemsize for x in v.strides[:3]]
     if mask is not None:
         full = np.broadcast_to(mask, (b, hq, s, kv_len)).strides
         args.mask_strides[:] = [x // 4 for x in full]
@@ -156,6 +167,83 @@ def test_kernel_edge_cases(kernel: ctypes.CDLL) -> None:
     args = _Args()
     args.q_heads, args.kv_heads = 4, 3  # 3 does not divide 4
     assert kernel.sail_attention(ctypes.byref(args), None) == -1
+
+
+def _halves_and_floats() -> tuple[np.ndarray, np.ndarray]:
+    """Every float16 bit pattern; float32 inputs: every float16 value, the midpoints between
+    neighbours and one float32 ulp either side (ties to even), the subnormal and overflow
+    boundaries, infinities, quiet NaNs with payloads, and 2^20 random bit patterns."""
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    exact = halves.view(np.float16).astype(np.float32)
+    finite = np.sort(exact[np.isfinite(exact) & (exact >= 0)])
+    mid = (finite[:-1].astype(np.float64) + finite[1:]) / 2
+    mid = np.concatenate([mid, [65504.0 + 16.0]]).astype(np.float32)  # 65520: to inf
+    near = np.concatenate([mid, np.nextafter(mid, np.float32(0)),
+                           np.nextafter(mid, np.float32(np.inf))])
+    special = np.array([0.0, 2.0**-14, 2.0**-24, 2.0**-25, 2.0**-26, 3 * 2.0**-26, 1e-45,
+                        65504.0, 65519.99, 65520.0, 1e30, np.inf], np.float32)
+    bits = RNG.integers(0, 1 << 32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    quiet_nans = (RNG.integers(0, 1 << 22, 64, dtype=np.uint32) | np.uint32(0x7FC00000))
+    floats = np.concatenate([exact, near, special, bits.view(np.float32),
+                             quiet_nans.view(np.float32)])
+    return halves, np.concatenate([floats, -floats]).astype(np.float32)
+
+
+def _signaling(x: np.ndarray) -> np.ndarray:
+    """Which float32 elements are signaling NaNs (NaN with the quiet bit clear)."""
+    b = x.view(np.uint32)
+    return ((b & 0x7F800000) == 0x7F800000) & ((b & 0x7FFFFF) != 0) & ((b & 0x400000) == 0)
+
+
+def test_f16_conversions_match_numpy(kernel: ctypes.CDLL) -> None:
+    """float32 -> float16 (round to nearest even) and back, bit for bit against NumPy, built
+    with F16C (native) and in portable C: the KV cache's storage. The one difference is on
+    purpose: a signaling NaN becomes a quiet NaN (as F16C's vcvtps2ph does; NumPy keeps the
+    signaling bit), so both builds store the same bits."""
+    halves, floats = _halves_and_floats()
+    got = np.empty(floats.size, np.uint16)
+    kernel.sail_f16_from_f32(got.ctypes.data, floats.ctypes.data, floats.size)
+    want = floats.astype(np.float16).view(np.uint16)
+    snan = _signaling(floats)
+    assert snan.any()
+    np.testing.assert_array_equal(got[~snan], want[~snan])
+    bits = floats[snan].view(np.uint32)  # quiet, the payload's top 10 bits (NumPy adds 1 when
+    quiet = (bits >> 16 & 0x8000) | 0x7E00 | (bits >> 13 & 0x3FF)  # they are all 0)
+    np.testing.assert_array_equal(got[snan], quiet.astype(np.uint16))
+    back = np.empty(halves.size, np.float32)
+    kernel.sail_f32_from_f16(back.ctypes.data, halves.ctypes.data, halves.size)
+    want = halves.view(np.float16).astype(np.float32)
+    snan = _signaling(want)
+    np.testing.assert_array_equal(back.view(np.uint32)[~snan], want.view(np.uint32)[~snan])
+    np.testing.assert_array_equal(back.view(np.uint32)[snan], want.view(np.uint32)[snan]
+                                  | 0x400000)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("heads", HEADS)
+def test_kernel_reads_f16_keys_and_values(kernel: ctypes.CDLL, heads: tuple, threads: int) -> None:
+    """float16 keys and/or values (a KV cache stored as halves, read in place from a cache with
+    room for more rows): the same bits as float32 keys and values holding the rounded numbers
+    (the conversion is exact and the sums run in the same order), and the NumPy reference on
+    the rounded numbers within the float32 tests' tolerance; decode, prefill (transposed key
+    tiles), grouped heads, masks, and the decode's split over two threads."""
+    hq, hkv, d, dv = heads
+    for (b, s, t), kind in zip(LENGTHS * 2, MASKS * 2, strict=False):
+        q = RNG.standard_normal((b, hq, s, d)).astype(np.float32)
+        k16 = np.full((b, hkv, t + 9, d), np.nan, np.float16)
+        v16 = np.full((b, hkv, t + 9, dv), np.nan, np.float16)
+        k16[:, :, :t] = RNG.standard_normal((b, hkv, t, d))
+        v16[:, :, :t] = RNG.standard_normal((b, hkv, t, dv))
+        k32, v32 = k16.astype(np.float32), v16.astype(np.float32)
+        mask = _mask(kind, b, s, t)
+        scale = 1.0 / np.sqrt(d)
+        want = reference_attention(q, k32[:, :, :t], v32[:, :, :t], mask, scale=scale)
+        same = _run(kernel, q, k32, v32, mask, scale=scale, threads=threads, kv_len=t)
+        for k, v in ((k16, v16), (k16, v32), (k32, v16)):
+            got = _run(kernel, q, k, v, mask, scale=scale, threads=threads, kv_len=t)
+            np.testing.assert_array_equal(got, same, err_msg=f"b {b} s {s} t {t} mask {kind} "
+                                          f"{k.dtype} {v.dtype}")
+        np.testing.assert_allclose(same, want, rtol=2e-5, atol=2e-6)
 
 
 # -- compiled models --------------------------------------------------------------------------

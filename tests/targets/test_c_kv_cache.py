@@ -3,7 +3,10 @@ values to one buffer per present and the attention reads them there. The cached 
 same logits, bit for bit, as feeding the presents back; ``sail_generate`` keeps its cache in
 place (the same ids as with ``--copy-kv``) and falls back to copies for a model whose presents
 are read by more than the attention; a context beyond the capacity, a past that does not match
-the cache, a ``--ctx`` too small and positions past the rotary table are clear errors."""
+the cache, a ``--ctx`` too small and positions past the rotary table are clear errors. A cache
+stored as float16 (``sail_model_cache_create_typed``, ``sail_generate --kv-f16``) gives the
+logits of onnxruntime on the model with its presents rounded to float16, and refuses what it
+cannot do."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sail_compiler import CompileOptions, compile_model
+from sail_compiler import CompileOptions, compile_model, load
+from sail_compiler.errors import OptionError
 from sail_compiler.frontend.signature import ModelSignature
 from sail_compiler.passes import WrapGatherIndices
 from sail_compiler.pipeline import STAGES, Stage
@@ -53,6 +57,9 @@ class _Library:
         lib.sail_model_run_cached.argtypes = [ctypes.c_void_p, tensors, tensors, ctypes.c_void_p]
         lib.sail_model_cache_create.restype = ctypes.c_void_p
         lib.sail_model_cache_create.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+        lib.sail_model_cache_create_typed.restype = ctypes.c_void_p
+        lib.sail_model_cache_create_typed.argtypes = [ctypes.c_void_p, ctypes.c_int64,
+                                                      ctypes.c_int64, ctypes.c_int]
         lib.sail_kv_cache_length.restype = ctypes.c_int64
         lib.sail_kv_cache_length.argtypes = [ctypes.c_void_p]
         lib.sail_kv_cache_free.argtypes = [ctypes.c_void_p]
@@ -154,6 +161,79 @@ def test_cache_refuses_what_does_not_fit(artifact: Path, tmp_path: Path) -> None
         lib.close()
 
 
+def _rounded_presents(model_path: Path) -> bytes:
+    """The ONNX model with every present.* rounded to float16 (Cast there and back) before
+    anything reads it: what a float16 KV cache computes (each step's keys and values are
+    rounded as they are appended and the attention reads the rounded cache)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_path))
+    presents = {o.name for o in model.graph.output if o.name.startswith("present.")}
+    nodes = []
+    for node in model.graph.node:
+        nodes.append(node)
+        for i, name in enumerate(node.output):
+            if name in presents:
+                node.output[i] = name + ".f32"
+                nodes += [helper.make_node("Cast", [name + ".f32"], [name + ".f16"],
+                                           to=TensorProto.FLOAT16),
+                          helper.make_node("Cast", [name + ".f16"], [name],
+                                           to=TensorProto.FLOAT)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model.SerializeToString()
+
+
+def test_f16_cache_matches_onnxruntime_on_rounded_presents(artifact: Path, tiny_decoder_kv: Path,
+                                                           tmp_path: Path) -> None:
+    """A prefill and six decode steps on a float16 cache: each step's logits against
+    onnxruntime on the model whose presents are rounded to float16 (fed back as the pasts), and
+    different from the float32 cache's (the rounding happens)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(_rounded_presents(tiny_decoder_kv))
+    lib = _Library(artifact, tmp_path)
+    try:
+        half = lib.lib.sail_model_cache_create_typed(lib.model, 1, 16, DTYPES["float16"])
+        full = lib.lib.sail_model_cache_create(lib.model, 1, 16)
+        assert half and full, lib.error()
+        pasts: dict[str, np.ndarray] | None = None
+        ids, past, differs = list(PROMPT), 0, 0.0
+        names = [o.name for o in session.get_outputs()]
+        for _ in range(7):
+            feeds = _feeds(lib.signature, ids, past, pasts)
+            want = dict(zip(names, session.run(names, feeds), strict=True))
+            status, got = lib.run(_feeds(lib.signature, ids, past, None), half)
+            assert status == 0, lib.error()
+            np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-4)
+            status, f32 = lib.run(_feeds(lib.signature, ids, past, None), full)
+            assert status == 0, lib.error()
+            differs = max(differs, float(np.abs(f32["logits"] - got["logits"]).max()))
+            pasts = {"past_key_values." + k.removeprefix("present."): v
+                     for k, v in want.items() if k.startswith("present.")}
+            past += len(ids)
+            assert lib.lib.sail_kv_cache_length(half) == past
+            ids = [int(np.argmax(want["logits"][0, -1]))]
+        assert differs > 0.0
+        for cache in (half, full):
+            lib.lib.sail_kv_cache_free(cache)
+    finally:
+        lib.close()
+
+
+def test_f16_cache_refuses_other_storage(artifact: Path, tmp_path: Path) -> None:
+    lib = _Library(artifact, tmp_path)
+    try:
+        assert lib.lib.sail_model_cache_create_typed(lib.model, 1, 16, DTYPES["int8"]) is None
+        assert "stored as float32 (SAIL_FLOAT32) or float16 (SAIL_FLOAT16)" in lib.error()
+        cache = lib.lib.sail_model_cache_create_typed(lib.model, 1, 16, DTYPES["float32"])
+        assert cache, lib.error()
+        lib.lib.sail_kv_cache_free(cache)
+    finally:
+        lib.close()
+
+
 def test_positions_past_the_rotary_table_are_an_error(artifact: Path, tiny_decoder_kv: Path,
                                                       tmp_path: Path) -> None:
     """The tiny decoder gathers its rotary tables with Range(past, past + seq): the last
@@ -212,6 +292,22 @@ def test_generate_keeps_the_cache_in_place(artifact: Path) -> None:
     small = _generate(artifact, "-n", "10", "--ctx", "13")
     assert small.returncode == 2
     assert "need a KV cache of 14 positions, more than --ctx 13" in small.stderr
+    assert report["kv_dtype"] == "float32"
+
+
+def test_generate_kv_f16(artifact: Path) -> None:
+    """--kv-f16: a float16 cache in place (on this model the same greedy ids as float32's);
+    with --copy-kv an error, not a float32 cache."""
+    half = _generate(artifact, "-n", "10", "--json", "--kv-f16", "--threads", "2")
+    assert half.returncode == 0, half.stderr
+    report = json.loads(half.stdout)
+    assert report["kv_cache"] == "in place" and report["kv_dtype"] == "float16"
+    assert report["ids"] == json.loads(_generate(artifact, "-n", "10", "--json").stdout)["ids"]
+    text = _generate(artifact, "-n", "3", "--kv-f16")
+    assert "KV cache in place, float16" in text.stdout
+    both = _generate(artifact, "-n", "10", "--kv-f16", "--copy-kv")
+    assert both.returncode == 2 and not both.stdout
+    assert "--kv-f16 stores the KV cache kept in place as float16, and --copy-kv" in both.stderr
 
 
 def test_unfused_attention_copies_the_cache(tiny_decoder_kv: Path, tmp_path: Path,
@@ -233,3 +329,9 @@ def test_unfused_attention_copies_the_cache(tiny_decoder_kv: Path, tmp_path: Pat
     report = json.loads(_generate(out, "-n", "10", "--json").stdout)
     assert report["kv_cache"] == "copied"
     assert report["ids"] == json.loads(_generate(artifact, "-n", "10", "--json").stdout)["ids"]
+    with pytest.raises(OptionError, match="--kv-f16 needs the KV cache kept in place"):
+        load(out).generate(PROMPT, 4, kv_f16=True)
+    half = _generate(out, "-n", "10", "--kv-f16")
+    assert half.returncode == 2 and not half.stdout
+    assert "--kv-f16 needs the KV cache kept in place, and this model cannot keep its KV " \
+        "cache in place: present.0.key is read by" in half.stderr

@@ -891,7 +891,12 @@ def _run_function(graph: _Graph) -> list[str]:
             "sail_kv_cache *sail_model_cache_create(sail_model *model, int64_t batch, "
             "int64_t capacity) {",
             "  return sail_rt_cache_create(model, CACHE, NUM_CACHE, CACHE_UNSUPPORTED, batch, "
-            "capacity);", "}", "",
+            "capacity, 0);", "}", "",
+            "sail_kv_cache *sail_model_cache_create_typed(sail_model *model, int64_t batch, "
+            "int64_t capacity,",
+            "                                             sail_dtype storage) {",
+            "  return sail_rt_cache_create(model, CACHE, NUM_CACHE, CACHE_UNSUPPORTED, batch, "
+            "capacity, storage);", "}", "",
             "int sail_model_run_cached(sail_model *model, const sail_tensor *inputs, "
             "sail_tensor *outputs,", "                          sail_kv_cache *cache) {",
             "  if (model && !cache)",

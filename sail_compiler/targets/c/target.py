@@ -398,7 +398,7 @@ _MAX_TOP_K = 1 << 24
 def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tokens: int,
              threads: int | None = None, sampling: SamplingOptions | None = None,
              eos_ids: Sequence[int] = (), on_id: Callable[[int], bool] | None = None,
-             repeat: int = 1, ctx: int | None = None) -> dict[str, Any]:
+             repeat: int = 1, ctx: int | None = None, kv_f16: bool = False) -> dict[str, Any]:
     """Generation with a c artifact's ``sail_generate`` (built on first use), streamed.
 
     Parameters
@@ -423,6 +423,9 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
         Run the generation this many times (``runs`` of the report; ``sail bench``).
     ctx
         Positions of the KV cache (``--ctx``); None: what the prompt and ``tokens`` need.
+    kv_f16
+        Store the KV cache as float16 (``--kv-f16``): half its memory and the attention's reads;
+        the keys and values are rounded to the nearest half as they are appended.
 
     Returns
     -------
@@ -435,7 +438,8 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
     Raises
     ------
     OptionError
-        Not a decoder with a KV cache, no prompt, ``tokens`` < 1, or a bad thread count.
+        Not a decoder with a KV cache, no prompt, ``tokens`` < 1, a bad thread count, or
+        ``kv_f16`` for a model whose cache cannot stay in place (``sail_generate`` says why).
     ArtifactError
         The build failed or the weight file is damaged.
     InputError
@@ -474,7 +478,8 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
                *(["--seed", str(sampling.seed)] if sampling.seed is not None else []),
                *(["--eos-ids", ",".join(map(str, eos_ids))] if eos_ids else []),
                *(["--threads", str(threads)] if threads else []),
-               *(["--ctx", str(ctx)] if ctx is not None else [])]
+               *(["--ctx", str(ctx)] if ctx is not None else []),
+               *(["--kv-f16"] if kv_f16 else [])]
     report = None
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -501,6 +506,8 @@ def generate(out_dir: Path, manifest: dict[str, Any], prompt_ids: list[int], tok
         finished = subprocess.CompletedProcess(command, returncode, "", errors.read())
     if returncode == 1:
         raise ArtifactError(_message(finished, GENERATE))
+    if returncode == 2 and kv_f16:  # the ids were checked above: the cache cannot be float16
+        raise OptionError(_message(finished, GENERATE))
     if returncode != 0 or report is None:  # a step failed: the message names it and the reason
         raise InputError(_message(finished, GENERATE))
     return report

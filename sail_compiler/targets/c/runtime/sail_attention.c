@@ -82,6 +82,105 @@ static inline vec vload(const float *p) {
   return v;
 }
 
+/* ---- IEEE binary16 <-> float32 (sail_attention.h) ----------------------------------------
+ * The portable conversions work on the bits: float32 -> half re-biases the exponent and rounds
+ * the 13 dropped mantissa bits to nearest even (a carry may move into the exponent, which is
+ * the correct next binade or 65504 -> inf only from 65520 up); below 2^-14 the 24-bit
+ * significand is shifted into half subnormal units of 2^-24 with the same rounding. */
+static uint16_t f16_of(float f) {
+  uint32_t x;
+  memcpy(&x, &f, sizeof x);
+  const uint32_t sign = (x >> 16) & 0x8000u, abs = x & 0x7fffffffu;
+  if (abs > 0x7f800000u) /* NaN: quiet, the payload's top bits */
+    return (uint16_t)(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));
+  if (abs >= 0x477ff000u) /* 65520 (halfway from 65504 to 2^16) and up, inf */
+    return (uint16_t)(sign | 0x7c00u);
+  if (abs >= 0x38800000u) { /* normal: 2^-14 and up */
+    const uint32_t m = abs - (112u << 23); /* exponent bias 127 -> 15 */
+    return (uint16_t)(sign | ((m + 0xfffu + ((m >> 13) & 1u)) >> 13));
+  }
+  const uint32_t e = abs >> 23;
+  if (e < 102) /* below 2^-25: rounds to 0 */
+    return (uint16_t)sign;
+  const uint32_t mant = (abs & 0x7fffffu) | 0x800000u, shift = 126u - e; /* 14 .. 24 */
+  const uint32_t rest = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  uint32_t q = mant >> shift;
+  q += rest > half || (rest == half && (q & 1u));
+  return (uint16_t)(sign | q);
+}
+
+static float f32_of(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  uint32_t x;
+  if (e == 0x1f) /* inf, NaN (quiet, as F16C's vcvtph2ps) */
+    x = sign | 0x7f800000u | (m ? 0x400000u | (m << 13) : 0u);
+  else if (e)
+    x = sign | ((e + 112u) << 23) | (m << 13);
+  else { /* zero, subnormal: m * 2^-24, exact */
+    const float f = (float)m * 0x1p-24f;
+    memcpy(&x, &f, sizeof x);
+    x |= sign;
+  }
+  float f;
+  memcpy(&f, &x, sizeof f);
+  return f;
+}
+
+#if defined(__GNUC__) && defined(__F16C__) && defined(__AVX__) && !defined(SAIL_NO_SIMD)
+#include <immintrin.h>
+#define SAIL_F16C 1
+#endif
+
+void sail_f16_from_f32(uint16_t *dst, const float *src, int64_t n) {
+  int64_t i = 0;
+#ifdef SAIL_F16C
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i)
+    dst[i] = f16_of(src[i]);
+}
+
+void sail_f32_from_f16(float *dst, const uint16_t *src, int64_t n) {
+  int64_t i = 0;
+#ifdef SAIL_F16C
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+  for (; i < n; ++i)
+    dst[i] = f32_of(src[i]);
+}
+
+#define SAIL_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* 8 elements from element d of a key or value row: float32, or halves converted (exact). The
+ * kernels below take `half` as a constant (one copy of each for float32 rows, one for halves):
+ * no per-element choice. */
+SAIL_ALWAYS_INLINE vec vload_row(const void *row, int64_t d, const int half) {
+  if (!half)
+    return vload((const float *)row + d);
+#ifdef SAIL_F16C
+  return (vec)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d)));
+#else
+  float f[LANES];
+  for (int l = 0; l < LANES; ++l)
+    f[l] = f32_of(((const uint16_t *)row)[d + l]);
+  return vload(f);
+#endif
+}
+
+SAIL_ALWAYS_INLINE float row_at(const void *row, int64_t e, const int half) {
+  return half ? f32_of(((const uint16_t *)row)[e]) : ((const float *)row)[e];
+}
+
+/* Row t of keys or values at `base` (float32, or halves), `stride` elements apart. */
+SAIL_ALWAYS_INLINE const void *row_of(const void *base, int64_t t, int64_t stride,
+                                      const int half) {
+  return half ? (const void *)((const uint16_t *)base + t * stride)
+              : (const void *)((const float *)base + t * stride);
+}
+
 static inline float vsum(vec v) {
   float s = 0.0f;
   for (int l = 0; l < LANES; ++l)
@@ -156,6 +255,7 @@ typedef struct job {
   float *partial;     /* chunked: [units][chunks][ROWS][value_dim + 2] (partial_of) */
   float *kt;          /* NULL, or the keys in transposed tiles (kt_of) */
   int32_t *live;      /* with kt: [parts][kv_len], the keys a row block weighs */
+  float *v32;         /* half values with kt: every value as float32 (v_of) */
 } job;
 
 /* The rows of unit u: pointers to their queries, masks (NULL: none) and outputs. */
@@ -188,15 +288,16 @@ static void unit_rows_of(const job *j, int64_t u, unit_rows *r) {
 
 /* out[4 * i + j] = q[i] . k[j] for 4 rows and 4 keys: 16 vector accumulators, each load of a
  * row or a key serving 4 multiply-adds. */
-static void dot4x4(const float *const *q, const float *const *k, int64_t n, float *out) {
+SAIL_ALWAYS_INLINE void dot4x4(const float *const *q, const void *const *k, int64_t n, float *out,
+                               const int half) {
   vec acc[4][4];
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j)
       acc[i][j] = vzero();
   int64_t d = 0;
   for (; d + LANES <= n; d += LANES) {
-    const vec k0 = vload(k[0] + d), k1 = vload(k[1] + d), k2 = vload(k[2] + d),
-              k3 = vload(k[3] + d);
+    const vec k0 = vload_row(k[0], d, half), k1 = vload_row(k[1], d, half),
+              k2 = vload_row(k[2], d, half), k3 = vload_row(k[3], d, half);
     for (int i = 0; i < 4; ++i) {
       const vec qi = vload(q[i] + d);
       acc[i][0] = vmuladd(acc[i][0], qi, k0);
@@ -209,19 +310,19 @@ static void dot4x4(const float *const *q, const float *const *k, int64_t n, floa
     for (int j = 0; j < 4; ++j) {
       float s = vsum(acc[i][j]);
       for (int64_t e = d; e < n; ++e)
-        s += q[i][e] * k[j][e];
+        s += q[i][e] * row_at(k[j], e, half);
       out[4 * i + j] = s;
     }
 }
 
-static float dot1(const float *q, const float *k, int64_t n) {
+SAIL_ALWAYS_INLINE float dot1(const float *q, const void *k, int64_t n, const int half) {
   vec acc = vzero();
   int64_t d = 0;
   for (; d + LANES <= n; d += LANES)
-    acc = vmuladd(acc, vload(q + d), vload(k + d));
+    acc = vmuladd(acc, vload(q + d), vload_row(k, d, half));
   float s = vsum(acc);
   for (; d < n; ++d)
-    s += q[d] * k[d];
+    s += q[d] * row_at(k, d, half);
   return s;
 }
 
@@ -237,7 +338,6 @@ static float dot1(const float *q, const float *k, int64_t n) {
  * sequential sum over d (fused multiply-adds where the machine has them). */
 enum { TK = 2 * LANES, TR = 6 };
 
-#define SAIL_ALWAYS_INLINE static inline __attribute__((always_inline))
 
 static const float *kt_of(const job *j, int64_t b, int64_t g) {
   const sail_attention_args *a = j->a;
@@ -250,16 +350,18 @@ static void transpose_keys(const job *j) {
   const int64_t d = a->head_dim, tiles = (a->kv_len + TK - 1) / TK;
   for (int64_t b = 0; b < a->batch; ++b)
     for (int64_t g = 0; g < a->kv_heads; ++g) {
-      const float *k = a->k + b * a->k_strides[0] + g * a->k_strides[1];
+      const int64_t at = b * a->k_strides[0] + g * a->k_strides[1];
       float *kt = (float *)kt_of(j, b, g);
       for (int64_t tile = 0; tile < tiles; ++tile) {
         float *dst = kt + (size_t)tile * TK * (size_t)d;
         for (int u = 0; u < TK; ++u) {
           const int64_t t = tile * TK + u;
-          const float *row = k + t * a->k_strides[2];
-          if (t < a->kv_len)
+          if (t < a->kv_len && a->k)
             for (int64_t e = 0; e < d; ++e)
-              dst[e * TK + u] = row[e];
+              dst[e * TK + u] = a->k[at + t * a->k_strides[2] + e];
+          else if (t < a->kv_len) /* half keys */
+            for (int64_t e = 0; e < d; ++e)
+              dst[e * TK + u] = f32_of(a->k16[at + t * a->k_strides[2] + e]);
           else
             for (int64_t e = 0; e < d; ++e)
               dst[e * TK + u] = 0.0f;
@@ -351,9 +453,10 @@ static float logit(const sail_attention_args *a, const unit_rows *r, int64_t e, 
 
 /* x[i * ld + t] for keys t in [t0, t1) of the unit's rows: scaled, capped and masked scores.
  * Keys that are dead for every row of a 4 x 4 block get the mask's value without a product. */
-static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
-                       float *x, int64_t ld) {
-  const float *k = a->k + r->b * a->k_strides[0] + r->g * a->k_strides[1];
+SAIL_ALWAYS_INLINE void score_keys_of(const sail_attention_args *a, const unit_rows *r, int64_t t0,
+                                      int64_t t1, float *x, int64_t ld, const int half) {
+  const int64_t at = r->b * a->k_strides[0] + r->g * a->k_strides[1];
+  const void *k = half ? (const void *)(a->k16 + at) : (const void *)(a->k + at);
   const int64_t mt = a->mask_strides[3], ks = a->k_strides[2], d = a->head_dim;
   for (int64_t tile = t0; tile < t1; tile += KEY_TILE) {
     const int64_t end = tile + KEY_TILE < t1 ? tile + KEY_TILE : t1;
@@ -365,19 +468,28 @@ static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t
         if (dead_block(r, i, rows, t, keys, mt, x, ld)) {
           /* the mask's values written */
         } else if (keys == 4) {
-          const float *kt[4] = {k + t * ks, k + (t + 1) * ks, k + (t + 2) * ks, k + (t + 3) * ks};
-          dot4x4(&r->q[i], kt, d, dots);
+          const void *kt[4] = {row_of(k, t, ks, half), row_of(k, t + 1, ks, half),
+                               row_of(k, t + 2, ks, half), row_of(k, t + 3, ks, half)};
+          dot4x4(&r->q[i], kt, d, dots, half);
           for (int64_t e = 0; e < 4; ++e)
             for (int64_t u = 0; u < 4; ++u)
               x[(i + e) * ld + t + u] = logit(a, r, i + e, t + u, dots[4 * e + u]);
         } else {
           for (int64_t e = i; e < i + rows; ++e)
-            x[e * ld + t] = logit(a, r, e, t, dot1(r->q[e], k + t * ks, d));
+            x[e * ld + t] = logit(a, r, e, t, dot1(r->q[e], row_of(k, t, ks, half), d, half));
         }
         t += keys;
       }
     }
   }
+}
+
+static void score_keys(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
+                       float *x, int64_t ld) {
+  if (a->k16)
+    score_keys_of(a, r, t0, t1, x, ld, 1);
+  else
+    score_keys_of(a, r, t0, t1, x, ld, 0);
 }
 
 /* Largest of x[i * ld + t] for t in [t0, t1), per row. */
@@ -392,16 +504,12 @@ static void row_max(const unit_rows *r, int64_t t0, int64_t t1, const float *x, 
   }
 }
 
-/* For each row i: x[i][t] = exp(x[i][t] - top[i]) for t in [t0, t1); sums[i] = their sum;
- * out[i][:] = sum_t x[i][t] * v[t, :]. Four rows at a time, 16 values of each in registers
- * while the keys pass; keys whose weight is 0 in all four rows are not read. */
-static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
-                         float *x, int64_t ld, const float *top, float *const *out,
-                         float *sums) {
-  const int64_t dv = a->value_dim, vs = a->v_strides[2];
-  for (int64_t i = 0; i < r->count; ++i)
-    sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
-  const float *v = a->v + r->b * a->v_strides[0] + r->g * a->v_strides[1];
+/* out[i][:] = sum_t x[i][t] * v[t, :] for t in [t0, t1), with v's rows vs elements apart:
+ * four rows at a time, 16 values of each in registers while the keys pass; keys whose weight is
+ * 0 in all four rows are not read. */
+SAIL_ALWAYS_INLINE void weigh_span(const unit_rows *r, const float *x, int64_t ld, const void *v,
+                                   int64_t vs, int64_t dv, int64_t t0, int64_t t1,
+                                   float *const *out, const int half) {
   for (int64_t i = 0; i < r->count; i += 4) {
     const int64_t rows = r->count - i < 4 ? r->count - i : 4;
     const float *w[4];
@@ -418,7 +526,8 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
           wt[e] = e < rows ? w[e][t] : 0.0f;
         if (wt[0] == 0.0f && wt[1] == 0.0f && wt[2] == 0.0f && wt[3] == 0.0f)
           continue;
-        const vec v0 = vload(v + t * vs + e0), v1 = vload(v + t * vs + e0 + LANES);
+        const void *vt = row_of(v, t, vs, half);
+        const vec v0 = vload_row(vt, e0, half), v1 = vload_row(vt, e0 + LANES, half);
         for (int e = 0; e < 4; ++e) {
           const vec we = vsplat(wt[e]);
           acc[e][0] = vmuladd(acc[e][0], we, v0);
@@ -426,18 +535,33 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
         }
       }
       for (int64_t e = 0; e < rows; ++e) {
-        memcpy(out[i + e] + e0, &acc[e][0], sizeof(vec));
-        memcpy(out[i + e] + e0 + LANES, &acc[e][1], sizeof(vec));
+        vstore(out[i + e] + e0, acc[e][0]);
+        vstore(out[i + e] + e0 + LANES, acc[e][1]);
       }
     }
     for (; e0 < dv; ++e0) /* values past the last 16 */
       for (int64_t e = 0; e < rows; ++e) {
         float sum = 0.0f;
         for (int64_t t = t0; t < t1; ++t)
-          sum += w[e][t] * v[t * vs + e0];
+          sum += w[e][t] * row_at(row_of(v, t, vs, half), e0, half);
         out[i + e][e0] = sum;
       }
   }
+}
+
+/* For each row i: x[i][t] = exp(x[i][t] - top[i]) for t in [t0, t1); sums[i] = their sum;
+ * out[i][:] = sum_t x[i][t] * v[t, :] (weigh_span). */
+static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64_t t0, int64_t t1,
+                         float *x, int64_t ld, const float *top, float *const *out,
+                         float *sums) {
+  const int64_t dv = a->value_dim, vs = a->v_strides[2];
+  for (int64_t i = 0; i < r->count; ++i)
+    sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
+  const int64_t at = r->b * a->v_strides[0] + r->g * a->v_strides[1];
+  if (a->v16)
+    weigh_span(r, x, ld, a->v16 + at, vs, dv, t0, t1, out, 1);
+  else
+    weigh_span(r, x, ld, a->v + at, vs, dv, t0, t1, out, 0);
 }
 
 /* One unit over every key, on part `part`'s scratch rows. */
@@ -511,16 +635,25 @@ static void kt_score_keys(const job *j, const unit_rows *r, int64_t t0, int64_t 
   }
 }
 
+/* The values of (batch b, kv head g) as float32: in place, or (half values) in j->v32, whose
+ * rows are value_dim floats, [batch][kv_heads][kv_len][value_dim]. */
+static const float *v_of(const job *j, int64_t b, int64_t g) {
+  const sail_attention_args *a = j->a;
+  if (a->v)
+    return a->v + b * a->v_strides[0] + g * a->v_strides[1];
+  return j->v32 + (size_t)(b * a->kv_heads + g) * (size_t)a->kv_len * (size_t)a->value_dim;
+}
+
 /* weigh_values for the transposed-key path: TR rows at a time over the keys that some row of
  * the block weighs (a list, so each value chunk's loop reads no weights it skips). */
 static void kt_weigh_values(const job *j, const unit_rows *r, int64_t t0, int64_t t1, float *x,
                             int64_t ld, const float *top, float *const *out, float *sums,
                             int32_t *live) {
   const sail_attention_args *a = j->a;
-  const int64_t dv = a->value_dim, vs = a->v_strides[2];
+  const int64_t dv = a->value_dim, vs = a->v ? a->v_strides[2] : dv;
   for (int64_t i = 0; i < r->count; ++i)
     sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
-  const float *v = a->v + r->b * a->v_strides[0] + r->g * a->v_strides[1];
+  const float *v = v_of(j, r->b, r->g);
   for (int64_t i = 0; i < r->count; i += TR) {
     const int rows = r->count - i < TR ? (int)(r->count - i) : TR;
     const float *w[TR];
@@ -662,7 +795,8 @@ static int valid(const sail_attention_args *a) {
   const int64_t rows = a->batch * a->q_heads * a->q_len;
   if (rows && a->value_dim && !a->y)
     return 0;
-  return !rows || !a->kv_len || (a->q && a->k && a->v);
+  /* keys and values: float32 or half, one of the two pointers */
+  return !rows || !a->kv_len || (a->q && !a->k != !a->k16 && !a->v != !a->v16);
 }
 
 int sail_attention(const sail_attention_args *a, sail_pool *pool) {
@@ -704,15 +838,27 @@ int sail_attention(const sail_attention_args *a, sail_pool *pool) {
       : (size_t)(a->batch * a->kv_heads) * (size_t)((a->kv_len + TK - 1) / TK) * TK *
             (size_t)a->head_dim;
   const size_t live_ints = transposed ? (size_t)j.parts * (size_t)a->kv_len : 0;
-  float *scratch = malloc((score_floats + partial_floats + kt_floats) * sizeof(float) +
-                          live_ints * sizeof(int32_t));
+  /* half values with transposed keys: every value as float32 */
+  const size_t v32_floats = !transposed || !a->v16 ? 0
+      : (size_t)(a->batch * a->kv_heads) * (size_t)a->kv_len * (size_t)a->value_dim;
+  float *scratch = malloc((score_floats + partial_floats + kt_floats + v32_floats) *
+                              sizeof(float) + live_ints * sizeof(int32_t));
   if (!scratch)
     return SAIL_ATTENTION_ENOMEM;
   j.scores = scratch;
   j.partial = scratch + score_floats;
+  float *rest = j.partial + partial_floats + kt_floats;
+  j.v32 = v32_floats ? rest : NULL;
+  if (j.v32)
+    for (int64_t b = 0; b < a->batch; ++b)
+      for (int64_t g = 0; g < a->kv_heads; ++g)
+        for (int64_t t = 0; t < a->kv_len; ++t)
+          sail_f32_from_f16((float *)v_of(&j, b, g) + t * a->value_dim,
+                            a->v16 + b * a->v_strides[0] + g * a->v_strides[1] +
+                                t * a->v_strides[2], a->value_dim);
   if (transposed) {
     j.kt = j.partial + partial_floats;
-    j.live = (int32_t *)(j.kt + kt_floats);
+    j.live = (int32_t *)(rest + v32_floats);
     transpose_keys(&j);
   }
   if (j.chunks == 1) {

@@ -34,6 +34,13 @@
  * kv_len (stride[2] = row length, stride[1] = capacity * row length) is read in place. The mask
  * element of (b, h, s, t) is at b * mask_strides[0] + h * mask_strides[1] + s * mask_strides[2]
  * + t * mask_strides[3] (a stride of 0 broadcasts that axis).
+ *
+ * Half-precision keys and values (a KV cache stored as float16): k16 / v16 instead of k / v
+ * (same strides, in elements). Each load of 8 keys or values converts them to float32 (F16C's
+ * vcvtph2ps, or portable C; exact: every half is a float), so the result equals that of
+ * float32 keys and values holding the same numbers, bit for bit; prefills copy the keys into
+ * their transposed tiles and the values into a float32 scratch once per call. The kernels are
+ * compiled once for float32 rows and once for halves, chosen per call (no per-element choice).
  */
 #ifndef SAIL_ATTENTION_H
 #define SAIL_ATTENTION_H
@@ -61,7 +68,9 @@ typedef struct sail_attention_args {
   int64_t k_strides[3], v_strides[3]; /* elements per batch, kv head and row */
   int64_t mask_strides[4];            /* elements per batch, query head, query row and key */
   float scale;
-  float softcap; /* 0: none */
+  float softcap;       /* 0: none */
+  const uint16_t *k16; /* IEEE binary16 keys instead of k (k NULL), or NULL */
+  const uint16_t *v16; /* IEEE binary16 values instead of v (v NULL), or NULL */
 } sail_attention_args;
 
 #define SAIL_ATTENTION_OK 0
@@ -71,6 +80,15 @@ typedef struct sail_attention_args {
 /* y = attention(q, k, v, mask) on the pool's threads (NULL: the caller only). Returns
  * SAIL_ATTENTION_OK, SAIL_ATTENTION_EINVAL (nothing written) or SAIL_ATTENTION_ENOMEM. */
 int sail_attention(const sail_attention_args *args, sail_pool *pool);
+
+/* dst[i] = src[i] as IEEE binary16, rounded to nearest even (what NumPy's astype(np.float16)
+ * gives): magnitudes from 65520 up become infinities, those below 2^-14 subnormals, NaNs stay
+ * NaNs (quiet: the payload's top 10 bits with the quiet bit set, as x86's F16C does). F16C's
+ * vcvtps2ph where the build has it (__F16C__), else portable C with the same results. */
+void sail_f16_from_f32(uint16_t *dst, const float *src, int64_t n);
+
+/* dst[i] = src[i] (binary16) as float32: exact. */
+void sail_f32_from_f16(float *dst, const uint16_t *src, int64_t n);
 
 #ifdef __cplusplus
 }

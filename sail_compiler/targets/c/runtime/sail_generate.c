@@ -4,7 +4,7 @@
  *   sail_generate WEIGHTS.bin --prompt-ids 1,2,3 [-n 64] [--threads T] [--json] [--stream]
  *       [--temperature 0] [--top-k 40] [--top-p 0.95] [--min-p 0.05] [--repeat-penalty 1]
  *       [--repeat-last-n 64] [--seed S] [--eos-ids 1,106] [--repeat R] [--ctx N] [--copy-kv]
- *       [--profile]
+ *       [--kv-f16] [--profile]
  *
  * The model must have the inputs input_ids int64[batch, seq], attention_mask int64[batch,
  * past + seq] (optionally position_ids int64[batch, seq]) and past_key_values.<name> float32
@@ -27,6 +27,10 @@
  * that need more than --ctx positions are refused before anything runs. Models whose cache
  * cannot stay in place (a present read by more than the attention), and --copy-kv, feed the
  * presents back as the next step's pasts instead (the whole cache copied every step).
+ * --kv-f16 stores the cache in place as float16 (sail_model_cache_create_typed: half the memory
+ * and the attention's reads; each step's keys and values are rounded to the nearest half, so
+ * the logits differ from float32's); with --copy-kv, or a model whose cache cannot stay in
+ * place, it is an error (exit status 2), never a silent float32 cache.
  * --profile prints to standard error the time of every kernel in the first run's prefill, then
  * over its decode steps.
  *
@@ -36,7 +40,7 @@
  *   {"prompt_ids": [...], "ids": [...], "stop_reason": "length" | "eos" | "stop",
  *    "seed": S, "sampling": {...}, "threads": T, "prefill_tokens": P, "prefill_seconds": s,
  *    "decode_steps": n - 1, "decode_seconds": s, "decode_tokens_per_second": r,
- *    "kv_cache": "in place" | "copied", "ctx": C,
+ *    "kv_cache": "in place" | "copied", "kv_dtype": "float32" | "float16", "ctx": C,
  *    "runs": [{"prefill_seconds": s, "decode_steps": k, "decode_seconds": s}, ...]}
  * (the top-level timings are the first run's). Exit status: 0 success, 1 the weight file failed
  * to load, 2 bad arguments or a model that is not such a decoder, 3 the model failed to run.
@@ -345,7 +349,7 @@ static void usage(FILE *to) {
               "       [--temperature 0] [--top-k 40] [--top-p 0.95] [--min-p 0.05] "
               "[--repeat-penalty 1]\n"
               "       [--repeat-last-n 64] [--seed S] [--eos-ids 1,2] [--repeat R] [--ctx N] "
-              "[--copy-kv] [--profile]\n");
+              "[--copy-kv] [--kv-f16] [--profile]\n");
 }
 
 static double now_seconds(void) {
@@ -684,7 +688,7 @@ static void print_ids(const int64_t *ids, long n, const char *separator) {
 
 static void print_report(int json, const sail_model *model, const int64_t *prompt,
                          int n_prompt, const sail_sampling *sampling, const sail_run *runs,
-                         int n_runs, const sail_stream *stream, int64_t ctx) {
+                         int n_runs, const sail_stream *stream, int64_t ctx, int kv_f16) {
   const sail_run *first = &runs[0];
   const long steps = first->n_generated - 1;
   const double rate = steps > 0 && first->decode_seconds > 0 ?
@@ -699,13 +703,14 @@ static void print_report(int json, const sail_model *model, const int64_t *promp
            "\"top_k\": %lld, \"top_p\": %.17g, \"min_p\": %.17g, \"repeat_penalty\": %.17g, "
            "\"repeat_last_n\": %lld}, \"threads\": %d, \"prefill_tokens\": %d, "
            "\"prefill_seconds\": %.9f, \"decode_steps\": %ld, \"decode_seconds\": %.9f, "
-           "\"decode_tokens_per_second\": %.6f, \"kv_cache\": \"%s\", \"ctx\": %lld, "
-           "\"runs\": [",
+           "\"decode_tokens_per_second\": %.6f, \"kv_cache\": \"%s\", \"kv_dtype\": \"%s\", "
+           "\"ctx\": %lld, \"runs\": [",
            first->stop_reason, (unsigned long long)sampling->seed, sampling->temperature,
            (long long)sampling->top_k, sampling->top_p, sampling->min_p,
            sampling->repeat_penalty, (long long)sampling->repeat_last_n, threads, n_prompt,
            first->prefill_seconds, steps, first->decode_seconds, rate,
-           first->kv_in_place ? "in place" : "copied", (long long)ctx);
+           first->kv_in_place ? "in place" : "copied", kv_f16 ? "float16" : "float32",
+           (long long)ctx);
     for (int r = 0; r < n_runs; ++r)
       printf("%s{\"prefill_seconds\": %.9f, \"decode_steps\": %ld, \"decode_seconds\": %.9f}",
              r ? ", " : "", runs[r].prefill_seconds, runs[r].n_generated - 1,
@@ -717,16 +722,16 @@ static void print_report(int json, const sail_model *model, const int64_t *promp
       printf("\n");
     }
     printf("prefill: %d tokens in %.2f ms; decode: %ld steps in %.2f ms, %.1f tokens/s "
-           "(%d thread%s; KV cache %s)\n", n_prompt, 1e3 * first->prefill_seconds, steps,
+           "(%d thread%s; KV cache %s, %s)\n", n_prompt, 1e3 * first->prefill_seconds, steps,
            1e3 * first->decode_seconds, rate, threads, threads == 1 ? "" : "s",
-           first->kv_in_place ? "in place" : "copied");
+           first->kv_in_place ? "in place" : "copied", kv_f16 ? "float16" : "float32");
   }
 }
 
 int main(int argc, char **argv) {
   const char *weights = NULL, *prompt_text = NULL, *eos_text = NULL;
   long n_new = 64, threads = 0, repeat = 1, top_k = 40, last_n = 64, ctx = 0;
-  int json = 0, copy_kv = 0, profile = 0;
+  int json = 0, copy_kv = 0, kv_f16 = 0, profile = 0;
   sail_stream stream = {0};
   sail_sampling sampling = {.temperature = 0.0, .top_k = 40, .top_p = 0.95, .min_p = 0.05,
                             .repeat_penalty = 1.0, .repeat_last_n = 64, .seed = 0};
@@ -745,6 +750,10 @@ int main(int argc, char **argv) {
     }
     if (strcmp(arg, "--copy-kv") == 0) {
       copy_kv = 1;
+      continue;
+    }
+    if (strcmp(arg, "--kv-f16") == 0) {
+      kv_f16 = 1;
       continue;
     }
     if (strcmp(arg, "--profile") == 0) {
@@ -856,6 +865,13 @@ int main(int argc, char **argv) {
     }
   }
 
+  if (kv_f16 && copy_kv) {
+    fprintf(stderr, "sail_generate: --kv-f16 stores the KV cache kept in place as float16, and "
+                    "--copy-kv feeds float32 presents back instead: use one of them\n");
+    free(prompt);
+    free(eos);
+    return 2;
+  }
   const int64_t needed = (int64_t)n_prompt + n_new - 1; /* the last token is not fed back */
   if (ctx && needed > ctx) {
     fprintf(stderr, "sail_generate: the prompt (%d tokens) and -n %ld need a KV cache of %lld "
@@ -884,6 +900,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sail_generate: %s\n", sail_model_error(model));
     goto done;
   }
+  if (kv_f16 && !sail_model_has_kv_cache()) {
+    sail_kv_cache_free(sail_model_cache_create(model, 1, ctx)); /* fails: the reason */
+    fprintf(stderr, "sail_generate: --kv-f16 needs the KV cache kept in place, and %s\n",
+            sail_model_error(model));
+    goto done;
+  }
   status = 3;
   if (!runs) {
     fprintf(stderr, "sail_generate: out of memory\n");
@@ -898,9 +920,12 @@ int main(int argc, char **argv) {
     }
     sail_stream *streamed = n_runs == 0 ? &stream : &(sail_stream){0}; /* the first run's ids */
     sail_kv_cache_free(kv); /* each run starts from an empty cache */
-    kv = copy_kv || !sail_model_has_kv_cache() ? NULL : sail_model_cache_create(model, 1, ctx);
+    kv = copy_kv || !sail_model_has_kv_cache() ? NULL
+        : kv_f16 ? sail_model_cache_create_typed(model, 1, ctx, SAIL_FLOAT16)
+                 : sail_model_cache_create(model, 1, ctx);
     if (!kv && !copy_kv && sail_model_has_kv_cache()) {
       fprintf(stderr, "sail_generate: %s\n", sail_model_error(model));
+      status = kv_f16 ? 2 : 3; /* a model whose presents are not float32 */
       goto done;
     }
     if (generate_once(model, &dec, prompt, n_prompt, n_new, &sampling, eos, n_eos, streamed, kv,
@@ -911,7 +936,7 @@ int main(int argc, char **argv) {
       break;
     }
   }
-  print_report(json, model, prompt, n_prompt, &sampling, runs, n_runs, &stream, ctx);
+  print_report(json, model, prompt, n_prompt, &sampling, runs, n_runs, &stream, ctx, kv_f16);
   if (profile) {
     fprintf(stderr, "kernels of the %ld decode steps:\n", runs[0].n_generated - 1);
     sail_rt_print_profile(model, stderr);

@@ -105,6 +105,12 @@ typedef struct sail_kv_cache sail_kv_cache;
 /* Whether this model can keep its KV cache in place (else sail_model_cache_create fails). */
 int sail_model_has_kv_cache(void);
 sail_kv_cache *sail_model_cache_create(sail_model *model, int64_t batch, int64_t capacity);
+/* sail_model_cache_create with the cache stored as `storage`: SAIL_FLOAT32 or SAIL_FLOAT16
+ * (half the memory and the attention's reads; each step's keys and values are rounded to the
+ * nearest half as they are appended, so later steps attend to rounded keys and values). Only
+ * float32 presents can be stored as float16; NULL with the reason otherwise. */
+sail_kv_cache *sail_model_cache_create_typed(sail_model *model, int64_t batch, int64_t capacity,
+                                             sail_dtype storage);
 /* sail_model_run with the past_key_values.* taken from `cache`: their inputs give only the past
  * length (it must be the cache's length; their data is not read), the new positions are
  * appended to the cache, and the present.* outputs are left empty (no data). */

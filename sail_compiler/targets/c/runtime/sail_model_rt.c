@@ -875,7 +875,7 @@ int sail_rt_broadcast(sail_model *model, const sail_buffer *x, sail_buffer *y) {
 
 sail_kv_cache *sail_rt_cache_create(sail_model *model, const sail_cache_spec *specs,
                                     int32_t count, const char *unsupported, int64_t batch,
-                                    int64_t capacity) {
+                                    int64_t capacity, sail_dtype storage) {
   if (!model)
     return NULL;
   model->error[0] = '\0';
@@ -888,6 +888,18 @@ sail_kv_cache *sail_rt_cache_create(sail_model *model, const sail_cache_spec *sp
                  "%lld", (long long)batch, (long long)capacity);
     return NULL;
   }
+  if (storage != 0 && storage != SAIL_FLOAT32 && storage != SAIL_FLOAT16) {
+    sail_rt_fail(model, "a KV cache is stored as float32 (SAIL_FLOAT32) or float16 "
+                 "(SAIL_FLOAT16), not sail_dtype %d", (int)storage);
+    return NULL;
+  }
+  for (int32_t i = 0; i < count && storage; ++i)
+    if (sail_model_outputs[specs[i].output].dtype != SAIL_FLOAT32) {
+      sail_rt_fail(model, "a KV cache stored as %s needs float32 presents, and %s is not "
+                   "float32; use sail_model_cache_create (each present's own dtype)",
+                   storage == SAIL_FLOAT16 ? "float16" : "float32", specs[i].name);
+      return NULL;
+    }
   sail_kv_cache *cache = calloc(1, sizeof *cache);
   if (cache)
     cache->slots = calloc((size_t)count, sizeof *cache->slots);
@@ -900,9 +912,11 @@ sail_kv_cache *sail_rt_cache_create(sail_model *model, const sail_cache_spec *sp
   for (int32_t i = 0; i < count; ++i) {
     const sail_io_spec *spec = &sail_model_outputs[specs[i].output];
     sail_cache_slot *slot = &cache->slots[i];
-    size_t nbytes = sail_dtype_size(spec->dtype);
+    const sail_dtype stored = storage ? storage : spec->dtype;
+    size_t nbytes = sail_dtype_size(stored);
     slot->name = specs[i].name;
-    slot->dtype = sail_rt_dl_dtype(spec->dtype);
+    slot->dtype = sail_rt_dl_dtype(stored);
+    slot->source = sail_rt_dl_dtype(spec->dtype);
     slot->ndim = spec->ndim;
     slot->axis = specs[i].axis;
     for (int32_t d = 0; d < spec->ndim; ++d) {
@@ -945,8 +959,9 @@ int sail_rt_cache_append(sail_model *model, sail_kv_cache *cache, int32_t slot_i
     return sail_rt_fail(model, "no KV cache for this model's present %d", (int)slot_index);
   sail_cache_slot *slot = &cache->slots[slot_index];
   const int32_t ndim = slot->ndim, axis = slot->axis;
-  int fits = x->t.ndim == ndim && past->t.ndim == ndim && x->t.dtype.code == slot->dtype.code &&
-             x->t.dtype.bits == slot->dtype.bits && x->t.dtype.lanes == slot->dtype.lanes;
+  int fits = x->t.ndim == ndim && past->t.ndim == ndim && x->t.dtype.code == slot->source.code &&
+             x->t.dtype.bits == slot->source.bits && x->t.dtype.lanes == slot->source.lanes &&
+             !x->t.strides;
   for (int32_t d = 0; fits && d < ndim; ++d)
     fits = d == axis || (x->shape[d] == slot->shape[d] && past->shape[d] == slot->shape[d]);
   if (!fits)
@@ -960,16 +975,21 @@ int sail_rt_cache_append(sail_model *model, sail_kv_cache *cache, int32_t slot_i
     return sail_rt_fail(model, "%s: a context of %lld positions exceeds the KV cache's capacity "
                         "of %lld", slot->name, (long long)total, (long long)slot->shape[axis]);
   const double start = model->profile ? seconds_now() : 0.0;
-  const size_t elem = element_bytes(x);
+  const int half = slot->dtype.bits != slot->source.bits; /* float32 keys stored as halves */
+  const size_t elem = (size_t)slot->dtype.bits / 8;
   int64_t outer = 1, inner = 1;
   for (int32_t d = 0; d < axis; ++d)
     outer *= slot->shape[d];
   for (int32_t d = axis + 1; d < ndim; ++d)
     inner *= slot->shape[d];
   const size_t run = (size_t)(seq * inner) * elem, row = (size_t)inner * elem;
-  for (int64_t o = 0; o < outer && run; ++o)
-    memcpy((char *)slot->data + ((size_t)(o * slot->shape[axis] + slot->length)) * row,
-           (const char *)x->t.data + (size_t)o * run, run);
+  for (int64_t o = 0; o < outer && run; ++o) {
+    char *dst = (char *)slot->data + ((size_t)(o * slot->shape[axis] + slot->length)) * row;
+    if (half)
+      sail_f16_from_f32((uint16_t *)dst, (const float *)x->t.data + o * seq * inner, seq * inner);
+    else
+      memcpy(dst, (const char *)x->t.data + (size_t)o * run, run);
+  }
   slot->length = total;
   memset(present, 0, sizeof *present);
   present->t.data = slot->data;
@@ -994,9 +1014,12 @@ int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer
                       double softcap, sail_buffer *y) {
   const sail_buffer *all[] = {q, k, v, y, mask}; /* the mask's rank is checked below */
   int fits = 1;
-  for (int i = 0; i < 5 && fits; ++i)
-    fits = !all[i] || (all[i]->t.dtype.code == kDLFloat && all[i]->t.dtype.bits == 32 &&
+  for (int i = 0; i < 5 && fits; ++i) /* k and v: float32, or float16 from a cache of halves */
+    fits = !all[i] || (all[i]->t.dtype.code == kDLFloat &&
+                       (all[i]->t.dtype.bits == 32 || ((i == 1 || i == 2) &&
+                                                       all[i]->t.dtype.bits == 16)) &&
                        all[i]->t.dtype.lanes == 1 && (i == 4 || all[i]->t.ndim == 4));
+  const int k16 = k->t.dtype.bits == 16, v16 = v->t.dtype.bits == 16;
   const int64_t *qs = q->shape, *ks = k->shape, *vs = v->shape, *out = y->shape;
   fits = fits && ks[0] == qs[0] && ks[1] >= 1 && qs[1] % ks[1] == 0 && ks[3] == qs[3] &&
          vs[0] == qs[0] && vs[1] == ks[1] && vs[2] == ks[2] && out[0] == qs[0] &&
@@ -1004,7 +1027,8 @@ int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer
          !y->t.strides && (!k->t.strides || k->t.strides[3] == 1) &&
          (!v->t.strides || v->t.strides[3] == 1);
   sail_attention_args args = {
-      .q = q->t.data, .k = k->t.data, .v = v->t.data, .y = y->t.data, .batch = qs[0],
+      .q = q->t.data, .k = k16 ? NULL : k->t.data, .v = v16 ? NULL : v->t.data,
+      .k16 = k16 ? k->t.data : NULL, .v16 = v16 ? v->t.data : NULL, .y = y->t.data, .batch = qs[0],
       .q_heads = qs[1], .kv_heads = ks[1], .q_len = qs[2], .kv_len = ks[2], .head_dim = qs[3],
       .value_dim = vs[3], .k_strides = {ks[1] * ks[2] * ks[3], ks[2] * ks[3], ks[3]},
       .v_strides = {vs[1] * vs[2] * vs[3], vs[2] * vs[3], vs[3]}, .scale = (float)scale,
@@ -1030,8 +1054,9 @@ int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer
   }
   if (!fits)
     return sail_rt_fail(model, "attention: the query, keys, values, mask and result do not fit "
-                        "together (float32 [B, Hq, S, D], [B, Hkv, T, D], [B, Hkv, T, Dv], a mask "
-                        "broadcast to [B, Hq, S, T], [B, Hq, S, Dv])");
+                        "together (float32 [B, Hq, S, D], [B, Hkv, T, D], [B, Hkv, T, Dv] (or "
+                        "float16 keys and values), a mask broadcast to [B, Hq, S, T], "
+                        "[B, Hq, S, Dv])");
   const double start = model->profile ? seconds_now() : 0.0;
   const int status = sail_attention(&args, model->pool);
   if (model->profile)

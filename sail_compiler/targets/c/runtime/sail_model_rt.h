@@ -35,10 +35,12 @@ typedef struct sail_cache_spec {
   int32_t output, input, axis;
 } sail_cache_spec;
 
-/* One present of a KV cache: room for `capacity` positions along `axis`, `length` filled. */
+/* One present of a KV cache: room for `capacity` positions along `axis`, `length` filled;
+ * stored as `dtype` (the present's own, or float16 for a float32 present). */
 typedef struct sail_cache_slot {
   void *data;
-  DLDataType dtype;
+  DLDataType dtype;  /* of the stored elements and of the present view */
+  DLDataType source; /* of the new keys or values appended (the present's in the graph) */
   int32_t ndim, axis;
   int64_t shape[SAIL_MAX_NDIM]; /* the capacity along axis */
   int64_t length;
@@ -233,21 +235,23 @@ int sail_rt_broadcast(sail_model *model, const sail_buffer *x, sail_buffer *y);
 /* y = sail.attention(q, k, v, mask) (sail_attention.h) on the model's threads: q float32
  * [B, Hq, S, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv], mask NULL or float32 of rank 1..4
  * broadcast (right-aligned) to [B, Hq, S, T], y [B, Hq, S, Dv]. k and v may be views into a
- * KV cache (rows read in place, t.strides). */
+ * KV cache (rows read in place, t.strides), float32 or (a cache stored as halves) float16. */
 int sail_rt_attention(sail_model *model, const sail_buffer *q, const sail_buffer *k,
                       const sail_buffer *v, const sail_buffer *mask, double scale,
                       double softcap, sail_buffer *y);
 
 /* A KV cache for the `count` past/present pairs of `specs` (NULL, with `unsupported` as the
  * reason, when count is 0): each present's shape from sail_model_outputs, with `batch` for its
- * other symbolic dims and room for `capacity` positions along its axis. NULL with the reason
- * in the model's error on failure. */
+ * other symbolic dims and room for `capacity` positions along its axis, stored as `storage`
+ * (0: each present's dtype; SAIL_FLOAT16: float32 presents as halves,
+ * sail_model_cache_create_typed). NULL with the reason in the model's error on failure. */
 sail_kv_cache *sail_rt_cache_create(sail_model *model, const sail_cache_spec *specs,
                                     int32_t count, const char *unsupported, int64_t batch,
-                                    int64_t capacity);
+                                    int64_t capacity, sail_dtype storage);
 
 /* Append x (the new positions of pair `slot`) to the cache in place and make `present` a view
- * of everything the slot holds (not owned; strided when the cache has room left). `past` must
+ * of everything the slot holds (not owned; strided when the cache has room left; float16 for
+ * a cache stored as halves, x rounded to nearest even as it is appended). `past` must
  * have as many positions as the slot holds, and the positions must fit its capacity. */
 int sail_rt_cache_append(sail_model *model, sail_kv_cache *cache, int32_t slot,
                          const sail_buffer *past, const sail_buffer *x, sail_buffer *present);
