@@ -549,18 +549,21 @@ def _quantize_gptq(w: np.ndarray, scheme: QuantScheme, hessian: np.ndarray,
     """
     k, n = w.shape
     g, n_groups, qmax = scheme.group_size_for(k), scheme.n_groups(k), (1 << scheme.bits) - 1
-    weights = w.astype(np.float64)
     h = (hessian + hessian.T) / 2
     importance = np.diag(h).copy()
     dead = importance == 0
-    weights[dead] = 0  # no calibration input reaches them: quantize them to 0
     h[dead, dead] = 1
     if act_order:
         order = np.argsort(-importance, kind="stable")
         blocks = [(a, min(a + _GPTQ_BLOCK, k)) for a in range(0, k, _GPTQ_BLOCK)]
-        weights, h = weights[order], h[np.ix_(order, order)]
+        weights = np.empty((k, n), np.float64)
+        for j, row in enumerate(order):  # by rows: one float64 copy of W at a time, not two
+            weights[j] = w[row]
+        h = h[np.ix_(order, order)]
     else:
         order, blocks = np.arange(k), _gptq_blocks(k, g)
+        weights = w.astype(np.float64)
+    weights[dead[order]] = 0  # no calibration input reaches them: quantize them to 0
     position = np.empty(k, np.int64)  # where each original row sits in the loop's order
     position[order] = np.arange(k)
     upper = _gptq_upper_factor(h)
