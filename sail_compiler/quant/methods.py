@@ -584,8 +584,9 @@ def _quantize_gptq(w: np.ndarray, scheme: QuantScheme, hessian: np.ndarray,
             if not entered[grp]:
                 lo, hi = grp * g, min((grp + 1) * g, k)
                 rows = weights[position[lo:hi]]  # a copy
-                later = position[lo:hi] >= stop
-                rows[later] -= upper[start:j, position[lo:hi][later]].T @ errors[:i]
+                if i:  # rows past the block lack the updates of its rows before this one
+                    later = position[lo:hi] >= stop
+                    rows[later] -= upper[start:j, position[lo:hi][later]].T @ errors[:i]
                 scale[grp], zero[grp] = choose_params(rows, importance[lo:hi], scheme.bits,
                                                       scheme.symmetric)
                 entered[grp] = True
