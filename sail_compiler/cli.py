@@ -74,6 +74,10 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                    help="quantize one transformer block at a time, each with calibration "
                         "statistics from the model whose earlier layers are already quantized "
                         "(GPTQ's true-sequential order; slower calibration)")
+    q.add_argument("--gptq-act-order", action="store_true",
+                   help="GPTQ quantizes each layer's rows in order of decreasing activation "
+                        "energy (the Hessian's diagonal; GPTQ's act-order); the weight layout "
+                        "is unchanged (needs --method gptq)")
     q.add_argument("--embedding-bits", type=int, metavar="B",
                    help="also quantize the token embedding tables to B bits (default: float)")
     q.add_argument("--act-bits", type=int, default=8,
@@ -291,7 +295,8 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
                           act_group_size=(DEFAULT_ACT_GROUP_SIZE if args.act_group_size is None
                                           else args.act_group_size),
                           method=args.method, awq=args.awq,
-                          gptq_sequential=args.gptq_sequential, bits_plan=args.bits_plan,
+                          gptq_sequential=args.gptq_sequential,
+                          gptq_act_order=args.gptq_act_order, bits_plan=args.bits_plan,
                           avg_bits=args.avg_bits,
                           calib=calib, embedding_bits=args.embedding_bits, sail=args.sail,
                           nbw=args.nbw, pim_types=args.pim_types, pim_config=args.pim_config,

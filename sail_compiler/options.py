@@ -124,6 +124,10 @@ class CompileOptions:
         earlier layers already quantized (one transformer block at a time; GPTQ's "true
         sequential" order), instead of every Hessian from the float model
         (:func:`~.quant.calibrate.collect_hessians_sequential`). Needs calibration.
+    gptq_act_order
+        GPTQ quantizes each layer's rows in order of decreasing Hessian diagonal (the paper's
+        "act-order"); the groups and the weight layout stay as they are. Applies to the layers
+        quantized by ``gptq`` (``method``, or a bits plan's rules).
     bits_plan
         A JSON plan mapping layer-name patterns to schemes (:mod:`.quant.plan`).
     avg_bits
@@ -173,6 +177,7 @@ class CompileOptions:
     method: str = "rtn"
     awq: bool = False
     gptq_sequential: bool = False
+    gptq_act_order: bool = False
     bits_plan: Path | None = None
     avg_bits: float | None = None
     calib: CalibrationSpec | None = None
@@ -206,7 +211,8 @@ class CompileOptions:
         if not parts:
             return "float"
         return " ".join([", ".join(parts), ("awq+" if self.awq else "") + self.method
-                         + (" sequential" if self.gptq_sequential else "")])
+                         + (" sequential" if self.gptq_sequential else "")
+                         + (" act-order" if self.gptq_act_order else "")])
 
     def __post_init__(self) -> None:
         # the target name is checked against the registry by compile_model (get_target), which
@@ -226,6 +232,10 @@ class CompileOptions:
                               "(or --avg-bits, --bits-plan)")
         if self.gptq_sequential and not quantized:
             raise OptionError("--gptq-sequential applies to quantized compiles; add --bits")
+        if self.gptq_act_order and self.method != "gptq" and self.bits_plan is None:
+            raise OptionError(f"--gptq-act-order orders GPTQ's rows, and --method {self.method} "
+                              "is not GPTQ; add --method gptq (or a --bits-plan whose rules "
+                              "use \"method\": \"gptq\")")
         if self.awq and not quantized:
             raise OptionError("--awq applies to quantized compiles; add --bits")
         if self.avg_bits is not None:

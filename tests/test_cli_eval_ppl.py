@@ -55,6 +55,16 @@ def test_gptq_calibrates_on_text(micro_decoder: Path, words: tuple[Path, Path],
     assert {e["method"] for e in report["layers"] if e["bits"]} == {"gptq"}
 
 
+def test_gptq_act_order_needs_gptq(micro_decoder: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["compile", str(micro_decoder), "-o", str(tmp_path / "a"), "--bits", "3",
+                 "--gptq-act-order"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--gptq-act-order orders GPTQ's rows, and --method rtn is not GPTQ" in err
+    assert "add --method gptq" in err and not (tmp_path / "a").exists()
+
+
 def test_text_calibration_errors(micro_decoder: Path, words: tuple[Path, Path], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     tokenizer, text = words

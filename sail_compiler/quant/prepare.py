@@ -229,7 +229,8 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
     ------
     OptionError
         A ``--skip`` pattern or plan rule matches no layer; a plan's act_bits disagrees with
-        ``--act-bits``; ``--avg-bits`` out of range.
+        ``--act-bits``; ``--avg-bits`` out of range; ``--gptq-act-order`` and no layer
+        quantized by gptq.
     """
     prequantized = prequantized or {}
     base_dir = external.base_dir if external is not None else None
@@ -286,6 +287,14 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         folding: Folding | None = None
         provisional = [c or LayerChoice(options.quant, options.method) for c in choices]
         _check_act_groups(layers, provisional, fixed, options.act_group_size)
+        by_gptq = [layer for layer, c in zip(layers, provisional, strict=True)
+                   if c.scheme is not None and c.method == "gptq" and layer.name not in fixed
+                   and layer.op_type != "Gather"]
+        if options.gptq_act_order and not by_gptq:
+            where = f"the rules of {plan.source}" if plan is not None else "--method"
+            raise OptionError(f"--gptq-act-order orders GPTQ's rows, and no layer is quantized "
+                              f"by gptq ({where}); add --method gptq, or \"method\": \"gptq\" "
+                              "to a plan rule")
         if needs_calibration(options, provisional):
             from ..options import CalibrationSpec
 
@@ -354,7 +363,9 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                 if folding is not None:
                     w, h = folding.weight(layer, w), folding.hessian(layer, h)
                 choice = choice_of[layer.name]
-                done[layer.name] = qw = quantize_weight(w, choice.scheme, choice.method, h)
+                done[layer.name] = qw = quantize_weight(
+                    w, choice.scheme, choice.method, h,
+                    options.gptq_act_order and choice.method == "gptq")
                 w_hat = dequantize(qw)
                 return w_hat if folding is None else folding.unfold(layer, w_hat)
 
@@ -383,7 +394,8 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             else:
                 # a lookup has no activations to calibrate GPTQ with: it gets the search
                 method = "search" if h is None and choice.method == "gptq" else choice.method
-                qw = quantize_weight(w, choice.scheme, method, h)
+                qw = quantize_weight(w, choice.scheme, method, h,
+                                     options.gptq_act_order and method == "gptq")
             err = reconstruction_error(w, qw, h) if qw is not None else None
             del w
             if external is not None and qw is not None:

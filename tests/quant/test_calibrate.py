@@ -332,3 +332,55 @@ def test_compile_with_gptq_sequential_is_exact_and_close_to_float(micro_decoder)
     assert report["outputs"][0]["cosine"] > 0.999, report["outputs"][0]
     with pytest.raises(OptionError, match="--gptq-sequential"):
         CompileOptions(gptq_sequential=True)
+
+
+def test_compile_with_gptq_act_order_is_exact_and_close_to_float(micro_decoder) -> None:  # type: ignore[no-untyped-def]
+    """--gptq-act-order with --awq and --gptq-sequential: the weights the sequential
+    calibration quantized in activation order are the ones compiled (exact against the NumPy
+    reference)."""
+    from sail_compiler.options import CompileOptions
+    from sail_compiler.verify import InputPlan, verify_model
+
+    options = CompileOptions(quant=QuantScheme.parse("w8g16"), method="gptq", awq=True,
+                             gptq_sequential=True, gptq_act_order=True,
+                             calib=CalibrationSpec(samples=2, seq_len=8))
+    report = verify_model(micro_decoder, options, [InputPlan(seq_len=5)])
+    assert report["ref_exact"]
+    assert report["outputs"][0]["cosine"] > 0.999, report["outputs"][0]
+
+
+def test_gptq_act_order_applies_to_the_gptq_layers_and_needs_one(micro_decoder,  # type: ignore[no-untyped-def]
+                                                                 tmp_path) -> None:
+    import json
+
+    from sail_compiler.frontend import load_checked
+    from sail_compiler.frontend.signature import signature_of
+    from sail_compiler.options import CompileOptions
+    from sail_compiler.quant.prepare import prepare_quantization
+
+    model = load_checked(micro_decoder)
+
+    def codes(**options):  # type: ignore[no-untyped-def]
+        quant = prepare_quantization(model, signature_of(model), CompileOptions(
+            quant=QuantScheme(3, 16), calib=CalibrationSpec(samples=2, seq_len=8), **options))
+        return {q.layer.name: q.qw.q for q in quant.layers}
+
+    rtn, in_order = codes(), codes(method="gptq")
+    act_order = codes(method="gptq", gptq_act_order=True)
+    assert all(act_order[name].shape == in_order[name].shape for name in in_order)
+    assert sum(not np.array_equal(act_order[name], in_order[name]) for name in in_order) >= 2
+    # a plan's gptq rule gets the activation order, its other layers keep their method
+    first = next(iter(in_order))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": [{"match": first, "bits": 3, "method": "gptq"}]}))
+    mixed = codes(bits_plan=plan, gptq_act_order=True)
+    np.testing.assert_array_equal(mixed[first], act_order[first])
+    for name in set(in_order) - {first}:
+        np.testing.assert_array_equal(mixed[name], rtn[name])
+    # no layer quantized by gptq: nothing to order
+    plan.write_text(json.dumps({"layers": [{"match": first, "bits": 3}]}))
+    with pytest.raises(OptionError, match=r"no layer is quantized by gptq \(the rules of .*"
+                                          r"plan.json\); add --method gptq"):
+        codes(bits_plan=plan, gptq_act_order=True)
+    with pytest.raises(OptionError, match="--method search is not GPTQ; add --method gptq"):
+        CompileOptions(quant=QuantScheme(3, 16), method="search", gptq_act_order=True)

@@ -241,14 +241,18 @@ def rtn_params(rows: np.ndarray, importance: np.ndarray, bits: int,
 
 
 def sequential_gptq(w: np.ndarray, hessian: np.ndarray, scheme: QuantScheme,
-                    given: QuantizedWeight | None = None
+                    given: QuantizedWeight | None = None, act_order: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ as first written (optimal brain quantization one row at a time, without lazy blocks
-    or a Cholesky factor): codes [K, N], scales and zero points [n_groups, N]. The parameters of
-    a group are ``given``'s, or :func:`rtn_params` of its rows when the loop enters it."""
+    or a Cholesky factor): codes [K, N], scales and zero points [n_groups, N]. Rows in order,
+    or with ``act_order`` by decreasing ``H[k, k]`` (ties in row order). The parameters of a
+    group are ``given``'s, or :func:`rtn_params` of its rows when the loop first reaches one of
+    them."""
     k = w.shape[0]
     g, n_groups = scheme.group_size_for(k), scheme.n_groups(k)
     h = hessian.copy()
+    diagonal = np.diag(h).tolist()
+    order = sorted(range(k), key=lambda i: -diagonal[i]) if act_order else list(range(k))
     weights = w.astype(np.float64)
     dead = np.diag(h) == 0
     weights[dead] = 0
@@ -257,19 +261,23 @@ def sequential_gptq(w: np.ndarray, hessian: np.ndarray, scheme: QuantScheme,
     codes = np.zeros(w.shape, np.int64)
     scale = np.zeros((n_groups, w.shape[1]), np.float32)
     zero = np.zeros((n_groups, w.shape[1]), np.int64)
-    for i in range(k):
+    entered: set[int] = set()
+    for i in order:
         grp = i // g
-        if i % g == 0 and given is not None:
+        if grp not in entered and given is not None:
             scale[grp], zero[grp] = given.scale[grp], given.zero_points()[grp]
-        elif i % g == 0:
-            scale[grp], zero[grp] = rtn_params(weights[i: i + g], np.diag(h)[i: i + g],
+        elif grp not in entered:
+            rows = slice(grp * g, (grp + 1) * g)
+            scale[grp], zero[grp] = rtn_params(weights[rows], np.diag(h)[rows],
                                                scheme.bits, scheme.symmetric)
+        entered.add(grp)
         step = scale[grp].astype(np.float64)
         codes[i] = np.clip(np.rint(weights[i] / step) + zero[grp], 0, 2**scheme.bits - 1)
         error = weights[i] - step * (codes[i] - zero[grp])
-        # the remaining rows absorb the error through the inverse Hessian, then row i is
-        # eliminated from it (a Schur complement)
-        weights[i + 1:] -= np.outer(inverse[i + 1:, i] / inverse[i, i], error)
+        # the other rows absorb the error through the inverse Hessian (rows already eliminated
+        # have a zero column there), then row i is eliminated from it (a Schur complement)
+        others = np.arange(k) != i
+        weights[others] -= np.outer(inverse[others, i] / inverse[i, i], error)
         inverse -= np.outer(inverse[:, i], inverse[i]) / inverse[i, i]
     return codes, scale, zero
 
@@ -308,6 +316,64 @@ def test_gptq_chooses_group_parameters_from_compensated_rows(scheme: str) -> Non
     np.testing.assert_array_equal(qw.q[:300], codes)
     np.testing.assert_array_equal(qw.scale, scale)
     np.testing.assert_array_equal(qw.zero_points(), zero)
+
+
+@pytest.mark.parametrize("scheme", GPTQ_SCHEMES)
+def test_gptq_act_order_codes_match_the_reference_on_the_original_groups(scheme: str) -> None:
+    # rows in order of decreasing H[k, k], each group's codes on its own grid, in the original
+    # row order: the one-row-at-a-time reference in that order gives the same codes
+    scheme = QuantScheme.parse(scheme)
+    w, hessian = gptq_problem(300)
+    qw = quantize_weight(w, scheme, "gptq", hessian, act_order=True)
+    check_representation(qw, w, scheme)
+    codes, _, _ = sequential_gptq(w, hessian, scheme, given=qw, act_order=True)
+    np.testing.assert_array_equal(qw.q[:300], codes)
+    np.testing.assert_array_equal(dequantize(qw)[[5, 140]], 0)
+    in_row_order = quantize_weight(w, scheme, "gptq", hessian)
+    assert np.mean(qw.q != in_row_order.q) > 0.05  # the order matters
+
+
+@pytest.mark.parametrize("scheme", GPTQ_SCHEMES)
+def test_gptq_act_order_chooses_group_parameters_when_it_first_reaches_a_row(
+        scheme: str) -> None:
+    # with RTN through the parameter-choice seam: a group's parameters are RTN's of its rows as
+    # the compensation has left them when the permuted loop first reaches one of them, which
+    # takes the pending updates of the lazy block for rows beyond it
+    scheme = QuantScheme.parse(scheme)
+    w, hessian = gptq_problem(300)
+    qw = _quantize_gptq(w, scheme, hessian, rtn_params, act_order=True)
+    codes, scale, zero = sequential_gptq(w, hessian, scheme, act_order=True)
+    np.testing.assert_array_equal(qw.q[:300], codes)
+    np.testing.assert_array_equal(qw.scale, scale)
+    np.testing.assert_array_equal(qw.zero_points(), zero)
+
+
+def outlier_layer(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Student-t weights [256, 64] and correlated inputs [1024, 256] with 4 outlier input
+    channels 20x larger than the rest (as real LLM activations have)."""
+    rng = np.random.default_rng(seed)
+    k = 256
+    w = (rng.standard_t(4, (k, 64)) * 0.05).astype(np.float32)
+    x = correlated_inputs(rng, 1024, k)
+    x[:, rng.choice(k, 4, replace=False)] *= 20
+    return w, x
+
+
+@pytest.mark.parametrize("scheme,mean_ratio", [("w3g64", 0.85), ("w4g128", 0.75)])
+def test_gptq_act_order_lowers_the_output_error_with_outlier_inputs(scheme: str,
+                                                                    mean_ratio: float) -> None:
+    # measured ratios of the output errors (act-order / row order) on these layers, seeds 0-5:
+    # w3g64 0.707 0.771 0.751 1.058 0.783 0.645 (mean 0.786); w4g128 0.632 0.563 0.600 0.985
+    # 0.742 0.543 (mean 0.678). Not every layer gains (seed 3), so the mean is what is bounded.
+    scheme = QuantScheme.parse(scheme)
+    ratios = []
+    for seed in range(6):
+        w, x = outlier_layer(seed)
+        in_order = quantize_weight(w, scheme, "gptq", x.T @ x)
+        act_order = quantize_weight(w, scheme, "gptq", x.T @ x, act_order=True)
+        ratios.append(output_error(x, w, act_order) / output_error(x, w, in_order))
+    assert np.mean(ratios) < mean_ratio, ratios
+    assert max(ratios) < 1.1, ratios
 
 
 def test_gptq_on_tiny_and_degenerate_inputs() -> None:
@@ -356,6 +422,9 @@ def test_bad_inputs() -> None:
         quantize_weight(w, scheme, "awq")
     with pytest.raises(OptionError, match="gptq needs calibration data"):
         quantize_weight(w, scheme, "gptq")
+    for method in ("rtn", "search"):
+        with pytest.raises(OptionError, match="use method 'gptq'"):
+            quantize_weight(w, scheme, method, np.eye(40), act_order=True)
     bad_hessians = {
         r"shape \(40, 40\)": np.eye(39),
         r"non-finite": np.diag(np.r_[np.ones(39), np.inf]),
