@@ -105,6 +105,12 @@ class _Library:
         self.lib.sail_model_free(self.model)
 
 
+def _pasts_of(outputs: dict) -> dict:
+    """A run's presents as the next step's past_key_values.* inputs."""
+    return {"past_key_values." + k.removeprefix("present."): v
+            for k, v in outputs.items() if k.startswith("present.")}
+
+
 def _feeds(signature: ModelSignature, ids: list[int], past: int,
            pasts: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     feeds = {"input_ids": np.array([ids], np.int64),
@@ -132,8 +138,7 @@ def test_cached_runs_equal_copying_runs(artifact: Path, tmp_path: Path) -> None:
             assert status == 0, lib.error()
             np.testing.assert_array_equal(cached["logits"], copied["logits"])
             assert all(v is None for k, v in cached.items() if k.startswith("present."))
-            pasts = {"past_key_values." + k.removeprefix("present."): v
-                     for k, v in copied.items() if k.startswith("present.")}
+            pasts = _pasts_of(copied)
             past += len(ids)
             assert lib.lib.sail_kv_cache_length(cache) == past
             ids = [int(np.argmax(copied["logits"][0, -1]))]
@@ -210,8 +215,7 @@ def test_f16_cache_matches_onnxruntime_on_rounded_presents(artifact: Path, tiny_
             status, f32 = lib.run(_feeds(lib.signature, ids, past, None), full)
             assert status == 0, lib.error()
             differs = max(differs, float(np.abs(f32["logits"] - got["logits"]).max()))
-            pasts = {"past_key_values." + k.removeprefix("present."): v
-                     for k, v in want.items() if k.startswith("present.")}
+            pasts = _pasts_of(want)
             past += len(ids)
             assert lib.lib.sail_kv_cache_length(half) == past
             ids = [int(np.argmax(want["logits"][0, -1]))]
