@@ -15,12 +15,15 @@ greedy decoding follows float's choices. For each arm this prints, over the qual
 
 Then greedy agreement over ``--prompts`` 32-token prompts (prompt i: ``<bos>`` and 31 ids of
 the evaluation text from id ``1 + 31 i``; prompt 0 is the decode benchmark's): fp32's greedy
-path is extended by 8 tokens and every arm is run teacher-forced along it. An arm's first 8
-greedy ids equal fp32's exactly when its arg-max equals fp32's next id at all 8 steps (until
-the first difference the contexts are the same), so this counts, without running 8 decode
-steps per arm, the prompts whose 8 greedy ids equal fp32's and the mean number of leading ids
-that do. One prompt decides a greedy comparison by the sign of an error at its closest choice;
-the count over prompts says how often a build's error does that.
+path is extended by 8 tokens and every arm is run teacher-forced along it, in one forward
+pass. It counts the prompts where the arm's arg-max equals fp32's next id at all 8 steps, and
+the mean number of leading steps where it does. Until the first difference a greedy loop has
+the same contexts, so this stands in for "the first 8 greedy ids equal fp32's" without 8
+decode steps per arm. It is not the loop itself: the loop computes each step as a decode step
+with a KV cache, whose rounding differs, and int8 activations turn rounding-level differences
+into logit changes of the size of a near-tie. One prompt decides such a comparison by the sign
+of an error at its closest choice; the count over prompts says how often a build's error does
+that, every arm measured the same way.
 
 Last, the near-tie view of prompt 0: fp32's top-2 gap at each of the 8 choices beside the
 arm's gap for the same two tokens (negative: the arm prefers fp32's second choice there).
