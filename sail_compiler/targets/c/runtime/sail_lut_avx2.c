@@ -557,9 +557,11 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define SAIL_LUT_VNNI 1
 #define NQ_DP "vpdpbusd " /* EVEX, ymm0-15 */
+#define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #elif defined(__AVXVNNI__)
 #define SAIL_LUT_VNNI 1
 #define NQ_DP "{vex} vpdpbusd "
+#define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #endif
 typedef struct { __m256i v[4][2]; } nibble_quad_acc;
 typedef struct { __m256i v[2]; } nibble_one_acc;
@@ -669,12 +671,6 @@ SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32
  * order[8 h + i]: against the quad's 4 activations broadcast to every 4 bytes it adds column
  * order[8 h + i]'s 4 products into lane i of acc32[t][h], the lanes the nibble form gives.
  * The sums are exact in int32 for |sum| <= K * 255 * 128, any K up to 65793 rows. */
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
-#else
-#define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
-#endif
-
 SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     __m256i a[4][2];
     for (int t = 0; t < 4; ++t) a[t][0] = a[t][1] = _mm256_setzero_si256();
