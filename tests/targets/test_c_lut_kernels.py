@@ -10,6 +10,7 @@ warning-free and run clean under AddressSanitizer and UndefinedBehaviorSanitizer
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -270,6 +271,27 @@ def test_sources_compile_without_warnings(build: str, tmp_path: Path) -> None:
                                "-o", str(tmp_path / (source + ".o"))],
                               capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
+
+
+# The x86 kernel families a build can choose (sail_lut_avx2.c): plain AVX2, AVX-VNNI's VEX
+# vpdpbusd (Alder Lake and later clients; its inline assembly once failed to assemble there) and
+# AVX512-VNNI's EVEX one. Compiled and assembled whatever CPU runs the tests.
+X86_FAMILIES = {"avx2": ("-mavx2", "-mfma"), "avx-vnni": ("-mavx2", "-mfma", "-mavxvnni"),
+                "avx512-vnni": ("-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512vnni")}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernels")
+@pytest.mark.parametrize("family", X86_FAMILIES)
+def test_x86_kernel_families_assemble(family: str, tmp_path: Path) -> None:
+    out = tmp_path / "sail_lut_avx2.o"
+    done = subprocess.run([kernels.compiler(), "-std=c11", "-O1", *X86_FAMILIES[family], "-Wall",
+                           "-Wextra", "-Werror", "-c", str(kernels.RUNTIME_DIR /
+                                                           "sail_lut_avx2.c"), "-o", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code = subprocess.run(["objdump", "-d", str(out)], capture_output=True, text=True,
+                          check=True).stdout
+    assert ("vpdpbusd" in code) == (family != "avx2")
 
 
 _SANITIZED_RUN = textwrap.dedent("""

@@ -560,7 +560,7 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
 #define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #elif defined(__AVXVNNI__)
 #define SAIL_LUT_VNNI 1
-#define NQ_DP "{vex} vpdpbusd "
+#define NQ_DP "%{vex%} vpdpbusd " /* braces escaped: in asm templates they select dialects */
 #define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #endif
 typedef struct { __m256i v[4][2]; } nibble_quad_acc;
