@@ -1426,18 +1426,28 @@ static void run_share(void *ctx, int part, int n_parts) {
     snprintf(call->error, sizeof call->error, "%s", tvm_error);
 }
 
-/* Elements of the last tensor argument (the kernel's last output), 0 if none. */
-static int64_t last_tensor_elements(const TVMFFIAny *args, int32_t num_args) {
-  for (int32_t i = num_args - 1; i >= 0; --i) {
+/* Elements of the largest tensor argument that is not a weight (0 if none): a kernel's
+ * work grows with its activations, inputs or outputs. The last output alone undercounts
+ * reductions and the activation quantizers, whose last output (a scale per token and block)
+ * is a 128th of what they read; a weight (the embedding table a decode step gathers one row
+ * of) says nothing of the work. */
+static int64_t largest_activation_elements(const sail_model *model, const TVMFFIAny *args,
+                                           int32_t num_args) {
+  const uintptr_t weights = (uintptr_t)model->weights,
+                  weights_end = weights + (size_t)model->num_weights * sizeof(sail_buffer);
+  int64_t largest = 0;
+  for (int32_t i = 0; i < num_args; ++i) {
     if (args[i].type_index != kTVMFFIDLTensorPtr)
       continue;
     const DLTensor *t = args[i].v_ptr;
+    if ((uintptr_t)t >= weights && (uintptr_t)t < weights_end)
+      continue; /* a weight: SAIL_W passes &model->weights[i].t */
     int64_t n = 1;
     for (int32_t d = 0; d < t->ndim; ++d)
       n *= t->shape[d];
-    return n;
+    largest = n > largest ? n : largest;
   }
-  return 0;
+  return largest;
 }
 
 int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, int parallel,
@@ -1446,7 +1456,8 @@ int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, int
   par_call call; /* set up only on the pool path: its message outlives the branch */
   int32_t status;
   const char *message;
-  if (parallel && model->pool && last_tensor_elements(args, num_args) >= SAIL_PAR_MIN_ELEMENTS) {
+  if (parallel && model->pool &&
+      largest_activation_elements(model, args, num_args) >= SAIL_PAR_MIN_ELEMENTS) {
     call.kernel = kernel;
     call.args = args;
     call.num_args = num_args;

@@ -202,11 +202,12 @@ void sail_rt_release_all(sail_model *model, sail_buffer *buffers, size_t count);
 
 /* Call a kernel; on failure the message names the kernel and repeats TVM's check. A
  * `parallel` kernel (see SAIL_KERNEL) runs on the model's thread pool, a share of its loop per
- * part, when the model has more than one thread and its last tensor argument (an output) has
- * at least SAIL_PAR_MIN_ELEMENTS elements; else on the calling thread, whole. */
+ * part, when the model has more than one thread and its largest tensor argument other than a
+ * weight (an input or an output) has at least SAIL_PAR_MIN_ELEMENTS elements; else on the
+ * calling thread, whole. */
 int sail_rt_call(sail_model *model, const char *name, sail_kernel_fn kernel, int parallel,
                  TVMFFIAny *args, int32_t num_args);
-/* Smaller outputs run on one thread: a decode step's elementwise kernels take a few
+/* Smaller kernels run on one thread: a decode step's elementwise kernels take a few
  * microseconds, about what waking the pool costs. */
 #ifndef SAIL_PAR_MIN_ELEMENTS
 #define SAIL_PAR_MIN_ELEMENTS 32768
