@@ -38,7 +38,20 @@ if shutil.which(kernels.compiler()) is None:
     pytest.skip("no C compiler", allow_module_level=True)
 
 RNG = np.random.default_rng(20250925)
-BUILDS = ["native", "portable"]
+
+def _cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() not in ("x86_64", "AMD64") or not cpuinfo.is_file():
+        return set()
+    return {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+            for flag in line.split(":", 1)[1].split()}
+
+
+# "avx2" (AVX-512 and AVX-VNNI off) runs the plain AVX2 kernels, which a CPU with VNNI would
+# otherwise never run; on a CPU with AVX2 only it is the native build again.
+CPU_FLAGS = _cpu_flags()
+BUILDS = ["native", "portable"] + (
+    ["avx2"] if "avx2" in CPU_FLAGS and CPU_FLAGS & {"avx512f", "avx_vnni"} else [])
 # (group size, symmetric): K = 200 is a multiple of none of them; None is one group per column.
 GROUPINGS = [(32, False), (64, True), (128, False), (None, True), (None, False)]
 K, N = 200, 37
@@ -130,7 +143,8 @@ def test_builds_run_their_kernels(build: str) -> None:
     cpuinfo = Path("/proc/cpuinfo")
     if build == "native" and not cpuinfo.is_file():
         pytest.skip("cannot tell whether this CPU has AVX2")
-    want = "avx2" if build == "native" and " avx2" in cpuinfo.read_text() else "portable"
+    want = ("avx2" if build in ("native", "avx2") and " avx2" in cpuinfo.read_text()
+            else "portable")
     assert load_runtime(build).isa == want
 
 
@@ -250,7 +264,7 @@ def test_bad_input_is_reported() -> None:
         lut_gemv(np.zeros((2, K), np.int32), lw)
     with pytest.raises(InputError, match="must fit int8"):
         lut_gemv(np.full((2, K), 128), lw, sx=np.ones(2, np.float32))
-    with pytest.raises(OptionError, match="valid choices are: native, portable"):
+    with pytest.raises(OptionError, match="valid choices are: avx2, native, portable"):
         lut_gemv(np.zeros((2, K), np.float32), lw, build="neon")
     with pytest.raises(OptionError, match="does not fit weight groups of 32"):
         relayout(qw, 48)

@@ -12,6 +12,8 @@ Builds
 ------
 ``native``: ``-O3 -march=native``: the AVX2 kernels on x86-64 machines that have AVX2.
 ``portable``: ``-O3 -DSAIL_NO_SIMD``: the portable C kernels (same integers, slower).
+``avx2``: ``-O3 -march=native`` without AVX-512 and AVX-VNNI (x86-64 with AVX2 only): the plain
+AVX2 kernels a Zen 3 or Haswell-class CPU runs, so that a machine with VNNI tests them too.
 Both use ``-ffp-contract=off`` so that the float epilogue rounds exactly as the NumPy reference.
 """
 
@@ -71,6 +73,7 @@ _COMMON_FLAGS = ("-std=c11", "-O3", "-fPIC", "-shared", "-pthread", "-ffp-contra
 BUILDS: dict[str, tuple[str, ...]] = {
     "native": ("-march=native",),
     "portable": ("-DSAIL_NO_SIMD",),
+    "avx2": ("-march=native", "-mno-avx512f", "-mno-avxvnni"),
 }
 
 

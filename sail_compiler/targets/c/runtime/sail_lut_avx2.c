@@ -563,6 +563,12 @@ SAIL_INLINE void codes_pass(const sail_lut_call *call, int tile, int t0, const i
 #define NQ_DP "%{vex%} vpdpbusd " /* braces escaped: in asm templates they select dialects */
 #define SAIL_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #endif
+/* With AVX512-VNNI and AVX512BW, the four-token kernels (a prefill's) take two row quads per
+ * 512-bit vpdpbusd: half the instructions per product of the 256-bit form (below). */
+#if defined(SAIL_LUT_VNNI) && defined(__AVX512F__) && defined(__AVX512BW__) &&                   \
+    defined(__AVX512VNNI__)
+#define SAIL_LUT_VNNI512 1
+#endif
 typedef struct { __m256i v[4][2]; } nibble_quad_acc;
 typedef struct { __m256i v[2]; } nibble_one_acc;
 typedef struct { uint8_t b[4 * 64]; } nibble_block4;
@@ -638,6 +644,42 @@ static const int16_t nq_nib[16] __attribute__((aligned(32))) = {
 static const int16_t nq_ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
                                                                 1, 1, 1, 1, 1, 1, 1, 1};
 
+#ifdef SAIL_LUT_VNNI512
+/* acc32[t][h] += the two 256-bit halves of a[t][h]: the same columns, for the even and the odd
+ * row quads of the block. */
+SAIL_INLINE void fold_halves512(__m512i (*a)[2], __m256i (*acc32)[2]) {
+    for (int t = 0; t < 4; ++t)
+        for (int h = 0; h < 2; ++h)
+            acc32[t][h] = _mm256_add_epi32(
+                acc32[t][h], _mm256_add_epi32(_mm512_castsi512_si256(a[t][h]),
+                                              _mm512_extracti64x4_epi64(a[t][h], 1)));
+}
+
+/* 4 bits, four tokens, 512 bits: vector p holds row quads 2p (low 256 bits) and 2p + 1 (high),
+ * split into low and high nibbles as in the 256-bit form; each token's activations of the two
+ * quads go to the matching halves (quad 2p's 4 bytes in lanes 0-7, quad 2p + 1's in 8-15). A
+ * lane then sums one column's products of one quad, so folding the halves gives the 256-bit
+ * form's sums exactly (integers: |sum| <= 8 * 4 * 15 * 128 per block). */
+SAIL_INLINE void nibble_quad4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    const __m512i nib = _mm512_set1_epi8(0x0F);
+    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512i a[4][2];
+    for (int t = 0; t < 4; ++t) a[t][0] = a[t][1] = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {
+        const __m512i c = _mm512_loadu_si512((const void *)(wb + 64 * p));
+        const __m512i lo = _mm512_and_si512(c, nib);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), nib);
+        for (int t = 0; t < 4; ++t) {
+            const __m128i two = _mm_loadl_epi64(
+                (const __m128i *)(x + SAIL_LUT_ROWS_BYTES_PER_BLOCK * t + 8 * p));
+            const __m512i xq = _mm512_permutexvar_epi32(halves, _mm512_castsi128_si512(two));
+            a[t][0] = _mm512_dpbusd_epi32(a[t][0], lo, xq);
+            a[t][1] = _mm512_dpbusd_epi32(a[t][1], hi, xq);
+        }
+    }
+    fold_halves512(a, acc32);
+}
+#else
 SAIL_INLINE void nibble_quad4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones;
     __asm__("vmovdqa %[nib], %%ymm13\n\t"
@@ -652,6 +694,8 @@ SAIL_INLINE void nibble_quad4(const uint8_t *wb, const int8_t *x, __m256i (*acc3
               "xmm10", "xmm11", "xmm12", "xmm13");
 }
 
+#endif /* SAIL_LUT_VNNI512 */
+
 SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones;
     __asm__("vmovdqa %[nib], %%ymm13\n\t"
@@ -664,6 +708,29 @@ SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32
             : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13");
 }
 
+#ifdef SAIL_LUT_VNNI512
+/* 8 bits, four tokens, 512 bits: row quad q's 64 code bytes (its two 256-bit vectors below) in
+ * one vector, against the quad's activations broadcast to every lane; the halves are folded
+ * into acc32[t][0] and acc32[t][1] as the two 256-bit sums. */
+SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    __m512i a[4];
+    for (int t = 0; t < 4; ++t) a[t] = _mm512_setzero_si512();
+    for (int q = 0; q < 8; ++q) {
+        const __m512i c = _mm512_loadu_si512((const void *)(wb + 64 * q));
+        for (int t = 0; t < 4; ++t) {
+            int32_t quad;
+            memcpy(&quad, x + SAIL_LUT_ROWS_BYTES_PER_BLOCK * t + 4 * q, 4);
+            a[t] = _mm512_dpbusd_epi32(a[t], c, _mm512_set1_epi32(quad));
+        }
+    }
+    for (int t = 0; t < 4; ++t) {
+        acc32[t][0] = _mm256_add_epi32(acc32[t][0], _mm512_castsi512_si256(a[t]));
+        acc32[t][1] = _mm256_add_epi32(acc32[t][1], _mm512_extracti64x4_epi64(a[t], 1));
+    }
+}
+#define SAIL_LUT_HAVE_QUAD8 1
+#endif
+
 #ifdef SAIL_LUT_VNNI
 /* 8 bits with VNNI: vpdpbusd multiplies the unsigned codes with the int8 activations directly
  * (4 products of |c x| <= 255 * 128 into int32 per column, no saturation: exact), so the codes
@@ -671,6 +738,7 @@ SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32
  * order[8 h + i]: against the quad's 4 activations broadcast to every 4 bytes it adds column
  * order[8 h + i]'s 4 products into lane i of acc32[t][h], the lanes the nibble form gives.
  * The sums are exact in int32 for |sum| <= K * 255 * 128, any K up to 65793 rows. */
+#ifndef SAIL_LUT_HAVE_QUAD8
 SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     __m256i a[4][2];
     for (int t = 0; t < 4; ++t) a[t][0] = a[t][1] = _mm256_setzero_si256();
@@ -690,6 +758,8 @@ SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc3
         acc32[t][1] = _mm256_add_epi32(acc32[t][1], a[t][1]);
     }
 }
+
+#endif /* SAIL_LUT_HAVE_QUAD8 */
 
 SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
