@@ -289,9 +289,12 @@ def test_sources_compile_without_warnings(build: str, tmp_path: Path) -> None:
 
 # The x86 kernel families a build can choose (sail_lut_avx2.c): plain AVX2, AVX-VNNI's VEX
 # vpdpbusd (Alder Lake and later clients; its inline assembly once failed to assemble there) and
-# AVX512-VNNI's EVEX one. Compiled and assembled whatever CPU runs the tests.
+# AVX512-VNNI's EVEX one, on 256-bit vectors and, with AVX512BW, the prefill kernels' 512-bit
+# ones. Compiled and assembled whatever CPU runs the tests.
 X86_FAMILIES = {"avx2": ("-mavx2", "-mfma"), "avx-vnni": ("-mavx2", "-mfma", "-mavxvnni"),
-                "avx512-vnni": ("-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512vnni")}
+                "avx512-vnni": ("-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512vnni"),
+                "avx512-vnni-bw": ("-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512vnni",
+                                   "-mavx512bw")}
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernels")
@@ -306,6 +309,7 @@ def test_x86_kernel_families_assemble(family: str, tmp_path: Path) -> None:
     code = subprocess.run(["objdump", "-d", str(out)], capture_output=True, text=True,
                           check=True).stdout
     assert ("vpdpbusd" in code) == (family != "avx2")
+    assert ("vpdpbusd %zmm" in code) == (family == "avx512-vnni-bw")
 
 
 _SANITIZED_RUN = textwrap.dedent("""
