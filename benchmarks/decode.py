@@ -17,7 +17,9 @@ Two models (``--model``):
 * ``gemma3``: Gemma 3 270M, a real trained LLM (``--model-dir``, see :mod:`gemma3`), the prompt
   the first ``--prompt-lens`` ids (default 32 and 1024) of a real text (``<bos>`` first).
   Arms: ``c`` (``sail compile gemma3_270m_kv.onnx --target c --bits B`` + ``--sail-args``,
-  default ``--group-size 32 --sym``; ``sail build``; ``sail generate``: the token loop in C),
+  default ``--group-size 32 --sym``; ``sail build``; ``sail generate``: the token loop in C;
+  ``--kv f16``: its float16 KV cache, the cache type llama.cpp's arms use, ``--kv both``: an
+  arm of each),
   ``llama.cpp`` (the shipped Q4_K_M GGUF re-quantized by llama.cpp's ``llama_model_quantize``
   with ``allow_requantize`` to ``--gguf-types``, default Q4_0 and Q8_0; its context holds the
   whole prompt + the generated tokens and its batch the whole prompt), ``ort-genai``
@@ -362,10 +364,12 @@ def _sail(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
                           text=True, **streams)
 
 
-def c_generate(artifact: Path) -> Callable[[list[int], int, int], Generation]:
+def c_generate(artifact: Path, kv_f16: bool = False
+               ) -> Callable[[list[int], int, int], Generation]:
     def generate(prompt: list[int], n: int, threads: int) -> Generation:
         proc = _sail("generate", str(artifact), "--prompt-ids", ",".join(map(str, prompt)),
-                     "-n", str(n), "--threads", str(threads), "--json", capture=True)
+                     "-n", str(n), "--threads", str(threads), "--json",
+                     *(["--kv-f16"] if kv_f16 else []), capture=True)
         if proc.returncode != 0:
             raise RuntimeError(f"sail generate {artifact} failed: "
                                f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
@@ -455,7 +459,9 @@ def sail_c_arms(args: argparse.Namespace, model: Path, work: Path,
                     log("NOTE: " + notes[-1])
                     continue
             label = f"w{bits} {' '.join(sail_args)}".strip()
-            arms.append(Arm("sail c", label, _file_bytes(out / "weights.bin"), c_generate(out)))
+            for kv_f16 in [False, True] if args.kv == "both" else [args.kv == "f16"]:
+                arms.append(Arm("sail c", label + (" [kv f16]" if kv_f16 else ""),
+                                _file_bytes(out / "weights.bin"), c_generate(out, kv_f16)))
             if args.profile:
                 extra.setdefault("profiles", {})[label] = {
                     len(prompt): profile_generate(out, prompt, 1) for prompt in prompts.values()}
@@ -615,6 +621,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", type=Path, help="write a bar chart of decode tokens/s here "
                         "(default: decode_<model>.png in --workdir, if given)")
+    parser.add_argument("--kv", choices=("f32", "f16", "both"), default="f32",
+                        help="the sail c arms' KV cache: float32 (default), float16 (sail "
+                             "generate --kv-f16; llama.cpp's default cache type, which its arms "
+                             "use) or an arm of each")
     parser.add_argument("--profile", action="store_true",
                         help="sail_generate --profile of each prompt per sail arm "
                              "(1 thread; the prefill's kernels, then 16 decode steps')")
