@@ -638,11 +638,13 @@ typedef struct { int8_t x[SAIL_LUT_ROWS_BYTES_PER_BLOCK]; } nibble_rows;
     "vmovdqu %%" #a ", 32*" #i "(%[acc])\n\t"
 #endif
 
+#ifndef SAIL_LUT_VNNI512 /* the 256-bit assembly kernels' constants */
 static const int16_t nq_nib[16] __attribute__((aligned(32))) = {
     0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F,
     0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F, 0x0F0F};
 static const int16_t nq_ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
                                                                 1, 1, 1, 1, 1, 1, 1, 1};
+#endif
 
 #ifdef SAIL_LUT_VNNI512
 /* acc32[t][h] += the two 256-bit halves of a[t][h]: the same columns, for the even and the odd
@@ -696,6 +698,25 @@ SAIL_INLINE void nibble_quad4(const uint8_t *wb, const int8_t *x, __m256i (*acc3
 
 #endif /* SAIL_LUT_VNNI512 */
 
+#ifdef SAIL_LUT_VNNI512
+/* 4 bits, one token (a decode step's), 512 bits: as nibble_quad4 for token 0. */
+SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    const __m512i nib = _mm512_set1_epi8(0x0F);
+    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {
+        const __m512i c = _mm512_loadu_si512((const void *)(wb + 64 * p));
+        const __m128i two = _mm_loadl_epi64((const __m128i *)(x + 8 * p));
+        const __m512i xq = _mm512_permutexvar_epi32(halves, _mm512_castsi128_si512(two));
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(c, nib), xq);
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(c, 4), nib), xq);
+    }
+    acc32[0][0] = _mm256_add_epi32(acc32[0][0], _mm256_add_epi32(_mm512_castsi512_si256(a0),
+                                                                 _mm512_extracti64x4_epi64(a0, 1)));
+    acc32[0][1] = _mm256_add_epi32(acc32[0][1], _mm256_add_epi32(_mm512_castsi512_si256(a1),
+                                                                 _mm512_extracti64x4_epi64(a1, 1)));
+}
+#else
 SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     const __m256i *nib = (const __m256i *)nq_nib, *ones = (const __m256i *)nq_ones;
     __asm__("vmovdqa %[nib], %%ymm13\n\t"
@@ -707,6 +728,8 @@ SAIL_INLINE void nibble_one4(const uint8_t *wb, const int8_t *x, __m256i (*acc32
               "m"(*(const nibble_rows *)x), [nib] "m"(*nib), [ones] "m"(*ones)
             : "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13");
 }
+
+#endif /* SAIL_LUT_VNNI512 */
 
 #ifdef SAIL_LUT_VNNI512
 /* 8 bits, four tokens, 512 bits: row quad q's 64 code bytes (its two 256-bit vectors below) in
@@ -761,6 +784,20 @@ SAIL_INLINE void nibble_quad8(const uint8_t *wb, const int8_t *x, __m256i (*acc3
 
 #endif /* SAIL_LUT_HAVE_QUAD8 */
 
+#ifdef SAIL_LUT_VNNI512
+/* 8 bits, one token, 512 bits: as nibble_quad8 for token 0. */
+SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
+    __m512i a = _mm512_setzero_si512();
+    for (int q = 0; q < 8; ++q) {
+        int32_t quad;
+        memcpy(&quad, x + 4 * q, 4);
+        a = _mm512_dpbusd_epi32(a, _mm512_loadu_si512((const void *)(wb + 64 * q)),
+                                _mm512_set1_epi32(quad));
+    }
+    acc32[0][0] = _mm256_add_epi32(acc32[0][0], _mm512_castsi512_si256(a));
+    acc32[0][1] = _mm256_add_epi32(acc32[0][1], _mm512_extracti64x4_epi64(a, 1));
+}
+#else
 SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32)[2]) {
     __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
     for (int q = 0; q < 8; ++q) {
@@ -773,6 +810,7 @@ SAIL_INLINE void nibble_one8(const uint8_t *wb, const int8_t *x, __m256i (*acc32
     acc32[0][0] = _mm256_add_epi32(acc32[0][0], a0);
     acc32[0][1] = _mm256_add_epi32(acc32[0][1], a1);
 }
+#endif /* SAIL_LUT_VNNI512 */
 #else
 static const int16_t nq_sixteens[16] __attribute__((aligned(32))) = {
     16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16};
