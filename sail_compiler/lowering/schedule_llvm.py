@@ -478,17 +478,14 @@ def _schedule_injective_block(
     for loop in loops:
         ext = _extent(sch, loop)
         total = total * ext if isinstance(ext, int) and total is not None else None
-    n_loops = len(loops)
     changed = _vectorize_innermost(sch, block, lanes)
     if total is not None and total < _MIN_PARALLEL_ELEMENTS:
         return changed
     loops = sch.get_loops(block)
-    if n_loops > 1:
-        # The innermost loop (both parts, when vectorizing split it) stays out of the fused
-        # loop: the fused index is split back into coordinates with 64-bit divisions, once per
-        # row instead of once per vector (a 128-wide row slice of Gemma 3's rotary embedding
-        # ran at 2 ns per element with them).
-        outer = loops[: n_loops - 1]
+    if len(loops) > 1:
+        # The innermost loop stays out of the fused loop: the fused index is split back into
+        # coordinates with divisions, once per row instead of once per element.
+        outer = loops[:-1]
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
     elif not isinstance(inner_ext, int):
         outer, _ = sch.split(loops[0], [None, 4096])
