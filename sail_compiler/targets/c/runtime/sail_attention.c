@@ -29,6 +29,8 @@ typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
 static inline vec vzero(void) { return (vec){0}; }
 static inline vec vsplat(float x) { return (vec){x, x, x, x, x, x, x, x}; } /* not 0 + x: an add */
 static inline vec vmuladd(vec acc, vec a, vec b) { return acc + a * b; }
+static inline vec vmul(vec a, vec b) { return a * b; }
+static inline vec vadd(vec a, vec b) { return a + b; }
 static inline float vlane(vec v, int l) { return v[l]; }
 #else
 typedef struct vec {
@@ -45,6 +47,16 @@ static inline vec vmuladd(vec acc, vec a, vec b) {
   for (int l = 0; l < LANES; ++l)
     acc.l[l] += a.l[l] * b.l[l];
   return acc;
+}
+static inline vec vmul(vec a, vec b) {
+  for (int l = 0; l < LANES; ++l)
+    a.l[l] *= b.l[l];
+  return a;
+}
+static inline vec vadd(vec a, vec b) {
+  for (int l = 0; l < LANES; ++l)
+    a.l[l] += b.l[l];
+  return a;
 }
 static inline float vlane(vec v, int l) { return v.l[l]; }
 #endif
@@ -153,6 +165,8 @@ void sail_f32_from_f16(float *dst, const uint16_t *src, int64_t n) {
 }
 
 #define SAIL_ALWAYS_INLINE static inline __attribute__((always_inline))
+/* Kept out of line: inlined into their callers' loops, gcc 12 spilled the register blocks. */
+#define SAIL_NOINLINE __attribute__((noinline))
 
 /* 8 elements from element d of a key or value row: float32, or halves converted (exact). The
  * kernels below take `half` as a constant (one copy of each for float32 rows, one for halves):
@@ -202,7 +216,10 @@ static float exp_row(float *x, int64_t n, float top) {
   for (int64_t i = 0; i < n; i += LANES) {
     const int64_t m = n - i < LANES ? n - i : LANES;
     vec a = vsplat(-INFINITY);
-    memcpy(&a, x + i, (size_t)m * sizeof(float));
+    if (m == LANES) /* a constant size: one vector load, not a call to memcpy */
+      a = vload(x + i);
+    else
+      memcpy(&a, x + i, (size_t)m * sizeof(float));
     a = a - vsplat(top);
     const ivec dead = a < lo; /* -1 where the result is 0 */
     const ivec over = a > hi;
@@ -222,10 +239,13 @@ static float exp_row(float *x, int64_t n, float top) {
     p = p * (r * r) + r + one;
     vec e = p * (vec)((k + 127) << 23);
     e = (vec)((ivec)e & ~dead);
-    memcpy(x + i, &e, (size_t)m * sizeof(float));
-    if (m < LANES)
+    if (m == LANES) {
+      vstore(x + i, e);
+    } else {
+      memcpy(x + i, &e, (size_t)m * sizeof(float));
       for (int64_t l = m; l < LANES; ++l)
         e[l] = 0.0f;
+    }
     sum += e;
   }
   return vsum(sum);
@@ -276,7 +296,7 @@ static void unit_rows_of(const job *j, int64_t u, unit_rows *r) {
   r->count = j->group_rows - first < ROWS ? j->group_rows - first : ROWS;
   for (int64_t i = 0; i < r->count; ++i) {
     const int64_t row = first + i;
-    const int64_t h = r->g * per_head + row / a->q_len, s = row % a->q_len;
+    const int64_t h = r->g * per_head + row % per_head, s = row / per_head;
     const int64_t at = (r->b * a->q_heads + h) * a->q_len + s;
     r->q[i] = a->q + at * a->head_dim;
     r->y[i] = a->y + at * a->value_dim;
@@ -331,13 +351,41 @@ SAIL_ALWAYS_INLINE float dot1(const float *q, const void *k, int64_t n, const in
  * (keys past kv_len are 0), so that a tile's scores for TR query rows are 2 * TR vector
  * accumulators updated by one broadcast query element and two key vectors per d: no horizontal
  * sums, and every load serves TR or 2 multiply-adds. The weighted values use the same register
- * block (TR rows x 2 * LANES values) with one broadcast weight per row and key. A 1024-token
- * Gemma-shaped layer (4 query heads on one kv head of 256), 1 thread, best of 8, old and new
- * interleaved on a shared 2-core machine: causal 108-117 -> 51-57 ms, 512-key window 83-89 ->
- * 41-42 ms (with the vectorized exp_row and the bounded live_keys scan). Each score is one
- * sequential sum over d (fused multiply-adds where the machine has them). */
-enum { TK = 2 * LANES, TR = 6 };
+ * block (TR rows x TK values) with one broadcast weight per row and key. Each score is one
+ * sequential sum over d (fused multiply-adds where the machine has them), whatever the width.
+ *
+ * The tile vectors (tvec) are AVX2's 8 lanes (6 rows: 12 accumulators of 16 registers) or, in
+ * AVX-512 builds, 16 lanes (12 rows: 24 accumulators of 32 registers), which on a Zen 5 core
+ * (two 512-bit FMA pipes) doubles the multiply-adds per cycle. A 1024-token Gemma-shaped prefill
+ * (18 layers: 3 causal, 15 with a 512-key window; 4 query heads on one kv head of 256), 1 thread,
+ * interleaved on a shared 2-core Zen 5: see the commit that added the 16-lane tiles. */
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD) && defined(__AVX512F__)
+#include <immintrin.h>
+typedef float tvec __attribute__((vector_size(16 * sizeof(float))));
+enum { TL = 16, TR = 12 };
+static inline tvec tfma(tvec acc, tvec a, tvec b) {
+  return (tvec)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+}
+static inline tvec tsplat(float x) { return (tvec)_mm512_set1_ps(x); }
+#else
+typedef vec tvec;
+enum { TL = LANES, TR = 6 };
+static inline tvec tfma(tvec acc, tvec a, tvec b) { return vfma(acc, a, b); }
+static inline tvec tsplat(float x) { return vsplat(x); }
+#endif
+enum { TK = 2 * TL };
 
+static inline tvec tzero(void) { return tsplat(0.0f); }
+
+static inline tvec tload(const float *p) {
+  tvec v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline void tstore(float *p, tvec v) { memcpy(p, &v, sizeof v); }
+
+_Static_assert(SAIL_ATTENTION_ROWS % TR == 0, "whole register blocks of rows per unit");
 
 static const float *kt_of(const job *j, int64_t b, int64_t g) {
   const sail_attention_args *a = j->a;
@@ -370,46 +418,45 @@ static void transpose_keys(const job *j) {
     }
 }
 
-/* out[i][u] = q[i] . key u of the tile, for R <= TR rows. */
-SAIL_ALWAYS_INLINE void kt_dots(const float *const *q, const float *kt, int64_t n, const int R,
-                                float (*out)[TK]) {
-  vec acc[TR][2];
-  for (int i = 0; i < R; ++i)
-    acc[i][0] = acc[i][1] = vzero();
+/* out[i][u] = q[i] . key u of the tile, for TR rows (the caller repeats a row to fill a
+ * block and keeps only its rows' results). */
+static SAIL_NOINLINE void kt_dots(const float *const *q, const float *kt, int64_t n, float (*out)[TK]) {
+  tvec acc[TR][2];
+  for (int i = 0; i < TR; ++i)
+    acc[i][0] = acc[i][1] = tzero();
   for (int64_t d = 0; d < n; ++d) {
-    const vec k0 = vload(kt + d * TK), k1 = vload(kt + d * TK + LANES);
-    for (int i = 0; i < R; ++i) {
-      const vec qi = vsplat(q[i][d]);
-      acc[i][0] = vfma(acc[i][0], qi, k0);
-      acc[i][1] = vfma(acc[i][1], qi, k1);
+    const tvec k0 = tload(kt + d * TK), k1 = tload(kt + d * TK + TL);
+    for (int i = 0; i < TR; ++i) {
+      const tvec qi = tsplat(q[i][d]);
+      acc[i][0] = tfma(acc[i][0], qi, k0);
+      acc[i][1] = tfma(acc[i][1], qi, k1);
     }
   }
-  for (int i = 0; i < R; ++i) {
-    vstore(out[i], acc[i][0]);
-    vstore(out[i] + LANES, acc[i][1]);
+  for (int i = 0; i < TR; ++i) {
+    tstore(out[i], acc[i][0]);
+    tstore(out[i] + TL, acc[i][1]);
   }
 }
 
-/* out[i][e0 .. e0 + 2 LANES) = sum over the keys live[0 .. n) of w[i][t] * v[t][e0 ..], for
- * R <= TR rows. */
-SAIL_ALWAYS_INLINE void kt_weigh(const float *const *w, const int32_t *live, int64_t n,
-                                 const float *v, int64_t vs, int64_t e0, const int R,
-                                 float *const *out) {
-  vec acc[TR][2];
-  for (int i = 0; i < R; ++i)
-    acc[i][0] = acc[i][1] = vzero();
+/* out[i][e0 .. e0 + TK) = sum over the keys live[0 .. n) of w[i][t] * v[t][e0 ..], for the
+ * first `rows` of TR rows (w of the others: any readable weights, results dropped). */
+static SAIL_NOINLINE void kt_weigh(const float *const *w, const int32_t *live, int64_t n, const float *v,
+                     int64_t vs, int64_t e0, int rows, float *const *out) {
+  tvec acc[TR][2];
+  for (int i = 0; i < TR; ++i)
+    acc[i][0] = acc[i][1] = tzero();
   for (int64_t l = 0; l < n; ++l) {
     const int64_t t = live[l];
-    const vec v0 = vload(v + t * vs + e0), v1 = vload(v + t * vs + e0 + LANES);
-    for (int i = 0; i < R; ++i) {
-      const vec wi = vsplat(w[i][t]);
-      acc[i][0] = vfma(acc[i][0], wi, v0);
-      acc[i][1] = vfma(acc[i][1], wi, v1);
+    const tvec v0 = tload(v + t * vs + e0), v1 = tload(v + t * vs + e0 + TL);
+    for (int i = 0; i < TR; ++i) {
+      const tvec wi = tsplat(w[i][t]);
+      acc[i][0] = tfma(acc[i][0], wi, v0);
+      acc[i][1] = tfma(acc[i][1], wi, v1);
     }
   }
-  for (int i = 0; i < R; ++i) {
-    vstore(out[i] + e0, acc[i][0]);
-    vstore(out[i] + e0 + LANES, acc[i][1]);
+  for (int i = 0; i < rows; ++i) {
+    tstore(out[i] + e0, acc[i][0]);
+    tstore(out[i] + e0 + TL, acc[i][1]);
   }
 }
 
@@ -498,7 +545,20 @@ static void row_max(const unit_rows *r, int64_t t0, int64_t t1, const float *x, 
   for (int64_t i = 0; i < r->count; ++i) {
     const float *xi = x + i * ld;
     float m = -INFINITY;
-    for (int64_t t = t0; t < t1; ++t)
+    int64_t t = t0;
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
+    /* per lane, then across: the same largest value (NaNs skipped as below) */
+    typedef int32_t ivec __attribute__((vector_size(LANES * sizeof(int32_t))));
+    vec mv = vsplat(-INFINITY);
+    for (; t + LANES <= t1; t += LANES) {
+      const vec xv = vload(xi + t);
+      const ivec more = xv > mv;
+      mv = (vec)(((ivec)xv & more) | ((ivec)mv & ~more));
+    }
+    for (int l = 0; l < LANES; ++l)
+      m = mv[l] > m ? mv[l] : m;
+#endif
+    for (; t < t1; ++t)
       m = xi[t] > m ? xi[t] : m;
     top[i] = m;
   }
@@ -583,6 +643,8 @@ static void live_keys(const sail_attention_args *a, const unit_rows *r, int64_t 
   int64_t first = n, last = -1;
   for (int64_t i = 0; i < r->count; ++i) {
     const float *m = r->mask[i];
+    if (i && m == r->mask[i - 1])
+      continue; /* the previous row's mask (query heads sharing one): nothing new */
     int live = 0;
     for (int64_t t = 0; t < first && t < n; ++t)
       if (!dead(m[t * mt])) {
@@ -605,6 +667,26 @@ static void live_keys(const sail_attention_args *a, const unit_rows *r, int64_t 
   *hi = last + 1;
 }
 
+/* out[u] = logit(dot[u]) of row e for the keys t .. t + n - 1: scaled, capped, masked, as
+ * logit() computes each (the same operations in the same order, 8 lanes at a time without
+ * soft-capping and with a contiguous mask row). */
+static void logits(const sail_attention_args *a, const unit_rows *r, int64_t e, int64_t t,
+                   const float *dot, int64_t n, float *out) {
+  const float *mask = r->mask[e];
+  int64_t u = 0;
+  if (a->softcap == 0.0f && (!mask || a->mask_strides[3] == 1)) {
+    const vec scale = vsplat(a->scale);
+    for (; u + LANES <= n; u += LANES) {
+      vec s = vmul(vload(dot + u), scale);
+      if (mask)
+        s = vadd(s, vload(mask + t + u));
+      vstore(out + u, s);
+    }
+  }
+  for (; u < n; ++u)
+    out[u] = logit(a, r, e, t + u, dot[u]);
+}
+
 /* score_keys over the transposed keys of the unit's (batch, kv head). */
 static void kt_score_keys(const job *j, const unit_rows *r, int64_t t0, int64_t t1, float *x,
                           int64_t ld) {
@@ -619,18 +701,13 @@ static void kt_score_keys(const job *j, const unit_rows *r, int64_t t0, int64_t 
       const int rows = r->count - i < TR ? (int)(r->count - i) : TR;
       if (dead_block(r, i, rows, lo, hi - lo, mt, x, ld))
         continue;
+      const float *q[TR];
+      for (int e = 0; e < TR; ++e) /* a short block repeats its last row */
+        q[e] = r->q[i + (e < rows ? e : rows - 1)];
       float dots[TR][TK];
-      switch (rows) {
-      case 1: kt_dots(&r->q[i], ktile, d, 1, dots); break;
-      case 2: kt_dots(&r->q[i], ktile, d, 2, dots); break;
-      case 3: kt_dots(&r->q[i], ktile, d, 3, dots); break;
-      case 4: kt_dots(&r->q[i], ktile, d, 4, dots); break;
-      case 5: kt_dots(&r->q[i], ktile, d, 5, dots); break;
-      default: kt_dots(&r->q[i], ktile, d, TR, dots); break;
-      }
+      kt_dots(q, ktile, d, dots);
       for (int64_t e = 0; e < rows; ++e)
-        for (int64_t t = lo; t < hi; ++t)
-          x[(i + e) * ld + t] = logit(a, r, i + e, t, dots[e][t - base]);
+        logits(a, r, i + e, lo, dots[e] + (lo - base), hi - lo, x + (i + e) * ld + lo);
     }
   }
 }
@@ -657,8 +734,8 @@ static void kt_weigh_values(const job *j, const unit_rows *r, int64_t t0, int64_
   for (int64_t i = 0; i < r->count; i += TR) {
     const int rows = r->count - i < TR ? (int)(r->count - i) : TR;
     const float *w[TR];
-    for (int e = 0; e < rows; ++e)
-      w[e] = x + (i + e) * ld;
+    for (int e = 0; e < TR; ++e) /* a short block repeats its last row */
+      w[e] = x + (i + (e < rows ? e : rows - 1)) * ld;
     int64_t n = 0;
     for (int64_t t = t0; t < t1; ++t) {
       int any = 0;
@@ -668,17 +745,9 @@ static void kt_weigh_values(const job *j, const unit_rows *r, int64_t t0, int64_
         live[n++] = (int32_t)t;
     }
     int64_t e0 = 0;
-    for (; e0 + 2 * LANES <= dv; e0 += 2 * LANES) {
-      switch (rows) {
-      case 1: kt_weigh(w, live, n, v, vs, e0, 1, out + i); break;
-      case 2: kt_weigh(w, live, n, v, vs, e0, 2, out + i); break;
-      case 3: kt_weigh(w, live, n, v, vs, e0, 3, out + i); break;
-      case 4: kt_weigh(w, live, n, v, vs, e0, 4, out + i); break;
-      case 5: kt_weigh(w, live, n, v, vs, e0, 5, out + i); break;
-      default: kt_weigh(w, live, n, v, vs, e0, TR, out + i); break;
-      }
-    }
-    for (; e0 < dv; ++e0) /* values past the last 2 LANES */
+    for (; e0 + TK <= dv; e0 += TK)
+      kt_weigh(w, live, n, v, vs, e0, rows, out + i);
+    for (; e0 < dv; ++e0) /* values past the last TK */
       for (int e = 0; e < rows; ++e) {
         float sum = 0.0f;
         for (int64_t l = 0; l < n; ++l)

@@ -56,7 +56,7 @@ extern "C" {
 
 /* Query rows per work unit: the score blocks and the partial outputs of a unit stay in the
  * first-level caches for head dims up to 256. */
-#define SAIL_ATTENTION_ROWS 16
+#define SAIL_ATTENTION_ROWS 24
 
 typedef struct sail_attention_args {
   const float *q;
