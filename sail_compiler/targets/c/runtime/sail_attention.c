@@ -2,9 +2,10 @@
  *
  * Plain C for the compiler's vectorizer (-O3): the dot products keep 8 independent partial sums
  * per query row (one 8-lane vector each, no reassociation needed), 4 query rows share each key
- * read; the weighted sums of the values run along the value dim. Work is split into units of up
- * to SAIL_ATTENTION_ROWS query rows of one (batch, kv head), and, when there are too few units
- * for the threads, into chunks of the keys as well (sail_attention.h).
+ * read; the weighted sums of the values run along the value dim. Prefills score and weigh in
+ * register tiles of transposed keys (8 lanes, or 16 under __AVX512F__). Work is split into
+ * units of up to SAIL_ATTENTION_ROWS query rows of one (batch, kv head), and, when there are
+ * too few units for the threads, into chunks of the keys as well (sail_attention.h).
  */
 #include "sail_attention.h"
 
@@ -202,24 +203,33 @@ static inline float vsum(vec v) {
   return s;
 }
 
-/* exp(x - top) of every x[0 .. n), in place, and their sum: 8 lanes at a time with a
- * Cephes-style polynomial (within 0.97 ulp of exp over [-87, 0], checked against double exp on
- * 2^20 points; attention's arguments x - top are <= 0),
+/* exp(x - top) of every x[skip .. skip + n), in place, and their sum: 8 lanes at a time (lane l
+ * sums the elements skip + l, skip + l + 8, ... of x, then the lanes are added in order; x[0 ..
+ * skip) is neither read nor written) with a Cephes-style polynomial (within 0.97 ulp of exp over
+ * [-87, 0], checked against double exp on 2^20 points; attention's arguments x - top are <= 0),
  * and exactly 0 below -87.3 (where expf gives 0 or a denormal below 1.2e-38): a dead key's weight
  * stays exactly 0. NaN stays NaN. */
-static float exp_row(float *x, int64_t n, float top) {
+static float exp_row(float *x, int64_t skip, int64_t n, float top) {
 #if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
   typedef int32_t ivec __attribute__((vector_size(LANES * sizeof(int32_t))));
   const vec lo = vsplat(-87.3f), hi = vsplat(88.3f), log2e = vsplat(1.44269504088896341f);
   const vec c1 = vsplat(0.693359375f), c2 = vsplat(-2.12194440e-4f), one = vsplat(1.0f);
   vec sum = vzero();
-  for (int64_t i = 0; i < n; i += LANES) {
-    const int64_t m = n - i < LANES ? n - i : LANES;
-    vec a = vsplat(-INFINITY);
-    if (m == LANES) /* a constant size: one vector load, not a call to memcpy */
+  for (int64_t i = 0; i < skip + n; i += LANES) {
+    /* lanes [l0, l1) of this vector are elements of the row */
+    const int64_t l0 = skip > i ? skip - i : 0;
+    const int64_t l1 = skip + n - i < LANES ? skip + n - i : LANES;
+    const int whole = l0 == 0 && l1 == LANES;
+    float part[LANES];
+    vec a;
+    if (whole) { /* a constant size: one vector load, not a call to memcpy */
       a = vload(x + i);
-    else
-      memcpy(&a, x + i, (size_t)m * sizeof(float));
+    } else {
+      for (int l = 0; l < LANES; ++l)
+        part[l] = -INFINITY;
+      memcpy(part + l0, x + i + l0, (size_t)(l1 - l0) * sizeof(float));
+      a = vload(part);
+    }
     a = a - vsplat(top);
     const ivec dead = a < lo; /* -1 where the result is 0 */
     const ivec over = a > hi;
@@ -239,19 +249,21 @@ static float exp_row(float *x, int64_t n, float top) {
     p = p * (r * r) + r + one;
     vec e = p * (vec)((k + 127) << 23);
     e = (vec)((ivec)e & ~dead);
-    if (m == LANES) {
+    if (whole) {
       vstore(x + i, e);
     } else {
-      memcpy(x + i, &e, (size_t)m * sizeof(float));
-      for (int64_t l = m; l < LANES; ++l)
-        e[l] = 0.0f;
+      vstore(part, e);
+      memcpy(x + i + l0, part + l0, (size_t)(l1 - l0) * sizeof(float));
+      for (int l = 0; l < LANES; ++l)
+        if (l < l0 || l >= l1)
+          e[l] = 0.0f;
     }
     sum += e;
   }
   return vsum(sum);
 #else
   float sum = 0.0f;
-  for (int64_t t = 0; t < n; ++t) {
+  for (int64_t t = skip; t < skip + n; ++t) {
     x[t] = x[t] - top < -87.3f ? 0.0f : expf(x[t] - top);
     sum += x[t];
   }
@@ -616,7 +628,7 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
                          float *sums) {
   const int64_t dv = a->value_dim, vs = a->v_strides[2];
   for (int64_t i = 0; i < r->count; ++i)
-    sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
+    sums[i] = exp_row(x + i * ld + t0, 0, t1 - t0, top[i]);
   const int64_t at = r->b * a->v_strides[0] + r->g * a->v_strides[1];
   if (a->v16)
     weigh_span(r, x, ld, a->v16 + at, vs, dv, t0, t1, out, 1);
@@ -728,8 +740,12 @@ static void kt_weigh_values(const job *j, const unit_rows *r, int64_t t0, int64_
                             int32_t *live) {
   const sail_attention_args *a = j->a;
   const int64_t dv = a->value_dim, vs = a->v ? a->v_strides[2] : dv;
+  /* each key's lane is fixed by its index, not by t0: a row's sum does not depend on the
+   * other rows of its unit (whose live keys set t0), so a prefill run in pieces gives the same
+   * bits as in one call */
+  const int64_t from = t0 - t0 % LANES;
   for (int64_t i = 0; i < r->count; ++i)
-    sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
+    sums[i] = exp_row(x + i * ld + from, t0 - from, t1 - t0, top[i]);
   const float *v = v_of(j, r->b, r->g);
   for (int64_t i = 0; i < r->count; i += TR) {
     const int rows = r->count - i < TR ? (int)(r->count - i) : TR;
