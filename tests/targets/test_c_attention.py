@@ -177,10 +177,15 @@ def _prefill_mask(kind: str, b: int, hq: int, s: int, t: int) -> np.ndarray:
     """Additive masks of a prefill continuing a cache of t - s keys: causal with row 0 of the
     batch left-padded by 3 keys (its first query rows see no key when nothing is cached), a
     17-key window, a window per query head (5 + 7 h keys: consecutive query rows have
-    different masks), and a causal mask passed transposed (its keys not contiguous)."""
+    different masks), a causal mask passed transposed (its keys not contiguous), and two live
+    keys per row, its own and one at random (the vectorized mask scans find it at any
+    offset)."""
     pos = np.arange(t - s, t)[:, None]
     keys = np.arange(t)[None, :]
-    if kind == "per_head":
+    if kind == "sparse":
+        allowed = (keys == pos) | (keys == np.random.default_rng(s).integers(0, t, (s, 1)))
+        allowed = np.broadcast_to(allowed, (b, 1, s, t)).copy()
+    elif kind == "per_head":
         allowed = np.stack([(keys <= pos) & (keys > pos - 5 - 7 * h) for h in range(hq)])
         allowed = np.broadcast_to(allowed, (b, hq, s, t)).copy()
     else:
@@ -197,7 +202,7 @@ def _prefill_mask(kind: str, b: int, hq: int, s: int, t: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("hq", "hkv", "d", "dv"), [(4, 1, 256, 48), (6, 2, 40, 72)])
-@pytest.mark.parametrize("kind", ["padding", "window", "per_head", "transposed"])
+@pytest.mark.parametrize("kind", ["padding", "window", "per_head", "transposed", "sparse"])
 def test_prefill_tiles_edges(kernel: ctypes.CDLL, hq: int, hkv: int, d: int, dv: int,
                              kind: str) -> None:
     """Prefills on the transposed-key tiles whose query rows, keys and values are not whole

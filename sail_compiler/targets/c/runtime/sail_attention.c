@@ -642,18 +642,29 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
  * prefill's later keys, a sliding window's earlier ones), when every row has a live key; else
  * all keys. Dropping the others changes nothing: their weights are exactly 0 (exp of at most
  * -FLT_MAX minus a finite maximum) and weigh_values skips keys whose weights are all 0. */
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
+enum { RUN = 4 * LANES };
+
+/* Whether m[0 .. RUN) are all dead: one vector test per 8 values, one reduction per RUN. */
+static inline int dead_run(const float *m) {
+  const vec lim = vsplat(-FLT_MAX);
+  const ivec d = (vload(m) <= lim) & (vload(m + LANES) <= lim) &
+                 (vload(m + 2 * LANES) <= lim) & (vload(m + 3 * LANES) <= lim);
+  uint64_t w[sizeof d / sizeof(uint64_t)], all = ~0ull;
+  memcpy(w, &d, sizeof w);
+  for (size_t i = 0; i < sizeof w / sizeof w[0]; ++i)
+    all &= w[i];
+  return all == ~0ull;
+}
+#endif
+
 /* The first key t in [t0, t1) whose mask value m[t * mt] is not dead, or t1; the last one, or
- * t0 - 1. A contiguous row is tested 8 values at a time (the same test: NaN is not dead). */
+ * t0 - 1. A contiguous row is tested RUN values at a time first (the same test: NaN is not
+ * dead). */
 static int64_t first_live(const float *m, int64_t mt, int64_t t0, int64_t t1) {
   int64_t t = t0;
 #if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
-  for (; mt == 1 && t + LANES <= t1; t += LANES) {
-    const ivec is_dead = vload(m + t) <= vsplat(-FLT_MAX);
-    int32_t all = -1;
-    for (int l = 0; l < LANES; ++l)
-      all &= is_dead[l];
-    if (!all)
-      break;
+  for (; mt == 1 && t + RUN <= t1 && dead_run(m + t); t += RUN) {
   }
 #endif
   for (; t < t1; ++t)
@@ -665,13 +676,7 @@ static int64_t first_live(const float *m, int64_t mt, int64_t t0, int64_t t1) {
 static int64_t last_live(const float *m, int64_t mt, int64_t t0, int64_t t1) {
   int64_t t = t1;
 #if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
-  for (; mt == 1 && t - LANES >= t0; t -= LANES) {
-    const ivec is_dead = vload(m + t - LANES) <= vsplat(-FLT_MAX);
-    int32_t all = -1;
-    for (int l = 0; l < LANES; ++l)
-      all &= is_dead[l];
-    if (!all)
-      break;
+  for (; mt == 1 && t - RUN >= t0 && dead_run(m + t - RUN); t -= RUN) {
   }
 #endif
   for (--t; t >= t0; --t)
