@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,14 +45,30 @@ class _Args(ctypes.Structure):
                 ("softcap", ctypes.c_float), ("k16", ctypes.c_void_p), ("v16", ctypes.c_void_p)]
 
 
-@pytest.fixture(scope="module", params=["native", "portable"])
+def _native_has_avx512() -> bool:
+    """Whether ``-march=native`` builds the AVX-512 prefill tiles (sail_attention.c)."""
+    done = subprocess.run([os.environ.get("CC", "cc"), "-march=native", "-dM", "-E", "-x", "c",
+                           os.devnull], capture_output=True, text=True, check=False)
+    return "__AVX512F__" in done.stdout
+
+
+_X86 = platform.machine() in ("x86_64", "AMD64")
+# native; on an AVX-512 machine also the AVX2 build (the nominal target: 8-lane tiles, 16
+# registers), which native does not test there; portable C
+BUILDS = {"native": ["-march=native"], "portable": ["-DSAIL_NO_SIMD"]}
+if _X86 and shutil.which(os.environ.get("CC", "cc")) and _native_has_avx512():
+    BUILDS["avx2"] = ["-march=native", "-mno-avx512f"]
+
+
+@pytest.fixture(scope="module", params=list(BUILDS))
 def kernel(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    """sail_attention.c and the thread pool, built as the artifacts' Makefile builds them, and
-    with -DSAIL_NO_SIMD (plain arrays instead of GNU C vectors)."""
+    """sail_attention.c and the thread pool, built as the artifacts' Makefile builds them, with
+    -DSAIL_NO_SIMD (plain arrays instead of GNU C vectors), and without AVX-512 where native
+    has it."""
     out = tmp_path_factory.mktemp("attention") / "libsail_attention.so"
     sources = [str(RUNTIME_DIR / name) for name in ("sail_attention.c", "sail_threads.c")]
-    flags = ["-march=native"] if request.param == "native" else ["-DSAIL_NO_SIMD"]
+    flags = BUILDS[request.param]
     subprocess.run([os.environ.get("CC", "cc"), "-std=c11", "-O3", *flags,
                     "-ffp-contract=off", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra",
                     "-Werror", "-o", str(out), *sources, "-lm"], check=True)
@@ -154,6 +171,89 @@ def test_kernel_reads_rows_in_place_and_soft_caps(kernel: ctypes.CDLL, seq: int,
     got = _run(kernel, q, cache_k, cache_v, mask, scale=0.5, softcap=20.0, threads=threads,
                kv_len=300)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def _prefill_mask(kind: str, b: int, hq: int, s: int, t: int) -> np.ndarray:
+    """Additive masks of a prefill continuing a cache of t - s keys: causal with row 0 of the
+    batch left-padded by 3 keys (its first query rows see no key when nothing is cached), a
+    17-key window, a window per query head (5 + 7 h keys: consecutive query rows have
+    different masks), a causal mask passed transposed (its keys not contiguous), and two live
+    keys per row, its own and one at random (the vectorized mask scans find it at any
+    offset)."""
+    pos = np.arange(t - s, t)[:, None]
+    keys = np.arange(t)[None, :]
+    if kind == "sparse":
+        allowed = (keys == pos) | (keys == np.random.default_rng(s).integers(0, t, (s, 1)))
+        allowed = np.broadcast_to(allowed, (b, 1, s, t)).copy()
+    elif kind == "per_head":
+        allowed = np.stack([(keys <= pos) & (keys > pos - 5 - 7 * h) for h in range(hq)])
+        allowed = np.broadcast_to(allowed, (b, hq, s, t)).copy()
+    else:
+        allowed = keys <= pos
+        if kind == "window":
+            allowed &= keys > pos - 17
+        allowed = np.broadcast_to(allowed, (b, 1, s, t)).copy()
+        if kind == "padding":
+            allowed[0, ..., :3] = False
+    mask = np.where(allowed, 0.0, MIN).astype(np.float32)
+    if kind == "transposed":
+        return mask.swapaxes(2, 3).copy().swapaxes(2, 3)
+    return mask
+
+
+@pytest.mark.parametrize(("hq", "hkv", "d", "dv"), [(4, 1, 256, 48), (6, 2, 40, 72)])
+@pytest.mark.parametrize("kind", ["padding", "window", "per_head", "transposed", "sparse"])
+def test_prefill_tiles_edges(kernel: ctypes.CDLL, hq: int, hkv: int, d: int, dv: int,
+                             kind: str) -> None:
+    """Prefills on the transposed-key tiles whose query rows, keys and values are not whole
+    blocks: query rows per kv head not a multiple of a unit or a register block, key counts
+    not a multiple of a tile, window edges inside tiles, value dims past the last whole tile,
+    rows with every key masked, masks that differ per head or are read with a stride; against
+    the reference on 1, 2 and 3 threads, which give the same bits (a row's sums do not depend
+    on which thread runs it)."""
+    for b, s, past in [(1, 61, 0), (2, 13, 50), (1, 30, 97)]:
+        q = RNG.standard_normal((b, hq, s, d)).astype(np.float32)
+        k = RNG.standard_normal((b, hkv, past + s, d)).astype(np.float32)
+        v = RNG.standard_normal((b, hkv, past + s, dv)).astype(np.float32)
+        mask = _prefill_mask(kind, b, hq, s, past + s)
+        scale = 1.0 / np.sqrt(d)
+        want = reference_attention(q, k, v, mask, scale=scale)
+        got = [_run(kernel, q, k, v, mask, scale=scale, threads=n) for n in (1, 2, 3)]
+        np.testing.assert_allclose(got[0], want, rtol=2e-5, atol=2e-6,
+                                   err_msg=f"b {b} s {s} past {past}")
+        for other in got[1:]:
+            np.testing.assert_array_equal(other, got[0])
+
+
+@pytest.mark.parametrize("kind", ["padding", "window", "per_head"])
+def test_prefill_in_pieces_gives_the_same_bits(kernel: ctypes.CDLL, kind: str) -> None:
+    """A prefill's later query rows run as a call of their own (the earlier rows' keys as the
+    cache): the same bits as in the whole call, though the rows sharing a unit, and so the
+    span of keys it scores, differ (the softmax sums lanes by key index)."""
+    hq, hkv, d, s, cut = 4, 1, 64, 70, 29
+    q = RNG.standard_normal((1, hq, s, d)).astype(np.float32)
+    k = RNG.standard_normal((1, hkv, s, d)).astype(np.float32)
+    v = RNG.standard_normal((1, hkv, s, d)).astype(np.float32)
+    mask = _prefill_mask(kind, 1, hq, s, s)
+    whole = _run(kernel, q, k, v, mask, scale=0.125)
+    later = _run(kernel, q[:, :, cut:].copy(), k, v, mask[:, :, cut:].copy(), scale=0.125)
+    np.testing.assert_array_equal(later, whole[:, :, cut:])
+
+
+@pytest.mark.skipif(not _X86, reason="x86-64 builds")
+@pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
+def test_prefill_tiles_width(avx512: bool, tmp_path: Path) -> None:
+    """The prefill tiles' fused multiply-adds (the only ones in the file) are 16-lane (zmm) in
+    AVX-512 builds and 8-lane (ymm) otherwise: compiled for AVX2 + FMA with and without
+    -mavx512f, whatever CPU runs the tests."""
+    out = tmp_path / "sail_attention.s"
+    flags = ["-mavx2", "-mfma", "-mf16c", *(["-mavx512f"] if avx512 else [])]
+    subprocess.run([os.environ.get("CC", "cc"), "-std=c11", "-O3", *flags, "-ffp-contract=off",
+                    "-Wall", "-Wextra", "-Werror", "-S", "-o", str(out),
+                    str(RUNTIME_DIR / "sail_attention.c")], check=True)
+    fmas = [line for line in out.read_text().splitlines() if "vfmadd" in line]
+    assert fmas
+    assert all(("zmm" in line) == avx512 and ("ymm" in line) != avx512 for line in fmas)
 
 
 def test_kernel_edge_cases(kernel: ctypes.CDLL) -> None:

@@ -2,9 +2,10 @@
  *
  * Plain C for the compiler's vectorizer (-O3): the dot products keep 8 independent partial sums
  * per query row (one 8-lane vector each, no reassociation needed), 4 query rows share each key
- * read; the weighted sums of the values run along the value dim. Work is split into units of up
- * to SAIL_ATTENTION_ROWS query rows of one (batch, kv head), and, when there are too few units
- * for the threads, into chunks of the keys as well (sail_attention.h).
+ * read; the weighted sums of the values run along the value dim. Prefills score and weigh in
+ * register tiles of transposed keys (8 lanes, or 16 under __AVX512F__). Work is split into
+ * units of up to SAIL_ATTENTION_ROWS query rows of one (batch, kv head), and, when there are
+ * too few units for the threads, into chunks of the keys as well (sail_attention.h).
  */
 #include "sail_attention.h"
 
@@ -26,9 +27,12 @@ enum {
  * same operations on arrays. */
 #if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
 typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t ivec __attribute__((vector_size(LANES * sizeof(int32_t)))); /* -1: true */
 static inline vec vzero(void) { return (vec){0}; }
 static inline vec vsplat(float x) { return (vec){x, x, x, x, x, x, x, x}; } /* not 0 + x: an add */
 static inline vec vmuladd(vec acc, vec a, vec b) { return acc + a * b; }
+static inline vec vmul(vec a, vec b) { return a * b; }
+static inline vec vadd(vec a, vec b) { return a + b; }
 static inline float vlane(vec v, int l) { return v[l]; }
 #else
 typedef struct vec {
@@ -45,6 +49,16 @@ static inline vec vmuladd(vec acc, vec a, vec b) {
   for (int l = 0; l < LANES; ++l)
     acc.l[l] += a.l[l] * b.l[l];
   return acc;
+}
+static inline vec vmul(vec a, vec b) {
+  for (int l = 0; l < LANES; ++l)
+    a.l[l] *= b.l[l];
+  return a;
+}
+static inline vec vadd(vec a, vec b) {
+  for (int l = 0; l < LANES; ++l)
+    a.l[l] += b.l[l];
+  return a;
 }
 static inline float vlane(vec v, int l) { return v.l[l]; }
 #endif
@@ -153,6 +167,8 @@ void sail_f32_from_f16(float *dst, const uint16_t *src, int64_t n) {
 }
 
 #define SAIL_ALWAYS_INLINE static inline __attribute__((always_inline))
+/* Kept out of line: inlined into their callers' loops, gcc 12 spilled the register blocks. */
+#define SAIL_NOINLINE __attribute__((noinline))
 
 /* 8 elements from element d of a key or value row: float32, or halves converted (exact). The
  * kernels below take `half` as a constant (one copy of each for float32 rows, one for halves):
@@ -188,21 +204,32 @@ static inline float vsum(vec v) {
   return s;
 }
 
-/* exp(x - top) of every x[0 .. n), in place, and their sum: 8 lanes at a time with a
- * Cephes-style polynomial (within 0.97 ulp of exp over [-87, 0], checked against double exp on
- * 2^20 points; attention's arguments x - top are <= 0),
+/* exp(x - top) of every x[skip .. skip + n), in place, and their sum: 8 lanes at a time (lane l
+ * sums the elements skip + l, skip + l + 8, ... of x, then the lanes are added in order; x[0 ..
+ * skip) is neither read nor written) with a Cephes-style polynomial (within 0.97 ulp of exp over
+ * [-87, 0], checked against double exp on 2^20 points; attention's arguments x - top are <= 0),
  * and exactly 0 below -87.3 (where expf gives 0 or a denormal below 1.2e-38): a dead key's weight
  * stays exactly 0. NaN stays NaN. */
-static float exp_row(float *x, int64_t n, float top) {
+static float exp_row(float *x, int64_t skip, int64_t n, float top) {
 #if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
-  typedef int32_t ivec __attribute__((vector_size(LANES * sizeof(int32_t))));
   const vec lo = vsplat(-87.3f), hi = vsplat(88.3f), log2e = vsplat(1.44269504088896341f);
   const vec c1 = vsplat(0.693359375f), c2 = vsplat(-2.12194440e-4f), one = vsplat(1.0f);
   vec sum = vzero();
-  for (int64_t i = 0; i < n; i += LANES) {
-    const int64_t m = n - i < LANES ? n - i : LANES;
-    vec a = vsplat(-INFINITY);
-    memcpy(&a, x + i, (size_t)m * sizeof(float));
+  for (int64_t i = 0; i < skip + n; i += LANES) {
+    /* lanes [l0, l1) of this vector are elements of the row */
+    const int64_t l0 = skip > i ? skip - i : 0;
+    const int64_t l1 = skip + n - i < LANES ? skip + n - i : LANES;
+    const int whole = l0 == 0 && l1 == LANES;
+    float part[LANES];
+    vec a;
+    if (whole) { /* a constant size: one vector load, not a call to memcpy */
+      a = vload(x + i);
+    } else {
+      for (int l = 0; l < LANES; ++l)
+        part[l] = -INFINITY;
+      memcpy(part + l0, x + i + l0, (size_t)(l1 - l0) * sizeof(float));
+      a = vload(part);
+    }
     a = a - vsplat(top);
     const ivec dead = a < lo; /* -1 where the result is 0 */
     const ivec over = a > hi;
@@ -222,16 +249,21 @@ static float exp_row(float *x, int64_t n, float top) {
     p = p * (r * r) + r + one;
     vec e = p * (vec)((k + 127) << 23);
     e = (vec)((ivec)e & ~dead);
-    memcpy(x + i, &e, (size_t)m * sizeof(float));
-    if (m < LANES)
-      for (int64_t l = m; l < LANES; ++l)
-        e[l] = 0.0f;
+    if (whole) {
+      vstore(x + i, e);
+    } else {
+      vstore(part, e);
+      memcpy(x + i + l0, part + l0, (size_t)(l1 - l0) * sizeof(float));
+      for (int l = 0; l < LANES; ++l)
+        if (l < l0 || l >= l1)
+          e[l] = 0.0f;
+    }
     sum += e;
   }
   return vsum(sum);
 #else
   float sum = 0.0f;
-  for (int64_t t = 0; t < n; ++t) {
+  for (int64_t t = skip; t < skip + n; ++t) {
     x[t] = x[t] - top < -87.3f ? 0.0f : expf(x[t] - top);
     sum += x[t];
   }
@@ -276,7 +308,7 @@ static void unit_rows_of(const job *j, int64_t u, unit_rows *r) {
   r->count = j->group_rows - first < ROWS ? j->group_rows - first : ROWS;
   for (int64_t i = 0; i < r->count; ++i) {
     const int64_t row = first + i;
-    const int64_t h = r->g * per_head + row / a->q_len, s = row % a->q_len;
+    const int64_t h = r->g * per_head + row % per_head, s = row / per_head;
     const int64_t at = (r->b * a->q_heads + h) * a->q_len + s;
     r->q[i] = a->q + at * a->head_dim;
     r->y[i] = a->y + at * a->value_dim;
@@ -331,13 +363,43 @@ SAIL_ALWAYS_INLINE float dot1(const float *q, const void *k, int64_t n, const in
  * (keys past kv_len are 0), so that a tile's scores for TR query rows are 2 * TR vector
  * accumulators updated by one broadcast query element and two key vectors per d: no horizontal
  * sums, and every load serves TR or 2 multiply-adds. The weighted values use the same register
- * block (TR rows x 2 * LANES values) with one broadcast weight per row and key. A 1024-token
- * Gemma-shaped layer (4 query heads on one kv head of 256), 1 thread, best of 8, old and new
- * interleaved on a shared 2-core machine: causal 108-117 -> 51-57 ms, 512-key window 83-89 ->
- * 41-42 ms (with the vectorized exp_row and the bounded live_keys scan). Each score is one
- * sequential sum over d (fused multiply-adds where the machine has them). */
-enum { TK = 2 * LANES, TR = 6 };
+ * block (TR rows x TK values) with one broadcast weight per row and key. Each score is one
+ * sequential sum over d (fused multiply-adds where the machine has them), whatever the width.
+ *
+ * The tile vectors (tvec) are AVX2's 8 lanes (6 rows: 12 accumulators of 16 registers) or, in
+ * AVX-512 builds, 16 lanes (12 rows: 24 accumulators of 32 registers), which on a Zen 5 core
+ * (two 512-bit FMA pipes) doubles the multiply-adds per cycle. Gemma 3 270M's 1024-token prefill
+ * (18 layers: 3 causal, 15 with a 512-key window; 4 query heads on one kv head of 256), its
+ * sail_attention time on 1 thread of a shared 2-core Zen 5, medians of 5 interleaved runs:
+ * AVX-512 435 -> 180 ms, AVX2 (-mno-avx512f) 541 -> 301 ms, the old kernel before -> now
+ * (with the vectorized mask scans and softmax bookkeeping below). */
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD) && defined(__AVX512F__)
+#include <immintrin.h>
+typedef float tvec __attribute__((vector_size(16 * sizeof(float))));
+enum { TL = 16, TR = 12 };
+static inline tvec tfma(tvec acc, tvec a, tvec b) {
+  return (tvec)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+}
+static inline tvec tsplat(float x) { return (tvec)_mm512_set1_ps(x); }
+#else
+typedef vec tvec;
+enum { TL = LANES, TR = 6 };
+static inline tvec tfma(tvec acc, tvec a, tvec b) { return vfma(acc, a, b); }
+static inline tvec tsplat(float x) { return vsplat(x); }
+#endif
+enum { TK = 2 * TL };
 
+static inline tvec tzero(void) { return tsplat(0.0f); }
+
+static inline tvec tload(const float *p) {
+  tvec v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline void tstore(float *p, tvec v) { memcpy(p, &v, sizeof v); }
+
+_Static_assert(SAIL_ATTENTION_ROWS % TR == 0, "whole register blocks of rows per unit");
 
 static const float *kt_of(const job *j, int64_t b, int64_t g) {
   const sail_attention_args *a = j->a;
@@ -370,46 +432,45 @@ static void transpose_keys(const job *j) {
     }
 }
 
-/* out[i][u] = q[i] . key u of the tile, for R <= TR rows. */
-SAIL_ALWAYS_INLINE void kt_dots(const float *const *q, const float *kt, int64_t n, const int R,
-                                float (*out)[TK]) {
-  vec acc[TR][2];
-  for (int i = 0; i < R; ++i)
-    acc[i][0] = acc[i][1] = vzero();
+/* out[i][u] = q[i] . key u of the tile, for TR rows (the caller repeats a row to fill a
+ * block and keeps only its rows' results). */
+static SAIL_NOINLINE void kt_dots(const float *const *q, const float *kt, int64_t n, float (*out)[TK]) {
+  tvec acc[TR][2];
+  for (int i = 0; i < TR; ++i)
+    acc[i][0] = acc[i][1] = tzero();
   for (int64_t d = 0; d < n; ++d) {
-    const vec k0 = vload(kt + d * TK), k1 = vload(kt + d * TK + LANES);
-    for (int i = 0; i < R; ++i) {
-      const vec qi = vsplat(q[i][d]);
-      acc[i][0] = vfma(acc[i][0], qi, k0);
-      acc[i][1] = vfma(acc[i][1], qi, k1);
+    const tvec k0 = tload(kt + d * TK), k1 = tload(kt + d * TK + TL);
+    for (int i = 0; i < TR; ++i) {
+      const tvec qi = tsplat(q[i][d]);
+      acc[i][0] = tfma(acc[i][0], qi, k0);
+      acc[i][1] = tfma(acc[i][1], qi, k1);
     }
   }
-  for (int i = 0; i < R; ++i) {
-    vstore(out[i], acc[i][0]);
-    vstore(out[i] + LANES, acc[i][1]);
+  for (int i = 0; i < TR; ++i) {
+    tstore(out[i], acc[i][0]);
+    tstore(out[i] + TL, acc[i][1]);
   }
 }
 
-/* out[i][e0 .. e0 + 2 LANES) = sum over the keys live[0 .. n) of w[i][t] * v[t][e0 ..], for
- * R <= TR rows. */
-SAIL_ALWAYS_INLINE void kt_weigh(const float *const *w, const int32_t *live, int64_t n,
-                                 const float *v, int64_t vs, int64_t e0, const int R,
-                                 float *const *out) {
-  vec acc[TR][2];
-  for (int i = 0; i < R; ++i)
-    acc[i][0] = acc[i][1] = vzero();
+/* out[i][e0 .. e0 + TK) = sum over the keys live[0 .. n) of w[i][t] * v[t][e0 ..], for the
+ * first `rows` of TR rows (w of the others: any readable weights, results dropped). */
+static SAIL_NOINLINE void kt_weigh(const float *const *w, const int32_t *live, int64_t n, const float *v,
+                     int64_t vs, int64_t e0, int rows, float *const *out) {
+  tvec acc[TR][2];
+  for (int i = 0; i < TR; ++i)
+    acc[i][0] = acc[i][1] = tzero();
   for (int64_t l = 0; l < n; ++l) {
     const int64_t t = live[l];
-    const vec v0 = vload(v + t * vs + e0), v1 = vload(v + t * vs + e0 + LANES);
-    for (int i = 0; i < R; ++i) {
-      const vec wi = vsplat(w[i][t]);
-      acc[i][0] = vfma(acc[i][0], wi, v0);
-      acc[i][1] = vfma(acc[i][1], wi, v1);
+    const tvec v0 = tload(v + t * vs + e0), v1 = tload(v + t * vs + e0 + TL);
+    for (int i = 0; i < TR; ++i) {
+      const tvec wi = tsplat(w[i][t]);
+      acc[i][0] = tfma(acc[i][0], wi, v0);
+      acc[i][1] = tfma(acc[i][1], wi, v1);
     }
   }
-  for (int i = 0; i < R; ++i) {
-    vstore(out[i] + e0, acc[i][0]);
-    vstore(out[i] + e0 + LANES, acc[i][1]);
+  for (int i = 0; i < rows; ++i) {
+    tstore(out[i] + e0, acc[i][0]);
+    tstore(out[i] + e0 + TL, acc[i][1]);
   }
 }
 
@@ -498,7 +559,19 @@ static void row_max(const unit_rows *r, int64_t t0, int64_t t1, const float *x, 
   for (int64_t i = 0; i < r->count; ++i) {
     const float *xi = x + i * ld;
     float m = -INFINITY;
-    for (int64_t t = t0; t < t1; ++t)
+    int64_t t = t0;
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
+    /* per lane, then across: the same largest value (NaNs skipped as below) */
+    vec mv = vsplat(-INFINITY);
+    for (; t + LANES <= t1; t += LANES) {
+      const vec xv = vload(xi + t);
+      const ivec more = xv > mv;
+      mv = (vec)(((ivec)xv & more) | ((ivec)mv & ~more));
+    }
+    for (int l = 0; l < LANES; ++l)
+      m = mv[l] > m ? mv[l] : m;
+#endif
+    for (; t < t1; ++t)
       m = xi[t] > m ? xi[t] : m;
     top[i] = m;
   }
@@ -556,7 +629,7 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
                          float *sums) {
   const int64_t dv = a->value_dim, vs = a->v_strides[2];
   for (int64_t i = 0; i < r->count; ++i)
-    sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
+    sums[i] = exp_row(x + i * ld + t0, 0, t1 - t0, top[i]);
   const int64_t at = r->b * a->v_strides[0] + r->g * a->v_strides[1];
   if (a->v16)
     weigh_span(r, x, ld, a->v16 + at, vs, dv, t0, t1, out, 1);
@@ -569,6 +642,49 @@ static void weigh_values(const sail_attention_args *a, const unit_rows *r, int64
  * prefill's later keys, a sliding window's earlier ones), when every row has a live key; else
  * all keys. Dropping the others changes nothing: their weights are exactly 0 (exp of at most
  * -FLT_MAX minus a finite maximum) and weigh_values skips keys whose weights are all 0. */
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
+enum { RUN = 4 * LANES };
+
+/* Whether m[0 .. RUN) are all dead: one vector test per 8 values, one reduction per RUN. */
+static inline int dead_run(const float *m) {
+  const vec lim = vsplat(-FLT_MAX);
+  const ivec d = (vload(m) <= lim) & (vload(m + LANES) <= lim) &
+                 (vload(m + 2 * LANES) <= lim) & (vload(m + 3 * LANES) <= lim);
+  uint64_t w[sizeof d / sizeof(uint64_t)], all = ~0ull;
+  memcpy(w, &d, sizeof w);
+  for (size_t i = 0; i < sizeof w / sizeof w[0]; ++i)
+    all &= w[i];
+  return all == ~0ull;
+}
+#endif
+
+/* The first key t in [t0, t1) whose mask value m[t * mt] is not dead, or t1; the last one, or
+ * t0 - 1. A contiguous row is tested RUN values at a time first (the same test: NaN is not
+ * dead). */
+static int64_t first_live(const float *m, int64_t mt, int64_t t0, int64_t t1) {
+  int64_t t = t0;
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
+  for (; mt == 1 && t + RUN <= t1 && dead_run(m + t); t += RUN) {
+  }
+#endif
+  for (; t < t1; ++t)
+    if (!dead(m[t * mt]))
+      return t;
+  return t1;
+}
+
+static int64_t last_live(const float *m, int64_t mt, int64_t t0, int64_t t1) {
+  int64_t t = t1;
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
+  for (; mt == 1 && t - RUN >= t0 && dead_run(m + t - RUN); t -= RUN) {
+  }
+#endif
+  for (--t; t >= t0; --t)
+    if (!dead(m[t * mt]))
+      return t;
+  return t0 - 1;
+}
+
 static void live_keys(const sail_attention_args *a, const unit_rows *r, int64_t *lo,
                       int64_t *hi) {
   const int64_t n = a->kv_len, mt = a->mask_strides[3];
@@ -583,26 +699,44 @@ static void live_keys(const sail_attention_args *a, const unit_rows *r, int64_t 
   int64_t first = n, last = -1;
   for (int64_t i = 0; i < r->count; ++i) {
     const float *m = r->mask[i];
-    int live = 0;
-    for (int64_t t = 0; t < first && t < n; ++t)
-      if (!dead(m[t * mt])) {
-        first = t;
-        live = 1;
-        break;
-      }
-    for (int64_t t = n - 1; t > last && t >= first; --t)
-      if (!dead(m[t * mt])) {
-        last = t;
-        live = 1;
-        break;
-      }
-    for (int64_t t = first; !live && t <= last; ++t)
-      live = !dead(m[t * mt]);
+    if (i && m == r->mask[i - 1])
+      continue; /* the previous row's mask (query heads sharing one): nothing new */
+    const int64_t below = first_live(m, mt, 0, first);
+    int live = below < first;
+    first = below < first ? below : first;
+    const int64_t from = last + 1 > first ? last + 1 : first;
+    const int64_t above = last_live(m, mt, from, n);
+    if (above >= from) {
+      last = above;
+      live = 1;
+    }
+    if (!live)
+      live = first_live(m, mt, first, last + 1) <= last;
     if (!live)
       return; /* a row with every key masked weighs them all equally */
   }
   *lo = first;
   *hi = last + 1;
+}
+
+/* out[u] = logit(dot[u]) of row e for the keys t .. t + n - 1: scaled, capped, masked, as
+ * logit() computes each (the same operations in the same order, 8 lanes at a time without
+ * soft-capping and with a contiguous mask row). */
+static void logits(const sail_attention_args *a, const unit_rows *r, int64_t e, int64_t t,
+                   const float *dot, int64_t n, float *out) {
+  const float *mask = r->mask[e];
+  int64_t u = 0;
+  if (a->softcap == 0.0f && (!mask || a->mask_strides[3] == 1)) {
+    const vec scale = vsplat(a->scale);
+    for (; u + LANES <= n; u += LANES) {
+      vec s = vmul(vload(dot + u), scale);
+      if (mask)
+        s = vadd(s, vload(mask + t + u));
+      vstore(out + u, s);
+    }
+  }
+  for (; u < n; ++u)
+    out[u] = logit(a, r, e, t + u, dot[u]);
 }
 
 /* score_keys over the transposed keys of the unit's (batch, kv head). */
@@ -619,18 +753,13 @@ static void kt_score_keys(const job *j, const unit_rows *r, int64_t t0, int64_t 
       const int rows = r->count - i < TR ? (int)(r->count - i) : TR;
       if (dead_block(r, i, rows, lo, hi - lo, mt, x, ld))
         continue;
+      const float *q[TR];
+      for (int e = 0; e < TR; ++e) /* a short block repeats its last row */
+        q[e] = r->q[i + (e < rows ? e : rows - 1)];
       float dots[TR][TK];
-      switch (rows) {
-      case 1: kt_dots(&r->q[i], ktile, d, 1, dots); break;
-      case 2: kt_dots(&r->q[i], ktile, d, 2, dots); break;
-      case 3: kt_dots(&r->q[i], ktile, d, 3, dots); break;
-      case 4: kt_dots(&r->q[i], ktile, d, 4, dots); break;
-      case 5: kt_dots(&r->q[i], ktile, d, 5, dots); break;
-      default: kt_dots(&r->q[i], ktile, d, TR, dots); break;
-      }
+      kt_dots(q, ktile, d, dots);
       for (int64_t e = 0; e < rows; ++e)
-        for (int64_t t = lo; t < hi; ++t)
-          x[(i + e) * ld + t] = logit(a, r, i + e, t, dots[e][t - base]);
+        logits(a, r, i + e, lo, dots[e] + (lo - base), hi - lo, x + (i + e) * ld + lo);
     }
   }
 }
@@ -651,16 +780,31 @@ static void kt_weigh_values(const job *j, const unit_rows *r, int64_t t0, int64_
                             int32_t *live) {
   const sail_attention_args *a = j->a;
   const int64_t dv = a->value_dim, vs = a->v ? a->v_strides[2] : dv;
+  /* each key's lane is fixed by its index, not by t0: a row's sum does not depend on the
+   * other rows of its unit (whose live keys set t0), so a prefill run in pieces gives the same
+   * bits as in one call */
+  const int64_t from = t0 - t0 % LANES;
   for (int64_t i = 0; i < r->count; ++i)
-    sums[i] = exp_row(x + i * ld + t0, t1 - t0, top[i]);
+    sums[i] = exp_row(x + i * ld + from, t0 - from, t1 - t0, top[i]);
   const float *v = v_of(j, r->b, r->g);
   for (int64_t i = 0; i < r->count; i += TR) {
     const int rows = r->count - i < TR ? (int)(r->count - i) : TR;
     const float *w[TR];
-    for (int e = 0; e < rows; ++e)
-      w[e] = x + (i + e) * ld;
-    int64_t n = 0;
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int e = 0; e < TR; ++e) /* a short block repeats its last row */
+      w[e] = x + (i + (e < rows ? e : rows - 1)) * ld;
+    int64_t n = 0, t = t0;
+#if defined(__GNUC__) && !defined(SAIL_NO_SIMD)
+    for (; t + LANES <= t1; t += LANES) { /* the same test, 8 keys at a time */
+      ivec any = (ivec){0};
+      for (int e = 0; e < rows; ++e)
+        any |= vload(w[e] + t) != vzero();
+      for (int l = 0; l < LANES; ++l) {
+        live[n] = (int32_t)(t + l);
+        n += any[l] != 0;
+      }
+    }
+#endif
+    for (; t < t1; ++t) {
       int any = 0;
       for (int e = 0; e < rows; ++e)
         any |= w[e][t] != 0.0f;
@@ -668,17 +812,9 @@ static void kt_weigh_values(const job *j, const unit_rows *r, int64_t t0, int64_
         live[n++] = (int32_t)t;
     }
     int64_t e0 = 0;
-    for (; e0 + 2 * LANES <= dv; e0 += 2 * LANES) {
-      switch (rows) {
-      case 1: kt_weigh(w, live, n, v, vs, e0, 1, out + i); break;
-      case 2: kt_weigh(w, live, n, v, vs, e0, 2, out + i); break;
-      case 3: kt_weigh(w, live, n, v, vs, e0, 3, out + i); break;
-      case 4: kt_weigh(w, live, n, v, vs, e0, 4, out + i); break;
-      case 5: kt_weigh(w, live, n, v, vs, e0, 5, out + i); break;
-      default: kt_weigh(w, live, n, v, vs, e0, TR, out + i); break;
-      }
-    }
-    for (; e0 < dv; ++e0) /* values past the last 2 LANES */
+    for (; e0 + TK <= dv; e0 += TK)
+      kt_weigh(w, live, n, v, vs, e0, rows, out + i);
+    for (; e0 < dv; ++e0) /* values past the last TK */
       for (int e = 0; e < rows; ++e) {
         float sum = 0.0f;
         for (int64_t l = 0; l < n; ++l)

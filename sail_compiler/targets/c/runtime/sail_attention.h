@@ -19,12 +19,17 @@
  *
  * Differences from the graph's float operations: the dot products are summed in 8 interleaved
  * partial sums (decode), or in order over d with fused multiply-adds (prefills: at least
- * SAIL_ATTENTION_ROWS query rows per kv head, on keys copied once into transposed tiles); exp is
- * a polynomial within 1 ulp, 0 below -87.3; the weighted values are divided by the sum at the
- * end instead of normalizing the weights first: rounding-level differences (~1e-6 relative).
+ * SAIL_ATTENTION_ROWS query rows per kv head, on keys copied once into transposed tiles, 8 or,
+ * in AVX-512 builds, 16 keys per vector: the same sums either way); exp is a polynomial within
+ * 1 ulp, 0 below -87.3; the weighted values are divided by the sum at the end instead of
+ * normalizing the weights first: rounding-level differences (~1e-6 relative). A prefill's
+ * softmax sums 8 lanes chosen by key index, so a query row's result does not depend on the
+ * other rows computed with it (a prefill run in pieces gives the same bits).
  *
  * Threads: units of up to SAIL_ATTENTION_ROWS query rows of one (batch, kv head) run on the
- * pool's threads; when there are fewer such units than threads (a decode step), the context
+ * pool's threads, a unit's rows being consecutive query positions times every query head of
+ * the kv head (position-major: those heads share the mask row and the keys it keeps); when
+ * there are fewer such units than threads (a decode step), the context
  * (the keys) is split into chunks instead: scores in one pass, then weights and partial
  * weighted sums per chunk in a second, combined on the calling thread.
  *
@@ -54,9 +59,9 @@
 extern "C" {
 #endif
 
-/* Query rows per work unit: the score blocks and the partial outputs of a unit stay in the
- * first-level caches for head dims up to 256. */
-#define SAIL_ATTENTION_ROWS 16
+/* Query rows per work unit: a multiple of the prefill's register blocks (6 rows with AVX2, 12
+ * with AVX-512); the unit's scores (rows x keys floats) stay in the second-level cache. */
+#define SAIL_ATTENTION_ROWS 24
 
 typedef struct sail_attention_args {
   const float *q;
