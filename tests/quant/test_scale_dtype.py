@@ -9,6 +9,7 @@ import pytest
 
 from sail_compiler.errors import OptionError
 from sail_compiler.quant.methods import _quantize_gptq, quantize_weight
+from sail_compiler.quant.plan import BitsPlan
 from sail_compiler.quant.reference import float16_exact, quantize_weights_rtn, round_scales
 from sail_compiler.quant.scheme import QuantScheme
 
@@ -69,13 +70,18 @@ def test_search_and_gptq_store_float16_scales_and_codes_against_them(
     for method in ("search", "gptq"):
         qw = quantize_weight(w, scheme, method, hessian, scale_dtype="float16")
         assert float16_exact(qw.scale), method
-    # search: each code is the nearest level of its (rounded) scale, unless clipped at the ends
-    qw = quantize_weight(w, scheme, "search", scale_dtype="float16")
-    g = scheme.group_size_for(k)
-    level = w.reshape(-1, g, n) / qw.scale[:, None, :] + qw.zero_points()[:, None, :]
-    q = qw.q.reshape(-1, g, n).astype(np.float64)
-    inside = (q > 0) & (q < (1 << scheme.bits) - 1)
-    assert np.all(np.abs(level - q)[inside] <= 0.5 + 1e-5)
+    # search: each code is its weight rounded to the grid of its (rounded) scale, clipped to
+    # the code range (ties, where RTN's and the search's rounding may differ, left out)
+    w = (RNG.standard_normal((k, 400)) * 0.05).astype(np.float32)
+    for h in (None, hessian):
+        qw = quantize_weight(w, scheme, "search", h, scale_dtype="float16")
+        g = scheme.group_size_for(k)
+        level = (w.reshape(-1, g, 400).astype(np.float64) / qw.scale[:, None, :]
+                 + qw.zero_points()[:, None, :])
+        want = np.clip(np.rint(level), 0, (1 << scheme.bits) - 1)
+        q = qw.q.reshape(-1, g, 400)
+        clear = np.abs(np.abs(level - np.floor(level)) - 0.5) > 1e-4
+        np.testing.assert_array_equal(q[clear], want[clear])
 
 
 def test_gptq_feeds_back_the_error_of_the_rounded_scale() -> None:
@@ -128,3 +134,12 @@ def test_bad_scale_dtype_is_reported() -> None:
     with pytest.raises(OptionError, match="unknown scale dtype 'bfloat16'; valid: float32, "
                                           "float16"):
         quantize_weight(w, QuantScheme(4, 8), scale_dtype="bfloat16")
+
+
+def test_bits_plan_records_and_checks_the_scale_dtype() -> None:
+    rules = {"layers": [{"match": "*", "bits": 4}]}
+    assert BitsPlan.parse({**rules, "scale_dtype": "float16"}).scale_dtype == "float16"
+    assert BitsPlan.parse(rules).scale_dtype is None
+    with pytest.raises(OptionError, match="scale_dtype must be one of float32, float16, got "
+                                          "'half'"):
+        BitsPlan.parse({**rules, "scale_dtype": "half"}, "p.json")
