@@ -150,6 +150,7 @@ class Quantization:
         total = sum(q.layer.params for q in self.layers)
         return {"plan": self.plan.to_json(), "calibration": self.calibration,
                 "average_bits": self.plan.average_bits(),
+                "scale_dtype": self.plan.scale_dtype,
                 "quantized_params": sum(q.layer.params for q in quantized),
                 "total_params": total,
                 "size_bytes": sum(q.size_bytes for q in self.layers),
