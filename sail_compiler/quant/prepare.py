@@ -74,19 +74,15 @@ class QuantizedLayer:
     choice: LayerChoice
     qw: QuantizedWeight | PackedWeight | None
     weight_error: float | None = None
+    #: ``float16`` when the compile asked for float16 scales (``--scale-dtype``) and every scale
+    #: of the layer is a float16 value (the c target then stores its LUT-GEMV weight's scales
+    #: in 2 bytes), ``float32`` otherwise; None for a float layer.
+    scale_dtype: str | None = None
 
     @property
     def key(self) -> str:
         """The name the IR carries on the layer's weight constant (:func:`~.plan.layer_ref`)."""
         return layer_ref(self.layer)
-
-    @property
-    def scale_dtype(self) -> str | None:
-        """``float16`` when every scale is a float16 value (what ``--scale-dtype float16``
-        makes, and what the c target then stores), else ``float32``; None for a float layer."""
-        if self.qw is None:
-            return None
-        return "float16" if float16_exact(self.qw.scale) else "float32"
 
     @property
     def size_bytes(self) -> int:
@@ -418,7 +414,9 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
             del w
             if external is not None and qw is not None:
                 qw = PackedWeight.of(qw)  # a large model: hold bits / 8 bytes a weight, not 1
-            results.append(QuantizedLayer(layer, choice, qw, err))
+            scale_dtype = None if qw is None else "float16" \
+                if options.scale_dtype == "float16" and float16_exact(qw.scale) else "float32"
+            results.append(QuantizedLayer(layer, choice, qw, err, scale_dtype))
         resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits,
                                 options.scale_dtype)
         if options.scale_dtype == "float16":

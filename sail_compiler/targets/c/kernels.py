@@ -238,7 +238,7 @@ def _tile_codes(q: np.ndarray, bits: int) -> np.ndarray:
 
 
 def relayout(qw: QuantizedWeight, act_group: int | None = None,
-             scale_dtype: str | None = None) -> LutWeight:
+             scale_dtype: str = "float32") -> LutWeight:
     """Re-lay out a quantized weight into the C kernels' order (compile time).
 
     Parameters
@@ -252,10 +252,9 @@ def relayout(qw: QuantizedWeight, act_group: int | None = None,
         each with its group's scale and zero point), so that every sum the kernels finish is one
         stored group.
     scale_dtype
-        How the scales are stored: ``"float32"``, ``"float16"`` (every scale must be a normal
-        float16 value: :func:`~sail_compiler.quant.reference.float16_exact`), or None: float16
-        when they all are (what ``--scale-dtype float16`` makes; storing them so is exact),
-        else float32.
+        How the scales are stored: ``"float32"``, or ``"float16"`` (every scale must be a normal
+        float16 value, :func:`~sail_compiler.quant.reference.float16_exact`, as
+        ``--scale-dtype float16`` makes them: storing them so is exact).
 
     Returns
     -------
@@ -266,12 +265,10 @@ def relayout(qw: QuantizedWeight, act_group: int | None = None,
         (and scale 0 for columns).
     """
     blocks = ActBlocks(qw.k, qw.group_size, qw.k if act_group is None else act_group)
-    half = float16_exact(qw.scale)
-    if scale_dtype == "float16" and not half:
+    half = check_scale_dtype(scale_dtype) == "float16"
+    if half and not float16_exact(qw.scale):
         raise OptionError("float16 scales need every scale to be a normal float16 value "
                           "(quantize with scale_dtype='float16')")
-    if scale_dtype is not None:
-        half = check_scale_dtype(scale_dtype) == "float16"
     if blocks.sum_size != qw.group_size and blocks.sum_size % BLOCK_K:
         qw = split_groups(qw, blocks)
     bits, g, k, n = qw.bits, qw.group_size, qw.k, qw.n
