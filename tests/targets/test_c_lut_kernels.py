@@ -159,6 +159,25 @@ def test_float16_scales_match_reference(build: str, bits: int) -> None:
                                                   err_msg=what)
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernels")
+def test_float16_scales_without_f16c(tmp_path: Path) -> None:
+    """An AVX2 build without F16C converts the float16 scales with the runtime's portable
+    conversion: the same outputs as float32 scales of the same values."""
+    runtime = kernels.LutRuntime(kernels.compile_runtime("native", extra_flags=("-mno-f16c",),
+                                                         out_dir=tmp_path))
+    assert runtime.isa == "avx2"
+    for bits, group_size in ((2, 32), (4, 64), (8, 32)):
+        w = (RNG.standard_normal((K, N)) * 0.1).astype(np.float32)
+        qw = quantize_weights_rtn(w, QuantScheme(bits, group_size, True), "float16")
+        x = _activations(3)
+        xq, sx = runtime.quantize(x)
+        y16, _ = runtime.prepare(relayout(qw, scale_dtype="float16"), 3)(xq, sx)
+        y16 = y16.copy()
+        y32, _ = runtime.prepare(relayout(qw), 3)(xq, sx)
+        np.testing.assert_array_equal(y16, y32, err_msg=f"b={bits} g={group_size}")
+    runtime.close()
+
+
 def test_float16_scales_need_float16_values() -> None:
     qw = _weight(4, 32, False)  # float32 scales: not float16 values
     with pytest.raises(OptionError, match="every scale to be a normal float16 value"):
