@@ -78,6 +78,10 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                    help="GPTQ quantizes each layer's rows in order of decreasing activation "
                         "energy (the Hessian's diagonal; GPTQ's act-order); the weight layout "
                         "is unchanged (needs --method gptq)")
+    q.add_argument("--scale-dtype", default="float32", metavar="float32|float16",
+                   help="float16: weight scales rounded to float16 and the codes computed "
+                        "against them; the c target stores them in 2 bytes (4.5 bits a weight "
+                        "at w4g32sym instead of 5; default float32)")
     q.add_argument("--embedding-bits", type=int, metavar="B",
                    help="also quantize the token embedding tables to B bits (default: float)")
     q.add_argument("--act-bits", type=int, default=8,
@@ -296,7 +300,8 @@ def _compile_options(args: argparse.Namespace, **extra: object):  # type: ignore
                                           else args.act_group_size),
                           method=args.method, awq=args.awq,
                           gptq_sequential=args.gptq_sequential,
-                          gptq_act_order=args.gptq_act_order, bits_plan=args.bits_plan,
+                          gptq_act_order=args.gptq_act_order, scale_dtype=args.scale_dtype,
+                          bits_plan=args.bits_plan,
                           avg_bits=args.avg_bits,
                           calib=calib, embedding_bits=args.embedding_bits, sail=args.sail,
                           nbw=args.nbw, pim_types=args.pim_types, pim_config=args.pim_config,

@@ -205,6 +205,7 @@ def compile_model(model_path: str | Path, output: str | Path | None,
             "method": options.method,
             "act_bits": options.act_bits,
             "act_group_size": options.act_group_size,
+            "scale_dtype": options.scale_dtype,
             "avg_bits": options.avg_bits,
             "skip": list(options.skip),
             "sail": ({"nbw": options.nbw, "pim_types": options.pim_types}

@@ -9,7 +9,7 @@ from .errors import OptionError, valid_choices
 from .quant.lut import check_nbw
 from .quant.packing import check_bits
 from .quant.plan import check_method
-from .quant.reference import check_act_bits, check_act_group_size
+from .quant.reference import check_act_bits, check_act_group_size, check_scale_dtype
 from .quant.scheme import QuantScheme
 
 #: Consecutive k per activation scale when none is given: each layer's weight group size. On
@@ -128,6 +128,11 @@ class CompileOptions:
         GPTQ quantizes each layer's rows in order of decreasing Hessian diagonal (the paper's
         "act-order"); the groups and the weight layout stay as they are. Applies to the layers
         quantized by ``gptq`` (``method``, or a bits plan's rules).
+    scale_dtype
+        ``float32`` or ``float16``: with ``float16`` every weight scale in float16's normal range
+        is rounded to float16 when it is chosen, and the codes are computed against it
+        (:func:`~.quant.reference.round_scales`); the c target then stores the scales of each
+        LUT weight whose scales are all float16 values as float16 (2 bytes a scale instead of 4).
     bits_plan
         A JSON plan mapping layer-name patterns to schemes (:mod:`.quant.plan`).
     avg_bits
@@ -178,6 +183,7 @@ class CompileOptions:
     awq: bool = False
     gptq_sequential: bool = False
     gptq_act_order: bool = False
+    scale_dtype: str = "float32"
     bits_plan: Path | None = None
     avg_bits: float | None = None
     calib: CalibrationSpec | None = None
@@ -212,7 +218,8 @@ class CompileOptions:
             return "float"
         return " ".join([", ".join(parts), ("awq+" if self.awq else "") + self.method
                          + (" sequential" if self.gptq_sequential else "")
-                         + (" act-order" if self.gptq_act_order else "")])
+                         + (" act-order" if self.gptq_act_order else "")
+                         + (" f16-scales" if self.scale_dtype == "float16" else "")])
 
     def __post_init__(self) -> None:
         # the target name is checked against the registry by compile_model (get_target), which
@@ -236,6 +243,13 @@ class CompileOptions:
             raise OptionError(f"--gptq-act-order orders GPTQ's rows, and --method {self.method} "
                               "is not GPTQ; add --method gptq (or a --bits-plan whose rules "
                               "use \"method\": \"gptq\")")
+        try:
+            check_scale_dtype(self.scale_dtype)
+        except OptionError as e:
+            raise OptionError(f"--scale-dtype: {e}") from None
+        if self.scale_dtype != "float32" and not quantized:
+            raise OptionError(f"--scale-dtype {self.scale_dtype} applies to quantized compiles; "
+                              "add --bits")
         if self.awq and not quantized:
             raise OptionError("--awq applies to quantized compiles; add --bits")
         if self.avg_bits is not None:

@@ -165,3 +165,16 @@ def test_runtime_dim_check_is_an_input_error(tmp_path: Path, micro_decoder_kv: P
                  str(tmp_path / "res")])
     assert code == 2
     assert "attention_mask: dim 1 is 4, but it must be past + seq = 5" in capsys.readouterr().err
+
+
+def test_scale_dtype_option_is_checked(micro_decoder: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "out")
+    assert main(["compile", str(micro_decoder), "--bits", "4", "--scale-dtype", "bfloat16",
+                 "-o", out]) == 2
+    err = capsys.readouterr().err
+    assert "--scale-dtype: unknown scale dtype 'bfloat16'; valid: float32, float16" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["compile", str(micro_decoder), "--scale-dtype", "float16", "-o", out]) == 2
+    assert "--scale-dtype float16 applies to quantized compiles; add --bits" in \
+        capsys.readouterr().err

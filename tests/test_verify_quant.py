@@ -216,3 +216,14 @@ def test_ref_exact_with_and_without_the_sail_stage(micro_decoder: Path, sail: bo
     assert report["ref_exact"] and ref["sums_checked"] > 0 and ref["sums_mismatched"] == 0
     # the probe build runs the same kernels as the artifact, up to float rounding
     assert ref["probe_vs_artifact_rel_l2"] <= 1e-6
+
+
+@pytest.mark.parametrize("target", ["llvm", "pim-sim"])
+def test_float16_scales_on_llvm_and_pim_sim(micro_decoder: Path, target: str) -> None:
+    """--scale-dtype float16 on the targets that keep the scales as float32 values: the
+    float16-rounded scales reach them, and they reproduce the reference exactly."""
+    options = CompileOptions(target=target, quant=QuantScheme(4, 16, True),
+                             scale_dtype="float16")
+    report = verify_model(micro_decoder, options, [InputPlan(seq_len=3)])
+    assert report["ok"] and report["ref_exact"] is True
+    assert report["quant"]["scale_dtype"] == "float16"

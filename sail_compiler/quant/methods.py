@@ -72,7 +72,13 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import OptionError, SailError, valid_choices
-from .reference import QuantizedWeight, dequantize, quantize_weights_rtn
+from .reference import (
+    QuantizedWeight,
+    check_scale_dtype,
+    dequantize,
+    quantize_weights_rtn,
+    round_scales,
+)
 from .scheme import QuantScheme
 
 #: The weight quantization methods, in order of cost.
@@ -104,7 +110,7 @@ _TILE_ELEMENTS = 1 << 18
 
 def quantize_weight(w: np.ndarray, scheme: QuantScheme, method: str = "rtn",
                     hessian: np.ndarray | None = None,
-                    act_order: bool = False) -> QuantizedWeight:
+                    act_order: bool = False, scale_dtype: str = "float32") -> QuantizedWeight:
     """Quantize ``W[K, N]`` (y = x @ w) with ``scheme`` by ``method``.
 
     Parameters
@@ -122,6 +128,10 @@ def quantize_weight(w: np.ndarray, scheme: QuantScheme, method: str = "rtn",
     act_order
         ``gptq`` only: quantize the rows in order of decreasing Hessian diagonal (GPTQ's
         "act-order"); the groups, and so the weight layout, stay the same.
+    scale_dtype
+        ``"float16"``: every scale in float16's normal range is rounded to float16
+        (:func:`~.reference.round_scales`) when it is chosen, and the codes are computed against
+        the rounded scale (GPTQ's error feedback included); see the module docstring.
 
     Returns
     -------
@@ -147,16 +157,17 @@ def quantize_weight(w: np.ndarray, scheme: QuantScheme, method: str = "rtn",
     if act_order and method != "gptq":
         raise OptionError(f"act-order is an order of GPTQ's rows; method {method!r} has none "
                           "(use method 'gptq', or leave act_order off)")
+    check_scale_dtype(scale_dtype)
     w = _checked_weights(w)
     h = None if hessian is None else _checked_hessian(hessian, w.shape[0])
     if method == "rtn":
-        return quantize_weights_rtn(w, scheme)
+        return quantize_weights_rtn(w, scheme, scale_dtype)
     if method == "search":
-        return _quantize_search(w, scheme, h)
+        return _quantize_search(w, scheme, h, scale_dtype)
     if h is None:
         raise OptionError("gptq needs calibration data: pass the layer's Hessian (the sum of "
                           "x^T x over calibration rows), or use method 'search' or 'rtn'")
-    return _quantize_gptq(w, scheme, h, _searched_params, act_order)
+    return _quantize_gptq(w, scheme, h, _searched_params, act_order, scale_dtype)
 
 
 def reconstruction_error(w: np.ndarray, qw: QuantizedWeight,
@@ -258,10 +269,13 @@ def _importance(hessian: np.ndarray | None, scheme: QuantScheme, k: int) -> np.n
     return padded.reshape(scheme.n_groups(k), scheme.group_size_for(k), 1)
 
 
-def _quantize_search(w: np.ndarray, scheme: QuantScheme,
-                     hessian: np.ndarray | None) -> QuantizedWeight:
+def _quantize_search(w: np.ndarray, scheme: QuantScheme, hessian: np.ndarray | None,
+                     scale_dtype: str = "float32") -> QuantizedWeight:
     """The ``search`` method: searched parameters per group, RTN's where they are no better
-    in the search's objective (importance per k times :func:`_magnitude_weights`)."""
+    in the search's objective (importance per k times :func:`_magnitude_weights`). With
+    ``scale_dtype="float16"`` both candidates are compared as stored: searched scales rounded
+    (:func:`~.reference.round_scales`) with their codes re-rounded against them, and RTN's
+    own float16 form."""
     k, n = w.shape
     groups = _padded_groups(w, scheme)
     importance = _importance(hessian, scheme, k)
@@ -270,11 +284,16 @@ def _quantize_search(w: np.ndarray, scheme: QuantScheme,
     scale32 = scale.astype(np.float32)
     valid = np.isfinite(scale32) & (scale32 != 0)  # a scale may underflow or overflow float32
     scale32[~valid] = 1
+    if scale_dtype != "float32":
+        scale32 = round_scales(scale32, scale_dtype)
+        qmax = (1 << scheme.bits) - 1
+        codes = np.clip(np.rint(groups / scale32[:, None, :]), -zero[:, None, :],
+                        qmax - zero[:, None, :]).astype(np.int64)
     codes[np.broadcast_to(~valid[:, None, :], codes.shape)] = 0
     q = (codes + zero[:, None, :]).astype(np.uint8).reshape(-1, n)
     searched = QuantizedWeight(q, scale32, None if scheme.symmetric else zero.astype(np.uint8),
                                scheme.bits, groups.shape[1], k)
-    rtn = quantize_weights_rtn(w, scheme)
+    rtn = quantize_weights_rtn(w, scheme, scale_dtype)
     errors, clipped = _group_errors(groups, searched, importance)
     errors[~valid] = np.inf
     if hessian is None:
@@ -538,10 +557,13 @@ ParamChoice = Callable[[np.ndarray, np.ndarray, int, bool], tuple[np.ndarray, np
 
 
 def _quantize_gptq(w: np.ndarray, scheme: QuantScheme, hessian: np.ndarray,
-                   choose_params: ParamChoice, act_order: bool = False) -> QuantizedWeight:
+                   choose_params: ParamChoice, act_order: bool = False,
+                   scale_dtype: str = "float32") -> QuantizedWeight:
     """GPTQ with the group parameters from ``choose_params`` (signature of
     :func:`_searched_params`), chosen when the row loop first reaches a row of the group, from
-    the group's rows as the error compensation has left them then.
+    the group's rows as the error compensation has left them then; the scale is rounded to
+    ``scale_dtype`` (:func:`~.reference.round_scales`) right there, so every row of the group is
+    rounded, and its error fed back, against the scale that is stored.
 
     Rows are quantized in order, or with ``act_order`` in order of decreasing Hessian diagonal
     (stable, so ties keep their order); a group is always ``g`` consecutive rows in the original
@@ -587,8 +609,9 @@ def _quantize_gptq(w: np.ndarray, scheme: QuantScheme, hessian: np.ndarray,
                 if i:  # rows past the block lack the updates of its rows before this one
                     later = position[lo:hi] >= stop
                     rows[later] -= upper[start:j, position[lo:hi][later]].T @ errors[:i]
-                scale[grp], zero[grp] = choose_params(rows, importance[lo:hi], scheme.bits,
-                                                      scheme.symmetric)
+                chosen, zero[grp] = choose_params(rows, importance[lo:hi], scheme.bits,
+                                                  scheme.symmetric)
+                scale[grp] = round_scales(chosen, scale_dtype)
                 entered[grp] = True
             step, offset = scale[grp].astype(np.float64), zero[grp]
             codes = np.clip(np.rint(block[i] / step) + offset, 0, qmax)

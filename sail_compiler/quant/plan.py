@@ -10,6 +10,7 @@ Bits plans (``--bits-plan plan.json``) map layer-name patterns to schemes::
 
     {
       "act_bits": 8,                                   (optional)
+      "scale_dtype": "float16",                        (optional)
       "layers": [
         {"match": "/model/layers.0/*", "bits": 8, "group_size": 64},
         {"match": "*mlp*", "scheme": "w3g128", "method": "gptq"},
@@ -22,7 +23,8 @@ name; the first matching rule decides. A rule gives ``"scheme"`` (``w4g128``, se
 :class:`~.scheme.QuantScheme`) or ``"bits"`` with optional ``"group_size"`` (an integer or
 ``"channel"``; default: the command line's) and ``"symmetric"``; or ``"float": true`` to keep the
 layer in float. ``"method"`` (default: the command line's) is one of
-:data:`~.methods.METHODS`. Every rule must match at least one layer.
+:data:`~.methods.METHODS`. Every rule must match at least one layer. ``act_bits`` and
+``scale_dtype`` (``--scale-dtype``), when given, must agree with the compile's options.
 
 Precedence for one layer: a pre-quantized weight (imported from ``MatMulNBits`` or QDQ) is kept
 as it is; then ``--skip`` (float); then the first matching plan rule; then the ``--avg-bits``
@@ -48,6 +50,7 @@ from onnx import numpy_helper
 
 from ..errors import OptionError
 from ..external_data import ExternalData
+from .reference import SCALE_DTYPES
 from .scheme import QuantScheme
 
 PLAN_FORMAT = "sail-quant-plan"
@@ -306,6 +309,8 @@ class BitsPlan:
     rules: tuple[PlanRule, ...]
     act_bits: int | None = None
     source: str = "<plan>"
+    #: The scale dtype the plan was made with (``--scale-dtype``), or None if it does not say.
+    scale_dtype: str | None = None
 
     @classmethod
     def load(cls, path: str | Path, default: QuantScheme | None = None,
@@ -334,7 +339,11 @@ class BitsPlan:
         act_bits = data.get("act_bits")
         if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)):
             raise OptionError(f"{source}: act_bits must be an integer, got {act_bits!r}")
-        return cls(rules, act_bits, source)
+        scale_dtype = data.get("scale_dtype")
+        if scale_dtype is not None and scale_dtype not in SCALE_DTYPES:
+            raise OptionError(f"{source}: scale_dtype must be one of {', '.join(SCALE_DTYPES)}, "
+                              f"got {scale_dtype!r}")
+        return cls(rules, act_bits, source, scale_dtype)
 
     def choose(self, layer: Layer) -> LayerChoice | None:
         """The first matching rule's choice, or None."""
@@ -362,6 +371,7 @@ class ResolvedPlan:
     layers: tuple[Layer, ...]
     choices: tuple[LayerChoice, ...]
     act_bits: int
+    scale_dtype: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
         """A bits plan naming every layer exactly; loading it reproduces these choices."""
@@ -370,7 +380,7 @@ class ResolvedPlan:
             rules.append({"match": glob.escape(layer.name), **choice.to_json(),
                           "source": choice.source})
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "act_bits": self.act_bits,
-                "layers": rules}
+                "scale_dtype": self.scale_dtype, "layers": rules}
 
     def average_bits(self) -> float | None:
         """Code bits per quantized weight (scales and zero points not counted)."""

@@ -50,7 +50,7 @@ from .plan import (
     layer_weight,
     unmatched_error,
 )
-from .reference import ActBlocks, PackedWeight, QuantizedWeight, dequantize
+from .reference import ActBlocks, PackedWeight, QuantizedWeight, dequantize, float16_exact
 from .scheme import QuantScheme
 
 if TYPE_CHECKING:
@@ -74,6 +74,10 @@ class QuantizedLayer:
     choice: LayerChoice
     qw: QuantizedWeight | PackedWeight | None
     weight_error: float | None = None
+    #: ``float16`` when the compile asked for float16 scales (``--scale-dtype``) and every scale
+    #: of the layer is a float16 value (the c target then stores its LUT-GEMV weight's scales
+    #: in 2 bytes), ``float32`` otherwise; None for a float layer.
+    scale_dtype: str | None = None
 
     @property
     def key(self) -> str:
@@ -82,12 +86,14 @@ class QuantizedLayer:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of packed codes + float32 scales (+ uint8 zero points), or float32 weights."""
+        """Bytes of packed codes + scales (2 bytes each when :attr:`scale_dtype` is float16,
+        else 4) (+ uint8 zero points), or float32 weights."""
         if self.qw is None:
             return 4 * self.layer.params
         qw = self.qw
         zero = 0 if qw.zero is None else qw.zero.size
-        return qw.packed().size + 4 * qw.scale.size + zero
+        scale_bytes = 2 if self.scale_dtype == "float16" else 4
+        return qw.packed().size + scale_bytes * qw.scale.size + zero
 
     def report(self) -> dict[str, Any]:
         choice = self.choice
@@ -97,7 +103,8 @@ class QuantizedLayer:
                 "group_size": (s.group_size or "channel") if s else None,
                 "symmetric": s.symmetric if s else None,
                 "method": choice.method if s and choice.source != "prequantized" else None,
-                "source": choice.source, "size_bytes": self.size_bytes,
+                "source": choice.source, "scale_dtype": self.scale_dtype,
+                "size_bytes": self.size_bytes,
                 "weight_error": self.weight_error}
 
 
@@ -139,6 +146,7 @@ class Quantization:
         total = sum(q.layer.params for q in self.layers)
         return {"plan": self.plan.to_json(), "calibration": self.calibration,
                 "average_bits": self.plan.average_bits(),
+                "scale_dtype": self.plan.scale_dtype,
                 "quantized_params": sum(q.layer.params for q in quantized),
                 "total_params": total,
                 "size_bytes": sum(q.size_bytes for q in self.layers),
@@ -257,6 +265,11 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
         raise OptionError(f"{plan.source} was made with act_bits {plan.act_bits}, the compile "
                           f"uses --act-bits {options.act_bits}; pass --act-bits "
                           f"{plan.act_bits} to reproduce it")
+    if plan is not None and plan.scale_dtype is not None \
+            and plan.scale_dtype != options.scale_dtype:
+        raise OptionError(f"{plan.source} was made with scale_dtype {plan.scale_dtype}, the "
+                          f"compile uses --scale-dtype {options.scale_dtype}; pass --scale-dtype "
+                          f"{plan.scale_dtype} to reproduce it")
 
     choices: list[LayerChoice | None] = []
     fixed: dict[str, QuantizedWeight] = {}
@@ -365,7 +378,7 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                 choice = choice_of[layer.name]
                 done[layer.name] = qw = quantize_weight(
                     w, choice.scheme, choice.method, h,
-                    options.gptq_act_order and choice.method == "gptq")
+                    options.gptq_act_order and choice.method == "gptq", options.scale_dtype)
                 w_hat = dequantize(qw)
                 return w_hat if folding is None else folding.unfold(layer, w_hat)
 
@@ -395,13 +408,25 @@ def prepare_quantization(model: onnx.ModelProto, signature: ModelSignature,
                 # a lookup has no activations to calibrate GPTQ with: it gets the search
                 method = "search" if h is None and choice.method == "gptq" else choice.method
                 qw = quantize_weight(w, choice.scheme, method, h,
-                                     options.gptq_act_order and method == "gptq")
+                                     options.gptq_act_order and method == "gptq",
+                                     options.scale_dtype)
             err = reconstruction_error(w, qw, h) if qw is not None else None
             del w
             if external is not None and qw is not None:
                 qw = PackedWeight.of(qw)  # a large model: hold bits / 8 bytes a weight, not 1
-            results.append(QuantizedLayer(layer, choice, qw, err))
-        resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits)
+            scale_dtype = None if qw is None else "float16" \
+                if options.scale_dtype == "float16" and float16_exact(qw.scale) else "float32"
+            results.append(QuantizedLayer(layer, choice, qw, err, scale_dtype))
+        resolved = ResolvedPlan(tuple(layers), tuple(final), options.act_bits,
+                                options.scale_dtype)
+        if options.scale_dtype == "float16":
+            kept32 = [q.layer.name for q in results if q.qw is not None and q.choice.source
+                      != "prequantized" and q.scale_dtype == "float32"]
+            if kept32:
+                shown = ", ".join(kept32[:5]) + (", ..." if len(kept32) > 5 else "")
+                notes.append(f"--scale-dtype float16: {len(kept32)} layer(s) keep float32 scales "
+                             f"because some scale lies outside float16's normal range "
+                             f"[2^-14, 65504] ({shown}); see quant_report.json")
         if prequantized:
             notes.append(f"{len(fixed)} pre-quantized layer(s) kept as imported")
         if folding is not None:

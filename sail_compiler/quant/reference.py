@@ -29,6 +29,12 @@ Weights ``W[K, N]`` (y = x @ W), groups of g consecutive k per column n, b-bit c
 * **Zero scale.** A group whose computed scale is 0 (all weights zero, or so small that the
   division underflows) gets ``s = 1``: nothing divides by zero, its codes are the zero point and
   it dequantizes to exactly 0.
+* **float16 scales** (``scale_dtype="float16"``, :func:`round_scales`): each scale whose
+  magnitude lies in float16's normal range ``[2**-14, 65504]`` is rounded to the nearest float16
+  value (half to even) and the codes (and zero points) are computed against the rounded scale
+  by the same steps as above; a scale outside that range keeps its float32 value. The scales stay
+  float32 arrays; a layer all of whose scales are float16 values (:func:`float16_exact`) can be
+  stored with 2 bytes per scale, exactly.
 
 Activations ``x[T, K]``: symmetric, ``b_a`` bits, one scale per token and per block of A
 consecutive k (``act_group``; A = K is one scale per row, the last block may be partial):
@@ -268,7 +274,52 @@ def _nonzero_scale(scale: np.ndarray) -> np.ndarray:
     return np.where(scale == 0, np.float32(1), scale).astype(np.float32)
 
 
-def quantize_weights_rtn(w: np.ndarray, scheme: QuantScheme) -> QuantizedWeight:
+#: The dtypes a weight's scales may be rounded to (``--scale-dtype``).
+SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
+#: float16's smallest normal and largest finite magnitudes: scales in this range are rounded.
+_F16_MIN_NORMAL, _F16_MAX = np.float32(2.0**-14), np.float32(65504.0)
+
+
+def check_scale_dtype(scale_dtype: str) -> str:
+    """``scale_dtype`` if it is one of :data:`SCALE_DTYPES`.
+
+    Raises
+    ------
+    OptionError
+        Another value; the message lists the valid ones.
+    """
+    if scale_dtype not in SCALE_DTYPES:
+        raise OptionError(f"unknown scale dtype {scale_dtype!r}; valid: "
+                          f"{', '.join(SCALE_DTYPES)}")
+    return scale_dtype
+
+
+def round_scales(scale: np.ndarray, scale_dtype: str) -> np.ndarray:
+    """float32 ``scale`` with every value in float16's normal range (``2**-14 <= |s| <= 65504``)
+    rounded to the nearest float16 value (``scale_dtype="float16"``); others, and every value for
+    ``"float32"``, unchanged. Returns a new float32 array of the same shape."""
+    scale = np.asarray(scale, np.float32)
+    if check_scale_dtype(scale_dtype) == "float32":
+        return scale.copy()
+    magnitude = np.abs(scale)
+    inside = (magnitude >= _F16_MIN_NORMAL) & (magnitude <= _F16_MAX)
+    with np.errstate(over="ignore"):  # outside values are not used
+        rounded = scale.astype(np.float16).astype(np.float32)
+    return np.where(inside & np.isfinite(rounded), rounded, scale).astype(np.float32)
+
+
+def float16_exact(scale: np.ndarray) -> bool:
+    """True if every value of ``scale`` is a normal float16 value (so storing it as float16 is
+    exact and :func:`round_scales` leaves it alone)."""
+    scale = np.asarray(scale, np.float32)
+    magnitude = np.abs(scale)
+    if not np.all((magnitude >= _F16_MIN_NORMAL) & (magnitude <= _F16_MAX)):
+        return False
+    return bool(np.array_equal(scale.astype(np.float16).astype(np.float32), scale))
+
+
+def quantize_weights_rtn(w: np.ndarray, scheme: QuantScheme,
+                         scale_dtype: str = "float32") -> QuantizedWeight:
     """Round-to-nearest (half to even) quantization of ``W[K, N]`` with ``scheme``.
 
     Parameters
@@ -277,6 +328,9 @@ def quantize_weights_rtn(w: np.ndarray, scheme: QuantScheme) -> QuantizedWeight:
         ``[K, N]`` floating-point weights (y = x @ w), K >= 1, all finite; rounded to float32.
     scheme
         Bits, group size along K, symmetric or with zero points.
+    scale_dtype
+        ``"float16"``: scales rounded by :func:`round_scales` before the codes are computed
+        against them (module docstring).
 
     Returns
     -------
@@ -302,6 +356,7 @@ def quantize_weights_rtn(w: np.ndarray, scheme: QuantScheme) -> QuantizedWeight:
         half = np.float32(1 << (b - 1))
         hi, lo = groups.max(axis=1), groups.min(axis=1)
         scale = _nonzero_scale(-np.where(np.abs(hi) > np.abs(lo), hi, lo) / half)
+        scale = round_scales(scale, scale_dtype)
         with np.errstate(over="ignore"):  # 1 / s overflows only for a subnormal s
             inverse = np.float32(1) / scale
         finite = np.isfinite(inverse)
@@ -317,6 +372,7 @@ def quantize_weights_rtn(w: np.ndarray, scheme: QuantScheme) -> QuantizedWeight:
         hi = np.maximum(groups.max(axis=1), np.float32(0))
         with np.errstate(over="ignore"):  # an overflowing range is reported just below
             scale = _nonzero_scale((hi - lo) / np.float32(qmax))
+        scale = round_scales(scale, scale_dtype)
         zero_f = np.clip(np.rint(-lo / scale), 0, qmax)
         q = np.clip(np.rint(groups / scale[:, None, :]) + zero_f[:, None, :], 0, qmax)
         q = q.astype(np.uint8)

@@ -139,6 +139,67 @@ def test_block_scales_match_reference(build: str, bits: int) -> None:
 
 
 @pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_float16_scales_match_reference(build: str, bits: int) -> None:
+    """Weights quantized with float16 scales are stored with 2-byte scales; the kernels give the
+    reference's exact sums and, bit for bit, the outputs of the same values stored as float32
+    (one scale per row, per-block scales, several group sizes)."""
+    runtime = load_runtime(build)
+    for i, (group_size, act_group) in enumerate([(32, None), (64, None), (None, None),
+                                                 (128, 32), (32, 64)]):
+        symmetric = i % 2 == 0 and bits > 1
+        # scale 0.1: every group's scale (the last one of 8 rows too) in float16's normal range
+        w = (RNG.standard_normal((K, N)) * 0.1).astype(np.float32)
+        qw = quantize_weights_rtn(w, QuantScheme(bits, group_size, symmetric), "float16")
+        blocks = ActBlocks(K, qw.group_size, K if act_group is None else act_group)
+        lw, lw32 = relayout(qw, act_group, "float16"), relayout(qw, act_group)
+        assert lw.scales.dtype == np.float16 and lw32.scales.dtype == np.float32
+        assert lw32.nbytes - lw.nbytes == 2 * lw.scales.size
+        for rows in (1, 3, 17):
+            x = _activations(rows)
+            xq, sx = quantize_activations(x, 8, act_group)
+            for threads in (1, 2):
+                what = f"{build} b={bits} g={group_size} a={act_group} rows={rows} t={threads}"
+                y, sums = lut_gemv(x, lw, threads, build=build)
+                y32, _ = runtime.prepare(lw32, rows, threads)(*runtime.quantize(x, 8, act_group))
+                np.testing.assert_array_equal(sums, block_sums(xq, qw, blocks), err_msg=what)
+                np.testing.assert_array_equal(y, y32, err_msg=what)
+                if act_group is None:
+                    np.testing.assert_allclose(y, quantized_matmul(x, qw), rtol=1e-5, atol=0,
+                                               err_msg=what)
+                else:
+                    np.testing.assert_array_equal(y, quantized_matmul(x, qw, 8, act_group),
+                                                  err_msg=what)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernels")
+def test_float16_scales_without_f16c(tmp_path: Path) -> None:
+    """An AVX2 build without F16C converts the float16 scales with the runtime's portable
+    conversion: the same outputs as float32 scales of the same values."""
+    runtime = kernels.LutRuntime(kernels.compile_runtime("native", extra_flags=("-mno-f16c",),
+                                                         out_dir=tmp_path))
+    assert runtime.isa == "avx2"
+    for bits, group_size in ((2, 32), (4, 64), (8, 32)):
+        w = (RNG.standard_normal((K, N)) * 0.1).astype(np.float32)
+        qw = quantize_weights_rtn(w, QuantScheme(bits, group_size, True), "float16")
+        x = _activations(3)
+        xq, sx = runtime.quantize(x)
+        y16, _ = runtime.prepare(relayout(qw, scale_dtype="float16"), 3)(xq, sx)
+        y16 = y16.copy()
+        y32, _ = runtime.prepare(relayout(qw), 3)(xq, sx)
+        np.testing.assert_array_equal(y16, y32, err_msg=f"b={bits} g={group_size}")
+    runtime.close()
+
+
+def test_float16_scales_need_float16_values() -> None:
+    qw = _weight(4, 32, False)  # float32 scales: not float16 values
+    with pytest.raises(OptionError, match="every scale to be a normal float16 value"):
+        relayout(qw, scale_dtype="float16")
+    with pytest.raises(OptionError, match="unknown scale dtype 'half'"):
+        relayout(qw, scale_dtype="half")
+
+
+@pytest.mark.parametrize("build", BUILDS)
 def test_builds_run_their_kernels(build: str) -> None:
     cpuinfo = Path("/proc/cpuinfo")
     if build == "native" and not cpuinfo.is_file():
@@ -332,6 +393,10 @@ _SANITIZED_RUN = textwrap.dedent("""
             y, sums = runtime.prepare(relayout(qw), rows, threads, sums=True)(xq, sx)
             assert np.array_equal(sums, group_sums(quantize_activations(x)[0], qw))
             assert np.allclose(y, quantized_matmul(x, qw), rtol=1e-5, atol=0)
+        qw16 = quantize_weights_rtn(rng.standard_normal((k, n)).astype(np.float32),
+                                    QuantScheme(bits, group, sym), "float16")
+        y, _ = runtime.prepare(relayout(qw16, scale_dtype="float16"), rows, 2)(xq, sx)
+        assert np.allclose(y, quantized_matmul(x, qw16), rtol=1e-5, atol=0)
         act_group = 32 if group else 48  # per-block scales: sums finished inside the groups
         xq, sx = runtime.quantize(x, 8, act_group)
         y, sums = runtime.prepare(relayout(qw, act_group), rows, 2, sums=True)(xq, sx)

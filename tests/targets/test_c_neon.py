@@ -77,15 +77,18 @@ DRIVER = textwrap.dedent(r"""
         FILE *in = fopen(argv[1], "rb"), *out = fopen(argv[2], "wb");
         if (!in || !out) return 2;
         printf("%s\n", sail_lut_isa());
-        int32_t h[9];
+        int32_t h[10];
         while (fread(h, sizeof h, 1, in) == 1 && h[0] != 0) {
             sail_lut_weight w = {0};
             w.bits = h[0]; w.k = h[1]; w.n = h[2]; w.group_size = h[3]; w.act_group = h[4];
-            const int rows = h[5], zeros = h[6], threads = h[7], given = h[8];
+            const int rows = h[5], zeros = h[6], threads = h[7], given = h[8], half = h[9];
             if (sail_lut_derive(&w) != SAIL_OK) return 3;
             const size_t per_tile = (size_t)w.n_tiles * w.n_groups * SAIL_LUT_TILE_N;
             w.planes = take(in, (size_t)w.n_tiles * w.n_groups * w.blocks_per_group * w.bits * 64);
-            w.scales = take(in, per_tile * sizeof(float));
+            if (half)
+                w.scales_f16 = take(in, per_tile * sizeof(uint16_t));
+            else
+                w.scales = take(in, per_tile * sizeof(float));
             w.zeros = zeros ? take(in, per_tile) : NULL;
             float *x = given ? NULL : take(in, (size_t)rows * w.k * sizeof(float));
             int8_t *xq = given ? take(in, (size_t)rows * w.k) : malloc((size_t)rows * w.k);
@@ -102,7 +105,8 @@ DRIVER = textwrap.dedent(r"""
             fwrite(sx, sizeof(float), (size_t)rows * w.n_act_blocks, out);
             fwrite(y, sizeof(float), (size_t)rows * w.n, out);
             fwrite(sums, sizeof(int32_t), (size_t)rows * w.n_sums * w.n, out);
-            free((void *)w.planes); free((void *)w.scales); free((void *)w.zeros);
+            free((void *)w.planes); free((void *)w.scales); free((void *)w.scales_f16);
+            free((void *)w.zeros);
             free(x); free(xq); free(sx); free(y); free(sums);
         }
         return fclose(out) == 0 ? 0 : 2;
@@ -135,8 +139,9 @@ def _activations(rows: int, k: int = K) -> np.ndarray:
 
 def _encode(case: Case) -> bytes:
     lw = case.lw
-    header = struct.pack("<9i", lw.bits, lw.k, lw.n, lw.group_size, lw.act_group,
-                         case.x.shape[0], lw.zeros is not None, case.threads, case.sx is not None)
+    header = struct.pack("<10i", lw.bits, lw.k, lw.n, lw.group_size, lw.act_group,
+                         case.x.shape[0], lw.zeros is not None, case.threads, case.sx is not None,
+                         lw.scales_f16)
     parts = [header, lw.planes.tobytes(), lw.scales.tobytes()]
     if lw.zeros is not None:
         parts.append(lw.zeros.tobytes())
@@ -153,7 +158,8 @@ def build_driver(target: cross.CrossTarget, out: Path, extra: tuple[str, ...] = 
     out.mkdir(parents=True, exist_ok=True)
     (out / "driver.c").write_text(DRIVER)
     binary = out / "driver"
-    sources = [RUNTIME_DIR / s for s in ("sail_lut.c", "sail_lut_neon.c", "sail_threads.c")]
+    sources = [RUNTIME_DIR / s for s in ("sail_lut.c", "sail_lut_neon.c", "sail_threads.c",
+                                         "sail_attention.c")]
     cmd = [target.cc, "-std=c11", "-O3", "-ffp-contract=off", f"-march={target.march}", *extra,
            "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{RUNTIME_DIR}", "-o", str(binary),
            str(out / "driver.c"), *map(str, sources), "-lm"]
@@ -217,6 +223,13 @@ def _cases(bits: int) -> list[Case]:
         for rows in (1, 3, 8):
             cases.append(Case(qw, lw, _activations(rows), 1,
                               f"b={bits} g={group_size} a={act_group} rows={rows}"))
+    for group_size, act_group in ((32, None), (128, 32)):  # float16 scales (vcvt_f32_f16)
+        w = (RNG.standard_normal((K, N)) * 0.1).astype(np.float32)
+        qw = quantize_weights_rtn(w, QuantScheme(bits, group_size, bits > 1), "float16")
+        lw = relayout(qw, act_group, "float16")
+        for rows in (1, 3):
+            cases.append(Case(qw, lw, _activations(rows), 2,
+                              f"f16 scales b={bits} g={group_size} a={act_group} rows={rows}"))
     return cases
 
 

@@ -4,6 +4,7 @@ onnxruntime (float) and the llvm build (quantized), and fails cleanly on damaged
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,6 +29,7 @@ from sail_compiler.verify import (
     generate_inputs,
     verify_model,
 )
+from sail_compiler.weights_file import read_weight_file
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
                                 reason="the c target builds with make and cc")
@@ -83,16 +85,19 @@ def test_kv_decoder_several_lengths_one_artifact(tiny_decoder_kv: Path) -> None:
     assert all(e["rel_l2_err"] < 1e-4 for e in report["outputs"]), report["outputs"]
 
 
-@pytest.mark.parametrize(("bits", "model", "act_group"), [
-    (4, "tiny_decoder_kv", "row"), (3, "micro_decoder", "row"),
+@pytest.mark.parametrize(("bits", "model", "act_group", "scale_dtype"), [
+    (4, "tiny_decoder_kv", "row", "float32"), (3, "micro_decoder", "row", "float32"),
     # per-block scales: sums of 32 rows inside groups of 128 (K = 128, 352), blocks of 8 in
     # groups of 16 and 8 (K = 16, 24: stored regrouped)
-    (4, "tiny_decoder_kv", 32), (2, "micro_decoder", 8)])
-def test_quantized_matches_llvm(bits: int, model: str, act_group: int | str,
+    (4, "tiny_decoder_kv", 32, "float32"), (2, "micro_decoder", 8, "float32"),
+    # float16 scales, stored in 2 bytes by the c target, as float32 values by llvm
+    (4, "tiny_decoder_kv", 32, "float16"), (8, "micro_decoder", "row", "float16")])
+def test_quantized_matches_llvm(bits: int, model: str, act_group: int | str, scale_dtype: str,
                                 request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """The c artifact computes what llvm does: verify's reference check runs on an llvm build
     of the same quantized weights and compares its outputs with the c artifact's."""
-    options = CompileOptions(target="c", quant=QuantScheme(bits, 128), act_group_size=act_group)
+    options = CompileOptions(target="c", quant=QuantScheme(bits, 128), act_group_size=act_group,
+                             scale_dtype=scale_dtype)
     plans = [InputPlan(seq_len=4, past_len=0), InputPlan(seq_len=1, past_len=5)]
     report = verify_model(request.getfixturevalue(model), options, plans,
                           artifact_dir=tmp_path / "c")
@@ -107,6 +112,49 @@ def test_quantized_matches_llvm(bits: int, model: str, act_group: int | str,
     assert model_c.count("SAIL_TRY(sail_rt_lut_gemv(") == model_c.count(".lut_planes\"")
     assert '{"model.layers.0.self_attn.k_proj.lut_planes", SAIL_UINT8,' in model_c
     assert ".packed\"" not in model_c
+    scales = f'{{"model.layers.0.self_attn.k_proj.lut_scales", SAIL_{scale_dtype.upper()},'
+    assert scales in model_c
+
+
+def test_float16_scales_halve_the_scale_bytes(micro_decoder: Path, tmp_path: Path) -> None:
+    """--scale-dtype float16: the c weight file stores every LUT weight's scales as float16
+    (the rest unchanged in size), the reports record it, and a library refuses the weight file
+    of the float32 build (its scale tensors have the wrong dtype)."""
+    builds = {}
+    for dtype in ("float32", "float16"):
+        out = tmp_path / dtype
+        compile_model(micro_decoder, out, CompileOptions(target="c", quant=QuantScheme(4, 16,
+                                                                                       True),
+                                                         scale_dtype=dtype))
+        builds[dtype] = out
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["scale_dtype"] == dtype
+        assert json.loads((out / "quant_plan.json").read_text())["scale_dtype"] == dtype
+        report = json.loads((out / "quant_report.json").read_text())
+        assert {layer["scale_dtype"] for layer in report["layers"]} == {dtype}
+    f32, f16 = (dict(read_weight_file(builds[d] / "weights.bin")) for d in builds)
+    assert f32.keys() == f16.keys()
+    scale_names = [name for name in f32 if name.endswith(".lut_scales")]
+    assert len(scale_names) == 8  # 7 per layer and the LM head
+    aligned = 0
+    for name in f32:
+        a, b = f32[name], f16[name]
+        assert a.shape == b.shape, name
+        if name in scale_names:
+            assert (a.dtype, b.dtype) == (np.float32, np.float16)
+            aligned += -(-a.nbytes // 64) * 64 - -(-b.nbytes // 64) * 64
+        else:
+            assert a.dtype == b.dtype, name
+    assert aligned > 0
+    sizes = {d: (builds[d] / "weights.bin").stat().st_size for d in builds}
+    assert sizes["float32"] - sizes["float16"] == aligned
+    build_library(builds["float16"])
+    inputs = generate_inputs(Artifact(builds["float16"]).signature, InputPlan(seq_len=2))
+    command = _main_args(builds["float16"], inputs, tmp_path)
+    command[1] = str(builds["float32"] / "weights.bin")
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "lut_scales" in proc.stderr and "float16" in proc.stderr, proc.stderr
 
 
 def test_damaged_weights_are_reported(float_artifact: Path, tmp_path: Path) -> None:

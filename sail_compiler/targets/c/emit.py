@@ -493,9 +493,10 @@ class _Graph:
         n_groups, n = zeros.shape
         q = unpack_bits(packed.value.numpy(), bits, n_groups * group_size, axis=0)
         symmetric = bits > 1 and bool(np.all(zeros == 1 << (bits - 1)))
-        qw = QuantizedWeight(q, scale.value.numpy(), None if symmetric else
+        scales = scale.value.numpy()  # float16 for --scale-dtype float16 (legalize_c_lut_gemv)
+        qw = QuantizedWeight(q, scales.astype(np.float32), None if symmetric else
                              zeros.astype(np.uint8), bits, group_size, k)
-        lut = relayout(qw, act_group)
+        lut = relayout(qw, act_group, scales.dtype.name)
         layer = (constant_name(packed) or (f"lut_{len(self.luts)}", ""))[0]
         planes = self.add_weight(lut.planes, layer, "lut_planes")
         scales = self.add_weight(lut.scales, layer, "lut_scales")

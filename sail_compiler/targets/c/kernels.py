@@ -38,13 +38,17 @@ from ...quant.reference import (
     ActBlocks,
     QuantizedWeight,
     check_act_bits,
+    check_scale_dtype,
+    float16_exact,
     split_groups,
 )
 
 #: The C sources of the runtime (package data).
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
-RUNTIME_SOURCES = ("sail_lut.c", "sail_lut_avx2.c", "sail_lut_neon.c", "sail_threads.c")
-RUNTIME_HEADERS = ("sail_lut.h", "sail_threads.h")
+# sail_attention.c holds the runtime's float16 conversions, which float16 scales use.
+RUNTIME_SOURCES = ("sail_lut.c", "sail_lut_avx2.c", "sail_lut_neon.c", "sail_threads.c",
+                   "sail_attention.c")
+RUNTIME_HEADERS = ("sail_lut.h", "sail_threads.h", "sail_attention.h")
 
 #: Columns per tile, rows per block and weights per table (NBW): sail_lut.h.
 TILE_N, BLOCK_K, NBW = 16, 32, 4
@@ -90,8 +94,10 @@ class LutWeight:
         uint8 ``[n_tiles * n_groups * blocks_per_group * bits * 64]``: the bit-plane index bytes
         or, for 4 and 8 bits, the codes themselves (``sail_lut.h``, codes layout).
     scales
-        float32 ``[n_tiles, n_groups, 16]``, entry i of a tile for its column
-        ``COLUMN_ORDER[i]``; padding columns have scale 0.
+        float32 or float16 ``[n_tiles, n_groups, 16]``, entry i of a tile for its column
+        ``COLUMN_ORDER[i]``; padding columns have scale 0. float16 scales hold the quantizer's
+        values exactly (``--scale-dtype float16``; :func:`relayout`): the kernels convert them
+        to float32 before use, so the results are those of float32 scales of the same values.
     zeros
         uint8 ``[n_tiles, n_groups, 16]`` zero points in the same order, or None for symmetric
         weights (implicit zero point ``2**(bits-1)``).
@@ -125,7 +131,8 @@ class LutWeight:
                                 "regroups such weights)")
             want = {"planes": ((self.n_tiles * self.n_groups * self.blocks_per_group
                                 * self.bits * 64,), np.uint8),
-                    "scales": ((self.n_tiles, self.n_groups, TILE_N), np.float32)}
+                    "scales": ((self.n_tiles, self.n_groups, TILE_N),
+                               np.float16 if self.scales_f16 else np.float32)}
             if self.zeros is not None:
                 want["zeros"] = (want["scales"][0], np.uint8)
             for name, (shape, dtype) in want.items():
@@ -137,6 +144,11 @@ class LutWeight:
                                     f"got {got}")
         if problems:
             raise OptionError("invalid LUT-GEMV weight layout: " + "; ".join(problems))
+
+    @property
+    def scales_f16(self) -> bool:
+        """True when the scales are stored as float16."""
+        return isinstance(self.scales, np.ndarray) and self.scales.dtype == np.float16
 
     @property
     def n_groups(self) -> int:
@@ -228,7 +240,8 @@ def _tile_codes(q: np.ndarray, bits: int) -> np.ndarray:
     return halves.transpose(4, 0, 1, 2, 5, 6, 3)              # [tiles, G, bpg, q, h, i, r]
 
 
-def relayout(qw: QuantizedWeight, act_group: int | None = None) -> LutWeight:
+def relayout(qw: QuantizedWeight, act_group: int | None = None,
+             scale_dtype: str = "float32") -> LutWeight:
     """Re-lay out a quantized weight into the C kernels' order (compile time).
 
     Parameters
@@ -241,6 +254,10 @@ def relayout(qw: QuantizedWeight, act_group: int | None = None) -> LutWeight:
         regrouped into its sum blocks (:func:`~sail_compiler.quant.reference.split_groups`:
         each with its group's scale and zero point), so that every sum the kernels finish is one
         stored group.
+    scale_dtype
+        How the scales are stored: ``"float32"``, or ``"float16"`` (every scale must be a normal
+        float16 value, :func:`~sail_compiler.quant.reference.float16_exact`, as
+        ``--scale-dtype float16`` makes them: storing them so is exact).
 
     Returns
     -------
@@ -251,6 +268,10 @@ def relayout(qw: QuantizedWeight, act_group: int | None = None) -> LutWeight:
         (and scale 0 for columns).
     """
     blocks = ActBlocks(qw.k, qw.group_size, qw.k if act_group is None else act_group)
+    half = check_scale_dtype(scale_dtype) == "float16"
+    if half and not float16_exact(qw.scale):
+        raise OptionError("float16 scales need every scale to be a normal float16 value "
+                          "(quantize with scale_dtype='float16')")
     if blocks.sum_size != qw.group_size and blocks.sum_size % BLOCK_K:
         qw = split_groups(qw, blocks)
     bits, g, k, n = qw.bits, qw.group_size, qw.k, qw.n
@@ -277,8 +298,8 @@ def relayout(qw: QuantizedWeight, act_group: int | None = None) -> LutWeight:
         return np.ascontiguousarray(out.transpose(1, 0, 2))
 
     zeros = None if qw.zero is None else tiled(qw.zero, np.uint8)
-    return LutWeight(bits, k, n, g, planes.reshape(-1), tiled(qw.scale, np.float32), zeros,
-                     blocks.act_group)
+    scales = tiled(qw.scale, np.float16 if half else np.float32)
+    return LutWeight(bits, k, n, g, planes.reshape(-1), scales, zeros, blocks.act_group)
 
 
 # ---- ctypes harness ----------------------------------------------------------------------------
@@ -291,7 +312,7 @@ class _Weight(ctypes.Structure):
                 ("act_group", ctypes.c_int), ("n_act_blocks", ctypes.c_int),
                 ("sum_size", ctypes.c_int), ("n_sums", ctypes.c_int),
                 ("planes", ctypes.c_void_p), ("scales", ctypes.c_void_p),
-                ("zeros", ctypes.c_void_p)]
+                ("zeros", ctypes.c_void_p), ("scales_f16", ctypes.c_void_p)]
 
 
 def _ptr(a: np.ndarray | None) -> int | None:
@@ -484,8 +505,10 @@ class PreparedGemv:
         self._struct = _Weight(weight.bits, weight.k, weight.n, weight.group_size,
                                weight.n_groups, weight.blocks_per_group, weight.n_tiles,
                                blocks.act_group, blocks.n_blocks, blocks.sum_size,
-                               blocks.n_sums, _ptr(weight.planes), _ptr(weight.scales),
-                               _ptr(weight.zeros))
+                               blocks.n_sums, _ptr(weight.planes),
+                               None if weight.scales_f16 else _ptr(weight.scales),
+                               _ptr(weight.zeros),
+                               _ptr(weight.scales) if weight.scales_f16 else None)
         lib = runtime._lib
         if lib.sail_lut_check(ctypes.byref(self._struct)) != 0:
             raise OptionError("the C runtime rejects this weight layout (sail_lut_check)")

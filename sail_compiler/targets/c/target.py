@@ -59,6 +59,7 @@ from ...ops.sail_ops import (
     op_attrs,
 )
 from ...passes.lower_to_lut_gemv import LowerToLUTGemv
+from ...quant.reference import float16_exact
 from ...version import __version__
 from ..base import Runner, TargetBackend, register_target
 from .cross import cross_target, run_prefix
@@ -126,7 +127,8 @@ class CTarget(TargetBackend):
         fuse = [LowerToLUTGemv(options.nbw, fuse="all")] if options.sail else []
         return [*fuse,
                 *lowering_passes(host_target(1), {
-                    LUT_GEMV: legalize_c_lut_gemv,
+                    LUT_GEMV: functools.partial(legalize_c_lut_gemv,
+                                                scale_dtype=options.scale_dtype),
                     "relax.concat": legalize_c_concat,
                     "relax.reshape": legalize_c_copy,
                     "relax.expand_dims": legalize_c_copy,
@@ -174,7 +176,8 @@ def runtime_lut_gemv(call: relax.Call) -> bool:
             and all(isinstance(call.args[i], tvm.ir.GenericConst) for i in (1, 2, 4)))
 
 
-def legalize_c_lut_gemv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+def legalize_c_lut_gemv(bb: relax.BlockBuilder, call: relax.Call,
+                        scale_dtype: str = "float32") -> relax.Expr:
     """``sail.lut_gemv`` for the c target.
 
     Calls the runtime kernels can take become ``R.call_dps_packed("sail_lut_gemv", (xq, sx,
@@ -182,12 +185,19 @@ def legalize_c_lut_gemv(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     of the
     runtime with the re-laid-out weight; the others (integer sums, activations wider than 8
     bits) get TVM's table kernel, without ``llvm.arithmetic.fence`` (the library compiles with
-    ``-ffp-contract=off``).
+    ``-ffp-contract=off``). With ``scale_dtype="float16"`` (``--scale-dtype``) a constant scale
+    whose values are all normal float16 values (:func:`~...quant.reference.float16_exact`) is
+    passed as a float16 constant, which the emitter stores as such; others stay float32.
     """
     if not runtime_lut_gemv(call):
         return legalize_lut_gemv(bb, call, fence=False)
     attrs = op_attrs(call)
     xq, packed, zero, sx, scale = call.args
+    if scale_dtype == "float16" and isinstance(scale, tvm.ir.GenericConst):
+        values = scale.value.numpy()
+        if float16_exact(values):
+            half = relax.const(values.astype(np.float16), "float16")
+            scale = tvm.ir.GenericConst(half.value, half.ty, scale.span)  # keeps its name
     scalars = [relax.prim_value(tvm.tirx.IntImm("int64", attrs[key]))
                for key in ("bits", "group_size", "k", "act_group")]
     return relax.call_dps_packed(relax.ExternFunc(LUT_SYMBOL),

@@ -6,6 +6,8 @@
  */
 #include "sail_lut.h"
 
+#include "sail_attention.h" /* sail_f32_from_f16 */
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +45,7 @@ int sail_lut_check(const sail_lut_weight *w) {
         derived.n_tiles != w->n_tiles || derived.n_act_blocks != w->n_act_blocks ||
         derived.sum_size != w->sum_size || derived.n_sums != w->n_sums)
         return SAIL_EINVAL;
-    if (!w->planes || !w->scales) return SAIL_EINVAL;
+    if (!w->planes || !w->scales == !w->scales_f16) return SAIL_EINVAL;
     return SAIL_OK;
 }
 
@@ -220,7 +222,13 @@ void sail_lut_tiles_portable(const sail_lut_call *call, int tile_begin, int tile
                     /* Wrap to int32 like the SIMD kernels: exact whenever the sum fits int32. */
                     const int32_t s = (int32_t)(uint32_t)(uint64_t)(acc[c] - (int64_t)z * xs);
                     if (call->sums) call->sums[tj * (size_t)w->n + (size_t)(col0 + c)] = s;
-                    const float scale = w->scales[tg * SAIL_LUT_TILE_N + (size_t)i] * ssx;
+                    const size_t at = tg * SAIL_LUT_TILE_N + (size_t)i;
+                    float ws;
+                    if (w->scales_f16)
+                        sail_f32_from_f16(&ws, w->scales_f16 + at, 1);
+                    else
+                        ws = w->scales[at];
+                    const float scale = ws * ssx;
                     yacc[c] += scale * (float)s;
                 }
             }

@@ -63,7 +63,9 @@
  * bytes, give by vpmaddubsw and vpmaddwd the sums of 8 columns in scale order; an 8-bit code
  * is 16 * (high nibble) + (low nibble).
  *
- * scales[(tile * n_groups + grp) * 16 + i] (float32) and zeros[...] (uint8, or NULL for
+ * scales[(tile * n_groups + grp) * 16 + i] (float32; or scales_f16[...], IEEE binary16, for
+ * weights compiled with --scale-dtype float16: the same values, converted to float32 exactly
+ * before use, so the results do not depend on the storage) and zeros[...] (uint8, or NULL for
  * symmetric weights with the implicit zero point 2^(bits-1)) follow the same tile order;
  * entry i belongs to column SAIL_LUT_COLUMN_ORDER[i] of the tile, the order in which the
  * AVX2 kernel's integer sums come out of its lane folding.
@@ -119,8 +121,9 @@ typedef struct sail_lut_weight {
     int sum_size;         /* B, rows per sum block (see the contract above) */
     int n_sums;           /* ceil(K / B): sums per token and column */
     const uint8_t *planes;  /* n_tiles * n_groups * blocks_per_group * bits * 64 bytes */
-    const float *scales;    /* [n_tiles][n_groups][16] */
+    const float *scales;    /* [n_tiles][n_groups][16], or NULL when scales_f16 is set */
     const uint8_t *zeros;   /* [n_tiles][n_groups][16], or NULL: zero point 2^(bits-1) */
+    const uint16_t *scales_f16; /* the scales as binary16, or NULL: exactly one of the two */
 } sail_lut_weight;
 
 /* Fill the derived fields of w (n_groups, blocks_per_group, n_tiles, n_act_blocks, sum_size,
@@ -129,7 +132,8 @@ typedef struct sail_lut_weight {
  * covering K) or a sum block smaller than g is not a multiple of SAIL_LUT_BLOCK_K. */
 int sail_lut_derive(sail_lut_weight *w);
 
-/* SAIL_OK if w is consistent (fields in range, derived counts right, arrays present). */
+/* SAIL_OK if w is consistent (fields in range, derived counts right, arrays present: planes
+ * and exactly one of scales and scales_f16). */
 int sail_lut_check(const sail_lut_weight *w);
 
 /* Symmetric quantization with one scale per row and block of act_group columns (the last block

@@ -21,6 +21,8 @@
  */
 #include "sail_lut.h"
 
+#include "sail_attention.h" /* sail_f32_from_f16 */
+
 #ifdef SAIL_LUT_HAVE_AVX2
 
 #include <immintrin.h>
@@ -306,6 +308,19 @@ SAIL_INLINE void store_tile_ps(float *dst, __m256 p, __m256 q, int count) {
     store_ps(dst + 8, _mm256_permute2f128_ps(p, q, 0x31), count - 8);
 }
 
+/* Weight scales at..at+7 as float32: loaded, or converted exactly from binary16 (F16C's
+ * vcvtph2ps where the build has it, else the runtime's portable conversion). */
+SAIL_INLINE __m256 load_scales(const sail_lut_weight *w, size_t at) {
+    if (!w->scales_f16) return _mm256_loadu_ps(w->scales + at);
+#ifdef __F16C__
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->scales_f16 + at)));
+#else
+    float f[8];
+    sail_f32_from_f16(f, w->scales_f16 + at, 8);
+    return _mm256_loadu_ps(f);
+#endif
+}
+
 /* Epilogue of one sum block, token and tile: exact sums minus the zero point term, stored if
  * asked for, and (scale * sx) * S added to y (yacc in kernel column order). */
 SAIL_INLINE void finish_sums(const sail_lut_call *call, __m256i *sum, __m256 *yacc, int tile,
@@ -332,8 +347,7 @@ SAIL_INLINE void finish_sums(const sail_lut_call *call, __m256i *sum, __m256 *ya
     }
     const __m256 ssx = _mm256_set1_ps(call->sx[tj]);
     for (int h = 0; h < 2; ++h) {
-        const __m256 scale =
-            _mm256_mul_ps(_mm256_loadu_ps(w->scales + tg * SAIL_LUT_TILE_N + 8 * h), ssx);
+        const __m256 scale = _mm256_mul_ps(load_scales(w, tg * SAIL_LUT_TILE_N + 8 * h), ssx);
         yacc[h] = _mm256_add_ps(yacc[h], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sum[h])));
     }
 }

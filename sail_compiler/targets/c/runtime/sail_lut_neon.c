@@ -157,8 +157,11 @@ SAIL_INLINE void finish_sums(const sail_lut_call *call, int32x4_t *sum, float32x
     }
     const float ssx = call->sx[tj];
     for (int s = 0; s < 4; ++s) {
-        const float32x4_t scale =
-            vmulq_n_f32(vld1q_f32(w->scales + tg * SAIL_LUT_TILE_N + 4 * s), ssx);
+        const size_t at = tg * SAIL_LUT_TILE_N + 4 * (size_t)s;
+        const float32x4_t ws = w->scales_f16
+            ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(w->scales_f16 + at)))
+            : vld1q_f32(w->scales + at);
+        const float32x4_t scale = vmulq_n_f32(ws, ssx);
         yacc[s] = vaddq_f32(yacc[s], vmulq_f32(scale, vcvtq_f32_s32(sum[s])));
     }
 }

@@ -663,7 +663,13 @@ static int load_luts(sail_model *model, const sail_lut_spec *specs, int32_t coun
     const sail_lut_spec *spec = &specs[i];
     sail_lut_weight *w = &model->luts[i];
     const int32_t tensors[3] = {spec->planes, spec->scales, spec->zeros};
-    const sail_dtype dtypes[3] = {SAIL_UINT8, SAIL_FLOAT32, SAIL_UINT8};
+    /* scales: float32, or binary16 (--scale-dtype float16); the file's table says which */
+    const int half = spec->scales >= 0 && spec->scales < model->num_weights &&
+                     model->weights[spec->scales].t.dtype.code ==
+                         sail_rt_dl_dtype(SAIL_FLOAT16).code &&
+                     model->weights[spec->scales].t.dtype.bits ==
+                         sail_rt_dl_dtype(SAIL_FLOAT16).bits;
+    const sail_dtype dtypes[3] = {SAIL_UINT8, half ? SAIL_FLOAT16 : SAIL_FLOAT32, SAIL_UINT8};
     w->bits = spec->bits;
     w->k = spec->k;
     w->n = spec->n;
@@ -686,14 +692,17 @@ static int load_luts(sail_model *model, const sail_lut_spec *specs, int32_t coun
           model->weights[tensors[j]].t.dtype.code != sail_rt_dl_dtype(dtypes[j]).code ||
           model->weights[tensors[j]].t.dtype.bits != sail_rt_dl_dtype(dtypes[j]).bits ||
           buffer_numel(&model->weights[tensors[j]]) != expected[j]) {
-        snprintf(reason, reason_len, "the LUT weight of layer %s does not fit its tensors",
-                 spec->layer);
+        snprintf(reason, reason_len, "the LUT weight of layer %s does not fit its tensors "
+                 "(%s: want %s %lld elements)", spec->layer,
+                 j == 0 ? "bit planes" : j == 1 ? "scales" : "zero points",
+                 j == 1 ? "float32 or float16" : "uint8", (long long)expected[j]);
         return -1;
       }
       data[j] = model->weights[tensors[j]].t.data;
     }
     w->planes = data[0];
-    w->scales = data[1];
+    w->scales = half ? NULL : data[1];
+    w->scales_f16 = half ? data[1] : NULL;
     w->zeros = data[2];
     if (sail_lut_check(w) != SAIL_OK) {
       snprintf(reason, reason_len, "the LUT weight of layer %s is inconsistent", spec->layer);
